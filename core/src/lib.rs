@@ -1,0 +1,11 @@
+//! The sans-IO core of the `openid-connect` filter.
+//!
+//! Nothing here does I/O, reads a clock or draws randomness: the caller
+//! passes time and random bytes in, and gets decisions and effects out.
+
+pub mod config;
+pub mod discovery;
+pub mod http;
+pub mod introspection;
+pub mod jwt;
+pub mod secret;

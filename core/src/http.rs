@@ -111,8 +111,10 @@ mod tests {
 
     #[test]
     fn cluster_names_follow_the_rule() {
-        let t = Target::parse("http://Keycloak.Example:8080/realms/q/.well-known/openid-configuration?a=b")
-            .unwrap();
+        let t = Target::parse(
+            "http://Keycloak.Example:8080/realms/q/.well-known/openid-configuration?a=b",
+        )
+        .unwrap();
         assert_eq!(t.cluster(), "oidc|http|keycloak.example|8080");
         assert_eq!(t.authority, "keycloak.example:8080");
         assert_eq!(t.path, "/realms/q/.well-known/openid-configuration?a=b");
@@ -125,7 +127,13 @@ mod tests {
 
     #[test]
     fn bad_urls_are_errors() {
-        assert!(matches!(Target::parse("not a url"), Err(UrlError::Invalid(_))));
-        assert!(matches!(Target::parse("ftp://x/y"), Err(UrlError::Scheme(_))));
+        assert!(matches!(
+            Target::parse("not a url"),
+            Err(UrlError::Invalid(_))
+        ));
+        assert!(matches!(
+            Target::parse("ftp://x/y"),
+            Err(UrlError::Scheme(_))
+        ));
     }
 }

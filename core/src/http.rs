@@ -4,8 +4,9 @@
 use url::Url;
 
 /// An outgoing HTTP call to the provider, described, not performed. The
-/// proxy-wasm adapter turns it into `dispatch_http_call`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// proxy-wasm adapter turns it into `dispatch_http_call`. Its `Debug` shows
+/// header names and the body length only: values may carry credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpRequest {
     pub method: &'static str,
     /// The Envoy cluster that reaches the URL's host ([`cluster_name`]).
@@ -17,6 +18,20 @@ pub struct HttpRequest {
     /// Extra headers (never the pseudo headers above).
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("HttpRequest")
+            .field("method", &self.method)
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("headers", &names)
+            .field("body_len", &self.body.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// Why a URL cannot be called.
@@ -123,6 +138,22 @@ mod tests {
         assert_eq!(t.authority, "idp.example");
         let t = Target::parse("http://[::1]:9000/x").unwrap();
         assert_eq!(t.cluster(), "oidc|http|[::1]|9000");
+    }
+
+    #[test]
+    fn debug_shows_no_header_values_or_body() {
+        let mut r = Target::parse("http://idp/introspect")
+            .unwrap()
+            .request("POST");
+        r.headers
+            .push(("authorization".into(), "Basic c2VjcmV0".into()));
+        r.body = Some(b"token=abc&client_secret=s3cr3t".to_vec());
+        let d = format!("{r:?}");
+        assert!(
+            !d.contains("c2VjcmV0") && !d.contains("s3cr3t") && !d.contains("abc"),
+            "{d}"
+        );
+        assert!(d.contains("authorization"));
     }
 
     #[test]

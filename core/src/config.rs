@@ -11,6 +11,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::http::Target;
+use crate::jwt::Alg;
 use crate::secret::Secret;
 
 /// One problem in a plugin configuration.
@@ -407,11 +408,6 @@ const KNOWN_SESSION: &[&str] = &[
 ];
 const UNSUPPORTED_SESSION: &[&str] = &["redis"];
 
-/// The JWT algorithms a configuration may name.
-pub const SUPPORTED_ALGS: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
-];
-
 fn parse_session(r: &mut Reader<'_>, obj: &Map<String, Value>) -> Option<SessionConfig> {
     let mut s = Reader::new(obj, "session.");
     let secret = s.string("secret");
@@ -741,11 +737,12 @@ impl<'a> Reader<'a> {
             self.error(field, "names no algorithm");
         }
         for name in &names {
-            if !SUPPORTED_ALGS.contains(&name.as_str()) {
+            if name.parse::<Alg>().is_err() {
                 let why = if name.eq_ignore_ascii_case("none") {
                     "unsigned tokens are never accepted".to_string()
                 } else {
-                    format!("supported: {}", SUPPORTED_ALGS.join(", "))
+                    let all: Vec<&str> = Alg::ALL.iter().map(|a| a.as_str()).collect();
+                    format!("supported: {}", all.join(", "))
                 };
                 self.error(
                     field,

@@ -3,9 +3,12 @@
 //! Nothing here does I/O, reads a clock or draws randomness: the caller
 //! passes time and random bytes in, and gets decisions and effects out.
 
+pub mod bearer;
 pub mod config;
 pub mod discovery;
 pub mod http;
 pub mod introspection;
 pub mod jwt;
+pub mod reply;
+pub mod route;
 pub mod secret;

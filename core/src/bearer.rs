@@ -1,0 +1,735 @@
+//! Bearer tokens: find the token in the request, then decide with what is
+//! known about the provider, or say which provider call would let us
+//! decide.
+//!
+//! The caller loops: [`decide`] → `Fetch` (make the call, store the result
+//! or the failure time, decide again) or `Introspect` (make the call, then
+//! [`introspected`]) → `Allow` / `Deny`. The loop ends by construction: a
+//! successful fetch makes its document fresh, a failed one makes it
+//! "recently failed", and neither asks for the same fetch again.
+
+use base64::Engine as _;
+
+use crate::discovery::ProviderMetadata;
+use crate::http::HttpRequest;
+use crate::introspection::{self, ClientAuth};
+use crate::jwt::{self, Jwks, Rejection, VerifyError};
+use crate::reply::Denial;
+use crate::route::Route;
+
+/// How long a discovery document is used before it is fetched again.
+pub const DISCOVERY_TTL: u64 = 24 * 3600;
+/// After a failed provider call, how long to use what is cached (or to
+/// answer 503 at once when nothing is) before trying again.
+pub const RETRY_AFTER_FAILURE: u64 = 5;
+/// A token with an unknown `kid` refetches the JWKS at most this often.
+pub const KID_REFETCH_INTERVAL: u64 = 5;
+/// How long an accepted token without `exp` stays in the cache.
+pub const NO_EXP_CACHE_TTL: u64 = 300;
+
+/// The bearer token of a request, from `Authorization: Bearer <token>` or,
+/// without an `Authorization` header, from `X-Access-Token` (as APISIX).
+/// A header that is not `<scheme> <credentials>` is a 400; another scheme
+/// counts as no token.
+pub fn extract_token<'a>(
+    authorization: Option<&'a str>,
+    x_access_token: Option<&'a str>,
+) -> Result<Option<&'a str>, Denial> {
+    let Some(auth) = authorization else {
+        return Ok(x_access_token.filter(|t| !t.is_empty()));
+    };
+    let Some((scheme, credentials)) = auth.split_once(' ') else {
+        return Err(Denial::MalformedAuthorization);
+    };
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(Some(credentials.trim()))
+    } else {
+        Ok(None)
+    }
+}
+
+/// A provider document and when it was fetched.
+#[derive(Debug, Clone)]
+pub struct Fetched<T> {
+    pub value: T,
+    pub fetched_at: u64,
+}
+
+/// What the caller knows about the route's provider.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProviderState<'a> {
+    pub discovery: Option<&'a Fetched<ProviderMetadata>>,
+    /// The JWKS at the discovery document's `jwks_uri`.
+    pub jwks: Option<&'a Fetched<Jwks>>,
+    /// When a discovery call last failed.
+    pub discovery_failed_at: Option<u64>,
+    /// When a JWKS call last failed.
+    pub jwks_failed_at: Option<u64>,
+}
+
+/// What a provider call is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchKind {
+    Discovery,
+    Jwks,
+}
+
+/// The outcome of [`decide`] or [`introspected`].
+#[derive(Debug)]
+pub enum Decision {
+    Allow(Allowed),
+    Deny(Denial),
+    /// Make this call, record its result (or its failure) and decide again.
+    Fetch(FetchKind, Box<HttpRequest>),
+    /// Ask the introspection endpoint, then call [`introspected`].
+    Introspect(Box<HttpRequest>),
+}
+
+/// A token accepted on a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    /// Request headers to set for the upstream.
+    pub headers: Vec<(&'static str, String)>,
+    /// Until when this decision may be reused for the same token and route
+    /// config version (unix seconds; not after `now` means "do not cache").
+    pub cache_until: u64,
+}
+
+/// Decides a request that carries `token`, with what is known about the
+/// provider. `addon_headers` are the request's values of the route's
+/// `introspection_addon_headers`.
+pub fn decide(
+    route: &Route,
+    token: &str,
+    provider: &ProviderState<'_>,
+    addon_headers: &[(String, String)],
+    now: u64,
+) -> Decision {
+    if token.is_empty() {
+        return Decision::Deny(Denial::InvalidToken("empty bearer token".into()));
+    }
+    if route.config.verifies_locally() {
+        decide_locally(route, token, provider, now)
+    } else {
+        match request_introspection(route, token, provider, addon_headers, now) {
+            Ok(req) => Decision::Introspect(Box::new(req)),
+            Err(d) => d,
+        }
+    }
+}
+
+/// Decides from the introspection endpoint's answer.
+pub fn introspected(route: &Route, token: &str, status: u16, body: &[u8], now: u64) -> Decision {
+    let c = &route.config;
+    let result = match introspection::parse_response(status, body, &c.introspection_expiry_claim) {
+        Ok(r) => r,
+        Err(e) => {
+            return Decision::Deny(Denial::ProviderUnavailable(format!(
+                "token introspection failed: {e}"
+            )))
+        }
+    };
+    if !result.active {
+        return Decision::Deny(Denial::InvalidToken("token is not active".into()));
+    }
+    // APISIX checks scopes, then the audience, on the introspection answer
+    // as on JWT claims.
+    let policy = route.policy(None);
+    if let Err(e) = jwt::check_scopes(&result.claims, &policy.required_scopes)
+        .and_then(|()| jwt::check_audience(&result.claims, &policy.audience))
+    {
+        return Decision::Deny(denial_for(&e));
+    }
+    // Without an expiry the answer is not cached.
+    let mut cache_until = result.cache_until(now).unwrap_or(now);
+    if c.introspection_interval > 0 {
+        cache_until = cache_until.min(now.saturating_add(c.introspection_interval));
+    }
+    Decision::Allow(allowed(route, token, &result.raw, cache_until))
+}
+
+fn decide_locally(route: &Route, token: &str, p: &ProviderState<'_>, now: u64) -> Decision {
+    let c = &route.config;
+    // The discovery document gives the JWKS location and, unless
+    // `valid_issuers` is set, the issuer to expect.
+    let metadata = if route.public_keys.is_some() && !route.needs_discovery_issuer() {
+        None
+    } else {
+        match discovery(route, p, now) {
+            Ok(m) => Some(m),
+            Err(d) => return d,
+        }
+    };
+    let policy = route.policy(metadata.map(|m| m.issuer.as_str()));
+
+    let (keys, jwks) = match (&route.public_keys, metadata) {
+        (Some(keys), _) => (keys, None),
+        (None, Some(m)) => {
+            let Some(uri) = m.jwks_uri.as_deref() else {
+                return Decision::Deny(Denial::ProviderUnavailable(
+                    "the discovery document has no jwks_uri".into(),
+                ));
+            };
+            match cached(p.jwks, p.jwks_failed_at, c.jwk_expires_in, now) {
+                Cache::Use(j) => (&j.value, Some((uri, j))),
+                Cache::Fetch => return fetch(FetchKind::Jwks, uri),
+                Cache::Unavailable => {
+                    return Decision::Deny(Denial::ProviderUnavailable(
+                        "the provider's JWKS could not be fetched".into(),
+                    ))
+                }
+            }
+        }
+        (None, None) => {
+            return Decision::Deny(Denial::BadRouteConfig(
+                "no key source: neither public_key nor a discovery document".into(),
+            ))
+        }
+    };
+
+    match jwt::verify(token, keys, &policy, now) {
+        Ok(v) => {
+            let cache_until = v.exp.unwrap_or(now.saturating_add(NO_EXP_CACHE_TTL));
+            Decision::Allow(allowed(route, token, &v.payload_json, cache_until))
+        }
+        Err(e) => {
+            if e.kind() == Rejection::UnknownKeyId {
+                if let Some((uri, j)) = jwks {
+                    // Key rotation: refetch, but not more than once per
+                    // interval whatever the tokens say.
+                    let recent = |t: Option<u64>| {
+                        t.is_some_and(|t| now < t.saturating_add(KID_REFETCH_INTERVAL))
+                    };
+                    if !recent(Some(j.fetched_at)) && !recent(p.jwks_failed_at) {
+                        return fetch(FetchKind::Jwks, uri);
+                    }
+                }
+            }
+            Decision::Deny(denial_for(&e))
+        }
+    }
+}
+
+fn request_introspection(
+    route: &Route,
+    token: &str,
+    p: &ProviderState<'_>,
+    addon_headers: &[(String, String)],
+    now: u64,
+) -> Result<HttpRequest, Decision> {
+    let c = &route.config;
+    let endpoint = match &c.introspection_endpoint {
+        Some(e) => e.clone(),
+        None => match discovery(route, p, now)?.introspection_endpoint.as_deref() {
+            Some(e) => e.to_string(),
+            None => {
+                return Err(Decision::Deny(Denial::ProviderUnavailable(
+                    "the provider advertises no introspection_endpoint".into(),
+                )))
+            }
+        },
+    };
+    let auth = match c.introspection_endpoint_auth_method {
+        crate::config::ClientAuthMethod::ClientSecretBasic => ClientAuth::Basic,
+        crate::config::ClientAuthMethod::ClientSecretPost => ClientAuth::Post,
+    };
+    introspection::request(
+        &endpoint,
+        token,
+        &c.client_id,
+        c.client_secret.as_ref(),
+        auth,
+        addon_headers,
+    )
+    .map_err(|e| {
+        Decision::Deny(Denial::BadRouteConfig(format!(
+            "introspection endpoint {endpoint}: {e}"
+        )))
+    })
+}
+
+/// The discovery document, or the decision to take without it.
+fn discovery<'a>(
+    route: &Route,
+    p: &ProviderState<'a>,
+    now: u64,
+) -> Result<&'a ProviderMetadata, Decision> {
+    match cached(p.discovery, p.discovery_failed_at, DISCOVERY_TTL, now) {
+        Cache::Use(d) => Ok(&d.value),
+        Cache::Fetch => Err(fetch(FetchKind::Discovery, &route.config.discovery)),
+        Cache::Unavailable => Err(Decision::Deny(Denial::ProviderUnavailable(
+            "the provider's discovery document could not be fetched".into(),
+        ))),
+    }
+}
+
+enum Cache<'a, T> {
+    Use(&'a Fetched<T>),
+    Fetch,
+    Unavailable,
+}
+
+/// Fresh → use; stale → refetch, unless a call failed recently (then use
+/// the stale copy: a provider outage does not stop tokens that verify with
+/// what is cached); missing → fetch, or unavailable right after a failure.
+fn cached<'a, T>(
+    doc: Option<&'a Fetched<T>>,
+    failed_at: Option<u64>,
+    ttl: u64,
+    now: u64,
+) -> Cache<'a, T> {
+    let failed_recently = failed_at.is_some_and(|t| now < t.saturating_add(RETRY_AFTER_FAILURE));
+    match doc {
+        Some(d) if now < d.fetched_at.saturating_add(ttl) || failed_recently => Cache::Use(d),
+        Some(_) => Cache::Fetch,
+        None if failed_recently => Cache::Unavailable,
+        None => Cache::Fetch,
+    }
+}
+
+fn fetch(kind: FetchKind, url: &str) -> Decision {
+    match crate::http::Target::parse(url) {
+        Ok(t) => {
+            let mut req = t.request("GET");
+            req.headers
+                .push(("accept".into(), "application/json".into()));
+            Decision::Fetch(kind, Box::new(req))
+        }
+        Err(e) => Decision::Deny(Denial::ProviderUnavailable(format!(
+            "cannot call {url}: {e}"
+        ))),
+    }
+}
+
+/// Maps a verifier error to the reply reason.
+fn denial_for(e: &VerifyError) -> Denial {
+    match e {
+        VerifyError::InsufficientScope(scopes) => Denial::InsufficientScope(scopes.clone()),
+        VerifyError::AudienceMissing => Denial::AudienceMissing,
+        VerifyError::AudienceMismatch => Denial::AudienceMismatch,
+        _ => Denial::InvalidToken(e.to_string()),
+    }
+}
+
+fn allowed(route: &Route, token: &str, userinfo_json: &[u8], cache_until: u64) -> Allowed {
+    let c = &route.config;
+    let mut headers = Vec::with_capacity(2);
+    if c.set_access_token_header {
+        if c.access_token_in_authorization_header {
+            headers.push(("authorization", format!("Bearer {token}")));
+        } else {
+            headers.push(("x-access-token", token.to_string()));
+        }
+    }
+    if c.set_userinfo_header {
+        headers.push((
+            "x-userinfo",
+            base64::engine::general_purpose::STANDARD.encode(userinfo_json),
+        ));
+    }
+    Allowed {
+        headers,
+        cache_until,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::STANDARD;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::discovery;
+    use crate::jwt::tests::{
+        claims, jwks, provider_keys, rsa_jwk, test_keys, token, with, CLIENT, ISS, NOW,
+    };
+    use crate::jwt::Alg;
+
+    fn disc_url() -> String {
+        format!("{ISS}/.well-known/openid-configuration")
+    }
+
+    fn route(extra: Value) -> Route {
+        let mut v = json!({
+            "client_id": CLIENT,
+            "client_secret": "s3cr3t",
+            "discovery": disc_url(),
+            "bearer_only": true,
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Route::from_json(&v.to_string()).unwrap()
+    }
+
+    fn metadata() -> Fetched<ProviderMetadata> {
+        let doc = json!({
+            "issuer": ISS,
+            "jwks_uri": format!("{ISS}/protocol/openid-connect/certs"),
+            "introspection_endpoint": format!("{ISS}/protocol/openid-connect/token/introspect"),
+        });
+        Fetched {
+            value: discovery::parse_response(200, doc.to_string().as_bytes(), ISS).unwrap(),
+            fetched_at: NOW - 10,
+        }
+    }
+
+    fn keys(fetched_at: u64) -> Fetched<Jwks> {
+        Fetched {
+            value: provider_keys(),
+            fetched_at,
+        }
+    }
+
+    fn rs256() -> String {
+        token(Alg::RS256, Some("rsa-a"), &claims())
+    }
+
+    fn allowed(d: Decision) -> Allowed {
+        match d {
+            Decision::Allow(a) => a,
+            other => panic!("expected Allow, got {other:?}"),
+        }
+    }
+
+    fn denied(d: Decision) -> Denial {
+        match d {
+            Decision::Deny(x) => x,
+            other => panic!("expected Deny, got {other:?}"),
+        }
+    }
+
+    fn header<'a>(a: &'a Allowed, name: &str) -> Option<&'a str> {
+        a.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn tokens_come_from_authorization_or_x_access_token() {
+        assert_eq!(extract_token(Some("Bearer abc"), None), Ok(Some("abc")));
+        assert_eq!(
+            extract_token(Some("bearer abc"), Some("x")),
+            Ok(Some("abc"))
+        );
+        assert_eq!(
+            extract_token(Some("Basic dXNlcjpwYXNz"), Some("x")),
+            Ok(None)
+        );
+        assert_eq!(
+            extract_token(Some("Bearer"), None),
+            Err(Denial::MalformedAuthorization)
+        );
+        assert_eq!(
+            extract_token(Some("garbage"), None),
+            Err(Denial::MalformedAuthorization)
+        );
+        assert_eq!(extract_token(None, Some("xyz")), Ok(Some("xyz")));
+        assert_eq!(extract_token(None, Some("")), Ok(None));
+        assert_eq!(extract_token(None, None), Ok(None));
+    }
+
+    #[test]
+    fn jwks_route_fetches_discovery_then_jwks_then_allows() {
+        let r = route(json!({"use_jwks": true}));
+        let t = rs256();
+        let d = decide(&r, &t, &ProviderState::default(), &[], NOW);
+        let Decision::Fetch(FetchKind::Discovery, req) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(req.cluster, "oidc|https|idp.example|443");
+        assert_eq!(
+            req.path,
+            "/realms/quickstart-realm/.well-known/openid-configuration"
+        );
+
+        let m = metadata();
+        let p = ProviderState {
+            discovery: Some(&m),
+            ..Default::default()
+        };
+        let d = decide(&r, &t, &p, &[], NOW);
+        let Decision::Fetch(FetchKind::Jwks, req) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            req.path,
+            "/realms/quickstart-realm/protocol/openid-connect/certs"
+        );
+
+        let k = keys(NOW - 10);
+        let p = ProviderState {
+            discovery: Some(&m),
+            jwks: Some(&k),
+            ..Default::default()
+        };
+        let a = allowed(decide(&r, &t, &p, &[], NOW));
+        assert_eq!(a.cache_until, NOW + 300);
+        assert_eq!(header(&a, "x-access-token"), Some(t.as_str()));
+        let userinfo = STANDARD.decode(header(&a, "x-userinfo").unwrap()).unwrap();
+        let userinfo: Value = serde_json::from_slice(&userinfo).unwrap();
+        assert_eq!(userinfo["preferred_username"], "jack");
+    }
+
+    #[test]
+    fn header_options_are_followed() {
+        let r = route(
+            json!({"use_jwks": true, "access_token_in_authorization_header": true,
+                             "set_userinfo_header": false}),
+        );
+        let (m, k) = (metadata(), keys(NOW));
+        let p = ProviderState {
+            discovery: Some(&m),
+            jwks: Some(&k),
+            ..Default::default()
+        };
+        let t = rs256();
+        let a = allowed(decide(&r, &t, &p, &[], NOW));
+        assert_eq!(a.headers, vec![("authorization", format!("Bearer {t}"))]);
+    }
+
+    #[test]
+    fn bad_tokens_are_denied_as_invalid() {
+        let r = route(json!({"use_jwks": true}));
+        let (m, k) = (metadata(), keys(NOW));
+        let p = ProviderState {
+            discovery: Some(&m),
+            jwks: Some(&k),
+            ..Default::default()
+        };
+        for t in [
+            "".to_string(),
+            "not.a.jwt".to_string(),
+            token(
+                Alg::RS256,
+                Some("rsa-a"),
+                &with(claims(), "exp", json!(NOW - 1000)),
+            ),
+            token(
+                Alg::RS256,
+                Some("rsa-a"),
+                &with(claims(), "iss", json!("https://evil")),
+            ),
+        ] {
+            let d = denied(decide(&r, &t, &p, &[], NOW));
+            assert!(matches!(d, Denial::InvalidToken(_)), "{d:?}");
+            assert_eq!(d.reply("apisix").status, 401);
+        }
+    }
+
+    #[test]
+    fn unknown_kid_refetches_the_jwks_at_most_once_per_interval() {
+        let r = route(json!({"use_jwks": true}));
+        let m = metadata();
+        // The cached set has only key B; the token is signed by a new key A.
+        let old = Fetched {
+            value: jwks(vec![rsa_jwk(&test_keys().rsa_b, "rsa-b")]),
+            fetched_at: NOW - 60,
+        };
+        let p = ProviderState {
+            discovery: Some(&m),
+            jwks: Some(&old),
+            ..Default::default()
+        };
+        let d = decide(&r, &rs256(), &p, &[], NOW);
+        assert!(matches!(d, Decision::Fetch(FetchKind::Jwks, _)), "{d:?}");
+
+        // Just refetched (still unknown): refused, no new call.
+        let fresh = Fetched {
+            value: old.value.clone(),
+            fetched_at: NOW - 1,
+        };
+        let p = ProviderState {
+            discovery: Some(&m),
+            jwks: Some(&fresh),
+            ..Default::default()
+        };
+        assert!(matches!(
+            denied(decide(&r, &rs256(), &p, &[], NOW)),
+            Denial::InvalidToken(_)
+        ));
+
+        // A refetch failed a moment ago: refused, no new call.
+        let p = ProviderState {
+            discovery: Some(&m),
+            jwks: Some(&old),
+            jwks_failed_at: Some(NOW - 1),
+            ..Default::default()
+        };
+        assert!(matches!(
+            denied(decide(&r, &rs256(), &p, &[], NOW)),
+            Denial::InvalidToken(_)
+        ));
+    }
+
+    #[test]
+    fn provider_outages() {
+        let r = route(json!({"use_jwks": true}));
+        let t = rs256();
+        // Nothing cached and the last call just failed: 503 at once.
+        let p = ProviderState {
+            discovery_failed_at: Some(NOW - 1),
+            ..Default::default()
+        };
+        let d = denied(decide(&r, &t, &p, &[], NOW));
+        assert_eq!(d.reply("apisix").status, 503);
+        // ... and a new try once the retry interval has passed.
+        let p = ProviderState {
+            discovery_failed_at: Some(NOW - RETRY_AFTER_FAILURE),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decide(&r, &t, &p, &[], NOW),
+            Decision::Fetch(FetchKind::Discovery, _)
+        ));
+
+        // Stale documents are refreshed, but used while the provider is down.
+        let m = metadata();
+        let stale = keys(NOW - 86400 - 1);
+        let p = ProviderState {
+            discovery: Some(&m),
+            jwks: Some(&stale),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decide(&r, &t, &p, &[], NOW),
+            Decision::Fetch(FetchKind::Jwks, _)
+        ));
+        let p = ProviderState {
+            jwks_failed_at: Some(NOW),
+            ..p
+        };
+        allowed(decide(&r, &t, &p, &[], NOW));
+    }
+
+    #[test]
+    fn public_key_with_valid_issuers_needs_no_provider() {
+        let pem = {
+            use rsa::pkcs8::EncodePublicKey as _;
+            test_keys()
+                .rsa_a
+                .to_public_key()
+                .to_public_key_pem(Default::default())
+                .unwrap()
+        };
+        let r = route(
+            json!({"public_key": pem, "claim_validator": {"issuer": {"valid_issuers": [ISS]}}}),
+        );
+        let t = rs256();
+        allowed(decide(&r, &t, &ProviderState::default(), &[], NOW));
+        // Without valid_issuers the discovery issuer is needed.
+        let r = route(json!({"public_key": pem}));
+        assert!(matches!(
+            decide(&r, &t, &ProviderState::default(), &[], NOW),
+            Decision::Fetch(FetchKind::Discovery, _)
+        ));
+    }
+
+    #[test]
+    fn the_same_token_gets_each_routes_answer() {
+        let lenient = route(json!({"use_jwks": true}));
+        let strict = route(json!({"use_jwks": true, "required_scopes": ["admin"]}));
+        let audience = route(
+            json!({"use_jwks": true, "claim_validator": {"audience": {"match_with_client_id": true}}}),
+        );
+        let (m, k) = (metadata(), keys(NOW));
+        let p = ProviderState {
+            discovery: Some(&m),
+            jwks: Some(&k),
+            ..Default::default()
+        };
+        let t = rs256();
+        allowed(decide(&lenient, &t, &p, &[], NOW));
+        let d = denied(decide(&strict, &t, &p, &[], NOW));
+        assert_eq!(d, Denial::InsufficientScope(vec!["admin".into()]));
+        assert_eq!(d.reply("x").status, 403);
+        // aud contains the client id in the fixture claims.
+        allowed(decide(&audience, &t, &p, &[], NOW));
+        let t2 = token(
+            Alg::RS256,
+            Some("rsa-a"),
+            &with(claims(), "aud", json!("account")),
+        );
+        assert_eq!(
+            denied(decide(&audience, &t2, &p, &[], NOW)),
+            Denial::AudienceMismatch
+        );
+    }
+
+    #[test]
+    fn introspection_request_uses_the_discovered_endpoint_and_client_credentials() {
+        let r = route(json!({}));
+        assert!(matches!(
+            decide(&r, "opaque", &ProviderState::default(), &[], NOW),
+            Decision::Fetch(FetchKind::Discovery, _)
+        ));
+        let m = metadata();
+        let p = ProviderState {
+            discovery: Some(&m),
+            ..Default::default()
+        };
+        let addon = [("x-tenant".to_string(), "t1".to_string())];
+        let Decision::Introspect(req) = decide(&r, "opaque", &p, &addon, NOW) else {
+            panic!()
+        };
+        assert_eq!(req.method, "POST");
+        assert_eq!(
+            req.path,
+            "/realms/quickstart-realm/protocol/openid-connect/token/introspect"
+        );
+        assert!(req
+            .headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v.starts_with("Basic ")));
+        assert!(req
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-tenant" && v == "t1"));
+        let body = String::from_utf8(req.body.clone().unwrap()).unwrap();
+        assert!(body.contains("token=opaque"), "{body}");
+
+        // A configured endpoint needs no discovery.
+        let r = route(json!({"introspection_endpoint": "http://127.0.0.1:9999/introspect"}));
+        let Decision::Introspect(req) = decide(&r, "opaque", &ProviderState::default(), &[], NOW)
+        else {
+            panic!()
+        };
+        assert_eq!(req.cluster, "oidc|http|127.0.0.1|9999");
+    }
+
+    #[test]
+    fn introspection_answers() {
+        let r = route(json!({}));
+        let body =
+            json!({"active": true, "sub": "u", "exp": NOW + 100, "scope": "openid"}).to_string();
+        let a = allowed(introspected(&r, "tok", 200, body.as_bytes(), NOW));
+        assert_eq!(a.cache_until, NOW + 100);
+        assert_eq!(
+            STANDARD.decode(header(&a, "x-userinfo").unwrap()).unwrap(),
+            body.as_bytes()
+        );
+        assert_eq!(header(&a, "x-access-token"), Some("tok"));
+
+        let capped = route(json!({"introspection_interval": 30}));
+        assert_eq!(
+            allowed(introspected(&capped, "tok", 200, body.as_bytes(), NOW)).cache_until,
+            NOW + 30
+        );
+
+        let inactive = json!({"active": false}).to_string();
+        assert!(matches!(
+            denied(introspected(&r, "tok", 200, inactive.as_bytes(), NOW)),
+            Denial::InvalidToken(_)
+        ));
+        for (status, body) in [(500, "oops"), (200, "not json"), (200, "{}")] {
+            let d = denied(introspected(&r, "tok", status, body.as_bytes(), NOW));
+            assert_eq!(d.reply("x").status, 503, "{status} {body}");
+        }
+        let strict = route(json!({"required_scopes": ["admin"]}));
+        assert_eq!(
+            denied(introspected(&strict, "tok", 200, body.as_bytes(), NOW)),
+            Denial::InsufficientScope(vec!["admin".into()])
+        );
+    }
+}

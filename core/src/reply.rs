@@ -1,0 +1,217 @@
+//! Why a request is refused, and the one place that maps each reason to a
+//! status, headers and body.
+
+/// A local reply the filter sends instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// Why a request does not reach the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Denial {
+    /// The `Authorization` header is not `<scheme> <credentials>` (400).
+    MalformedAuthorization,
+    /// A token is required and none was sent (401 with a bare challenge).
+    NoToken,
+    /// The token was checked and refused (401, `error="invalid_token"`).
+    InvalidToken(String),
+    /// Not authenticated on a route that would log a browser in, but this
+    /// request cannot be sent to a login page (401).
+    Unauthenticated,
+    /// The token lacks a scope the route requires (403, as APISIX).
+    InsufficientScope(Vec<String>),
+    /// The audience claim is required and absent (403, as APISIX).
+    AudienceMissing,
+    /// The audience claim does not name the client (403, as APISIX).
+    AudienceMismatch,
+    /// The provider is needed for a decision and cannot give it (503).
+    ProviderUnavailable(String),
+    /// Envoy has no cluster for the provider host (503).
+    NoProviderCluster { host: String, cluster: String },
+    /// The route's plugin config cannot be used (500).
+    BadRouteConfig(String),
+}
+
+impl Denial {
+    /// A short name for statistics (`denied.<reason>`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denial::MalformedAuthorization => "bad_request",
+            Denial::NoToken => "no_token",
+            Denial::InvalidToken(_) => "invalid_token",
+            Denial::Unauthenticated => "unauthenticated",
+            Denial::InsufficientScope(_) => "insufficient_scope",
+            Denial::AudienceMissing | Denial::AudienceMismatch => "audience",
+            Denial::ProviderUnavailable(_) | Denial::NoProviderCluster { .. } => {
+                "provider_unavailable"
+            }
+            Denial::BadRouteConfig(_) => "bad_config",
+        }
+    }
+
+    /// The reply for this denial on a route whose `realm` is given.
+    pub fn reply(&self, realm: &str) -> Reply {
+        let realm = header_quoted(realm);
+        let challenge = |extra: &str| {
+            vec![(
+                "www-authenticate".to_string(),
+                format!("Bearer realm=\"{realm}\"{extra}"),
+            )]
+        };
+        match self {
+            Denial::MalformedAuthorization => json_reply(
+                400,
+                vec![],
+                "invalid_request",
+                "Invalid Authorization header format.",
+            ),
+            Denial::NoToken => json_reply(
+                401,
+                challenge(""),
+                "unauthorized",
+                "No bearer token found in request.",
+            ),
+            Denial::InvalidToken(why) => json_reply(
+                401,
+                challenge(&format!(
+                    ", error=\"invalid_token\", error_description=\"{}\"",
+                    header_quoted(why)
+                )),
+                "invalid_token",
+                why,
+            ),
+            Denial::Unauthenticated => json_reply(
+                401,
+                challenge(""),
+                "unauthorized",
+                "authentication required",
+            ),
+            Denial::InsufficientScope(scopes) => error_only(
+                403,
+                &format!("required scopes {} not present", scopes.join(", ")),
+            ),
+            Denial::AudienceMissing => error_only(403, "required audience claim not present"),
+            Denial::AudienceMismatch => error_only(403, "mismatched audience"),
+            Denial::ProviderUnavailable(why) => {
+                json_reply(503, vec![], "identity provider unavailable", why)
+            }
+            Denial::NoProviderCluster { host, cluster } => json_reply(
+                503,
+                vec![],
+                "identity provider unavailable",
+                &format!("no Envoy cluster \"{cluster}\" for identity provider host {host}"),
+            ),
+            Denial::BadRouteConfig(why) => {
+                json_reply(500, vec![], "invalid openid-connect configuration", why)
+            }
+        }
+    }
+}
+
+fn json_reply(
+    status: u16,
+    mut headers: Vec<(String, String)>,
+    error: &str,
+    description: &str,
+) -> Reply {
+    headers.push(("content-type".into(), "application/json".into()));
+    let body = serde_json::json!({"error": error, "error_description": description}).to_string();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// APISIX's 403 bodies: `{"error":"..."}`.
+fn error_only(status: u16, error: &str) -> Reply {
+    Reply {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: serde_json::json!({ "error": error }).to_string(),
+    }
+}
+
+/// Makes text safe inside a quoted header parameter: printable ASCII
+/// without `"` and `\`.
+fn header_quoted(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == '"' || c == '\\' || !(' '..='~').contains(&c) {
+                '\''
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn statuses_match_apisix() {
+        assert_eq!(Denial::MalformedAuthorization.reply("r").status, 400);
+        assert_eq!(Denial::NoToken.reply("r").status, 401);
+        assert_eq!(Denial::InvalidToken("x".into()).reply("r").status, 401);
+        assert_eq!(Denial::Unauthenticated.reply("r").status, 401);
+        assert_eq!(Denial::InsufficientScope(vec![]).reply("r").status, 403);
+        assert_eq!(Denial::AudienceMismatch.reply("r").status, 403);
+        assert_eq!(Denial::AudienceMissing.reply("r").status, 403);
+        assert_eq!(
+            Denial::ProviderUnavailable("x".into()).reply("r").status,
+            503
+        );
+        assert_eq!(Denial::BadRouteConfig("x".into()).reply("r").status, 500);
+    }
+
+    #[test]
+    fn challenges() {
+        let r = Denial::NoToken.reply("apisix");
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Bearer realm=\"apisix\"")
+        );
+        let r = Denial::InvalidToken("token \"expired\"\n".into()).reply("a\"b");
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Bearer realm=\"a'b\", error=\"invalid_token\", error_description=\"token 'expired''\"")
+        );
+    }
+
+    #[test]
+    fn forbidden_bodies_are_apisix_shaped() {
+        let r = Denial::InsufficientScope(vec!["read".into(), "write".into()]).reply("r");
+        assert_eq!(
+            r.body,
+            r#"{"error":"required scopes read, write not present"}"#
+        );
+        assert_eq!(
+            Denial::AudienceMismatch.reply("r").body,
+            r#"{"error":"mismatched audience"}"#
+        );
+    }
+
+    #[test]
+    fn unknown_cluster_names_the_host() {
+        let r = Denial::NoProviderCluster {
+            host: "idp.example:8080".into(),
+            cluster: "oidc|http|idp.example|8080".into(),
+        }
+        .reply("r");
+        assert_eq!(r.status, 503);
+        assert!(r.body.contains("idp.example:8080"), "{}", r.body);
+    }
+}

@@ -1,0 +1,75 @@
+//! A route's plugin configuration, parsed once per config version, with
+//! everything derived from it that the request path needs.
+
+use crate::config::{ConfigErrors, PluginConfig};
+use crate::jwt::{Alg, AudiencePolicy, Jwks, VerifyPolicy};
+
+/// Everything the filter needs to decide a request on one route.
+#[derive(Debug)]
+pub struct Route {
+    pub config: PluginConfig,
+    /// Keys parsed from `public_key`, when the route has one.
+    pub public_keys: Option<Jwks>,
+    /// The allowed algorithms (the configured ones, else the default list).
+    pub algs: Vec<Alg>,
+}
+
+impl Route {
+    /// Parses a route's plugin config (the JSON text from route metadata).
+    pub fn from_json(json: &str) -> Result<Route, ConfigErrors> {
+        let config = PluginConfig::parse_str(json)?;
+        Route::new(config)
+    }
+
+    pub fn new(config: PluginConfig) -> Result<Route, ConfigErrors> {
+        let public_keys = match &config.public_key {
+            None => None,
+            Some(pem) => Some(Jwks::from_pem(pem).map_err(|e| {
+                ConfigErrors(vec![crate::config::ConfigError {
+                    field: "public_key".into(),
+                    message: format!("is not a usable public key: {e}"),
+                }])
+            })?),
+        };
+        let algs = config
+            .token_signing_alg_values_expected
+            .iter()
+            .filter_map(|a| a.parse::<Alg>().ok())
+            .collect();
+        Ok(Route {
+            config,
+            public_keys,
+            algs,
+        })
+    }
+
+    /// The verification policy for tokens on this route. `discovery_issuer`
+    /// is the provider's issuer, used when `claim_validator.issuer` does
+    /// not list issuers.
+    pub fn policy(&self, discovery_issuer: Option<&str>) -> VerifyPolicy {
+        let c = &self.config;
+        let issuers = match &c.claim_validator.valid_issuers {
+            Some(list) => list.clone(),
+            None => discovery_issuer
+                .map(|i| vec![i.to_string()])
+                .unwrap_or_default(),
+        };
+        VerifyPolicy {
+            allowed_algs: self.algs.clone(),
+            issuers,
+            audience: AudiencePolicy {
+                claim: c.claim_validator.audience.claim.clone(),
+                required: c.claim_validator.audience.required,
+                match_with_client_id: c.claim_validator.audience.match_with_client_id,
+                client_id: c.client_id.clone(),
+            },
+            required_scopes: c.required_scopes.clone(),
+            leeway: c.iat_slack,
+        }
+    }
+
+    /// The issuer must come from discovery: no `valid_issuers` configured.
+    pub fn needs_discovery_issuer(&self) -> bool {
+        self.config.claim_validator.valid_issuers.is_none()
+    }
+}

@@ -1,0 +1,43 @@
+# The two commands a user needs are `make demo` and `make test`.
+# Everything else is a building block of those.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/wasm/oidc_filter.wasm
+
+.PHONY: all setup build wasm test test-unit test-integration lint fmt clean
+
+all: build
+
+## setup: install what the build and the tests need (idempotent)
+setup:
+	@bash scripts/setup.sh
+
+## build: the wasm filter (and, later, the sidecar)
+build: wasm
+
+wasm:
+	$(CARGO) build -p oidc-filter --target $(WASM_TARGET) --profile wasm
+	@ls -l $(WASM)
+
+## test: install, build, lint and run every test
+test: setup build lint test-unit test-integration
+
+test-unit:
+	$(CARGO) test -p oidc-core
+
+test-integration: build
+	$(CARGO) test -p integration-tests -- --test-threads=2
+
+## lint: rustfmt and clippy, native and for the wasm target
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p oidc-filter --target $(WASM_TARGET) -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,79 @@
+//! Envoy counters defined by the filter (shown by Envoy as
+//! `wasmcustom.openid_connect.*`).
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+/// Denial reasons that get a counter each (see `Denial::reason`).
+const REASONS: &[&str] = &[
+    "bad_request",
+    "no_token",
+    "invalid_token",
+    "unauthenticated",
+    "insufficient_scope",
+    "audience",
+    "provider_unavailable",
+    "bad_config",
+];
+
+pub struct Metrics {
+    allowed: Option<u32>,
+    passed: Option<u32>,
+    denied: Vec<(&'static str, Option<u32>)>,
+    cache_hit: Option<u32>,
+    cache_miss: Option<u32>,
+    provider_calls: Option<u32>,
+    provider_failures: Option<u32>,
+}
+
+fn counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, &format!("openid_connect.{name}")).ok()
+}
+
+fn bump(id: Option<u32>) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+impl Metrics {
+    pub fn define() -> Metrics {
+        Metrics {
+            allowed: counter("allowed"),
+            passed: counter("passed"),
+            denied: REASONS
+                .iter()
+                .map(|r| (*r, counter(&format!("denied.{r}"))))
+                .collect(),
+            cache_hit: counter("cache.hit"),
+            cache_miss: counter("cache.miss"),
+            provider_calls: counter("provider.calls"),
+            provider_failures: counter("provider.failures"),
+        }
+    }
+
+    pub fn allowed(&self) {
+        bump(self.allowed)
+    }
+    /// Forwarded without identity (`unauth_action: "pass"`).
+    pub fn passed(&self) {
+        bump(self.passed)
+    }
+    pub fn denied(&self, reason: &str) {
+        if let Some((_, id)) = self.denied.iter().find(|(r, _)| *r == reason) {
+            bump(*id)
+        }
+    }
+    pub fn cache_hit(&self) {
+        bump(self.cache_hit)
+    }
+    pub fn cache_miss(&self) {
+        bump(self.cache_miss)
+    }
+    pub fn provider_call(&self) {
+        bump(self.provider_calls)
+    }
+    pub fn provider_failure(&self) {
+        bump(self.provider_failures)
+    }
+}

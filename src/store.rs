@@ -1,0 +1,148 @@
+//! Provider documents (discovery, JWKS) in proxy-wasm shared data, so all
+//! worker VMs share one copy, with a parsed copy per VM.
+//!
+//! Shared-data value: `fetched_at` (u64 LE, 0 = never) ‖ `failed_at`
+//! (u64 LE, 0 = never) ‖ the document body as the provider sent it.
+//! Only bodies that parsed are stored; each VM parses again when the
+//! shared value changes (its CAS number moves).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use oidc_core::bearer::{FetchKind, Fetched};
+use oidc_core::discovery::{self, ProviderMetadata};
+use oidc_core::jwt::Jwks;
+use proxy_wasm::hostcalls;
+
+struct Parsed<T> {
+    cas: u32,
+    doc: Option<Rc<Fetched<T>>>,
+    failed_at: Option<u64>,
+}
+
+/// What is known of one document.
+pub struct Known<T> {
+    pub doc: Option<Rc<Fetched<T>>>,
+    pub failed_at: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct Store {
+    discovery: RefCell<HashMap<String, Parsed<ProviderMetadata>>>,
+    jwks: RefCell<HashMap<String, Parsed<Jwks>>>,
+}
+
+fn key(kind: FetchKind, url: &str) -> String {
+    match kind {
+        FetchKind::Discovery => format!("openid-connect|discovery|{url}"),
+        FetchKind::Jwks => format!("openid-connect|jwks|{url}"),
+    }
+}
+
+fn split(raw: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let fetched = u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?);
+    let failed = u64::from_le_bytes(raw.get(8..16)?.try_into().ok()?);
+    Some((fetched, failed, raw.get(16..)?))
+}
+
+fn nonzero(t: u64) -> Option<u64> {
+    (t != 0).then_some(t)
+}
+
+/// Parses a stored discovery body; the expected issuer follows from the URL.
+pub fn parse_discovery(url: &str, body: &[u8]) -> Result<ProviderMetadata, String> {
+    let issuer = discovery::issuer_from_discovery_url(url)
+        .ok_or_else(|| format!("{url} is not a discovery URL"))?;
+    discovery::parse_response(200, body, &issuer).map_err(|e| e.to_string())
+}
+
+/// Parses a stored JWKS body.
+pub fn parse_jwks(body: &[u8]) -> Result<Jwks, String> {
+    Jwks::parse(body).map_err(|e| e.to_string())
+}
+
+impl Store {
+    pub fn discovery(&self, url: &str) -> Known<ProviderMetadata> {
+        load(&self.discovery, FetchKind::Discovery, url, |b| {
+            parse_discovery(url, b)
+        })
+    }
+
+    pub fn jwks(&self, url: &str) -> Known<Jwks> {
+        load(&self.jwks, FetchKind::Jwks, url, parse_jwks)
+    }
+
+    /// Stores a body that parsed, fetched at `now`.
+    pub fn save(&self, kind: FetchKind, url: &str, body: &[u8], now: u64) {
+        let mut value = Vec::with_capacity(16 + body.len());
+        value.extend_from_slice(&now.to_le_bytes());
+        value.extend_from_slice(&0u64.to_le_bytes());
+        value.extend_from_slice(body);
+        if let Err(e) = hostcalls::set_shared_data(&key(kind, url), Some(&value), None) {
+            log::warn!("openid-connect: cannot store provider document: {e:?}");
+        }
+    }
+
+    /// Records a failed call, keeping the last good document.
+    pub fn mark_failed(&self, kind: FetchKind, url: &str, now: u64) {
+        let k = key(kind, url);
+        let old = hostcalls::get_shared_data(&k).ok().and_then(|(v, _)| v);
+        let (fetched, body) = match old.as_deref().and_then(split) {
+            Some((f, _, b)) => (f, b.to_vec()),
+            None => (0, Vec::new()),
+        };
+        let mut value = Vec::with_capacity(16 + body.len());
+        value.extend_from_slice(&fetched.to_le_bytes());
+        value.extend_from_slice(&now.to_le_bytes());
+        value.extend_from_slice(&body);
+        let _ = hostcalls::set_shared_data(&k, Some(&value), None);
+    }
+}
+
+fn load<T>(
+    cache: &RefCell<HashMap<String, Parsed<T>>>,
+    kind: FetchKind,
+    url: &str,
+    parse: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Known<T> {
+    let (raw, cas) = match hostcalls::get_shared_data(&key(kind, url)) {
+        Ok((Some(raw), Some(cas))) => (raw, cas),
+        _ => {
+            return Known {
+                doc: None,
+                failed_at: None,
+            }
+        }
+    };
+    if let Some(p) = cache.borrow().get(url) {
+        if p.cas == cas {
+            return Known {
+                doc: p.doc.clone(),
+                failed_at: p.failed_at,
+            };
+        }
+    }
+    let (doc, failed_at) = match split(&raw) {
+        Some((fetched, failed, body)) => {
+            let doc = nonzero(fetched).and_then(|fetched_at| match parse(body) {
+                Ok(value) => Some(Rc::new(Fetched { value, fetched_at })),
+                Err(e) => {
+                    log::warn!("openid-connect: stored provider document does not parse: {e}");
+                    None
+                }
+            });
+            (doc, nonzero(failed))
+        }
+        None => (None, None),
+    };
+    cache.borrow_mut().insert(
+        url.to_string(),
+        Parsed {
+            cas,
+            doc: doc.clone(),
+            failed_at,
+        },
+    );
+    Known { doc, failed_at }
+}

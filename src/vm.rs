@@ -1,0 +1,92 @@
+//! State shared by the requests of one VM (one Envoy worker thread).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::rc::Rc;
+
+use lru::LruCache;
+use oidc_core::bearer::Allowed;
+use oidc_core::route::Route;
+
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// Route configs kept per VM before the table is cleared (config versions
+/// pile up as routes change).
+const MAX_ROUTE_VERSIONS: usize = 1024;
+
+/// One route config version, parsed once per VM.
+pub struct RouteEntry {
+    /// A number unique within this VM, part of the token-cache key.
+    pub id: u64,
+    /// The parsed config, or why it cannot be used.
+    pub route: Result<Route, String>,
+}
+
+pub struct Vm {
+    routes: RefCell<HashMap<String, Rc<RouteEntry>>>,
+    next_route_id: Cell<u64>,
+    /// Accepted tokens: key `<route id>:<token>`.
+    tokens: Option<RefCell<LruCache<String, Rc<Allowed>>>>,
+    pub store: Store,
+    pub metrics: Metrics,
+}
+
+impl Vm {
+    pub fn new(settings: Settings) -> Vm {
+        Vm {
+            routes: RefCell::new(HashMap::new()),
+            next_route_id: Cell::new(1),
+            tokens: NonZeroUsize::new(settings.token_cache_size)
+                .map(|n| RefCell::new(LruCache::new(n))),
+            store: Store::default(),
+            metrics: Metrics::define(),
+        }
+    }
+
+    /// The route for a config `version`; `load` reads the config JSON only
+    /// when this VM has not seen the version.
+    pub fn route(&self, version: &str, load: impl FnOnce() -> Option<String>) -> Rc<RouteEntry> {
+        if let Some(e) = self.routes.borrow().get(version) {
+            return e.clone();
+        }
+        let route = match load() {
+            None => Err("the route has a config version but no config".to_string()),
+            Some(json) => Route::from_json(&json).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = &route {
+            log::error!("openid-connect: route config version {version:?} is unusable: {e}");
+        }
+        let id = self.next_route_id.get();
+        self.next_route_id.set(id + 1);
+        let entry = Rc::new(RouteEntry { id, route });
+        let mut routes = self.routes.borrow_mut();
+        if routes.len() >= MAX_ROUTE_VERSIONS {
+            routes.clear();
+        }
+        routes.insert(version.to_string(), entry.clone());
+        entry
+    }
+
+    pub fn cached_token(&self, key: &str, now: u64) -> Option<Rc<Allowed>> {
+        let mut cache = self.tokens.as_ref()?.borrow_mut();
+        match cache.get(key) {
+            Some(a) if now < a.cache_until => Some(a.clone()),
+            Some(_) => {
+                cache.pop(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn cache_token(&self, key: String, allowed: Rc<Allowed>, now: u64) {
+        if allowed.cache_until > now {
+            if let Some(cache) = &self.tokens {
+                cache.borrow_mut().put(key, allowed);
+            }
+        }
+    }
+}

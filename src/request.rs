@@ -85,14 +85,6 @@ impl Request {
             .and_then(|b| String::from_utf8(b).ok())
     }
 
-    /// A request header; `Err` when it is not UTF-8.
-    fn header(&self, name: &str) -> Result<Option<String>, ()> {
-        match self.get_http_request_header_bytes(name) {
-            None => Ok(None),
-            Some(b) => String::from_utf8(b).map(Some).map_err(|_| ()),
-        }
-    }
-
     fn deny(&self, denial: Denial, realm: &str) -> Action {
         log::debug!("openid-connect: denied ({})", denial.reason());
         self.vm.metrics.denied(denial.reason());
@@ -295,11 +287,24 @@ impl HttpContext for Request {
         };
         let entry = self.vm.route(&version, || self.property(&CONFIG_PATH));
 
+        // One host call for all headers (names arrive lower-cased); values
+        // that are not UTF-8 count as absent, or as malformed for
+        // `Authorization`.
+        let headers = self.get_http_request_headers_bytes();
+        let header = |name: &str| -> Result<Option<String>, ()> {
+            match headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                None => Ok(None),
+                Some((_, v)) => String::from_utf8(v.clone()).map(Some).map_err(|_| ()),
+            }
+        };
+
         // The client's X-Access-Token may carry the token (as in APISIX),
         // but none of the identity headers it sent reaches the upstream.
-        let x_access_token = self.header("x-access-token").ok().flatten();
+        let x_access_token = header("x-access-token").ok().flatten();
         for h in IDENTITY_HEADERS {
-            self.set_http_request_header(h, None);
+            if headers.iter().any(|(k, _)| k == h) {
+                self.set_http_request_header(h, None);
+            }
         }
 
         let route = match &entry.route {
@@ -310,7 +315,7 @@ impl HttpContext for Request {
         if !c.checks_bearer_tokens() {
             return self.unauthenticated(route);
         }
-        let Ok(authorization) = self.header("authorization") else {
+        let Ok(authorization) = header("authorization") else {
             return self.deny(Denial::MalformedAuthorization, &c.realm);
         };
         let token = match bearer::extract_token(authorization.as_deref(), x_access_token.as_deref())
@@ -330,7 +335,7 @@ impl HttpContext for Request {
         let addon_headers = c
             .introspection_addon_headers
             .iter()
-            .filter_map(|name| Some((name.clone(), self.header(name).ok()??)))
+            .filter_map(|name| Some((name.clone(), header(name).ok()??)))
             .collect();
         self.check = Some(Check {
             entry: entry.clone(),

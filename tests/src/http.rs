@@ -1,4 +1,6 @@
-//! A small blocking HTTP client for tests.
+//! A small blocking HTTP client for tests: redirects are not followed, no
+//! cookies are kept, no proxy is used (whatever `HTTP_PROXY` says), bodies
+//! are read whole. Blocking: not for use inside a tokio runtime.
 
 use std::time::Duration;
 
@@ -18,15 +20,30 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of header `name`, in order (e.g. `set-cookie`).
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The body as JSON; panics (showing the body) if it is not JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
 fn client() -> reqwest::blocking::Client {
+    client_with_timeout(Duration::from_secs(20))
+}
+
+fn client_with_timeout(timeout: Duration) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(2))
         .no_proxy()
         .build()
         .expect("http client")
@@ -57,6 +74,38 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<Response, reqwest::Err
     let mut req = client().get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
+    }
+    finish(req.send()?)
+}
+
+/// GET with extra headers and a timeout for the whole exchange.
+pub fn get_timeout(
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Response, reqwest::Error> {
+    let mut req = client_with_timeout(timeout).get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    finish(req.send()?)
+}
+
+/// Any method, headers and optional body; redirects are not followed.
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Result<Response, reqwest::Error> {
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .unwrap_or_else(|_| panic!("invalid HTTP method {method:?}"));
+    let mut req = client().request(method, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(body) = body {
+        req = req.body(body);
     }
     finish(req.send()?)
 }

@@ -1,0 +1,175 @@
+//! The node OpenID provider in `tests/provider` (npm `oidc-provider` shaped
+//! like Keycloak's `quickstart-realm`): `node tests/provider/server.js` with
+//! `PORT`, and optionally `KEY_FILE`, `ACCESS_TOKEN_TTL`, `CLIENT_SECRET`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::envoy::Cluster;
+use crate::{free_port, repo_root, wait_for, Proc};
+
+/// The issuer's path.
+pub const REALM_PATH: &str = "/realms/quickstart-realm";
+pub const CLIENT_ID: &str = "apisix-quickstart-client";
+/// `CLIENT_SECRET` when none is given.
+pub const DEFAULT_CLIENT_SECRET: &str = "quickstart-client-secret-0123456789";
+/// How long `start`/`restart` wait for the discovery document.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The provider's environment.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderOptions {
+    /// `KEY_FILE`: signing keys to load instead of fresh ones (so that a
+    /// restart keeps them).
+    pub key_file: Option<PathBuf>,
+    /// `ACCESS_TOKEN_TTL`, seconds.
+    pub access_token_ttl: Option<u64>,
+    /// `CLIENT_SECRET` (default [`DEFAULT_CLIENT_SECRET`]).
+    pub client_secret: Option<String>,
+    /// Any other variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running provider; issuer `http://127.0.0.1:<port>/realms/quickstart-realm`.
+pub struct Provider {
+    pub port: u16,
+    pub options: ProviderOptions,
+    proc: Proc,
+}
+
+/// The directory of the provider's code.
+pub fn provider_dir() -> PathBuf {
+    repo_root().join("tests/provider")
+}
+
+/// `$NODE_BIN`, else a `node` that npm installed in the provider's
+/// `node_modules/.bin`, else `node` on `PATH`.
+pub fn node_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NODE_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let local = provider_dir().join("node_modules/.bin/node");
+    if local.is_file() {
+        local
+    } else {
+        PathBuf::from("node")
+    }
+}
+
+impl Provider {
+    /// Starts it on a free port and waits for its discovery document.
+    pub fn start(dir: &std::path::Path, options: ProviderOptions) -> Provider {
+        let server = provider_dir().join("server.js");
+        assert!(server.is_file(), "{} is missing", server.display());
+        assert!(
+            provider_dir().join("node_modules").is_dir(),
+            "{}/node_modules is missing: run `bash scripts/setup.sh`",
+            provider_dir().display()
+        );
+        let port = free_port();
+        let mut p = Provider {
+            proc: Proc::spawn("provider", dir, command(port, &options)),
+            port,
+            options,
+        };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&mut self) {
+        let url = self.discovery_url();
+        let proc = &mut self.proc;
+        wait_for("the OpenID provider", START_TIMEOUT, || {
+            proc.assert_running();
+            let r = crate::http::get_timeout(&url, &[], Duration::from_secs(2)).ok()?;
+            (r.status == 200).then_some(())
+        });
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn issuer(&self) -> String {
+        self.url(REALM_PATH)
+    }
+
+    pub fn discovery_url(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.issuer())
+    }
+
+    pub fn client_id(&self) -> &'static str {
+        CLIENT_ID
+    }
+
+    pub fn client_secret(&self) -> &str {
+        self.options
+            .client_secret
+            .as_deref()
+            .unwrap_or(DEFAULT_CLIENT_SECRET)
+    }
+
+    /// The cluster the filter calls for this provider.
+    pub fn cluster(&self) -> Cluster {
+        Cluster::provider(&self.issuer())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+
+    /// Stops it (calls to it are refused until `restart`).
+    pub fn stop(&mut self) {
+        self.proc.stop();
+    }
+
+    /// Stops it (if running) and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.proc.stop();
+        self.proc = Proc::spawn(
+            "provider",
+            self.proc_dir(),
+            command(self.port, &self.options),
+        );
+        self.wait_ready();
+    }
+
+    /// Restarts it on the same port with other options.
+    pub fn restart_with(&mut self, options: ProviderOptions) {
+        self.options = options;
+        self.restart();
+    }
+
+    fn proc_dir(&self) -> &std::path::Path {
+        self.proc
+            .log_path()
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+    }
+}
+
+fn command(port: u16, o: &ProviderOptions) -> Command {
+    let mut cmd = Command::new(node_bin());
+    cmd.arg("server.js")
+        .current_dir(provider_dir())
+        .env("PORT", port.to_string());
+    if let Some(k) = &o.key_file {
+        cmd.env("KEY_FILE", k);
+    }
+    if let Some(ttl) = o.access_token_ttl {
+        cmd.env("ACCESS_TOKEN_TTL", ttl.to_string());
+    }
+    if let Some(s) = &o.client_secret {
+        cmd.env("CLIENT_SECRET", s);
+    }
+    for (k, v) in &o.env {
+        cmd.env(k, v);
+    }
+    cmd
+}

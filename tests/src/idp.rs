@@ -34,7 +34,7 @@ impl Idp {
 
     fn spawn(dir: &Path, port: u16, n: u32) -> Proc {
         let mut cmd = Command::new("node");
-        cmd.arg(repo_root().join("tests/idp/server.js"))
+        cmd.arg(repo_root().join("tests/provider/server.js"))
             .env("PORT", port.to_string())
             .env("CLIENT_SECRET", CLIENT_SECRET);
         let mut proc = Proc::spawn(&format!("idp-{n}"), dir, cmd);

@@ -1,0 +1,5 @@
+//! The sidecar: APISIX's Admin API for routes, served to Envoy over xDS.
+
+mod model;
+
+fn main() {}

@@ -25,7 +25,6 @@
 
 pub mod envoy;
 pub mod http;
-pub mod idp;
 pub mod ports;
 pub mod proc;
 pub mod provider;
@@ -35,7 +34,6 @@ use std::time::{Duration, Instant};
 
 pub use envoy::{Cluster, Envoy, EnvoyConfig, Route};
 pub use http::{get, Response};
-pub use idp::Idp;
 pub use ports::free_port;
 pub use proc::{pid_alive, Httpbin, Proc};
 pub use provider::{Provider, ProviderOptions};

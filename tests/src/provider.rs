@@ -12,6 +12,8 @@ use crate::{free_port, repo_root, wait_for, Proc};
 /// The issuer's path.
 pub const REALM_PATH: &str = "/realms/quickstart-realm";
 pub const CLIENT_ID: &str = "apisix-quickstart-client";
+pub const USER: &str = "quickstart-user";
+pub const PASSWORD: &str = "quickstart-user-pass";
 /// `CLIENT_SECRET` when none is given.
 pub const DEFAULT_CLIENT_SECRET: &str = "quickstart-client-secret-0123456789";
 /// How long `start`/`restart` wait for the discovery document.
@@ -144,6 +146,56 @@ impl Provider {
     pub fn restart_with(&mut self, options: ProviderOptions) {
         self.options = options;
         self.restart();
+    }
+
+    fn token(&self, form: &[(&str, &str)]) -> serde_json::Value {
+        let url = format!("{}/protocol/openid-connect/token", self.issuer());
+        let r = crate::http::post_form(&url, form, Some((CLIENT_ID, self.client_secret())))
+            .expect("token endpoint");
+        assert_eq!(r.status, 200, "token endpoint: {}", r.body);
+        r.json()
+    }
+
+    /// An access token from the client-credentials grant.
+    pub fn client_credentials_token(&self) -> String {
+        self.token(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "openid profile"),
+        ])["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
+    }
+
+    /// The password grant's response for `quickstart-user` (access,
+    /// refresh and ID tokens).
+    pub fn password_grant(&self) -> serde_json::Value {
+        self.token(&[
+            ("grant_type", "password"),
+            ("username", USER),
+            ("password", PASSWORD),
+            ("scope", "openid profile"),
+        ])
+    }
+
+    /// The refresh grant's response.
+    pub fn refresh(&self, refresh_token: &str) -> serde_json::Value {
+        self.token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ])
+    }
+
+    /// Revokes a token at the provider.
+    pub fn revoke(&self, token: &str) {
+        let url = format!("{}/protocol/openid-connect/revoke", self.issuer());
+        let r = crate::http::post_form(
+            &url,
+            &[("token", token)],
+            Some((CLIENT_ID, self.client_secret())),
+        )
+        .expect("revocation endpoint");
+        assert_eq!(r.status, 200, "revocation: {}", r.body);
     }
 
     fn proc_dir(&self) -> &std::path::Path {

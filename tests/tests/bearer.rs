@@ -5,13 +5,15 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use integration_tests::idp::{CLIENT_ID, CLIENT_SECRET};
-use integration_tests::{get, Envoy, EnvoyConfig, Httpbin, Idp, Route, TestDir};
+use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET as CLIENT_SECRET};
+use integration_tests::{
+    get, Envoy, EnvoyConfig, Httpbin, Provider, ProviderOptions, Route, TestDir,
+};
 use serde_json::{json, Value};
 
 struct Stack {
     envoy: Envoy,
-    idp: Idp,
+    idp: Provider,
     _httpbin: Httpbin,
     // Last: dropped after the processes, so their logs are kept on failure.
     _dir: TestDir,
@@ -19,11 +21,11 @@ struct Stack {
 
 /// The tutorial's route body, with the session secret the sidecar would
 /// fill in, plus `extra`.
-fn plugin(idp: &Idp, extra: Value) -> Value {
+fn plugin(idp: &Provider, extra: Value) -> Value {
     let mut v = json!({
         "client_id": CLIENT_ID,
         "client_secret": CLIENT_SECRET,
-        "discovery": idp.discovery(),
+        "discovery": idp.discovery_url(),
         "scope": "openid profile",
         "redirect_uri": "http://localhost:9080/anything/callback",
         "session": {"secret": "a-session-secret-for-the-tests"},
@@ -34,7 +36,7 @@ fn plugin(idp: &Idp, extra: Value) -> Value {
     v
 }
 
-fn routes(idp: &Idp) -> Vec<Route> {
+fn routes(idp: &Provider) -> Vec<Route> {
     vec![
         Route::protected(
             "/anything/jwks",
@@ -66,7 +68,7 @@ fn routes(idp: &Idp) -> Vec<Route> {
 fn stack(name: &str) -> Stack {
     let dir = TestDir::new(name);
     let httpbin = Httpbin::start(dir.path());
-    let idp = Idp::start(dir.path());
+    let idp = Provider::start(dir.path(), ProviderOptions::default());
     let mut config = EnvoyConfig::default()
         .upstream("httpbin", httpbin.port)
         .provider(idp.port);

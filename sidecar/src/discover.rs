@@ -49,7 +49,7 @@ pub fn discovery_urls(routes: &BTreeMap<String, Value>) -> BTreeMap<String, bool
         };
         if let Ok(c) = PluginConfig::parse(plugin) {
             let verify = out.entry(c.discovery.clone()).or_insert(c.ssl_verify);
-            *verify = *verify && c.ssl_verify;
+            *verify = *verify || c.ssl_verify;
         }
     }
     out
@@ -89,7 +89,11 @@ impl Discoverer {
     async fn fetch(&self, url: &str, verify: bool) -> Result<Vec<String>, String> {
         let issuer = discovery::issuer_from_discovery_url(url)
             .ok_or_else(|| "not a discovery URL".to_string())?;
-        let client = if verify { &self.verifying } else { &self.lenient };
+        let client = if verify {
+            &self.verifying
+        } else {
+            &self.lenient
+        };
         let resp = client
             .get(url)
             .header("accept", "application/json")
@@ -125,7 +129,11 @@ impl Discoverer {
                 Err(e) => {
                     tracing::warn!(discovery = %url, error = %e, "cannot fetch the discovery document; only the discovery host gets a cluster for now");
                     // Keep what an earlier fetch found.
-                    let urls = self.known.get(url).map(|k| k.urls.clone()).unwrap_or_default();
+                    let urls = self
+                        .known
+                        .get(url)
+                        .map(|k| k.urls.clone())
+                        .unwrap_or_default();
                     Known {
                         urls,
                         at: Instant::now(),
@@ -174,15 +182,17 @@ mod tests {
     #[test]
     fn discovery_urls_of_oidc_routes() {
         let mut routes = BTreeMap::new();
-        let plugin = |disc: &str, verify: bool| {
-            json!({"client_id": "c", "client_secret": "s", "discovery": disc, "bearer_only": true, "ssl_verify": verify})
-        };
+        let plugin = |disc: &str, verify: bool| json!({"client_id": "c", "client_secret": "s", "discovery": disc, "bearer_only": true, "ssl_verify": verify});
         routes.insert("a".into(), json!({"plugins": {"openid-connect": plugin("https://idp/.well-known/openid-configuration", true)}}));
         routes.insert("b".into(), json!({"plugins": {"openid-connect": plugin("https://idp/.well-known/openid-configuration", false)}}));
         routes.insert("c".into(), json!({"plugins": {}}));
         let urls = discovery_urls(&routes);
         assert_eq!(urls.len(), 1);
-        assert_eq!(urls.get("https://idp/.well-known/openid-configuration"), Some(&false));
+        // Verified unless every route using it turns verification off.
+        assert_eq!(
+            urls.get("https://idp/.well-known/openid-configuration"),
+            Some(&true)
+        );
     }
 
     #[test]
@@ -192,7 +202,12 @@ mod tests {
             "jwks_uri": "http://keys.idp:8080/certs",
             "token_endpoint": "http://idp:8080/token",
         });
-        let m = discovery::parse_response(200, doc.to_string().as_bytes(), "http://idp:8080/realms/r").unwrap();
-        assert_eq!(endpoint_urls(&m), vec!["http://keys.idp:8080/certs", "http://idp:8080/token"]);
+        let m =
+            discovery::parse_response(200, doc.to_string().as_bytes(), "http://idp:8080/realms/r")
+                .unwrap();
+        assert_eq!(
+            endpoint_urls(&m),
+            vec!["http://keys.idp:8080/certs", "http://idp:8080/token"]
+        );
     }
 }

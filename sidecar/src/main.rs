@@ -55,7 +55,11 @@ struct Options {
     proxy_port: u16,
 
     /// The filter module as Envoy will read it.
-    #[arg(long, env = "SIDECAR_WASM", default_value = "target/wasm32-wasip1/wasm/oidc_filter.wasm")]
+    #[arg(
+        long,
+        env = "SIDECAR_WASM",
+        default_value = "target/wasm32-wasip1/wasm/oidc_filter.wasm"
+    )]
     wasm: PathBuf,
 
     /// The wasm filter's listener-level settings (JSON).

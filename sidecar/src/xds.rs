@@ -59,6 +59,8 @@ pub const ROUTES_WAIT: Duration = Duration::from_secs(2);
 const CONTROL_PLANE: &str = "apisix-envoy-sidecar";
 /// Longest NACK message kept or logged.
 const MAX_MESSAGE: usize = 2000;
+/// Longest node id kept or logged.
+const MAX_NODE_ID: usize = 128;
 
 /// The route set as the Admin API publishes it: route id → stored route.
 pub type Routes = Arc<BTreeMap<String, Value>>;
@@ -191,9 +193,10 @@ impl Snapshot {
             .collect()
     }
 
-    /// `text` with every secret of the route set masked, shortened.
+    /// `text` with every secret of the route set masked, on one line,
+    /// shortened.
     fn mask(&self, text: &str) -> String {
-        truncate(&mask(&self.secrets, text), MAX_MESSAGE)
+        clean(&mask(&self.secrets, text), MAX_MESSAGE)
     }
 }
 
@@ -215,10 +218,16 @@ fn short_hex(digest: &[u8]) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_string(),
+/// Text from a peer, fit for one log line: control characters become
+/// spaces, and at most `max` characters are kept.
+fn clean(s: &str, max: usize) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one_line.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &one_line[..i]),
+        None => one_line,
     }
 }
 
@@ -540,7 +549,7 @@ impl StreamState {
     ) -> (Option<Kind>, Received) {
         if let Some(node) = &req.node {
             if self.node.is_empty() {
-                self.node = node.id.clone();
+                self.node = clean(&node.id, MAX_NODE_ID);
             }
         }
         let Some(kind) = Kind::from_type_url(&req.type_url) else {
@@ -680,7 +689,7 @@ pub struct Ads {
 
 /// The ADS gRPC service for `routes` (and, when given, the URLs of the
 /// provider endpoints the discovery documents name, which get provider
-/// clusters too). Serve it with tonic, or use [`serve`].
+/// clusters too). Serve it with [`serve_on`] (or any tonic server).
 pub fn ads_service(
     routes: watch::Receiver<Routes>,
     providers: Option<watch::Receiver<Arc<Vec<String>>>>,
@@ -815,11 +824,11 @@ fn log_received(
     let (id, node) = (st.id, st.node.as_str());
     match (kind, received) {
         (_, Received::UnknownType) => {
-            tracing::warn!(stream = id, node, type_url = %req.type_url, "Envoy asked for a resource type this server does not serve");
+            tracing::warn!(stream = id, node, type_url = ?req.type_url, "Envoy asked for a resource type this server does not serve");
         }
         (Some(kind), Received::Ack) => {
-            tracing::debug!(stream = id, node, kind = kind.name(), version = %req.version_info, "ACK");
-            status.acked(id, kind, &req.version_info);
+            tracing::debug!(stream = id, node, kind = kind.name(), version = ?req.version_info, "ACK");
+            status.acked(id, kind, &clean(&req.version_info, MAX_NODE_ID));
         }
         (Some(kind), Received::Nack(nack)) => {
             tracing::warn!(stream = id, node, kind = kind.name(), version = %nack.version,
@@ -830,7 +839,7 @@ fn log_received(
             tracing::debug!(stream = id, node, kind = kind.name(), names = ?req.resource_names, "request");
         }
         (Some(kind), Received::Stale) => {
-            tracing::debug!(stream = id, node, kind = kind.name(), nonce = %req.response_nonce, "stale request ignored");
+            tracing::debug!(stream = id, node, kind = kind.name(), nonce = ?req.response_nonce, "stale request ignored");
         }
         (None, _) => {}
     }
@@ -842,11 +851,6 @@ fn log_received(
 /// Why the xDS server stopped.
 #[derive(Debug)]
 pub enum XdsError {
-    /// The address could not be bound.
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
     /// The gRPC server failed.
     Serve(tonic::transport::Error),
 }
@@ -854,9 +858,6 @@ pub enum XdsError {
 impl std::fmt::Display for XdsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            XdsError::Bind { addr, source } => {
-                write!(f, "cannot listen for xDS on {addr}: {source}")
-            }
             XdsError::Serve(e) => write!(f, "the xDS server failed: {e}"),
         }
     }
@@ -865,23 +866,9 @@ impl std::fmt::Display for XdsError {
 impl std::error::Error for XdsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            XdsError::Bind { source, .. } => Some(source),
             XdsError::Serve(e) => Some(e),
         }
     }
-}
-
-/// Serves ADS on `addr` until the server fails.
-pub async fn serve(
-    addr: SocketAddr,
-    routes: watch::Receiver<Routes>,
-    settings: ProxySettings,
-    status: Arc<XdsStatus>,
-) -> Result<(), XdsError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| XdsError::Bind { addr, source })?;
-    serve_on(listener, ads_service(routes, None, settings, status)).await
 }
 
 /// Serves `service` (from [`ads_service`]) on a bound listener.
@@ -1343,8 +1330,8 @@ mod tests {
         assert!(s.contains(&"another\"secret".to_string()));
         assert!(s.contains(&"another\\\"secret".to_string()), "{s:?}");
         assert!(!s.contains(&"public-id".to_string()));
-        assert_eq!(truncate("abcdef", 3), "abc...");
-        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(clean("abcdef", 3), "abc...");
+        assert_eq!(clean("a\nb\tc", 10), "a b c");
     }
 }
 
@@ -1607,11 +1594,22 @@ mod envoy_test {
     /// until the body is complete, not until the server closes: Envoy
     /// delays closing after a local reply (`delayed_close_timeout`, 1 s).
     async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Reply> {
+        request(addr, "GET", path, "test.local").await
+    }
+
+    async fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        host: &str,
+    ) -> std::io::Result<Reply> {
         let io = async {
             let mut s = TcpStream::connect(addr).await?;
             s.write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
             )
             .await?;
             let mut buf = Vec::new();
@@ -1714,7 +1712,7 @@ mod envoy_test {
         json!({"uri": uri, "upstream": {"type": "roundrobin", "nodes": nodes}})
     }
 
-    fn set(routes: &[(&str, Value)]) -> Routes {
+    fn route_set(routes: &[(&str, Value)]) -> Routes {
         Arc::new(
             routes
                 .iter()
@@ -1764,11 +1762,41 @@ mod envoy_test {
         });
         let mut secure = route("/secure/*", &[(a, 1)]);
         secure["plugins"] = json!({"openid-connect": oidc});
+        // Routes present in every set below (they must not change).
+        let mut tls = secure.clone();
+        tls["uri"] = json!("/tls/*");
+        tls["plugins"]["openid-connect"]["discovery"] =
+            json!("https://idp.example.test/realms/r/.well-known/openid-configuration");
+        let mut lax = tls.clone();
+        lax["uri"] = json!("/lax/*");
+        lax["plugins"]["openid-connect"]["discovery"] =
+            json!("https://lax.example.test:8443/.well-known/openid-configuration");
+        lax["plugins"]["openid-connect"]["ssl_verify"] = json!(false);
+        let mut hosted = route("/anything/*", &[(b, 1)]);
+        hosted["host"] = json!("*.example.test");
+        let mut post = route("/post-only", &[(a, 1)]);
+        post["methods"] = json!(["POST"]);
+        let dns =
+            json!({"uri": "/dns", "upstream": {"nodes": {format!("localhost:{}", b.port()): 1}}});
+        let extras = [
+            ("tls", tls),
+            ("lax", lax),
+            ("hosted", hosted),
+            ("post", post),
+            ("dns", dns),
+        ];
+        let set = |list: &[(&str, Value)]| {
+            let mut all = list.to_vec();
+            all.extend(extras.iter().cloned());
+            route_set(&all)
+        };
+
         let v1 = vec![
             ("r1", route("/anything/*", &[(a, 1)])),
             ("secure", secure.clone()),
         ];
         let (tx, rx) = watch::channel(set(&v1));
+        let (providers_tx, providers_rx) = watch::channel(Arc::new(Vec::new()));
 
         let status = XdsStatus::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xDS");
@@ -1782,7 +1810,7 @@ mod envoy_test {
         };
         let server = tokio::spawn(serve_on(
             listener,
-            ads_service(rx, None, settings, status.clone()),
+            ads_service(rx, Some(providers_rx), settings, status.clone()),
         ));
 
         let e1 = EnvoyProc::start(&logs.0, "xds-test-1", xds_port).await;
@@ -1796,6 +1824,43 @@ mod envoy_test {
             assert_eq!(r.status, 401, "the filter read the route metadata: {r:?}");
             assert!(r.head.contains("www-authenticate: bearer"), "{}", r.head);
             assert_eq!(e.get("/nothing").await.status, 404);
+            // Methods, hosts (port ignored, wildcard), a host-name node.
+            assert_eq!(e.get("/post-only").await.status, 404);
+            let r = request(e.proxy, "POST", "/post-only", "test.local")
+                .await
+                .unwrap();
+            assert_eq!((r.status, r.body.as_str()), (200, "A"));
+            let r = request(e.proxy, "GET", "/anything/x", "a.example.test:9080")
+                .await
+                .unwrap();
+            assert_eq!(
+                (r.status, r.body.as_str()),
+                (200, "B"),
+                "the host's route first"
+            );
+            assert_eq!(e.get("/dns").await.body, "B");
+        }
+        // Provider clusters, TLS ones included, were accepted; so are
+        // clusters for URLs the discovery documents name.
+        providers_tx
+            .send(Arc::new(vec!["https://keys.example.test/certs".into()]))
+            .expect("send");
+        for e in [&e1, &e2] {
+            wait_for(
+                "the extra provider cluster",
+                Duration::from_secs(5),
+                || async {
+                    let r = get(e.admin, "/clusters").await.ok()?;
+                    let names = [
+                        "oidc|http|127.0.0.1|9::",
+                        "oidc|https|idp.example.test|443::",
+                        "oidc|https|lax.example.test|8443::",
+                        "oidc|https|keys.example.test|443::",
+                    ];
+                    names.iter().all(|n| r.body.contains(n)).then_some(())
+                },
+            )
+            .await;
         }
         assert_eq!(status.report().connected, 2);
         let report = status.report();

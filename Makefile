@@ -6,7 +6,7 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/wasm/oidc_filter.wasm
 
-.PHONY: all setup build wasm test test-unit test-integration lint fmt clean
+.PHONY: all setup build wasm sidecar run test test-unit test-integration lint fmt clean
 
 all: build
 
@@ -14,18 +14,25 @@ all: build
 setup:
 	@bash scripts/setup.sh
 
-## build: the wasm filter (and, later, the sidecar)
-build: wasm
+## build: the wasm filter and the sidecar
+build: wasm sidecar
 
-wasm:
+wasm: setup
 	$(CARGO) build -p oidc-filter --target $(WASM_TARGET) --profile wasm
 	@ls -l $(WASM)
+
+sidecar:
+	$(CARGO) build -p sidecar
+
+## run: the gateway alone (sidecar + Envoy) in the foreground; Ctrl-C stops it
+run: setup build
+	@bash scripts/run.sh
 
 ## test: install, build, lint and run every test
 test: setup build lint test-unit test-integration
 
 test-unit:
-	$(CARGO) test -p oidc-core
+	$(CARGO) test -p oidc-core -p sidecar
 
 test-integration: build
 	$(CARGO) test -p integration-tests -- --test-threads=2

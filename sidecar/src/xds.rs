@@ -1,0 +1,1979 @@
+//! A state-of-the-world ADS server (Envoy's `AggregatedDiscoveryService`,
+//! gRPC) that serves what [`translate`](crate::translate) makes of the
+//! current route set, to any number of Envoys.
+//!
+//! - **Versions.** Each resource type (clusters, endpoints, listeners,
+//!   route configurations) has its own version: the first 16 hex digits of
+//!   a SHA-256 over that type's resources. A type whose resources did not
+//!   change keeps its version and is not sent again. (The generated
+//!   protobuf maps are `HashMap`s, so the same route metadata can encode in
+//!   two byte orders; route configurations are hashed with their metadata
+//!   in a canonical order instead of as encoded.)
+//! - **Per stream and type** the server remembers what it last sent (version,
+//!   resource names, nonce). A request answers a nonce: with the nonce of the
+//!   last response it is an ACK, or a NACK when it carries `error_detail`
+//!   (logged with secrets masked, and kept in [`XdsStatus`]); with an older
+//!   nonce it is stale and ignored, as the xDS protocol asks. A type is sent
+//!   when the stream first asks for it, when it asks for other resource
+//!   names (a new EDS cluster), and when its version changes. A NACKed
+//!   version is not sent again: Envoy keeps its previous configuration.
+//! - **Order.** Every push goes clusters, endpoints, listeners, routes
+//!   (Envoy's "make before break" rule for ADS). A route configuration that
+//!   follows new `EDS` clusters waits (at most [`ROUTES_WAIT`]) until Envoy
+//!   has asked for and been sent their endpoints, so that no route points at
+//!   a cluster that is still warming (which would answer 503).
+//! - **Changes** of the route set (the `watch` channel the Admin API
+//!   writes) and of the extra provider URLs are pushed to every stream at
+//!   once. The listener never changes with routes, so Envoy never drains it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{value, Any, Struct, Value as PbValue};
+use prost::Message;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::translate::{to_any, translate, ProxySettings};
+
+/// How long a route configuration waits for the endpoints of new clusters
+/// to reach Envoy before it is sent anyway.
+pub const ROUTES_WAIT: Duration = Duration::from_secs(2);
+
+/// Identifies this server in its responses.
+const CONTROL_PLANE: &str = "apisix-envoy-sidecar";
+/// Longest NACK message kept or logged.
+const MAX_MESSAGE: usize = 2000;
+/// Longest node id kept or logged.
+const MAX_NODE_ID: usize = 128;
+
+/// The route set as the Admin API publishes it: route id → stored route.
+pub type Routes = Arc<BTreeMap<String, Value>>;
+
+// ---------------------------------------------------------------------------
+// Resource types
+
+/// The resource types served, in push order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Clusters,
+    Endpoints,
+    Listeners,
+    Routes,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::Clusters,
+        Kind::Endpoints,
+        Kind::Listeners,
+        Kind::Routes,
+    ];
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Kind::Clusters => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Kind::Endpoints => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Kind::Listeners => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            Kind::Routes => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// Short name for logs and the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Clusters => "clusters",
+            Kind::Endpoints => "endpoints",
+            Kind::Listeners => "listeners",
+            Kind::Routes => "routes",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Listeners and clusters are asked for as a whole (wildcard).
+    fn wildcard(self) -> bool {
+        matches!(self, Kind::Clusters | Kind::Listeners)
+    }
+}
+
+/// The resources of one type, by name, and their version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypeSnapshot {
+    pub version: String,
+    pub resources: Vec<(String, Any)>,
+}
+
+/// Everything served for one route set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    types: [TypeSnapshot; 4],
+    /// Secret values of the plugin configs, masked in NACK messages.
+    secrets: Arc<Vec<String>>,
+}
+
+impl Snapshot {
+    /// Translates `routes` and versions the result. Also returns what the
+    /// translation left out (for the log).
+    pub fn build(
+        routes: &BTreeMap<String, Value>,
+        settings: &ProxySettings,
+        extra_provider_urls: &[String],
+    ) -> (Snapshot, Vec<crate::translate::Skipped>) {
+        let r = translate(routes, settings, extra_provider_urls);
+        let clusters = r
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), to_any(c), c.encode_to_vec()));
+        let endpoints = r
+            .endpoints
+            .iter()
+            .map(|e| (e.cluster_name.clone(), to_any(e), e.encode_to_vec()));
+        let listeners = r
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), to_any(l), l.encode_to_vec()));
+        let routes_ = r
+            .route_configs
+            .iter()
+            .map(|rc| (rc.name.clone(), to_any(rc), canonical_route_config(rc)));
+        let typed = |items: Vec<(String, Any, Vec<u8>)>| {
+            let mut h = Sha256::new();
+            for (name, _, canonical) in &items {
+                put(&mut h, name.as_bytes());
+                put(&mut h, canonical);
+            }
+            TypeSnapshot {
+                version: short_hex(&h.finalize()),
+                resources: items.into_iter().map(|(n, a, _)| (n, a)).collect(),
+            }
+        };
+        let snapshot = Snapshot {
+            types: [
+                typed(clusters.collect()),
+                typed(endpoints.collect()),
+                typed(listeners.collect()),
+                typed(routes_.collect()),
+            ],
+            secrets: Arc::new(secrets_of(routes)),
+        };
+        (snapshot, r.skipped)
+    }
+
+    pub fn get(&self, kind: Kind) -> &TypeSnapshot {
+        &self.types[kind.index()]
+    }
+
+    /// Type name → version.
+    pub fn versions(&self) -> BTreeMap<String, String> {
+        Kind::ALL
+            .into_iter()
+            .map(|k| (k.name().to_string(), self.get(k).version.clone()))
+            .collect()
+    }
+
+    /// `text` with every secret of the route set masked, on one line,
+    /// shortened.
+    fn mask(&self, text: &str) -> String {
+        clean(&mask(&self.secrets, text), MAX_MESSAGE)
+    }
+}
+
+fn mask(secrets: &[String], text: &str) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        out = out.replace(s.as_str(), "[redacted]");
+    }
+    out
+}
+
+/// Length-prefixed, so that concatenations cannot collide.
+fn put(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
+}
+
+fn short_hex(digest: &[u8]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Text from a peer, fit for one log line: control characters become
+/// spaces, and at most `max` characters are kept.
+fn clean(s: &str, max: usize) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one_line.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+/// The bytes a route configuration's version is computed from: its
+/// encoding without route metadata, followed by each route's metadata with
+/// map keys sorted (prost encodes maps in `HashMap` order).
+fn canonical_route_config(rc: &RouteConfiguration) -> Vec<u8> {
+    let mut stripped = rc.clone();
+    let mut tail = Vec::new();
+    for vh in &mut stripped.virtual_hosts {
+        for r in &mut vh.routes {
+            match r.metadata.take() {
+                None => tail.push(b'-'),
+                Some(md) => {
+                    tail.push(b'm');
+                    let sorted: BTreeMap<&String, &Struct> = md.filter_metadata.iter().collect();
+                    for (ns, st) in sorted {
+                        canonical_bytes(&mut tail, ns.as_bytes());
+                        canonical_struct(&mut tail, st);
+                    }
+                    let typed: BTreeMap<&String, &Any> = md.typed_filter_metadata.iter().collect();
+                    for (ns, any) in typed {
+                        canonical_bytes(&mut tail, ns.as_bytes());
+                        canonical_bytes(&mut tail, &any.encode_to_vec());
+                    }
+                }
+            }
+        }
+    }
+    let mut out = stripped.encode_to_vec();
+    out.extend_from_slice(&tail);
+    out
+}
+
+fn canonical_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u64).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+fn canonical_struct(out: &mut Vec<u8>, s: &Struct) {
+    out.push(b'{');
+    let sorted: BTreeMap<&String, &PbValue> = s.fields.iter().collect();
+    for (k, v) in sorted {
+        canonical_bytes(out, k.as_bytes());
+        canonical_value(out, v);
+    }
+    out.push(b'}');
+}
+
+fn canonical_value(out: &mut Vec<u8>, v: &PbValue) {
+    match &v.kind {
+        None => out.push(b'0'),
+        Some(value::Kind::NullValue(_)) => out.push(b'n'),
+        Some(value::Kind::NumberValue(n)) => {
+            out.push(b'f');
+            out.extend_from_slice(&n.to_bits().to_be_bytes());
+        }
+        Some(value::Kind::StringValue(s)) => {
+            out.push(b's');
+            canonical_bytes(out, s.as_bytes());
+        }
+        Some(value::Kind::BoolValue(b)) => out.push(if *b { b't' } else { b'F' }),
+        Some(value::Kind::StructValue(s)) => canonical_struct(out, s),
+        Some(value::Kind::ListValue(l)) => {
+            out.push(b'[');
+            for x in &l.values {
+                canonical_value(out, x);
+            }
+            out.push(b']');
+        }
+    }
+}
+
+/// String values under secret-looking keys of every route's plugin config.
+fn secrets_of(routes: &BTreeMap<String, Value>) -> Vec<String> {
+    fn walk(v: &Value, secret_key: bool, out: &mut BTreeSet<String>) {
+        match v {
+            Value::String(s) if secret_key && s.len() >= 4 => {
+                out.insert(s.clone());
+                // As it appears inside JSON text (the metadata's config).
+                if let Ok(quoted) = serde_json::to_string(s) {
+                    out.insert(quoted.trim_matches('"').to_string());
+                }
+            }
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let k = k.to_ascii_lowercase();
+                    let secret = ["secret", "password", "private_key", "token"]
+                        .iter()
+                        .any(|w| k.contains(w));
+                    walk(x, secret_key || secret, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, secret_key, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    for route in routes.values() {
+        if let Some(plugins) = route.get("plugins") {
+            walk(plugins, false, &mut out);
+        }
+    }
+    // Longest first, so that a secret containing another is masked whole.
+    let mut v: Vec<String> = out.into_iter().collect();
+    v.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    v
+}
+
+// ---------------------------------------------------------------------------
+// Status
+
+/// What the ADS server knows, for a status endpoint. Cheap to share.
+#[derive(Debug, Default)]
+pub struct XdsStatus {
+    inner: Mutex<StatusReport>,
+}
+
+/// A copy of [`XdsStatus`], serialisable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StatusReport {
+    /// Versions of the latest snapshot, by type (`clusters`, `endpoints`,
+    /// `listeners`, `routes`).
+    pub versions: BTreeMap<String, String>,
+    /// What the latest translation left out (`route x: reason`).
+    pub skipped: Vec<String>,
+    /// Number of connected Envoys (ADS streams).
+    pub connected: usize,
+    /// The connected streams, by stream number.
+    pub streams: BTreeMap<u64, StreamStatus>,
+    /// The last NACK per type.
+    pub last_nack: BTreeMap<String, Nack>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StreamStatus {
+    /// The Envoy's node id.
+    pub node: String,
+    /// Versions the Envoy accepted, by type.
+    pub acked: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Nack {
+    pub node: String,
+    /// The version Envoy refused.
+    pub version: String,
+    /// Envoy's message, secrets masked.
+    pub message: String,
+    /// Unix time, seconds.
+    pub at: u64,
+}
+
+impl XdsStatus {
+    pub fn new() -> Arc<XdsStatus> {
+        Arc::new(XdsStatus::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StatusReport> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn report(&self) -> StatusReport {
+        self.lock().clone()
+    }
+
+    fn snapshot_built(&self, s: &Snapshot, skipped: &[String]) {
+        let mut st = self.lock();
+        st.versions = s.versions();
+        st.skipped = skipped.to_vec();
+    }
+
+    fn stream_opened(&self, id: u64) {
+        let mut st = self.lock();
+        st.streams.insert(id, StreamStatus::default());
+        st.connected = st.streams.len();
+    }
+
+    fn stream_closed(&self, id: u64) {
+        let mut st = self.lock();
+        st.streams.remove(&id);
+        st.connected = st.streams.len();
+    }
+
+    fn node(&self, id: u64, node: &str) {
+        if let Some(s) = self.lock().streams.get_mut(&id) {
+            s.node = node.to_string();
+        }
+    }
+
+    fn acked(&self, id: u64, kind: Kind, version: &str) {
+        if let Some(s) = self.lock().streams.get_mut(&id) {
+            s.acked.insert(kind.name().to_string(), version.to_string());
+        }
+    }
+
+    fn nacked(&self, kind: Kind, nack: Nack) {
+        self.lock().last_nack.insert(kind.name().to_string(), nack);
+    }
+}
+
+/// Removes a stream from the status when its task ends, however it ends.
+struct StreamGuard {
+    id: u64,
+    status: Arc<XdsStatus>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.status.stream_closed(self.id);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The snapshot source shared by all streams
+
+struct Cached {
+    routes: Routes,
+    providers: Arc<Vec<String>>,
+    snapshot: Arc<Snapshot>,
+}
+
+/// The inputs, and the snapshot built from them (built once per change,
+/// whichever stream notices first).
+#[derive(Clone)]
+struct Source {
+    routes: watch::Receiver<Routes>,
+    providers: watch::Receiver<Arc<Vec<String>>>,
+    settings: Arc<ProxySettings>,
+    cache: Arc<Mutex<Option<Cached>>>,
+    status: Arc<XdsStatus>,
+}
+
+impl Source {
+    fn current(&mut self) -> Arc<Snapshot> {
+        let routes = self.routes.borrow_and_update().clone();
+        let providers = self.providers.borrow_and_update().clone();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref() {
+            if Arc::ptr_eq(&c.routes, &routes) && Arc::ptr_eq(&c.providers, &providers) {
+                return c.snapshot.clone();
+            }
+        }
+        let (snapshot, skipped) = Snapshot::build(&routes, &self.settings, &providers);
+        let skipped: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.what, snapshot.mask(&s.reason)))
+            .collect();
+        for s in &skipped {
+            tracing::warn!(skipped = %s, "left out of the Envoy configuration");
+        }
+        let snapshot = Arc::new(snapshot);
+        tracing::info!(versions = ?snapshot.versions(), "xDS snapshot");
+        self.status.snapshot_built(&snapshot, &skipped);
+        *cache = Some(Cached {
+            routes,
+            providers,
+            snapshot: snapshot.clone(),
+        });
+        snapshot
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Per-stream protocol state (sync, so that it is tested without gRPC)
+
+#[derive(Debug, Clone, PartialEq)]
+struct Sent {
+    version: String,
+    /// `None`: everything (wildcard).
+    names: Option<BTreeSet<String>>,
+    nonce: String,
+    nacked: bool,
+    /// The secrets of the snapshot sent (a NACK may quote its config).
+    secrets: Arc<Vec<String>>,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// Envoy has asked for this type.
+    requested: bool,
+    names: Option<BTreeSet<String>>,
+    sent: Option<Sent>,
+}
+
+/// What one ADS stream has asked for and been sent.
+#[derive(Debug, Default)]
+struct StreamState {
+    id: u64,
+    node: String,
+    types: [TypeState; 4],
+    nonces: u64,
+    /// Since when a route configuration waits for endpoints.
+    routes_waiting_since: Option<Instant>,
+}
+
+/// What a request turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+enum Received {
+    Initial,
+    Ack,
+    Nack(Nack),
+    Stale,
+    UnknownType,
+}
+
+impl StreamState {
+    fn new(id: u64) -> StreamState {
+        StreamState {
+            id,
+            ..Default::default()
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> (Option<Kind>, Received) {
+        if let Some(node) = &req.node {
+            if self.node.is_empty() {
+                self.node = clean(&node.id, MAX_NODE_ID);
+            }
+        }
+        let Some(kind) = Kind::from_type_url(&req.type_url) else {
+            return (None, Received::UnknownType);
+        };
+        let t = &mut self.types[kind.index()];
+        let received = if req.response_nonce.is_empty() {
+            Received::Initial
+        } else {
+            match &mut t.sent {
+                Some(sent) if sent.nonce == req.response_nonce => match &req.error_detail {
+                    Some(e) => {
+                        sent.nacked = true;
+                        Received::Nack(Nack {
+                            node: self.node.clone(),
+                            version: sent.version.clone(),
+                            message: snapshot.mask(&mask(&sent.secrets, &e.message)),
+                            at: SystemTime::now()
+                                .duration_since(UNIX_EPOCH)
+                                .map(|d| d.as_secs())
+                                .unwrap_or(0),
+                        })
+                    }
+                    None => Received::Ack,
+                },
+                _ => return (Some(kind), Received::Stale),
+            }
+        };
+        t.requested = true;
+        t.names = if kind.wildcard()
+            && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"))
+        {
+            None
+        } else {
+            Some(req.resource_names.iter().cloned().collect())
+        };
+        (Some(kind), received)
+    }
+
+    /// Whether Envoy has been sent the endpoints of every `EDS` cluster of
+    /// the snapshot (so a route configuration may point at them), or the
+    /// clusters were refused (then waiting is pointless).
+    fn endpoints_ready(&self, snapshot: &Snapshot) -> bool {
+        let clusters = &self.types[Kind::Clusters.index()];
+        if clusters.sent.as_ref().is_some_and(|s| s.nacked) {
+            return true;
+        }
+        let eds = snapshot.get(Kind::Endpoints);
+        if eds.resources.is_empty() {
+            return true;
+        }
+        match &self.types[Kind::Endpoints.index()].sent {
+            Some(s) if s.version == eds.version => eds
+                .resources
+                .iter()
+                .all(|(name, _)| s.names.as_ref().is_none_or(|n| n.contains(name))),
+            _ => false,
+        }
+    }
+
+    /// The responses due now, in push order. A route configuration that
+    /// must wait for endpoints sets `routes_waiting_since`.
+    fn due(&mut self, snapshot: &Snapshot, now: Instant) -> Vec<DiscoveryResponse> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            let t = &self.types[kind.index()];
+            if !t.requested {
+                continue;
+            }
+            let current = snapshot.get(kind);
+            let needed = match &t.sent {
+                None => true,
+                Some(s) => s.version != current.version || s.names != t.names,
+            };
+            if !needed {
+                if kind == Kind::Routes {
+                    self.routes_waiting_since = None;
+                }
+                continue;
+            }
+            // The first route configuration of a stream needs no wait:
+            // Envoy itself warms clusters before it asks for listeners.
+            if kind == Kind::Routes && t.sent.is_some() && !self.endpoints_ready(snapshot) {
+                let since = *self.routes_waiting_since.get_or_insert(now);
+                if now.duration_since(since) < ROUTES_WAIT {
+                    continue;
+                }
+            }
+            if kind == Kind::Routes {
+                self.routes_waiting_since = None;
+            }
+            self.nonces += 1;
+            let nonce = self.nonces.to_string();
+            let t = &mut self.types[kind.index()];
+            let resources = current
+                .resources
+                .iter()
+                .filter(|(name, _)| t.names.as_ref().is_none_or(|n| n.contains(name)))
+                .map(|(_, any)| any.clone())
+                .collect();
+            t.sent = Some(Sent {
+                version: current.version.clone(),
+                names: t.names.clone(),
+                nonce: nonce.clone(),
+                nacked: false,
+                secrets: snapshot.secrets.clone(),
+            });
+            out.push(DiscoveryResponse {
+                version_info: current.version.clone(),
+                resources,
+                type_url: kind.type_url().to_string(),
+                nonce,
+                control_plane: Some(ControlPlane {
+                    identifier: CONTROL_PLANE.into(),
+                }),
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    /// When a waiting route configuration must be sent anyway.
+    fn deadline(&self) -> Option<Instant> {
+        self.routes_waiting_since.map(|s| s + ROUTES_WAIT)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The gRPC service
+
+/// The ADS service. Build it with [`ads_service`].
+pub struct Ads {
+    source: Source,
+    status: Arc<XdsStatus>,
+    next_stream: AtomicU64,
+}
+
+/// The ADS gRPC service for `routes` (and, when given, the URLs of the
+/// provider endpoints the discovery documents name, which get provider
+/// clusters too). Serve it with [`serve_on`] (or any tonic server).
+pub fn ads_service(
+    routes: watch::Receiver<Routes>,
+    providers: Option<watch::Receiver<Arc<Vec<String>>>>,
+    settings: ProxySettings,
+    status: Arc<XdsStatus>,
+) -> AggregatedDiscoveryServiceServer<Ads> {
+    let providers = providers.unwrap_or_else(|| {
+        // A channel that never changes: its sender is dropped, and the
+        // streams stop watching it when they see that.
+        watch::channel(Arc::new(Vec::new())).1
+    });
+    let mut source = Source {
+        routes,
+        providers,
+        settings: Arc::new(settings),
+        cache: Arc::new(Mutex::new(None)),
+        status: status.clone(),
+    };
+    // The status shows the versions before any Envoy connects.
+    source.current();
+    AggregatedDiscoveryServiceServer::new(Ads {
+        source,
+        status,
+        next_stream: AtomicU64::new(1),
+    })
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run_stream(
+            id,
+            peer,
+            request.into_inner(),
+            tx,
+            self.source.clone(),
+            self.status.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "incremental (delta) xDS is not served: use the state-of-the-world ADS (api_type GRPC)",
+        ))
+    }
+}
+
+async fn run_stream(
+    id: u64,
+    peer: Option<SocketAddr>,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    mut source: Source,
+    status: Arc<XdsStatus>,
+) {
+    status.stream_opened(id);
+    let _guard = StreamGuard {
+        id,
+        status: status.clone(),
+    };
+    let mut st = StreamState::new(id);
+    let mut snapshot = source.current();
+    let (mut routes_open, mut providers_open) = (true, true);
+    tracing::info!(stream = id, peer = ?peer, "Envoy connected");
+    loop {
+        let deadline = st.deadline();
+        tokio::select! {
+            msg = requests.message() => match msg {
+                Ok(Some(req)) => {
+                    let had_node = !st.node.is_empty();
+                    let (kind, received) = st.on_request(&req, &snapshot);
+                    if !had_node && !st.node.is_empty() {
+                        status.node(id, &st.node);
+                        tracing::info!(stream = id, node = %st.node, "Envoy identified");
+                    }
+                    log_received(&st, kind, &req, &received, &status);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(stream = id, node = %st.node, error = %e, "ADS stream ended");
+                    break;
+                }
+            },
+            changed = source.routes.changed(), if routes_open => match changed {
+                Ok(()) => snapshot = source.current(),
+                Err(_) => routes_open = false,
+            },
+            changed = source.providers.changed(), if providers_open => match changed {
+                Ok(()) => snapshot = source.current(),
+                Err(_) => providers_open = false,
+            },
+            () = sleep_until(deadline), if deadline.is_some() => {}
+        }
+        for resp in st.due(&snapshot, Instant::now()) {
+            tracing::debug!(stream = id, node = %st.node, type_url = %resp.type_url,
+                version = %resp.version_info, resources = resp.resources.len(), "sending");
+            if tx.send(Ok(resp)).await.is_err() {
+                tracing::info!(stream = id, node = %st.node, "Envoy disconnected");
+                return;
+            }
+        }
+    }
+    tracing::info!(stream = id, node = %st.node, "Envoy disconnected");
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d.into()).await;
+    }
+}
+
+fn log_received(
+    st: &StreamState,
+    kind: Option<Kind>,
+    req: &DiscoveryRequest,
+    received: &Received,
+    status: &XdsStatus,
+) {
+    let (id, node) = (st.id, st.node.as_str());
+    match (kind, received) {
+        (_, Received::UnknownType) => {
+            tracing::warn!(stream = id, node, type_url = ?req.type_url, "Envoy asked for a resource type this server does not serve");
+        }
+        (Some(kind), Received::Ack) => {
+            tracing::debug!(stream = id, node, kind = kind.name(), version = ?req.version_info, "ACK");
+            status.acked(id, kind, &clean(&req.version_info, MAX_NODE_ID));
+        }
+        (Some(kind), Received::Nack(nack)) => {
+            tracing::warn!(stream = id, node, kind = kind.name(), version = %nack.version,
+                error = %nack.message, "Envoy rejected the configuration (NACK); it keeps its previous one");
+            status.nacked(kind, nack.clone());
+        }
+        (Some(kind), Received::Initial) => {
+            tracing::debug!(stream = id, node, kind = kind.name(), names = ?req.resource_names, "request");
+        }
+        (Some(kind), Received::Stale) => {
+            tracing::debug!(stream = id, node, kind = kind.name(), nonce = ?req.response_nonce, "stale request ignored");
+        }
+        (None, _) => {}
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Serving
+
+/// Why the xDS server stopped.
+#[derive(Debug)]
+pub enum XdsError {
+    /// The gRPC server failed.
+    Serve(tonic::transport::Error),
+}
+
+impl std::fmt::Display for XdsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            XdsError::Serve(e) => write!(f, "the xDS server failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for XdsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            XdsError::Serve(e) => Some(e),
+        }
+    }
+}
+
+/// Serves `service` (from [`ads_service`]) on a bound listener.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    service: AggregatedDiscoveryServiceServer<Ads>,
+) -> Result<(), XdsError> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "xDS (ADS) listening");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(service)
+        .serve_with_incoming(TcpListenerStream::new(listener))
+        .await
+        .map_err(XdsError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+    use serde_json::json;
+    use std::path::PathBuf;
+
+    const SECRET: &str = "bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH";
+
+    fn settings() -> ProxySettings {
+        ProxySettings {
+            listen_addr: "127.0.0.1".into(),
+            proxy_port: 9080,
+            wasm_path: PathBuf::from("/opt/oidc_filter.wasm"),
+            filter_settings: "{}".into(),
+        }
+    }
+
+    fn oidc_route(uri: &str, nodes: Value) -> Value {
+        json!({
+            "uri": uri,
+            "plugins": {"openid-connect": {
+                "client_id": "c",
+                "client_secret": SECRET,
+                "discovery": "http://127.0.0.1:8080/realms/q/.well-known/openid-configuration",
+                "bearer_only": true,
+                "scope": "openid profile",
+            }},
+            "upstream": {"nodes": nodes},
+        })
+    }
+
+    fn routes(list: &[(&str, Value)]) -> BTreeMap<String, Value> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    fn snap(list: &[(&str, Value)]) -> Snapshot {
+        let (s, skipped) = Snapshot::build(&routes(list), &settings(), &[]);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        s
+    }
+
+    fn versions(s: &Snapshot) -> [String; 4] {
+        Kind::ALL.map(|k| s.get(k).version.clone())
+    }
+
+    /// Which types differ between two snapshots.
+    fn changed(a: &Snapshot, b: &Snapshot) -> Vec<&'static str> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| a.get(*k).version != b.get(*k).version)
+            .map(Kind::name)
+            .collect()
+    }
+
+    fn req(kind: Kind, version: &str, nonce: &str, names: &[&str]) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: version.into(),
+            node: Some(Node {
+                id: "envoy-1".into(),
+                ..Default::default()
+            }),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            type_url: kind.type_url().into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn nack(
+        kind: Kind,
+        version: &str,
+        nonce: &str,
+        names: &[&str],
+        message: &str,
+    ) -> DiscoveryRequest {
+        DiscoveryRequest {
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: message.into(),
+                details: Vec::new(),
+            }),
+            ..req(kind, version, nonce, names)
+        }
+    }
+
+    /// (type name, version, resource names) of each response.
+    fn sent(responses: &[DiscoveryResponse]) -> Vec<(&'static str, String, Vec<String>)> {
+        responses
+            .iter()
+            .map(|r| {
+                let kind = Kind::from_type_url(&r.type_url).expect("known type");
+                let names = r.resources.iter().map(|a| resource_name(kind, a)).collect();
+                (kind.name(), r.version_info.clone(), names)
+            })
+            .collect()
+    }
+
+    fn resource_name(kind: Kind, a: &Any) -> String {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use envoy_types::pb::envoy::config::listener::v3::Listener;
+        assert_eq!(a.type_url, kind.type_url());
+        let v = a.value.as_slice();
+        match kind {
+            Kind::Clusters => Cluster::decode(v).unwrap().name,
+            Kind::Endpoints => ClusterLoadAssignment::decode(v).unwrap().cluster_name,
+            Kind::Listeners => Listener::decode(v).unwrap().name,
+            Kind::Routes => RouteConfiguration::decode(v).unwrap().name,
+        }
+    }
+
+    fn v(s: &Snapshot, k: Kind) -> String {
+        s.get(k).version.clone()
+    }
+
+    fn strs(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn versions_are_stable_and_change_per_type() {
+        let base = [
+            ("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1}))),
+            ("b", oidc_route("/b/*", json!({"127.0.0.1:8082": 1}))),
+        ];
+        let s1 = snap(&base);
+        // The metadata maps are HashMaps: many builds, one version.
+        for _ in 0..20 {
+            assert_eq!(versions(&snap(&base)), versions(&s1));
+        }
+        for k in Kind::ALL {
+            assert_eq!(s1.get(k).version.len(), 16);
+        }
+
+        // New weights of IP nodes: endpoints only.
+        let s2 = snap(&[
+            (
+                "a",
+                oidc_route("/a/*", json!({"127.0.0.1:8081": 1, "127.0.0.1:8083": 3})),
+            ),
+            base[1].clone(),
+        ]);
+        assert_eq!(changed(&s1, &s2), ["endpoints"]);
+
+        // Another uri: routes only.
+        let s3 = snap(&[
+            ("a", oidc_route("/moved/*", json!({"127.0.0.1:8081": 1}))),
+            base[1].clone(),
+        ]);
+        assert_eq!(changed(&s1, &s3), ["routes"]);
+
+        // Another plugin config: routes only.
+        let mut other = base[0].1.clone();
+        other["plugins"]["openid-connect"]["scope"] = json!("openid");
+        assert_eq!(
+            changed(&s1, &snap(&[("a", other), base[1].clone()])),
+            ["routes"]
+        );
+
+        // A new route: clusters, endpoints and routes; never the listener.
+        let mut more = base.to_vec();
+        more.push(("c", oidc_route("/c", json!({"127.0.0.1:8084": 1}))));
+        assert_eq!(
+            changed(&s1, &snap(&more)),
+            ["clusters", "endpoints", "routes"]
+        );
+    }
+
+    #[test]
+    fn a_stream_gets_each_type_it_asks_for_once_until_it_changes() {
+        let s = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+        let mut st = StreamState::new(1);
+        let t0 = Instant::now();
+        assert_eq!(
+            st.on_request(&req(Kind::Clusters, "", "", &[]), &s).1,
+            Received::Initial
+        );
+        assert_eq!(st.node, "envoy-1");
+        assert_eq!(
+            st.on_request(&req(Kind::Listeners, "", "", &[]), &s).1,
+            Received::Initial
+        );
+        let out = st.due(&s, t0);
+        assert_eq!(
+            sent(&out),
+            vec![
+                (
+                    "clusters",
+                    v(&s, Kind::Clusters),
+                    strs(&["route|a", "oidc|http|127.0.0.1|8080"])
+                ),
+                ("listeners", v(&s, Kind::Listeners), strs(&["apisix_http"])),
+            ]
+        );
+        let (cds_nonce, lds_nonce) = (out[0].nonce.clone(), out[1].nonce.clone());
+        assert_ne!(cds_nonce, lds_nonce);
+
+        // ACKs need no answer.
+        let cds_v = v(&s, Kind::Clusters);
+        assert_eq!(
+            st.on_request(&req(Kind::Clusters, &cds_v, &cds_nonce, &[]), &s)
+                .1,
+            Received::Ack
+        );
+        assert!(st.due(&s, t0).is_empty());
+
+        // EDS and RDS by name; only the names asked for are sent.
+        st.on_request(
+            &req(Kind::Endpoints, "", "", &["route|a", "route|unknown"]),
+            &s,
+        );
+        st.on_request(&req(Kind::Routes, "", "", &["apisix"]), &s);
+        assert_eq!(
+            sent(&st.due(&s, t0)),
+            vec![
+                ("endpoints", v(&s, Kind::Endpoints), strs(&["route|a"])),
+                ("routes", v(&s, Kind::Routes), strs(&["apisix"])),
+            ]
+        );
+        assert!(st.due(&s, t0).is_empty());
+
+        // Unknown types are not answered.
+        let mut other = req(Kind::Clusters, "", "", &[]);
+        other.type_url = "type.googleapis.com/envoy.service.runtime.v3.Runtime".into();
+        assert_eq!(st.on_request(&other, &s), (None, Received::UnknownType));
+        assert!(st.due(&s, t0).is_empty());
+    }
+
+    /// A stream that has been sent every type of `s` and ACKed it; returns
+    /// the last nonce per type.
+    fn settled(s: &Snapshot, eds_names: &[&str]) -> (StreamState, BTreeMap<Kind, String>) {
+        let mut st = StreamState::new(1);
+        st.on_request(&req(Kind::Clusters, "", "", &[]), s);
+        st.on_request(&req(Kind::Listeners, "", "", &[]), s);
+        st.on_request(&req(Kind::Endpoints, "", "", eds_names), s);
+        st.on_request(&req(Kind::Routes, "", "", &["apisix"]), s);
+        let mut nonces = BTreeMap::new();
+        for r in st.due(s, Instant::now()) {
+            let kind = Kind::from_type_url(&r.type_url).unwrap();
+            let names: Vec<&str> = if kind == Kind::Endpoints {
+                eds_names.to_vec()
+            } else if kind == Kind::Routes {
+                vec!["apisix"]
+            } else {
+                vec![]
+            };
+            let ack = req(kind, &r.version_info, &r.nonce, &names);
+            assert_eq!(st.on_request(&ack, s).1, Received::Ack);
+            nonces.insert(kind, r.nonce);
+        }
+        assert_eq!(nonces.len(), 4);
+        (st, nonces)
+    }
+
+    #[test]
+    fn changes_go_clusters_endpoints_then_routes_after_new_endpoints() {
+        let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+        let (mut st, _) = settled(&s1, &["route|a"]);
+        let t0 = Instant::now();
+
+        // A new route with a new EDS cluster, and new weights for "a".
+        let s2 = snap(&[
+            (
+                "a",
+                oidc_route("/a/*", json!({"127.0.0.1:8081": 1, "127.0.0.1:8082": 3})),
+            ),
+            ("b", oidc_route("/b/*", json!({"127.0.0.1:8083": 1}))),
+        ]);
+        let out = st.due(&s2, t0);
+        assert_eq!(
+            sent(&out),
+            vec![
+                (
+                    "clusters",
+                    v(&s2, Kind::Clusters),
+                    strs(&["route|a", "route|b", "oidc|http|127.0.0.1|8080"])
+                ),
+                ("endpoints", v(&s2, Kind::Endpoints), strs(&["route|a"])),
+            ],
+            "the routes wait for route|b's endpoints"
+        );
+        assert_eq!(st.deadline(), Some(t0 + ROUTES_WAIT));
+        assert!(st.due(&s2, t0 + Duration::from_millis(10)).is_empty());
+
+        // Envoy ACKs the clusters, then asks for the new cluster's endpoints.
+        let cds = req(Kind::Clusters, &out[0].version_info, &out[0].nonce, &[]);
+        assert_eq!(st.on_request(&cds, &s2).1, Received::Ack);
+        let eds = req(
+            Kind::Endpoints,
+            &out[1].version_info,
+            &out[1].nonce,
+            &["route|a", "route|b"],
+        );
+        assert_eq!(st.on_request(&eds, &s2).1, Received::Ack);
+        assert_eq!(
+            sent(&st.due(&s2, t0 + Duration::from_millis(20))),
+            vec![
+                (
+                    "endpoints",
+                    v(&s2, Kind::Endpoints),
+                    strs(&["route|a", "route|b"])
+                ),
+                ("routes", v(&s2, Kind::Routes), strs(&["apisix"])),
+            ]
+        );
+        assert_eq!(st.deadline(), None);
+    }
+
+    #[test]
+    fn routes_waiting_for_endpoints_go_anyway_after_the_deadline() {
+        let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+        let (mut st, _) = settled(&s1, &["route|a"]);
+        let s2 = snap(&[
+            ("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1}))),
+            ("b", oidc_route("/b/*", json!({"127.0.0.1:8083": 1}))),
+        ]);
+        let t0 = Instant::now();
+        assert_eq!(sent(&st.due(&s2, t0)).len(), 2);
+        assert_eq!(
+            sent(&st.due(&s2, t0 + ROUTES_WAIT)),
+            vec![("routes", v(&s2, Kind::Routes), strs(&["apisix"]))]
+        );
+    }
+
+    #[test]
+    fn a_changed_route_with_known_clusters_goes_at_once() {
+        let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+        let (mut st, _) = settled(&s1, &["route|a"]);
+        let s2 = snap(&[("a", oidc_route("/moved/*", json!({"127.0.0.1:8081": 1})))]);
+        assert_eq!(
+            sent(&st.due(&s2, Instant::now())),
+            vec![("routes", v(&s2, Kind::Routes), strs(&["apisix"]))]
+        );
+    }
+
+    #[test]
+    fn a_nack_is_recorded_masked_and_not_answered_with_the_same_version() {
+        let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+        let (mut st, _) = settled(&s1, &["route|a"]);
+        let s2 = snap(&[("a", oidc_route("/moved/*", json!({"127.0.0.1:8081": 1})))]);
+        let out = st.due(&s2, Instant::now());
+        assert_eq!(out.len(), 1);
+        let msg = format!("route config: metadata {{\"client_secret\":\"{SECRET}\"}} is invalid");
+        // Envoy NACKs with the version it still has.
+        let (kind, received) = st.on_request(
+            &nack(
+                Kind::Routes,
+                &v(&s1, Kind::Routes),
+                &out[0].nonce,
+                &["apisix"],
+                &msg,
+            ),
+            &s2,
+        );
+        assert_eq!(kind, Some(Kind::Routes));
+        let Received::Nack(n) = received else {
+            panic!("{received:?}")
+        };
+        assert_eq!(n.version, v(&s2, Kind::Routes));
+        assert_eq!(n.node, "envoy-1");
+        assert!(!n.message.contains(SECRET), "{}", n.message);
+        assert!(n.message.contains("[redacted]"), "{}", n.message);
+        assert!(st.due(&s2, Instant::now()).is_empty(), "no NACK loop");
+
+        let status = XdsStatus::new();
+        status.stream_opened(1);
+        log_received(
+            &st,
+            kind,
+            &req(Kind::Routes, "", "", &[]),
+            &Received::Nack(n.clone()),
+            &status,
+        );
+        let report = status.report();
+        assert_eq!(report.last_nack["routes"], n);
+        assert!(!serde_json::to_string(&report).unwrap().contains(SECRET));
+
+        // The next change is sent.
+        let s3 = snap(&[("a", oidc_route("/again/*", json!({"127.0.0.1:8081": 1})))]);
+        assert_eq!(st.due(&s3, Instant::now()).len(), 1);
+    }
+
+    #[test]
+    fn a_nack_is_masked_with_the_secrets_of_the_version_it_refuses() {
+        let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+        let (mut st, _) = settled(&s1, &["route|a"]);
+        let mut r = oidc_route("/b/*", json!({"127.0.0.1:8081": 1}));
+        r["plugins"]["openid-connect"]["client_secret"] = json!("an-older-secret-value");
+        let s2 = snap(&[("a", r)]);
+        let out = st.due(&s2, Instant::now());
+        assert_eq!(out.len(), 1);
+        // By the time the NACK arrives the route (and its secret) changed.
+        let s3 = snap(&[("a", oidc_route("/c/*", json!({"127.0.0.1:8081": 1})))]);
+        let msg = "invalid: an-older-secret-value / bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH";
+        let nack = nack(Kind::Routes, "", &out[0].nonce, &["apisix"], msg);
+        let Received::Nack(n) = st.on_request(&nack, &s3).1 else {
+            panic!("not a NACK")
+        };
+        assert_eq!(n.message, "invalid: [redacted] / [redacted]");
+    }
+
+    #[test]
+    fn stale_nonces_are_ignored() {
+        let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+        let (mut st, nonces) = settled(&s1, &["route|a"]);
+        let s2 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8082": 1})))]);
+        let out = st.due(&s2, Instant::now());
+        assert_eq!(sent(&out)[0].0, "endpoints");
+        // A late request answering the previous response: ignored, names
+        // not taken.
+        let old = req(
+            Kind::Endpoints,
+            &v(&s1, Kind::Endpoints),
+            &nonces[&Kind::Endpoints],
+            &["route|zzz"],
+        );
+        assert_eq!(st.on_request(&old, &s2).1, Received::Stale);
+        assert_eq!(
+            st.types[Kind::Endpoints.index()].names,
+            Some(BTreeSet::from(["route|a".to_string()]))
+        );
+        assert!(st.due(&s2, Instant::now()).is_empty());
+    }
+
+    #[test]
+    fn secrets_are_found_under_secret_looking_keys() {
+        let r = routes(&[(
+            "a",
+            json!({"plugins": {"openid-connect": {
+                "client_secret": "s3cret-one",
+                "session": {"secret": "another\"secret"},
+                "client_id": "public-id",
+                "x": "abc",
+            }}}),
+        )]);
+        let s = secrets_of(&r);
+        assert!(s.contains(&"s3cret-one".to_string()));
+        assert!(s.contains(&"another\"secret".to_string()));
+        assert!(s.contains(&"another\\\"secret".to_string()), "{s:?}");
+        assert!(!s.contains(&"public-id".to_string()));
+        assert_eq!(clean("abcdef", 3), "abc...");
+        assert_eq!(clean("a\nb\tc", 10), "a b c");
+    }
+}
+
+/// The ADS server against the real Envoy (`.venv/bin/envoy`, from
+/// `scripts/setup.sh`) with the built filter: routing, live changes without
+/// a listener drain, weights, two Envoys on one server.
+#[cfg(test)]
+mod envoy_test {
+    use super::*;
+    use serde_json::json;
+    use std::future::Future;
+    use std::path::{Path, PathBuf};
+    use std::process::Stdio;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const START_TIMEOUT: Duration = Duration::from_secs(30);
+    /// How fast a route change must be live.
+    const APPLY_WITHIN: Duration = Duration::from_secs(1);
+
+    fn repo_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("sidecar/ has a parent")
+            .to_path_buf()
+    }
+
+    fn target_dir() -> PathBuf {
+        match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+            Some(d) => repo_root().join(d),
+            None => repo_root().join("target"),
+        }
+    }
+
+    fn envoy_bin() -> PathBuf {
+        let p = repo_root().join(".venv/bin/envoy");
+        assert!(
+            p.is_file(),
+            "{} is missing: install it with `bash scripts/setup.sh` (make setup)",
+            p.display()
+        );
+        p
+    }
+
+    /// The filter module, built first if missing.
+    fn wasm_path() -> PathBuf {
+        let p = target_dir().join("wasm32-wasip1/wasm/oidc_filter.wasm");
+        if !p.is_file() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let ok = std::process::Command::new(cargo)
+                .args([
+                    "build",
+                    "-p",
+                    "oidc-filter",
+                    "--target",
+                    "wasm32-wasip1",
+                    "--profile",
+                    "wasm",
+                ])
+                .current_dir(repo_root())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok && p.is_file(),
+                "cannot build {} (make build)",
+                p.display()
+            );
+        }
+        p
+    }
+
+    /// A folder for the Envoys' logs: removed when the test passes, kept
+    /// (and the logs' ends printed) when it fails.
+    struct LogDir(PathBuf);
+
+    impl LogDir {
+        fn new() -> LogDir {
+            let stamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let d = target_dir().join(format!(
+                "test-logs/xds-envoy-{stamp}-{}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&d).expect("create the log folder");
+            LogDir(d)
+        }
+    }
+
+    impl Drop for LogDir {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+                    eprintln!("--- {} (end) ---\n{tail}", e.path().display());
+                }
+                eprintln!("logs kept in {}", self.0.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    struct EnvoyProc {
+        child: tokio::process::Child,
+        admin: SocketAddr,
+        proxy: SocketAddr,
+    }
+
+    impl EnvoyProc {
+        /// Starts Envoy from `envoy/bootstrap.yaml` (admin and listener on
+        /// ports the kernel picks) and waits for the listener from xDS.
+        async fn start(dir: &Path, node: &str, xds_port: u16) -> EnvoyProc {
+            let template = std::fs::read_to_string(repo_root().join("envoy/bootstrap.yaml"))
+                .expect("read envoy/bootstrap.yaml");
+            let bootstrap = template
+                .replace("${XDS_PORT}", &xds_port.to_string())
+                .replace("${ENVOY_ADMIN_PORT}", "0")
+                .replace("${NODE_ID}", node);
+            assert!(
+                !bootstrap.contains("${"),
+                "unfilled placeholder:\n{bootstrap}"
+            );
+            let config = dir.join(format!("{node}.yaml"));
+            let admin_file = dir.join(format!("{node}.admin"));
+            std::fs::write(&config, bootstrap).expect("write the bootstrap");
+            let log = std::fs::File::create(dir.join(format!("{node}.log"))).expect("log file");
+            let child = tokio::process::Command::new(envoy_bin())
+                .arg("-c")
+                .arg(&config)
+                .args(["--disable-hot-restart", "--concurrency", "1", "-l", "info"])
+                .arg("--admin-address-path")
+                .arg(&admin_file)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start envoy");
+            let mut envoy = EnvoyProc {
+                child,
+                admin: "127.0.0.1:0".parse().unwrap(),
+                proxy: "127.0.0.1:0".parse().unwrap(),
+            };
+            let admin = wait_for("Envoy's admin address", START_TIMEOUT, || {
+                let text = std::fs::read_to_string(&admin_file).unwrap_or_default();
+                async move { text.trim().parse::<SocketAddr>().ok() }
+            })
+            .await;
+            envoy.admin = admin;
+            envoy.proxy = wait_for("the listener from xDS", START_TIMEOUT, || async move {
+                let r = get(admin, "/listeners?format=json").await.ok()?;
+                let v: Value = serde_json::from_str(&r.body).ok()?;
+                let sa = v["listener_statuses"]
+                    .as_array()?
+                    .iter()
+                    .find(|l| l["name"] == crate::translate::LISTENER_NAME)?
+                    .pointer("/local_address/socket_address")?
+                    .clone();
+                let port = sa["port_value"].as_u64().filter(|p| *p > 0)?;
+                format!("127.0.0.1:{port}").parse().ok()
+            })
+            .await;
+            assert!(
+                envoy.child.try_wait().ok().flatten().is_none(),
+                "Envoy exited"
+            );
+            envoy
+        }
+
+        async fn get(&self, path: &str) -> Reply {
+            get(self.proxy, path)
+                .await
+                .unwrap_or_else(|e| panic!("GET {path} through Envoy: {e}"))
+        }
+
+        /// Counters and gauges whose names start with `prefix`.
+        async fn stats(&self, prefix: &str) -> BTreeMap<String, u64> {
+            let r = get(
+                self.admin,
+                &format!("/stats?filter=^{}", prefix.replace('.', "%5C.")),
+            )
+            .await
+            .expect("admin /stats");
+            r.body
+                .lines()
+                .filter_map(|l| {
+                    let (k, v) = l.split_once(": ")?;
+                    Some((k.to_string(), v.trim().parse().ok()?))
+                })
+                .collect()
+        }
+
+        /// SIGTERM by PID, then wait (SIGKILL after 5 s).
+        async fn stop(mut self) {
+            if let Some(pid) = self.child.id() {
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = self.child.kill().await;
+            }
+        }
+    }
+
+    async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(x) = f().await {
+                return x;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until `check` holds; returns how long that took. Fails after
+    /// [`APPLY_WITHIN`].
+    async fn time_until<F, Fut>(what: &str, mut check: F) -> Duration
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let start = Instant::now();
+        loop {
+            if check().await {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < APPLY_WITHIN,
+                "{what} did not happen within {APPLY_WITHIN:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[derive(Debug)]
+    struct Reply {
+        status: u16,
+        head: String,
+        body: String,
+    }
+
+    /// HTTP/1.1 GET on a fresh connection (`Connection: close`). Reads
+    /// until the body is complete, not until the server closes: Envoy
+    /// delays closing after a local reply (`delayed_close_timeout`, 1 s).
+    async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Reply> {
+        request(addr, "GET", path, "test.local").await
+    }
+
+    async fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        host: &str,
+    ) -> std::io::Result<Reply> {
+        let io = async {
+            let mut s = TcpStream::connect(addr).await?;
+            s.write_all(
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                let n = s.read(&mut chunk).await?;
+                buf.extend_from_slice(&chunk[..n]);
+                if n == 0 || complete(&buf) {
+                    return Ok::<_, std::io::Error>(buf);
+                }
+            }
+        };
+        let buf = tokio::time::timeout(Duration::from_secs(5), io)
+            .await
+            .map_err(|_| std::io::Error::other("timed out"))??;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+        let head = head.to_ascii_lowercase();
+        let body = if head.contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Ok(Reply { status, head, body })
+    }
+
+    /// Whether `buf` holds a whole response (by content-length or the last
+    /// chunk).
+    fn complete(buf: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(buf);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let head = head.to_ascii_lowercase();
+        if head.contains("transfer-encoding: chunked") {
+            return body.ends_with("0\r\n\r\n");
+        }
+        head.lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .is_some_and(|n| body.len() >= n)
+    }
+
+    fn dechunk(mut s: &str) -> String {
+        let mut out = String::new();
+        while let Some((size, rest)) = s.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || rest.len() < n {
+                break;
+            }
+            out.push_str(&rest[..n]);
+            s = rest[n..].trim_start_matches("\r\n");
+        }
+        out
+    }
+
+    /// An upstream answering every request with 200 and its `name`.
+    async fn upstream(name: &'static str) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{name}",
+                                name.len()
+                            );
+                            if conn.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn route(uri: &str, nodes: &[(SocketAddr, u32)]) -> Value {
+        let nodes: serde_json::Map<String, Value> = nodes
+            .iter()
+            .map(|(a, w)| (a.to_string(), json!(w)))
+            .collect();
+        json!({"uri": uri, "upstream": {"type": "roundrobin", "nodes": nodes}})
+    }
+
+    fn route_set(routes: &[(&str, Value)]) -> Routes {
+        Arc::new(
+            routes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    async fn body_is(e: &EnvoyProc, path: &str, want: &str) -> bool {
+        get(e.proxy, path)
+            .await
+            .is_ok_and(|r| r.status == 200 && r.body == want)
+    }
+
+    async fn status_is(e: &EnvoyProc, path: &str, want: u16) -> bool {
+        get(e.proxy, path).await.is_ok_and(|r| r.status == want)
+    }
+
+    const LISTENER_STATS: &[&str] = &[
+        "listener_manager.lds.update_success",
+        "listener_manager.listener_added",
+        "listener_manager.listener_modified",
+        "listener_manager.listener_removed",
+        "listener_manager.total_listeners_draining",
+    ];
+
+    async fn listener_stats(e: &EnvoyProc) -> BTreeMap<String, u64> {
+        let all = e.stats("listener_manager.").await;
+        LISTENER_STATS
+            .iter()
+            .map(|k| (k.to_string(), all.get(*k).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn envoy_follows_route_changes_without_draining_its_listener() {
+        let logs = LogDir::new();
+        let wasm = wasm_path();
+        let (a, b) = (upstream("A").await, upstream("B").await);
+        let oidc = json!({
+            "client_id": "c",
+            "client_secret": "s3cr3t-s3cr3t",
+            // Nothing listens there: a bearer_only route without a token is
+            // refused before any provider call.
+            "discovery": "http://127.0.0.1:9/.well-known/openid-configuration",
+            "bearer_only": true,
+        });
+        let mut secure = route("/secure/*", &[(a, 1)]);
+        secure["plugins"] = json!({"openid-connect": oidc});
+        // Routes present in every set below (they must not change).
+        let mut tls = secure.clone();
+        tls["uri"] = json!("/tls/*");
+        tls["plugins"]["openid-connect"]["discovery"] =
+            json!("https://idp.example.test/realms/r/.well-known/openid-configuration");
+        let mut lax = tls.clone();
+        lax["uri"] = json!("/lax/*");
+        lax["plugins"]["openid-connect"]["discovery"] =
+            json!("https://lax.example.test:8443/.well-known/openid-configuration");
+        lax["plugins"]["openid-connect"]["ssl_verify"] = json!(false);
+        let mut hosted = route("/anything/*", &[(b, 1)]);
+        hosted["host"] = json!("*.example.test");
+        let mut post = route("/post-only", &[(a, 1)]);
+        post["methods"] = json!(["POST"]);
+        let dns =
+            json!({"uri": "/dns", "upstream": {"nodes": {format!("localhost:{}", b.port()): 1}}});
+        let extras = [
+            ("tls", tls),
+            ("lax", lax),
+            ("hosted", hosted),
+            ("post", post),
+            ("dns", dns),
+        ];
+        let set = |list: &[(&str, Value)]| {
+            let mut all = list.to_vec();
+            all.extend(extras.iter().cloned());
+            route_set(&all)
+        };
+
+        let v1 = vec![
+            ("r1", route("/anything/*", &[(a, 1)])),
+            ("secure", secure.clone()),
+        ];
+        let (tx, rx) = watch::channel(set(&v1));
+        let (providers_tx, providers_rx) = watch::channel(Arc::new(Vec::new()));
+
+        let status = XdsStatus::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xDS");
+        let xds_port = listener.local_addr().expect("addr").port();
+        let settings = ProxySettings {
+            listen_addr: "127.0.0.1".into(),
+            // The kernel picks; the test reads it from Envoy's admin.
+            proxy_port: 0,
+            wasm_path: wasm,
+            filter_settings: "{}".into(),
+        };
+        let server = tokio::spawn(serve_on(
+            listener,
+            ads_service(rx, Some(providers_rx), settings, status.clone()),
+        ));
+
+        let e1 = EnvoyProc::start(&logs.0, "xds-test-1", xds_port).await;
+        let e2 = EnvoyProc::start(&logs.0, "xds-test-2", xds_port).await;
+        for e in [&e1, &e2] {
+            wait_for("the first route", START_TIMEOUT, || async {
+                body_is(e, "/anything/x", "A").await.then_some(())
+            })
+            .await;
+            let r = e.get("/secure/x").await;
+            assert_eq!(r.status, 401, "the filter read the route metadata: {r:?}");
+            assert!(r.head.contains("www-authenticate: bearer"), "{}", r.head);
+            assert_eq!(e.get("/nothing").await.status, 404);
+            // Methods, hosts (port ignored, wildcard), a host-name node.
+            assert_eq!(e.get("/post-only").await.status, 404);
+            let r = request(e.proxy, "POST", "/post-only", "test.local")
+                .await
+                .unwrap();
+            assert_eq!((r.status, r.body.as_str()), (200, "A"));
+            let r = request(e.proxy, "GET", "/anything/x", "a.example.test:9080")
+                .await
+                .unwrap();
+            assert_eq!(
+                (r.status, r.body.as_str()),
+                (200, "B"),
+                "the host's route first"
+            );
+            assert_eq!(e.get("/dns").await.body, "B");
+        }
+        // Provider clusters, TLS ones included, were accepted; so are
+        // clusters for URLs the discovery documents name.
+        providers_tx
+            .send(Arc::new(vec!["https://keys.example.test/certs".into()]))
+            .expect("send");
+        for e in [&e1, &e2] {
+            wait_for(
+                "the extra provider cluster",
+                Duration::from_secs(5),
+                || async {
+                    let r = get(e.admin, "/clusters").await.ok()?;
+                    let names = [
+                        "oidc|http|127.0.0.1|9::",
+                        "oidc|https|idp.example.test|443::",
+                        "oidc|https|lax.example.test|8443::",
+                        "oidc|https|keys.example.test|443::",
+                    ];
+                    names.iter().all(|n| r.body.contains(n)).then_some(())
+                },
+            )
+            .await;
+        }
+        assert_eq!(status.report().connected, 2);
+        let report = status.report();
+        let nodes: BTreeSet<&str> = report.streams.values().map(|s| s.node.as_str()).collect();
+        assert_eq!(nodes, BTreeSet::from(["xds-test-1", "xds-test-2"]));
+        let before = listener_stats(&e1).await;
+        assert_eq!(before["listener_manager.listener_added"], 1, "{before:?}");
+
+        // 1. New endpoints only (EDS).
+        let t = Instant::now();
+        tx.send(set(&[
+            ("r1", route("/anything/*", &[(b, 1)])),
+            ("secure", secure.clone()),
+        ]))
+        .expect("send");
+        let d1 = time_until("the new endpoint", || body_is(&e1, "/anything/x", "B")).await;
+        time_until("the new endpoint on the second Envoy", || {
+            body_is(&e2, "/anything/x", "B")
+        })
+        .await;
+        eprintln!(
+            "endpoint change live after {d1:?} ({:?} for both Envoys)",
+            t.elapsed()
+        );
+
+        // 2. Routes change and a new route with a new cluster appears.
+        let t = Instant::now();
+        tx.send(set(&[
+            ("r1", route("/moved/*", &[(b, 1)])),
+            ("r2", route("/other", &[(a, 1)])),
+            ("secure", secure.clone()),
+        ]))
+        .expect("send");
+        let d2 = time_until("the new route", || body_is(&e1, "/other", "A")).await;
+        assert!(body_is(&e1, "/moved/x", "B").await);
+        assert!(status_is(&e1, "/anything/x", 404).await);
+        time_until("the new route on the second Envoy", || {
+            body_is(&e2, "/other", "A")
+        })
+        .await;
+        eprintln!(
+            "route change with a new cluster live after {d2:?} ({:?} for both)",
+            t.elapsed()
+        );
+
+        // 3. Weights 1:3.
+        tx.send(set(&[
+            ("r1", route("/moved/*", &[(a, 1), (b, 3)])),
+            ("r2", route("/other", &[(a, 1)])),
+            ("secure", secure.clone()),
+        ]))
+        .expect("send");
+        time_until("the weighted endpoints", || body_is(&e1, "/moved/x", "A")).await;
+        let (mut na, mut nb) = (0, 0);
+        for _ in 0..200 {
+            let r = e1.get("/moved/x").await;
+            assert_eq!(r.status, 200, "{r:?}");
+            match r.body.as_str() {
+                "A" => na += 1,
+                "B" => nb += 1,
+                other => panic!("unexpected body {other:?}"),
+            }
+        }
+        eprintln!("weights 1:3 over 200 requests: A {na}, B {nb}");
+        assert!((130..=170).contains(&nb), "A {na}, B {nb}: not about 1:3");
+
+        // 4. Disabling a route removes it.
+        let mut off = secure.clone();
+        off["status"] = json!(0);
+        tx.send(set(&[
+            ("r1", route("/moved/*", &[(a, 1), (b, 3)])),
+            ("r2", route("/other", &[(a, 1)])),
+            ("secure", off),
+        ]))
+        .expect("send");
+        let d4 = time_until("the disabled route to go", || {
+            status_is(&e1, "/secure/x", 404)
+        })
+        .await;
+        eprintln!("route removal live after {d4:?}");
+
+        // The listener was never touched; nothing was refused.
+        for e in [&e1, &e2] {
+            assert_eq!(listener_stats(e).await, before);
+            let rds = e.stats("http.ingress.rds.apisix.").await;
+            assert_eq!(
+                rds.get("http.ingress.rds.apisix.update_rejected"),
+                Some(&0),
+                "{rds:?}"
+            );
+            // The first table, the route change and the removal; endpoint and
+            // weight changes did not touch the routes.
+            assert_eq!(rds["http.ingress.rds.apisix.update_success"], 3, "{rds:?}");
+        }
+        assert_eq!(before["listener_manager.listener_modified"], 0);
+        assert_eq!(before["listener_manager.total_listeners_draining"], 0);
+        let report = status.report();
+        assert!(report.last_nack.is_empty(), "{:?}", report.last_nack);
+        // Both Envoys ACKed the latest versions.
+        wait_for("both Envoys to ACK", Duration::from_secs(5), || {
+            let r = status.report();
+            let ok = r.streams.values().all(|s| s.acked == r.versions);
+            async move { ok.then_some(()) }
+        })
+        .await;
+
+        e1.stop().await;
+        e2.stop().await;
+        wait_for("the streams to close", Duration::from_secs(5), || {
+            let n = status.report().connected;
+            async move { (n == 0).then_some(()) }
+        })
+        .await;
+        server.abort();
+    }
+}

@@ -1,0 +1,197 @@
+//! The gateway through the sidecar: the tutorial's Admin API calls, verbatim,
+//! configure the real Envoy over xDS; the real provider and httpbin answer.
+
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::gateway::Gateway;
+use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET};
+use integration_tests::{
+    free_port, get, pid_alive, wait_for, Httpbin, Proc, Provider, ProviderOptions, TestDir,
+};
+
+/// A tutorial route body, as its shell would expand it, with a local
+/// upstream in place of httpbin.org:80.
+fn tutorial_body(plugin_lines: &str, discovery: &str, node: &str) -> String {
+    format!(
+        r#"
+{{
+"id": "auth-with-oidc",
+"uri":"/anything/*",
+"plugins": {{
+"openid-connect": {{
+{plugin_lines}
+"client_id": "{CLIENT_ID}",
+"client_secret": "{DEFAULT_CLIENT_SECRET}",
+"discovery": "{discovery}",
+"scope": "openid profile",
+"redirect_uri": "http://localhost:9080/anything/callback"
+}}
+}},
+"upstream":{{
+"type":"roundrobin",
+"nodes":{{
+"{node}":1
+}}
+}}
+}}"#
+    )
+}
+
+fn within_a_second(what: &str, mut check: impl FnMut() -> bool) {
+    wait_for(what, Duration::from_secs(1), || check().then_some(()));
+}
+
+#[test]
+fn tutorial_routes_through_the_sidecar() {
+    let dir = TestDir::new("sidecar_tutorial");
+    let httpbin = Httpbin::start(dir.path());
+    let provider = Provider::start(dir.path(), ProviderOptions::default());
+    let mut gw = Gateway::start(dir.path(), &[]);
+    let node = format!("127.0.0.1:{}", httpbin.port);
+    let disc = provider.discovery_url();
+
+    // Client credentials with the JWKS (the tutorial's body, verbatim).
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes",
+        Some(&tutorial_body("\"use_jwks\": true,", &disc, &node)),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = provider.client_credentials_token();
+    let auth = format!("Bearer {token}");
+    within_a_second("the route to serve traffic", || {
+        get(&gw.url("/anything/test"), &[("authorization", &auth)]).is_ok_and(|r| r.status == 200)
+    });
+    let r = get(&gw.url("/anything/test"), &[("authorization", &auth)]).unwrap();
+    assert_eq!(r.json()["headers"]["X-Access-Token"], token.as_str());
+    assert_eq!(get(&gw.url("/anything/test"), &[]).unwrap().status, 401);
+    assert_eq!(
+        get(
+            &gw.url("/anything/test"),
+            &[("authorization", "Bearer invalid")]
+        )
+        .unwrap()
+        .status,
+        401
+    );
+
+    // The introspection variant replaces it (PUT of an existing id: 200).
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes",
+        Some(&tutorial_body("\"bearer_only\": true,", &disc, &node)),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A revoked token still has a good signature: only introspection
+    // refuses it, which tells when the new route is in place.
+    let revoked = provider.client_credentials_token();
+    provider.revoke(&revoked);
+    let revoked = format!("Bearer {revoked}");
+    within_a_second("the introspection route", || {
+        get(&gw.url("/anything/test"), &[("authorization", &revoked)])
+            .is_ok_and(|r| r.status == 401)
+    });
+    let password = provider.password_grant();
+    let access = password["access_token"].as_str().unwrap().to_string();
+    let auth = format!("Bearer {access}");
+    assert_eq!(
+        get(&gw.url("/anything/test"), &[("authorization", &auth)])
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        get(
+            &gw.url("/anything/test"),
+            &[("authorization", "Bearer invalid")]
+        )
+        .unwrap()
+        .status,
+        401
+    );
+
+    // The sidecar restarts: the route is still there, Envoy still serves it.
+    let before = gw.admin("GET", "/apisix/admin/routes/auth-with-oidc", None);
+    gw.restart_sidecar();
+    let after = gw.admin("GET", "/apisix/admin/routes/auth-with-oidc", None);
+    assert_eq!(after.status, 200);
+    assert_eq!(before.json(), after.json());
+    assert_eq!(
+        get(&gw.url("/anything/test"), &[("authorization", &auth)])
+            .unwrap()
+            .status,
+        200
+    );
+
+    // The sidecar dies: Envoy keeps serving the last configuration.
+    let pid = gw.sidecar_pid().unwrap();
+    gw.stop_sidecar();
+    assert!(!pid_alive(pid));
+    assert_eq!(
+        get(&gw.url("/anything/test"), &[("authorization", &auth)])
+            .unwrap()
+            .status,
+        200
+    );
+    gw.restart_sidecar();
+
+    // DELETE: Envoy answers 404.
+    let r = gw.admin("DELETE", "/apisix/admin/routes/auth-with-oidc", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    within_a_second("the route to disappear", || {
+        get(&gw.url("/anything/test"), &[]).is_ok_and(|r| r.status == 404)
+    });
+    // Route changes never drained the listener.
+    assert_eq!(gw.envoy_stat("listener_manager.listener_modified"), 0);
+}
+
+fn static_server(dir: &TestDir, name: &str) -> (u16, Proc) {
+    let root = dir.path().join(format!("www-{name}"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("who"), name).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(&root);
+    let mut proc = Proc::spawn(&format!("www-{name}"), dir.path(), cmd);
+    wait_for("a static server", Duration::from_secs(10), || {
+        proc.assert_running();
+        get(&format!("http://127.0.0.1:{port}/who"), &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    (port, proc)
+}
+
+#[test]
+fn weights_split_traffic() {
+    let dir = TestDir::new("sidecar_weights");
+    let (a, _pa) = static_server(&dir, "a");
+    let (b, _pb) = static_server(&dir, "b");
+    let gw = Gateway::start(dir.path(), &[]);
+    let body = format!(
+        r#"{{"uri": "/who", "upstream": {{"type": "roundrobin", "nodes": {{"127.0.0.1:{a}": 1, "127.0.0.1:{b}": 3}}}}}}"#
+    );
+    let r = gw.admin("PUT", "/apisix/admin/routes/weights", Some(&body));
+    assert_eq!(r.status, 201, "{}", r.body);
+    within_a_second("the weighted route", || {
+        get(&gw.url("/who"), &[]).is_ok_and(|r| r.status == 200)
+    });
+    let n = 200;
+    let mut to_b = 0;
+    for _ in 0..n {
+        let r = get(&gw.url("/who"), &[]).unwrap();
+        assert_eq!(r.status, 200);
+        if r.body == "b" {
+            to_b += 1;
+        }
+    }
+    // Expect 150 of 200; round robin with weights is nearly exact.
+    assert!(
+        (130..=170).contains(&to_b),
+        "{to_b} of {n} went to the weight-3 node"
+    );
+}

@@ -739,19 +739,12 @@ impl Envoy {
     /// Stats whose names match the RE2 regex `filter`: `(name, value)`,
     /// text stats with their quotes.
     pub fn stats(&self, filter: &str) -> Vec<(String, String)> {
-        let url = self.admin_url(&format!("/stats?filter={}", encode(filter)));
-        let r = crate::get(&url, &[]).unwrap_or_else(|e| panic!("admin {url}: {e}"));
-        assert_eq!(r.status, 200, "admin {url}: {}", r.body);
-        parse_stats(&r.body)
+        admin_stats(self.admin_port, filter)
     }
 
     /// A counter or gauge from Envoy's admin `/stats` (0 when absent).
     pub fn stat(&self, name: &str) -> u64 {
-        self.stats(&format!("^{}$", regex_escape(name)))
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0)
+        admin_stat(self.admin_port, name)
     }
 
     /// Admin `/config_dump`.
@@ -849,16 +842,29 @@ fn regex_escape(s: &str) -> String {
     out
 }
 
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Stats of the Envoy whose admin listens on `admin_port`, whose names
+/// match the RE2 regex `filter`: `(name, value)`, text stats with quotes.
+pub fn admin_stats(admin_port: u16, filter: &str) -> Vec<(String, String)> {
+    let url = format!(
+        "http://127.0.0.1:{admin_port}/stats?filter={}",
+        encode(filter)
+    );
+    let r = crate::get(&url, &[]).unwrap_or_else(|e| panic!("admin {url}: {e}"));
+    assert_eq!(r.status, 200, "admin {url}: {}", r.body);
+    parse_stats(&r.body)
 }
+
+/// A counter or gauge of the Envoy whose admin listens on `admin_port`
+/// (0 when absent).
+pub fn admin_stat(admin_port: u16, name: &str) -> u64 {
+    admin_stats(admin_port, &format!("^{}$", regex_escape(name)))
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+use crate::http::percent_encode as encode;
 
 /// A protobuf JSON duration.
 fn duration(d: Duration) -> String {

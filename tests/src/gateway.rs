@@ -120,17 +120,7 @@ impl Gateway {
 
     /// A stat from Envoy's admin (0 when absent).
     pub fn envoy_stat(&self, name: &str) -> u64 {
-        let url = format!(
-            "http://127.0.0.1:{}/stats?filter=^{}$",
-            self.envoy_admin_port,
-            name.replace('.', "\\.")
-        );
-        let r = crate::get(&url, &[]).expect("envoy admin /stats");
-        r.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        crate::envoy::admin_stat(self.envoy_admin_port, name)
     }
 
     pub fn sidecar_pid(&self) -> Option<u32> {

@@ -119,7 +119,7 @@ pub fn post_form(
 ) -> Result<Response, reqwest::Error> {
     let body: String = form
         .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
         .collect::<Vec<_>>()
         .join("&");
     let mut req = client()
@@ -132,7 +132,8 @@ pub fn post_form(
     finish(req.send()?)
 }
 
-fn enc(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

@@ -113,10 +113,19 @@ fn tutorial_routes_through_the_sidecar() {
 
     // The sidecar restarts: the route is still there, Envoy still serves it.
     let before = gw.admin("GET", "/apisix/admin/routes/auth-with-oidc", None);
+    let versions_before = gw.admin("GET", "/status", None).json()["versions"].clone();
     gw.restart_sidecar();
     let after = gw.admin("GET", "/apisix/admin/routes/auth-with-oidc", None);
     assert_eq!(after.status, 200);
     assert_eq!(before.json(), after.json());
+    // The same resources, byte for byte: Envoy gets nothing new.
+    let versions_after = gw.admin("GET", "/status", None).json()["versions"].clone();
+    assert_eq!(versions_before, versions_after);
+    assert_eq!(
+        versions_after.as_object().map(|v| v.len()),
+        Some(4),
+        "{versions_after}"
+    );
     assert_eq!(
         get(&gw.url("/anything/test"), &[("authorization", &auth)])
             .unwrap()

@@ -66,6 +66,11 @@ fn routes(idp: &Provider) -> Vec<Route> {
 }
 
 fn stack(name: &str) -> Stack {
+    stack_with(name, "{}")
+}
+
+/// A stack whose filter has these listener-level settings.
+fn stack_with(name: &str, filter_settings: &str) -> Stack {
     let dir = TestDir::new(name);
     let httpbin = Httpbin::start(dir.path());
     let idp = Provider::start(dir.path(), ProviderOptions::default());
@@ -75,6 +80,7 @@ fn stack(name: &str) -> Stack {
     for r in routes(&idp) {
         config = config.route(r);
     }
+    config = config.filter_settings(filter_settings);
     let envoy = Envoy::start(dir.path(), &config);
     Stack {
         envoy,
@@ -336,4 +342,17 @@ fn key_rotation_and_provider_outage() {
     );
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(s.envoy.stat("wasmcustom.openid_connect.provider.failures") >= 2);
+}
+
+#[test]
+fn the_token_cache_can_be_turned_off() {
+    let s = stack_with("bearer_no_cache", r#"{"token_cache_size": 0}"#);
+    let token = s.idp.client_credentials_token();
+    for _ in 0..3 {
+        let r = call(&s, "/anything/jwks", &[("authorization", &bearer(&token))]);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(s.envoy.stat("wasmcustom.openid_connect.cache.hit"), 0);
+    assert_eq!(s.envoy.stat("wasmcustom.openid_connect.cache.miss"), 3);
+    assert_eq!(s.envoy.stat("wasmcustom.openid_connect.allowed"), 3);
 }

@@ -12,3 +12,4 @@ pub mod jwt;
 pub mod reply;
 pub mod route;
 pub mod secret;
+pub mod session;

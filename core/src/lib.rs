@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod http;
 pub mod introspection;
 pub mod jwt;
+pub mod login;
 pub mod reply;
 pub mod route;
 pub mod secret;

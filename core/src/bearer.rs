@@ -240,10 +240,7 @@ fn request_introspection(
             }
         },
     };
-    let auth = match c.introspection_endpoint_auth_method {
-        crate::config::ClientAuthMethod::ClientSecretBasic => ClientAuth::Basic,
-        crate::config::ClientAuthMethod::ClientSecretPost => ClientAuth::Post,
-    };
+    let auth = ClientAuth::from(c.introspection_endpoint_auth_method);
     introspection::request(
         &endpoint,
         token,

@@ -39,6 +39,15 @@ pub enum ClientAuth {
 /// incoming request) are appended, except pseudo-headers and the headers
 /// this request sets itself (`content-type`, `accept`, `authorization`,
 /// `content-length`, `host`), which are dropped.
+impl From<crate::config::ClientAuthMethod> for ClientAuth {
+    fn from(m: crate::config::ClientAuthMethod) -> ClientAuth {
+        match m {
+            crate::config::ClientAuthMethod::ClientSecretBasic => ClientAuth::Basic,
+            crate::config::ClientAuthMethod::ClientSecretPost => ClientAuth::Post,
+        }
+    }
+}
+
 pub fn request(
     endpoint: &str,
     token: &str,
@@ -47,11 +56,36 @@ pub fn request(
     auth: ClientAuth,
     addon_headers: &[(String, String)],
 ) -> Result<HttpRequest, UrlError> {
+    let mut req = client_form_post(
+        endpoint,
+        &[("token", token), ("token_type_hint", "access_token")],
+        client_id,
+        client_secret,
+        auth,
+    )?;
+    for (name, value) in addon_headers {
+        if !is_reserved_header(name) {
+            req.headers.push((name.clone(), value.clone()));
+        }
+    }
+    Ok(req)
+}
+
+/// A form POST to a provider endpoint that authenticates the client
+/// (token, introspection, revocation) per `auth`: RFC 6749 2.3.1.
+pub fn client_form_post(
+    endpoint: &str,
+    params: &[(&str, &str)],
+    client_id: &str,
+    client_secret: Option<&Secret>,
+    auth: ClientAuth,
+) -> Result<HttpRequest, UrlError> {
     let mut req = Target::parse(endpoint)?.request("POST");
 
     let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("token", token);
-    form.append_pair("token_type_hint", "access_token");
+    for (k, v) in params {
+        form.append_pair(k, v);
+    }
     match auth {
         ClientAuth::Post => {
             form.append_pair("client_id", client_id);
@@ -74,11 +108,6 @@ pub fn request(
     ));
     req.headers
         .push(("accept".to_string(), "application/json".to_string()));
-    for (name, value) in addon_headers {
-        if !is_reserved_header(name) {
-            req.headers.push((name.clone(), value.clone()));
-        }
-    }
     req.body = Some(form.finish().into_bytes());
     Ok(req)
 }

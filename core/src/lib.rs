@@ -15,3 +15,4 @@ pub mod reply;
 pub mod route;
 pub mod secret;
 pub mod session;
+pub mod signed_in;

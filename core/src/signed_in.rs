@@ -1,0 +1,242 @@
+//! Requests of a browser that has a session: the upstream's identity
+//! headers, when to refresh the access token, and where logout goes.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use crate::callback::Tokens;
+use crate::http::{HttpRequest, UrlError};
+use crate::introspection::{client_form_post, ClientAuth};
+use crate::route::Route;
+use crate::session::Session;
+
+/// The identity headers the upstream gets for a session (APISIX's names).
+pub fn upstream_headers(route: &Route, s: &Session) -> Vec<(&'static str, String)> {
+    let c = &route.config;
+    let mut h = Vec::with_capacity(5);
+    if c.set_access_token_header {
+        let token = s.access_token.expose();
+        if c.access_token_in_authorization_header {
+            h.push(("authorization", format!("Bearer {token}")));
+        } else {
+            h.push(("x-access-token", token.to_string()));
+        }
+    }
+    if c.set_id_token_header && !s.id_claims.is_empty() {
+        let json = serde_json::Value::Object(s.id_claims.clone()).to_string();
+        h.push(("x-id-token", STANDARD.encode(json)));
+    }
+    if c.set_raw_id_token_header {
+        if let Some(t) = &s.id_token {
+            h.push(("x-raw-id-token", t.expose().to_string()));
+        }
+    }
+    if c.set_userinfo_header {
+        if let Some(u) = &s.userinfo {
+            h.push(("x-userinfo", STANDARD.encode(u.to_string())));
+        }
+    }
+    if c.set_refresh_token_header {
+        if let Some(t) = &s.refresh_token {
+            h.push(("x-refresh-token", t.expose().to_string()));
+        }
+    }
+    h
+}
+
+/// The access token has expired (minus `access_token_expires_leeway`) and
+/// the route renews tokens.
+pub fn needs_refresh(route: &Route, s: &Session, now: u64) -> bool {
+    let c = &route.config;
+    c.renew_access_token_on_expiry
+        && s.access_expires_at
+            .is_some_and(|exp| now.saturating_add(c.access_token_expires_leeway) >= exp)
+}
+
+/// The token endpoint request for a refresh; `None` when the session has
+/// no refresh token (the browser logs in again).
+pub fn refresh_request(
+    route: &Route,
+    token_endpoint: &str,
+    s: &Session,
+) -> Option<Result<HttpRequest, UrlError>> {
+    let c = &route.config;
+    let refresh = s.refresh_token.as_ref()?;
+    Some(client_form_post(
+        token_endpoint,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.expose()),
+        ],
+        &c.client_id,
+        c.client_secret.as_ref(),
+        ClientAuth::from(c.token_endpoint_auth_method),
+    ))
+}
+
+/// Puts refreshed tokens into the session (a provider that does not rotate
+/// the refresh token keeps the old one valid).
+pub fn apply_refresh(route: &Route, s: &mut Session, t: Tokens, now: u64) {
+    s.access_token = t.access_token;
+    if let Some(r) = t.refresh_token {
+        s.refresh_token = Some(r);
+    }
+    if let Some(i) = t.id_token {
+        s.id_token = Some(i);
+    }
+    s.access_expires_at = t
+        .expires_in
+        .or(route.config.access_token_expires_in)
+        .map(|e| now.saturating_add(e));
+    s.renew(now);
+}
+
+/// Where the browser goes after logout: the provider's end-session
+/// endpoint (with `id_token_hint` and `post_logout_redirect_uri`), else
+/// `post_logout_redirect_uri`, else nowhere (a "Logged out" page).
+pub fn logout_location(
+    route: &Route,
+    end_session_endpoint: Option<&str>,
+    s: Option<&Session>,
+) -> Option<String> {
+    let post = route.config.post_logout_redirect_uri.as_deref();
+    let Some(end) = end_session_endpoint else {
+        return post.map(str::to_string);
+    };
+    let mut url = url::Url::parse(end).ok()?;
+    {
+        let mut q = url.query_pairs_mut();
+        match s.and_then(|s| s.id_token.as_ref()) {
+            Some(hint) => {
+                q.append_pair("id_token_hint", hint.expose());
+            }
+            None => {
+                q.append_pair("client_id", &route.config.client_id);
+            }
+        }
+        if let Some(p) = post {
+            q.append_pair("post_logout_redirect_uri", p);
+        }
+    }
+    Some(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn route(extra: serde_json::Value) -> Route {
+        let mut v = json!({
+            "client_id": "c",
+            "client_secret": "s",
+            "discovery": "http://idp/.well-known/openid-configuration",
+            "session": {"secret": "0123456789abcdef0123"},
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Route::from_json(&v.to_string()).unwrap()
+    }
+
+    fn session() -> Session {
+        let mut s = Session::new(Secret::new("at"), NOW);
+        s.refresh_token = Some(Secret::new("rt"));
+        s.id_token = Some(Secret::new("raw.id.token"));
+        s.id_claims = json!({"sub": "u"}).as_object().unwrap().clone();
+        s.userinfo = Some(json!({"sub": "u", "email": "e@x"}));
+        s.access_expires_at = Some(NOW + 300);
+        s
+    }
+
+    fn names(h: &[(&'static str, String)]) -> Vec<&'static str> {
+        h.iter().map(|(k, _)| *k).collect()
+    }
+
+    #[test]
+    fn headers_follow_the_options() {
+        let s = session();
+        let h = upstream_headers(&route(json!({})), &s);
+        assert_eq!(
+            names(&h),
+            vec!["x-access-token", "x-id-token", "x-userinfo"]
+        );
+        assert_eq!(STANDARD.decode(&h[1].1).unwrap(), br#"{"sub":"u"}"#);
+        let h = upstream_headers(
+            &route(
+                json!({"access_token_in_authorization_header": true, "set_refresh_token_header": true,
+                          "set_raw_id_token_header": true, "set_id_token_header": false, "set_userinfo_header": false}),
+            ),
+            &s,
+        );
+        assert_eq!(
+            names(&h),
+            vec!["authorization", "x-raw-id-token", "x-refresh-token"]
+        );
+        assert_eq!(h[0].1, "Bearer at");
+    }
+
+    #[test]
+    fn refresh_decisions() {
+        let s = session();
+        let r = route(json!({}));
+        assert!(!needs_refresh(&r, &s, NOW + 299));
+        assert!(needs_refresh(&r, &s, NOW + 300));
+        assert!(needs_refresh(
+            &route(json!({"access_token_expires_leeway": 10})),
+            &s,
+            NOW + 290
+        ));
+        assert!(!needs_refresh(
+            &route(json!({"renew_access_token_on_expiry": false})),
+            &s,
+            NOW + 900
+        ));
+
+        let req = refresh_request(&r, "http://idp/token", &s)
+            .unwrap()
+            .unwrap();
+        let body = String::from_utf8(req.body.unwrap()).unwrap();
+        assert!(
+            body.contains("grant_type=refresh_token") && body.contains("refresh_token=rt"),
+            "{body}"
+        );
+        let mut no_refresh = session();
+        no_refresh.refresh_token = None;
+        assert!(refresh_request(&r, "http://idp/token", &no_refresh).is_none());
+
+        let mut s = session();
+        let t = Tokens {
+            access_token: Secret::new("at2"),
+            id_token: None,
+            refresh_token: None,
+            expires_in: Some(60),
+        };
+        apply_refresh(&r, &mut s, t, NOW + 400);
+        assert_eq!(s.access_token.expose(), "at2");
+        assert_eq!(s.refresh_token.as_ref().map(Secret::expose), Some("rt"));
+        assert_eq!(s.access_expires_at, Some(NOW + 460));
+        assert_eq!(s.saved_at, NOW + 400);
+    }
+
+    #[test]
+    fn logout_destinations() {
+        let s = session();
+        let r = route(json!({"post_logout_redirect_uri": "http://gw/bye"}));
+        let loc = logout_location(&r, Some("http://idp/logout"), Some(&s)).unwrap();
+        assert_eq!(
+            loc,
+            "http://idp/logout?id_token_hint=raw.id.token&post_logout_redirect_uri=http%3A%2F%2Fgw%2Fbye"
+        );
+        assert_eq!(
+            logout_location(&r, None, Some(&s)).as_deref(),
+            Some("http://gw/bye")
+        );
+        assert_eq!(logout_location(&route(json!({})), None, None), None);
+        let loc = logout_location(&route(json!({})), Some("http://idp/logout"), None).unwrap();
+        assert_eq!(loc, "http://idp/logout?client_id=c");
+    }
+}

@@ -18,9 +18,9 @@ PYTHON="${PYTHON:-python3}"
 
 # ---------------------------------------------------------------------------
 # Browser (headless Chromium + chromedriver) for the browser tests.
-# Off until those tests land; then set the default to 1 (or run with
-# WITH_BROWSER=1). Installed from Debian only when /usr/bin/chromium is absent.
-WITH_BROWSER="${WITH_BROWSER:-0}"
+# On by default (WITH_BROWSER=0 skips it): the browser tests need it.
+# Installed from Debian only when /usr/bin/chromium or chromedriver is absent.
+WITH_BROWSER="${WITH_BROWSER:-1}"
 # ---------------------------------------------------------------------------
 
 say() { printf 'setup: %s\n' "$*"; }

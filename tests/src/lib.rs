@@ -23,6 +23,7 @@
 //! envoy.update_routes(&[Route::prefix("/").direct(503, "down")]);
 //! ```
 
+pub mod browser;
 pub mod envoy;
 pub mod gateway;
 pub mod http;

@@ -8,8 +8,6 @@
 //! successful fetch makes its document fresh, a failed one makes it
 //! "recently failed", and neither asks for the same fetch again.
 
-use base64::Engine as _;
-
 use crate::discovery::ProviderMetadata;
 use crate::http::HttpRequest;
 use crate::introspection::{self, ClientAuth};
@@ -320,21 +318,13 @@ fn denial_for(e: &VerifyError) -> Denial {
 }
 
 fn allowed(route: &Route, token: &str, userinfo_json: &[u8], cache_until: u64) -> Allowed {
-    let c = &route.config;
-    let mut headers = Vec::with_capacity(2);
-    if c.set_access_token_header {
-        if c.access_token_in_authorization_header {
-            headers.push(("authorization", format!("Bearer {token}")));
-        } else {
-            headers.push(("x-access-token", token.to_string()));
-        }
-    }
-    if c.set_userinfo_header {
-        headers.push((
-            "x-userinfo",
-            base64::engine::general_purpose::STANDARD.encode(userinfo_json),
-        ));
-    }
+    let headers = [
+        route.access_token_header(token),
+        route.userinfo_header(userinfo_json),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     Allowed {
         headers,
         cache_until,
@@ -344,6 +334,7 @@ fn allowed(route: &Route, token: &str, userinfo_json: &[u8], cache_until: u64) -
 #[cfg(test)]
 mod tests {
     use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
     use serde_json::{json, Value};
 
     use super::*;

@@ -188,10 +188,7 @@ pub fn finish(
     session.refresh_token = tokens.refresh_token;
     session.id_token = Some(id_token);
     session.id_claims = verified.claims;
-    session.access_expires_at = tokens
-        .expires_in
-        .or(route.config.access_token_expires_in)
-        .map(|s| now.saturating_add(s));
+    session.access_expires_at = route.access_expiry(tokens.expires_in, now);
     Ok(session)
 }
 

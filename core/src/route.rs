@@ -68,6 +68,39 @@ impl Route {
         }
     }
 
+    /// The upstream header carrying the access token (`X-Access-Token`, or
+    /// `Authorization` per `access_token_in_authorization_header`), if the
+    /// route sets one.
+    pub fn access_token_header(&self, token: &str) -> Option<(&'static str, String)> {
+        let c = &self.config;
+        if !c.set_access_token_header {
+            None
+        } else if c.access_token_in_authorization_header {
+            Some(("authorization", format!("Bearer {token}")))
+        } else {
+            Some(("x-access-token", token.to_string()))
+        }
+    }
+
+    /// `X-Userinfo` (base64 of the JSON), if the route sets it.
+    pub fn userinfo_header(&self, json: &[u8]) -> Option<(&'static str, String)> {
+        use base64::Engine as _;
+        self.config.set_userinfo_header.then(|| {
+            (
+                "x-userinfo",
+                base64::engine::general_purpose::STANDARD.encode(json),
+            )
+        })
+    }
+
+    /// When an access token issued at `now` expires: the token endpoint's
+    /// `expires_in`, else `access_token_expires_in`, else unknown.
+    pub fn access_expiry(&self, expires_in: Option<u64>, now: u64) -> Option<u64> {
+        expires_in
+            .or(self.config.access_token_expires_in)
+            .map(|s| now.saturating_add(s))
+    }
+
     /// The issuer must come from discovery: no `valid_issuers` configured.
     pub fn needs_discovery_issuer(&self) -> bool {
         self.config.claim_validator.valid_issuers.is_none()

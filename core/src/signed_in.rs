@@ -14,14 +14,7 @@ use crate::session::Session;
 pub fn upstream_headers(route: &Route, s: &Session) -> Vec<(&'static str, String)> {
     let c = &route.config;
     let mut h = Vec::with_capacity(5);
-    if c.set_access_token_header {
-        let token = s.access_token.expose();
-        if c.access_token_in_authorization_header {
-            h.push(("authorization", format!("Bearer {token}")));
-        } else {
-            h.push(("x-access-token", token.to_string()));
-        }
-    }
+    h.extend(route.access_token_header(s.access_token.expose()));
     if c.set_id_token_header && !s.id_claims.is_empty() {
         let json = serde_json::Value::Object(s.id_claims.clone()).to_string();
         h.push(("x-id-token", STANDARD.encode(json)));
@@ -31,10 +24,8 @@ pub fn upstream_headers(route: &Route, s: &Session) -> Vec<(&'static str, String
             h.push(("x-raw-id-token", t.expose().to_string()));
         }
     }
-    if c.set_userinfo_header {
-        if let Some(u) = &s.userinfo {
-            h.push(("x-userinfo", STANDARD.encode(u.to_string())));
-        }
+    if let Some(u) = &s.userinfo {
+        h.extend(route.userinfo_header(u.to_string().as_bytes()));
     }
     if c.set_refresh_token_header {
         if let Some(t) = &s.refresh_token {
@@ -84,10 +75,7 @@ pub fn apply_refresh(route: &Route, s: &mut Session, t: Tokens, now: u64) {
     if let Some(i) = t.id_token {
         s.id_token = Some(i);
     }
-    s.access_expires_at = t
-        .expires_in
-        .or(route.config.access_token_expires_in)
-        .map(|e| now.saturating_add(e));
+    s.access_expires_at = route.access_expiry(t.expires_in, now);
     s.renew(now);
 }
 

@@ -255,7 +255,7 @@ fn request_introspection(
 }
 
 /// The discovery document, or the decision to take without it.
-fn discovery<'a>(
+pub(crate) fn discovery<'a>(
     route: &Route,
     p: &ProviderState<'a>,
     now: u64,
@@ -269,7 +269,7 @@ fn discovery<'a>(
     }
 }
 
-enum Cache<'a, T> {
+pub(crate) enum Cache<'a, T> {
     Use(&'a Fetched<T>),
     Fetch,
     Unavailable,
@@ -278,7 +278,7 @@ enum Cache<'a, T> {
 /// Fresh → use; stale → refetch, unless a call failed recently (then use
 /// the stale copy: a provider outage does not stop tokens that verify with
 /// what is cached); missing → fetch, or unavailable right after a failure.
-fn cached<'a, T>(
+pub(crate) fn cached<'a, T>(
     doc: Option<&'a Fetched<T>>,
     failed_at: Option<u64>,
     ttl: u64,
@@ -293,7 +293,7 @@ fn cached<'a, T>(
     }
 }
 
-fn fetch(kind: FetchKind, url: &str) -> Decision {
+pub(crate) fn fetch(kind: FetchKind, url: &str) -> Decision {
     match crate::http::Target::parse(url) {
         Ok(t) => {
             let mut req = t.request("GET");

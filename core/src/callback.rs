@@ -65,6 +65,9 @@ pub enum CallbackError {
     Unavailable(String),
     /// The ID token is missing or does not verify.
     BadIdToken(String),
+    /// The ID token names a key the cached JWKS does not have (the
+    /// provider may have rotated its keys).
+    UnknownKey(String),
 }
 
 impl CallbackError {
@@ -72,7 +75,7 @@ impl CallbackError {
     pub fn status(&self) -> u16 {
         match self {
             CallbackError::Unavailable(_) => 503,
-            CallbackError::BadIdToken(_) => 401,
+            CallbackError::BadIdToken(_) | CallbackError::UnknownKey(_) => 401,
             _ => 400,
         }
     }
@@ -91,7 +94,9 @@ impl std::fmt::Display for CallbackError {
             CallbackError::MissingCode => f.write_str("the callback carries no authorization code"),
             CallbackError::Refused(e) => write!(f, "the token endpoint refused the code: {e}"),
             CallbackError::Unavailable(e) => write!(f, "the token endpoint failed: {e}"),
-            CallbackError::BadIdToken(e) => write!(f, "the ID token is not valid: {e}"),
+            CallbackError::BadIdToken(e) | CallbackError::UnknownKey(e) => {
+                write!(f, "the ID token is not valid: {e}")
+            }
         }
     }
 }
@@ -177,8 +182,13 @@ pub fn finish(
     policy.audience.match_with_client_id = true;
     // Scopes are the access token's business, not the ID token's.
     policy.required_scopes.clear();
-    let verified = jwt::verify(id_token.expose(), keys, &policy, now)
-        .map_err(|e| CallbackError::BadIdToken(e.to_string()))?;
+    let verified = jwt::verify(id_token.expose(), keys, &policy, now).map_err(|e| {
+        if e.kind() == jwt::Rejection::UnknownKeyId {
+            CallbackError::UnknownKey(e.to_string())
+        } else {
+            CallbackError::BadIdToken(e.to_string())
+        }
+    })?;
     if verified.claims.get("nonce").and_then(Value::as_str) != Some(flow.nonce.as_str()) {
         return Err(CallbackError::BadIdToken(
             "nonce does not match this login".into(),

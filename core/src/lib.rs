@@ -4,6 +4,7 @@
 //! passes time and random bytes in, and gets decisions and effects out.
 
 pub mod bearer;
+pub mod browser;
 pub mod callback;
 pub mod config;
 pub mod discovery;

@@ -68,6 +68,71 @@ pub fn redirect_uri(route: &Route, req: &RequestFacts<'_>) -> String {
     }
 }
 
+/// Where to send a browser whose host is not the redirect URI's: the same
+/// path on the redirect URI's scheme and host (the flow cookie must be set
+/// where the callback arrives). `None` when the hosts agree.
+pub fn host_correction(
+    route: &Route,
+    req: &RequestFacts<'_>,
+) -> Result<Option<String>, StartError> {
+    let redirect = redirect_uri(route, req);
+    let url =
+        Url::parse(&redirect).map_err(|e| StartError::BadUrl(format!("redirect_uri: {e}")))?;
+    let host = authority(&url);
+    Ok((!host.eq_ignore_ascii_case(req.host))
+        .then(|| format!("{}://{}{}", url.scheme(), host, req.path)))
+}
+
+/// The suffix APISIX appends to the request path when `redirect_uri` is
+/// not configured.
+pub const DEFAULT_REDIRECT_SUFFIX: &str = "/.apisix/redirect";
+
+/// Whether a request path (without query) is the route's callback: the
+/// configured `redirect_uri`'s path, else any path ending in
+/// [`DEFAULT_REDIRECT_SUFFIX`] (as APISIX).
+pub fn is_callback(route: &Route, path: &str) -> bool {
+    match &route.config.redirect_uri {
+        Some(u) => redirect_path(u) == path,
+        None => path.ends_with(DEFAULT_REDIRECT_SUFFIX),
+    }
+}
+
+fn redirect_path(uri: &str) -> String {
+    if uri.starts_with('/') {
+        uri.split('?').next().unwrap_or(uri).to_string()
+    } else {
+        Url::parse(uri)
+            .map(|u| u.path().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// The redirect URI as sent in the authorization request, seen from the
+/// callback request (the token request must repeat it exactly).
+pub fn redirect_uri_at_callback(route: &Route, req: &RequestFacts<'_>) -> String {
+    match &route.config.redirect_uri {
+        Some(_) => redirect_uri(route, req),
+        None => {
+            let path = req.path.split('?').next().unwrap_or("/");
+            format!("{}://{}{path}", req.scheme, req.host)
+        }
+    }
+}
+
+/// A page to start a login again from, for a callback that cannot finish:
+/// the protected path the default redirect URI was made from, else the
+/// callback path's parent.
+pub fn start_again_path(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or("/");
+    if let Some(p) = path.strip_suffix(DEFAULT_REDIRECT_SUFFIX) {
+        return if p.is_empty() { "/".into() } else { p.into() };
+    }
+    match path.rfind('/') {
+        Some(i) => path[..=i].to_string(),
+        None => "/".into(),
+    }
+}
+
 /// The flow state carried from the start of a login to its callback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowState {
@@ -128,15 +193,10 @@ pub fn start(
     now: u64,
 ) -> Result<Start, StartError> {
     let c = &route.config;
-    let redirect = redirect_uri(route, req);
-    let redirect_url =
-        Url::parse(&redirect).map_err(|e| StartError::BadUrl(format!("redirect_uri: {e}")))?;
-    let redirect_host = authority(&redirect_url);
-    if !redirect_host.eq_ignore_ascii_case(req.host) {
-        return Ok(Start::HostCorrection {
-            location: format!("{}://{}{}", redirect_url.scheme(), redirect_host, req.path),
-        });
+    if let Some(location) = host_correction(route, req)? {
+        return Ok(Start::HostCorrection { location });
     }
+    let redirect = redirect_uri(route, req);
 
     let state = URL_SAFE_NO_PAD.encode(random.state);
     let nonce = URL_SAFE_NO_PAD.encode(random.nonce);
@@ -437,6 +497,59 @@ mod tests {
         assert_eq!(
             redirect_uri(&r, &facts("gw:9080", "/anything/a")),
             "http://gw:9080/anything/callback"
+        );
+    }
+
+    #[test]
+    fn callbacks_are_recognised_by_path() {
+        let r = route(json!({}));
+        assert!(is_callback(&r, "/anything/callback"));
+        assert!(!is_callback(&r, "/anything/callbackx"));
+        assert!(!is_callback(&r, "/anything/test"));
+        let f = facts("localhost:9080", "/anything/callback?code=c&state=s");
+        assert_eq!(
+            redirect_uri_at_callback(&r, &f),
+            "http://localhost:9080/anything/callback"
+        );
+
+        // APISIX's default: the protected path + /.apisix/redirect, which
+        // is itself the redirect URI when the provider sends the browser
+        // back (not suffixed twice).
+        let r = route(json!({"redirect_uri": null}));
+        assert!(is_callback(&r, "/app/.apisix/redirect"));
+        assert!(!is_callback(&r, "/app"));
+        let f = facts("gw", "/app/.apisix/redirect?code=c&state=s");
+        assert_eq!(
+            redirect_uri_at_callback(&r, &f),
+            "http://gw/app/.apisix/redirect"
+        );
+        assert_eq!(
+            redirect_uri(&r, &facts("gw", "/app")),
+            redirect_uri_at_callback(&r, &f)
+        );
+    }
+
+    #[test]
+    fn a_failed_callback_links_to_a_protected_page() {
+        assert_eq!(
+            start_again_path("/app/x/.apisix/redirect?state=s"),
+            "/app/x"
+        );
+        assert_eq!(start_again_path("/.apisix/redirect"), "/");
+        assert_eq!(start_again_path("/anything/callback?code=c"), "/anything/");
+        assert_eq!(start_again_path("/cb"), "/");
+    }
+
+    #[test]
+    fn host_correction_keeps_path_and_query() {
+        let r = route(json!({}));
+        assert_eq!(
+            host_correction(&r, &facts("127.0.0.1:9080", "/anything/test?a=1")).unwrap(),
+            Some("http://localhost:9080/anything/test?a=1".to_string())
+        );
+        assert_eq!(
+            host_correction(&r, &facts("LOCALHOST:9080", "/anything/test")).unwrap(),
+            None
         );
     }
 }

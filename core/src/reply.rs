@@ -112,6 +112,74 @@ impl Denial {
     }
 }
 
+impl Reply {
+    /// A small HTML page for a browser (login errors, "Logged out"), with
+    /// an optional link to go on from.
+    pub fn page(status: u16, title: &str, message: &str, link: Option<(&str, &str)>) -> Reply {
+        let link = link
+            .map(|(href, text)| {
+                format!(
+                    "<p><a id=\"continue\" href=\"{}\">{}</a></p>",
+                    escape(href),
+                    escape(text)
+                )
+            })
+            .unwrap_or_default();
+        let body = format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+             <body><h1>{t}</h1><p id=\"message\">{m}</p>{link}</body></html>\n",
+            t = escape(title),
+            m = escape(message),
+        );
+        Reply {
+            status,
+            headers: vec![
+                ("content-type".into(), "text/html; charset=utf-8".into()),
+                ("cache-control".into(), "no-store".into()),
+            ],
+            body,
+        }
+    }
+
+    /// A redirect.
+    pub fn redirect(location: &str) -> Reply {
+        Reply {
+            status: 302,
+            headers: vec![
+                ("location".into(), location.to_string()),
+                ("cache-control".into(), "no-store".into()),
+            ],
+            body: String::new(),
+        }
+    }
+
+    /// Adds `Set-Cookie` headers.
+    pub fn with_cookies(mut self, set_cookies: Vec<String>) -> Reply {
+        self.headers.extend(
+            set_cookies
+                .into_iter()
+                .map(|c| ("set-cookie".to_string(), c)),
+        );
+        self
+    }
+}
+
+/// Escapes text for HTML content and attribute values.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 fn json_reply(
     status: u16,
     mut headers: Vec<(String, String)>,
@@ -213,5 +281,24 @@ mod tests {
         .reply("r");
         assert_eq!(r.status, 503);
         assert!(r.body.contains("idp.example:8080"), "{}", r.body);
+    }
+
+    #[test]
+    fn pages_escape_what_they_show() {
+        let r = Reply::page(
+            400,
+            "Login failed",
+            "the identity provider refused the login: <script>",
+            Some(("/a?x=1&y=\"2\"", "Sign in again")),
+        );
+        assert_eq!(r.status, 400);
+        assert!(r.body.contains("&lt;script&gt;"), "{}", r.body);
+        assert!(!r.body.contains("<script>"));
+        assert!(
+            r.body.contains("href=\"/a?x=1&amp;y=&quot;2&quot;\""),
+            "{}",
+            r.body
+        );
+        assert_eq!(header(&r, "content-type"), Some("text/html; charset=utf-8"));
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::config::{ConfigErrors, PluginConfig};
 use crate::jwt::{Alg, AudiencePolicy, Jwks, VerifyPolicy};
+use crate::session::SessionKey;
 
 /// Everything the filter needs to decide a request on one route.
 #[derive(Debug)]
@@ -12,6 +13,8 @@ pub struct Route {
     pub public_keys: Option<Jwks>,
     /// The allowed algorithms (the configured ones, else the default list).
     pub algs: Vec<Alg>,
+    /// The session cookie key, derived once from `session.secret`.
+    pub session_key: Option<SessionKey>,
 }
 
 impl Route {
@@ -36,10 +39,15 @@ impl Route {
             .iter()
             .filter_map(|a| a.parse::<Alg>().ok())
             .collect();
+        let session_key = config
+            .session
+            .as_ref()
+            .map(|s| SessionKey::derive(&s.secret));
         Ok(Route {
             config,
             public_keys,
             algs,
+            session_key,
         })
     }
 

@@ -228,6 +228,35 @@ fn chunk_index(name: &str, cookie: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
+/// Whether `cookie` is the session cookie `name` or one of its chunks.
+pub fn is_session_cookie(name: &str, cookie: &str) -> bool {
+    cookie == name || chunk_index(name, cookie).is_some()
+}
+
+/// Whether `cookie` belongs to the session named `name`: the session
+/// cookie, one of its chunks, or a login flow cookie (`<name>_flow_<state>`).
+pub fn is_ours(name: &str, cookie: &str) -> bool {
+    is_session_cookie(name, cookie)
+        || cookie
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with("_flow_"))
+}
+
+/// The `Cookie` header the upstream gets: the request's cookies without
+/// the session's (see [`is_ours`]). `None` when none of them was ours (the
+/// header stays as it is); `Some("")` when nothing is left.
+pub fn without_ours(name: &str, cookies: &[(String, String)]) -> Option<String> {
+    if !cookies.iter().any(|(k, _)| is_ours(name, k)) {
+        return None;
+    }
+    let rest: Vec<String> = cookies
+        .iter()
+        .filter(|(k, _)| !is_ours(name, k))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Some(rest.join("; "))
+}
+
 /// The value of cookie `name` from a parsed `Cookie` header, joining chunks
 /// (see the module docs). The first occurrence of a name wins. `None` when
 /// absent or when a chunk is missing.
@@ -1036,5 +1065,35 @@ mod tests {
         let a = seal(&key(), b"s", b"m", NONCE);
         assert!(open(&k, b"s", &a).is_err());
         assert!(open(&key(), b"s", &a).is_ok());
+    }
+
+    #[test]
+    fn the_upstream_gets_every_cookie_but_ours() {
+        let jar = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = jar(&[
+            ("theme", "dark"),
+            ("session", "a"),
+            ("session_1", "b"),
+            ("session_flow_xyz", "c"),
+            ("sessionid", "app"),
+            ("session_01", "not-a-chunk"),
+        ]);
+        assert_eq!(
+            without_ours("session", &c).as_deref(),
+            Some("theme=dark; sessionid=app; session_01=not-a-chunk")
+        );
+        assert_eq!(without_ours("session", &jar(&[("theme", "dark")])), None);
+        assert_eq!(
+            without_ours("session", &jar(&[("session", "a")])).as_deref(),
+            Some("")
+        );
+        assert!(is_ours("s", "s_flow_abc"));
+        assert!(!is_ours("s", "sflow_abc"));
+        assert!(!is_ours("s", "other"));
     }
 }

@@ -24,6 +24,11 @@ pub struct Metrics {
     cache_miss: Option<u32>,
     provider_calls: Option<u32>,
     provider_failures: Option<u32>,
+    login_started: Option<u32>,
+    login_succeeded: Option<u32>,
+    login_failed: Option<u32>,
+    session_refreshed: Option<u32>,
+    logout: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -49,6 +54,11 @@ impl Metrics {
             cache_miss: counter("cache.miss"),
             provider_calls: counter("provider.calls"),
             provider_failures: counter("provider.failures"),
+            login_started: counter("login.started"),
+            login_succeeded: counter("login.succeeded"),
+            login_failed: counter("login.failed"),
+            session_refreshed: counter("session.refreshed"),
+            logout: counter("logout"),
         }
     }
 
@@ -75,5 +85,20 @@ impl Metrics {
     }
     pub fn provider_failure(&self) {
         bump(self.provider_failures)
+    }
+    pub fn login_started(&self) {
+        bump(self.login_started)
+    }
+    pub fn login_succeeded(&self) {
+        bump(self.login_succeeded)
+    }
+    pub fn login_failed(&self) {
+        bump(self.login_failed)
+    }
+    pub fn session_refreshed(&self) {
+        bump(self.session_refreshed)
+    }
+    pub fn logout(&self) {
+        bump(self.logout)
     }
 }

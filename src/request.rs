@@ -3,11 +3,12 @@
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use oidc_core::bearer::{self, Allowed, Decision, FetchKind, ProviderState};
-use oidc_core::config::UnauthAction;
+use oidc_core::bearer::{self, Allowed, Decision, FetchKind};
+use oidc_core::browser::{BrowserRequest, Entropy, Event, Flow, Forward, Step};
 use oidc_core::http::HttpRequest;
-use oidc_core::reply::Denial;
+use oidc_core::reply::{Denial, Reply};
 use oidc_core::route::Route;
+use oidc_core::session;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
@@ -40,37 +41,63 @@ const IDENTITY_HEADERS: [&str; 5] = [
     "x-refresh-token",
 ];
 
-/// Provider calls one request may make before it is answered 503.
-const MAX_CALLS: u8 = 4;
+/// Provider calls one request may make before it is answered 503 (a login
+/// callback may need discovery, token, JWKS twice and userinfo).
+const MAX_CALLS: u8 = 6;
 
 /// Realm for replies on a route whose config cannot be read.
 const DEFAULT_REALM: &str = "apisix";
 
 pub struct Request {
     vm: Rc<Vm>,
-    check: Option<Check>,
+    active: Option<Active>,
+    /// `Set-Cookie` values for the upstream's response.
+    set_cookies: Vec<String>,
 }
 
-/// A token being checked.
-struct Check {
+/// A request waiting for the core's verdict.
+struct Active {
     entry: Rc<RouteEntry>,
-    token: String,
-    cache_key: String,
-    addon_headers: Vec<(String, String)>,
+    kind: Kind,
     waiting: Waiting,
     calls: u8,
+}
+
+enum Kind {
+    /// A bearer token being checked.
+    Bearer {
+        token: String,
+        cache_key: String,
+        addon_headers: Vec<(String, String)>,
+    },
+    /// A browser request on a login route.
+    Browser(Box<Flow>),
 }
 
 enum Waiting {
     Nothing,
     /// A provider document at this URL.
     Document(FetchKind, String),
-    Introspection,
+    /// The answer to a call the core made (introspection, token, ...).
+    Answer,
+}
+
+/// The host's CSPRNG (WASI `random_get`).
+struct HostRandom;
+
+impl Entropy for HostRandom {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), String> {
+        getrandom::fill(buf).map_err(|e| e.to_string())
+    }
 }
 
 impl Request {
     pub fn new(vm: Rc<Vm>) -> Request {
-        Request { vm, check: None }
+        Request {
+            vm,
+            active: None,
+            set_cookies: Vec::new(),
+        }
     }
 
     fn now(&self) -> u64 {
@@ -85,10 +112,7 @@ impl Request {
             .and_then(|b| String::from_utf8(b).ok())
     }
 
-    fn deny(&self, denial: Denial, realm: &str) -> Action {
-        log::debug!("openid-connect: denied ({})", denial.reason());
-        self.vm.metrics.denied(denial.reason());
-        let reply = denial.reply(realm);
+    fn send(&self, reply: &Reply) -> Action {
         let headers: Vec<(&str, &str)> = reply
             .headers
             .iter()
@@ -96,6 +120,12 @@ impl Request {
             .collect();
         self.send_http_response(reply.status.into(), headers, Some(reply.body.as_bytes()));
         Action::Pause
+    }
+
+    fn deny(&self, denial: Denial, realm: &str) -> Action {
+        log::debug!("openid-connect: denied ({})", denial.reason());
+        self.vm.metrics.denied(denial.reason());
+        self.send(&denial.reply(realm))
     }
 
     fn allow(&self, allowed: &Allowed) -> Action {
@@ -106,47 +136,41 @@ impl Request {
         Action::Continue
     }
 
-    /// No usable token: what the route does with unauthenticated requests.
-    fn unauthenticated(&self, route: &Route) -> Action {
-        let c = &route.config;
-        if c.bearer_only {
-            return self.deny(Denial::NoToken, &c.realm);
-        }
-        match c.unauth_action {
-            UnauthAction::Pass => {
-                self.vm.metrics.passed();
-                Action::Continue
-            }
-            // Browser login comes with the authorization-code flow; until
-            // then every unauthenticated request is refused.
-            UnauthAction::Auth | UnauthAction::Deny => self.deny(Denial::Unauthenticated, &c.realm),
-        }
-    }
-
-    /// Asks the core until it allows, denies, or needs a provider call.
+    /// Asks the core until it answers or needs a provider call.
     fn run(&mut self) -> Action {
         let now = self.now();
-        let Some(check) = self.check.as_mut() else {
+        let Some(active) = self.active.as_mut() else {
             return Action::Continue;
         };
-        let entry = check.entry.clone();
+        let entry = active.entry.clone();
         let Ok(route) = &entry.route else {
             return Action::Continue;
         };
-        let store = &self.vm.store;
-        let discovery = store.discovery(&route.config.discovery);
-        let jwks_uri = discovery
-            .doc
-            .as_ref()
-            .and_then(|d| d.value.jwks_uri.clone());
-        let jwks = jwks_uri.as_deref().map(|u| store.jwks(u));
-        let state = ProviderState {
-            discovery: discovery.doc.as_deref(),
-            jwks: jwks.as_ref().and_then(|j| j.doc.as_deref()),
-            discovery_failed_at: discovery.failed_at,
-            jwks_failed_at: jwks.as_ref().and_then(|j| j.failed_at),
-        };
-        let decision = bearer::decide(route, &check.token, &state, &check.addon_headers, now);
+        let provider = self.vm.store.provider(&route.config.discovery);
+        let state = provider.state();
+        match &mut active.kind {
+            Kind::Bearer {
+                token,
+                addon_headers,
+                ..
+            } => {
+                let decision = bearer::decide(route, token, &state, addon_headers, now);
+                self.on_decision(decision, route, provider.jwks_uri, now)
+            }
+            Kind::Browser(flow) => {
+                let step = flow.advance(route, &state, &mut HostRandom, now);
+                self.on_step(step, route)
+            }
+        }
+    }
+
+    fn on_decision(
+        &mut self,
+        decision: Decision,
+        route: &Route,
+        jwks_uri: Option<String>,
+        now: u64,
+    ) -> Action {
         match decision {
             Decision::Allow(a) => self.accept(a, now),
             Decision::Deny(d) => self.deny(d, &route.config.realm),
@@ -157,26 +181,87 @@ impl Request {
                 };
                 self.call(*req, Waiting::Document(kind, url), route)
             }
-            Decision::Introspect(req) => self.call(*req, Waiting::Introspection, route),
+            Decision::Introspect(req) => self.call(*req, Waiting::Answer, route),
         }
+    }
+
+    fn on_step(&mut self, step: Step, route: &Route) -> Action {
+        match step {
+            Step::Respond(reply, event) => {
+                self.record(&event);
+                self.send(&reply)
+            }
+            Step::Forward(f) => self.forward(f),
+            Step::Fetch(kind, url, req) => self.call(*req, Waiting::Document(kind, url), route),
+            Step::Call(req) => self.call(*req, Waiting::Answer, route),
+        }
+    }
+
+    /// Statistics and logs for a browser reply (never a token or a cookie).
+    fn record(&self, event: &Event) {
+        let m = &self.vm.metrics;
+        match event {
+            Event::HostCorrected => {}
+            Event::LoginStarted => m.login_started(),
+            Event::LoggedIn => m.login_succeeded(),
+            Event::LoginFailed(why) => {
+                log::info!("openid-connect: login failed: {why}");
+                m.login_failed();
+            }
+            Event::Unauthenticated => m.denied("unauthenticated"),
+            Event::Forbidden => m.denied("insufficient_scope"),
+            Event::ProviderUnavailable(why) => {
+                log::warn!("openid-connect: identity provider unavailable: {why}");
+                m.denied("provider_unavailable");
+            }
+            Event::LoggedOut => m.logout(),
+            Event::Misconfigured(why) => {
+                log::error!("openid-connect: {why}");
+                m.denied("bad_config");
+            }
+        }
+    }
+
+    fn forward(&mut self, f: Forward) -> Action {
+        for (name, value) in &f.headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        if let Some(cookie) = &f.cookie_header {
+            let value = (!cookie.is_empty()).then_some(cookie.as_str());
+            self.set_http_request_header("cookie", value);
+        }
+        self.set_cookies = f.set_cookies;
+        let m = &self.vm.metrics;
+        if f.refreshed {
+            m.session_refreshed();
+        }
+        if f.signed_in {
+            m.allowed();
+        } else {
+            m.passed();
+        }
+        Action::Continue
     }
 
     fn accept(&mut self, allowed: Allowed, now: u64) -> Action {
         let allowed = Rc::new(allowed);
-        if let Some(check) = self.check.take() {
-            self.vm.cache_token(check.cache_key, allowed.clone(), now);
+        if let Some(Active {
+            kind: Kind::Bearer { cache_key, .. },
+            ..
+        }) = self.active.take()
+        {
+            self.vm.cache_token(cache_key, allowed.clone(), now);
         }
         self.allow(&allowed)
     }
 
     fn call(&mut self, req: HttpRequest, waiting: Waiting, route: &Route) -> Action {
         let realm = &route.config.realm;
-        let Some(check) = self.check.as_mut() else {
+        let Some(active) = self.active.as_mut() else {
             return Action::Continue;
         };
-        check.calls += 1;
-        let calls = check.calls;
-        if calls > MAX_CALLS {
+        active.calls += 1;
+        if active.calls > MAX_CALLS {
             return self.deny(
                 Denial::ProviderUnavailable("too many provider calls for one request".into()),
                 realm,
@@ -192,8 +277,8 @@ impl Request {
         self.vm.metrics.provider_call();
         match self.dispatch_http_call(&req.cluster, headers, req.body.as_deref(), vec![], timeout) {
             Ok(_) => {
-                if let Some(check) = self.check.as_mut() {
-                    check.waiting = waiting;
+                if let Some(active) = self.active.as_mut() {
+                    active.waiting = waiting;
                 }
                 Action::Pause
             }
@@ -233,6 +318,41 @@ impl Request {
             }
         }
     }
+
+    /// The answer to a call the core asked for.
+    fn on_answer(&mut self, status: u16, body: &[u8]) -> Action {
+        if status != 200 {
+            self.vm.metrics.provider_failure();
+        }
+        let now = self.now();
+        let Some(active) = self.active.as_mut() else {
+            return Action::Continue;
+        };
+        let entry = active.entry.clone();
+        let Ok(route) = &entry.route else {
+            return Action::Continue;
+        };
+        match &mut active.kind {
+            Kind::Bearer { token, .. } => {
+                let token = std::mem::take(token);
+                match bearer::introspected(route, &token, status, body, now) {
+                    Decision::Allow(a) => self.accept(a, now),
+                    Decision::Deny(d) => self.deny(d, &route.config.realm),
+                    // `introspected` only allows or denies.
+                    _ => self.deny(
+                        Denial::ProviderUnavailable("unexpected introspection outcome".into()),
+                        &route.config.realm,
+                    ),
+                }
+            }
+            Kind::Browser(flow) => {
+                let provider = self.vm.store.provider(&route.config.discovery);
+                let step =
+                    flow.on_response(route, &provider.state(), status, body, &mut HostRandom, now);
+                self.on_step(step, route)
+            }
+        }
+    }
 }
 
 impl Context for Request {
@@ -244,34 +364,16 @@ impl Context for Request {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        let Some(check) = self.check.as_mut() else {
+        let Some(active) = self.active.as_mut() else {
             return;
         };
-        let waiting = std::mem::replace(&mut check.waiting, Waiting::Nothing);
-        let action = match waiting {
+        let action = match std::mem::replace(&mut active.waiting, Waiting::Nothing) {
             Waiting::Nothing => return,
             Waiting::Document(kind, url) => {
                 self.on_document(kind, &url, status, &body);
                 self.run()
             }
-            Waiting::Introspection => {
-                let entry = check.entry.clone();
-                let token = std::mem::take(&mut check.token);
-                let Ok(route) = &entry.route else { return };
-                if status != 200 {
-                    self.vm.metrics.provider_failure();
-                }
-                let now = self.now();
-                match bearer::introspected(route, &token, status, &body, now) {
-                    Decision::Allow(a) => self.accept(a, now),
-                    Decision::Deny(d) => self.deny(d, &route.config.realm),
-                    // `introspected` only allows or denies.
-                    _ => self.deny(
-                        Denial::ProviderUnavailable("unexpected introspection outcome".into()),
-                        &route.config.realm,
-                    ),
-                }
-            }
+            Waiting::Answer => self.on_answer(status, &body),
         };
         if let Action::Continue = action {
             self.resume_http_request();
@@ -312,17 +414,44 @@ impl HttpContext for Request {
             Err(e) => return self.deny(Denial::BadRouteConfig(e.clone()), DEFAULT_REALM),
         };
         let c = &route.config;
-        if !c.checks_bearer_tokens() {
-            return self.unauthenticated(route);
-        }
-        let Ok(authorization) = header("authorization") else {
-            return self.deny(Denial::MalformedAuthorization, &c.realm);
+        let token = if c.checks_bearer_tokens() {
+            let Ok(authorization) = header("authorization") else {
+                return self.deny(Denial::MalformedAuthorization, &c.realm);
+            };
+            match bearer::extract_token(authorization.as_deref(), x_access_token.as_deref()) {
+                Ok(t) => t.map(str::to_string),
+                Err(d) => return self.deny(d, &c.realm),
+            }
+        } else {
+            None
         };
-        let token = match bearer::extract_token(authorization.as_deref(), x_access_token.as_deref())
-        {
-            Ok(Some(t)) => t.to_string(),
-            Ok(None) => return self.unauthenticated(route),
-            Err(d) => return self.deny(d, &c.realm),
+        let Some(token) = token else {
+            if c.bearer_only {
+                return self.deny(Denial::NoToken, &c.realm);
+            }
+            // The browser side: session, login, callback, logout.
+            let text = |name: &str| header(name).ok().flatten();
+            let cookies = headers
+                .iter()
+                .filter(|(k, _)| k == "cookie")
+                .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+                .flat_map(session::parse_cookie_header)
+                .collect();
+            let req = BrowserRequest {
+                scheme: text(":scheme").unwrap_or_else(|| "http".into()),
+                host: text(":authority").unwrap_or_default(),
+                path: text(":path").unwrap_or_else(|| "/".into()),
+                accept: text("accept"),
+                cookies,
+            };
+            let flow = Flow::begin(route, req, self.now());
+            self.active = Some(Active {
+                entry: entry.clone(),
+                kind: Kind::Browser(Box::new(flow)),
+                waiting: Waiting::Nothing,
+                calls: 0,
+            });
+            return self.run();
         };
 
         let now = self.now();
@@ -337,14 +466,23 @@ impl HttpContext for Request {
             .iter()
             .filter_map(|name| Some((name.clone(), header(name).ok()??)))
             .collect();
-        self.check = Some(Check {
+        self.active = Some(Active {
             entry: entry.clone(),
-            token,
-            cache_key,
-            addon_headers,
+            kind: Kind::Bearer {
+                token,
+                cache_key,
+                addon_headers,
+            },
             waiting: Waiting::Nothing,
             calls: 0,
         });
         self.run()
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for cookie in std::mem::take(&mut self.set_cookies) {
+            self.add_http_response_header("set-cookie", &cookie);
+        }
+        Action::Continue
     }
 }

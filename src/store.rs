@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use oidc_core::bearer::{FetchKind, Fetched};
+use oidc_core::bearer::{FetchKind, Fetched, ProviderState};
 use oidc_core::discovery::{self, ProviderMetadata};
 use oidc_core::jwt::Jwks;
 use proxy_wasm::hostcalls;
@@ -25,6 +25,25 @@ struct Parsed<T> {
 pub struct Known<T> {
     pub doc: Option<Rc<Fetched<T>>>,
     pub failed_at: Option<u64>,
+}
+
+/// What is known of a route's provider: its discovery document and the
+/// JWKS at its `jwks_uri`.
+pub struct Provider {
+    pub discovery: Known<ProviderMetadata>,
+    pub jwks_uri: Option<String>,
+    pub jwks: Option<Known<Jwks>>,
+}
+
+impl Provider {
+    pub fn state(&self) -> ProviderState<'_> {
+        ProviderState {
+            discovery: self.discovery.doc.as_deref(),
+            jwks: self.jwks.as_ref().and_then(|j| j.doc.as_deref()),
+            discovery_failed_at: self.discovery.failed_at,
+            jwks_failed_at: self.jwks.as_ref().and_then(|j| j.failed_at),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -63,6 +82,21 @@ pub fn parse_jwks(body: &[u8]) -> Result<Jwks, String> {
 }
 
 impl Store {
+    /// Everything known about the provider of a discovery URL.
+    pub fn provider(&self, discovery_url: &str) -> Provider {
+        let discovery = self.discovery(discovery_url);
+        let jwks_uri = discovery
+            .doc
+            .as_ref()
+            .and_then(|d| d.value.jwks_uri.clone());
+        let jwks = jwks_uri.as_deref().map(|u| self.jwks(u));
+        Provider {
+            discovery,
+            jwks_uri,
+            jwks,
+        }
+    }
+
     pub fn discovery(&self, url: &str) -> Known<ProviderMetadata> {
         load(&self.discovery, FetchKind::Discovery, url, |b| {
             parse_discovery(url, b)

@@ -437,8 +437,12 @@ impl HttpContext for Request {
                 .filter_map(|(_, v)| std::str::from_utf8(v).ok())
                 .flat_map(session::parse_cookie_header)
                 .collect();
+            // Envoy's `:scheme`: the connection's, or a trusted proxy's
+            // X-Forwarded-Proto (Envoy's use_remote_address and
+            // xff_num_trusted_hops decide; the sidecar sets them).
+            let scheme = text(":scheme").unwrap_or_else(|| "http".into());
             let req = BrowserRequest {
-                scheme: text(":scheme").unwrap_or_else(|| "http".into()),
+                scheme,
                 host: text(":authority").unwrap_or_default(),
                 path: text(":path").unwrap_or_else(|| "/".into()),
                 accept: text("accept"),

@@ -66,6 +66,13 @@ struct Options {
     #[arg(long, default_value = "{}")]
     filter_settings: String,
 
+    /// Proxies in front of Envoy whose X-Forwarded-For / X-Forwarded-Proto
+    /// Envoy trusts (Envoy's `xff_num_trusted_hops`). 0: Envoy is the edge
+    /// and a client's X-Forwarded-Proto is overwritten, so a client cannot
+    /// claim HTTPS (which decides the session cookie's `Secure`).
+    #[arg(long, default_value_t = 0)]
+    trusted_proxy_hops: u32,
+
     /// The file routes are stored in (JSON, mode 0600: it holds secrets).
     #[arg(long, env = "SIDECAR_DATA", default_value = "build/routes.json")]
     data: PathBuf,
@@ -141,6 +148,7 @@ async fn run(o: Options) -> Result<(), String> {
         proxy_port: o.proxy_port,
         wasm_path: wasm,
         filter_settings: o.filter_settings,
+        trusted_proxy_hops: o.trusted_proxy_hops,
     };
     let xds_listener = tokio::net::TcpListener::bind(o.xds_addr)
         .await

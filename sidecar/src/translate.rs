@@ -131,6 +131,9 @@ pub struct ProxySettings {
     pub wasm_path: PathBuf,
     /// The wasm filter's configuration (JSON text, e.g. `{}`).
     pub filter_settings: String,
+    /// Envoy's `xff_num_trusted_hops` (Envoy is the edge:
+    /// `use_remote_address`).
+    pub trusted_proxy_hops: u32,
 }
 
 /// Envoy's resources for one route set.
@@ -268,6 +271,10 @@ fn listener(s: &ProxySettings) -> Listener {
         http_filters: vec![wasm, router],
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
+        // The edge: X-Forwarded-* from clients are not trusted beyond the
+        // configured proxy hops, so `:scheme` is the real one.
+        use_remote_address: Some(BoolValue { value: true }),
+        xff_num_trusted_hops: s.trusted_proxy_hops,
         ..Default::default()
     };
     Listener {
@@ -713,6 +720,7 @@ mod tests {
             proxy_port: 9080,
             wasm_path: PathBuf::from("/opt/oidc_filter.wasm"),
             filter_settings: r#"{"token_cache_size":16}"#.into(),
+            trusted_proxy_hops: 0,
         }
     }
 
@@ -1372,6 +1380,9 @@ mod tests {
         assert_eq!(hcm.stat_prefix, STAT_PREFIX);
         assert_eq!(hcm.normalize_path, Some(BoolValue { value: true }));
         assert!(hcm.merge_slashes);
+        // The edge: clients' X-Forwarded-Proto is not believed.
+        assert_eq!(hcm.use_remote_address, Some(BoolValue { value: true }));
+        assert_eq!(hcm.xff_num_trusted_hops, 0);
         let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier else {
             panic!("{hcm:?}")
         };

@@ -902,6 +902,7 @@ mod tests {
             proxy_port: 9080,
             wasm_path: PathBuf::from("/opt/oidc_filter.wasm"),
             filter_settings: "{}".into(),
+            trusted_proxy_hops: 0,
         }
     }
 
@@ -1807,6 +1808,7 @@ mod envoy_test {
             proxy_port: 0,
             wasm_path: wasm,
             filter_settings: "{}".into(),
+            trusted_proxy_hops: 0,
         };
         let server = tokio::spawn(serve_on(
             listener,

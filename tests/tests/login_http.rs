@@ -272,3 +272,42 @@ fn unauth_action_pass_and_deny() {
         (r.status == 401).then_some(())
     });
 }
+
+/// The flow cookie of a login started with `X-Forwarded-Proto: https`.
+fn flow_cookie_behind_tls(gw: &Gateway) -> String {
+    let host = format!("localhost:{}", gw.proxy_port);
+    let r = get_as(
+        gw,
+        &host,
+        "/anything/test",
+        &[("accept", HTML), ("x-forwarded-proto", "https")],
+    );
+    assert_eq!(r.status, 302, "{}", r.body);
+    set_cookies(&r).first().expect("a flow cookie").to_string()
+}
+
+#[test]
+fn forwarded_proto_is_trusted_only_when_configured() {
+    let dir = TestDir::for_current_test();
+    let httpbin = Httpbin::start(dir.path());
+    let provider = Provider::start(dir.path(), ProviderOptions::default());
+    let node = format!("127.0.0.1:{}", httpbin.port);
+    for (hops, secure) in [("0", false), ("1", true)] {
+        let sub = dir.path().join(format!("hops-{hops}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let mut gw = Gateway::start(&sub, &["--trusted-proxy-hops", hops]);
+        let body = route_body(&provider.discovery_url(), &node, gw.proxy_port, "");
+        assert_eq!(
+            gw.admin("PUT", "/apisix/admin/routes", Some(&body)).status,
+            201
+        );
+        let host = format!("localhost:{}", gw.proxy_port);
+        wait_for("the login route", Duration::from_secs(5), || {
+            let r = get_as(&gw, &host, "/anything/test", &[("accept", HTML)]);
+            (r.status == 302).then_some(())
+        });
+        let cookie = flow_cookie_behind_tls(&gw);
+        assert_eq!(cookie.contains("; Secure"), secure, "hops {hops}: {cookie}");
+        gw.stop_sidecar();
+    }
+}

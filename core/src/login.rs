@@ -243,7 +243,11 @@ pub fn start(
             max_age: None,
         },
     };
-    // The provider's redirect back is a top-level GET: Lax cookies travel.
+    // The provider's redirect back is a cross-site top-level GET: Lax
+    // cookies travel with it, Strict ones would not.
+    if attrs.same_site == crate::config::SameSite::Strict {
+        attrs.same_site = crate::config::SameSite::Lax;
+    }
     attrs.max_age = Some(FLOW_TTL);
     Ok(Start::Authorize {
         location: url.to_string(),
@@ -551,5 +555,18 @@ mod tests {
             host_correction(&r, &facts("LOCALHOST:9080", "/anything/test")).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn the_flow_cookie_survives_the_cross_site_return_even_with_strict_sessions() {
+        let r = route(
+            json!({"session": {"secret": "0123456789abcdef0123", "cookie_same_site": "Strict"}}),
+        );
+        let f = facts("localhost:9080", "/anything/test");
+        let Ok(Start::Authorize { set_cookie, .. }) = start(&r, AUTH, &f, &key(), &random(), NOW)
+        else {
+            panic!("a login starts")
+        };
+        assert!(set_cookie.contains("SameSite=Lax"), "{set_cookie}");
     }
 }

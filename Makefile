@@ -6,7 +6,8 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/wasm/oidc_filter.wasm
 
-.PHONY: all setup build wasm sidecar run test test-unit test-integration lint fmt clean
+
+.PHONY: all setup build wasm sidecar run demo test test-unit test-integration lint fmt clean
 
 all: build
 
@@ -27,6 +28,10 @@ sidecar:
 ## run: the gateway alone (sidecar + Envoy) in the foreground; Ctrl-C stops it
 run: setup build
 	@bash scripts/run.sh
+
+## demo: the tutorial's whole stack (gateway, local OpenID provider, httpbin); Ctrl-C stops it
+demo: setup build
+	@bash scripts/demo.sh
 
 ## test: install, build, lint and run every test
 test: setup build lint test-unit test-integration

@@ -16,6 +16,7 @@
 #                     else target/debug/sidecar)
 #   OIDC_FILTER_WASM  the filter (default: target/wasm32-wasip1/wasm/oidc_filter.wasm)
 #   ENVOY_LOG_LEVEL   info
+#   BOOTSTRAP_FILE    where the rendered Envoy bootstrap goes (build/envoy-bootstrap.yaml)
 #   SIDECAR_ARGS      extra arguments for the sidecar
 set -euo pipefail
 
@@ -56,7 +57,7 @@ fi
 
 # Render the bootstrap: every ${NAME} placeholder must be filled.
 mkdir -p "$BUILD" "$(dirname "$DATA_FILE")"
-BOOTSTRAP="$BUILD/envoy-bootstrap.yaml"
+BOOTSTRAP="${BOOTSTRAP_FILE:-$BUILD/envoy-bootstrap.yaml}"
 text="$(<"$ROOT/envoy/bootstrap.yaml")"
 text="${text//'${XDS_PORT}'/$XDS_PORT}"
 text="${text//'${ENVOY_ADMIN_PORT}'/$ENVOY_ADMIN_PORT}"

@@ -53,6 +53,8 @@ need_cmd "$PYTHON" python3 python3-venv
 need_cmd node nodejs
 need_cmd npm npm
 need_cmd setsid util-linux
+# The README tutorial (and its test) uses curl.
+need_cmd curl curl
 
 if [ "$WITH_BROWSER" = 1 ]; then
     if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then

@@ -131,6 +131,22 @@ impl Gateway {
         self.envoy.pid()
     }
 
+    /// Stops Envoy and starts it again (same bootstrap and ports); returns
+    /// once its listener is back (its routes come from the sidecar).
+    pub fn restart_envoy(&mut self) {
+        self.envoy.restart();
+        let port = self.proxy_port;
+        let envoy = &mut self.envoy;
+        wait_for(
+            "Envoy's listener after a restart",
+            Duration::from_secs(30),
+            || {
+                envoy.assert_running();
+                port_open(port).then_some(())
+            },
+        );
+    }
+
     /// Stops the sidecar (Envoy keeps its last configuration).
     pub fn stop_sidecar(&mut self) {
         self.sidecar.stop();

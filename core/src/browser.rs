@@ -322,11 +322,11 @@ impl Flow {
                     return self.verify(route, p, flow, tokens, rng, now)
                 }
                 Stage::SignedIn { session, changed } => {
-                    if !signed_in::needs_refresh(route, &session, now) {
+                    if !signed_in::access_expired(route, &session, now) {
                         return self.signed_in(route, cfg, key, session, changed, rng, now);
                     }
-                    if session.refresh_token.is_none() {
-                        // Expired and nothing to renew it with: log in again.
+                    if !c.renew_access_token_on_expiry || session.refresh_token.is_none() {
+                        // Expired, and not to be renewed: log in again.
                         self.clear_session(cfg);
                         self.stage = Stage::Unauthenticated;
                         continue;
@@ -1415,6 +1415,38 @@ mod tests {
         let (reply, _) = respond(p.drive(&r, flow, even_later, |_| (500, vec![])));
         assert_eq!(reply.status, 503);
         assert!(set_cookies(&reply).is_empty());
+    }
+
+    #[test]
+    fn expired_access_tokens_without_renewal_mean_logging_in_again() {
+        let r = route(json!({"renew_access_token_on_expiry": false, "set_userinfo_header": false}));
+        let mut p = Provider::new();
+        let cookies = login(&r, &mut p);
+        let later = NOW + 300;
+        let flow = Flow::begin(
+            &r,
+            request("localhost:9080", "/anything/x", &cookies),
+            later,
+        );
+        let (reply, event) = respond(p.drive(&r, flow, later, |_| panic!("no refresh")));
+        assert_eq!((reply.status, event), (302, Event::LoginStarted));
+        assert!(set_cookies(&reply)
+            .iter()
+            .any(|c| c.starts_with("session=;")));
+        let flow = Flow::begin(
+            &r,
+            api(request("localhost:9080", "/anything/x", &cookies)),
+            later,
+        );
+        let (reply, _) = respond(p.drive(&r, flow, later, |_| panic!("no refresh")));
+        assert_eq!(reply.status, 401);
+        // Still valid a second earlier.
+        let flow = Flow::begin(
+            &r,
+            request("localhost:9080", "/anything/x", &cookies),
+            later - 1,
+        );
+        assert!(forward(p.drive(&r, flow, later - 1, |_| panic!())).signed_in);
     }
 
     #[test]

@@ -35,13 +35,13 @@ pub fn upstream_headers(route: &Route, s: &Session) -> Vec<(&'static str, String
     h
 }
 
-/// The access token has expired (minus `access_token_expires_leeway`) and
-/// the route renews tokens.
-pub fn needs_refresh(route: &Route, s: &Session, now: u64) -> bool {
+/// The session's access token has expired (minus
+/// `access_token_expires_leeway`): it is refreshed when the route renews
+/// tokens and the session has a refresh token, else the user logs in again.
+pub fn access_expired(route: &Route, s: &Session, now: u64) -> bool {
     let c = &route.config;
-    c.renew_access_token_on_expiry
-        && s.access_expires_at
-            .is_some_and(|exp| now.saturating_add(c.access_token_expires_leeway) >= exp)
+    s.access_expires_at
+        .is_some_and(|exp| now.saturating_add(c.access_token_expires_leeway) >= exp)
 }
 
 /// The token endpoint request for a refresh; `None` when the session has
@@ -171,18 +171,16 @@ mod tests {
     fn refresh_decisions() {
         let s = session();
         let r = route(json!({}));
-        assert!(!needs_refresh(&r, &s, NOW + 299));
-        assert!(needs_refresh(&r, &s, NOW + 300));
-        assert!(needs_refresh(
+        assert!(!access_expired(&r, &s, NOW + 299));
+        assert!(access_expired(&r, &s, NOW + 300));
+        assert!(access_expired(
             &route(json!({"access_token_expires_leeway": 10})),
             &s,
             NOW + 290
         ));
-        assert!(!needs_refresh(
-            &route(json!({"renew_access_token_on_expiry": false})),
-            &s,
-            NOW + 900
-        ));
+        let mut no_expiry = s.clone();
+        no_expiry.access_expires_at = None;
+        assert!(!access_expired(&r, &no_expiry, NOW + 90_000));
 
         let req = refresh_request(&r, "http://idp/token", &s)
             .unwrap()

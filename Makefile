@@ -7,7 +7,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/wasm/oidc_filter.wasm
 
 
-.PHONY: all setup build wasm sidecar run demo test test-unit test-integration lint fmt clean
+.PHONY: all setup build wasm sidecar run demo test test-unit test-integration test-keycloak lint fmt clean
 
 all: build
 
@@ -41,6 +41,10 @@ test-unit:
 
 test-integration: build
 	$(CARGO) test -p integration-tests -- --test-threads=2
+
+## test-keycloak: the tutorial's flows against a real Keycloak (also part of test-integration)
+test-keycloak: setup build
+	$(CARGO) test -p integration-tests --test keycloak
 
 ## lint: rustfmt and clippy, native and for the wasm target
 lint:

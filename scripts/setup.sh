@@ -21,6 +21,9 @@ PYTHON="${PYTHON:-python3}"
 # On by default (WITH_BROWSER=0 skips it): the browser tests need it.
 # Installed from Debian only when /usr/bin/chromium or chromedriver is absent.
 WITH_BROWSER="${WITH_BROWSER:-1}"
+# Keycloak (server distribution from Maven Central) for the Keycloak suite.
+# On by default (WITH_KEYCLOAK=0 skips it; the suite then fails saying so).
+WITH_KEYCLOAK="${WITH_KEYCLOAK:-1}"
 # ---------------------------------------------------------------------------
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -55,6 +58,10 @@ need_cmd npm npm
 need_cmd setsid util-linux
 # The README tutorial (and its test) uses curl.
 need_cmd curl curl
+if [ "$WITH_KEYCLOAK" = 1 ]; then
+    need_cmd java openjdk-17-jre-headless
+    need_cmd mvn maven
+fi
 
 if [ "$WITH_BROWSER" = 1 ]; then
     if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
@@ -110,5 +117,11 @@ for lock in "$ROOT"/tests/*/package-lock.json; do
     fi
 done
 [ "$node_dirs" -gt 0 ] || say "no tests/*/package-lock.json: nothing to npm ci"
+
+# --- Keycloak ---------------------------------------------------------------------
+if [ "$WITH_KEYCLOAK" = 1 ]; then
+    kc_home="$(bash "$ROOT/scripts/keycloak.sh")"
+    say "keycloak: $kc_home"
+fi
 
 say "done"

@@ -27,6 +27,7 @@ pub mod browser;
 pub mod envoy;
 pub mod gateway;
 pub mod http;
+pub mod keycloak;
 pub mod ports;
 pub mod proc;
 pub mod provider;

@@ -7,7 +7,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/wasm/oidc_filter.wasm
 
 
-.PHONY: all setup build wasm sidecar run demo test test-unit test-integration test-keycloak lint fmt clean
+.PHONY: all setup build wasm sidecar run demo test test-unit test-integration test-keycloak bench lint fmt clean
 
 all: build
 
@@ -45,6 +45,12 @@ test-integration: build
 ## test-keycloak: the tutorial's flows against a real Keycloak (also part of test-integration)
 test-keycloak: setup build
 	$(CARGO) test -p integration-tests --test keycloak
+
+## bench: the filter against no filter, a no-op wasm filter and jwt_authn; writes bench/RESULTS.md
+bench: setup build
+	$(CARGO) build -p noop-filter --target $(WASM_TARGET) --profile wasm
+	@command -v wrk >/dev/null || (echo "bench: apt-get install wrk" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
+	python3 bench/bench.py $(BENCH_ARGS)
 
 ## lint: rustfmt and clippy, native and for the wasm target
 lint:

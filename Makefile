@@ -7,7 +7,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/wasm/oidc_filter.wasm
 
 
-.PHONY: all setup build wasm sidecar run demo test test-unit test-integration test-keycloak bench lint fmt clean
+.PHONY: all setup build wasm sidecar run demo test test-unit test-integration test-keycloak bench fuzz lint fmt clean
 
 all: build
 
@@ -51,6 +51,10 @@ bench: setup build
 	$(CARGO) build -p noop-filter --target $(WASM_TARGET) --profile wasm
 	@command -v wrk >/dev/null || (echo "bench: apt-get install wrk" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
 	python3 bench/bench.py $(BENCH_ARGS)
+
+## fuzz: every fuzz target for FUZZ_SECONDS (600) each, serially (nightly + cargo-fuzz); writes fuzz/RESULTS.md
+fuzz:
+	@bash scripts/fuzz.sh
 
 ## lint: rustfmt and clippy, native and for the wasm target
 lint:

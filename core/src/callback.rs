@@ -194,6 +194,20 @@ pub fn finish(
             "nonce does not match this login".into(),
         ));
     }
+    // OpenID Connect Core 2: an ID token always has these (the verifier
+    // checks their values when present; bearer tokens may lack them).
+    for claim in ["sub", "exp", "iat"] {
+        if !verified.claims.contains_key(claim) {
+            return Err(CallbackError::BadIdToken(format!(
+                "the ID token has no \"{claim}\" claim"
+            )));
+        }
+    }
+    if !verified.claims.get("sub").is_some_and(Value::is_string) {
+        return Err(CallbackError::BadIdToken(
+            "the ID token's \"sub\" is not a string".into(),
+        ));
+    }
     let mut session = Session::new(tokens.access_token, now);
     session.refresh_token = tokens.refresh_token;
     session.id_token = Some(id_token);
@@ -341,6 +355,22 @@ mod tests {
         assert_eq!(s.access_expires_at, Some(NOW + 300));
         assert_eq!(s.id_claims["sub"], "user-1");
         assert_eq!(s.created_at, NOW);
+    }
+
+    #[test]
+    fn id_tokens_need_sub_exp_and_iat() {
+        let r = route(json!({}));
+        let f = flow(None);
+        for claim in ["sub", "exp", "iat"] {
+            let mut c = with(claims(), "nonce", json!("n-123"));
+            c.as_object_mut().unwrap().remove(claim);
+            let t = token(Alg::RS256, Some("rsa-a"), &c);
+            let e = finish(&r, &f, tokens(Some(t)), &provider_keys(), ISS, NOW).unwrap_err();
+            assert!(e.to_string().contains(claim), "{claim}: {e}");
+        }
+        let c = with(with(claims(), "nonce", json!("n-123")), "sub", json!(42));
+        let t = token(Alg::RS256, Some("rsa-a"), &c);
+        assert!(finish(&r, &f, tokens(Some(t)), &provider_keys(), ISS, NOW).is_err());
     }
 
     #[test]

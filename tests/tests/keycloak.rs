@@ -184,6 +184,13 @@ fn tutorial_flows_against_keycloak() {
     let browser = Browser::start(dir.path());
     let page = browser_login(&browser, &gw, false);
     assert!(page["headers"]["X-Access-Token"].is_string(), "{page}");
+    let session_cookies: Vec<String> = browser
+        .cookies()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("session"))
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!session_cookies.is_empty(), "the browser holds a session");
     let id = decode_header(&page, "X-Id-Token");
     assert_eq!(id["preferred_username"], USER, "{id}");
     assert_eq!(id["azp"], CLIENT_ID, "{id}");
@@ -243,5 +250,56 @@ fn tutorial_flows_against_keycloak() {
     assert!(page["headers"]["X-Access-Token"].is_string(), "{page}");
     drop(browser);
 
+    // The Admin API never shows secrets in clear.
+    let shown = gw.admin("GET", "/apisix/admin/routes/auth-with-oidc", None);
+    assert_eq!(shown.status, 200);
+    let conf = &shown.json()["value"]["plugins"]["openid-connect"];
+    assert_eq!(conf["client_secret"], "******", "{conf}");
+    assert_eq!(conf["session"]["secret"], "******", "{conf}");
+    assert!(!shown.body.contains(CLIENT_SECRET));
+
+    // No token, secret or cookie value in any log line of ours (Envoy with
+    // the filter at info level, the sidecar).
+    let stored = std::fs::read_to_string(&gw.data_file).expect("the route store");
+    let stored: serde_json::Value = serde_json::from_str(&stored).expect("the store is JSON");
+    let session_secret = stored["routes"]["auth-with-oidc"]["plugins"]["openid-connect"]["session"]
+        ["secret"]
+        .as_str()
+        .map(str::to_string);
+    assert!(
+        session_secret.is_some(),
+        "a generated session secret is stored"
+    );
+    let mut secrets: Vec<String> = vec![
+        token.clone(),
+        access.clone(),
+        access2.to_string(),
+        pw["refresh_token"].as_str().unwrap().to_string(),
+        CLIENT_SECRET.to_string(),
+    ];
+    secrets.extend(session_secret.filter(|s| s.len() >= 16));
+    secrets.extend(session_cookies.iter().filter(|c| c.len() > 16).cloned());
     keycloak.stop();
+    drop(gw);
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("envoy") || name.starts_with("sidecar")) || !name.ends_with(".log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        scanned += text.lines().count();
+        for s in &secrets {
+            assert!(
+                !text.contains(s.as_str()),
+                "{name} contains a secret ({} characters, starting {:?})",
+                s.len(),
+                &s[..8.min(s.len())]
+            );
+        }
+    }
+    assert!(
+        scanned > 50,
+        "the logs were there to scan ({scanned} lines)"
+    );
 }

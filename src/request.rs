@@ -356,14 +356,24 @@ impl Request {
 }
 
 impl Context for Request {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _: usize) {
-        let status = self
-            .get_http_call_response_header_bytes(":status")
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
-            .unwrap_or(0);
-        let body = self
-            .get_http_call_response_body(0, body_size)
-            .unwrap_or_default();
+    fn on_http_call_response(&mut self, _token: u32, headers: usize, body_size: usize, _: usize) {
+        // A call that failed without a response (connection reset, stream
+        // error) arrives with no headers; asking for them then makes the
+        // host answer BadArgument, which the SDK turns into a panic that
+        // would take the whole VM down. Status 0 means "no answer".
+        let status = if headers == 0 {
+            0
+        } else {
+            self.get_http_call_response_header_bytes(":status")
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
+                .unwrap_or(0)
+        };
+        let body = if headers == 0 || body_size == 0 {
+            Vec::new()
+        } else {
+            self.get_http_call_response_body(0, body_size)
+                .unwrap_or_default()
+        };
         let Some(active) = self.active.as_mut() else {
             return;
         };

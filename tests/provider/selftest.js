@@ -357,6 +357,52 @@ async function main() {
   check(introOld.json?.active === false, 'token from before the restart is inactive', introOld.json);
   await stopProvider(p2);
 
+  // EXTRA_ROLES: Keycloak's realm_access.roles in the ID token, the access
+  // tokens and userinfo (large tokens); none without it.
+  check(atClaims.realm_access === undefined && idClaims.realm_access === undefined,
+    'without EXTRA_ROLES tokens carry no realm_access', [atClaims.realm_access, idClaims.realm_access]);
+  {
+    const portR = await freePort();
+    const pr = await startProvider(portR, { EXTRA_ROLES: '60' });
+    const discoR = await (await fetch(`${pr.issuer}/.well-known/openid-configuration`)).json();
+    const pwR = await post(discoR.token_endpoint, {
+      grant_type: 'password', username: 'quickstart-user', password: 'quickstart-user-pass', scope: 'openid profile',
+    }, { Authorization: BASIC });
+    const rolesOk = (claims) => {
+      const roles = claims?.realm_access?.roles;
+      return Array.isArray(roles) && roles.length === 60 && roles.every((r) => r.length === 40)
+        && roles[0] === 'role-0001-abcdefghijklmnopqrstuvwxyz0123' && roles[59].startsWith('role-0060-')
+        && new Set(roles).size === 60;
+    };
+    const atR = pwR.json && decodeJwt(pwR.json.access_token).payload;
+    const idR = pwR.json && decodeJwt(pwR.json.id_token).payload;
+    check(pwR.status === 200 && rolesOk(atR) && rolesOk(idR) && atR.sub === idR.sub,
+      'EXTRA_ROLES=60: access and ID token carry 60 realm_access roles of 40 characters', pwR.text.slice(0, 200));
+    check(pwR.json?.id_token.length > 4000 && pwR.json?.access_token.length > 4000,
+      'EXTRA_ROLES=60: ID and access token are over 4000 characters each',
+      [pwR.json?.id_token.length, pwR.json?.access_token.length]);
+    const uiR = await fetch(discoR.userinfo_endpoint, { headers: { Authorization: `Bearer ${pwR.json?.access_token}` } });
+    const uiRJson = await uiR.json();
+    check(uiR.status === 200 && rolesOk(uiRJson), 'EXTRA_ROLES=60: userinfo carries the roles', uiRJson);
+    const refR = await post(discoR.token_endpoint, { grant_type: 'refresh_token', refresh_token: pwR.json?.refresh_token }, { Authorization: BASIC });
+    check(refR.status === 200 && rolesOk(decodeJwt(refR.json.access_token).payload) && rolesOk(decodeJwt(refR.json.id_token).payload),
+      'EXTRA_ROLES=60: refreshed access and ID token carry the roles', refR.text.slice(0, 200));
+    const ccR = await post(discoR.token_endpoint, { grant_type: 'client_credentials' }, { Authorization: BASIC });
+    check(ccR.status === 200 && rolesOk(decodeJwt(ccR.json.access_token).payload),
+      'EXTRA_ROLES=60: client_credentials access token carries the roles', ccR.text.slice(0, 200));
+    await stopProvider(pr);
+  }
+  for (const bad of ['abc', '-1', '1.5', '10001']) {
+    const portB = await freePort();
+    const child = spawn(process.execPath, [path.join(here, 'server.js')], {
+      env: { ...process.env, PORT: String(portB), EXTRA_ROLES: bad }, stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let errB = '';
+    child.stderr.on('data', (d) => { errB += d; });
+    const codeB = await new Promise((r) => child.once('exit', (code) => r(code)));
+    check(codeB === 2 && errB.includes('EXTRA_ROLES'), `EXTRA_ROLES=${bad} is refused at start`, `${codeB} ${errB}`);
+  }
+
   // KEY_FILE and a custom ISSUER path.
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'provider-selftest-'));
   const keyFile = path.join(dir, 'key.json');

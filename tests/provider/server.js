@@ -16,6 +16,10 @@
 //                     for signing; without it a fresh RSA-2048 key with a
 //                     fresh kid is generated at every start
 //   ACCESS_TOKEN_TTL  seconds, default 300
+//   EXTRA_ROLES       integer, default 0; when > 0, ID tokens, access tokens
+//                     and userinfo carry Keycloak's `realm_access.roles` with
+//                     that many 40-character roles (large tokens, large
+//                     browser sessions)
 //
 // Prints `ready <issuer>` on stdout once listening. Never logs tokens,
 // secrets or passwords.
@@ -45,6 +49,11 @@ const CLIENT_SECRET = process.env.CLIENT_SECRET || 'quickstart-client-secret-012
 const ACCESS_TOKEN_TTL = Number.parseInt(process.env.ACCESS_TOKEN_TTL || '300', 10);
 if (!Number.isInteger(ACCESS_TOKEN_TTL) || ACCESS_TOKEN_TTL <= 0) {
   fail('ACCESS_TOKEN_TTL must be a positive number of seconds');
+}
+const EXTRA_ROLES = /^\d+$/.test(process.env.EXTRA_ROLES || '0')
+  ? Number.parseInt(process.env.EXTRA_ROLES || '0', 10) : Number.NaN;
+if (!Number.isInteger(EXTRA_ROLES) || EXTRA_ROLES > 10_000) {
+  fail('EXTRA_ROLES must be a whole number from 0 to 10000');
 }
 
 let issuerUrl;
@@ -260,6 +269,18 @@ class MemoryAdapter {
 
 // ---------------------------------------------------------------- accounts
 
+// EXTRA_ROLES > 0: Keycloak's realm-roles claim, `role-0001-…` to
+// `role-NNNN-…`, each padded to 40 characters, so that tokens get large.
+const ROLE_PADDING = 'abcdefghijklmnopqrstuvwxyz0123456789';
+const REALM_ACCESS = EXTRA_ROLES > 0
+  ? {
+    roles: Array.from({ length: EXTRA_ROLES }, (_, i) => {
+      const name = `role-${String(i + 1).padStart(4, '0')}-`;
+      return name + ROLE_PADDING.slice(0, 40 - name.length);
+    }),
+  }
+  : undefined;
+
 function accountClaims(scope) {
   const scopes = new Set(String(scope || '').split(' '));
   // preferred_username comes with every token, as with Keycloak's defaults.
@@ -283,7 +304,9 @@ function findAccount(_ctx, sub) {
     accountId: USER.sub,
     async claims() {
       // Scope filtering happens in oidc-provider (the `claims` mapping below).
-      return accountClaims('openid profile email');
+      const claims = accountClaims('openid profile email');
+      if (REALM_ACCESS) claims.realm_access = REALM_ACCESS;
+      return claims;
     },
   };
 }
@@ -378,7 +401,8 @@ const configuration = {
   responseTypes: ['code'],
   scopes: SCOPES,
   claims: {
-    openid: ['sub', 'preferred_username'],
+    // realm_access (EXTRA_ROLES) goes with openid: ID token and userinfo.
+    openid: REALM_ACCESS ? ['sub', 'preferred_username', 'realm_access'] : ['sub', 'preferred_username'],
     profile: ['name', 'given_name', 'family_name'],
     email: ['email', 'email_verified'],
     acr: null,
@@ -461,6 +485,7 @@ const configuration = {
     } else if (!token.accountId) {
       extra.preferred_username = `service-account-${token.clientId}`;
     }
+    if (REALM_ACCESS) extra.realm_access = REALM_ACCESS;
     return extra;
   },
   issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),

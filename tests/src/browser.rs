@@ -196,6 +196,18 @@ impl Browser {
         })
     }
 
+    /// The HTTP status of the current page's document, as the browser's
+    /// Navigation Timing reports it (`responseStatus`; after redirects, the
+    /// final answer's). `None` when the browser does not say.
+    pub fn response_status(&self) -> Option<u16> {
+        self.execute(
+            "const e = performance.getEntriesByType('navigation')[0]; \
+             return e && e.responseStatus ? e.responseStatus : null;",
+        )
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+    }
+
     /// The HTML of the current page.
     pub fn page_source(&self) -> String {
         self.run("page_source", self.client().source())

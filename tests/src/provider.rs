@@ -1,6 +1,7 @@
 //! The node OpenID provider in `tests/provider` (npm `oidc-provider` shaped
 //! like Keycloak's `quickstart-realm`): `node tests/provider/server.js` with
-//! `PORT`, and optionally `KEY_FILE`, `ACCESS_TOKEN_TTL`, `CLIENT_SECRET`.
+//! `PORT`, and optionally `KEY_FILE`, `ACCESS_TOKEN_TTL`, `CLIENT_SECRET`,
+//! `EXTRA_ROLES`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -29,6 +30,10 @@ pub struct ProviderOptions {
     pub access_token_ttl: Option<u64>,
     /// `CLIENT_SECRET` (default [`DEFAULT_CLIENT_SECRET`]).
     pub client_secret: Option<String>,
+    /// `EXTRA_ROLES`: this many 40-character Keycloak realm roles
+    /// (`realm_access.roles`) in the ID token, the access tokens and
+    /// userinfo, for large tokens and sessions.
+    pub extra_roles: Option<u32>,
     /// Any other variables.
     pub env: Vec<(String, String)>,
 }
@@ -219,6 +224,9 @@ fn command(port: u16, o: &ProviderOptions) -> Command {
     }
     if let Some(s) = &o.client_secret {
         cmd.env("CLIENT_SECRET", s);
+    }
+    if let Some(n) = o.extra_roles {
+        cmd.env("EXTRA_ROLES", n.to_string());
     }
     for (k, v) in &o.env {
         cmd.env(k, v);

@@ -2,7 +2,7 @@
 //! It never carries user traffic: Envoy does the routing.
 //!
 //! - `admin.rs`, `store.rs`, `secrets.rs`: the Admin API and its storage.
-//! - `model.rs`: APISIX route objects, validated.
+//! - `model.rs`, `upstream.rs`: APISIX route and upstream objects, validated.
 //! - `translate.rs`, `xds.rs`: routes → Envoy resources, served over ADS.
 //! - `discover.rs`: the provider endpoint hosts named by discovery documents.
 
@@ -12,6 +12,7 @@ mod model;
 mod secrets;
 mod store;
 mod translate;
+mod upstream;
 mod xds;
 
 use std::net::SocketAddr;
@@ -131,7 +132,7 @@ async fn run(o: Options) -> Result<(), String> {
         },
     };
     let state = AdminState::new(Arc::new(FileStore::new(&o.data)), settings)
-        .map_err(|e| format!("cannot load routes: {e}"))?;
+        .map_err(|e| format!("cannot load routes and upstreams: {e}"))?;
     let routes = state.subscribe();
 
     // Provider endpoint hosts found in discovery documents.

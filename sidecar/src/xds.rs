@@ -49,6 +49,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::store::Stored;
 use crate::translate::{to_any, translate, ProxySettings};
 
 /// How long a route configuration waits for the endpoints of new clusters
@@ -62,8 +63,8 @@ const MAX_MESSAGE: usize = 2000;
 /// Longest node id kept or logged.
 const MAX_NODE_ID: usize = 128;
 
-/// The route set as the Admin API publishes it: route id → stored route.
-pub type Routes = Arc<BTreeMap<String, Value>>;
+/// The route and upstream set as the Admin API publishes it.
+pub type Routes = Arc<Stored>;
 
 // ---------------------------------------------------------------------------
 // Resource types
@@ -134,14 +135,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Translates `routes` and versions the result. Also returns what the
-    /// translation left out (for the log).
+    /// Translates the routes (with their upstreams) and versions the
+    /// result. Also returns what the translation left out (for the log).
     pub fn build(
-        routes: &BTreeMap<String, Value>,
+        stored: &Stored,
         settings: &ProxySettings,
         extra_provider_urls: &[String],
     ) -> (Snapshot, Vec<crate::translate::Skipped>) {
-        let r = translate(routes, settings, extra_provider_urls);
+        let r = translate(stored, settings, extra_provider_urls);
         let clusters = r
             .clusters
             .iter()
@@ -176,7 +177,7 @@ impl Snapshot {
                 typed(listeners.collect()),
                 typed(routes_.collect()),
             ],
-            secrets: Arc::new(secrets_of(routes)),
+            secrets: Arc::new(secrets_of(&stored.routes)),
         };
         (snapshot, r.skipped)
     }
@@ -927,7 +928,7 @@ mod tests {
     }
 
     fn snap(list: &[(&str, Value)]) -> Snapshot {
-        let (s, skipped) = Snapshot::build(&routes(list), &settings(), &[]);
+        let (s, skipped) = Snapshot::build(&Stored::with_routes(routes(list)), &settings(), &[]);
         assert!(skipped.is_empty(), "{skipped:?}");
         s
     }
@@ -1714,12 +1715,12 @@ mod envoy_test {
     }
 
     fn route_set(routes: &[(&str, Value)]) -> Routes {
-        Arc::new(
+        Arc::new(Stored::with_routes(
             routes
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
-        )
+        ))
     }
 
     async fn body_is(e: &EnvoyProc, path: &str, want: &str) -> bool {

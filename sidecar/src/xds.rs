@@ -18,7 +18,9 @@
 //!   names (a new EDS cluster), and when its version changes. A NACKed
 //!   version is not sent again: Envoy keeps its previous configuration.
 //! - **Order.** Every push goes clusters, endpoints, listeners, routes
-//!   (Envoy's "make before break" rule for ADS). A route configuration that
+//!   (Envoy's "make before break" rule for ADS). Changed clusters are
+//!   followed by the endpoints again, changed or not: an updated `EDS`
+//!   cluster stays warming (the old one serving) until it gets them. A route configuration that
 //!   follows new `EDS` clusters waits (at most [`ROUTES_WAIT`]) until Envoy
 //!   has asked for and been sent their endpoints, so that no route points at
 //!   a cluster that is still warming (which would answer 503).
@@ -651,6 +653,7 @@ impl StreamState {
                 .filter(|(name, _)| t.names.as_ref().is_none_or(|n| n.contains(name)))
                 .map(|(_, any)| any.clone())
                 .collect();
+            let updated = t.sent.is_some();
             t.sent = Some(Sent {
                 version: current.version.clone(),
                 names: t.names.clone(),
@@ -658,6 +661,11 @@ impl StreamState {
                 nacked: false,
                 secrets: snapshot.secrets.clone(),
             });
+            // An updated EDS cluster warms until it gets its endpoints, even
+            // unchanged ones: send them again, after the clusters.
+            if kind == Kind::Clusters && updated {
+                self.types[Kind::Endpoints.index()].sent = None;
+            }
             out.push(DiscoveryResponse {
                 version_info: current.version.clone(),
                 resources,
@@ -1198,6 +1206,23 @@ mod tests {
             ]
         );
         assert_eq!(st.deadline(), None);
+    }
+
+    #[test]
+    fn a_changed_cluster_gets_its_unchanged_endpoints_again() {
+        let up = |t: &str| json!({"uri": "/a/*", "upstream": {"type": t, "nodes": {"127.0.0.1:8081": 1}}});
+        let s1 = snap(&[("a", up("roundrobin"))]);
+        let (mut st, _) = settled(&s1, &["route|a"]);
+        let s2 = snap(&[("a", up("least_conn"))]);
+        assert_eq!(changed(&s1, &s2), ["clusters"]);
+        // Envoy warms the updated EDS cluster until it has endpoints.
+        assert_eq!(
+            sent(&st.due(&s2, Instant::now())),
+            vec![
+                ("clusters", v(&s2, Kind::Clusters), strs(&["route|a"])),
+                ("endpoints", v(&s1, Kind::Endpoints), strs(&["route|a"])),
+            ]
+        );
     }
 
     #[test]

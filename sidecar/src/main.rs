@@ -1,4 +1,4 @@
-//! The sidecar: APISIX's Admin API for routes, served to Envoy over xDS.
+//! The sidecar: APISIX's Admin API for routes and upstreams, served to Envoy over xDS.
 //! It never carries user traffic: Envoy does the routing.
 //!
 //! - `admin.rs`, `store.rs`, `secrets.rs`: the Admin API and its storage.
@@ -29,7 +29,7 @@ use crate::store::FileStore;
 use crate::translate::ProxySettings;
 use crate::xds::XdsStatus;
 
-/// APISIX's Admin API for routes, configuring Envoy over xDS (ADS).
+/// APISIX's Admin API for routes and upstreams, configuring Envoy over xDS (ADS).
 ///
 /// Routes PUT to the Admin API are validated (the `openid-connect` plugin
 /// with the same parser the filter uses), stored in a local file, and

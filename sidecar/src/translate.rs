@@ -34,8 +34,13 @@
 //!   method falls through to the next route, as in APISIX.
 //! - **Disabled routes** (`status: 0`) are left out, with their upstream
 //!   cluster and the provider clusters only they need.
-//! - **Upstream**: one cluster per route, `route|<id>`, round robin,
-//!   connect timeout 5 s, route timeout 60 s. When every node is an IP
+//! - **Upstream**: one cluster per route, `route|<id>` (also when routes
+//!   share an upstream by `upstream_id`: a route's `timeout` may set its
+//!   own connect timeout), its balancer, TLS and health checks from the
+//!   upstream (`upstream.rs`); hash policy, host rewrite, timeouts and
+//!   retries go on the Envoy route. Defaults: round robin, connect timeout
+//!   5 s, route timeout 60 s, no retries. Node priorities become locality
+//!   priorities, the highest APISIX priority first (Envoy priority 0). When every node is an IP
 //!   address the cluster is `EDS` and its endpoints a separate
 //!   `ClusterLoadAssignment` (EDS over ADS): a change of nodes or weights
 //!   then changes the endpoints only, not the cluster. When any node is a

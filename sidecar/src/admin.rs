@@ -1,15 +1,22 @@
-//! APISIX's Admin API (v3) for routes: `/apisix/admin/routes[/{id}]`.
+//! APISIX's Admin API (v3) for routes and upstreams:
+//! `/apisix/admin/routes[/{id}]`, `/apisix/admin/upstreams[/{id}]`.
 //!
-//! Behaviour follows APISIX's `apisix/admin/{init,resource,routes}.lua`:
+//! Behaviour follows APISIX's `apisix/admin/{init,resource,routes,upstreams}.lua`
+//! (`<kind>` is `routes` or `upstreams`):
 //!
 //! | call | answer |
 //! |---|---|
-//! | `GET /routes` | 200 `{"total": N, "list": [{"key", "value"}]}`, ordered by id |
-//! | `GET /routes/{id}` | 200 `{"key": "/apisix/routes/<id>", "value": {...}}`, or 404 `{"message": "Key not found"}` |
-//! | `PUT /routes/{id}`, `PUT /routes` (id in the body) | 201 new, 200 replaced; `{"key", "value"}` |
-//! | `POST /routes` | 201, with a generated id |
-//! | `PATCH /routes/{id}` | JSON merge patch (RFC 7386) of the stored route, then full validation; 200 |
-//! | `DELETE /routes/{id}` | 200 `{"deleted": "1", "key": ...}`, or 404 |
+//! | `GET /<kind>` | 200 `{"total": N, "list": [{"key", "value"}]}`, ordered by id |
+//! | `GET /<kind>/{id}` | 200 `{"key": "/apisix/<kind>/<id>", "value": {...}}`, or 404 `{"message": "Key not found"}` |
+//! | `PUT /<kind>/{id}`, `PUT /<kind>` (id in the body) | 201 new, 200 replaced; `{"key", "value"}` |
+//! | `POST /<kind>` | 201, with a generated id |
+//! | `PATCH /<kind>/{id}` | JSON merge patch (RFC 7386) of the stored object, then full validation; 200 |
+//! | `DELETE /<kind>/{id}` | 200 `{"deleted": "1", "key": ...}`, or 404 |
+//!
+//! - A route may name an upstream by `upstream_id` instead of carrying an
+//!   `upstream`; naming one that does not exist is 400. An upstream that
+//!   routes name cannot be deleted (400 naming them); a change to it
+//!   reaches every route that names it (the published set holds both).
 //!
 //! - The body is JSON whatever `Content-Type` says (`curl -d` sends
 //!   `application/x-www-form-urlencoded`), at most 1.5 MiB as in APISIX.
@@ -26,7 +33,7 @@
 //!   `{"error_msg": "failed to check token", "description": ...}`.
 //! - Secrets: see [`crate::secrets`]: responses show `"******"`, stored
 //!   and published routes carry the real values.
-//! - Every accepted write replaces the route set published on
+//! - Every accepted write replaces the route and upstream set published on
 //!   [`AdminState::subscribe`], after it was saved.
 //!
 //! Where this differs from APISIX, on purpose:
@@ -63,11 +70,12 @@ use tokio::sync::{watch, Mutex};
 
 use crate::model::{id_text, with_id, RouteSpec};
 use crate::secrets::{self, FillError};
-use crate::store::{Routes, Store, StoreError};
+use crate::store::{Store, StoreError, Stored};
+use crate::upstream::Upstream;
 
-/// The routes as published: id → stored route object (with `id`,
+/// The routes and upstreams as published: id → stored object (with `id`,
 /// `create_time`, `update_time` and the real secrets).
-pub type RouteSet = Arc<BTreeMap<String, Value>>;
+pub type RouteSet = Arc<Stored>;
 
 /// Unix time in seconds.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -75,8 +83,49 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 /// APISIX's `MAX_REQ_BODY`.
 const MAX_BODY: usize = 1024 * 1024 * 3 / 2;
 
-/// Where routes live in APISIX's etcd: the `key` of every answer.
-const KEY_PREFIX: &str = "/apisix/routes/";
+/// The two resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Route,
+    Upstream,
+}
+
+impl Kind {
+    /// `route`, `upstream`.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Route => "route",
+            Kind::Upstream => "upstream",
+        }
+    }
+
+    /// The path segment and etcd directory: `routes`, `upstreams`.
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Route => "routes",
+            Kind::Upstream => "upstreams",
+        }
+    }
+
+    /// Where the object lives in APISIX's etcd: the `key` of every answer.
+    fn key(self, id: &str) -> String {
+        format!("/apisix/{}/{id}", self.plural())
+    }
+
+    fn of(self, s: &Stored) -> &BTreeMap<String, Value> {
+        match self {
+            Kind::Route => &s.routes,
+            Kind::Upstream => &s.upstreams,
+        }
+    }
+
+    fn of_mut(self, s: &mut Stored) -> &mut BTreeMap<String, Value> {
+        match self {
+            Kind::Route => &mut s.routes,
+            Kind::Upstream => &mut s.upstreams,
+        }
+    }
+}
 
 /// Who may call the Admin API.
 #[derive(Clone)]
@@ -149,9 +198,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn next_id(&mut self, routes: &Routes, now: u64) -> String {
+    fn next_id(&mut self, taken: &BTreeMap<String, Value>, now: u64) -> String {
         let mut n = (u128::from(now) * 1_000_000_000).max(self.last_id + 1);
-        while routes.contains_key(&format!("{n:020}")) {
+        while taken.contains_key(&format!("{n:020}")) {
             n += 1;
         }
         self.last_id = n;
@@ -160,7 +209,7 @@ impl Writer {
 }
 
 impl AdminState {
-    /// Loads the stored routes; they are published at once.
+    /// Loads the stored routes and upstreams; they are published at once.
     pub fn new(store: Arc<dyn Store>, settings: AdminSettings) -> Result<AdminState, StoreError> {
         AdminState::with_clock(store, settings, system_clock())
     }
@@ -172,15 +221,17 @@ impl AdminState {
         settings: AdminSettings,
         clock: Clock,
     ) -> Result<AdminState, StoreError> {
-        let routes = store.load()?;
-        let last_id = routes
+        let stored = store.load()?;
+        let last_id = stored
+            .routes
             .keys()
+            .chain(stored.upstreams.keys())
             // Ids of the generated form only (20 digits, so no overflow).
             .filter(|id| id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit()))
             .filter_map(|id| id.parse::<u128>().ok())
             .max()
             .unwrap_or(0);
-        let (tx, _) = watch::channel(Arc::new(routes));
+        let (tx, _) = watch::channel(Arc::new(stored));
         Ok(AdminState {
             inner: Arc::new(Inner {
                 store,
@@ -192,23 +243,23 @@ impl AdminState {
         })
     }
 
-    /// The route set now and every later one. The receiver's first value is
-    /// the current set.
+    /// The route and upstream set now and every later one. The receiver's
+    /// first value is the current set.
     pub fn subscribe(&self) -> watch::Receiver<RouteSet> {
         self.inner.tx.subscribe()
     }
 
-    /// The current route set.
+    /// The current routes and upstreams.
     pub fn routes(&self) -> RouteSet {
         self.inner.tx.borrow().clone()
     }
 
-    /// Runs `decide` on the current routes under the writer lock; on `Ok`
+    /// Runs `decide` on what is stored under the writer lock; on `Ok`
     /// saves the result, then publishes it. Nothing changes on `Err` or
     /// when the save fails.
     async fn commit<F>(&self, decide: F) -> Response
     where
-        F: FnOnce(&Routes, &mut Writer, u64) -> Result<Change, Refusal> + Send + 'static,
+        F: FnOnce(&Stored, &mut Writer, u64) -> Result<Change, Refusal> + Send + 'static,
     {
         let state = self.clone();
         // A task of its own: a client that goes away mid-write must not
@@ -223,23 +274,29 @@ impl AdminState {
                 Err(refusal) => return refusal.into_response(),
             };
             let mut next = (*current).clone();
-            let (reply, what, id) = match change {
-                Change::Put { id, route, created } => {
+            let (reply, what, kind, id) = match change {
+                Change::Put {
+                    kind,
+                    id,
+                    value,
+                    created,
+                } => {
                     let status = if created {
                         StatusCode::CREATED
                     } else {
                         StatusCode::OK
                     };
-                    let reply = reply(status, entry(&id, &route));
-                    next.insert(id.clone(), route);
-                    (reply, if created { "created" } else { "updated" }, id)
+                    let reply = reply(status, entry(kind, &id, &value));
+                    kind.of_mut(&mut next).insert(id.clone(), value);
+                    (reply, if created { "created" } else { "updated" }, kind, id)
                 }
-                Change::Delete { id } => {
-                    next.remove(&id);
-                    let body = json!({"deleted": "1", "key": format!("{KEY_PREFIX}{id}")});
-                    (reply(StatusCode::OK, body), "deleted", id)
+                Change::Delete { kind, id } => {
+                    kind.of_mut(&mut next).remove(&id);
+                    let body = json!({"deleted": "1", "key": kind.key(&id)});
+                    (reply(StatusCode::OK, body), "deleted", kind, id)
                 }
             };
+            let kind = kind.name();
             let next = Arc::new(next);
             let store = inner.store.clone();
             let to_save = next.clone();
@@ -250,14 +307,14 @@ impl AdminState {
                 Err(_) => Some("the save was interrupted".to_string()),
             };
             if let Some(e) = failure {
-                tracing::error!(route = %id, "Admin API: route not {what}: cannot save routes: {e}");
+                tracing::error!(%id, "Admin API: {kind} not {what}: cannot save: {e}");
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("failed to save routes: {e}"),
+                    format!("failed to save the {kind}: {e}"),
                 );
             }
             inner.tx.send_replace(next);
-            tracing::info!(route = %id, "Admin API: route {what}");
+            tracing::info!(%id, "Admin API: {kind} {what}");
             reply
         });
         task.await.unwrap_or_else(|_| {
@@ -271,32 +328,49 @@ impl AdminState {
 
 enum Change {
     Put {
+        kind: Kind,
         id: String,
-        route: Value,
+        value: Value,
         created: bool,
     },
     Delete {
+        kind: Kind,
         id: String,
     },
 }
 
-/// The Admin API's routes, behind the allow-list and key check. Serve it
-/// with `into_make_service_with_connect_info::<SocketAddr>()`: a request
-/// without the client address is refused.
+type IdPath = Result<Path<String>, PathRejection>;
+
+/// The calls on one kind of resource.
+fn resource(router: Router<AdminState>, kind: Kind) -> Router<AdminState> {
+    let base = format!("/apisix/admin/{}", kind.plural());
+    router
+        .route(
+            &base,
+            get(move |s: State<AdminState>| list(s, kind))
+                .put(move |s: State<AdminState>, body: Body| put_in_body(s, kind, body))
+                .post(move |s: State<AdminState>, body: Body| post_new(s, kind, body)),
+        )
+        .route(
+            &format!("{base}/{{id}}"),
+            get(move |s: State<AdminState>, id: IdPath| get_one(s, kind, id))
+                .put(move |s: State<AdminState>, id: IdPath, body: Body| {
+                    put_at_id(s, kind, id, body)
+                })
+                .patch(move |s: State<AdminState>, id: IdPath, body: Body| {
+                    patch_at_id(s, kind, id, body)
+                })
+                .delete(move |s: State<AdminState>, id: IdPath| delete_at_id(s, kind, id))
+                .post(move || post_at_id(kind)),
+        )
+}
+
+/// The Admin API's routes and upstreams, behind the allow-list and key
+/// check. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:
+/// a request without the client address is refused.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route(
-            "/apisix/admin/routes",
-            get(list).put(put_in_body).post(post_new),
-        )
-        .route(
-            "/apisix/admin/routes/{id}",
-            get(get_one)
-                .put(put_at_id)
-                .patch(patch_at_id)
-                .delete(delete_at_id)
-                .post(post_at_id),
-        )
+    let r = resource(Router::new(), Kind::Route);
+    resource(r, Kind::Upstream)
         .layer(middleware::from_fn_with_state(state.clone(), access))
         .with_state(state)
 }
@@ -347,8 +421,12 @@ fn bad(msg: impl Into<String>) -> Refusal {
 }
 
 /// `{"key", "value"}` with the secrets redacted.
-fn entry(id: &str, route: &Value) -> Value {
-    json!({"key": format!("{KEY_PREFIX}{id}"), "value": secrets::redact(route)})
+fn entry(kind: Kind, id: &str, value: &Value) -> Value {
+    let value = match kind {
+        Kind::Route => secrets::redact(value),
+        Kind::Upstream => value.clone(),
+    };
+    json!({"key": kind.key(id), "value": value})
 }
 
 // ---------------------------------------------------------------------------
@@ -399,9 +477,14 @@ async fn access(State(s): State<AdminState>, req: Request, next: Next) -> Respon
 // ---------------------------------------------------------------------------
 // Reading requests
 
-fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
-    id.map(|Path(id)| id)
-        .map_err(|e| bad(format!("invalid route id in the URL: {}", e.body_text())))
+fn path_id(kind: Kind, id: IdPath) -> Result<String, Refusal> {
+    id.map(|Path(id)| id).map_err(|e| {
+        bad(format!(
+            "invalid {} id in the URL: {}",
+            kind.name(),
+            e.body_text()
+        ))
+    })
 }
 
 /// The body as JSON, whatever its `Content-Type`; `None` when empty.
@@ -420,15 +503,11 @@ async fn read_json(body: Body) -> Result<Option<Value>, Refusal> {
 }
 
 /// A `PUT`/`POST` body: a JSON object without the server's timestamps.
-async fn read_route(body: Body) -> Result<Map<String, Value>, Refusal> {
+async fn read_object(kind: Kind, body: Body) -> Result<Map<String, Value>, Refusal> {
     let obj = match read_json(body).await? {
         None => return Err(bad("missing configurations")),
         Some(Value::Object(m)) => m,
-        Some(_) => {
-            return Err(bad(
-                "invalid configuration: the route must be a JSON object",
-            ))
-        }
+        Some(_) => return Err(not_an_object(kind)),
     };
     for t in ["create_time", "update_time"] {
         if obj.contains_key(t) {
@@ -441,23 +520,74 @@ async fn read_route(body: Body) -> Result<Map<String, Value>, Refusal> {
     Ok(obj)
 }
 
-fn fill_secrets(route: &mut Map<String, Value>, stored: Option<&Value>) -> Result<(), Refusal> {
-    secrets::fill(route, stored).map_err(|e| match e {
+fn not_an_object(kind: Kind) -> Refusal {
+    bad(format!(
+        "invalid configuration: the {} must be a JSON object",
+        kind.name()
+    ))
+}
+
+/// Routes get their generated and kept secrets; upstreams have none.
+fn fill_secrets(
+    kind: Kind,
+    obj: &mut Map<String, Value>,
+    stored: Option<&Value>,
+) -> Result<(), Refusal> {
+    if kind == Kind::Upstream {
+        return Ok(());
+    }
+    secrets::fill(obj, stored).map_err(|e| match e {
         FillError::Invalid(msg) => Refusal::Bad(msg),
         FillError::Random(msg) => Refusal::Internal(msg),
     })
 }
 
-/// Validates the finished route object and gives its stored form.
-fn finish(id: &str, route: Map<String, Value>) -> Result<Value, Refusal> {
-    let v = Value::Object(route);
-    RouteSpec::parse(id, &v).map_err(Refusal::Bad)?;
-    match v {
-        Value::Object(m) => Ok(Value::Object(with_id(m, id))),
-        _ => Err(bad(
-            "invalid configuration: the route must be a JSON object",
-        )),
+/// The ids of the routes whose `upstream_id` is `id`.
+fn routes_using(current: &Stored, id: &str) -> Vec<String> {
+    current
+        .routes
+        .iter()
+        .filter(|(_, r)| r.get("upstream_id").and_then(id_text).as_deref() == Some(id))
+        .map(|(rid, _)| rid.clone())
+        .collect()
+}
+
+/// Validates the finished object and gives its stored form. A route's
+/// `upstream_id` must name a stored upstream; an upstream must still make
+/// a valid route of every route that names it.
+fn finish(
+    kind: Kind,
+    id: &str,
+    obj: Map<String, Value>,
+    current: &Stored,
+) -> Result<Value, Refusal> {
+    // Validated as sent (its `id` must agree with the URL's), stored with
+    // the id.
+    let sent = Value::Object(obj);
+    match kind {
+        Kind::Route => {
+            RouteSpec::parse(id, &sent, &current.upstreams).map_err(Refusal::Bad)?;
+        }
+        Kind::Upstream => {
+            Upstream::parse_resource(id, &sent).map_err(Refusal::Bad)?;
+        }
     }
+    let Value::Object(obj) = sent else {
+        return Err(not_an_object(kind));
+    };
+    let v = Value::Object(with_id(obj, id));
+    if kind == Kind::Upstream {
+        let mut upstreams = current.upstreams.clone();
+        upstreams.insert(id.to_string(), v.clone());
+        for rid in routes_using(current, id) {
+            RouteSpec::parse(&rid, &current.routes[&rid], &upstreams).map_err(|e| {
+                bad(format!(
+                    "invalid configuration: route [{rid}] uses this upstream and would not be valid: {e}"
+                ))
+            })?;
+        }
+    }
+    Ok(v)
 }
 
 fn stored_create_time(stored: Option<&Value>, now: u64) -> Value {
@@ -471,100 +601,119 @@ fn stored_create_time(stored: Option<&Value>, now: u64) -> Value {
 // ---------------------------------------------------------------------------
 // Handlers
 
-async fn list(State(s): State<AdminState>) -> Response {
-    let routes = s.routes();
-    let list: Vec<Value> = routes.iter().map(|(id, r)| entry(id, r)).collect();
+async fn list(State(s): State<AdminState>, kind: Kind) -> Response {
+    let current = s.routes();
+    let list: Vec<Value> = kind
+        .of(&current)
+        .iter()
+        .map(|(id, v)| entry(kind, id, v))
+        .collect();
     reply(StatusCode::OK, json!({"total": list.len(), "list": list}))
 }
 
-async fn get_one(
-    State(s): State<AdminState>,
-    id: Result<Path<String>, PathRejection>,
-) -> Result<Response, Refusal> {
-    let id = path_id(id)?;
-    match s.routes().get(&id) {
-        Some(r) => Ok(reply(StatusCode::OK, entry(&id, r))),
+async fn get_one(State(s): State<AdminState>, kind: Kind, id: IdPath) -> Result<Response, Refusal> {
+    let id = path_id(kind, id)?;
+    match kind.of(&s.routes()).get(&id) {
+        Some(v) => Ok(reply(StatusCode::OK, entry(kind, &id, v))),
         None => Err(Refusal::NotFound),
     }
 }
 
-async fn put_in_body(State(s): State<AdminState>, body: Body) -> Result<Response, Refusal> {
-    let route = read_route(body).await?;
-    let id = match route.get("id") {
+async fn put_in_body(
+    State(s): State<AdminState>,
+    kind: Kind,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let obj = read_object(kind, body).await?;
+    let id = match obj.get("id") {
         None => {
-            return Err(bad(
-                "missing route id: give \"id\" in the body, or PUT /apisix/admin/routes/{id}",
-            ))
+            return Err(bad(format!(
+                "missing {} id: give \"id\" in the body, or PUT /apisix/admin/{}/{{id}}",
+                kind.name(),
+                kind.plural()
+            )))
         }
         Some(v) => id_text(v).ok_or_else(|| {
             bad("invalid configuration: property \"id\" must be a string or an integer")
         })?,
     };
-    Ok(put(s, id, route).await)
+    Ok(put(s, kind, id, obj).await)
 }
 
 async fn put_at_id(
     State(s): State<AdminState>,
-    id: Result<Path<String>, PathRejection>,
+    kind: Kind,
+    id: IdPath,
     body: Body,
 ) -> Result<Response, Refusal> {
-    let id = path_id(id)?;
-    let route = read_route(body).await?;
-    Ok(put(s, id, route).await)
+    let id = path_id(kind, id)?;
+    let obj = read_object(kind, body).await?;
+    Ok(put(s, kind, id, obj).await)
 }
 
-async fn put(s: AdminState, id: String, mut route: Map<String, Value>) -> Response {
-    s.commit(move |routes, _, now| {
-        let stored = routes.get(&id);
-        fill_secrets(&mut route, stored)?;
-        route.insert("create_time".into(), stored_create_time(stored, now));
-        route.insert("update_time".into(), Value::from(now));
-        let route = finish(&id, route)?;
+async fn put(s: AdminState, kind: Kind, id: String, mut obj: Map<String, Value>) -> Response {
+    s.commit(move |current, _, now| {
+        let stored = kind.of(current).get(&id);
+        fill_secrets(kind, &mut obj, stored)?;
+        obj.insert("create_time".into(), stored_create_time(stored, now));
+        obj.insert("update_time".into(), Value::from(now));
+        let created = stored.is_none();
+        let value = finish(kind, &id, obj, current)?;
         Ok(Change::Put {
-            created: stored.is_none(),
+            kind,
+            created,
             id,
-            route,
+            value,
         })
     })
     .await
 }
 
-async fn post_new(State(s): State<AdminState>, body: Body) -> Result<Response, Refusal> {
-    let mut route = read_route(body).await?;
-    if route.contains_key("id") {
-        return Err(bad(
+async fn post_new(
+    State(s): State<AdminState>,
+    kind: Kind,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let mut obj = read_object(kind, body).await?;
+    if obj.contains_key("id") {
+        return Err(bad(format!(
             "invalid configuration: property \"id\" is generated by POST \
-             (to choose it, PUT /apisix/admin/routes/{id})",
-        ));
+             (to choose it, PUT /apisix/admin/{}/{{id}})",
+            kind.plural()
+        )));
     }
-    Ok(s.commit(move |routes, writer, now| {
-        fill_secrets(&mut route, None)?;
-        route.insert("create_time".into(), Value::from(now));
-        route.insert("update_time".into(), Value::from(now));
-        let id = writer.next_id(routes, now);
-        let route = finish(&id, route)?;
+    Ok(s.commit(move |current, writer, now| {
+        fill_secrets(kind, &mut obj, None)?;
+        obj.insert("create_time".into(), Value::from(now));
+        obj.insert("update_time".into(), Value::from(now));
+        let id = writer.next_id(kind.of(current), now);
+        let value = finish(kind, &id, obj, current)?;
         Ok(Change::Put {
+            kind,
             id,
-            route,
+            value,
             created: true,
         })
     })
     .await)
 }
 
-async fn post_at_id() -> Refusal {
-    bad(
-        "wrong route id, do not need it: POST /apisix/admin/routes generates the id; \
-         to choose it, PUT /apisix/admin/routes/{id}",
-    )
+async fn post_at_id(kind: Kind) -> Refusal {
+    bad(format!(
+        "wrong {0} id, do not need it: POST /apisix/admin/{1} generates the id; \
+         to choose it, PUT /apisix/admin/{1}/{{id}}",
+        kind.name(),
+        kind.plural()
+    ))
 }
 
 async fn patch_at_id(
     State(s): State<AdminState>,
-    id: Result<Path<String>, PathRejection>,
+    kind: Kind,
+    id: IdPath,
     body: Body,
 ) -> Result<Response, Refusal> {
-    let id = path_id(id)?;
+    let id = path_id(kind, id)?;
     let patch =
         match read_json(body).await? {
             Some(Value::Object(p)) => p,
@@ -573,27 +722,26 @@ async fn patch_at_id(
             )),
             None => return Err(bad("missing new configuration")),
         };
-    Ok(s.commit(move |routes, _, now| {
-        let stored = routes.get(&id).ok_or(Refusal::NotFound)?;
+    Ok(s.commit(move |current, _, now| {
+        let stored = kind.of(current).get(&id).ok_or(Refusal::NotFound)?;
         let mut merged = stored.clone();
         let sets_update_time = patch.get("update_time").is_some_and(|t| !t.is_null());
         merge_patch(&mut merged, &Value::Object(patch));
-        let Value::Object(mut route) = merged else {
-            return Err(bad(
-                "invalid configuration: the route must be a JSON object",
-            ));
+        let Value::Object(mut obj) = merged else {
+            return Err(not_an_object(kind));
         };
-        fill_secrets(&mut route, Some(stored))?;
-        if !route.contains_key("create_time") {
-            route.insert("create_time".into(), stored_create_time(Some(stored), now));
+        fill_secrets(kind, &mut obj, Some(stored))?;
+        if !obj.contains_key("create_time") {
+            obj.insert("create_time".into(), stored_create_time(Some(stored), now));
         }
         if !sets_update_time {
-            route.insert("update_time".into(), Value::from(now));
+            obj.insert("update_time".into(), Value::from(now));
         }
-        let route = finish(&id, route)?;
+        let value = finish(kind, &id, obj, current)?;
         Ok(Change::Put {
+            kind,
             id,
-            route,
+            value,
             created: false,
         })
     })
@@ -602,15 +750,32 @@ async fn patch_at_id(
 
 async fn delete_at_id(
     State(s): State<AdminState>,
-    id: Result<Path<String>, PathRejection>,
+    kind: Kind,
+    id: IdPath,
 ) -> Result<Response, Refusal> {
-    let id = path_id(id)?;
-    Ok(s.commit(move |routes, _, _| {
-        if routes.contains_key(&id) {
-            Ok(Change::Delete { id })
-        } else {
-            Err(Refusal::NotFound)
+    let id = path_id(kind, id)?;
+    Ok(s.commit(move |current, _, _| {
+        if !kind.of(current).contains_key(&id) {
+            return Err(Refusal::NotFound);
         }
+        if kind == Kind::Upstream {
+            let users = routes_using(current, &id);
+            if !users.is_empty() {
+                // APISIX: "can not delete this upstream, route [1] is still
+                // using it now".
+                let named: Vec<String> = users.iter().map(|r| format!("[{r}]")).collect();
+                let (noun, verb) = if users.len() == 1 {
+                    ("route", "is")
+                } else {
+                    ("routes", "are")
+                };
+                return Err(bad(format!(
+                    "can not delete this upstream, {noun} {} {verb} still using it now",
+                    named.join(", ")
+                )));
+            }
+        }
+        Ok(Change::Delete { kind, id })
     })
     .await)
 }
@@ -640,7 +805,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 mod tests {
     use super::*;
     use crate::secrets::REDACTED;
-    use crate::store::{MemoryStore, StoreError};
+    use crate::store::{MemoryStore, Routes, StoreError};
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use tower::ServiceExt;
@@ -672,14 +837,14 @@ mod tests {
     }
 
     impl Store for FlakyStore {
-        fn load(&self) -> Result<Routes, StoreError> {
+        fn load(&self) -> Result<Stored, StoreError> {
             self.inner.load()
         }
-        fn save(&self, routes: &Routes) -> Result<(), StoreError> {
+        fn save(&self, data: &Stored) -> Result<(), StoreError> {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(StoreError::Other("disk full (test)".into()));
             }
-            self.inner.save(routes)
+            self.inner.save(data)
         }
     }
 
@@ -703,7 +868,7 @@ mod tests {
 
         fn with(settings: AdminSettings, routes: Routes) -> Api {
             let store = Arc::new(FlakyStore::default());
-            store.inner.save(&routes).unwrap();
+            store.inner.save(&Stored::with_routes(routes)).unwrap();
             let now = Arc::new(AtomicU64::new(T0));
             let clock_now = now.clone();
             let clock: Clock = Arc::new(move || clock_now.load(Ordering::SeqCst));
@@ -753,24 +918,31 @@ mod tests {
         }
 
         /// What was saved, what is published and what GET shows agree, and
-        /// say whether something was published since the last look.
-        fn published(&mut self) -> (bool, RouteSet) {
+        /// say whether something was published since the last look; the
+        /// published routes.
+        fn published(&mut self) -> (bool, Routes) {
+            let (changed, set) = self.published_all();
+            (changed, set.routes.clone())
+        }
+
+        /// [`Api::published`] with the upstreams.
+        fn published_all(&mut self) -> (bool, RouteSet) {
             let changed = self.rx.has_changed().unwrap();
             let set = self.rx.borrow_and_update().clone();
-            assert_eq!(*set, self.store.inner.routes());
+            assert_eq!(*set, self.store.inner.data());
             assert_eq!(set, self.state.routes());
             (changed, set)
         }
 
         /// Asserts a refused call left everything as it was.
-        fn assert_unchanged(&mut self, before: &Routes) {
-            let (changed, set) = self.published();
+        fn assert_unchanged(&mut self, before: &Stored) {
+            let (changed, set) = self.published_all();
             assert!(!changed, "a refused call published something");
             assert_eq!(*set, *before);
         }
 
-        fn snapshot(&self) -> Routes {
-            self.store.inner.routes()
+        fn snapshot(&self) -> Stored {
+            self.store.inner.data()
         }
     }
 
@@ -949,7 +1121,7 @@ mod tests {
         let stored = &set["auth-with-oidc"];
         assert_eq!(stored["plugins"]["openid-connect"]["bearer_only"], true);
         assert!(stored["plugins"]["openid-connect"].get("session").is_none());
-        assert!(RouteSpec::parse("auth-with-oidc", stored).is_ok());
+        assert!(RouteSpec::parse("auth-with-oidc", stored, &Default::default()).is_ok());
     }
 
     #[tokio::test]
@@ -1390,7 +1562,7 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("invalid request body"));
-        api.assert_unchanged(&Routes::new());
+        api.assert_unchanged(&Stored::default());
     }
 
     #[tokio::test]
@@ -1505,7 +1677,7 @@ mod tests {
             .send(request_from(v6, "GET", "/apisix/admin/routes", None))
             .await;
         assert_eq!(a.status, StatusCode::FORBIDDEN);
-        api.assert_unchanged(&Routes::new());
+        api.assert_unchanged(&Stored::default());
 
         // A configured list replaces the default.
         let api = Api::with(
@@ -1560,7 +1732,7 @@ mod tests {
         req.headers_mut()
             .insert("x-api-key", HeaderValue::from_static(KEY));
         assert_eq!(api.send(req).await.status, StatusCode::FORBIDDEN);
-        api.assert_unchanged(&Routes::new());
+        api.assert_unchanged(&Stored::default());
 
         // The header ...
         let mut req = request_from(local(), "PUT", "/apisix/admin/routes/r", Some(&body));
@@ -1656,7 +1828,7 @@ mod tests {
         // A restart: the same routes, secrets included, are published.
         let again = AdminState::new(store, AdminSettings::default()).unwrap();
         assert_eq!(*again.subscribe().borrow(), stored);
-        assert!(session_secret(&stored["r"]).is_some());
+        assert!(session_secret(&stored.routes["r"]).is_some());
 
         std::fs::write(&path, b"{oops").unwrap();
         let e = AdminState::new(
@@ -1693,7 +1865,7 @@ mod tests {
             t.await.unwrap();
         }
         let saved = api.snapshot();
-        assert_eq!(saved.len(), 40);
+        assert_eq!(saved.routes.len(), 40);
         assert_eq!(*api.state.routes(), saved);
     }
 
@@ -1752,5 +1924,268 @@ mod tests {
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("very-secret"), "{dbg}");
         assert!(dbg.contains("127.0.0.0/24"), "{dbg}");
+    }
+
+    fn upstream_body() -> Value {
+        json!({"type": "roundrobin", "nodes": {"127.0.0.1:8080": 1}})
+    }
+
+    #[tokio::test]
+    async fn upstreams_have_the_routes_shapes() {
+        let mut api = Api::new();
+        let a = api
+            .put("/apisix/admin/upstreams/u1", &upstream_body())
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        assert_eq!(
+            a.body,
+            json!({"key": "/apisix/upstreams/u1", "value": {
+                "id": "u1", "type": "roundrobin", "nodes": {"127.0.0.1:8080": 1},
+                "create_time": T0, "update_time": T0}})
+        );
+        let (changed, set) = api.published_all();
+        assert!(changed);
+        assert_eq!(set.upstreams["u1"], a.body["value"]);
+        assert!(set.routes.is_empty());
+
+        // Replaced: 200, create_time kept; the id may be in the body.
+        api.now.store(T0 + 9, Ordering::SeqCst);
+        let mut body = upstream_body();
+        body["id"] = json!("u1");
+        body["type"] = json!("least_conn");
+        let a = api.put("/apisix/admin/upstreams", &body).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.body["value"]["create_time"], T0);
+        assert_eq!(a.body["value"]["update_time"], T0 + 9);
+
+        // GET one, list.
+        let a = api.call("GET", "/apisix/admin/upstreams/u1", None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body["value"]["type"], "least_conn");
+        let a = api
+            .call(
+                "POST",
+                "/apisix/admin/upstreams",
+                Some(&upstream_body().to_string()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let generated = a.body["value"]["id"].as_str().unwrap().to_string();
+        assert_eq!(generated.len(), 20);
+        assert_eq!(a.body["key"], format!("/apisix/upstreams/{generated}"));
+        let a = api.call("GET", "/apisix/admin/upstreams", None).await;
+        assert_eq!(a.body["total"], 2);
+        assert_eq!(a.body["list"][1]["key"], "/apisix/upstreams/u1");
+        // Routes and upstreams are separate collections.
+        let a = api.call("GET", "/apisix/admin/routes", None).await;
+        assert_eq!(a.body, json!({"total": 0, "list": []}));
+        let a = api.call("GET", "/apisix/admin/routes/u1", None).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+
+        // PATCH merges, then validates.
+        let a = api
+            .call(
+                "PATCH",
+                "/apisix/admin/upstreams/u1",
+                Some(r#"{"nodes": {"127.0.0.1:8081": 2}, "retries": 1}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(
+            a.body["value"]["nodes"],
+            json!({"127.0.0.1:8080": 1, "127.0.0.1:8081": 2})
+        );
+        assert_eq!(a.body["value"]["retries"], 1);
+
+        // 404s and POST with an id.
+        for (method, body) in [("GET", None), ("DELETE", None), ("PATCH", Some("{}"))] {
+            let a = api.call(method, "/apisix/admin/upstreams/nope", body).await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{method}");
+            assert_eq!(a.body, json!({"message": "Key not found"}));
+        }
+        let a = api
+            .call(
+                "POST",
+                "/apisix/admin/upstreams/x",
+                Some(&upstream_body().to_string()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("wrong upstream id"));
+
+        // DELETE.
+        let a = api
+            .call(
+                "DELETE",
+                &format!("/apisix/admin/upstreams/{generated}"),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(
+            a.body,
+            json!({"deleted": "1", "key": format!("/apisix/upstreams/{generated}")})
+        );
+        let (_, set) = api.published_all();
+        assert_eq!(set.upstreams.keys().collect::<Vec<_>>(), ["u1"]);
+    }
+
+    #[tokio::test]
+    async fn bad_upstreams_are_refused_by_name_and_change_nothing() {
+        let mut api = Api::new();
+        let a = api.put("/apisix/admin/upstreams/u", &upstream_body()).await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        api.published_all();
+        let before = api.snapshot();
+        for (body, want) in [
+            (
+                json!({"nodes": {"127.0.0.1:1": 1}, "discovery_type": "dns"}),
+                "property \"discovery_type\" is not supported",
+            ),
+            (
+                json!({"nodes": {"127.0.0.1:1": 1}, "type": "chash"}),
+                "property \"key\" is required",
+            ),
+            (
+                json!({"nodes": {"127.0.0.1:1": 1}, "checks": {"passive": {}}}),
+                "property \"checks.passive\" is not supported",
+            ),
+            (
+                json!({"type": "roundrobin"}),
+                "property \"nodes\" is required",
+            ),
+            (
+                json!({"id": "other", "nodes": {"127.0.0.1:1": 1}}),
+                "property \"id\" does not match",
+            ),
+            (json!([1]), "the upstream must be a JSON object"),
+        ] {
+            let a = api.put("/apisix/admin/upstreams/u", &body).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
+            let msg = a.body["error_msg"].as_str().unwrap();
+            assert!(msg.contains(want), "{body}: {msg}");
+        }
+        let a = api
+            .call(
+                "PATCH",
+                "/apisix/admin/upstreams/u",
+                Some(r#"{"nodes": null}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+        let a = api.put("/apisix/admin/upstreams", &upstream_body()).await;
+        assert!(a.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("missing upstream id"));
+        api.assert_unchanged(&before);
+    }
+
+    #[tokio::test]
+    async fn routes_name_upstreams_which_cannot_go_while_used() {
+        let mut api = Api::new();
+        let route = |uid: Value| json!({"uri": "/get", "upstream_id": uid});
+        // An unknown upstream id: refused, naming it.
+        let a = api
+            .put("/apisix/admin/routes/r1", &route(json!("u1")))
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        let msg = a.body["error_msg"].as_str().unwrap();
+        assert!(
+            msg.contains("failed to fetch upstream info by upstream id [u1], response code: 404"),
+            "{msg}"
+        );
+        assert!(msg.contains("property \"upstream_id\""), "{msg}");
+        api.assert_unchanged(&Stored::default());
+
+        let a = api
+            .put("/apisix/admin/upstreams/u1", &upstream_body())
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        for id in ["r1", "r2"] {
+            let a = api
+                .put(&format!("/apisix/admin/routes/{id}"), &route(json!("u1")))
+                .await;
+            assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        }
+        // Both inline and by id: refused.
+        let mut both = route(json!("u1"));
+        both["upstream"] = upstream_body();
+        let a = api.put("/apisix/admin/routes/r3", &both).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("property \"upstream\" and \"upstream_id\" cannot both be set"));
+
+        // In use: the delete names every route.
+        api.published_all();
+        let before = api.snapshot();
+        let a = api.call("DELETE", "/apisix/admin/upstreams/u1", None).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            a.body,
+            json!({"error_msg": "can not delete this upstream, routes [r1], [r2] are still using it now"})
+        );
+        api.assert_unchanged(&before);
+
+        // A change of the upstream is published (translation reaches both
+        // routes).
+        let a = api
+            .call(
+                "PATCH",
+                "/apisix/admin/upstreams/u1",
+                Some(r#"{"type": "ewma"}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let (changed, set) = api.published_all();
+        assert!(changed);
+        assert_eq!(set.upstreams["u1"]["type"], "ewma");
+
+        // Once no route uses it, it can go.
+        api.call("DELETE", "/apisix/admin/routes/r1", None).await;
+        let a = api.call("DELETE", "/apisix/admin/upstreams/u1", None).await;
+        assert_eq!(
+            a.body["error_msg"],
+            "can not delete this upstream, route [r2] is still using it now"
+        );
+        let a = api
+            .call(
+                "PATCH",
+                "/apisix/admin/routes/r2",
+                Some(r#"{"upstream_id": null, "upstream": {"nodes": {"127.0.0.1:1": 1}}}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let a = api.call("DELETE", "/apisix/admin/upstreams/u1", None).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+
+    #[tokio::test]
+    async fn upstreams_survive_a_restart_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.json");
+        let store = Arc::new(crate::store::FileStore::new(&path));
+        let state = AdminState::new(store.clone(), AdminSettings::default()).unwrap();
+        let app = router(state.clone());
+        let body = upstream_body().to_string();
+        let req = request_from(local(), "PUT", "/apisix/admin/upstreams/u", Some(&body));
+        assert_eq!(
+            app.clone().oneshot(req).await.unwrap().status(),
+            StatusCode::CREATED
+        );
+        let route = r#"{"uri": "/x", "upstream_id": "u"}"#;
+        let req = request_from(local(), "PUT", "/apisix/admin/routes/r", Some(route));
+        assert_eq!(
+            app.oneshot(req).await.unwrap().status(),
+            StatusCode::CREATED
+        );
+        let again = AdminState::new(store, AdminSettings::default()).unwrap();
+        assert_eq!(*again.routes(), *state.routes());
+        assert_eq!(again.routes().upstreams.len(), 1);
     }
 }

@@ -151,14 +151,14 @@ impl Discoverer {
 /// Runs until `routes` closes: on every route change, and every `RETRY`,
 /// refreshes the documents and publishes the endpoint URLs when they change.
 pub async fn run(
-    mut routes: watch::Receiver<Arc<BTreeMap<String, Value>>>,
+    mut routes: watch::Receiver<Arc<crate::store::Stored>>,
     out: watch::Sender<Arc<Vec<String>>>,
     timeout: Duration,
 ) {
     let mut d = Discoverer::new(timeout);
     loop {
         let current = routes.borrow_and_update().clone();
-        let urls = d.refresh(&current).await;
+        let urls = d.refresh(&current.routes).await;
         out.send_if_modified(|old| {
             if **old == urls {
                 false

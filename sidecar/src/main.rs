@@ -1,8 +1,8 @@
-//! The sidecar: APISIX's Admin API for routes, served to Envoy over xDS.
+//! The sidecar: APISIX's Admin API for routes and upstreams, served to Envoy over xDS.
 //! It never carries user traffic: Envoy does the routing.
 //!
 //! - `admin.rs`, `store.rs`, `secrets.rs`: the Admin API and its storage.
-//! - `model.rs`: APISIX route objects, validated.
+//! - `model.rs`, `upstream.rs`: APISIX route and upstream objects, validated.
 //! - `translate.rs`, `xds.rs`: routes → Envoy resources, served over ADS.
 //! - `discover.rs`: the provider endpoint hosts named by discovery documents.
 
@@ -12,6 +12,7 @@ mod model;
 mod secrets;
 mod store;
 mod translate;
+mod upstream;
 mod xds;
 
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use crate::store::FileStore;
 use crate::translate::ProxySettings;
 use crate::xds::XdsStatus;
 
-/// APISIX's Admin API for routes, configuring Envoy over xDS (ADS).
+/// APISIX's Admin API for routes and upstreams, configuring Envoy over xDS (ADS).
 ///
 /// Routes PUT to the Admin API are validated (the `openid-connect` plugin
 /// with the same parser the filter uses), stored in a local file, and
@@ -131,7 +132,7 @@ async fn run(o: Options) -> Result<(), String> {
         },
     };
     let state = AdminState::new(Arc::new(FileStore::new(&o.data)), settings)
-        .map_err(|e| format!("cannot load routes: {e}"))?;
+        .map_err(|e| format!("cannot load routes and upstreams: {e}"))?;
     let routes = state.subscribe();
 
     // Provider endpoint hosts found in discovery documents.

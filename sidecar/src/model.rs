@@ -8,6 +8,9 @@
 use oidc_core::config::PluginConfig;
 use serde_json::{Map, Value};
 
+use crate::store::Upstreams;
+use crate::upstream::{parse_timeouts, Timeouts, Upstream};
+
 /// The plugin this gateway implements.
 pub const OIDC_PLUGIN: &str = "openid-connect";
 
@@ -24,6 +27,8 @@ const KNOWN: &[&str] = &[
     "priority",
     "plugins",
     "upstream",
+    "upstream_id",
+    "timeout",
     "labels",
     "status",
     "create_time",
@@ -38,9 +43,7 @@ const UNSUPPORTED: &[&str] = &[
     "filter_func",
     "script",
     "service_id",
-    "upstream_id",
     "plugin_config_id",
-    "timeout",
     "enable_websocket",
 ];
 
@@ -70,20 +73,6 @@ impl UriMatch {
     }
 }
 
-/// One upstream node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    pub host: String,
-    pub port: u16,
-    pub weight: u32,
-}
-
-/// `upstream` (this issue: `type: roundrobin` with a `nodes` map).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    pub nodes: Vec<Node>,
-}
-
 /// A validated route.
 #[derive(Debug, Clone)]
 pub struct RouteSpec {
@@ -96,26 +85,47 @@ pub struct RouteSpec {
     pub enabled: bool,
     /// The `openid-connect` config object as stored, and its parsed form.
     pub oidc: Option<(Value, PluginConfig)>,
+    /// The inline `upstream`, or the one `upstream_id` names.
     pub upstream: Upstream,
+    /// The route's `timeout`, which overrides the upstream's.
+    pub timeout: Option<Timeouts>,
 }
 
 /// Collects `property "x" ...` errors.
-struct Errors(Vec<String>);
+pub struct Errors(Vec<String>);
 
 impl Errors {
-    fn push(&mut self, field: &str, msg: impl std::fmt::Display) {
+    pub fn new() -> Errors {
+        Errors(Vec::new())
+    }
+
+    pub fn push(&mut self, field: &str, msg: impl std::fmt::Display) {
         self.0.push(format!("property \"{field}\" {msg}"));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `invalid configuration: <every problem>`.
+    pub fn message(&self) -> String {
+        format!("invalid configuration: {}", self.0.join("; "))
     }
 }
 
 impl RouteSpec {
-    /// Validates a route object whose id is `id`. The error lists every
-    /// problem, each naming its attribute.
-    pub fn parse(id: &str, v: &Value) -> Result<RouteSpec, String> {
+    /// Validates a route object whose id is `id`; an `upstream_id` must
+    /// name one of `upstreams`. The error lists every problem, each naming
+    /// its attribute.
+    pub fn parse(id: &str, v: &Value, upstreams: &Upstreams) -> Result<RouteSpec, String> {
         let Some(obj) = v.as_object() else {
             return Err("invalid configuration: the route must be a JSON object".into());
         };
-        let mut e = Errors(Vec::new());
+        let mut e = Errors::new();
         for k in obj.keys() {
             if UNSUPPORTED.contains(&k.as_str()) {
                 e.push(k, "is not supported by this gateway");
@@ -246,16 +256,53 @@ impl RouteSpec {
         }
 
         let oidc = parse_plugins(obj.get("plugins"), &mut e);
-        let upstream = match obj.get("upstream") {
-            None => {
-                e.push("upstream", "is required");
+        let timeout = obj
+            .get("timeout")
+            .and_then(|t| parse_timeouts(t, "timeout", &mut e));
+        let upstream = match (obj.get("upstream"), obj.get("upstream_id")) {
+            (None, None) => {
+                e.push("upstream", "is required (or \"upstream_id\")");
                 None
             }
-            Some(u) => parse_upstream(u, &mut e),
+            (Some(_), Some(_)) => {
+                e.push("upstream", "and \"upstream_id\" cannot both be set");
+                None
+            }
+            (Some(u), None) => Upstream::parse(u, "upstream.", &mut e),
+            (None, Some(uid)) => match id_text(uid) {
+                None => {
+                    e.push("upstream_id", "must be a string or an integer");
+                    None
+                }
+                Some(uid) => {
+                    match upstreams
+                        .get(&uid)
+                        .map(|u| Upstream::parse_resource(&uid, u))
+                    {
+                        None => {
+                            e.push(
+                                "upstream_id",
+                                format!(
+                                    "names no upstream: failed to fetch upstream info by upstream id [{uid}], response code: 404"
+                                ),
+                            );
+                            None
+                        }
+                        Some(Err(msg)) => {
+                            e.push(
+                                "upstream_id",
+                                format!("names an upstream that does not validate: {msg}"),
+                            );
+                            None
+                        }
+                        Some(Ok(u)) => Some(u),
+                    }
+                }
+            },
         };
 
         match upstream {
-            Some(upstream) if e.0.is_empty() => Ok(RouteSpec {
+            Some(upstream) if e.is_empty() => Ok(RouteSpec {
                 id: id.to_string(),
                 uris,
                 methods,
@@ -264,8 +311,9 @@ impl RouteSpec {
                 enabled,
                 oidc,
                 upstream,
+                timeout,
             }),
-            _ => Err(format!("invalid configuration: {}", e.0.join("; "))),
+            _ => Err(e.message()),
         }
     }
 }
@@ -293,7 +341,7 @@ fn string_list(v: &Value) -> Option<Vec<String>> {
         .collect()
 }
 
-fn valid_host_pattern(h: &str) -> bool {
+pub fn valid_host_pattern(h: &str) -> bool {
     let name = h.strip_prefix("*.").unwrap_or(h);
     !name.is_empty()
         && name.split('.').all(|label| {
@@ -335,79 +383,6 @@ fn parse_plugins(v: Option<&Value>, e: &mut Errors) -> Option<(Value, PluginConf
     out
 }
 
-fn parse_upstream(v: &Value, e: &mut Errors) -> Option<Upstream> {
-    let Some(obj) = v.as_object() else {
-        e.push("upstream", "must be an object");
-        return None;
-    };
-    for k in obj.keys() {
-        if !["type", "nodes"].contains(&k.as_str()) {
-            e.push(
-                &format!("upstream.{k}"),
-                "is not supported by this gateway yet",
-            );
-        }
-    }
-    match obj.get("type").map(|t| t.as_str()) {
-        None | Some(Some("roundrobin")) => {}
-        Some(Some(t)) => e.push(
-            "upstream.type",
-            format!("{t:?} is not supported (roundrobin)"),
-        ),
-        Some(None) => e.push("upstream.type", "must be a string"),
-    }
-    let Some(nodes) = obj.get("nodes").and_then(Value::as_object) else {
-        e.push(
-            "upstream.nodes",
-            "is required: an object of \"host:port\": weight",
-        );
-        return None;
-    };
-    if nodes.is_empty() {
-        e.push("upstream.nodes", "must name at least one node");
-    }
-    let mut out = Vec::new();
-    for (addr, weight) in nodes {
-        let field = format!("upstream.nodes.{addr}");
-        let node = parse_node(addr, weight);
-        match node {
-            Ok(n) => out.push(n),
-            Err(msg) => e.push(&field, msg),
-        }
-    }
-    Some(Upstream { nodes: out })
-}
-
-fn parse_node(addr: &str, weight: &Value) -> Result<Node, String> {
-    let weight = match weight.as_i64() {
-        Some(w) if w < 0 => return Err("weight must not be negative".into()),
-        Some(w) if w > i64::from(u32::MAX) => return Err("weight is too large".into()),
-        Some(w) => w as u32,
-        None => return Err("weight must be an integer".into()),
-    };
-    let (host, port) = match addr.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') || h.starts_with('[') => match p.parse::<u16>() {
-            Ok(p) if p > 0 => (h, p),
-            _ => return Err("is not a valid \"host:port\" address (bad port)".into()),
-        },
-        // APISIX defaults a node without a port to 80.
-        None => (addr, 80),
-        _ => return Err("is not a valid \"host:port\" address".into()),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ok = !host.is_empty()
-        && (host.parse::<std::net::IpAddr>().is_ok()
-            || valid_host_pattern(host) && !host.starts_with("*."));
-    if !ok {
-        return Err("is not a valid \"host:port\" address (bad host)".into());
-    }
-    Ok(Node {
-        host: host.to_ascii_lowercase(),
-        port,
-        weight,
-    })
-}
-
 /// The route object with `id`, as stored.
 pub fn with_id(mut obj: Map<String, Value>, id: &str) -> Map<String, Value> {
     obj.insert("id".into(), Value::String(id.into()));
@@ -417,7 +392,12 @@ pub fn with_id(mut obj: Map<String, Value>, id: &str) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Node;
     use serde_json::json;
+
+    fn none() -> Upstreams {
+        Upstreams::new()
+    }
 
     fn quickstart(plugin: Value) -> Value {
         json!({
@@ -438,14 +418,15 @@ mod tests {
             "scope": "openid profile",
             "redirect_uri": "http://localhost:9080/anything/callback"
         }));
-        let r = RouteSpec::parse("auth-with-oidc", &v).unwrap();
+        let r = RouteSpec::parse("auth-with-oidc", &v, &none()).unwrap();
         assert_eq!(r.uris, vec![UriMatch::Prefix("/anything/".into())]);
         assert_eq!(
             r.upstream.nodes,
             vec![Node {
                 host: "httpbin.org".into(),
                 port: 80,
-                weight: 1
+                weight: 1,
+                priority: 0,
             }]
         );
         assert!(r.oidc.is_some());
@@ -462,9 +443,9 @@ mod tests {
             "vars": [],
             "methods": ["FETCH"],
             "plugins": {"limit-count": {}, "openid-connect": {"client_id": 5}},
-            "upstream": {"type": "chash", "nodes": {"bad host:80": 1, "ok:80": -1, "ok2:99999": 1}}
+            "upstream": {"type": "chash", "key": "server_name", "nodes": {"bad host:80": 1, "ok:80": -1, "ok2:99999": 1}}
         });
-        let e = RouteSpec::parse("x", &v).unwrap_err();
+        let e = RouteSpec::parse("x", &v, &none()).unwrap_err();
         for want in [
             "property \"uri\" and \"uris\" cannot both be set",
             "property \"colour\" is not allowed",
@@ -473,7 +454,7 @@ mod tests {
             "property \"plugins.limit-count\" is not a plugin",
             "property \"plugins.openid-connect.client_id\" must be a string",
             "property \"plugins.openid-connect.discovery\" is required",
-            "property \"upstream.type\"",
+            "property \"upstream.key\" \"server_name\" is not supported",
             "property \"upstream.nodes.bad host:80\"",
             "property \"upstream.nodes.ok:80\" weight must not be negative",
             "property \"upstream.nodes.ok2:99999\"",
@@ -501,13 +482,13 @@ mod tests {
     fn ids_must_agree_and_be_sane() {
         let mut v = quickstart(json!(null));
         v["plugins"] = json!({});
-        assert!(RouteSpec::parse("auth-with-oidc", &v).is_ok());
-        assert!(RouteSpec::parse("other", &v)
+        assert!(RouteSpec::parse("auth-with-oidc", &v, &none()).is_ok());
+        assert!(RouteSpec::parse("other", &v, &none())
             .unwrap_err()
             .contains("property \"id\""));
         v["id"] = json!(12);
-        assert!(RouteSpec::parse("12", &v).is_ok());
-        assert!(RouteSpec::parse("a/b", &v).is_err());
+        assert!(RouteSpec::parse("12", &v, &none()).is_ok());
+        assert!(RouteSpec::parse("a/b", &v, &none()).is_err());
     }
 
     #[test]
@@ -516,11 +497,11 @@ mod tests {
         v["plugins"] = json!({});
         v["status"] = json!(0);
         v["hosts"] = json!(["*.Example.com", "api.example.com"]);
-        let r = RouteSpec::parse("auth-with-oidc", &v).unwrap();
+        let r = RouteSpec::parse("auth-with-oidc", &v, &none()).unwrap();
         assert!(!r.enabled);
         assert_eq!(r.hosts, vec!["*.example.com", "api.example.com"]);
         v["hosts"] = json!(["a..b"]);
-        assert!(RouteSpec::parse("auth-with-oidc", &v)
+        assert!(RouteSpec::parse("auth-with-oidc", &v, &none())
             .unwrap_err()
             .contains("property \"host\""));
     }

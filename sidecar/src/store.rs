@@ -1,13 +1,15 @@
-//! Where the Admin API keeps its routes between runs: APISIX keeps them in
-//! etcd, the sidecar in one JSON file.
+//! Where the Admin API keeps its routes and upstreams between runs: APISIX
+//! keeps them in etcd, the sidecar in one JSON file.
 //!
-//! The file is `{"routes": {"<id>": <route object>, ...}}`: the stored route
-//! objects (with `id`, `create_time`, `update_time` and the real secrets,
-//! so it is created with mode 0600). It is replaced as a whole on every
-//! write, atomically: a crash leaves the old file or the new one, never a
-//! mix. A missing file is an empty route set; a file that cannot be read as
-//! that shape is an error, never an empty set (that would lose every route
-//! on the next write).
+//! The file is `{"routes": {"<id>": <route object>, ...}, "upstreams":
+//! {"<id>": <upstream object>, ...}}`: the stored objects (with `id`,
+//! `create_time`, `update_time` and the real secrets, so it is created with
+//! mode 0600). A file without `"upstreams"` (written before upstreams
+//! existed) loads with none. It is replaced as a whole on every write,
+//! atomically: a crash leaves the old file or the new one, never a mix. A
+//! missing file is an empty set; a file that cannot be read as that shape
+//! is an error, never an empty set (that would lose every route on the
+//! next write).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +22,27 @@ use serde_json::{Map, Value};
 
 /// Route id → stored route object.
 pub type Routes = BTreeMap<String, Value>;
+
+/// Upstream id → stored upstream object.
+pub type Upstreams = BTreeMap<String, Value>;
+
+/// Everything the Admin API stores.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stored {
+    pub routes: Routes,
+    pub upstreams: Upstreams,
+}
+
+#[cfg(test)]
+impl Stored {
+    /// Routes only (no upstreams).
+    pub fn with_routes(routes: Routes) -> Stored {
+        Stored {
+            routes,
+            upstreams: Upstreams::new(),
+        }
+    }
+}
 
 /// Why routes could not be loaded or saved.
 #[derive(Debug)]
@@ -60,12 +83,12 @@ impl std::error::Error for StoreError {
     }
 }
 
-/// Durable storage for the whole route set. `save` replaces everything
-/// stored with `routes`; it either fully succeeds or leaves what was stored
-/// unchanged. Callers serialize their saves.
+/// Durable storage for the whole route and upstream set. `save` replaces
+/// everything stored with `data`; it either fully succeeds or leaves what
+/// was stored unchanged. Callers serialize their saves.
 pub trait Store: Send + Sync {
-    fn load(&self) -> Result<Routes, StoreError>;
-    fn save(&self, routes: &Routes) -> Result<(), StoreError>;
+    fn load(&self) -> Result<Stored, StoreError>;
+    fn save(&self, data: &Stored) -> Result<(), StoreError>;
 }
 
 /// The routes in one JSON file, replaced atomically on each save.
@@ -105,6 +128,27 @@ impl FileStore {
         }
     }
 
+    /// The objects of one kind, each carrying its own id.
+    fn objects(
+        &self,
+        kind: &str,
+        objects: &Map<String, Value>,
+    ) -> Result<BTreeMap<String, Value>, StoreError> {
+        let mut out = BTreeMap::new();
+        for (id, v) in objects {
+            match v.get("id").and_then(Value::as_str) {
+                Some(stored) if stored == id && v.is_object() => {}
+                _ => {
+                    return Err(self.corrupt(format!(
+                        "{kind} {id:?} is not an object whose \"id\" is {id:?}"
+                    )))
+                }
+            }
+            out.insert(id.clone(), v.clone());
+        }
+        Ok(out)
+    }
+
     fn temp_path(&self) -> PathBuf {
         let name = self
             .path
@@ -118,10 +162,10 @@ impl FileStore {
 }
 
 impl Store for FileStore {
-    fn load(&self) -> Result<Routes, StoreError> {
+    fn load(&self) -> Result<Stored, StoreError> {
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Routes::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Stored::default()),
             Err(e) => return Err(self.io("read", e)),
         };
         let doc: Value = serde_json::from_slice(&bytes)
@@ -129,25 +173,26 @@ impl Store for FileStore {
         let Some(routes) = doc.get("routes").and_then(Value::as_object) else {
             return Err(self.corrupt("expected {\"routes\": {...}}"));
         };
-        let mut out = Routes::new();
-        for (id, route) in routes {
-            match route.get("id").and_then(Value::as_str) {
-                Some(stored) if stored == id && route.is_object() => {}
-                _ => {
-                    return Err(self.corrupt(format!(
-                        "route {id:?} is not an object whose \"id\" is {id:?}"
-                    )))
-                }
-            }
-            out.insert(id.clone(), route.clone());
-        }
-        Ok(out)
+        let upstreams = match doc.get("upstreams") {
+            // A file from before upstreams existed.
+            None => &Map::new(),
+            Some(u) => u
+                .as_object()
+                .ok_or_else(|| self.corrupt("expected \"upstreams\": {...}"))?,
+        };
+        Ok(Stored {
+            routes: self.objects("route", routes)?,
+            upstreams: self.objects("upstream", upstreams)?,
+        })
     }
 
-    fn save(&self, routes: &Routes) -> Result<(), StoreError> {
-        let doc = serde_json::json!({ "routes": Map::from_iter(routes.clone()) });
+    fn save(&self, data: &Stored) -> Result<(), StoreError> {
+        let doc = serde_json::json!({
+            "routes": Map::from_iter(data.routes.clone()),
+            "upstreams": Map::from_iter(data.upstreams.clone()),
+        });
         let mut bytes = serde_json::to_vec_pretty(&doc)
-            .map_err(|e| StoreError::Other(format!("cannot encode routes: {e}")))?;
+            .map_err(|e| StoreError::Other(format!("cannot encode the routes: {e}")))?;
         bytes.push(b'\n');
 
         let tmp = self.temp_path();
@@ -192,7 +237,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    routes: std::sync::Mutex<Routes>,
+    data: std::sync::Mutex<Stored>,
 }
 
 #[cfg(test)]
@@ -201,29 +246,31 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    pub fn with_routes(routes: Routes) -> MemoryStore {
+    pub fn with(data: Stored) -> MemoryStore {
         MemoryStore {
-            routes: std::sync::Mutex::new(routes),
+            data: std::sync::Mutex::new(data),
         }
     }
 
     /// What is stored now.
+    pub fn data(&self) -> Stored {
+        self.data.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The routes stored now.
     pub fn routes(&self) -> Routes {
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.data().routes
     }
 }
 
 #[cfg(test)]
 impl Store for MemoryStore {
-    fn load(&self) -> Result<Routes, StoreError> {
-        Ok(self.routes())
+    fn load(&self) -> Result<Stored, StoreError> {
+        Ok(self.data())
     }
 
-    fn save(&self, routes: &Routes) -> Result<(), StoreError> {
-        *self.routes.lock().unwrap_or_else(|p| p.into_inner()) = routes.clone();
+    fn save(&self, data: &Stored) -> Result<(), StoreError> {
+        *self.data.lock().unwrap_or_else(|p| p.into_inner()) = data.clone();
         Ok(())
     }
 }
@@ -233,22 +280,33 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn sample() -> Routes {
+    fn sample() -> Stored {
         let mut r = Routes::new();
         r.insert(
             "a".into(),
             json!({"id": "a", "uri": "/a", "create_time": 1, "update_time": 2,
                    "plugins": {"openid-connect": {"client_secret": "s3cr3t"}}}),
         );
-        r.insert("b".into(), json!({"id": "b", "uri": "/b"}));
-        r
+        r.insert(
+            "b".into(),
+            json!({"id": "b", "uri": "/b", "upstream_id": "u"}),
+        );
+        let mut u = Upstreams::new();
+        u.insert(
+            "u".into(),
+            json!({"id": "u", "nodes": {"127.0.0.1:80": 1}, "type": "roundrobin"}),
+        );
+        Stored {
+            routes: r,
+            upstreams: u,
+        }
     }
 
     #[test]
     fn a_missing_file_is_an_empty_set() {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStore::new(dir.path().join("routes.json"));
-        assert!(s.load().unwrap().is_empty());
+        assert_eq!(s.load().unwrap(), Stored::default());
     }
 
     #[test]
@@ -265,11 +323,12 @@ mod tests {
             sample()
         );
         let mut fewer = sample();
-        fewer.remove("a");
+        fewer.routes.remove("a");
+        fewer.upstreams.clear();
         s.save(&fewer).unwrap();
         assert_eq!(s.load().unwrap(), fewer);
-        s.save(&Routes::new()).unwrap();
-        assert!(s.load().unwrap().is_empty());
+        s.save(&Stored::default()).unwrap();
+        assert_eq!(s.load().unwrap(), Stored::default());
         // No temporary files are left behind.
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
@@ -306,6 +365,14 @@ mod tests {
             (b"{\"routes\": []}", "expected {\"routes\""),
             (b"{\"routes\": {\"a\": {\"id\": \"b\"}}}", "route \"a\""),
             (b"{\"routes\": {\"a\": 5}}", "route \"a\""),
+            (
+                b"{\"routes\": {}, \"upstreams\": []}",
+                "expected \"upstreams\"",
+            ),
+            (
+                b"{\"routes\": {}, \"upstreams\": {\"u\": {\"id\": \"v\"}}}",
+                "upstream \"u\"",
+            ),
         ] {
             fs::write(&path, bad).unwrap();
             let e = s.load().unwrap_err();
@@ -341,11 +408,32 @@ mod tests {
     }
 
     #[test]
+    fn a_routes_only_file_still_loads() {
+        // The format before upstreams existed.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.json");
+        fs::write(
+            &path,
+            br#"{"routes": {"a": {"id": "a", "uri": "/a", "upstream": {"nodes": {"127.0.0.1:80": 1}}}}}"#,
+        )
+        .unwrap();
+        let s = FileStore::new(&path);
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded.routes.len(), 1);
+        assert!(loaded.upstreams.is_empty());
+        // Saved back, it gains an empty upstream set and loads the same.
+        s.save(&loaded).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"upstreams\": {}"), "{text}");
+        assert_eq!(s.load().unwrap(), loaded);
+    }
+
+    #[test]
     fn memory_store_round_trip() {
         let s = MemoryStore::new();
-        assert!(s.load().unwrap().is_empty());
+        assert_eq!(s.load().unwrap(), Stored::default());
         s.save(&sample()).unwrap();
         assert_eq!(s.load().unwrap(), sample());
-        assert_eq!(MemoryStore::with_routes(sample()).routes(), sample());
+        assert_eq!(MemoryStore::with(sample()).data(), sample());
     }
 }

@@ -34,8 +34,13 @@
 //!   method falls through to the next route, as in APISIX.
 //! - **Disabled routes** (`status: 0`) are left out, with their upstream
 //!   cluster and the provider clusters only they need.
-//! - **Upstream**: one cluster per route, `route|<id>`, round robin,
-//!   connect timeout 5 s, route timeout 60 s. When every node is an IP
+//! - **Upstream**: one cluster per route, `route|<id>` (also when routes
+//!   share an upstream by `upstream_id`: a route's `timeout` may set its
+//!   own connect timeout), its balancer, TLS and health checks from the
+//!   upstream (`upstream.rs`); hash policy, host rewrite, timeouts and
+//!   retries go on the Envoy route. Defaults: round robin, connect timeout
+//!   5 s, route timeout 60 s, no retries. Node priorities become locality
+//!   priorities, the highest APISIX priority first (Envoy priority 0). When every node is an IP
 //!   address the cluster is `EDS` and its endpoints a separate
 //!   `ClusterLoadAssignment` (EDS over ADS): a change of nodes or weights
 //!   then changes the endpoints only, not the cluster. When any node is a
@@ -67,31 +72,40 @@ use std::path::PathBuf;
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    address, async_data_source, config_source, data_source, socket_address, transport_socket,
-    Address, AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource,
-    Metadata, SocketAddress, TransportSocket,
+    address, async_data_source, config_source, data_source, header_value_option, health_check,
+    socket_address, transport_socket, Address, AggregatedConfigSource, ApiVersion, AsyncDataSource,
+    ConfigSource, DataSource, HeaderValue, HeaderValueOption, HealthCheck, Http1ProtocolOptions,
+    Metadata, SocketAddress, TransportSocket, UpstreamHttpProtocolOptions,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    endpoint, lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    header_matcher, route, route_action, route_match, HeaderMatcher, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost,
+    header_matcher, retry_policy as route_retry_policy, route, route_action, route_match,
+    HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context, subject_alt_name_matcher, CertificateValidationContext, CommonTlsContext,
     SubjectAltNameMatcher, UpstreamTlsContext,
 };
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options, HttpProtocolOptions,
+};
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     plugin_config, PluginConfig as WasmPlugin, VmConfig,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, StringMatcher};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    string_matcher, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
+};
+use envoy_types::pb::envoy::r#type::v3::Int64Range;
 use envoy_types::pb::google::protobuf::{
     value, Any, BoolValue, Duration, StringValue, Struct, UInt32Value, Value as PbValue,
 };
@@ -100,7 +114,11 @@ use oidc_core::http::Target;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::model::{Node, RouteSpec, UriMatch};
+use crate::model::{RouteSpec, UriMatch};
+use crate::store::Stored;
+use crate::upstream::{
+    ActiveCheck, Balancer, CheckKind, HashKey, Node, PassHost, Timeouts, Upstream,
+};
 
 /// The one listener's name.
 pub const LISTENER_NAME: &str = "apisix_http";
@@ -185,18 +203,15 @@ pub fn to_any<M: prost::Name>(m: &M) -> Any {
     }
 }
 
-/// Translates the stored routes (id → route JSON). Routes that do not
-/// validate (which the Admin API should have refused) are left out and
-/// listed in `skipped`; so are extra provider URLs that are not http(s).
-pub fn translate(
-    routes: &BTreeMap<String, Value>,
-    s: &ProxySettings,
-    extra_provider_urls: &[String],
-) -> Resources {
+/// Translates the stored routes (id → route JSON) with the upstreams they
+/// name. Routes that do not validate (which the Admin API should have
+/// refused) are left out and listed in `skipped`; so are extra provider
+/// URLs that are not http(s).
+pub fn translate(stored: &Stored, s: &ProxySettings, extra_provider_urls: &[String]) -> Resources {
     let mut skipped = Vec::new();
     let mut specs = Vec::new();
-    for (id, v) in routes {
-        match RouteSpec::parse(id, v) {
+    for (id, v) in &stored.routes {
+        match RouteSpec::parse(id, v, &stored.upstreams) {
             Ok(spec) if spec.enabled => specs.push(spec),
             Ok(_) => {}
             Err(e) => skipped.push(Skipped {
@@ -441,13 +456,7 @@ fn envoy_route(e: &Entry) -> Route {
             headers: method_matcher(&e.spec.methods).into_iter().collect(),
             ..Default::default()
         }),
-        action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(route_cluster_name(
-                &e.spec.id,
-            ))),
-            timeout: Some(seconds(ROUTE_TIMEOUT_SECS)),
-            ..Default::default()
-        })),
+        action: Some(route::Action::Route(route_action(e.spec))),
         metadata: e
             .spec
             .oidc
@@ -504,7 +513,156 @@ fn oidc_metadata(stored: &Value) -> Metadata {
 }
 
 // ---------------------------------------------------------------------------
-// Upstream clusters
+// Upstreams: the route's action and the route's cluster
+
+/// Retried failures: nginx's default `proxy_next_upstream error timeout`
+/// (connection failures, resets, no response).
+pub const RETRY_ON: &str = "connect-failure,refused-stream,reset";
+
+/// A duration from (fractional) seconds.
+fn secs_f64(s: f64) -> Duration {
+    let whole = s.trunc();
+    Duration {
+        seconds: whole as i64,
+        nanos: ((s - whole) * 1e9).round() as i32,
+    }
+}
+
+/// The route's `timeout` if it has one, else its upstream's.
+fn timeouts(spec: &RouteSpec) -> Option<Timeouts> {
+    spec.timeout.or(spec.upstream.timeout)
+}
+
+/// Node groups by APISIX priority, highest first (Envoy priority 0 is the
+/// highest APISIX priority); nodes of weight 0 are left out, then empty
+/// groups, so Envoy's priorities stay contiguous from 0.
+fn priority_groups(u: &Upstream) -> Vec<Vec<(String, u16, u32)>> {
+    let mut by_priority: BTreeMap<std::cmp::Reverse<i64>, Vec<Node>> = BTreeMap::new();
+    for n in &u.nodes {
+        by_priority
+            .entry(std::cmp::Reverse(n.priority))
+            .or_default()
+            .push(n.clone());
+    }
+    by_priority
+        .values()
+        .map(|nodes| weighted_nodes(nodes))
+        .filter(|g| !g.is_empty())
+        .collect()
+}
+
+fn route_action(spec: &RouteSpec) -> RouteAction {
+    let u = &spec.upstream;
+    let t = timeouts(spec);
+    let mut a = RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(route_cluster_name(
+            &spec.id,
+        ))),
+        timeout: Some(match t {
+            Some(t) => secs_f64(t.read),
+            None => seconds(ROUTE_TIMEOUT_SECS),
+        }),
+        // nginx's send and read timeouts are per write and per read: a
+        // stream silent both ways for the longer of them is reset.
+        idle_timeout: t.map(|t| secs_f64(t.send.max(t.read))),
+        retry_policy: retry_policy(u),
+        hash_policy: hash_policy(&u.balancer),
+        ..Default::default()
+    };
+    a.host_rewrite_specifier = match &u.pass_host {
+        PassHost::Pass => None,
+        PassHost::Node => Some(route_action::HostRewriteSpecifier::AutoHostRewrite(
+            BoolValue { value: true },
+        )),
+        PassHost::Rewrite(h) => Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(
+            h.clone(),
+        )),
+    };
+    a
+}
+
+/// `retries` on connection failures, each to another node
+/// (`previous_hosts`), lower priorities once the higher ones were tried;
+/// `retry_timeout` bounds each try. Without `retries` there are none (not
+/// APISIX's "one per other node": that would make the route depend on the
+/// node count, and a node change would touch the routes, not only the
+/// endpoints).
+fn retry_policy(u: &Upstream) -> Option<RetryPolicy> {
+    let retries = u.retries.filter(|&r| r > 0)?;
+    let groups = priority_groups(u);
+    let retry_priority = (groups.len() > 1).then(|| route_retry_policy::RetryPriority {
+        name: "envoy.retry_priorities.previous_priorities".into(),
+        config_type: Some(route_retry_policy::retry_priority::ConfigType::TypedConfig(
+            to_any(&PreviousPrioritiesConfig {
+                // Every node of the first group gets its try before the
+                // next group's turn.
+                update_frequency: i32::try_from(groups[0].len()).unwrap_or(i32::MAX),
+            }),
+        )),
+    });
+    Some(RetryPolicy {
+        retry_on: RETRY_ON.into(),
+        num_retries: Some(UInt32Value { value: retries }),
+        per_try_timeout: u.retry_timeout.filter(|t| *t > 0.0).map(secs_f64),
+        retry_priority,
+        retry_host_predicate: vec![route_retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: Some(
+                route_retry_policy::retry_host_predicate::ConfigType::TypedConfig(to_any(
+                    &PreviousHostsPredicate::default(),
+                )),
+            ),
+        }],
+        host_selection_retry_max_attempts: 5,
+        ..Default::default()
+    })
+}
+
+/// `chash`'s key, then (as APISIX falls back when the request has no value
+/// for the key) the client address.
+fn hash_policy(b: &Balancer) -> Vec<route_action::HashPolicy> {
+    use route_action::hash_policy::{
+        ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
+    };
+    let Balancer::Chash(key) = b else {
+        return Vec::new();
+    };
+    let source_ip = route_action::HashPolicy {
+        terminal: false,
+        policy_specifier: Some(PolicySpecifier::ConnectionProperties(
+            ConnectionProperties { source_ip: true },
+        )),
+    };
+    let first = match key {
+        HashKey::SourceIp => return vec![source_ip],
+        HashKey::Header { name, rewrite } => PolicySpecifier::Header(Header {
+            header_name: name.clone(),
+            regex_rewrite: rewrite
+                .as_ref()
+                .map(|(regex, substitution)| RegexMatchAndSubstitute {
+                    pattern: Some(RegexMatcher {
+                        regex: regex.clone(),
+                        ..Default::default()
+                    }),
+                    substitution: substitution.clone(),
+                }),
+        }),
+        HashKey::Cookie(name) => PolicySpecifier::Cookie(Cookie {
+            name: name.clone(),
+            ..Default::default()
+        }),
+        HashKey::QueryParameter(name) => {
+            PolicySpecifier::QueryParameter(QueryParameter { name: name.clone() })
+        }
+    };
+    vec![
+        route_action::HashPolicy {
+            terminal: true,
+            policy_specifier: Some(first),
+        },
+        source_ip,
+    ]
+}
 
 /// Nodes with weight > 0, duplicates merged, weights scaled to fit Envoy's
 /// limit on their sum.
@@ -524,28 +682,68 @@ fn weighted_nodes(nodes: &[Node]) -> Vec<(String, u16, u32)> {
         .collect()
 }
 
-fn load_assignment(name: &str, nodes: &[(String, u16, u32)]) -> ClusterLoadAssignment {
-    let lb_endpoints: Vec<LbEndpoint> = nodes
-        .iter()
-        .map(|(host, port, weight)| LbEndpoint {
-            load_balancing_weight: Some(UInt32Value { value: *weight }),
-            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                address: Some(socket(host, *port)),
+/// How an endpoint is written: its `hostname` (`pass_host: node`) and the
+/// port active health checks use.
+#[derive(Default, Clone, Copy)]
+struct EndpointStyle {
+    https: bool,
+    node_host: bool,
+    check_port: Option<u16>,
+}
+
+fn lb_endpoint(host: &str, port: u16, weight: u32, style: EndpointStyle) -> LbEndpoint {
+    // APISIX's node `Host`: the host, with the port unless it is the
+    // scheme's default.
+    let hostname = if !style.node_host {
+        String::new()
+    } else if port == Upstream::default_port(style.https) {
+        host.to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    LbEndpoint {
+        load_balancing_weight: Some(UInt32Value { value: weight }),
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket(host, port)),
+            hostname,
+            health_check_config: style.check_port.map(|p| endpoint::HealthCheckConfig {
+                port_value: u32::from(p),
                 ..Default::default()
-            })),
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn load_assignment(name: &str, nodes: &[(String, u16, u32)]) -> ClusterLoadAssignment {
+    prioritized_assignment(name, &[nodes.to_vec()], EndpointStyle::default())
+}
+
+/// One locality per priority group, Envoy priority = its index.
+fn prioritized_assignment(
+    name: &str,
+    groups: &[Vec<(String, u16, u32)>],
+    style: EndpointStyle,
+) -> ClusterLoadAssignment {
+    let endpoints = groups
+        .iter()
+        .filter(|g| !g.is_empty())
+        .enumerate()
+        .map(|(priority, g)| LocalityLbEndpoints {
+            lb_endpoints: g
+                .iter()
+                .map(|(host, port, weight)| lb_endpoint(host, *port, *weight, style))
+                .collect(),
+            priority: u32::try_from(priority).unwrap_or(u32::MAX),
             ..Default::default()
         })
         .collect();
     ClusterLoadAssignment {
         cluster_name: name.into(),
-        endpoints: if lb_endpoints.is_empty() {
-            Vec::new()
-        } else {
-            vec![LocalityLbEndpoints {
-                lb_endpoints,
-                ..Default::default()
-            }]
-        },
+        endpoints,
         ..Default::default()
     }
 }
@@ -553,14 +751,61 @@ fn load_assignment(name: &str, nodes: &[(String, u16, u32)]) -> ClusterLoadAssig
 /// The route's cluster, and its endpoints when it is an `EDS` cluster.
 fn upstream_cluster(spec: &RouteSpec) -> (Cluster, Option<ClusterLoadAssignment>) {
     let name = route_cluster_name(&spec.id);
-    let nodes = weighted_nodes(&spec.upstream.nodes);
-    let all_ips = nodes.iter().all(|(h, _, _)| h.parse::<IpAddr>().is_ok());
+    let u = &spec.upstream;
+    let groups = priority_groups(u);
+    let all_ips = groups
+        .iter()
+        .flatten()
+        .all(|(h, _, _)| h.parse::<IpAddr>().is_ok());
+    let lb_policy = match u.balancer {
+        Balancer::RoundRobin => cluster::LbPolicy::RoundRobin,
+        // Envoy has no latency-EWMA balancer: ewma is least request too.
+        Balancer::LeastConn | Balancer::Ewma => cluster::LbPolicy::LeastRequest,
+        Balancer::Chash(_) => cluster::LbPolicy::RingHash,
+    };
     let mut c = Cluster {
         name: name.clone(),
-        connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECS)),
-        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        connect_timeout: Some(match timeouts(spec) {
+            Some(t) => secs_f64(t.connect),
+            None => seconds(CONNECT_TIMEOUT_SECS),
+        }),
+        lb_policy: lb_policy as i32,
+        health_checks: u.check.iter().map(health_check).collect(),
         ..Default::default()
     };
+    if u.https {
+        c.transport_socket = Some(upstream_tls(u.verify));
+        c.typed_extension_protocol_options.insert(
+            HTTP_PROTOCOL_OPTIONS.into(),
+            to_any(&HttpProtocolOptions {
+                upstream_protocol_options: Some(
+                    http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                        http_protocol_options::ExplicitHttpConfig {
+                            protocol_config: Some(
+                                http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                                    Http1ProtocolOptions::default(),
+                                ),
+                            ),
+                        },
+                    ),
+                ),
+                // SNI (and, verifying, the certificate's name) = the Host
+                // sent upstream, as APISIX's `proxy_ssl_name $upstream_host`.
+                upstream_http_protocol_options: Some(UpstreamHttpProtocolOptions {
+                    auto_sni: true,
+                    auto_san_validation: u.verify,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        );
+    }
+    let style = EndpointStyle {
+        https: u.https,
+        node_host: u.pass_host == PassHost::Node,
+        check_port: u.check.as_ref().and_then(|c| c.port),
+    };
+    let cla = prioritized_assignment(&name, &groups, style);
     if all_ips {
         c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
@@ -569,14 +814,91 @@ fn upstream_cluster(spec: &RouteSpec) -> (Cluster, Option<ClusterLoadAssignment>
             eds_config: Some(ads()),
             service_name: name.clone(),
         });
-        (c, Some(load_assignment(&name, &nodes)))
+        (c, Some(cla))
     } else {
         c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::StrictDns as i32,
         ));
         c.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred as i32;
-        c.load_assignment = Some(load_assignment(&name, &nodes));
+        c.load_assignment = Some(cla);
         (c, None)
+    }
+}
+
+/// The typed protocol options key of the HTTP upstream options.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// TLS to an https upstream; SNI comes per request (`auto_sni`).
+fn upstream_tls(verify: bool) -> TransportSocket {
+    let validation = verify.then(|| {
+        common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
+            trusted_ca: Some(DataSource {
+                specifier: Some(data_source::Specifier::Filename(TRUST_STORE.into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    });
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: validation,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(to_any(&ctx))),
+    }
+}
+
+/// `checks.active` → an Envoy active health check.
+fn health_check(a: &ActiveCheck) -> HealthCheck {
+    let interval = seconds(i64::from(a.interval));
+    let checker = match a.kind {
+        CheckKind::Tcp => {
+            health_check::HealthChecker::TcpHealthCheck(health_check::TcpHealthCheck::default())
+        }
+        CheckKind::Http | CheckKind::Https => {
+            health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
+                host: a.host.clone().unwrap_or_default(),
+                path: a.http_path.clone(),
+                request_headers_to_add: a
+                    .req_headers
+                    .iter()
+                    .map(|(k, v)| HeaderValueOption {
+                        header: Some(HeaderValue {
+                            key: k.clone(),
+                            value: v.clone(),
+                            ..Default::default()
+                        }),
+                        append_action:
+                            header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+                        ..Default::default()
+                    })
+                    .collect(),
+                expected_statuses: a
+                    .healthy_statuses
+                    .iter()
+                    .map(|&c| Int64Range {
+                        start: i64::from(c),
+                        end: i64::from(c) + 1,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        }
+    };
+    HealthCheck {
+        timeout: Some(secs_f64(a.timeout)),
+        interval: Some(interval),
+        unhealthy_interval: Some(seconds(i64::from(a.unhealthy_interval))),
+        // APISIX checks on its interval whether or not traffic flows.
+        no_traffic_interval: Some(interval),
+        healthy_threshold: Some(UInt32Value { value: a.successes }),
+        unhealthy_threshold: Some(UInt32Value { value: a.failures }),
+        health_checker: Some(checker),
+        ..Default::default()
     }
 }
 
@@ -742,11 +1064,13 @@ mod tests {
         r
     }
 
-    fn set(routes: &[(&str, Value)]) -> BTreeMap<String, Value> {
-        routes
-            .iter()
-            .map(|(id, v)| (id.to_string(), v.clone()))
-            .collect()
+    fn set(routes: &[(&str, Value)]) -> Stored {
+        Stored::with_routes(
+            routes
+                .iter()
+                .map(|(id, v)| (id.to_string(), v.clone()))
+                .collect(),
+        )
     }
 
     fn run(routes: &[(&str, Value)]) -> Resources {
@@ -1342,7 +1666,7 @@ mod tests {
 
     #[test]
     fn the_listener_does_not_depend_on_the_routes() {
-        let empty = translate(&BTreeMap::new(), &settings(), &[]);
+        let empty = translate(&Stored::default(), &settings(), &[]);
         let some = run(&[
             (
                 "a",
@@ -1366,7 +1690,7 @@ mod tests {
 
     #[test]
     fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
-        let r = translate(&BTreeMap::new(), &settings(), &[]);
+        let r = translate(&Stored::default(), &settings(), &[]);
         assert_eq!(r.listeners.len(), 1);
         let l = &r.listeners[0];
         assert_eq!(l.name, LISTENER_NAME);
@@ -1415,5 +1739,481 @@ mod tests {
             panic!("{code:?}")
         };
         assert_eq!(f, "/opt/oidc_filter.wasm");
+    }
+
+    fn action(r: &Resources, id: &str) -> RouteAction {
+        let rt = r.route_configs[0]
+            .virtual_hosts
+            .iter()
+            .flat_map(|v| &v.routes)
+            .find(|rt| rt.name == id)
+            .unwrap_or_else(|| panic!("no route {id}"));
+        match &rt.action {
+            Some(route::Action::Route(a)) => a.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn with_upstream(upstream: Value) -> Value {
+        json!({"uri": "/*", "upstream": upstream})
+    }
+
+    #[test]
+    fn balancer_types_map_to_lb_policies() {
+        let r = run(&[
+            (
+                "rr",
+                with_upstream(json!({"type": "roundrobin", "nodes": {"127.0.0.1:1": 1}})),
+            ),
+            (
+                "lc",
+                with_upstream(json!({"type": "least_conn", "nodes": {"127.0.0.1:1": 1}})),
+            ),
+            (
+                "ewma",
+                with_upstream(json!({"type": "ewma", "nodes": {"127.0.0.1:1": 1}})),
+            ),
+            (
+                "ch",
+                with_upstream(
+                    json!({"type": "chash", "hash_on": "header", "key": "X-User",
+                    "nodes": {"127.0.0.1:1": 1}}),
+                ),
+            ),
+        ]);
+        for (id, policy) in [
+            ("rr", cluster::LbPolicy::RoundRobin),
+            ("lc", cluster::LbPolicy::LeastRequest),
+            ("ewma", cluster::LbPolicy::LeastRequest),
+            ("ch", cluster::LbPolicy::RingHash),
+        ] {
+            assert_eq!(
+                cluster(&r, &format!("route|{id}")).lb_policy,
+                policy as i32,
+                "{id}"
+            );
+        }
+        assert!(action(&r, "rr").hash_policy.is_empty());
+        use route_action::hash_policy::{ConnectionProperties, Header, PolicySpecifier};
+        assert_eq!(
+            action(&r, "ch").hash_policy,
+            vec![
+                route_action::HashPolicy {
+                    terminal: true,
+                    policy_specifier: Some(PolicySpecifier::Header(Header {
+                        header_name: "x-user".into(),
+                        regex_rewrite: None,
+                    })),
+                },
+                // APISIX hashes the client address when the key is missing.
+                route_action::HashPolicy {
+                    terminal: false,
+                    policy_specifier: Some(PolicySpecifier::ConnectionProperties(
+                        ConnectionProperties { source_ip: true }
+                    )),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn chash_vars_become_hash_policies() {
+        use route_action::hash_policy::{Cookie, Header, PolicySpecifier, QueryParameter};
+        let policy = |hash_on: &str, key: &str| {
+            let r = run(&[(
+                "c",
+                with_upstream(json!({"type": "chash", "hash_on": hash_on, "key": key,
+                    "nodes": {"127.0.0.1:1": 1}})),
+            )]);
+            let hp = action(&r, "c").hash_policy;
+            (hp.len(), hp[0].policy_specifier.clone().unwrap())
+        };
+        let (n, p) = policy("vars", "remote_addr");
+        assert_eq!(n, 1);
+        assert!(matches!(p, PolicySpecifier::ConnectionProperties(c) if c.source_ip));
+        let (n, p) = policy("vars", "uri");
+        assert_eq!(n, 2);
+        let PolicySpecifier::Header(Header {
+            header_name,
+            regex_rewrite: Some(rw),
+        }) = p
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!(header_name, ":path");
+        assert_eq!(rw.pattern.unwrap().regex, r"\?.*$");
+        assert_eq!(rw.substitution, "");
+        assert_eq!(
+            policy("vars", "request_uri").1,
+            PolicySpecifier::Header(Header {
+                header_name: ":path".into(),
+                regex_rewrite: None
+            })
+        );
+        let (_, p) = policy("vars", "host");
+        assert!(matches!(p, PolicySpecifier::Header(h) if h.header_name == ":authority"));
+        assert_eq!(
+            policy("vars", "arg_user").1,
+            PolicySpecifier::QueryParameter(QueryParameter {
+                name: "user".into()
+            })
+        );
+        assert_eq!(
+            policy("cookie", "sid").1,
+            PolicySpecifier::Cookie(Cookie {
+                name: "sid".into(),
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn node_priorities_become_envoy_priorities_highest_first() {
+        let r = run(&[(
+            "p",
+            with_upstream(json!({"nodes": [
+                {"host": "127.0.0.1", "port": 1, "weight": 1, "priority": -5},
+                {"host": "127.0.0.2", "port": 2, "weight": 3, "priority": 10},
+                {"host": "127.0.0.3", "port": 3, "weight": 0, "priority": 10},
+                {"host": "127.0.0.4", "port": 4, "weight": 0, "priority": 7},
+                {"host": "127.0.0.5", "port": 5, "weight": 2},
+            ]})),
+        )]);
+        let cla = &r.endpoints[0];
+        type Group = (u32, Vec<(String, u32, u32)>);
+        let groups: Vec<Group> = cla
+            .endpoints
+            .iter()
+            .map(|l| {
+                let one = ClusterLoadAssignment {
+                    endpoints: vec![l.clone()],
+                    ..Default::default()
+                };
+                (l.priority, endpoints(&one))
+            })
+            .collect();
+        // 10 → 0, (7: only weight 0, left out), 0 → 1, -5 → 2.
+        assert_eq!(
+            groups,
+            vec![
+                (0, vec![("127.0.0.2".into(), 2, 3)]),
+                (1, vec![("127.0.0.5".into(), 5, 2)]),
+                (2, vec![("127.0.0.1".into(), 1, 1)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn https_upstreams_get_tls_with_sni_from_the_upstream_host() {
+        let r = run(&[
+            (
+                "lax",
+                with_upstream(json!({"scheme": "https", "nodes": {"127.0.0.1:8443": 1}})),
+            ),
+            (
+                "strict",
+                with_upstream(json!({"scheme": "https", "tls": {"verify": true},
+                    "nodes": {"api.example": 1}})),
+            ),
+            (
+                "plain",
+                with_upstream(json!({"nodes": {"127.0.0.1:80": 1}})),
+            ),
+        ]);
+        assert!(cluster(&r, "route|plain").transport_socket.is_none());
+        assert!(cluster(&r, "route|plain")
+            .typed_extension_protocol_options
+            .is_empty());
+        for (id, verify) in [("lax", false), ("strict", true)] {
+            let c = cluster(&r, &format!("route|{id}"));
+            let t = tls_of(c).expect("tls");
+            assert_eq!(t.sni, "", "SNI is per request");
+            let opts: HttpProtocolOptions =
+                decode(&c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS]);
+            let up = opts.upstream_http_protocol_options.unwrap();
+            assert!(up.auto_sni);
+            assert_eq!(up.auto_san_validation, verify);
+            match validation(&t) {
+                None => assert!(!verify),
+                Some(v) => {
+                    assert!(verify);
+                    assert_eq!(
+                        v.trusted_ca.as_ref().and_then(|d| d.specifier.clone()),
+                        Some(data_source::Specifier::Filename(TRUST_STORE.into()))
+                    );
+                }
+            }
+        }
+        // A node without a port gets 443.
+        let c = cluster(&r, "route|strict");
+        assert_eq!(
+            endpoints(c.load_assignment.as_ref().unwrap()),
+            vec![("api.example".into(), 443, 1)]
+        );
+    }
+
+    fn hostnames(cla: &ClusterLoadAssignment) -> Vec<String> {
+        cla.endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .map(|e| match &e.host_identifier {
+                Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => ep.hostname.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pass_host_node_and_rewrite() {
+        let r = run(&[
+            (
+                "pass",
+                with_upstream(json!({"nodes": {"127.0.0.1:8080": 1}})),
+            ),
+            (
+                "node",
+                with_upstream(json!({"pass_host": "node",
+                    "nodes": {"127.0.0.1:8080": 1, "a.example": 1}})),
+            ),
+            (
+                "node_tls",
+                with_upstream(json!({"pass_host": "node", "scheme": "https",
+                    "nodes": {"b.example": 1, "c.example:8443": 1}})),
+            ),
+            (
+                "rewrite",
+                with_upstream(
+                    json!({"pass_host": "rewrite", "upstream_host": "internal.example",
+                    "nodes": {"127.0.0.1:8080": 1}}),
+                ),
+            ),
+        ]);
+        assert_eq!(action(&r, "pass").host_rewrite_specifier, None);
+        assert_eq!(
+            action(&r, "node").host_rewrite_specifier,
+            Some(route_action::HostRewriteSpecifier::AutoHostRewrite(
+                BoolValue { value: true }
+            ))
+        );
+        assert_eq!(
+            action(&r, "rewrite").host_rewrite_specifier,
+            Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(
+                "internal.example".into()
+            ))
+        );
+        // The Host APISIX sends for a node: the port unless the scheme's.
+        let inline = |id: &str| {
+            cluster(&r, &format!("route|{id}"))
+                .load_assignment
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(hostnames(&inline("node")), ["127.0.0.1:8080", "a.example"]);
+        assert_eq!(
+            hostnames(&inline("node_tls")),
+            ["b.example", "c.example:8443"]
+        );
+        assert_eq!(hostnames(&r.endpoints[0]), [""], "pass: no hostname");
+    }
+
+    #[test]
+    fn timeouts_with_the_route_overriding_the_upstream() {
+        let up = json!({"timeout": {"connect": 0.25, "send": 2, "read": 4.5},
+            "nodes": {"127.0.0.1:1": 1}});
+        let mut route_level = with_upstream(up.clone());
+        route_level["uri"] = json!("/r");
+        route_level["timeout"] = json!({"connect": 1, "send": 9, "read": 3});
+        let r = run(&[("u", with_upstream(up)), ("r", route_level)]);
+        let d = |s: i64, n: i32| {
+            Some(Duration {
+                seconds: s,
+                nanos: n,
+            })
+        };
+        assert_eq!(cluster(&r, "route|u").connect_timeout, d(0, 250_000_000));
+        assert_eq!(action(&r, "u").timeout, d(4, 500_000_000));
+        assert_eq!(action(&r, "u").idle_timeout, d(4, 500_000_000));
+        assert_eq!(cluster(&r, "route|r").connect_timeout, d(1, 0));
+        assert_eq!(action(&r, "r").timeout, d(3, 0));
+        // The larger of send and read.
+        assert_eq!(action(&r, "r").idle_timeout, d(9, 0));
+        // No timeout: the defaults.
+        let r = run(&[("x", with_upstream(json!({"nodes": {"127.0.0.1:1": 1}})))]);
+        assert_eq!(cluster(&r, "route|x").connect_timeout, d(5, 0));
+        assert_eq!(action(&r, "x").timeout, d(60, 0));
+        assert_eq!(action(&r, "x").idle_timeout, None);
+    }
+
+    #[test]
+    fn retries_and_retry_timeout() {
+        let r = run(&[
+            (
+                "none",
+                with_upstream(json!({"nodes": {"127.0.0.1:1": 1, "127.0.0.1:2": 1}})),
+            ),
+            (
+                "zero",
+                with_upstream(json!({"retries": 0, "nodes": {"127.0.0.1:1": 1}})),
+            ),
+            (
+                "two",
+                with_upstream(json!({"retries": 2, "retry_timeout": 1.5,
+                    "nodes": {"127.0.0.1:1": 1, "127.0.0.1:2": 1}})),
+            ),
+            (
+                "prio",
+                with_upstream(json!({"retries": 3, "nodes": [
+                    {"host": "127.0.0.1", "port": 1, "weight": 1, "priority": 1},
+                    {"host": "127.0.0.1", "port": 2, "weight": 1, "priority": 1},
+                    {"host": "127.0.0.1", "port": 3, "weight": 1}]})),
+            ),
+        ]);
+        assert_eq!(action(&r, "none").retry_policy, None);
+        assert_eq!(action(&r, "zero").retry_policy, None);
+        let p = action(&r, "two").retry_policy.unwrap();
+        assert_eq!(p.retry_on, RETRY_ON);
+        assert_eq!(p.num_retries, Some(UInt32Value { value: 2 }));
+        assert_eq!(
+            p.per_try_timeout,
+            Some(Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
+        assert_eq!(p.retry_host_predicate.len(), 1);
+        assert_eq!(
+            p.retry_host_predicate[0].name,
+            "envoy.retry_host_predicates.previous_hosts"
+        );
+        assert!(p.retry_priority.is_none());
+        let p = action(&r, "prio").retry_policy.unwrap();
+        assert_eq!(p.per_try_timeout, None);
+        let prio = p.retry_priority.unwrap();
+        assert_eq!(prio.name, "envoy.retry_priorities.previous_priorities");
+        let Some(route_retry_policy::retry_priority::ConfigType::TypedConfig(any)) =
+            prio.config_type
+        else {
+            panic!()
+        };
+        let conf: PreviousPrioritiesConfig = decode(&any);
+        assert_eq!(conf.update_frequency, 2, "both nodes of priority 1 first");
+    }
+
+    #[test]
+    fn active_checks_become_envoy_health_checks() {
+        let r = run(&[
+            (
+                "h",
+                with_upstream(json!({"nodes": {"127.0.0.1:1": 1}, "checks": {"active": {
+                    "timeout": 0.5, "host": "health.example", "port": 9000,
+                    "http_path": "/status", "req_headers": ["User-Agent: checker"],
+                    "healthy": {"interval": 3, "successes": 1, "http_statuses": [200, 204]},
+                    "unhealthy": {"interval": 2, "http_failures": 4}}}})),
+            ),
+            (
+                "t",
+                with_upstream(json!({"nodes": {"127.0.0.1:1": 1},
+                    "checks": {"active": {"type": "tcp"}}})),
+            ),
+        ]);
+        let c = cluster(&r, "route|h");
+        assert_eq!(c.health_checks.len(), 1);
+        let hc = &c.health_checks[0];
+        assert_eq!(
+            hc.timeout,
+            Some(Duration {
+                seconds: 0,
+                nanos: 500_000_000
+            })
+        );
+        assert_eq!(hc.interval, Some(seconds(3)));
+        assert_eq!(hc.no_traffic_interval, Some(seconds(3)));
+        assert_eq!(hc.unhealthy_interval, Some(seconds(2)));
+        assert_eq!(hc.healthy_threshold, Some(UInt32Value { value: 1 }));
+        assert_eq!(hc.unhealthy_threshold, Some(UInt32Value { value: 4 }));
+        let Some(health_check::HealthChecker::HttpHealthCheck(h)) = &hc.health_checker else {
+            panic!("{hc:?}")
+        };
+        assert_eq!(h.host, "health.example");
+        assert_eq!(h.path, "/status");
+        let statuses: Vec<(i64, i64)> = h
+            .expected_statuses
+            .iter()
+            .map(|r| (r.start, r.end))
+            .collect();
+        assert_eq!(statuses, [(200, 201), (204, 205)]);
+        let hdr = h.request_headers_to_add[0].header.as_ref().unwrap();
+        assert_eq!(
+            (hdr.key.as_str(), hdr.value.as_str()),
+            ("User-Agent", "checker")
+        );
+        // The check port goes on every endpoint.
+        let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) =
+            &r.endpoints[0].endpoints[0].lb_endpoints[0].host_identifier
+        else {
+            panic!()
+        };
+        assert_eq!(ep.health_check_config.as_ref().unwrap().port_value, 9000);
+
+        // APISIX's defaults for a tcp check.
+        let hc = &cluster(&r, "route|t").health_checks[0];
+        assert!(matches!(
+            hc.health_checker,
+            Some(health_check::HealthChecker::TcpHealthCheck(_))
+        ));
+        assert_eq!(hc.interval, Some(seconds(1)));
+        assert_eq!(hc.healthy_threshold, Some(UInt32Value { value: 2 }));
+        assert_eq!(hc.unhealthy_threshold, Some(UInt32Value { value: 2 }));
+        assert!(cluster(&r, "route|t").health_checks.len() == 1);
+        assert!(cluster(&r, "route|h").health_checks.len() == 1);
+    }
+
+    #[test]
+    fn routes_with_upstream_id_use_the_named_upstream() {
+        let mut stored = set(&[
+            ("a", json!({"uri": "/a", "upstream_id": "shared"})),
+            ("b", json!({"uri": "/b", "upstream_id": 7})),
+            ("bad", json!({"uri": "/c", "upstream_id": "missing"})),
+        ]);
+        stored.upstreams.insert(
+            "shared".into(),
+            json!({"id": "shared", "type": "least_conn", "nodes": {"127.0.0.1:9": 2}}),
+        );
+        stored
+            .upstreams
+            .insert("7".into(), json!({"id": "7", "nodes": {"127.0.0.1:7": 1}}));
+        let r = translate(&stored, &settings(), &[]);
+        assert_eq!(names(&r), ["route|a", "route|b"]);
+        assert_eq!(
+            cluster(&r, "route|a").lb_policy,
+            cluster::LbPolicy::LeastRequest as i32
+        );
+        let cla = |r: &Resources, n: &str| {
+            r.endpoints
+                .iter()
+                .find(|e| e.cluster_name == n)
+                .map(endpoints)
+                .unwrap()
+        };
+        assert_eq!(cla(&r, "route|a"), [("127.0.0.1".into(), 9, 2)]);
+        assert_eq!(cla(&r, "route|b"), [("127.0.0.1".into(), 7, 1)]);
+        assert_eq!(r.skipped.len(), 1);
+        assert!(
+            r.skipped[0].reason.contains("upstream id [missing]"),
+            "{:?}",
+            r.skipped
+        );
+
+        // A change of the upstream reaches the routes that name it.
+        stored.upstreams.insert(
+            "shared".into(),
+            json!({"id": "shared", "nodes": {"127.0.0.1:10": 1}}),
+        );
+        let r = translate(&stored, &settings(), &[]);
+        assert_eq!(cla(&r, "route|a"), [("127.0.0.1".into(), 10, 1)]);
+        assert_eq!(
+            cluster(&r, "route|a").lb_policy,
+            cluster::LbPolicy::RoundRobin as i32
+        );
     }
 }

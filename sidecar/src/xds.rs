@@ -18,7 +18,9 @@
 //!   names (a new EDS cluster), and when its version changes. A NACKed
 //!   version is not sent again: Envoy keeps its previous configuration.
 //! - **Order.** Every push goes clusters, endpoints, listeners, routes
-//!   (Envoy's "make before break" rule for ADS). A route configuration that
+//!   (Envoy's "make before break" rule for ADS). Changed clusters are
+//!   followed by the endpoints again, changed or not: an updated `EDS`
+//!   cluster stays warming (the old one serving) until it gets them. A route configuration that
 //!   follows new `EDS` clusters waits (at most [`ROUTES_WAIT`]) until Envoy
 //!   has asked for and been sent their endpoints, so that no route points at
 //!   a cluster that is still warming (which would answer 503).
@@ -49,6 +51,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::store::Stored;
 use crate::translate::{to_any, translate, ProxySettings};
 
 /// How long a route configuration waits for the endpoints of new clusters
@@ -62,8 +65,8 @@ const MAX_MESSAGE: usize = 2000;
 /// Longest node id kept or logged.
 const MAX_NODE_ID: usize = 128;
 
-/// The route set as the Admin API publishes it: route id → stored route.
-pub type Routes = Arc<BTreeMap<String, Value>>;
+/// The route and upstream set as the Admin API publishes it.
+pub type Routes = Arc<Stored>;
 
 // ---------------------------------------------------------------------------
 // Resource types
@@ -134,14 +137,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Translates `routes` and versions the result. Also returns what the
-    /// translation left out (for the log).
+    /// Translates the routes (with their upstreams) and versions the
+    /// result. Also returns what the translation left out (for the log).
     pub fn build(
-        routes: &BTreeMap<String, Value>,
+        stored: &Stored,
         settings: &ProxySettings,
         extra_provider_urls: &[String],
     ) -> (Snapshot, Vec<crate::translate::Skipped>) {
-        let r = translate(routes, settings, extra_provider_urls);
+        let r = translate(stored, settings, extra_provider_urls);
         let clusters = r
             .clusters
             .iter()
@@ -176,7 +179,7 @@ impl Snapshot {
                 typed(listeners.collect()),
                 typed(routes_.collect()),
             ],
-            secrets: Arc::new(secrets_of(routes)),
+            secrets: Arc::new(secrets_of(&stored.routes)),
         };
         (snapshot, r.skipped)
     }
@@ -650,6 +653,7 @@ impl StreamState {
                 .filter(|(name, _)| t.names.as_ref().is_none_or(|n| n.contains(name)))
                 .map(|(_, any)| any.clone())
                 .collect();
+            let updated = t.sent.is_some();
             t.sent = Some(Sent {
                 version: current.version.clone(),
                 names: t.names.clone(),
@@ -657,6 +661,11 @@ impl StreamState {
                 nacked: false,
                 secrets: snapshot.secrets.clone(),
             });
+            // An updated EDS cluster warms until it gets its endpoints, even
+            // unchanged ones: send them again, after the clusters.
+            if kind == Kind::Clusters && updated {
+                self.types[Kind::Endpoints.index()].sent = None;
+            }
             out.push(DiscoveryResponse {
                 version_info: current.version.clone(),
                 resources,
@@ -927,7 +936,7 @@ mod tests {
     }
 
     fn snap(list: &[(&str, Value)]) -> Snapshot {
-        let (s, skipped) = Snapshot::build(&routes(list), &settings(), &[]);
+        let (s, skipped) = Snapshot::build(&Stored::with_routes(routes(list)), &settings(), &[]);
         assert!(skipped.is_empty(), "{skipped:?}");
         s
     }
@@ -1197,6 +1206,23 @@ mod tests {
             ]
         );
         assert_eq!(st.deadline(), None);
+    }
+
+    #[test]
+    fn a_changed_cluster_gets_its_unchanged_endpoints_again() {
+        let up = |t: &str| json!({"uri": "/a/*", "upstream": {"type": t, "nodes": {"127.0.0.1:8081": 1}}});
+        let s1 = snap(&[("a", up("roundrobin"))]);
+        let (mut st, _) = settled(&s1, &["route|a"]);
+        let s2 = snap(&[("a", up("least_conn"))]);
+        assert_eq!(changed(&s1, &s2), ["clusters"]);
+        // Envoy warms the updated EDS cluster until it has endpoints.
+        assert_eq!(
+            sent(&st.due(&s2, Instant::now())),
+            vec![
+                ("clusters", v(&s2, Kind::Clusters), strs(&["route|a"])),
+                ("endpoints", v(&s1, Kind::Endpoints), strs(&["route|a"])),
+            ]
+        );
     }
 
     #[test]
@@ -1714,12 +1740,12 @@ mod envoy_test {
     }
 
     fn route_set(routes: &[(&str, Value)]) -> Routes {
-        Arc::new(
+        Arc::new(Stored::with_routes(
             routes
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
-        )
+        ))
     }
 
     async fn body_is(e: &EnvoyProc, path: &str, want: &str) -> bool {

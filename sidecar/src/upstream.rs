@@ -1,0 +1,1283 @@
+//! APISIX upstream objects: a route's inline `upstream`, or the
+//! `/apisix/admin/upstreams/{id}` resource a route names by `upstream_id`.
+//!
+//! [`Upstream::parse`] validates one and is called when it is written (to
+//! refuse it) and when routes are translated. Every APISIX attribute is
+//! either mapped onto Envoy (see `translate.rs` and the README's table) or
+//! refused with a message naming it: nothing is accepted and ignored.
+
+use serde_json::{Map, Value};
+
+use crate::model::{id_text, valid_host_pattern, valid_id, Errors};
+
+/// Attributes of an upstream this gateway reads.
+const KNOWN: &[&str] = &[
+    "type",
+    "nodes",
+    "scheme",
+    "tls",
+    "pass_host",
+    "upstream_host",
+    "timeout",
+    "retries",
+    "retry_timeout",
+    "checks",
+    "hash_on",
+    "key",
+    "name",
+    "desc",
+    "labels",
+    "id",
+    "create_time",
+    "update_time",
+];
+
+/// APISIX upstream attributes with no Envoy mapping here.
+const UNSUPPORTED: &[&str] = &[
+    "discovery_type",
+    "service_name",
+    "discovery_args",
+    "keepalive_pool",
+];
+
+/// How requests are spread over the nodes (`type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balancer {
+    /// `roundrobin`: weighted round robin.
+    RoundRobin,
+    /// `least_conn`: fewest outstanding requests (weighted).
+    LeastConn,
+    /// `ewma`: Envoy has no latency-EWMA balancer; the nearest is the
+    /// least-request one.
+    Ewma,
+    /// `chash`: consistent hashing on `key` (`hash_on`).
+    Chash(HashKey),
+}
+
+/// What `chash` hashes. When the request has no value for it, APISIX
+/// hashes the client address instead, and so does the translation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `vars` `remote_addr`.
+    SourceIp,
+    /// A request header (`hash_on: header`), or a pseudo-header standing
+    /// for an nginx variable, optionally rewritten by `(regex, substitution)`
+    /// before hashing.
+    Header {
+        name: String,
+        rewrite: Option<(String, String)>,
+    },
+    /// `hash_on: cookie`.
+    Cookie(String),
+    /// `vars` `arg_<name>`.
+    QueryParameter(String),
+}
+
+/// `pass_host`: the `Host` the upstream sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassHost {
+    /// The client's `Host`.
+    Pass,
+    /// The chosen node's `host` (with `:port` unless it is the scheme's
+    /// default port), as APISIX sends it.
+    Node,
+    /// `upstream_host`.
+    Rewrite(String),
+}
+
+/// `timeout` (seconds), of an upstream or a route.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: f64,
+    pub send: f64,
+    pub read: f64,
+}
+
+/// `checks.active` kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    Http,
+    Https,
+    Tcp,
+}
+
+/// `checks.active`, with APISIX's defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveCheck {
+    pub kind: CheckKind,
+    /// Seconds.
+    pub timeout: f64,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub http_path: String,
+    /// Seconds between checks of a healthy node (`healthy.interval`).
+    pub interval: u32,
+    /// Seconds between checks of an unhealthy node (`unhealthy.interval`).
+    pub unhealthy_interval: u32,
+    pub healthy_statuses: Vec<u32>,
+    /// `healthy.successes`.
+    pub successes: u32,
+    /// `unhealthy.http_failures` (http, https) or `tcp_failures` (tcp).
+    pub failures: u32,
+    /// `req_headers` as (name, value).
+    pub req_headers: Vec<(String, String)>,
+}
+
+/// One node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    /// APISIX's: higher is tried first.
+    pub priority: i64,
+}
+
+/// A validated upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub balancer: Balancer,
+    pub nodes: Vec<Node>,
+    /// `scheme: https`.
+    pub https: bool,
+    /// `tls.verify` (APISIX's default: false).
+    pub verify: bool,
+    pub pass_host: PassHost,
+    pub timeout: Option<Timeouts>,
+    pub retries: Option<u32>,
+    /// Seconds; `None` or 0: no limit.
+    pub retry_timeout: Option<f64>,
+    pub check: Option<ActiveCheck>,
+}
+
+impl Upstream {
+    /// The upstream resource `id`: the object with its `id`, `name`, ...
+    /// The error lists every problem, each naming its attribute.
+    pub fn parse_resource(id: &str, v: &Value) -> Result<Upstream, String> {
+        let Some(obj) = v.as_object() else {
+            return Err("invalid configuration: the upstream must be a JSON object".into());
+        };
+        let mut e = Errors::new();
+        if let Some(body_id) = obj.get("id") {
+            match id_text(body_id) {
+                Some(b) if b == id => {}
+                Some(_) => e.push("id", "does not match the id in the URL"),
+                None => e.push("id", "must be a string or an integer"),
+            }
+        }
+        if !valid_id(id) {
+            e.push(
+                "id",
+                "must be 1-64 characters of letters, digits, '-', '_' and '.'",
+            );
+        }
+        let up = Upstream::parse(v, "", &mut e);
+        match up {
+            Some(up) if e.is_empty() => Ok(up),
+            _ => Err(e.message()),
+        }
+    }
+
+    /// Validates an upstream object; `prefix` is how errors name it
+    /// (`"upstream."` for a route's inline one, `""` for the resource).
+    pub fn parse(v: &Value, prefix: &str, e: &mut Errors) -> Option<Upstream> {
+        let Some(obj) = v.as_object() else {
+            e.push(prefix.trim_end_matches('.'), "must be an object");
+            return None;
+        };
+        let f = |k: &str| format!("{prefix}{k}");
+        for k in obj.keys() {
+            if UNSUPPORTED.contains(&k.as_str()) {
+                e.push(&f(k), "is not supported by this gateway");
+            } else if !KNOWN.contains(&k.as_str()) {
+                e.push(&f(k), "is not allowed (additional properties forbidden)");
+            }
+        }
+        for (field, max) in [("name", 100), ("desc", 256)] {
+            if let Some(x) = obj.get(field) {
+                if x.as_str().is_none_or(|s| s.len() > max) {
+                    e.push(
+                        &f(field),
+                        format!("must be a string of at most {max} bytes"),
+                    );
+                }
+            }
+        }
+        if let Some(labels) = obj.get("labels") {
+            let ok = labels
+                .as_object()
+                .is_some_and(|m| m.values().all(Value::is_string));
+            if !ok {
+                e.push(&f("labels"), "must be an object of strings");
+            }
+        }
+        for t in ["create_time", "update_time"] {
+            if obj.get(t).is_some_and(|x| x.as_u64().is_none()) {
+                e.push(&f(t), "must be a unix time in seconds");
+            }
+        }
+
+        let https = match obj.get("scheme").map(Value::as_str) {
+            None | Some(Some("http")) => false,
+            Some(Some("https")) => true,
+            Some(Some(s)) => {
+                e.push(
+                    &f("scheme"),
+                    format!("{s:?} is not supported (http, https)"),
+                );
+                false
+            }
+            Some(None) => {
+                e.push(&f("scheme"), "must be a string");
+                false
+            }
+        };
+        let verify = parse_tls(obj.get("tls"), &f("tls"), e);
+        if verify && !https {
+            e.push(&f("tls.verify"), "needs \"scheme\": \"https\"");
+        }
+        let balancer = parse_balancer(obj, prefix, e);
+        let nodes = parse_nodes(obj.get("nodes"), &f("nodes"), https, e);
+        let pass_host = match (
+            obj.get("pass_host").map(Value::as_str),
+            obj.get("upstream_host"),
+        ) {
+            (None | Some(Some("pass")), None) => PassHost::Pass,
+            (Some(Some("node")), None) => PassHost::Node,
+            (Some(Some("rewrite")), Some(h)) => match h.as_str() {
+                Some(h) if valid_host(h) => PassHost::Rewrite(h.to_string()),
+                _ => {
+                    e.push(&f("upstream_host"), "must be a host name or an IP address");
+                    PassHost::Pass
+                }
+            },
+            (Some(Some("rewrite")), None) => {
+                e.push(
+                    &f("upstream_host"),
+                    "is required when \"pass_host\" is \"rewrite\"",
+                );
+                PassHost::Pass
+            }
+            (Some(Some(p)), _) if !["pass", "node"].contains(&p) => {
+                e.push(
+                    &f("pass_host"),
+                    format!("{p:?} is not one of pass, node, rewrite"),
+                );
+                PassHost::Pass
+            }
+            (Some(None), _) => {
+                e.push(&f("pass_host"), "must be a string");
+                PassHost::Pass
+            }
+            (_, _) => {
+                e.push(
+                    &f("upstream_host"),
+                    "is only used with \"pass_host\": \"rewrite\"",
+                );
+                PassHost::Pass
+            }
+        };
+        let timeout = obj
+            .get("timeout")
+            .and_then(|t| parse_timeouts(t, &f("timeout"), e));
+        let retries = obj.get("retries").and_then(|r| match r.as_u64() {
+            Some(n) if n <= 100 => Some(n as u32),
+            _ => {
+                e.push(&f("retries"), "must be an integer from 0 to 100");
+                None
+            }
+        });
+        let retry_timeout = obj.get("retry_timeout").and_then(|r| match r.as_f64() {
+            Some(t) if (0.0..=86_400.0).contains(&t) => Some(t),
+            _ => {
+                e.push(
+                    &f("retry_timeout"),
+                    "must be a number of seconds, at least 0",
+                );
+                None
+            }
+        });
+        let check = obj
+            .get("checks")
+            .and_then(|c| parse_checks(c, &f("checks"), https, e));
+
+        Some(Upstream {
+            balancer,
+            nodes: nodes?,
+            https,
+            verify,
+            pass_host,
+            timeout,
+            retries,
+            retry_timeout,
+            check,
+        })
+    }
+
+    /// The port a node without one gets (APISIX: the scheme's).
+    pub fn default_port(https: bool) -> u16 {
+        if https {
+            443
+        } else {
+            80
+        }
+    }
+}
+
+/// `timeout {connect, send, read}`: all three, seconds > 0.
+pub fn parse_timeouts(v: &Value, field: &str, e: &mut Errors) -> Option<Timeouts> {
+    let Some(obj) = v.as_object() else {
+        e.push(field, "must be an object {connect, send, read}");
+        return None;
+    };
+    for k in obj.keys() {
+        if !["connect", "send", "read"].contains(&k.as_str()) {
+            e.push(
+                &format!("{field}.{k}"),
+                "is not allowed (additional properties forbidden)",
+            );
+        }
+    }
+    let mut get = |k: &str| match obj.get(k).map(Value::as_f64) {
+        Some(Some(t)) if t > 0.0 && t <= 86_400.0 => Some(t),
+        None => {
+            e.push(&format!("{field}.{k}"), "is required");
+            None
+        }
+        Some(_) => {
+            e.push(
+                &format!("{field}.{k}"),
+                "must be a number of seconds greater than 0",
+            );
+            None
+        }
+    };
+    let (connect, send, read) = (get("connect"), get("send"), get("read"));
+    Some(Timeouts {
+        connect: connect?,
+        send: send?,
+        read: read?,
+    })
+}
+
+fn valid_host(h: &str) -> bool {
+    let bare = h.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok() || valid_host_pattern(h) && !h.starts_with("*.")
+}
+
+/// `tls`: only `verify`. Returns `verify`.
+fn parse_tls(v: Option<&Value>, field: &str, e: &mut Errors) -> bool {
+    let Some(v) = v else { return false };
+    let Some(obj) = v.as_object() else {
+        e.push(field, "must be an object");
+        return false;
+    };
+    let mut verify = false;
+    for (k, x) in obj {
+        match k.as_str() {
+            "verify" => match x.as_bool() {
+                Some(b) => verify = b,
+                None => e.push(&format!("{field}.verify"), "must be a boolean"),
+            },
+            "client_cert" | "client_key" | "client_cert_id" => e.push(
+                &format!("{field}.{k}"),
+                "is not supported by this gateway (no client certificates to upstreams)",
+            ),
+            _ => e.push(
+                &format!("{field}.{k}"),
+                "is not allowed (additional properties forbidden)",
+            ),
+        }
+    }
+    verify
+}
+
+fn parse_balancer(obj: &Map<String, Value>, prefix: &str, e: &mut Errors) -> Balancer {
+    let f = |k: &str| format!("{prefix}{k}");
+    let t = match obj.get("type").map(Value::as_str) {
+        None => "roundrobin",
+        Some(Some(t)) => t,
+        Some(None) => {
+            e.push(&f("type"), "must be a string");
+            "roundrobin"
+        }
+    };
+    let balancer = match t {
+        "roundrobin" => Balancer::RoundRobin,
+        "least_conn" => Balancer::LeastConn,
+        "ewma" => Balancer::Ewma,
+        "chash" => match parse_hash_key(obj, prefix, e) {
+            Some(k) => Balancer::Chash(k),
+            None => Balancer::RoundRobin,
+        },
+        other => {
+            e.push(
+                &f("type"),
+                format!("{other:?} is not one of roundrobin, least_conn, chash, ewma"),
+            );
+            Balancer::RoundRobin
+        }
+    };
+    if t != "chash" {
+        for k in ["hash_on", "key"] {
+            if obj.contains_key(k) {
+                e.push(&f(k), "is only used with \"type\": \"chash\"");
+            }
+        }
+    }
+    balancer
+}
+
+/// A header or cookie name as APISIX accepts it.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn parse_hash_key(obj: &Map<String, Value>, prefix: &str, e: &mut Errors) -> Option<HashKey> {
+    let f = |k: &str| format!("{prefix}{k}");
+    let hash_on = match obj.get("hash_on").map(Value::as_str) {
+        None => "vars",
+        Some(Some(h)) => h,
+        Some(None) => {
+            e.push(&f("hash_on"), "must be a string");
+            return None;
+        }
+    };
+    if ["consumer", "vars_combinations"].contains(&hash_on) {
+        e.push(
+            &f("hash_on"),
+            format!("{hash_on:?} is not supported by this gateway (vars, header, cookie)"),
+        );
+        return None;
+    }
+    if !["vars", "header", "cookie"].contains(&hash_on) {
+        e.push(
+            &f("hash_on"),
+            format!("{hash_on:?} is not one of vars, header, cookie, consumer, vars_combinations"),
+        );
+        return None;
+    }
+    let key = match obj.get("key").map(Value::as_str) {
+        Some(Some(k)) => k,
+        None => {
+            e.push(
+                &f("key"),
+                "is required when \"type\" is \"chash\" (missing key)",
+            );
+            return None;
+        }
+        Some(None) => {
+            e.push(&f("key"), "must be a string");
+            return None;
+        }
+    };
+    let path = ":path".to_string();
+    let key = match (hash_on, key) {
+        ("header", k) if valid_name(k) => HashKey::Header {
+            name: k.to_ascii_lowercase(),
+            rewrite: None,
+        },
+        ("cookie", k) if valid_name(k) => HashKey::Cookie(k.to_string()),
+        ("header" | "cookie", _) => {
+            e.push(
+                &f("key"),
+                "must be a header or cookie name (letters, digits, '-' and '_')",
+            );
+            return None;
+        }
+        (_, "remote_addr") => HashKey::SourceIp,
+        // `:path` is the path and the query, as nginx's $request_uri.
+        (_, "request_uri") => HashKey::Header {
+            name: path,
+            rewrite: None,
+        },
+        // $uri: the path without the query.
+        (_, "uri") => HashKey::Header {
+            name: path,
+            rewrite: Some((r"\?.*$".into(), String::new())),
+        },
+        // $host: the host without the port.
+        (_, "host") => HashKey::Header {
+            name: ":authority".into(),
+            rewrite: Some((r":[0-9]+$".into(), String::new())),
+        },
+        (_, k) if k.starts_with("arg_") && valid_name(&k[4..]) => {
+            HashKey::QueryParameter(k[4..].to_string())
+        }
+        (_, k @ ("server_name" | "server_addr" | "remote_port" | "query_string" | "hostname")) => {
+            e.push(
+                &f("key"),
+                format!(
+                    "{k:?} is not supported by this gateway (remote_addr, uri, request_uri, host, arg_<name>)"
+                ),
+            );
+            return None;
+        }
+        (_, k) => {
+            e.push(
+                &f("key"),
+                format!("{k:?} is not an nginx variable APISIX hashes on"),
+            );
+            return None;
+        }
+    };
+    Some(key)
+}
+
+fn parse_nodes(v: Option<&Value>, field: &str, https: bool, e: &mut Errors) -> Option<Vec<Node>> {
+    let mut out = Vec::new();
+    match v {
+        None => {
+            e.push(
+                field,
+                "is required: an object of \"host:port\": weight, or an array of {host, port, weight, priority}",
+            );
+            return None;
+        }
+        Some(Value::Object(map)) => {
+            for (addr, weight) in map {
+                match parse_map_node(addr, weight, https) {
+                    Ok(n) => out.push(n),
+                    Err(msg) => e.push(&format!("{field}.{addr}"), msg),
+                }
+            }
+        }
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(n) = parse_array_node(item, &format!("{field}[{i}]"), e) {
+                    out.push(n);
+                }
+            }
+        }
+        Some(_) => {
+            e.push(
+                field,
+                "must be an object of \"host:port\": weight, or an array of {host, port, weight, priority}",
+            );
+            return None;
+        }
+    }
+    if out.is_empty()
+        && v.is_some_and(|n| {
+            n.as_object().is_some_and(Map::is_empty) || n.as_array().is_some_and(Vec::is_empty)
+        })
+    {
+        e.push(field, "must name at least one node");
+    }
+    Some(out)
+}
+
+fn parse_weight(weight: &Value) -> Result<u32, String> {
+    match weight.as_i64() {
+        Some(w) if w < 0 => Err("weight must not be negative".into()),
+        Some(w) if w > i64::from(u32::MAX) => Err("weight is too large".into()),
+        Some(w) => Ok(w as u32),
+        None => Err("weight must be an integer".into()),
+    }
+}
+
+fn parse_map_node(addr: &str, weight: &Value, https: bool) -> Result<Node, String> {
+    let weight = parse_weight(weight)?;
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.starts_with('[') => match p.parse::<u16>() {
+            Ok(p) if p > 0 => (h, p),
+            _ => return Err("is not a valid \"host:port\" address (bad port)".into()),
+        },
+        // APISIX gives a node without a port the scheme's.
+        None => (addr, Upstream::default_port(https)),
+        _ => return Err("is not a valid \"host:port\" address".into()),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || !valid_host(host) {
+        return Err("is not a valid \"host:port\" address (bad host)".into());
+    }
+    Ok(Node {
+        host: host.to_ascii_lowercase(),
+        port,
+        weight,
+        priority: 0,
+    })
+}
+
+fn parse_array_node(item: &Value, field: &str, e: &mut Errors) -> Option<Node> {
+    let Some(obj) = item.as_object() else {
+        e.push(field, "must be an object {host, port, weight, priority}");
+        return None;
+    };
+    let before = e.len();
+    for k in obj.keys() {
+        match k.as_str() {
+            "host" | "port" | "weight" | "priority" => {}
+            "metadata" => e.push(
+                &format!("{field}.metadata"),
+                "is not supported by this gateway",
+            ),
+            _ => e.push(
+                &format!("{field}.{k}"),
+                "is not allowed (additional properties forbidden)",
+            ),
+        }
+    }
+    let host = match obj.get("host").and_then(Value::as_str) {
+        Some(h) if valid_host(h) => h.trim_start_matches('[').trim_end_matches(']'),
+        Some(_) => {
+            e.push(
+                &format!("{field}.host"),
+                "must be a host name or an IP address",
+            );
+            ""
+        }
+        None => {
+            e.push(&format!("{field}.host"), "is required (a string)");
+            ""
+        }
+    };
+    let port = match obj.get("port").map(Value::as_u64) {
+        Some(Some(p)) if (1..=65535).contains(&p) => p as u16,
+        None => {
+            e.push(&format!("{field}.port"), "is required");
+            0
+        }
+        Some(_) => {
+            e.push(
+                &format!("{field}.port"),
+                "must be an integer from 1 to 65535",
+            );
+            0
+        }
+    };
+    let weight = match obj.get("weight") {
+        None => {
+            e.push(&format!("{field}.weight"), "is required");
+            0
+        }
+        Some(w) => parse_weight(w).unwrap_or_else(|msg| {
+            e.push(
+                &format!("{field}.weight"),
+                msg.trim_start_matches("weight "),
+            );
+            0
+        }),
+    };
+    let priority = match obj.get("priority") {
+        None => 0,
+        Some(p) => p.as_i64().unwrap_or_else(|| {
+            e.push(&format!("{field}.priority"), "must be an integer");
+            0
+        }),
+    };
+    (e.len() == before).then(|| Node {
+        host: host.to_ascii_lowercase(),
+        port,
+        weight,
+        priority,
+    })
+}
+
+/// `checks`: `active` only.
+fn parse_checks(v: &Value, field: &str, https: bool, e: &mut Errors) -> Option<ActiveCheck> {
+    let Some(obj) = v.as_object() else {
+        e.push(field, "must be an object");
+        return None;
+    };
+    for k in obj.keys() {
+        match k.as_str() {
+            "active" => {}
+            "passive" => e.push(
+                &format!("{field}.passive"),
+                "is not supported by this gateway (only active health checks)",
+            ),
+            _ => e.push(
+                &format!("{field}.{k}"),
+                "is not allowed (additional properties forbidden)",
+            ),
+        }
+    }
+    let Some(active) = obj.get("active") else {
+        e.push(&format!("{field}.active"), "is required");
+        return None;
+    };
+    let field = format!("{field}.active");
+    let Some(a) = active.as_object() else {
+        e.push(&field, "must be an object");
+        return None;
+    };
+    let f = |k: &str| format!("{field}.{k}");
+    let kind = match a.get("type").map(Value::as_str) {
+        None | Some(Some("http")) => CheckKind::Http,
+        Some(Some("https")) => CheckKind::Https,
+        Some(Some("tcp")) => CheckKind::Tcp,
+        _ => {
+            e.push(&f("type"), "must be one of http, https, tcp");
+            CheckKind::Http
+        }
+    };
+    // Envoy checks a node over the cluster's own transport: plain for
+    // http upstreams, TLS (verified as `tls.verify` says) for https ones.
+    match kind {
+        CheckKind::Https if !https => e.push(
+            &f("type"),
+            "\"https\" needs \"scheme\": \"https\" (Envoy checks over the upstream's own transport)",
+        ),
+        CheckKind::Http if https => e.push(
+            &f("type"),
+            "\"http\" on an https upstream is not supported (Envoy checks over the upstream's own transport): use \"https\"",
+        ),
+        _ => {}
+    }
+    let http = kind != CheckKind::Tcp;
+    for k in a.keys() {
+        match k.as_str() {
+            "type" | "timeout" | "port" | "healthy" | "unhealthy" => {}
+            "host" | "http_path" | "req_headers" | "https_verify_certificate" if http => {}
+            "host" | "http_path" | "req_headers" | "https_verify_certificate" => {
+                e.push(&f(k), "applies to http and https checks only")
+            }
+            "concurrency" => e.push(
+                &f(k),
+                "is not supported by this gateway (Envoy checks each node on its own timer)",
+            ),
+            _ => e.push(&f(k), "is not allowed (additional properties forbidden)"),
+        }
+    }
+    if let Some(v) = a.get("https_verify_certificate") {
+        // Envoy verifies as the cluster does.
+        e.push(
+            &f("https_verify_certificate"),
+            match v.as_bool() {
+                Some(_) => "is not supported by this gateway: checks verify the certificate as \"tls.verify\" says",
+                None => "must be a boolean",
+            },
+        );
+    }
+    let timeout = match a.get("timeout") {
+        None => 1.0,
+        Some(t) => match t.as_f64() {
+            Some(t) if t > 0.0 && t <= 3600.0 => t,
+            _ => {
+                e.push(&f("timeout"), "must be a number of seconds greater than 0");
+                1.0
+            }
+        },
+    };
+    let host = a.get("host").and_then(|h| match h.as_str() {
+        Some(h) if valid_host(h) => Some(h.to_string()),
+        _ => {
+            e.push(&f("host"), "must be a host name or an IP address");
+            None
+        }
+    });
+    let port = a.get("port").and_then(|p| match p.as_u64() {
+        Some(p) if (1..=65535).contains(&p) => Some(p as u16),
+        _ => {
+            e.push(&f("port"), "must be an integer from 1 to 65535");
+            None
+        }
+    });
+    let http_path = match a.get("http_path") {
+        None => "/".to_string(),
+        Some(p) => match p.as_str() {
+            Some(p) if p.starts_with('/') => p.to_string(),
+            _ => {
+                e.push(&f("http_path"), "must be a path starting with '/'");
+                "/".to_string()
+            }
+        },
+    };
+    let req_headers = match a.get("req_headers") {
+        None => Vec::new(),
+        Some(h) => {
+            let parsed: Option<Vec<(String, String)>> = h.as_array().and_then(|items| {
+                items
+                    .iter()
+                    .map(|x| {
+                        let (name, value) = x.as_str()?.split_once(':')?;
+                        valid_name(name.trim())
+                            .then(|| (name.trim().to_string(), value.trim().to_string()))
+                    })
+                    .collect()
+            });
+            parsed.unwrap_or_else(|| {
+                e.push(
+                    &f("req_headers"),
+                    "must be an array of \"Name: value\" strings",
+                );
+                Vec::new()
+            })
+        }
+    };
+
+    let section = |name: &str, e: &mut Errors| -> Map<String, Value> {
+        match a.get(name) {
+            None => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => {
+                e.push(&f(name), "must be an object");
+                Map::new()
+            }
+        }
+    };
+    let healthy = section("healthy", e);
+    let unhealthy = section("unhealthy", e);
+    let int = |m: &Map<String, Value>,
+               k: &str,
+               section: &str,
+               min: u64,
+               max: u64,
+               default: u32,
+               e: &mut Errors|
+     -> u32 {
+        match m.get(k) {
+            None => default,
+            Some(x) => match x.as_u64() {
+                Some(n) if (min..=max).contains(&n) => n as u32,
+                _ => {
+                    e.push(
+                        &f(&format!("{section}.{k}")),
+                        format!("must be an integer from {min} to {max}"),
+                    );
+                    default
+                }
+            },
+        }
+    };
+    for k in healthy.keys() {
+        match k.as_str() {
+            "interval" | "successes" => {}
+            "http_statuses" if http => {}
+            "http_statuses" => e.push(
+                &f("healthy.http_statuses"),
+                "applies to http and https checks only",
+            ),
+            _ => e.push(
+                &f(&format!("healthy.{k}")),
+                "is not allowed (additional properties forbidden)",
+            ),
+        }
+    }
+    let failures_key = if http {
+        "http_failures"
+    } else {
+        "tcp_failures"
+    };
+    for k in unhealthy.keys() {
+        match k.as_str() {
+            "interval" => {}
+            k if k == failures_key => {}
+            "http_failures" | "tcp_failures" => e.push(
+                &f(&format!("unhealthy.{k}")),
+                format!(
+                    "is not supported for this check type: Envoy counts every failed check toward one threshold, \"{failures_key}\""
+                ),
+            ),
+            "http_statuses" | "timeouts" => e.push(
+                &f(&format!("unhealthy.{k}")),
+                "is not supported by this gateway: Envoy counts every response outside \"healthy.http_statuses\", and every timeout, as a failure",
+            ),
+            _ => e.push(&f(&format!("unhealthy.{k}")), "is not allowed (additional properties forbidden)"),
+        }
+    }
+    let interval = int(&healthy, "interval", "healthy", 1, 86_400, 1, e);
+    let successes = int(&healthy, "successes", "healthy", 1, 254, 2, e);
+    let unhealthy_interval = int(&unhealthy, "interval", "unhealthy", 1, 86_400, 1, e);
+    let failures = int(
+        &unhealthy,
+        failures_key,
+        "unhealthy",
+        1,
+        254,
+        if http { 5 } else { 2 },
+        e,
+    );
+    let healthy_statuses = match healthy.get("http_statuses") {
+        None => vec![200, 302],
+        Some(s) => {
+            let parsed: Option<Vec<u32>> =
+                s.as_array().filter(|a| !a.is_empty()).and_then(|items| {
+                    items
+                        .iter()
+                        .map(|x| {
+                            x.as_u64()
+                                .filter(|c| (200..=599).contains(c))
+                                .map(|c| c as u32)
+                        })
+                        .collect()
+                });
+            parsed.unwrap_or_else(|| {
+                e.push(
+                    &f("healthy.http_statuses"),
+                    "must be a non-empty array of status codes from 200 to 599",
+                );
+                vec![200, 302]
+            })
+        }
+    };
+    Some(ActiveCheck {
+        kind,
+        timeout,
+        host,
+        port,
+        http_path,
+        interval,
+        unhealthy_interval,
+        healthy_statuses,
+        successes,
+        failures,
+        req_headers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Upstream, String> {
+        let mut e = Errors::new();
+        let u = Upstream::parse(&v, "upstream.", &mut e);
+        match u {
+            Some(u) if e.is_empty() => Ok(u),
+            _ => Err(e.message()),
+        }
+    }
+
+    #[test]
+    fn defaults_are_apisix_s() {
+        let u = parse(json!({"nodes": {"a.example": 1}})).unwrap();
+        assert_eq!(u.balancer, Balancer::RoundRobin);
+        assert!(!u.https && !u.verify);
+        assert_eq!(u.pass_host, PassHost::Pass);
+        assert_eq!((u.timeout, u.retries, u.retry_timeout), (None, None, None));
+        assert_eq!(u.check, None);
+        // A node without a port gets the scheme's.
+        assert_eq!(u.nodes[0].port, 80);
+        let u = parse(json!({"scheme": "https", "nodes": {"a.example": 1}})).unwrap();
+        assert_eq!(u.nodes[0].port, 443);
+    }
+
+    #[test]
+    fn nodes_as_a_map_or_an_array_with_priorities() {
+        let u = parse(json!({"nodes": [
+            {"host": "10.0.0.1", "port": 8080, "weight": 2, "priority": 5},
+            {"host": "B.example", "port": 80, "weight": 0},
+            {"host": "::1", "port": 81, "weight": 1, "priority": -1},
+        ]}))
+        .unwrap();
+        assert_eq!(
+            u.nodes,
+            vec![
+                Node {
+                    host: "10.0.0.1".into(),
+                    port: 8080,
+                    weight: 2,
+                    priority: 5
+                },
+                Node {
+                    host: "b.example".into(),
+                    port: 80,
+                    weight: 0,
+                    priority: 0
+                },
+                Node {
+                    host: "::1".into(),
+                    port: 81,
+                    weight: 1,
+                    priority: -1
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn chash_keys_map_or_are_refused() {
+        let key = |hash_on: &str, key: &str| {
+            parse(json!({"type": "chash", "hash_on": hash_on, "key": key, "nodes": {"a:1": 1}}))
+                .map(|u| u.balancer)
+        };
+        let header = |name: &str, rewrite: Option<(&str, &str)>| {
+            Ok(Balancer::Chash(HashKey::Header {
+                name: name.into(),
+                rewrite: rewrite.map(|(a, b)| (a.into(), b.into())),
+            }))
+        };
+        assert_eq!(
+            key("vars", "remote_addr"),
+            Ok(Balancer::Chash(HashKey::SourceIp))
+        );
+        assert_eq!(key("vars", "request_uri"), header(":path", None));
+        assert_eq!(key("vars", "uri"), header(":path", Some((r"\?.*$", ""))));
+        assert_eq!(
+            key("vars", "host"),
+            header(":authority", Some((r":[0-9]+$", "")))
+        );
+        assert_eq!(
+            key("vars", "arg_user_id"),
+            Ok(Balancer::Chash(HashKey::QueryParameter("user_id".into())))
+        );
+        assert_eq!(key("header", "X-User"), header("x-user", None));
+        assert_eq!(
+            key("cookie", "sid"),
+            Ok(Balancer::Chash(HashKey::Cookie("sid".into())))
+        );
+        // hash_on defaults to vars.
+        assert_eq!(
+            parse(json!({"type": "chash", "key": "remote_addr", "nodes": {"a:1": 1}}))
+                .map(|u| u.balancer),
+            Ok(Balancer::Chash(HashKey::SourceIp))
+        );
+        for (hash_on, k, want) in [
+            (
+                "vars",
+                "server_name",
+                "property \"upstream.key\" \"server_name\" is not supported",
+            ),
+            (
+                "vars",
+                "remote_port",
+                "property \"upstream.key\" \"remote_port\" is not supported",
+            ),
+            (
+                "vars",
+                "query_string",
+                "property \"upstream.key\" \"query_string\" is not supported",
+            ),
+            (
+                "vars",
+                "http_x",
+                "property \"upstream.key\" \"http_x\" is not an nginx variable",
+            ),
+            (
+                "consumer",
+                "x",
+                "property \"upstream.hash_on\" \"consumer\" is not supported",
+            ),
+            (
+                "vars_combinations",
+                "$a$b",
+                "property \"upstream.hash_on\" \"vars_combinations\" is not supported",
+            ),
+            (
+                "header",
+                "bad header",
+                "property \"upstream.key\" must be a header or cookie name",
+            ),
+        ] {
+            let e = key(hash_on, k).unwrap_err();
+            assert!(e.contains(want), "{hash_on} {k}: {e}");
+        }
+        let e = parse(json!({"type": "chash", "nodes": {"a:1": 1}})).unwrap_err();
+        assert!(e.contains("property \"upstream.key\" is required"), "{e}");
+        let e =
+            parse(json!({"type": "roundrobin", "key": "uri", "nodes": {"a:1": 1}})).unwrap_err();
+        assert!(
+            e.contains("property \"upstream.key\" is only used with"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_option_parses() {
+        let u = parse(json!({
+            "type": "least_conn",
+            "scheme": "https",
+            "tls": {"verify": true},
+            "pass_host": "rewrite",
+            "upstream_host": "internal.example",
+            "timeout": {"connect": 0.5, "send": 2, "read": 3},
+            "retries": 2,
+            "retry_timeout": 1.5,
+            "name": "n", "desc": "d", "labels": {"env": "test"},
+            "checks": {"active": {
+                "type": "https", "timeout": 2, "host": "health.example", "port": 9000,
+                "http_path": "/status", "req_headers": ["User-Agent: checker", "X-A:b"],
+                "healthy": {"interval": 3, "successes": 1, "http_statuses": [200, 204]},
+                "unhealthy": {"interval": 1, "http_failures": 2}
+            }},
+            "nodes": {"a.example:8443": 1}
+        }))
+        .unwrap();
+        assert_eq!(u.balancer, Balancer::LeastConn);
+        assert!(u.https && u.verify);
+        assert_eq!(u.pass_host, PassHost::Rewrite("internal.example".into()));
+        assert_eq!(
+            u.timeout,
+            Some(Timeouts {
+                connect: 0.5,
+                send: 2.0,
+                read: 3.0
+            })
+        );
+        assert_eq!((u.retries, u.retry_timeout), (Some(2), Some(1.5)));
+        assert_eq!(
+            u.check,
+            Some(ActiveCheck {
+                kind: CheckKind::Https,
+                timeout: 2.0,
+                host: Some("health.example".into()),
+                port: Some(9000),
+                http_path: "/status".into(),
+                interval: 3,
+                unhealthy_interval: 1,
+                healthy_statuses: vec![200, 204],
+                successes: 1,
+                failures: 2,
+                req_headers: vec![
+                    ("User-Agent".into(), "checker".into()),
+                    ("X-A".into(), "b".into())
+                ],
+            })
+        );
+        let u = parse(
+            json!({"type": "ewma", "pass_host": "node", "nodes": {"a:1": 1},
+            "checks": {"active": {"type": "tcp", "unhealthy": {"tcp_failures": 3}}}}),
+        )
+        .unwrap();
+        assert_eq!(u.balancer, Balancer::Ewma);
+        assert_eq!(u.pass_host, PassHost::Node);
+        let c = u.check.unwrap();
+        assert_eq!(
+            (c.kind, c.failures, c.successes, c.interval),
+            (CheckKind::Tcp, 3, 2, 1)
+        );
+    }
+
+    #[test]
+    fn what_does_not_map_is_refused_by_name() {
+        let base = json!({"nodes": {"a:1": 1}});
+        for (extra, want) in [
+            (
+                json!({"discovery_type": "dns"}),
+                "\"upstream.discovery_type\" is not supported",
+            ),
+            (
+                json!({"service_name": "x"}),
+                "\"upstream.service_name\" is not supported",
+            ),
+            (
+                json!({"keepalive_pool": {"size": 1}}),
+                "\"upstream.keepalive_pool\" is not supported",
+            ),
+            (json!({"colour": 1}), "\"upstream.colour\" is not allowed"),
+            (
+                json!({"scheme": "grpc"}),
+                "\"upstream.scheme\" \"grpc\" is not supported",
+            ),
+            (
+                json!({"scheme": "https", "tls": {"client_cert": "x"}}),
+                "\"upstream.tls.client_cert\" is not supported",
+            ),
+            (
+                json!({"tls": {"verify": true}}),
+                "\"upstream.tls.verify\" needs",
+            ),
+            (
+                json!({"type": "maglev"}),
+                "\"upstream.type\" \"maglev\" is not one of",
+            ),
+            (
+                json!({"pass_host": "rewrite"}),
+                "\"upstream.upstream_host\" is required",
+            ),
+            (
+                json!({"pass_host": "pass", "upstream_host": "x"}),
+                "\"upstream.upstream_host\" is only used",
+            ),
+            (
+                json!({"pass_host": "sometimes"}),
+                "\"upstream.pass_host\" \"sometimes\" is not one of",
+            ),
+            (
+                json!({"timeout": {"connect": 1, "send": 1}}),
+                "\"upstream.timeout.read\" is required",
+            ),
+            (
+                json!({"timeout": {"connect": 0, "send": 1, "read": 1}}),
+                "\"upstream.timeout.connect\" must be",
+            ),
+            (json!({"retries": -1}), "\"upstream.retries\" must be"),
+            (
+                json!({"retry_timeout": "1s"}),
+                "\"upstream.retry_timeout\" must be",
+            ),
+            (
+                json!({"checks": {"passive": {}}}),
+                "\"upstream.checks.passive\" is not supported",
+            ),
+            (
+                json!({"checks": {"active": {"concurrency": 10}}}),
+                "\"upstream.checks.active.concurrency\" is not supported",
+            ),
+            (
+                json!({"checks": {"active": {"https_verify_certificate": false}}}),
+                "\"upstream.checks.active.https_verify_certificate\" is not supported",
+            ),
+            (
+                json!({"checks": {"active": {"type": "https"}}}),
+                "\"upstream.checks.active.type\" \"https\" needs",
+            ),
+            (
+                json!({"checks": {"active": {"unhealthy": {"http_statuses": [500]}}}}),
+                "\"upstream.checks.active.unhealthy.http_statuses\" is not supported",
+            ),
+            (
+                json!({"checks": {"active": {"unhealthy": {"timeouts": 3}}}}),
+                "\"upstream.checks.active.unhealthy.timeouts\" is not supported",
+            ),
+            (
+                json!({"checks": {"active": {"unhealthy": {"tcp_failures": 3}}}}),
+                "\"upstream.checks.active.unhealthy.tcp_failures\" is not supported",
+            ),
+            (
+                json!({"checks": {"active": {"type": "tcp", "http_path": "/"}}}),
+                "\"upstream.checks.active.http_path\" applies to http",
+            ),
+            (
+                json!({"checks": {"active": {"healthy": {"successes": 0}}}}),
+                "\"upstream.checks.active.healthy.successes\" must be",
+            ),
+            (
+                json!({"nodes": {}}),
+                "\"upstream.nodes\" must name at least one node",
+            ),
+            (
+                json!({"nodes": "a:1"}),
+                "\"upstream.nodes\" must be an object",
+            ),
+            (
+                json!({"nodes": [{"host": "a", "port": 1, "weight": 1, "metadata": {}}]}),
+                "\"upstream.nodes[0].metadata\" is not supported",
+            ),
+            (
+                json!({"nodes": [{"host": "a", "weight": 1}]}),
+                "\"upstream.nodes[0].port\" is required",
+            ),
+            (
+                json!({"nodes": [{"host": "a b", "port": 1, "weight": -2}]}),
+                "\"upstream.nodes[0].weight\" must not be negative",
+            ),
+        ] {
+            let mut v = base.clone();
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let e = parse(v.clone()).unwrap_err();
+            assert!(e.contains(&format!("property {want}")), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_resource_checks_its_id() {
+        let v = json!({"id": "u1", "nodes": {"a:1": 1}});
+        assert!(Upstream::parse_resource("u1", &v).is_ok());
+        let e = Upstream::parse_resource("u2", &v).unwrap_err();
+        assert!(e.contains("property \"id\" does not match"), "{e}");
+        let e = Upstream::parse_resource("a/b", &json!({"nodes": {"a:1": 1}})).unwrap_err();
+        assert!(e.contains("property \"id\""), "{e}");
+        // The resource's fields are named without a prefix.
+        let e =
+            Upstream::parse_resource("u", &json!({"nodes": {"a:1": 1}, "type": "x"})).unwrap_err();
+        assert!(e.contains("property \"type\" \"x\""), "{e}");
+    }
+}

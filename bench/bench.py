@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY = ROOT / ".venv/bin/envoy"
-OIDC_WASM = ROOT / "target/wasm32-wasip1/wasm/oidc_filter.wasm"
+OIDC_WASM = Path(os.environ.get("BENCH_OIDC_WASM", ROOT / "target/wasm32-wasip1/wasm/oidc_filter.wasm"))
 NOOP_WASM = ROOT / "target/wasm32-wasip1/wasm/noop_filter.wasm"
 PROVIDER = ROOT / "tests/provider/server.js"
 LUA = ROOT / "bench/rotate.lua"

@@ -67,7 +67,6 @@ enum Kind {
     /// A bearer token being checked.
     Bearer {
         token: String,
-        cache_key: String,
         addon_headers: Vec<(String, String)>,
     },
     /// A browser request on a login route.
@@ -246,11 +245,12 @@ impl Request {
     fn accept(&mut self, allowed: Allowed, now: u64) -> Action {
         let allowed = Rc::new(allowed);
         if let Some(Active {
-            kind: Kind::Bearer { cache_key, .. },
+            entry,
+            kind: Kind::Bearer { token, .. },
             ..
         }) = self.active.take()
         {
-            self.vm.cache_token(cache_key, allowed.clone(), now);
+            self.vm.cache_token((entry.id, token), allowed.clone(), now);
         }
         self.allow(&allowed)
     }
@@ -334,8 +334,7 @@ impl Request {
         };
         match &mut active.kind {
             Kind::Bearer { token, .. } => {
-                let token = std::mem::take(token);
-                match bearer::introspected(route, &token, status, body, now) {
+                match bearer::introspected(route, token, status, body, now) {
                     Decision::Allow(a) => self.accept(a, now),
                     Decision::Deny(d) => self.deny(d, &route.config.realm),
                     // `introspected` only allows or denies.
@@ -458,7 +457,17 @@ impl HttpContext for Request {
                 accept: text("accept"),
                 cookies,
             };
-            let flow = Flow::begin(route, req, self.now());
+            let now = self.now();
+            let flow = match (&c.session, &route.session_key) {
+                (Some(cfg), Some(key)) => {
+                    let vm = &self.vm;
+                    let id = entry.id;
+                    Flow::begin_with(route, req, now, &mut |value| {
+                        vm.unseal(id, key, &cfg.cookie_name, value)
+                    })
+                }
+                _ => Flow::begin(route, req, now),
+            };
             self.active = Some(Active {
                 entry: entry.clone(),
                 kind: Kind::Browser(Box::new(flow)),
@@ -469,11 +478,13 @@ impl HttpContext for Request {
         };
 
         let now = self.now();
-        let cache_key = format!("{}:{token}", entry.id);
-        if let Some(allowed) = self.vm.cached_token(&cache_key, now) {
+        // The key owns the token for the lookup; no copy is made.
+        let key = (entry.id, token);
+        if let Some(allowed) = self.vm.cached_token(&key, now) {
             self.vm.metrics.cache_hit();
             return self.allow(&allowed);
         }
+        let (_, token) = key;
         self.vm.metrics.cache_miss();
         let addon_headers = c
             .introspection_addon_headers
@@ -484,7 +495,6 @@ impl HttpContext for Request {
             entry: entry.clone(),
             kind: Kind::Bearer {
                 token,
-                cache_key,
                 addon_headers,
             },
             waiting: Waiting::Nothing,

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use lru::LruCache;
 use oidc_core::bearer::Allowed;
 use oidc_core::route::Route;
+use oidc_core::session::{self, Session, SessionError, SessionKey};
 
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -25,11 +26,16 @@ pub struct RouteEntry {
     pub route: Result<Route, String>,
 }
 
+/// A per-VM LRU keyed by (route id, a request value).
+type Cache<T> = Option<RefCell<LruCache<(u64, String), Rc<T>>>>;
+
 pub struct Vm {
     routes: RefCell<HashMap<String, Rc<RouteEntry>>>,
     next_route_id: Cell<u64>,
-    /// Accepted tokens: key `<route id>:<token>`.
-    tokens: Option<RefCell<LruCache<String, Rc<Allowed>>>>,
+    /// Accepted tokens: key (route id, token).
+    tokens: Cache<Allowed>,
+    /// Opened session cookies: key (route id, sealed value).
+    sessions: Cache<Session>,
     pub store: Store,
     pub metrics: Metrics,
 }
@@ -40,6 +46,8 @@ impl Vm {
             routes: RefCell::new(HashMap::new()),
             next_route_id: Cell::new(1),
             tokens: NonZeroUsize::new(settings.token_cache_size)
+                .map(|n| RefCell::new(LruCache::new(n))),
+            sessions: NonZeroUsize::new(settings.session_cache_size)
                 .map(|n| RefCell::new(LruCache::new(n))),
             store: Store::default(),
             metrics: Metrics::define(),
@@ -70,7 +78,7 @@ impl Vm {
         entry
     }
 
-    pub fn cached_token(&self, key: &str, now: u64) -> Option<Rc<Allowed>> {
+    pub fn cached_token(&self, key: &(u64, String), now: u64) -> Option<Rc<Allowed>> {
         let mut cache = self.tokens.as_ref()?.borrow_mut();
         match cache.get(key) {
             Some(a) if now < a.cache_until => Some(a.clone()),
@@ -82,11 +90,34 @@ impl Vm {
         }
     }
 
-    pub fn cache_token(&self, key: String, allowed: Rc<Allowed>, now: u64) {
+    pub fn cache_token(&self, key: (u64, String), allowed: Rc<Allowed>, now: u64) {
         if allowed.cache_until > now {
             if let Some(cache) = &self.tokens {
                 cache.borrow_mut().put(key, allowed);
             }
         }
+    }
+
+    /// Opens a sealed session value of route `route_id`, remembering what
+    /// it opened: decrypting and parsing a cookie costs more than a copy.
+    /// The key includes the route, so a value opened for one route (and its
+    /// secret) is never taken for another.
+    pub fn unseal(
+        &self,
+        route_id: u64,
+        key: &SessionKey,
+        name: &str,
+        value: &str,
+    ) -> Result<Session, SessionError> {
+        let Some(cache) = &self.sessions else {
+            return session::unseal(key, name, value);
+        };
+        let k = (route_id, value.to_owned());
+        if let Some(s) = cache.borrow_mut().get(&k) {
+            return Ok(Session::clone(s));
+        }
+        let s = session::unseal(key, name, value)?;
+        cache.borrow_mut().put(k, Rc::new(s.clone()));
+        Ok(s)
     }
 }

@@ -119,6 +119,11 @@ pub enum Event {
     Misconfigured(String),
 }
 
+/// Opens a sealed session value (the reassembled session cookie); a
+/// caller may answer from a cache keyed by the value. See
+/// [`session::unseal`].
+pub type Unseal<'a> = &'a mut dyn FnMut(&str) -> Result<Session, session::SessionError>;
+
 /// One browser request in progress.
 pub struct Flow {
     req: BrowserRequest,
@@ -172,6 +177,21 @@ impl Flow {
     /// Sorts a request: the logout path, the login callback, a request with
     /// a valid session, or one without.
     pub fn begin(route: &Route, req: BrowserRequest, now: u64) -> Flow {
+        match (&route.config.session, &route.session_key) {
+            (Some(cfg), Some(key)) => {
+                let name = cfg.cookie_name.clone();
+                Flow::begin_with(route, req, now, &mut |v| session::unseal(key, &name, v))
+            }
+            _ => Flow::begin_with(route, req, now, &mut |_| {
+                Err(session::SessionError::Missing)
+            }),
+        }
+    }
+
+    /// [`Flow::begin`], with the session opened by `unseal` (e.g. from a
+    /// cache of recently opened sessions). Timeouts are checked here, at
+    /// `now`, whatever `unseal` answers.
+    pub fn begin_with(route: &Route, req: BrowserRequest, now: u64, unseal: Unseal<'_>) -> Flow {
         let mut flow = Flow {
             req,
             stage: Stage::Done,
@@ -184,7 +204,10 @@ impl Flow {
             return flow;
         };
         let name = cfg.cookie_name.as_str();
-        let decoded = session::decode(key, name, &flow.req.cookies, now, cfg);
+        let decoded = session::reassemble(name, &flow.req.cookies)
+            .ok_or(session::SessionError::Missing)
+            .and_then(|value| unseal(&value))
+            .and_then(|s| session::check(s, now, cfg));
         let path = flow.req.path_only().to_string();
         flow.stage = if path == c.logout_path {
             flow.clear_session(cfg);

@@ -574,9 +574,16 @@ pub fn decode(
     timeouts: &SessionConfig,
 ) -> Result<Session, SessionError> {
     let value = reassemble(name, cookies).ok_or(SessionError::Missing)?;
-    let json = open(key, name.as_bytes(), &value)?;
+    let session = unseal(key, name, &value)?;
+    check(session, now, timeouts)
+}
+
+/// Opens a sealed session value (the reassembled cookie `name`), without
+/// looking at its timeouts: the part a caller may cache by `value`.
+pub fn unseal(key: &SessionKey, name: &str, value: &str) -> Result<Session, SessionError> {
+    let json = open(key, name.as_bytes(), value)?;
     let wire: Wire = serde_json::from_slice(&json).map_err(|_| SessionError::Malformed)?;
-    let session = Session {
+    Ok(Session {
         access_token: Secret::new(wire.access_token),
         refresh_token: wire.refresh_token.map(Secret::new),
         id_token: wire.id_token.map(Secret::new),
@@ -586,7 +593,15 @@ pub fn decode(
         created_at: wire.created_at,
         saved_at: wire.saved_at,
         last_seen: wire.last_seen,
-    };
+    })
+}
+
+/// The session if none of its timeouts has ended it at `now`.
+pub fn check(
+    session: Session,
+    now: u64,
+    timeouts: &SessionConfig,
+) -> Result<Session, SessionError> {
     match session.expired(now, timeouts) {
         Some(which) => Err(SessionError::Expired(which)),
         None => Ok(session),

@@ -294,7 +294,9 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--memory-tokens", type=int, default=100_000)
     ap.add_argument("--out", default=str(ROOT / "bench/RESULTS.md"))
-    ap.add_argument("--only", help="comma-separated scenario numbers (for trying things)")
+    ap.add_argument("--only", help="comma-separated scenario numbers and/or `change` (for trying things)")
+    ap.add_argument("--change-seconds", type=int, default=60,
+                    help="load-with-change run length (0 skips it)")
     args = ap.parse_args()
 
     for what, path in [("envoy", ENVOY), ("the filter", OIDC_WASM), ("the no-op filter", NOOP_WASM)]:
@@ -389,12 +391,12 @@ def run(args, work, procs):
         ("PS256", pem_route("rsa.pem"), tokens["ps256"]),
         ("ES256", pem_route("ec.pem"), tokens["es256"]),
     ]
-    only = {int(x) for x in args.only.split(",")} if args.only else None
+    only = set(args.only.split(",")) if args.only else None
 
     results = {}
     commands = {}
     for (n, name, filters, config, clusters, values, header, prefix) in scenarios:
-        if only and n not in only:
+        if only and str(n) not in only:
             continue
         routes = [route(config)]
         results[n] = measure(args, work, f"s{n}", name, filters, routes, clusters, values, header, prefix,
@@ -413,7 +415,11 @@ def run(args, work, procs):
     memory = None if only else measure_memory(args, work, oidc(), route(pem_route("ec.pem")),
                                               tokens["es256-100k"], commands)
 
-    report = render(args, results, alg_rows, memory, commands)
+    change = None
+    if (not only or "change" in only) and args.change_seconds > 0:
+        change = measure_load_with_change(args, work, issuer, idp_port, tokens["rs256"], procs)
+
+    report = render(args, results, alg_rows, memory, commands, change)
     if not only:
         Path(args.out).write_text(report)
         say(f"wrote {args.out}")
@@ -476,6 +482,120 @@ def measure_memory(args, work, filters, route_, values, commands):
         envoy.stop()
 
 
+SIDECAR = ROOT / "target/debug/sidecar"
+
+
+def admin_call(port, method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                 headers={"content-type": "application/json"})
+    try:
+        with OPENER.open(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def envoy_stats(admin_port):
+    status, body = http_get(f"http://127.0.0.1:{admin_port}/stats")
+    stats = {}
+    for line in body.decode(errors="replace").splitlines():
+        k, _, v = line.partition(": ")
+        if v.strip().isdigit():
+            stats[k] = int(v)
+    return stats
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure_load_with_change(args, work, issuer, idp_port, values, procs):
+    """The gateway as `make run` starts it (sidecar + Envoy over xDS), a
+    protected route under wrk load, while routes are PUT, PATCHed and
+    DELETEd through the Admin API."""
+    import threading
+
+    secs = args.change_seconds
+    say(f"load with change: {secs}s")
+    # A fast upstream: an Envoy that answers every request itself.
+    up = Envoy(work, "envoy-upstream", [], [route()], [])
+    procs.append(up.proc)
+    admin, xds, proxy, envoy_admin = free_port(), free_port(), free_port(), free_port()
+    sidecar = Proc("sidecar", [str(SIDECAR), "--admin-addr", f"127.0.0.1:{admin}",
+                               "--xds-addr", f"127.0.0.1:{xds}", "--proxy-port", str(proxy),
+                               "--wasm", str(OIDC_WASM), "--data", str(work / "routes.json")], work,
+                   env={"RUST_LOG": "warn"})
+    procs.append(sidecar)
+    wait_until("the sidecar", lambda: port_open(xds) and port_open(admin))
+    text = (ROOT / "envoy/bootstrap.yaml").read_text()
+    for k, v in {"XDS_PORT": xds, "ENVOY_ADMIN_PORT": envoy_admin, "NODE_ID": "bench"}.items():
+        text = text.replace("${" + k + "}", str(v))
+    (work / "gateway-bootstrap.yaml").write_text(text)
+    gw = Proc("envoy-gateway", [str(ENVOY), "-c", str(work / "gateway-bootstrap.yaml"), "--concurrency", "1",
+                                "--disable-hot-restart", "-l", "warning"], work)
+    procs.append(gw)
+    wait_until("the gateway listener", lambda: port_open(proxy), 60)
+
+    plugin = {"use_jwks": True, "bearer_only": True, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+              "discovery": f"{issuer}/.well-known/openid-configuration"}
+    upstream = {"type": "roundrobin", "nodes": {f"127.0.0.1:{up.port}": 1}}
+    protected = {"uri": "/anything/*", "plugins": {"openid-connect": plugin}, "upstream": upstream}
+    if admin_call(admin, "PUT", "/apisix/admin/routes/protected", protected) not in (200, 201):
+        die("load with change: the protected route was refused")
+    first = Path(values).read_text().splitlines()[0]
+    url = f"http://127.0.0.1:{proxy}/anything/x"
+    wait_until("the protected route", lambda: http_get(url, {"Authorization": "Bearer " + first})[0] == 200, 30)
+
+    before = {"envoy": rss_kib(gw.p.pid), "sidecar": rss_kib(sidecar.p.pid), "stats": envoy_stats(envoy_admin)}
+    stop = threading.Event()
+    ops = {"ok": 0, "failed": 0}
+
+    def change():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            calls = [
+                ("PATCH", "/apisix/admin/routes/protected",
+                 {"plugins": {"openid-connect": {"timeout": 3 + n % 2}}}),
+                ("PUT", f"/apisix/admin/routes/other-{n % 20}",
+                 {"uri": f"/other/{n % 20}/*", "upstream": upstream}),
+                ("PATCH", f"/apisix/admin/routes/other-{(n + 7) % 20}", {"desc": f"change {n}"}),
+                ("DELETE", f"/apisix/admin/routes/other-{(n + 13) % 20}", None),
+            ]
+            for method, path, body in calls:
+                status = admin_call(admin, method, path, body)
+                # A PATCH or DELETE of a route not there (yet) is a 404.
+                if status in (200, 201) or (status == 404 and method != "PUT" and "other-" in path):
+                    ops["ok"] += 1
+                else:
+                    ops["failed"] += 1
+            time.sleep(0.05)
+
+    t = threading.Thread(target=change)
+    t.start()
+    r = wrk(args, url, values, duration=secs)
+    stop.set()
+    t.join()
+    after = {"envoy": rss_kib(gw.p.pid), "sidecar": rss_kib(sidecar.p.pid), "stats": envoy_stats(envoy_admin)}
+    delta = lambda k: after["stats"].get(k, 0) - before["stats"].get(k, 0)
+    return {
+        "seconds": secs, "requests": r["requests"], "rps": r["rps"], "non2xx": r["non2xx"],
+        "errors": r["errors"] or "none", "ops": ops,
+        "rds_updates": delta("http.ingress.rds.apisix.update_success"),
+        "cds_updates": delta("cluster_manager.cds.update_success"),
+        "listener_modified": delta("listener_manager.listener_modified"),
+        "listener_removed": delta("listener_manager.listener_removed"),
+        "draining": after["stats"].get("listener_manager.total_listeners_draining", 0),
+        "envoy_kib": (before["envoy"], after["envoy"]), "sidecar_kib": (before["sidecar"], after["sidecar"]),
+    }
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -495,7 +615,7 @@ def machine():
     }
 
 
-def render(args, results, alg_rows, memory, commands):
+def render(args, results, alg_rows, memory, commands, change=None):
     m = machine()
     ref = {k: results.get(k, {}).get("rps") for k in (1, 2, 4)}
     ratio = lambda v, k: f"{v / ref[k]:.2f}" if ref.get(k) else "–"
@@ -536,6 +656,27 @@ def render(args, results, alg_rows, memory, commands):
             f"Envoy's resident memory (VmRSS) with the filter on an ES256 `public_key` route: "
             f"{memory['before'] / 1024:.1f} MiB after warm-up, {memory['after'] / 1024:.1f} MiB after "
             f"{memory['sent']:,} requests with distinct tokens (token cache: 4,096 entries per VM).",
+        ]
+    if change:
+        c = change
+        lines += [
+            "",
+            "## Load with change",
+            "",
+            f"The gateway as `make run` starts it (sidecar + Envoy over xDS), a `use_jwks` route under `wrk` load "
+            f"for {c['seconds']} s while the Admin API PATCHes that route (its plugin config) and PUTs, PATCHes and "
+            "DELETEs 20 others, every 50 ms.",
+            "",
+            "| figure | value |",
+            "|---|---:|",
+            f"| requests on the protected route | {c['requests']:,} ({c['rps']:,.0f}/s) |",
+            f"| non-2xx answers | {c['non2xx']} |",
+            f"| socket errors | {c['errors']} |",
+            f"| Admin API calls answered as expected / not | {c['ops']['ok']:,} / {c['ops']['failed']} |",
+            f"| route updates applied by Envoy (RDS) / cluster updates (CDS) | {c['rds_updates']:,} / {c['cds_updates']:,} |",
+            f"| listeners modified / removed / draining | {c['listener_modified']} / {c['listener_removed']} / {c['draining']} |",
+            f"| Envoy RSS before → after | {c['envoy_kib'][0] / 1024:.1f} → {c['envoy_kib'][1] / 1024:.1f} MiB |",
+            f"| sidecar RSS before → after | {c['sidecar_kib'][0] / 1024:.1f} → {c['sidecar_kib'][1] / 1024:.1f} MiB |",
         ]
     lines += [
         "",

@@ -147,6 +147,11 @@ impl Gateway {
         );
     }
 
+    /// Kills the sidecar at once (SIGKILL: a crash).
+    pub fn kill_sidecar(&mut self) {
+        self.sidecar.kill();
+    }
+
     /// Stops the sidecar (Envoy keeps its last configuration).
     pub fn stop_sidecar(&mut self) {
         self.sidecar.stop();

@@ -165,14 +165,14 @@ def route(oidc_config=None):
     }
     if oidc_config is not None:
         text = json.dumps(oidc_config, sort_keys=True)
-        r["metadata"] = {
-            "filter_metadata": {
-                "openid-connect": {
-                    "version": hashlib.sha256(text.encode()).hexdigest()[:16],
-                    "config": text,
-                }
-            }
-        }
+        version = hashlib.sha256(text.encode()).hexdigest()[:16]
+        if os.environ.get("BENCH_LEGACY_LAYOUT"):
+            # The layout before the version got a namespace of its own (to
+            # measure builds from before that change).
+            md = {"openid-connect": {"config": text, "version": version}}
+        else:
+            md = {"openid-connect": {"config": text}, "openid-connect-version": {"version": version}}
+        r["metadata"] = {"filter_metadata": md}
     return r
 
 

@@ -53,9 +53,10 @@
 //!   accepts (`u32::MAX`) are scaled down.
 //! - **Route metadata**: a route with `openid-connect` carries
 //!   `filter_metadata["openid-connect"] = {"config": <the stored plugin
-//!   object as JSON text>, "version": <first 16 hex digits of its SHA-256>}`
-//!   (the format in ARCHITECTURE.md). Other routes carry no metadata and
-//!   pass through the filter.
+//!   object as JSON text>}` and `filter_metadata["openid-connect-version"] =
+//!   {"version": <first 16 hex digits of its SHA-256>}` (the format in
+//!   ARCHITECTURE.md). Other routes carry an empty version and pass through
+//!   the filter after one property read.
 //! - **Provider clusters**: one per `oidc|<scheme>|<host>|<port>`
 //!   (`oidc_core::http::cluster_name`) for each enabled route's discovery
 //!   URL and `introspection_endpoint`, and for each extra URL (the
@@ -128,6 +129,9 @@ pub const ROUTE_CONFIG: &str = "apisix";
 pub const STAT_PREFIX: &str = "ingress";
 /// The route-metadata namespace the filter reads (ARCHITECTURE.md).
 pub const OIDC_NAMESPACE: &str = "openid-connect";
+/// The namespace of the config version alone (read by the filter on every
+/// request; an empty version marks a route without the plugin).
+pub const OIDC_VERSION_NAMESPACE: &str = "openid-connect-version";
 /// The wasm VM id (shared data is per VM id).
 pub const VM_ID: &str = "openid-connect";
 /// The only wasm runtime Envoy 1.40 from PyPI has.
@@ -457,11 +461,9 @@ fn envoy_route(e: &Entry) -> Route {
             ..Default::default()
         }),
         action: Some(route::Action::Route(route_action(e.spec))),
-        metadata: e
-            .spec
-            .oidc
-            .as_ref()
-            .map(|(stored, _)| oidc_metadata(stored)),
+        metadata: Some(oidc_metadata(
+            e.spec.oidc.as_ref().map(|(stored, _)| stored),
+        )),
         ..Default::default()
     }
 }
@@ -488,26 +490,33 @@ fn method_matcher(methods: &[String]) -> Option<HeaderMatcher> {
     })
 }
 
-/// `{"config": <plugin JSON text>, "version": <hash of it>}`.
-fn oidc_metadata(stored: &Value) -> Metadata {
-    let config = stored.to_string();
-    let version = config_version(&config);
+/// `openid-connect: {"config": <plugin JSON text>}` and
+/// `openid-connect-version: {"version": <hash of it>}`; a route without the
+/// plugin gets only an empty version (the filter then reads nothing more).
+fn oidc_metadata(stored: Option<&Value>) -> Metadata {
     let text = |s: String| PbValue {
         kind: Some(value::Kind::StringValue(s)),
     };
-    let fields = [
-        ("config".to_string(), text(config)),
-        ("version".to_string(), text(version)),
-    ];
+    let one = |k: &str, v: String| Struct {
+        fields: [(k.to_string(), text(v))].into_iter().collect(),
+    };
+    let mut filter_metadata = std::collections::HashMap::new();
+    match stored {
+        Some(stored) => {
+            let config = stored.to_string();
+            let version = config_version(&config);
+            filter_metadata.insert(OIDC_NAMESPACE.to_string(), one("config", config));
+            filter_metadata.insert(OIDC_VERSION_NAMESPACE.to_string(), one("version", version));
+        }
+        None => {
+            filter_metadata.insert(
+                OIDC_VERSION_NAMESPACE.to_string(),
+                one("version", String::new()),
+            );
+        }
+    }
     Metadata {
-        filter_metadata: [(
-            OIDC_NAMESPACE.to_string(),
-            Struct {
-                fields: fields.into_iter().collect(),
-            },
-        )]
-        .into_iter()
-        .collect(),
+        filter_metadata,
         ..Default::default()
     }
 }
@@ -1170,14 +1179,19 @@ mod tests {
 
     fn metadata(r: &Route) -> Option<(String, String)> {
         let md = r.metadata.as_ref()?;
-        assert_eq!(md.filter_metadata.len(), 1);
-        let st = &md.filter_metadata[OIDC_NAMESPACE];
-        let text = |k: &str| match &st.fields[k].kind {
+        let text = |ns: &str, k: &str| match &md.filter_metadata[ns].fields[k].kind {
             Some(value::Kind::StringValue(s)) => s.clone(),
             other => panic!("{k}: {other:?}"),
         };
-        assert_eq!(st.fields.len(), 2);
-        Some((text("config"), text("version")))
+        let version = text(OIDC_VERSION_NAMESPACE, "version");
+        if version.is_empty() {
+            // No plugin: the empty version alone.
+            assert_eq!(md.filter_metadata.len(), 1);
+            return None;
+        }
+        assert_eq!(md.filter_metadata.len(), 2);
+        assert_eq!(md.filter_metadata[OIDC_NAMESPACE].fields.len(), 1);
+        Some((text(OIDC_NAMESPACE, "config"), version))
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::{envoy_bin, free_port, port_open, tail, wait_for, wasm_path, Proc, Re
 
 /// The metadata namespace the filter reads its per-route config from.
 pub const OIDC_NAMESPACE: &str = "openid-connect";
+/// The namespace of the config version alone.
+pub const OIDC_VERSION_NAMESPACE: &str = "openid-connect-version";
 /// The RDS route configuration's name.
 pub const ROUTE_CONFIG: &str = "local_route";
 /// The connection manager's stat prefix (`http.ingress.*`).
@@ -151,10 +153,17 @@ impl Route {
     }
 
     /// The route metadata exactly as given: `config` need not be valid JSON.
+    /// The version in its own namespace, as the sidecar writes it.
     pub fn oidc_raw(self, config: &str, version: &str) -> Self {
+        self.metadata(OIDC_NAMESPACE, json!({"config": config}))
+            .metadata(OIDC_VERSION_NAMESPACE, json!({"version": version}))
+    }
+
+    /// The earlier layout, version next to the config (still read).
+    pub fn oidc_legacy(self, config: &Value) -> Self {
         self.metadata(
             OIDC_NAMESPACE,
-            json!({"config": config, "version": version}),
+            json!({"config": config.to_string(), "version": version_of(config)}),
         )
     }
 
@@ -917,9 +926,9 @@ mod tests {
             7,
         );
         let routes = &t["resources"][0]["virtual_hosts"][0]["routes"];
-        let md = &routes[0]["metadata"]["filter_metadata"]["openid-connect"];
-        assert_eq!(md["config"], cfg.to_string());
-        assert_eq!(md["version"], version_of(&cfg));
+        let md = &routes[0]["metadata"]["filter_metadata"];
+        assert_eq!(md["openid-connect"]["config"], cfg.to_string());
+        assert_eq!(md["openid-connect-version"]["version"], version_of(&cfg));
         assert_eq!(routes[0]["route"]["timeout"], "10s");
         assert_eq!(routes[1]["name"], "h");
         assert_eq!(routes[1]["match"]["path"], "/h");

@@ -43,6 +43,10 @@ fn routes(idp: &Provider) -> Vec<Route> {
             "httpbin",
             plugin(idp, json!({"use_jwks": true})),
         ),
+        // The earlier metadata layout (version next to the config).
+        Route::prefix("/anything/legacy")
+            .to_cluster("httpbin")
+            .oidc_legacy(&plugin(idp, json!({"use_jwks": true}))),
         Route::protected(
             "/anything/strict",
             "httpbin",
@@ -128,6 +132,15 @@ fn jwks_route_client_credentials_password_and_refresh() {
         assert_eq!(r.status, 200);
     }
     assert!(s.envoy.stat("wasmcustom.openid_connect.cache.hit") >= hits + 2);
+
+    // The same on a route with the earlier metadata layout.
+    let r = call(
+        &s,
+        "/anything/legacy",
+        &[("authorization", &bearer(&token))],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(call(&s, "/anything/legacy", &[]).status, 401);
 
     // Invalid token: 401 with the invalid_token challenge.
     let mut bad = token.clone();

@@ -48,7 +48,7 @@ test-keycloak: setup build
 
 ## bench: the filter against no filter, a no-op wasm filter and jwt_authn; writes bench/RESULTS.md
 bench: setup build
-	$(CARGO) build -p noop-filter --target $(WASM_TARGET) --profile wasm
+	$(CARGO) build -p noop-filter -p verify-bench --target $(WASM_TARGET) --profile wasm
 	@command -v wrk >/dev/null || (echo "bench: apt-get install wrk" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
 	python3 bench/bench.py $(BENCH_ARGS)
 

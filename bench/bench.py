@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVOY = ROOT / ".venv/bin/envoy"
 OIDC_WASM = Path(os.environ.get("BENCH_OIDC_WASM", ROOT / "target/wasm32-wasip1/wasm/oidc_filter.wasm"))
 NOOP_WASM = ROOT / "target/wasm32-wasip1/wasm/noop_filter.wasm"
+VERIFY_WASM = ROOT / "target/wasm32-wasip1/wasm/verify-bench.wasm"
 PROVIDER = ROOT / "tests/provider/server.js"
 LUA = ROOT / "bench/rotate.lua"
 CLIENT_ID = "apisix-quickstart-client"
@@ -412,6 +413,15 @@ def run(args, work, procs):
             per_check = (1 / cold["rps"] - 1 / cached["rps"]) * 1e6
             alg_rows.append((alg, cached, cold, per_check))
 
+    verify = None
+    if not only:
+        say("the verifier alone: V8 (Node's WASI) and native")
+        in_v8 = subprocess.run(["node", str(ROOT / "bench/verify.mjs"), str(VERIFY_WASM), str(work)],
+                               capture_output=True, text=True, check=True).stdout
+        native = subprocess.run(["cargo", "run", "-q", "--release", "-p", "verify-bench", "--", str(work)],
+                                capture_output=True, text=True, check=True, cwd=ROOT).stdout
+        verify = (in_v8.strip(), native.strip())
+
     memory = None if only else measure_memory(args, work, oidc(), route(pem_route("ec.pem")),
                                               tokens["es256-100k"], commands)
 
@@ -419,7 +429,7 @@ def run(args, work, procs):
     if (not only or "change" in only) and args.change_seconds > 0:
         change = measure_load_with_change(args, work, issuer, idp_port, tokens["rs256"], procs)
 
-    report = render(args, results, alg_rows, memory, commands, change)
+    report = render(args, results, alg_rows, memory, commands, change, verify)
     if not only:
         Path(args.out).write_text(report)
         say(f"wrote {args.out}")
@@ -615,7 +625,7 @@ def machine():
     }
 
 
-def render(args, results, alg_rows, memory, commands, change=None):
+def render(args, results, alg_rows, memory, commands, change=None, verify=None):
     m = machine()
     ref = {k: results.get(k, {}).get("rps") for k in (1, 2, 4)}
     ratio = lambda v, k: f"{v / ref[k]:.2f}" if ref.get(k) else "–"
@@ -648,6 +658,18 @@ def render(args, results, alg_rows, memory, commands, change=None):
         ]
         for alg, cached, cold, per in alg_rows:
             lines.append(f"| {alg} | {cached['rps']:,.0f} | {cold['rps']:,.0f} | {per:,.0f} |")
+    if verify:
+        lines += [
+            "",
+            "The verifier alone (`bench/verify`: the filter's `oidc_core::jwt::verify` on 200 tokens, "
+            "no Envoy), built for wasm32-wasip1 and run in V8 through Node's WASI (`bench/verify.mjs`):",
+            "",
+            verify[0],
+            "",
+            "and natively (release build) on the same machine:",
+            "",
+            verify[1],
+        ]
     if memory:
         lines += [
             "",

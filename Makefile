@@ -30,6 +30,8 @@ run: setup build
 	@bash scripts/run.sh
 
 ## demo: the tutorial's whole stack (gateway, local OpenID provider, httpbin); Ctrl-C stops it
+# (Keycloak is for the tests only: not fetched for the demo or run.)
+demo run bench: export WITH_KEYCLOAK := 0
 demo: setup build
 	@bash scripts/demo.sh
 

@@ -333,6 +333,44 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// A route body of the APISIX + Keycloak tutorial, as its shell expands
+/// it: `plugin_lines` (e.g. `"use_jwks": true,`) open the plugin object;
+/// the upstream is `node` (a local httpbin in place of `httpbin.org:80`)
+/// and the redirect URI is on `redirect_port` (the tutorial's 9080, or a
+/// test gateway's port).
+pub fn tutorial_route(
+    plugin_lines: &str,
+    client_secret: &str,
+    discovery: &str,
+    node: &str,
+    redirect_port: u16,
+) -> String {
+    let client_id = provider::CLIENT_ID;
+    format!(
+        r#"
+{{
+"id": "auth-with-oidc",
+"uri":"/anything/*",
+"plugins": {{
+"openid-connect": {{
+{plugin_lines}
+"client_id": "{client_id}",
+"client_secret": "{client_secret}",
+"discovery": "{discovery}",
+"scope": "openid profile",
+"redirect_uri": "http://localhost:{redirect_port}/anything/callback"
+}}
+}},
+"upstream":{{
+"type":"roundrobin",
+"nodes":{{
+"{node}":1
+}}
+}}
+}}"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,34 +11,11 @@ use integration_tests::browser::Browser;
 use integration_tests::gateway::Gateway;
 use integration_tests::keycloak::{Keycloak, CLIENT_SECRET};
 use integration_tests::provider::{CLIENT_ID, PASSWORD, USER};
-use integration_tests::{get, wait_for, Httpbin, TestDir};
+use integration_tests::{get, tutorial_route, wait_for, Httpbin, TestDir};
 
-/// A tutorial route body as its shell would expand it; the upstream is the
-/// local httpbin, the redirect URI on this gateway's port.
-fn tutorial_route(plugin_lines: &str, discovery: &str, node: &str, proxy_port: u16) -> String {
-    format!(
-        r#"
-{{
-"id": "auth-with-oidc",
-"uri":"/anything/*",
-"plugins": {{
-"openid-connect": {{
-{plugin_lines}
-"client_id": "{CLIENT_ID}",
-"client_secret": "{CLIENT_SECRET}",
-"discovery": "{discovery}",
-"scope": "openid profile",
-"redirect_uri": "http://localhost:{proxy_port}/anything/callback"
-}}
-}},
-"upstream":{{
-"type":"roundrobin",
-"nodes":{{
-"{node}":1
-}}
-}}
-}}"#
-    )
+/// The tutorial's body with Keycloak's client secret.
+fn kc_route(plugin_lines: &str, discovery: &str, node: &str, proxy_port: u16) -> String {
+    tutorial_route(plugin_lines, CLIENT_SECRET, discovery, node, proxy_port)
 }
 
 fn put_route(gw: &Gateway, body: &str) {
@@ -130,19 +107,13 @@ fn tutorial_flows_against_keycloak() {
     let port = gw.proxy_port;
 
     // Client credentials, tokens checked with the JWKS.
-    put_route(
-        &gw,
-        &tutorial_route("\"use_jwks\": true,", &disc, &node, port),
-    );
+    put_route(&gw, &kc_route("\"use_jwks\": true,", &disc, &node, port));
     let cc = keycloak.token(&[("grant_type", "client_credentials")]);
     let token = cc["access_token"].as_str().unwrap().to_string();
     bearer_checks(&gw, &token, "client credentials, use_jwks");
 
     // The same token through Keycloak's introspection endpoint.
-    put_route(
-        &gw,
-        &tutorial_route("\"bearer_only\": true,", &disc, &node, port),
-    );
+    put_route(&gw, &kc_route("\"bearer_only\": true,", &disc, &node, port));
     let calls = gw.envoy_stat("wasmcustom.openid_connect.provider.calls");
     bearer_checks(&gw, &token, "client credentials, introspection");
     assert!(
@@ -151,10 +122,7 @@ fn tutorial_flows_against_keycloak() {
     );
 
     // Password grant, then refresh.
-    put_route(
-        &gw,
-        &tutorial_route("\"use_jwks\": true,", &disc, &node, port),
-    );
+    put_route(&gw, &kc_route("\"use_jwks\": true,", &disc, &node, port));
     let pw = keycloak.token(&[
         ("grant_type", "password"),
         ("username", USER),
@@ -173,7 +141,7 @@ fn tutorial_flows_against_keycloak() {
     // Browser login on Keycloak's own page, with logout under the route.
     put_route(
         &gw,
-        &tutorial_route(
+        &kc_route(
             "\"bearer_only\": false, \"logout_path\": \"/anything/logout\",",
             &disc,
             &node,
@@ -224,7 +192,7 @@ fn tutorial_flows_against_keycloak() {
     // PKCE.
     put_route(
         &gw,
-        &tutorial_route(
+        &kc_route(
             "\"bearer_only\": false, \"use_pkce\": true,",
             &disc,
             &node,

@@ -27,7 +27,9 @@ use integration_tests::browser::Browser;
 use integration_tests::gateway::Gateway;
 use integration_tests::http::request;
 use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET, PASSWORD, USER};
-use integration_tests::{get, wait_for, Httpbin, Provider, ProviderOptions, Response, TestDir};
+use integration_tests::{
+    get, tutorial_route, wait_for, Httpbin, Provider, ProviderOptions, Response, TestDir,
+};
 use serde_json::Value;
 
 /// The test user's `sub` at the test provider.
@@ -37,36 +39,6 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Envoy's counter of the filter's calls to the provider.
 const PROVIDER_CALLS: &str = "wasmcustom.openid_connect.provider.calls";
 const HTML: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
-
-/// The tutorial's route body (as its shell expands it): `plugin_lines` go
-/// after `"bearer_only": false,`; the redirect URI is on this gateway's port,
-/// the upstream is the local httpbin.
-fn tutorial_route(plugin_lines: &str, discovery: &str, node: &str, proxy_port: u16) -> String {
-    format!(
-        r#"
-{{
-"id": "auth-with-oidc",
-"uri":"/anything/*",
-"plugins": {{
-"openid-connect": {{
-"bearer_only": false,
-{plugin_lines}
-"client_id": "{CLIENT_ID}",
-"client_secret": "{DEFAULT_CLIENT_SECRET}",
-"discovery": "{discovery}",
-"scope": "openid profile",
-"redirect_uri": "http://localhost:{proxy_port}/anything/callback"
-}}
-}},
-"upstream":{{
-"type":"roundrobin",
-"nodes":{{
-"{node}":1
-}}
-}}
-}}"#
-    )
-}
 
 /// One test's processes. Field order is drop order: the gateway goes
 /// first, the log folder last.
@@ -94,7 +66,14 @@ impl Stack {
         let gw = Gateway::start(dir.path(), &[]);
         let lines = plugin_lines.replace("{httpbin}", &httpbin.port.to_string());
         let node = format!("127.0.0.1:{}", httpbin.port);
-        let body = tutorial_route(&lines, &provider.discovery_url(), &node, gw.proxy_port);
+        let lines = format!("\"bearer_only\": false,\n{lines}");
+        let body = tutorial_route(
+            &lines,
+            DEFAULT_CLIENT_SECRET,
+            &provider.discovery_url(),
+            &node,
+            gw.proxy_port,
+        );
         let r = gw.admin("PUT", "/apisix/admin/routes", Some(&body));
         assert_eq!(r.status, 201, "PUT route: {}", r.body);
         let s = Stack {

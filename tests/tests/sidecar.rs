@@ -5,37 +5,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::gateway::Gateway;
-use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET};
+use integration_tests::provider::DEFAULT_CLIENT_SECRET;
 use integration_tests::{
-    free_port, get, pid_alive, wait_for, Httpbin, Proc, Provider, ProviderOptions, TestDir,
+    free_port, get, pid_alive, tutorial_route, wait_for, Httpbin, Proc, Provider, ProviderOptions,
+    TestDir,
 };
 
-/// A tutorial route body, as its shell would expand it, with a local
-/// upstream in place of httpbin.org:80.
+/// The tutorial's body with the default client secret, redirect on 9080.
 fn tutorial_body(plugin_lines: &str, discovery: &str, node: &str) -> String {
-    format!(
-        r#"
-{{
-"id": "auth-with-oidc",
-"uri":"/anything/*",
-"plugins": {{
-"openid-connect": {{
-{plugin_lines}
-"client_id": "{CLIENT_ID}",
-"client_secret": "{DEFAULT_CLIENT_SECRET}",
-"discovery": "{discovery}",
-"scope": "openid profile",
-"redirect_uri": "http://localhost:9080/anything/callback"
-}}
-}},
-"upstream":{{
-"type":"roundrobin",
-"nodes":{{
-"{node}":1
-}}
-}}
-}}"#
-    )
+    tutorial_route(plugin_lines, DEFAULT_CLIENT_SECRET, discovery, node, 9080)
 }
 
 fn within_a_second(what: &str, mut check: impl FnMut() -> bool) {

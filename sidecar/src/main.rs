@@ -1,13 +1,15 @@
 //! The sidecar: APISIX's Admin API for routes and upstreams, served to Envoy over xDS.
 //! It never carries user traffic: Envoy does the routing.
 //!
-//! - `admin.rs`, `store.rs`, `secrets.rs`: the Admin API and its storage.
+//! - `admin.rs`, `store.rs`, `etcd.rs`, `secrets.rs`: the Admin API and its
+//!   storage (a file, or etcd).
 //! - `model.rs`, `upstream.rs`: APISIX route and upstream objects, validated.
 //! - `translate.rs`, `xds.rs`: routes → Envoy resources, served over ADS.
 //! - `discover.rs`: the provider endpoint hosts named by discovery documents.
 
 mod admin;
 mod discover;
+mod etcd;
 mod model;
 mod secrets;
 mod store;
@@ -25,15 +27,15 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use crate::admin::{AdminSettings, AdminState};
-use crate::store::FileStore;
+use crate::store::{FileStore, Store};
 use crate::translate::ProxySettings;
 use crate::xds::XdsStatus;
 
 /// APISIX's Admin API for routes and upstreams, configuring Envoy over xDS (ADS).
 ///
 /// Routes PUT to the Admin API are validated (the `openid-connect` plugin
-/// with the same parser the filter uses), stored in a local file, and
-/// served to every Envoy connected to the xDS port.
+/// with the same parser the filter uses), stored in a local file or in
+/// etcd (`--etcd`), and served to every Envoy connected to the xDS port.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Options {
@@ -75,8 +77,26 @@ struct Options {
     trusted_proxy_hops: u32,
 
     /// The file routes are stored in (JSON, mode 0600: it holds secrets).
+    /// Not used with `--etcd`.
     #[arg(long, env = "SIDECAR_DATA", default_value = "build/routes.json")]
     data: PathBuf,
+
+    /// Store routes and upstreams in etcd v3 at this endpoint
+    /// (`http://127.0.0.1:2379`) instead of the file, as APISIX does.
+    /// Every sidecar on the same etcd and prefix serves the same set: each
+    /// watches etcd. etcd holds the secrets: keep it private.
+    #[arg(long, env = "SIDECAR_ETCD", value_name = "URL")]
+    etcd: Option<String>,
+
+    /// The etcd key prefix: keys are `<prefix>/routes/<id>` and
+    /// `<prefix>/upstreams/<id>`, as APISIX's.
+    #[arg(long, env = "SIDECAR_ETCD_PREFIX", default_value = "/apisix")]
+    etcd_prefix: String,
+
+    /// Timeout of each etcd call, seconds (a write that gets no answer
+    /// is a 503).
+    #[arg(long, default_value_t = 3)]
+    etcd_timeout: u64,
 
     /// Require this key on the Admin API (`X-API-KEY` header or `?api_key=`).
     #[arg(long, env = "SIDECAR_ADMIN_KEY", hide_env_values = true)]
@@ -119,9 +139,23 @@ async fn run(o: Options) -> Result<(), String> {
             wasm.display()
         ));
     }
-    if let Some(dir) = o.data.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("--data {}: {e}", dir.display()))?;
-    }
+    let etcd = match &o.etcd {
+        Some(url) => {
+            let timeout = Duration::from_secs(o.etcd_timeout.max(1));
+            Some(etcd::EtcdStore::connect(url, &o.etcd_prefix, timeout).await?)
+        }
+        None => {
+            if let Some(dir) = o.data.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("--data {}: {e}", dir.display()))?;
+            }
+            None
+        }
+    };
+    let store: Arc<dyn Store> = match &etcd {
+        Some(e) => Arc::new(e.clone()),
+        None => Arc::new(FileStore::new(&o.data)),
+    };
 
     let settings = AdminSettings {
         api_key: o.admin_key,
@@ -131,9 +165,19 @@ async fn run(o: Options) -> Result<(), String> {
             o.allow
         },
     };
-    let state = AdminState::new(Arc::new(FileStore::new(&o.data)), settings)
+    let state = AdminState::new(store, settings)
+        .await
         .map_err(|e| format!("cannot load routes and upstreams: {e}"))?;
     let routes = state.subscribe();
+    if let Some(e) = etcd {
+        tracing::info!(
+            etcd = ?o.etcd,
+            prefix = %o.etcd_prefix,
+            revision = state.known().revision,
+            "routes and upstreams from etcd"
+        );
+        tokio::spawn(e.watch(state.clone()));
+    }
 
     // Provider endpoint hosts found in discovery documents.
     let (providers_tx, providers_rx) = watch::channel(Arc::new(Vec::new()));

@@ -1,5 +1,15 @@
-//! Where the Admin API keeps its routes and upstreams between runs: APISIX
-//! keeps them in etcd, the sidecar in one JSON file.
+//! Where the Admin API keeps its routes and upstreams between runs: one
+//! JSON file ([`FileStore`], the default), or etcd as APISIX does
+//! ([`crate::etcd::EtcdStore`]).
+//!
+//! The [`Store`] trait is written for the second: a store has revisions
+//! (etcd's; the file has none: 0), and a [`Write`] is one object put or
+//! deleted under [`Guard`]s, conditions on what the write was decided on.
+//! When they no longer hold (another sidecar wrote in between), the store
+//! answers [`StoreError::Conflict`] with what it holds now, and the Admin
+//! API decides again on that. A store that keeps the whole set (the file)
+//! gets the whole next set with each write, and ignores the guards: one
+//! process, one writer lock.
 //!
 //! The file is `{"routes": {"<id>": <route object>, ...}, "upstreams":
 //! {"<id>": <upstream object>, ...}}`: the stored objects (with `id`,
@@ -14,8 +24,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::future::Future;
+use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
@@ -44,6 +56,173 @@ impl Stored {
     }
 }
 
+/// The two resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Route,
+    Upstream,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Route, Kind::Upstream];
+
+    /// `route`, `upstream`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Route => "route",
+            Kind::Upstream => "upstream",
+        }
+    }
+
+    /// The path segment and etcd directory: `routes`, `upstreams`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Route => "routes",
+            Kind::Upstream => "upstreams",
+        }
+    }
+
+    /// Where the object lives in etcd under `prefix` (`/apisix`): the
+    /// `key` of every Admin API answer.
+    pub fn key(self, prefix: &str, id: &str) -> String {
+        format!("{prefix}/{}/{id}", self.plural())
+    }
+
+    pub fn of(self, s: &Stored) -> &BTreeMap<String, Value> {
+        match self {
+            Kind::Route => &s.routes,
+            Kind::Upstream => &s.upstreams,
+        }
+    }
+
+    pub fn of_mut(self, s: &mut Stored) -> &mut BTreeMap<String, Value> {
+        match self {
+            Kind::Route => &mut s.routes,
+            Kind::Upstream => &mut s.upstreams,
+        }
+    }
+}
+
+/// One object's place in the store's history: etcd's `create_revision`
+/// and `mod_revision` (APISIX's `createdIndex`, `modifiedIndex`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Revs {
+    pub created: i64,
+    pub modified: i64,
+}
+
+/// What a store holds, as of one of its revisions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Versioned {
+    pub data: Stored,
+    /// Each object's revisions (also for a stored value that is not a
+    /// valid object, left out of `data`). Empty for a store without
+    /// revisions.
+    pub revs: BTreeMap<(Kind, String), Revs>,
+    /// The store revision this is as of; 0 for a store without revisions.
+    pub revision: i64,
+}
+
+impl Versioned {
+    /// A set without revisions (the file).
+    pub fn unversioned(data: Stored) -> Versioned {
+        Versioned {
+            data,
+            ..Versioned::default()
+        }
+    }
+
+    /// The revisions of one object, if it is stored.
+    pub fn revs_of(&self, kind: Kind, id: &str) -> Option<Revs> {
+        self.revs.get(&(kind, id.to_string())).copied()
+    }
+
+    /// The `mod_revision` a guard on this object expects: 0 when absent.
+    pub fn modified(&self, kind: Kind, id: &str) -> i64 {
+        self.revs_of(kind, id).map_or(0, |r| r.modified)
+    }
+
+    /// Applies one change seen at `revs.modified` (a watch event): `Some`
+    /// puts, `None` deletes. Changes at or before [`Versioned::revision`]
+    /// are already in and are ignored; returns whether it applied. A value
+    /// that is not a valid object keeps its revisions but stays out of
+    /// `data` (with a warning).
+    pub fn apply(&mut self, kind: Kind, id: &str, value: Option<&[u8]>, revs: Revs) -> bool {
+        if revs.modified <= self.revision {
+            return false;
+        }
+        self.revision = revs.modified;
+        let objects = kind.of_mut(&mut self.data);
+        match value {
+            None => {
+                objects.remove(id);
+                self.revs.remove(&(kind, id.to_string()));
+            }
+            Some(bytes) => {
+                self.revs.insert((kind, id.to_string()), revs);
+                match parse_object(kind, id, bytes) {
+                    Ok(v) => {
+                        objects.insert(id.to_string(), v);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%id, "store: {} {id:?} left out: {e}", kind.name());
+                        objects.remove(id);
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// A stored value as an object of `kind` whose `id` is `id`.
+pub fn parse_object(kind: Kind, id: &str, bytes: &[u8]) -> Result<Value, String> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+    match v.get("id") {
+        _ if !v.is_object() => Err("not a JSON object".into()),
+        Some(stored) if crate::model::id_text(stored).as_deref() == Some(id) => Ok(v),
+        _ => Err(format!(
+            "not a {} object whose \"id\" is {id:?}",
+            kind.name()
+        )),
+    }
+}
+
+/// A condition a [`Write`] is made under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// The object's `mod_revision` is still this (0: it is still absent).
+    Unchanged {
+        kind: Kind,
+        id: String,
+        modified: i64,
+    },
+    /// No object of `kind` was created or changed after `revision`.
+    NoneChangedSince { kind: Kind, revision: i64 },
+}
+
+/// One change: put (`value` is `Some`) or delete one object, if every
+/// guard holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub kind: Kind,
+    pub id: String,
+    pub value: Option<Value>,
+    pub guards: Vec<Guard>,
+}
+
+/// How a write was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The whole next set was saved: publish it (the file).
+    Saved,
+    /// Done at this store revision; the store's watch brings it back.
+    At { revision: i64 },
+}
+
+/// What [`Store`] calls return.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
 /// Why routes could not be loaded or saved.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -56,7 +235,12 @@ pub enum StoreError {
     },
     /// The file exists but is not a route set this sidecar wrote.
     Corrupt { path: PathBuf, reason: String },
-    /// A store that is not a file failed (test doubles, future stores).
+    /// The store cannot be reached (etcd down): nothing was written.
+    Unavailable(String),
+    /// A guard of the write did not hold: nothing was written; this is
+    /// what the store holds now.
+    Conflict(Box<Versioned>),
+    /// A store that is not a file failed (test doubles, etcd errors).
     Other(String),
 }
 
@@ -69,7 +253,12 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt { path, reason } => {
                 write!(f, "{} is not a route file: {reason}", path.display())
             }
-            StoreError::Other(msg) => f.write_str(msg),
+            StoreError::Unavailable(msg) | StoreError::Other(msg) => f.write_str(msg),
+            StoreError::Conflict(now) => write!(
+                f,
+                "changed concurrently (the store is at revision {})",
+                now.revision
+            ),
         }
     }
 }
@@ -83,12 +272,21 @@ impl std::error::Error for StoreError {
     }
 }
 
-/// Durable storage for the whole route and upstream set. `save` replaces
-/// everything stored with `data`; it either fully succeeds or leaves what
-/// was stored unchanged. Callers serialize their saves.
+/// Durable storage for the route and upstream set.
 pub trait Store: Send + Sync {
-    fn load(&self) -> Result<Stored, StoreError>;
-    fn save(&self, data: &Stored) -> Result<(), StoreError>;
+    /// Everything stored, as of the store's current revision.
+    fn load(&self) -> StoreFuture<'_, Versioned>;
+
+    /// Makes `write` if its guards hold ([`StoreError::Conflict`] if
+    /// not); `next` is the whole set after it, for a store that keeps the
+    /// whole set. Either fully done or not at all. Callers in one process
+    /// serialize their writes.
+    fn write<'a>(&'a self, write: &'a Write, next: &'a Stored) -> StoreFuture<'a, Written>;
+
+    /// The prefix of the keys shown in answers (`/apisix`).
+    fn prefix(&self) -> &str {
+        "/apisix"
+    }
 }
 
 /// The routes in one JSON file, replaced atomically on each save.
@@ -162,7 +360,25 @@ impl FileStore {
 }
 
 impl Store for FileStore {
-    fn load(&self) -> Result<Stored, StoreError> {
+    fn load(&self) -> StoreFuture<'_, Versioned> {
+        Box::pin(async move { self.read().map(Versioned::unversioned) })
+    }
+
+    fn write<'a>(&'a self, _write: &'a Write, next: &'a Stored) -> StoreFuture<'a, Written> {
+        let file = FileStore::new(self.path.clone());
+        let next = next.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || file.replace(&next))
+                .await
+                .map_err(|_| StoreError::Other("the save was interrupted".into()))?
+                .map(|()| Written::Saved)
+        })
+    }
+}
+
+impl FileStore {
+    /// The stored set (a missing file is an empty set).
+    pub fn read(&self) -> Result<Stored, StoreError> {
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Stored::default()),
@@ -186,7 +402,8 @@ impl Store for FileStore {
         })
     }
 
-    fn save(&self, data: &Stored) -> Result<(), StoreError> {
+    /// Replaces the file with `data`, atomically.
+    pub fn replace(&self, data: &Stored) -> Result<(), StoreError> {
         let doc = serde_json::json!({
             "routes": Map::from_iter(data.routes.clone()),
             "upstreams": Map::from_iter(data.upstreams.clone()),
@@ -264,14 +481,24 @@ impl MemoryStore {
 }
 
 #[cfg(test)]
+impl MemoryStore {
+    /// Replaces what is stored.
+    pub fn set(&self, data: &Stored) {
+        *self.data.lock().unwrap_or_else(|p| p.into_inner()) = data.clone();
+    }
+}
+
+#[cfg(test)]
 impl Store for MemoryStore {
-    fn load(&self) -> Result<Stored, StoreError> {
-        Ok(self.data())
+    fn load(&self) -> StoreFuture<'_, Versioned> {
+        Box::pin(async move { Ok(Versioned::unversioned(self.data())) })
     }
 
-    fn save(&self, data: &Stored) -> Result<(), StoreError> {
-        *self.data.lock().unwrap_or_else(|p| p.into_inner()) = data.clone();
-        Ok(())
+    fn write<'a>(&'a self, _write: &'a Write, next: &'a Stored) -> StoreFuture<'a, Written> {
+        Box::pin(async move {
+            self.set(next);
+            Ok(Written::Saved)
+        })
     }
 }
 
@@ -306,29 +533,29 @@ mod tests {
     fn a_missing_file_is_an_empty_set() {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStore::new(dir.path().join("routes.json"));
-        assert_eq!(s.load().unwrap(), Stored::default());
+        assert_eq!(s.read().unwrap(), Stored::default());
     }
 
     #[test]
     fn round_trip_and_replace() {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStore::new(dir.path().join("routes.json"));
-        s.save(&sample()).unwrap();
-        assert_eq!(s.load().unwrap(), sample());
+        s.replace(&sample()).unwrap();
+        assert_eq!(s.read().unwrap(), sample());
         // A second store on the same file (a restart) sees the same.
         assert_eq!(
             FileStore::new(dir.path().join("routes.json"))
-                .load()
+                .read()
                 .unwrap(),
             sample()
         );
         let mut fewer = sample();
         fewer.routes.remove("a");
         fewer.upstreams.clear();
-        s.save(&fewer).unwrap();
-        assert_eq!(s.load().unwrap(), fewer);
-        s.save(&Stored::default()).unwrap();
-        assert_eq!(s.load().unwrap(), Stored::default());
+        s.replace(&fewer).unwrap();
+        assert_eq!(s.read().unwrap(), fewer);
+        s.replace(&Stored::default()).unwrap();
+        assert_eq!(s.read().unwrap(), Stored::default());
         // No temporary files are left behind.
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
@@ -344,11 +571,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.json");
         let s = FileStore::new(&path);
-        s.save(&sample()).unwrap();
+        s.replace(&sample()).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        s.save(&sample()).unwrap();
+        s.replace(&sample()).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
@@ -375,7 +602,7 @@ mod tests {
             ),
         ] {
             fs::write(&path, bad).unwrap();
-            let e = s.load().unwrap_err();
+            let e = s.read().unwrap_err();
             assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
             assert!(e.to_string().contains(want), "{e}");
             assert!(e.to_string().contains("routes.json"), "{e}");
@@ -387,17 +614,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.json");
         let s = FileStore::new(&path);
-        s.save(&sample()).unwrap();
+        s.replace(&sample()).unwrap();
         // The target is now a non-empty directory: the rename fails.
         let blocked = FileStore::new(dir.path().join("sub"));
         fs::create_dir(dir.path().join("sub")).unwrap();
         fs::write(dir.path().join("sub/x"), b"x").unwrap();
-        let e = blocked.save(&sample()).unwrap_err();
+        let e = blocked.replace(&sample()).unwrap_err();
         assert!(matches!(e, StoreError::Io { .. }), "{e}");
-        assert_eq!(s.load().unwrap(), sample());
+        assert_eq!(s.read().unwrap(), sample());
         // A directory that does not exist.
         let nowhere = FileStore::new(dir.path().join("missing/routes.json"));
-        assert!(nowhere.save(&sample()).is_err());
+        assert!(nowhere.replace(&sample()).is_err());
         // Nothing but what was there before.
         let mut names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
@@ -418,22 +645,112 @@ mod tests {
         )
         .unwrap();
         let s = FileStore::new(&path);
-        let loaded = s.load().unwrap();
+        let loaded = s.read().unwrap();
         assert_eq!(loaded.routes.len(), 1);
         assert!(loaded.upstreams.is_empty());
         // Saved back, it gains an empty upstream set and loads the same.
-        s.save(&loaded).unwrap();
+        s.replace(&loaded).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"upstreams\": {}"), "{text}");
-        assert_eq!(s.load().unwrap(), loaded);
+        assert_eq!(s.read().unwrap(), loaded);
+    }
+
+    #[tokio::test]
+    async fn memory_store_round_trip() {
+        let s = MemoryStore::new();
+        assert_eq!(s.load().await.unwrap(), Versioned::default());
+        let w = Write {
+            kind: Kind::Route,
+            id: "a".into(),
+            value: None,
+            guards: vec![],
+        };
+        assert_eq!(s.write(&w, &sample()).await.unwrap(), Written::Saved);
+        assert_eq!(s.load().await.unwrap().data, sample());
+        assert_eq!(MemoryStore::with(sample()).data(), sample());
+    }
+
+    #[tokio::test]
+    async fn the_file_store_through_the_trait() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path().join("routes.json"));
+        let w = Write {
+            kind: Kind::Route,
+            id: "a".into(),
+            value: Some(sample().routes["a"].clone()),
+            // Ignored: one process, one writer.
+            guards: vec![Guard::Unchanged {
+                kind: Kind::Route,
+                id: "a".into(),
+                modified: 7,
+            }],
+        };
+        assert_eq!(s.write(&w, &sample()).await.unwrap(), Written::Saved);
+        let loaded = s.load().await.unwrap();
+        assert_eq!(loaded, Versioned::unversioned(sample()));
+        assert_eq!(loaded.revision, 0);
+        assert!(loaded.revs.is_empty());
+        assert_eq!(s.prefix(), "/apisix");
     }
 
     #[test]
-    fn memory_store_round_trip() {
-        let s = MemoryStore::new();
-        assert_eq!(s.load().unwrap(), Stored::default());
-        s.save(&sample()).unwrap();
-        assert_eq!(s.load().unwrap(), sample());
-        assert_eq!(MemoryStore::with(sample()).data(), sample());
+    fn keys_are_laid_out_like_apisix() {
+        assert_eq!(Kind::Route.key("/apisix", "1"), "/apisix/routes/1");
+        assert_eq!(Kind::Upstream.key("/gw", "u"), "/gw/upstreams/u");
+    }
+
+    fn revs(created: i64, modified: i64) -> Revs {
+        Revs { created, modified }
+    }
+
+    #[test]
+    fn watch_events_apply_in_revision_order_once() {
+        let mut v = Versioned {
+            revision: 10,
+            ..Versioned::default()
+        };
+        let a1 = br#"{"id": "a", "uri": "/1"}"#;
+        let a2 = br#"{"id": "a", "uri": "/2"}"#;
+        // Already seen: ignored.
+        assert!(!v.apply(Kind::Route, "a", Some(a1), revs(9, 9)));
+        assert!(v.data.routes.is_empty());
+        assert!(v.apply(Kind::Route, "a", Some(a1), revs(11, 11)));
+        assert!(v.apply(Kind::Route, "a", Some(a2), revs(11, 12)));
+        assert_eq!(v.data.routes["a"]["uri"], "/2");
+        assert_eq!(v.revs_of(Kind::Route, "a"), Some(revs(11, 12)));
+        assert_eq!(v.modified(Kind::Route, "a"), 12);
+        assert_eq!(v.revision, 12);
+        // A replayed older event does not bring the old value back.
+        assert!(!v.apply(Kind::Route, "a", Some(a1), revs(11, 11)));
+        assert_eq!(v.data.routes["a"]["uri"], "/2");
+        // Delete.
+        assert!(v.apply(Kind::Route, "a", None, revs(0, 13)));
+        assert!(v.data.routes.is_empty());
+        assert_eq!(v.modified(Kind::Route, "a"), 0);
+        assert_eq!(v.revision, 13);
+        // An upstream, numeric id in the value.
+        assert!(v.apply(Kind::Upstream, "7", Some(br#"{"id": 7}"#), revs(14, 14)));
+        assert!(v.data.upstreams.contains_key("7"));
+    }
+
+    #[test]
+    fn a_bad_value_keeps_its_revision_but_not_its_data() {
+        let mut v = Versioned::default();
+        for (i, bad) in [&b"{"[..], b"[]", br#"{"id": "b"}"#, br#"{"uri": "/"}"#]
+            .into_iter()
+            .enumerate()
+        {
+            let rev = i as i64 + 1;
+            assert!(v.apply(Kind::Route, "a", Some(bad), revs(1, rev)));
+            assert!(v.data.routes.is_empty(), "{bad:?}");
+            // A guard on it expects what is there.
+            assert_eq!(v.modified(Kind::Route, "a"), rev);
+        }
+        assert!(parse_object(Kind::Route, "a", b"[]")
+            .unwrap_err()
+            .contains("not a JSON object"));
+        assert!(parse_object(Kind::Upstream, "a", br#"{"id": "b"}"#)
+            .unwrap_err()
+            .contains("upstream"));
     }
 }

@@ -25,6 +25,7 @@
 
 pub mod browser;
 pub mod envoy;
+pub mod etcd;
 pub mod faults;
 pub mod gateway;
 pub mod http;

@@ -79,7 +79,7 @@ impl Etcd {
     fn wait_ready(&mut self) {
         let health = format!("{}/health", self.url());
         let proc = &mut self.proc;
-        wait_for("etcd's /health", Duration::from_secs(20), || {
+        wait_for("etcd's /health", Duration::from_secs(60), || {
             proc.assert_running();
             let r = crate::get(&health, &[]).ok()?;
             (r.status == 200 && r.body.contains("true")).then_some(())

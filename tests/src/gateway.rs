@@ -201,7 +201,7 @@ fn spawn_sidecar(
     };
     let mut proc = Proc::spawn(&name, dir, cmd);
     let health = format!("http://127.0.0.1:{admin_port}/healthz");
-    wait_for("the sidecar's /healthz", Duration::from_secs(20), || {
+    wait_for("the sidecar's /healthz", Duration::from_secs(60), || {
         proc.assert_running();
         let r = crate::get(&health, &[]).ok()?;
         (r.status == 200).then_some(())

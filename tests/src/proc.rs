@@ -326,7 +326,7 @@ impl Httpbin {
     fn wait_ready(&mut self) {
         let url = self.url("/get");
         let proc = &mut self.proc;
-        wait_for("httpbin", Duration::from_secs(20), || {
+        wait_for("httpbin", Duration::from_secs(60), || {
             proc.assert_running();
             let r = crate::http::get_timeout(&url, &[], Duration::from_secs(2)).ok()?;
             (r.status == 200).then_some(())

@@ -372,6 +372,31 @@ pub fn tutorial_route(
     )
 }
 
+/// A `python3 -m http.server` on a free port serving the text `name` at
+/// `/who` (and at `/first`, `/second`, `/third`, `/old`, `/new`): an
+/// upstream that says which node answered.
+pub fn static_server(dir: &TestDir, name: &str) -> (u16, Proc) {
+    let root = dir.path().join(format!("www-{name}"));
+    std::fs::create_dir_all(&root).unwrap();
+    for path in ["who", "first", "second", "third", "old", "new"] {
+        std::fs::write(root.join(path), name).unwrap();
+    }
+    let port = free_port();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(&root);
+    let mut proc = Proc::spawn(&format!("www-{name}"), dir.path(), cmd);
+    wait_for("a static server", Duration::from_secs(60), || {
+        proc.assert_running();
+        get(&format!("http://127.0.0.1:{port}/who"), &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    (port, proc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

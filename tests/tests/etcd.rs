@@ -5,37 +5,12 @@
 //! serving; when it is back, both catch up.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::etcd::Etcd;
 use integration_tests::gateway::Gateway;
-use integration_tests::{free_port, get, wait_for, Proc, TestDir};
+use integration_tests::{get, static_server, wait_for, TestDir};
 use serde_json::{json, Value};
-
-/// `python3 -m http.server` serving `/who` (and `/first`, `/second`, ...)
-/// = `name`.
-fn static_server(dir: &TestDir, name: &str) -> (u16, Proc) {
-    let root = dir.path().join(format!("www-{name}"));
-    std::fs::create_dir_all(&root).unwrap();
-    for path in ["who", "first", "second", "third", "old", "new"] {
-        std::fs::write(root.join(path), name).unwrap();
-    }
-    let port = free_port();
-    let mut cmd = Command::new("python3");
-    cmd.args(["-m", "http.server", "--bind", "127.0.0.1"])
-        .arg(port.to_string())
-        .arg("--directory")
-        .arg(&root);
-    let mut proc = Proc::spawn(&format!("www-{name}"), dir.path(), cmd);
-    wait_for("a static server", Duration::from_secs(10), || {
-        proc.assert_running();
-        get(&format!("http://127.0.0.1:{port}/who"), &[])
-            .ok()
-            .filter(|r| r.status == 200)
-    });
-    (port, proc)
-}
 
 /// A gateway in `<dir>/<name>/` (its own logs and ports) on `etcd`.
 fn gateway(dir: &TestDir, name: &str, etcd: &Etcd, extra: &[&str]) -> Gateway {

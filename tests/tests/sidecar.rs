@@ -1,13 +1,12 @@
 //! The gateway through the sidecar: the tutorial's Admin API calls, verbatim,
 //! configure the real Envoy over xDS; the real provider and httpbin answer.
 
-use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::gateway::Gateway;
 use integration_tests::provider::DEFAULT_CLIENT_SECRET;
 use integration_tests::{
-    free_port, get, pid_alive, tutorial_route, wait_for, Httpbin, Proc, Provider, ProviderOptions,
+    get, pid_alive, static_server, tutorial_route, wait_for, Httpbin, Provider, ProviderOptions,
     TestDir,
 };
 
@@ -131,26 +130,6 @@ fn tutorial_routes_through_the_sidecar() {
     });
     // Route changes never drained the listener.
     assert_eq!(gw.envoy_stat("listener_manager.listener_modified"), 0);
-}
-
-fn static_server(dir: &TestDir, name: &str) -> (u16, Proc) {
-    let root = dir.path().join(format!("www-{name}"));
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("who"), name).unwrap();
-    let port = free_port();
-    let mut cmd = Command::new("python3");
-    cmd.args(["-m", "http.server", "--bind", "127.0.0.1"])
-        .arg(port.to_string())
-        .arg("--directory")
-        .arg(&root);
-    let mut proc = Proc::spawn(&format!("www-{name}"), dir.path(), cmd);
-    wait_for("a static server", Duration::from_secs(10), || {
-        proc.assert_running();
-        get(&format!("http://127.0.0.1:{port}/who"), &[])
-            .ok()
-            .filter(|r| r.status == 200)
-    });
-    (port, proc)
 }
 
 #[test]

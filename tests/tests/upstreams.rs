@@ -7,32 +7,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::gateway::Gateway;
-use integration_tests::{free_port, get, venv_file, wait_for, wait_port, Httpbin, Proc, TestDir};
+use integration_tests::{
+    free_port, get, static_server, venv_file, wait_for, wait_port, Httpbin, Proc, TestDir,
+};
 use serde_json::{json, Value};
 
 fn within_a_second(what: &str, mut check: impl FnMut() -> bool) {
     wait_for(what, Duration::from_secs(1), || check().then_some(()));
-}
-
-/// `python3 -m http.server` serving `/who` = `name`.
-fn static_server(dir: &TestDir, name: &str) -> (u16, Proc) {
-    let root = dir.path().join(format!("www-{name}"));
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("who"), name).unwrap();
-    let port = free_port();
-    let mut cmd = Command::new("python3");
-    cmd.args(["-m", "http.server", "--bind", "127.0.0.1"])
-        .arg(port.to_string())
-        .arg("--directory")
-        .arg(&root);
-    let mut proc = Proc::spawn(&format!("www-{name}"), dir.path(), cmd);
-    wait_for("a static server", Duration::from_secs(10), || {
-        proc.assert_running();
-        get(&format!("http://127.0.0.1:{port}/who"), &[])
-            .ok()
-            .filter(|r| r.status == 200)
-    });
-    (port, proc)
 }
 
 fn put(gw: &Gateway, path: &str, body: &Value) {

@@ -133,19 +133,7 @@ impl RouteSpec {
                 e.push(k, "is not allowed (additional properties forbidden)");
             }
         }
-        if let Some(body_id) = obj.get("id") {
-            match id_text(body_id) {
-                Some(b) if b == id => {}
-                Some(_) => e.push("id", "does not match the id in the URL"),
-                None => e.push("id", "must be a string or an integer"),
-            }
-        }
-        if !valid_id(id) {
-            e.push(
-                "id",
-                "must be 1-64 characters of letters, digits, '-', '_' and '.'",
-            );
-        }
+        check_id(obj, id, &mut e);
 
         let mut uris = Vec::new();
         match (obj.get("uri"), obj.get("uris")) {
@@ -324,6 +312,24 @@ pub fn id_text(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) if n.is_u64() => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// The resource id: the one in the URL must be valid, and an `id` in the
+/// body (string or integer) must be the same.
+pub fn check_id(obj: &Map<String, Value>, id: &str, e: &mut Errors) {
+    if let Some(body_id) = obj.get("id") {
+        match id_text(body_id) {
+            Some(b) if b == id => {}
+            Some(_) => e.push("id", "does not match the id in the URL"),
+            None => e.push("id", "must be a string or an integer"),
+        }
+    }
+    if !valid_id(id) {
+        e.push(
+            "id",
+            "must be 1-64 characters of letters, digits, '-', '_' and '.'",
+        );
     }
 }
 

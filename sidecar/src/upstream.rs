@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::model::{id_text, valid_host_pattern, valid_id, Errors};
+use crate::model::{check_id, valid_host_pattern, Errors};
 
 /// Attributes of an upstream this gateway reads.
 const KNOWN: &[&str] = &[
@@ -158,19 +158,7 @@ impl Upstream {
             return Err("invalid configuration: the upstream must be a JSON object".into());
         };
         let mut e = Errors::new();
-        if let Some(body_id) = obj.get("id") {
-            match id_text(body_id) {
-                Some(b) if b == id => {}
-                Some(_) => e.push("id", "does not match the id in the URL"),
-                None => e.push("id", "must be a string or an integer"),
-            }
-        }
-        if !valid_id(id) {
-            e.push(
-                "id",
-                "must be 1-64 characters of letters, digits, '-', '_' and '.'",
-            );
-        }
+        check_id(obj, id, &mut e);
         let up = Upstream::parse(v, "", &mut e);
         match up {
             Some(up) if e.is_empty() => Ok(up),

@@ -41,7 +41,8 @@ use crate::xds::XdsStatus;
 #[command(version)]
 struct Options {
     /// Admin API address (APISIX's port 9180). Keep it on loopback unless
-    /// an admin key and a narrow allow-list are set.
+    /// an admin key and a narrow allow-list are set (off loopback, a key is
+    /// required: without `--admin-key` one is generated and printed).
     #[arg(long, env = "SIDECAR_ADMIN_ADDR", default_value = "127.0.0.1:9180")]
     admin_addr: SocketAddr,
 
@@ -239,9 +240,11 @@ async fn run(o: Options) -> Result<(), String> {
         },
         hosts,
     };
+    let nodes = settings.nodes.clone();
     let state = AdminState::new(store, settings)
         .await
         .map_err(|e| format!("cannot load routes and upstreams: {e}"))?;
+    warn_about_stored_nodes(&state.known().data, &nodes);
     let routes = state.subscribe();
     if let Some(e) = etcd {
         tracing::info!(
@@ -304,6 +307,28 @@ async fn run(o: Options) -> Result<(), String> {
             Ok(Err(e)) => Err(format!("xDS: {e}")),
             Err(e) => Err(format!("xDS task: {e}")),
         },
+    }
+}
+
+/// Routes and upstreams stored before the node checks (or with other
+/// options) that the Admin API would refuse now are still served: each is
+/// named in a warning, to be fixed or deleted.
+fn warn_about_stored_nodes(set: &store::Stored, nodes: &NodePolicy) {
+    let inline = set
+        .routes
+        .iter()
+        .filter_map(|(id, r)| Some(("route", id, r.get("upstream")?, "upstream.")));
+    let resources = set.upstreams.iter().map(|(id, u)| ("upstream", id, u, ""));
+    for (kind, id, upstream, prefix) in inline.chain(resources) {
+        let mut e = model::Errors::new();
+        nodes.check(upstream, prefix, &mut e);
+        if !e.is_empty() {
+            tracing::warn!(
+                %id,
+                "stored {kind} {id} would be refused now, and is still served: {}",
+                e.message()
+            );
+        }
     }
 }
 

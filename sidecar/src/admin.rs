@@ -27,10 +27,19 @@
 //!   is kept across writes. As in APISIX, `PUT` and `POST` bodies may not
 //!   carry them (so a `GET` value is written back without them); `PATCH`
 //!   may.
-//! - Access: the client address must be in the allow-list (APISIX's
-//!   `allow_admin`, default `127.0.0.0/24`), else 403; with an admin key
-//!   configured, `?api_key=` or `X-API-KEY` must carry it, else 401
-//!   `{"error_msg": "failed to check token", "description": ...}`.
+//! - Access, in this order, for every call and for what the sidecar adds
+//!   behind it (`/status`): the client address must be in the allow-list
+//!   (APISIX's `allow_admin`, default `127.0.0.0/24`), else 403; `Host`
+//!   must be an IP address, `localhost` or a name of `--admin-host`, else
+//!   403 (DNS rebinding); `Origin`, when sent, must be the Admin API's own
+//!   (`http://<Host>`) and `Sec-Fetch-Site` must not be `cross-site` or
+//!   `same-site`, else 403 (a web page's request; curl sends neither);
+//!   with an admin key configured, `?api_key=` or `X-API-KEY` must carry
+//!   it, else 401 `{"error_msg": "failed to check token", "description": ...}`.
+//! - Upstream nodes (a route's inline `upstream`, the `/upstreams`
+//!   resource) must not point at the gateway's control ports, nor, without
+//!   `--allow-local-upstreams`, at loopback or link-local addresses
+//!   ([`NodePolicy`]): 400 naming the node.
 //! - Secrets: see [`crate::secrets`]: responses show `"******"`, stored
 //!   and published routes carry the real values.
 //! - Every accepted write replaces the route and upstream set published on

@@ -25,6 +25,9 @@ export ADMIN_PORT="${ADMIN_PORT:-9180}"
 # Envoy's own log: warnings and errors (the filter's included) keep the
 # terminal readable; ENVOY_LOG_LEVEL=info shows every login failure too.
 export ENVOY_LOG_LEVEL="${ENVOY_LOG_LEVEL:-warning}"
+# The demo's httpbin is on 127.0.0.1: the Admin API must accept loopback
+# upstream nodes (run.sh: ALLOW_LOCAL_UPSTREAMS).
+export ALLOW_LOCAL_UPSTREAMS=1
 IDP_PORT="${IDP_PORT:-8080}"
 UPSTREAM_PORT="${UPSTREAM_PORT:-8090}"
 CLIENT_SECRET="${OIDC_CLIENT_SECRET:-quickstart-client-secret-0123456789}"

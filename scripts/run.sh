@@ -17,6 +17,13 @@
 #   OIDC_FILTER_WASM  the filter (default: target/wasm32-wasip1/wasm/oidc_filter.wasm)
 #   ENVOY_LOG_LEVEL   info
 #   BOOTSTRAP_FILE    where the rendered Envoy bootstrap goes (build/envoy-bootstrap.yaml)
+#   ALLOW_LOCAL_UPSTREAMS  1: the Admin API accepts upstream nodes on this
+#                     host (127.0.0.1, localhost, ::1) and link-local ones
+#                     (169.254.x.x: cloud metadata); default 0: refused
+#                     (sidecar --allow-local-upstreams). `make demo` sets it
+#                     (its httpbin is on 127.0.0.1). The gateway's own
+#                     control ports (ADMIN_PORT, XDS_PORT, ENVOY_ADMIN_PORT)
+#                     are refused either way.
 #   SIDECAR_ARGS      extra arguments for the sidecar
 set -euo pipefail
 
@@ -33,6 +40,7 @@ DATA_FILE="${DATA_FILE:-$BUILD/routes.json}"
 WASM="${OIDC_FILTER_WASM:-$ROOT/target/wasm32-wasip1/wasm/oidc_filter.wasm}"
 ENVOY="$ROOT/.venv/bin/envoy"
 ENVOY_LOG_LEVEL="${ENVOY_LOG_LEVEL:-info}"
+ALLOW_LOCAL_UPSTREAMS="${ALLOW_LOCAL_UPSTREAMS:-0}"
 
 say() { printf 'run: %s\n' "$*" >&2; }
 die() { printf 'run: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -41,6 +49,12 @@ for p in PROXY_PORT ADMIN_PORT XDS_PORT ENVOY_ADMIN_PORT; do
     v="${!p}"
     [[ "$v" =~ ^[0-9]+$ ]] && (( v > 0 && v < 65536 )) || die "$p=$v is not a port number"
 done
+
+case "$ALLOW_LOCAL_UPSTREAMS" in
+    1) LOCAL_ARGS=(--allow-local-upstreams) ;;
+    0) LOCAL_ARGS=() ;;
+    *) die "ALLOW_LOCAL_UPSTREAMS=$ALLOW_LOCAL_UPSTREAMS: use 1 or 0" ;;
+esac
 
 if [ -z "${SIDECAR:-}" ]; then
     if [ -x "$ROOT/target/release/sidecar" ]; then
@@ -88,7 +102,7 @@ trap 'exit 143' TERM
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-say "sidecar: Admin API on 127.0.0.1:$ADMIN_PORT, xDS on 127.0.0.1:$XDS_PORT, routes in $DATA_FILE"
+say "sidecar: Admin API on 127.0.0.1:$ADMIN_PORT, xDS on 127.0.0.1:$XDS_PORT, routes in $DATA_FILE, local upstreams $([ "$ALLOW_LOCAL_UPSTREAMS" = 1 ] && echo allowed || echo refused)"
 # shellcheck disable=SC2086 # SIDECAR_ARGS is a list of words
 "$SIDECAR" \
     --admin-addr "127.0.0.1:$ADMIN_PORT" \
@@ -96,6 +110,8 @@ say "sidecar: Admin API on 127.0.0.1:$ADMIN_PORT, xDS on 127.0.0.1:$XDS_PORT, ro
     --proxy-port "$PROXY_PORT" \
     --wasm "$WASM" \
     --data "$DATA_FILE" \
+    --envoy-admin-addr "127.0.0.1:$ENVOY_ADMIN_PORT" \
+    "${LOCAL_ARGS[@]}" \
     ${SIDECAR_ARGS:-} &
 SIDECAR_PID=$!
 

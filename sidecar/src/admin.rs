@@ -27,10 +27,19 @@
 //!   is kept across writes. As in APISIX, `PUT` and `POST` bodies may not
 //!   carry them (so a `GET` value is written back without them); `PATCH`
 //!   may.
-//! - Access: the client address must be in the allow-list (APISIX's
-//!   `allow_admin`, default `127.0.0.0/24`), else 403; with an admin key
-//!   configured, `?api_key=` or `X-API-KEY` must carry it, else 401
-//!   `{"error_msg": "failed to check token", "description": ...}`.
+//! - Access, in this order, for every call and for what the sidecar adds
+//!   behind it (`/status`): the client address must be in the allow-list
+//!   (APISIX's `allow_admin`, default `127.0.0.0/24`), else 403; `Host`
+//!   must be an IP address, `localhost` or a name of `--admin-host`, else
+//!   403 (DNS rebinding); `Origin`, when sent, must be the Admin API's own
+//!   (`http://<Host>`) and `Sec-Fetch-Site` must not be `cross-site` or
+//!   `same-site`, else 403 (a web page's request; curl sends neither);
+//!   with an admin key configured, `?api_key=` or `X-API-KEY` must carry
+//!   it, else 401 `{"error_msg": "failed to check token", "description": ...}`.
+//! - Upstream nodes (a route's inline `upstream`, the `/upstreams`
+//!   resource) must not point at the gateway's control ports, nor, without
+//!   `--allow-local-upstreams`, at loopback or link-local addresses
+//!   ([`NodePolicy`]): 400 naming the node.
 //! - Secrets: see [`crate::secrets`]: responses show `"******"`, stored
 //!   and published routes carry the real values.
 //! - Every accepted write replaces the route and upstream set published on
@@ -79,10 +88,10 @@ use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
-use crate::model::{id_text, with_id, RouteSpec};
+use crate::model::{id_text, with_id, Errors, RouteSpec};
 use crate::secrets::{self, FillError};
 use crate::store::{Guard, Kind, Revs, Store, StoreError, Stored, Versioned, Write, Written};
-use crate::upstream::Upstream;
+use crate::upstream::{NodePolicy, Upstream};
 
 /// The routes and upstreams as published: id → stored object (with `id`,
 /// `create_time`, `update_time` and the real secrets).
@@ -103,6 +112,12 @@ pub struct AdminSettings {
     pub api_key: Option<String>,
     /// APISIX's `deployment.admin.allow_admin`: client addresses allowed.
     pub allow: Vec<IpNet>,
+    /// Host names (lower case) the Admin API answers to besides IP
+    /// addresses and `localhost` (`--admin-host`): a `Host` naming anything
+    /// else is refused, which defeats DNS rebinding.
+    pub hosts: Vec<String>,
+    /// What upstream nodes may point at.
+    pub nodes: NodePolicy,
 }
 
 impl AdminSettings {
@@ -120,6 +135,8 @@ impl Default for AdminSettings {
         AdminSettings {
             api_key: None,
             allow: AdminSettings::default_allow(),
+            hosts: Vec::new(),
+            nodes: NodePolicy::default(),
         }
     }
 }
@@ -129,6 +146,8 @@ impl std::fmt::Debug for AdminSettings {
         f.debug_struct("AdminSettings")
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("allow", &self.allow)
+            .field("hosts", &self.hosts)
+            .field("nodes", &self.nodes)
             .finish()
     }
 }
@@ -483,14 +502,16 @@ fn resource(router: Router<AdminState>, kind: Kind) -> Router<AdminState> {
         )
 }
 
-/// The Admin API's routes and upstreams, behind the allow-list and key
-/// check. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:
-/// a request without the client address is refused.
-pub fn router(state: AdminState) -> Router {
+/// The Admin API's routes and upstreams, and `protected` (the sidecar's
+/// `/status`), behind the access checks ([`access`]). Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: a request without
+/// the client address is refused.
+pub fn router(state: AdminState, protected: Router) -> Router {
     let r = resource(Router::new(), Kind::Route);
     resource(r, Kind::Upstream)
-        .layer(middleware::from_fn_with_state(state.clone(), access))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(protected)
+        .layer(middleware::from_fn_with_state(state, access))
 }
 
 // ---------------------------------------------------------------------------
@@ -571,6 +592,10 @@ async fn access(State(s): State<AdminState>, req: Request, next: Next) -> Respon
         }
         return error(StatusCode::FORBIDDEN, "IP address not allowed".into());
     }
+    if let Err(msg) = browser_check(req.headers(), req.uri(), &settings.hosts) {
+        tracing::warn!(client = ?client, "Admin API: {msg}");
+        return error(StatusCode::FORBIDDEN, msg);
+    }
     if let Some(key) = &settings.api_key {
         // APISIX reads `?api_key=` first, then `X-API-KEY`.
         let from_query = req.uri().query().and_then(|q| {
@@ -597,6 +622,120 @@ async fn access(State(s): State<AdminState>, req: Request, next: Next) -> Respon
         }
     }
     next.run(req).await
+}
+
+/// A header value as text for a message: at most 100 characters, quoted
+/// and escaped as Rust debug strings are.
+fn shown(v: &[u8]) -> String {
+    let text = String::from_utf8_lossy(v);
+    let cut: String = text.chars().take(100).collect();
+    if cut.len() < text.len() {
+        format!("{cut:?}...")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+/// The host part of a `Host` value (`name`, `name:port`, `[v6]:port`),
+/// lower case, without a trailing dot; `None` when it is not one.
+fn host_of(value: &str) -> Option<String> {
+    let host = if let Some(rest) = value.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        inner.parse::<std::net::Ipv6Addr>().ok()?;
+        return Some(inner.to_ascii_lowercase());
+    } else {
+        match value.rsplit_once(':') {
+            Some((h, p)) if is_port(p) => h,
+            Some(_) => return None,
+            None => value,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether the Admin API answers to `Host: host`: an IP address (a DNS
+/// rebinding attack needs a name), `localhost`, or a configured name.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+        || host == "localhost"
+        || names.iter().any(|n| n == host)
+}
+
+/// Refuses what a web page can make a browser send (issue 14): a `Host`
+/// that is not the Admin API's (DNS rebinding: a page on `evil.example`
+/// whose name now resolves to 127.0.0.1 reads and writes with `Host:
+/// evil.example`), an `Origin` that is not the Admin API's own (CSRF: a
+/// "simple" `text/plain` POST needs no preflight), and `Sec-Fetch-Site:
+/// cross-site` or `same-site` (a page of another port on this host is
+/// same-site). curl and other tools send neither `Origin` nor
+/// `Sec-Fetch-Site`.
+fn browser_check(
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+    names: &[String],
+) -> Result<(), String> {
+    let how = "add the name with --admin-host (SIDECAR_ADMIN_HOST) if it is this Admin API's, \
+               or call the Admin API by its IP address";
+    let mut own_host = None;
+    for v in headers.get_all(header::HOST) {
+        let text = v.to_str().ok().map(str::trim);
+        match text.and_then(host_of) {
+            Some(h) if host_allowed(&h, names) => own_host = text.map(str::to_ascii_lowercase),
+            Some(_) => {
+                return Err(format!(
+                    "Host {} is not allowed: the Admin API answers only to IP addresses, \
+                     localhost and the names given with --admin-host; {how}",
+                    shown(v.as_bytes())
+                ))
+            }
+            None => return Err(format!("Host {} is not a host name", shown(v.as_bytes()))),
+        }
+    }
+    if let Some(authority) = uri.authority() {
+        match host_of(authority.as_str()) {
+            Some(h) if host_allowed(&h, names) => {}
+            _ => {
+                return Err(format!(
+                    "Host {} (in the request target) is not allowed; {how}",
+                    shown(authority.as_str().as_bytes())
+                ))
+            }
+        }
+    }
+    for v in headers.get_all("sec-fetch-site") {
+        let site = v.as_bytes();
+        if site.eq_ignore_ascii_case(b"cross-site") || site.eq_ignore_ascii_case(b"same-site") {
+            return Err(format!(
+                "cross-site request refused (Sec-Fetch-Site: {}): web pages cannot call the \
+                 Admin API; call it with curl or another HTTP client",
+                shown(site).trim_matches('"')
+            ));
+        }
+    }
+    for v in headers.get_all(header::ORIGIN) {
+        let own = own_host.as_ref().map(|h| format!("http://{h}"));
+        let same = v
+            .to_str()
+            .ok()
+            .is_some_and(|o| own.as_deref() == Some(o.to_ascii_lowercase().as_str()));
+        if !same {
+            return Err(format!(
+                "cross-origin request refused: Origin {} is not the Admin API's own{}: web \
+                 pages cannot call the Admin API; call it with curl or another HTTP client",
+                shown(v.as_bytes()),
+                own.map(|o| format!(" ({o})")).unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -685,17 +824,26 @@ fn finish(
     id: &str,
     obj: Map<String, Value>,
     current: &Stored,
+    nodes: &NodePolicy,
 ) -> Result<Value, Refusal> {
     // Validated as sent (its `id` must agree with the URL's), stored with
     // the id.
     let sent = Value::Object(obj);
+    let mut e = Errors::new();
     match kind {
         Kind::Route => {
             RouteSpec::parse(id, &sent, &current.upstreams).map_err(Refusal::Bad)?;
+            if let Some(up) = sent.get("upstream") {
+                nodes.check(up, "upstream.", &mut e);
+            }
         }
         Kind::Upstream => {
             Upstream::parse_resource(id, &sent).map_err(Refusal::Bad)?;
+            nodes.check(&sent, "", &mut e);
         }
+    }
+    if !e.is_empty() {
+        return Err(Refusal::Bad(e.message()));
     }
     let Value::Object(obj) = sent else {
         return Err(not_an_object(kind));
@@ -781,6 +929,7 @@ async fn put_at_id(
 }
 
 async fn put(s: AdminState, kind: Kind, id: String, obj: Map<String, Value>) -> Response {
+    let nodes = s.inner.settings.nodes.clone();
     s.commit(move |current, _, now| {
         let current = &current.data;
         let mut obj = obj.clone();
@@ -790,7 +939,7 @@ async fn put(s: AdminState, kind: Kind, id: String, obj: Map<String, Value>) -> 
         obj.insert("create_time".into(), stored_create_time(stored, now));
         obj.insert("update_time".into(), Value::from(now));
         let created = stored.is_none();
-        let value = finish(kind, &id, obj, current)?;
+        let value = finish(kind, &id, obj, current, &nodes)?;
         Ok(Change::Put {
             kind,
             created,
@@ -814,6 +963,7 @@ async fn post_new(
             kind.plural()
         )));
     }
+    let nodes = s.inner.settings.nodes.clone();
     Ok(s.commit(move |current, writer, now| {
         let current = &current.data;
         let mut obj = obj.clone();
@@ -821,7 +971,7 @@ async fn post_new(
         obj.insert("create_time".into(), Value::from(now));
         obj.insert("update_time".into(), Value::from(now));
         let id = writer.next_id(kind.of(current), now);
-        let value = finish(kind, &id, obj, current)?;
+        let value = finish(kind, &id, obj, current, &nodes)?;
         Ok(Change::Put {
             kind,
             id,
@@ -856,6 +1006,7 @@ async fn patch_at_id(
             )),
             None => return Err(bad("missing new configuration")),
         };
+    let nodes = s.inner.settings.nodes.clone();
     Ok(s.commit(move |current, _, now| {
         let current = &current.data;
         let id = id.clone();
@@ -873,7 +1024,7 @@ async fn patch_at_id(
         if !sets_update_time {
             obj.insert("update_time".into(), Value::from(now));
         }
-        let value = finish(kind, &id, obj, current)?;
+        let value = finish(kind, &id, obj, current, &nodes)?;
         Ok(Change::Put {
             kind,
             id,
@@ -1016,7 +1167,7 @@ mod tests {
             let mut rx = state.subscribe();
             rx.borrow_and_update();
             Api {
-                app: router(state.clone()),
+                app: router(state.clone(), Router::new()),
                 state,
                 store,
                 rx,
@@ -1824,6 +1975,7 @@ mod tests {
             AdminSettings {
                 api_key: None,
                 allow: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+                ..AdminSettings::default()
             },
             Routes::new(),
         )
@@ -1894,6 +2046,355 @@ mod tests {
         assert_eq!(a.body["value"]["id"], "r");
     }
 
+    /// A request from loopback with extra headers.
+    fn with_headers(
+        method: &str,
+        uri: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Request {
+        let mut req = request_from(local(), method, uri, body);
+        for (k, v) in headers {
+            req.headers_mut().append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        req
+    }
+
+    /// The issue's attack: a page POSTs a "simple" text/plain body.
+    const ATTACK: &str =
+        r#"{"uri":"/config_dump","upstream":{"type":"roundrobin","nodes":{"192.0.2.1:9901":1}}}"#;
+
+    #[tokio::test]
+    async fn web_pages_cannot_call_the_admin_api() {
+        let mut api = Api::new().await;
+        let host = ("host", "127.0.0.1:9180");
+        for (headers, cause) in [
+            (
+                vec![host, ("origin", "http://evil.example"), ("content-type", "text/plain")],
+                "cross-origin request refused: Origin \"http://evil.example\" is not the Admin API's own (http://127.0.0.1:9180)",
+            ),
+            // "null" (a sandboxed frame, a file), another port of this host,
+            // another scheme.
+            (vec![host, ("origin", "null")], "Origin \"null\""),
+            (vec![host, ("origin", "http://127.0.0.1:9080")], "Origin \"http://127.0.0.1:9080\""),
+            (vec![host, ("origin", "https://127.0.0.1:9180")], "Origin \"https://127.0.0.1:9180\""),
+            // No Host to compare with: no Origin is the Admin API's.
+            (vec![("origin", "http://127.0.0.1:9180")], "is not the Admin API's own:"),
+            (
+                vec![host, ("sec-fetch-site", "cross-site")],
+                "cross-site request refused (Sec-Fetch-Site: cross-site)",
+            ),
+            (vec![host, ("sec-fetch-site", "same-site")], "(Sec-Fetch-Site: same-site)"),
+            // Sec-Fetch-Site wins over a same-origin Origin.
+            (
+                vec![host, ("origin", "http://127.0.0.1:9180"), ("sec-fetch-site", "Cross-Site")],
+                "Sec-Fetch-Site",
+            ),
+        ] {
+            for (method, uri, body) in [
+                ("POST", "/apisix/admin/routes", Some(ATTACK)),
+                ("PUT", "/apisix/admin/routes/r", Some(ATTACK)),
+                ("GET", "/apisix/admin/routes", None),
+                ("DELETE", "/apisix/admin/routes/r", None),
+            ] {
+                let a = api.send(with_headers(method, uri, body, &headers)).await;
+                assert_eq!(a.status, StatusCode::FORBIDDEN, "{method} {headers:?}: {}", a.body);
+                let msg = a.body["error_msg"].as_str().unwrap();
+                assert!(msg.contains(cause), "{msg}");
+                assert!(msg.contains("web pages cannot call the Admin API"), "{msg}");
+            }
+        }
+        api.assert_unchanged(&Stored::default());
+
+        // The Admin API's own origin, and what browsers send for a typed URL.
+        let body = plain_route().to_string();
+        for headers in [
+            vec![host, ("origin", "http://127.0.0.1:9180")],
+            vec![
+                ("host", "LOCALHOST:9180"),
+                ("origin", "http://localhost:9180"),
+            ],
+            vec![host, ("sec-fetch-site", "same-origin")],
+            vec![host, ("sec-fetch-site", "none")],
+        ] {
+            let a = api
+                .send(with_headers(
+                    "PUT",
+                    "/apisix/admin/routes/r",
+                    Some(&body),
+                    &headers,
+                ))
+                .await;
+            assert!(a.status.is_success(), "{headers:?}: {}", a.body);
+        }
+    }
+
+    #[tokio::test]
+    async fn only_its_own_host_names_are_answered() {
+        let mut api = Api::with(
+            AdminSettings {
+                hosts: vec!["admin.gw.internal".into()],
+                ..AdminSettings::default()
+            },
+            Routes::new(),
+        )
+        .await;
+        let body = plain_route().to_string();
+        for host in [
+            "evil.example",
+            "evil.example:9180",
+            "127.0.0.1.nip.io:9180",
+            "gw.internal",
+            "localhost.evil.example",
+            "admin.gw.internal.evil.example",
+            "[::1",
+            "a b",
+        ] {
+            for (method, b) in [("GET", None), ("PUT", Some(body.as_str()))] {
+                let a = api
+                    .send(with_headers(
+                        method,
+                        "/apisix/admin/routes/r",
+                        b,
+                        &[("host", host)],
+                    ))
+                    .await;
+                assert_eq!(a.status, StatusCode::FORBIDDEN, "{host}: {}", a.body);
+                let msg = a.body["error_msg"].as_str().unwrap();
+                assert!(msg.starts_with("Host "), "{msg}");
+            }
+        }
+        let a = api
+            .send(with_headers(
+                "GET",
+                "/apisix/admin/routes",
+                None,
+                &[("host", "evil.example:9180")],
+            ))
+            .await;
+        assert_eq!(
+            a.body["error_msg"],
+            "Host \"evil.example:9180\" is not allowed: the Admin API answers only to IP \
+             addresses, localhost and the names given with --admin-host; add the name with \
+             --admin-host (SIDECAR_ADMIN_HOST) if it is this Admin API's, or call the Admin \
+             API by its IP address"
+        );
+        // A request target in absolute form is checked too.
+        let a = api
+            .send(with_headers(
+                "GET",
+                "http://evil.example/apisix/admin/routes",
+                None,
+                &[("host", "127.0.0.1")],
+            ))
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+        api.assert_unchanged(&Stored::default());
+
+        for host in [
+            "127.0.0.1:9180",
+            "127.0.0.1",
+            "10.1.2.3:9180",
+            "[::1]:9180",
+            "[::1]",
+            "localhost:9180",
+            "localhost.",
+            "admin.gw.internal:9180",
+            "Admin.GW.Internal.",
+        ] {
+            let a = api
+                .send(with_headers(
+                    "GET",
+                    "/apisix/admin/routes",
+                    None,
+                    &[("host", host)],
+                ))
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "{host}: {}", a.body);
+        }
+        // The own origin under a configured name.
+        let a = api
+            .send(with_headers(
+                "PUT",
+                "/apisix/admin/routes/r",
+                Some(&body),
+                &[
+                    ("host", "admin.gw.internal:9180"),
+                    ("origin", "http://admin.gw.internal:9180"),
+                ],
+            ))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+
+    fn gateway_nodes(allow_local: bool) -> AdminSettings {
+        AdminSettings {
+            nodes: NodePolicy {
+                control: vec![
+                    ("the Admin API", "127.0.0.1:9180".parse().unwrap()),
+                    ("the sidecar's xDS port", "127.0.0.1:18000".parse().unwrap()),
+                    ("Envoy's admin", "127.0.0.1:9901".parse().unwrap()),
+                ],
+                own_names: Vec::new(),
+                allow_local,
+            },
+            ..AdminSettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn upstreams_on_the_gateways_control_ports_are_refused() {
+        for allow_local in [false, true] {
+            let mut api = Api::with(gateway_nodes(allow_local), Routes::new()).await;
+            for (uri, body, field, what) in [
+                (
+                    "/apisix/admin/routes",
+                    r#"{"uri":"/config_dump","upstream":{"type":"roundrobin","nodes":{"127.0.0.1:9901":1}}}"#,
+                    "upstream.nodes.127.0.0.1:9901",
+                    "Envoy's admin (127.0.0.1:9901)",
+                ),
+                (
+                    "/apisix/admin/routes",
+                    r#"{"uri":"/apisix/admin/*","upstream":{"nodes":[{"host":"localhost","port":9180,"weight":1}]}}"#,
+                    "upstream.nodes[0]",
+                    "the Admin API (127.0.0.1:9180)",
+                ),
+                (
+                    "/apisix/admin/upstreams",
+                    r#"{"nodes":{"[::1]:18000":1}}"#,
+                    "nodes.[::1]:18000",
+                    "the sidecar's xDS port (127.0.0.1:18000)",
+                ),
+                (
+                    "/apisix/admin/upstreams",
+                    r#"{"nodes":[{"host":"0.0.0.0","port":9901,"weight":1}]}"#,
+                    "nodes[0]",
+                    "Envoy's admin",
+                ),
+            ] {
+                let a = api.call("POST", uri, Some(body)).await;
+                assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
+                let msg = a.body["error_msg"].as_str().unwrap();
+                assert!(
+                    msg.starts_with(&format!(
+                        "invalid configuration: property \"{field}\" points at {what}"
+                    )),
+                    "{msg}"
+                );
+                assert!(msg.contains("refused whatever the options"), "{msg}");
+            }
+            api.assert_unchanged(&Stored::default());
+        }
+    }
+
+    #[tokio::test]
+    async fn local_upstreams_need_the_option_and_refusals_change_nothing() {
+        let mut api = Api::with(gateway_nodes(false), Routes::new()).await;
+        let a = api
+            .put(
+                "/apisix/admin/upstreams/u1",
+                &json!({"nodes": {"192.0.2.1:80": 1}}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let r = api
+            .put(
+                "/apisix/admin/routes/r1",
+                &json!({"uri": "/a", "upstream_id": "u1"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        api.published();
+        let before = api.snapshot();
+        for (method, uri, body, field) in [
+            (
+                "PUT",
+                "/apisix/admin/upstreams/u1",
+                json!({"nodes": {"169.254.169.254:80": 1}}),
+                "nodes.169.254.169.254:80",
+            ),
+            (
+                "PATCH",
+                "/apisix/admin/upstreams/u1",
+                json!({"nodes": {"localhost:8080": 1}}),
+                "nodes.localhost:8080",
+            ),
+            (
+                "PUT",
+                "/apisix/admin/routes/r2",
+                json!({"uri": "/b", "upstream": {"nodes": {"127.0.0.1:8080": 1}}}),
+                "upstream.nodes.127.0.0.1:8080",
+            ),
+            (
+                "PATCH",
+                "/apisix/admin/routes/r1",
+                json!({"upstream_id": null, "upstream": {"nodes": {"[fe80::1]:80": 1}}}),
+                "upstream.nodes.[fe80::1]:80",
+            ),
+        ] {
+            let a = api.call(method, uri, Some(&body.to_string())).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
+            let msg = a.body["error_msg"].as_str().unwrap();
+            assert!(
+                msg.starts_with(&format!("invalid configuration: property \"{field}\" is a")),
+                "{msg}"
+            );
+            assert!(msg.contains("--allow-local-upstreams"), "{msg}");
+        }
+        api.assert_unchanged(&before);
+
+        let mut api = Api::with(gateway_nodes(true), Routes::new()).await;
+        let a = api
+            .put(
+                "/apisix/admin/routes/r2",
+                &json!({"uri": "/b", "upstream": {"nodes": {"127.0.0.1:8080": 1}}}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let (changed, _) = api.published();
+        assert!(changed);
+    }
+
+    #[tokio::test]
+    async fn protected_routes_get_the_same_checks() {
+        const KEY: &str = "edd1c9f034335f136f87ad84b625c8f1";
+        let state = AdminState::new(
+            Arc::new(MemoryStore::default()),
+            AdminSettings {
+                api_key: Some(KEY.into()),
+                ..AdminSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+        let status = Router::new().route("/status", get(|| async { "{\"versions\":{}}" }));
+        let app = router(state, status);
+        let outside = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 1);
+        let send = |req: Request| {
+            let app = app.clone();
+            async move { app.oneshot(req).await.unwrap().status() }
+        };
+        let mut req = request_from(outside, "GET", "/status", None);
+        req.headers_mut()
+            .insert("x-api-key", HeaderValue::from_static(KEY));
+        assert_eq!(send(req).await, StatusCode::FORBIDDEN);
+        assert_eq!(
+            send(request_from(local(), "GET", "/status", None)).await,
+            StatusCode::UNAUTHORIZED
+        );
+        let mut req = with_headers("GET", "/status", None, &[("host", "evil.example")]);
+        req.headers_mut()
+            .insert("x-api-key", HeaderValue::from_static(KEY));
+        assert_eq!(send(req).await, StatusCode::FORBIDDEN);
+        let mut req = request_from(local(), "GET", "/status", None);
+        req.headers_mut()
+            .insert("x-api-key", HeaderValue::from_static(KEY));
+        assert_eq!(send(req).await, StatusCode::OK);
+    }
+
     #[tokio::test]
     async fn a_failed_save_is_a_500_and_changes_nothing() {
         let mut api = Api::new().await;
@@ -1958,7 +2459,7 @@ mod tests {
         let state = AdminState::new(store.clone(), AdminSettings::default())
             .await
             .unwrap();
-        let app = router(state.clone());
+        let app = router(state.clone(), Router::new());
         let req = request_from(
             local(),
             "PUT",
@@ -2074,7 +2575,7 @@ mod tests {
     }
 
     fn upstream_body() -> Value {
-        json!({"type": "roundrobin", "nodes": {"127.0.0.1:8080": 1}})
+        json!({"type": "roundrobin", "nodes": {"192.0.2.1:8080": 1}})
     }
 
     #[tokio::test]
@@ -2087,7 +2588,7 @@ mod tests {
         assert_eq!(
             a.body,
             json!({"key": "/apisix/upstreams/u1", "value": {
-                "id": "u1", "type": "roundrobin", "nodes": {"127.0.0.1:8080": 1},
+                "id": "u1", "type": "roundrobin", "nodes": {"192.0.2.1:8080": 1},
                 "create_time": T0, "update_time": T0}})
         );
         let (changed, set) = api.published_all();
@@ -2134,13 +2635,13 @@ mod tests {
             .call(
                 "PATCH",
                 "/apisix/admin/upstreams/u1",
-                Some(r#"{"nodes": {"127.0.0.1:8081": 2}, "retries": 1}"#),
+                Some(r#"{"nodes": {"192.0.2.1:8081": 2}, "retries": 1}"#),
             )
             .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
         assert_eq!(
             a.body["value"]["nodes"],
-            json!({"127.0.0.1:8080": 1, "127.0.0.1:8081": 2})
+            json!({"192.0.2.1:8080": 1, "192.0.2.1:8081": 2})
         );
         assert_eq!(a.body["value"]["retries"], 1);
 
@@ -2189,15 +2690,15 @@ mod tests {
         let before = api.snapshot();
         for (body, want) in [
             (
-                json!({"nodes": {"127.0.0.1:1": 1}, "discovery_type": "dns"}),
+                json!({"nodes": {"192.0.2.1:1": 1}, "discovery_type": "dns"}),
                 "property \"discovery_type\" is not supported",
             ),
             (
-                json!({"nodes": {"127.0.0.1:1": 1}, "type": "chash"}),
+                json!({"nodes": {"192.0.2.1:1": 1}, "type": "chash"}),
                 "property \"key\" is required",
             ),
             (
-                json!({"nodes": {"127.0.0.1:1": 1}, "checks": {"passive": {}}}),
+                json!({"nodes": {"192.0.2.1:1": 1}, "checks": {"passive": {}}}),
                 "property \"checks.passive\" is not supported",
             ),
             (
@@ -2205,7 +2706,7 @@ mod tests {
                 "property \"nodes\" is required",
             ),
             (
-                json!({"id": "other", "nodes": {"127.0.0.1:1": 1}}),
+                json!({"id": "other", "nodes": {"192.0.2.1:1": 1}}),
                 "property \"id\" does not match",
             ),
             (json!([1]), "the upstream must be a JSON object"),
@@ -2304,7 +2805,7 @@ mod tests {
             .call(
                 "PATCH",
                 "/apisix/admin/routes/r2",
-                Some(r#"{"upstream_id": null, "upstream": {"nodes": {"127.0.0.1:1": 1}}}"#),
+                Some(r#"{"upstream_id": null, "upstream": {"nodes": {"192.0.2.1:1": 1}}}"#),
             )
             .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
@@ -2320,7 +2821,7 @@ mod tests {
         let state = AdminState::new(store.clone(), AdminSettings::default())
             .await
             .unwrap();
-        let app = router(state.clone());
+        let app = router(state.clone(), Router::new());
         let body = upstream_body().to_string();
         let req = request_from(local(), "PUT", "/apisix/admin/upstreams/u", Some(&body));
         assert_eq!(
@@ -2440,7 +2941,13 @@ mod tests {
         }
         let b = states.pop().unwrap();
         let a = states.pop().unwrap();
-        (store, router(a.clone()), router(b.clone()), a, b)
+        (
+            store,
+            router(a.clone(), Router::new()),
+            router(b.clone(), Router::new()),
+            a,
+            b,
+        )
     }
 
     async fn call_on(app: &Router, method: &str, uri: &str, body: Option<&str>) -> Answer {
@@ -2470,7 +2977,7 @@ mod tests {
             &a,
             "PUT",
             "/apisix/admin/routes/r",
-            Some(&route_to("127.0.0.1:1")),
+            Some(&route_to("192.0.2.1:1")),
         )
         .await;
         assert_eq!(put.status, StatusCode::CREATED, "{}", put.body);
@@ -2486,7 +2993,7 @@ mod tests {
             &b,
             "PUT",
             "/apisix/admin/routes/r",
-            Some(&route_to("127.0.0.1:2")),
+            Some(&route_to("192.0.2.1:2")),
         )
         .await;
         assert_eq!(upd.status, StatusCode::OK, "{}", upd.body);
@@ -2514,7 +3021,7 @@ mod tests {
             &a,
             "PUT",
             "/apisix/admin/routes/r",
-            Some(&route_to("127.0.0.1:1")),
+            Some(&route_to("192.0.2.1:1")),
         )
         .await;
         assert_eq!(first.status, StatusCode::CREATED);
@@ -2525,7 +3032,7 @@ mod tests {
             &b,
             "PUT",
             "/apisix/admin/routes/r",
-            Some(&route_to("127.0.0.1:2")),
+            Some(&route_to("192.0.2.1:2")),
         )
         .await;
         // Not a second "created" over the first: an update of it, later.
@@ -2534,7 +3041,7 @@ mod tests {
         assert_eq!(second.body["modifiedIndex"], 2);
         // The later write is what is stored, and both sidecars publish it.
         let stored = &store.now().data.routes["r"];
-        assert!(stored["upstream"]["nodes"].get("127.0.0.1:2").is_some());
+        assert!(stored["upstream"]["nodes"].get("192.0.2.1:2").is_some());
         assert_eq!(sb.routes().routes["r"], *stored);
         assert_eq!(sa.routes().routes["r"], *stored);
         // The conflict read also gave B what A had done.
@@ -2546,7 +3053,7 @@ mod tests {
     #[tokio::test]
     async fn a_patch_on_a_stale_sidecar_merges_onto_the_latest() {
         let (store, a, b, _, _) = two_sidecars().await;
-        let r = json!({"uri": "/r", "desc": "one", "upstream": {"nodes": {"127.0.0.1:1": 1}}});
+        let r = json!({"uri": "/r", "desc": "one", "upstream": {"nodes": {"192.0.2.1:1": 1}}});
         call_on(&a, "PUT", "/apisix/admin/routes/r", Some(&r.to_string())).await;
         store.watching(1, false);
         let p = call_on(
@@ -2664,7 +3171,7 @@ mod tests {
             &a,
             "PUT",
             "/apisix/admin/routes/r",
-            Some(&route_to("127.0.0.1:1")),
+            Some(&route_to("192.0.2.1:1")),
         )
         .await;
         let before = sa.known();
@@ -2675,12 +3182,12 @@ mod tests {
             (
                 "PUT",
                 "/apisix/admin/routes/r",
-                Some(route_to("127.0.0.1:2")),
+                Some(route_to("192.0.2.1:2")),
             ),
             (
                 "POST",
                 "/apisix/admin/routes",
-                Some(route_to("127.0.0.1:2")),
+                Some(route_to("192.0.2.1:2")),
             ),
             (
                 "PATCH",
@@ -2711,7 +3218,7 @@ mod tests {
             &a,
             "PUT",
             "/apisix/admin/routes/r",
-            Some(&route_to("127.0.0.1:2")),
+            Some(&route_to("192.0.2.1:2")),
         )
         .await;
         assert_eq!(w.status, StatusCode::OK);
@@ -2742,10 +3249,10 @@ mod tests {
         .await
         .unwrap();
         let w = call_on(
-            &router(state),
+            &router(state, Router::new()),
             "PUT",
             "/apisix/admin/routes/r",
-            Some(&route_to("127.0.0.1:1")),
+            Some(&route_to("192.0.2.1:1")),
         )
         .await;
         assert_eq!(w.status, StatusCode::CONFLICT);

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use crate::admin::{AdminSettings, AdminState};
 use crate::store::{FileStore, Store};
 use crate::translate::ProxySettings;
+use crate::upstream::NodePolicy;
 use crate::xds::XdsStatus;
 
 /// APISIX's Admin API for routes and upstreams, configuring Envoy over xDS (ADS).
@@ -40,7 +41,8 @@ use crate::xds::XdsStatus;
 #[command(version)]
 struct Options {
     /// Admin API address (APISIX's port 9180). Keep it on loopback unless
-    /// an admin key and a narrow allow-list are set.
+    /// an admin key and a narrow allow-list are set (off loopback, a key is
+    /// required: without `--admin-key` one is generated and printed).
     #[arg(long, env = "SIDECAR_ADMIN_ADDR", default_value = "127.0.0.1:9180")]
     admin_addr: SocketAddr,
 
@@ -99,8 +101,44 @@ struct Options {
     etcd_timeout: u64,
 
     /// Require this key on the Admin API (`X-API-KEY` header or `?api_key=`).
+    /// When the Admin API listens on anything but loopback and no key is
+    /// given, one is generated and printed once on stdout, as APISIX does.
     #[arg(long, env = "SIDECAR_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+
+    /// A host name the Admin API answers to (repeat the option; comma-separated
+    /// in the environment). Besides these, only IP addresses and `localhost`
+    /// are accepted in `Host`: a web page on a name that resolves to the
+    /// Admin API (DNS rebinding) is refused.
+    #[arg(
+        long = "admin-host",
+        env = "SIDECAR_ADMIN_HOST",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    admin_host: Vec<String>,
+
+    /// Envoy's admin address. Upstream nodes that point at it, at the
+    /// Admin API or at the xDS port are refused: a route to them would
+    /// publish the gateway's control ports on the proxy port.
+    #[arg(
+        long,
+        env = "SIDECAR_ENVOY_ADMIN_ADDR",
+        default_value = "127.0.0.1:9901"
+    )]
+    envoy_admin_addr: SocketAddr,
+
+    /// Allow upstream nodes on loopback, link-local (169.254.0.0/16, the
+    /// cloud metadata address, fe80::/10) and unspecified addresses
+    /// (`localhost`, 127.0.0.1, 0.0.0.0, ::1, ...): refused without it.
+    /// The control ports stay refused.
+    #[arg(
+        long,
+        env = "SIDECAR_ALLOW_LOCAL_UPSTREAMS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    allow_local_upstreams: bool,
 
     /// Client networks allowed on the Admin API (CIDR; repeat the option).
     /// Default: 127.0.0.0/24, as APISIX.
@@ -157,17 +195,56 @@ async fn run(o: Options) -> Result<(), String> {
         None => Arc::new(FileStore::new(&o.data)),
     };
 
+    let mut hosts = Vec::new();
+    for h in &o.admin_host {
+        let name = h.trim().trim_end_matches('.').to_ascii_lowercase();
+        if name.starts_with("*.") || !model::valid_host_pattern(&name) {
+            return Err(format!(
+                "--admin-host {h:?} is not a host name (letters, digits, '-', dots)"
+            ));
+        }
+        hosts.push(name);
+    }
+    let admin_key = match o.admin_key {
+        Some(k) => Some(k),
+        None if !o.admin_addr.ip().to_canonical().is_loopback() => {
+            let key = secrets::generate_secret()
+                .map_err(|e| format!("cannot generate an admin key: {e}"))?;
+            // Once, on stdout (never in the logs), as APISIX does.
+            println!(
+                "sidecar: the Admin API listens on {} (not loopback) and no admin key was \
+                 given, so it requires this generated one (X-API-KEY header): {key}",
+                o.admin_addr
+            );
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            Some(key)
+        }
+        None => None,
+    };
     let settings = AdminSettings {
-        api_key: o.admin_key,
+        api_key: admin_key,
         allow: if o.allow.is_empty() {
             AdminSettings::default_allow()
         } else {
             o.allow
         },
+        nodes: NodePolicy {
+            control: vec![
+                ("the Admin API", o.admin_addr),
+                ("the sidecar's xDS port", o.xds_addr),
+                ("Envoy's admin", o.envoy_admin_addr),
+            ],
+            own_names: hosts.clone(),
+            allow_local: o.allow_local_upstreams,
+        },
+        hosts,
     };
+    let nodes = settings.nodes.clone();
     let state = AdminState::new(store, settings)
         .await
         .map_err(|e| format!("cannot load routes and upstreams: {e}"))?;
+    warn_about_stored_nodes(&state.known().data, &nodes);
     let routes = state.subscribe();
     if let Some(e) = etcd {
         tracing::info!(
@@ -202,16 +279,17 @@ async fn run(o: Options) -> Result<(), String> {
     let xds_task = tokio::spawn(xds::serve_on(xds_listener, ads));
 
     let status_for_http = status.clone();
-    let app = admin::router(state)
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/status",
-            get(move || {
-                let report = serde_json::to_string_pretty(&status_for_http.report())
-                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-                async move { ([("content-type", "application/json")], report) }
-            }),
-        );
+    // `/status` names routes, providers and Envoys: behind the same checks
+    // as the Admin API. `/healthz` says only "ok".
+    let status_route = axum::Router::new().route(
+        "/status",
+        get(move || {
+            let report = serde_json::to_string_pretty(&status_for_http.report())
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            async move { ([("content-type", "application/json")], report) }
+        }),
+    );
+    let app = admin::router(state, status_route).route("/healthz", get(|| async { "ok\n" }));
     let admin_listener = tokio::net::TcpListener::bind(o.admin_addr)
         .await
         .map_err(|e| format!("cannot listen on {} (Admin API): {e}", o.admin_addr))?;
@@ -229,6 +307,28 @@ async fn run(o: Options) -> Result<(), String> {
             Ok(Err(e)) => Err(format!("xDS: {e}")),
             Err(e) => Err(format!("xDS task: {e}")),
         },
+    }
+}
+
+/// Routes and upstreams stored before the node checks (or with other
+/// options) that the Admin API would refuse now are still served: each is
+/// named in a warning, to be fixed or deleted.
+fn warn_about_stored_nodes(set: &store::Stored, nodes: &NodePolicy) {
+    let inline = set
+        .routes
+        .iter()
+        .filter_map(|(id, r)| Some(("route", id, r.get("upstream")?, "upstream.")));
+    let resources = set.upstreams.iter().map(|(id, u)| ("upstream", id, u, ""));
+    for (kind, id, upstream, prefix) in inline.chain(resources) {
+        let mut e = model::Errors::new();
+        nodes.check(upstream, prefix, &mut e);
+        if !e.is_empty() {
+            tracing::warn!(
+                %id,
+                "stored {kind} {id} would be refused now, and is still served: {}",
+                e.message()
+            );
+        }
     }
 }
 

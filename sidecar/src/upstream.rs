@@ -917,6 +917,235 @@ fn parse_checks(v: &Value, field: &str, https: bool, e: &mut Errors) -> Option<A
     })
 }
 
+// ---------------------------------------------------------------------------
+// Where nodes may point
+
+/// What upstream nodes may point at, checked when an upstream is written
+/// (a route's inline `upstream` or the `/upstreams` resource). Envoy
+/// connects to a node from the gateway's own host, so a node on the
+/// gateway's control ports (the Admin API, xDS, Envoy's admin) would
+/// publish them on the proxy port: `GET /config_dump` through Envoy would
+/// show every secret, and the Admin API would be reachable from anywhere
+/// (Envoy connects from loopback, so the allow-list passes). Those are
+/// always refused. Nodes on loopback, link-local (the cloud metadata
+/// address) or unspecified addresses are refused unless `allow_local`.
+#[derive(Debug, Clone, Default)]
+pub struct NodePolicy {
+    /// The gateway's control listeners: what each is, and its address.
+    pub control: Vec<(&'static str, std::net::SocketAddr)>,
+    /// Host names that also mean this host (`--admin-host`).
+    pub own_names: Vec<String>,
+    /// `--allow-local-upstreams`: loopback and link-local nodes are allowed
+    /// (the control ports stay refused).
+    pub allow_local: bool,
+}
+
+/// The flag that allows local nodes, as messages name it.
+pub const ALLOW_LOCAL_FLAG: &str = "--allow-local-upstreams (SIDECAR_ALLOW_LOCAL_UPSTREAMS=true)";
+
+/// What kind of local address a node host is, if it is one.
+fn local_kind(host: &str, ip: Option<std::net::IpAddr>) -> Option<&'static str> {
+    use std::net::IpAddr;
+    if host == "localhost" || host.ends_with(".localhost") {
+        return Some("a loopback address (localhost)");
+    }
+    let ip = ip?;
+    let v4_kind = |v4: std::net::Ipv4Addr| -> Option<&'static str> {
+        let o = v4.octets();
+        if v4.is_loopback() {
+            Some("a loopback address")
+        } else if o[0] == 0 {
+            Some("an unspecified address (it reaches this host)")
+        } else if v4.is_link_local() {
+            Some("a link-local address (169.254.0.0/16, the cloud metadata address among them)")
+        } else if o == [100, 100, 100, 200] {
+            Some("a cloud metadata address")
+        } else {
+            None
+        }
+    };
+    match ip {
+        IpAddr::V4(v4) => v4_kind(v4),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if v6.is_loopback() {
+                Some("a loopback address")
+            } else if v6.is_unspecified() {
+                Some("an unspecified address (it reaches this host)")
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                Some("a link-local address (fe80::/10)")
+            } else if s == [0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254] {
+                Some("a cloud metadata address")
+            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                // NAT64: the IPv4 address in the last 32 bits.
+                let v4 = std::net::Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                );
+                v4_kind(v4)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The address a node host stands for: an IP literal, or an IPv4 address
+/// in one of the forms a resolver also takes (`2130706433`, `0x7f.1`,
+/// `0177.0.0.1`: inet_aton's). IPv4-mapped IPv6 addresses are the IPv4 one.
+pub fn host_ip(host: &str) -> Option<std::net::IpAddr> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    inet_aton(bare).map(std::net::IpAddr::V4)
+}
+
+/// inet_aton(3): one to four parts, each decimal, octal (leading `0`) or
+/// hex (`0x`); the last fills the remaining bytes.
+fn inet_aton(s: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for p in &parts {
+        let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or(p.strip_prefix("0X")) {
+            (h, 16)
+        } else if p.len() > 1 && p.starts_with('0') {
+            (&p[1..], 8)
+        } else {
+            (*p, 10)
+        };
+        if digits.is_empty() && radix != 16 {
+            return None;
+        }
+        let v = if digits.is_empty() {
+            0
+        } else {
+            u32::from_str_radix(digits, radix).ok()?
+        };
+        values.push(v);
+    }
+    let (last, head) = values.split_last()?;
+    let mut addr: u32 = 0;
+    for (i, v) in head.iter().enumerate() {
+        if *v > 255 {
+            return None;
+        }
+        addr |= v << (24 - 8 * i);
+    }
+    let rest_bits = 32 - 8 * head.len() as u32;
+    if rest_bits < 32 && *last >= 1 << rest_bits {
+        return None;
+    }
+    Some(std::net::Ipv4Addr::from(addr | last))
+}
+
+impl NodePolicy {
+    /// Checks where the nodes (and an active health check's port) of an
+    /// upstream object that [`Upstream::parse`] accepted point; `prefix`
+    /// names it as there. Each refusal names its node.
+    pub fn check(&self, v: &Value, prefix: &str, e: &mut Errors) {
+        let Some(obj) = v.as_object() else { return };
+        let https = obj.get("scheme").and_then(Value::as_str) == Some("https");
+        let check_port = obj
+            .get("checks")
+            .and_then(|c| c.get("active"))
+            .and_then(|a| a.get("port"))
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok());
+        let field = format!("{prefix}nodes");
+        let mut nodes = Vec::new();
+        match obj.get("nodes") {
+            Some(Value::Object(map)) => {
+                for (addr, weight) in map {
+                    if let Ok(n) = parse_map_node(addr, weight, https) {
+                        nodes.push((format!("{field}.{addr}"), n));
+                    }
+                }
+            }
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let mut ignored = Errors::new();
+                    if let Some(n) = parse_array_node(item, "", &mut ignored) {
+                        nodes.push((format!("{field}[{i}]"), n));
+                    }
+                }
+            }
+            _ => {}
+        }
+        let mut check_refused = false;
+        for (name, n) in &nodes {
+            if let Some(why) = self.refusal(&n.host, n.port) {
+                e.push(name, why);
+                continue;
+            }
+            // An active check connects to the node's host on its own port.
+            let Some(port) = check_port else { continue };
+            if let (false, Some(what)) = (check_refused, self.control_at(&n.host, port)) {
+                check_refused = true;
+                e.push(
+                    &format!("{prefix}checks.active.port"),
+                    format!(
+                        "would send the health checks of node {}:{} to {what}, a control \
+                         port of this gateway (refused whatever the options)",
+                        n.host, n.port
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Why a node `host:port` is refused, if it is.
+    pub fn refusal(&self, host: &str, port: u16) -> Option<String> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = host.to_ascii_lowercase();
+        if let Some(what) = self.control_at(&host, port) {
+            return Some(format!(
+                "points at {what}, a control port of this gateway: a route to it would \
+                 publish it on the proxy port (refused whatever the options)"
+            ));
+        }
+        if self.allow_local {
+            return None;
+        }
+        let kind = local_kind(&host, host_ip(&host))?;
+        Some(format!(
+            "is {kind}: upstreams on the gateway's own host or link-local network are \
+             refused unless the sidecar runs with {ALLOW_LOCAL_FLAG}"
+        ))
+    }
+
+    /// The control listener `host:port` reaches, if any: the port is one of
+    /// a listener's, and the host is this host (loopback, unspecified,
+    /// `localhost`, a name of `--admin-host`, or the listener's own IP), or
+    /// the listener listens on every address.
+    fn control_at(&self, host: &str, port: u16) -> Option<String> {
+        let ip = host_ip(host);
+        let this_host = self.own_names.iter().any(|n| n == host)
+            || ip.is_some_and(|ip| ip.is_loopback() || ip.is_unspecified())
+            || local_kind(host, ip)
+                .is_some_and(|k| k.contains("loopback") || k.contains("unspecified"));
+        self.control
+            .iter()
+            .find(|(_, addr)| {
+                let listen = addr.ip().to_canonical();
+                addr.port() == port
+                    && (listen.is_unspecified() || this_host || ip == Some(listen))
+            })
+            .map(|(what, addr)| {
+                if addr.ip().is_unspecified() {
+                    format!("{what} ({addr}: it listens on every address, so port {port} of any host may be it)")
+                } else {
+                    format!("{what} ({addr})")
+                }
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1267,5 +1496,177 @@ mod tests {
         let e =
             Upstream::parse_resource("u", &json!({"nodes": {"a:1": 1}, "type": "x"})).unwrap_err();
         assert!(e.contains("property \"type\" \"x\""), "{e}");
+    }
+    fn policy(allow_local: bool) -> NodePolicy {
+        NodePolicy {
+            control: vec![
+                ("the Admin API", "127.0.0.1:9180".parse().unwrap()),
+                ("the xDS server", "10.1.2.3:18000".parse().unwrap()),
+                ("Envoy's admin", "0.0.0.0:9901".parse().unwrap()),
+            ],
+            own_names: vec!["gw.internal".into()],
+            allow_local,
+        }
+    }
+
+    /// The policy's message for an upstream, or `None` when it passes.
+    fn checked(p: &NodePolicy, v: Value) -> Option<String> {
+        assert!(parse(v.clone()).is_ok(), "{v}");
+        let mut e = Errors::new();
+        p.check(&v, "upstream.", &mut e);
+        (!e.is_empty()).then(|| e.message())
+    }
+
+    #[test]
+    fn inet_aton_forms_are_the_addresses_resolvers_see() {
+        for (s, want) in [
+            ("127.0.0.1", Some("127.0.0.1")),
+            ("2130706433", Some("127.0.0.1")),
+            ("0x7f000001", Some("127.0.0.1")),
+            ("0177.0.0.1", Some("127.0.0.1")),
+            ("127.1", Some("127.0.0.1")),
+            ("0x7f.0.0.1", Some("127.0.0.1")),
+            ("169.254.43518", Some("169.254.169.254")),
+            ("::ffff:127.0.0.1", Some("127.0.0.1")),
+            ("[::1]", Some("::1")),
+            ("256.0.0.1", None),
+            ("127.0.0.1.2", None),
+            ("httpbin.org", None),
+            ("1e100.net", None),
+            ("08.0.0.1", None),
+        ] {
+            assert_eq!(
+                host_ip(s),
+                want.map(|w| w.parse::<std::net::IpAddr>().unwrap()),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn control_ports_are_refused_whatever_the_options() {
+        for allow_local in [false, true] {
+            let p = policy(allow_local);
+            for node in [
+                "127.0.0.1:9180",
+                "localhost:9180",
+                "127.0.0.2:9180",
+                "0.0.0.0:9180",
+                "[::1]:9180",
+                "[::]:9180",
+                "[::ffff:127.0.0.1]:9180",
+                "2130706433:9180",
+                "gw.internal:9180",
+                "10.1.2.3:18000",
+                "localhost:18000",
+                // Envoy's admin listens on every address: any host.
+                "127.0.0.1:9901",
+                "192.0.2.7:9901",
+                "example.com:9901",
+            ] {
+                let msg = checked(&p, json!({"nodes": {"httpbin.org:80": 1, node: 1}}))
+                    .unwrap_or_else(|| panic!("{node} was accepted"));
+                assert!(
+                    msg.contains(&format!("property \"upstream.nodes.{node}\" points at"))
+                        && msg.contains("control port of this gateway"),
+                    "{msg}"
+                );
+                assert!(!msg.contains("httpbin.org"), "{msg}");
+            }
+            // The array form names the node by index.
+            let msg = checked(
+                &p,
+                json!({"nodes": [{"host": "httpbin.org", "port": 80, "weight": 1},
+                                 {"host": "127.0.0.1", "port": 9180, "weight": 0}]}),
+            )
+            .unwrap();
+            assert!(
+                msg.contains(
+                    "property \"upstream.nodes[1]\" points at the Admin API (127.0.0.1:9180)"
+                ),
+                "{msg}"
+            );
+            // A health check sent to a control port.
+            let msg = checked(
+                &p,
+                json!({"nodes": {"localhost:8080": 1},
+                       "checks": {"active": {"port": 9180}}}),
+            );
+            if allow_local {
+                let msg = msg.unwrap();
+                assert!(
+                    msg.contains("property \"upstream.checks.active.port\" would send"),
+                    "{msg}"
+                );
+            }
+            // Elsewhere, the same ports are fine (but for 9901, on every address).
+            assert_eq!(
+                checked(
+                    &p,
+                    json!({"nodes": {"10.9.9.9:9180": 1, "10.1.2.4:18000": 1}})
+                ),
+                None
+            );
+            assert_eq!(
+                checked(&p, json!({"nodes": {"example.com:18000": 1}})),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn local_nodes_need_the_flag() {
+        let strict = policy(false);
+        let open = policy(true);
+        for node in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "app.localhost:8080",
+            "0.0.0.0:8080",
+            "0.1.2.3:8080",
+            "[::1]:8080",
+            "[::]:8080",
+            "[::ffff:127.0.0.1]:8080",
+            "2130706433:8080",
+            "0177.0.0.1:8080",
+            "169.254.169.254:80",
+            "169.254.169.254",
+            "[fe80::1]:8080",
+            "[fd00:ec2::254]:80",
+            "100.100.100.200:80",
+            "[64:ff9b::a9fe:a9fe]:80",
+        ] {
+            let msg = checked(&strict, json!({"nodes": {node: 1}}))
+                .unwrap_or_else(|| panic!("{node} was accepted"));
+            assert!(
+                msg.contains(&format!("property \"upstream.nodes.{node}\" is a")),
+                "{msg}"
+            );
+            assert!(msg.contains("--allow-local-upstreams"), "{msg}");
+            assert_eq!(checked(&open, json!({"nodes": {node: 1}})), None, "{node}");
+        }
+        let msg = checked(
+            &strict,
+            json!({"nodes": [{"host": "localhost", "port": 80, "weight": 1}]}),
+        )
+        .unwrap();
+        assert!(
+            msg.contains("property \"upstream.nodes[0]\" is a loopback address"),
+            "{msg}"
+        );
+        for fine in [
+            "httpbin.org:80",
+            "10.0.0.5:8080",
+            "192.168.1.10:80",
+            "172.17.0.1:80",
+            "[2001:db8::1]:443",
+            "localhost.example.com:80",
+        ] {
+            assert_eq!(
+                checked(&strict, json!({"nodes": {fine: 1}})),
+                None,
+                "{fine}"
+            );
+        }
     }
 }

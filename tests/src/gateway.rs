@@ -50,14 +50,31 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts the sidecar (waits for `/healthz`), then Envoy (waits for its
-    /// listener). `extra_args` go to the sidecar.
+    /// listener). `extra_args` go to the sidecar, after the harness's own:
+    /// the ports, Envoy's admin address (`--envoy-admin-addr`) and
+    /// `--allow-local-upstreams` (the tests' upstreams are on loopback).
     pub fn start(dir: &Path, extra_args: &[&str]) -> Gateway {
+        let mut args = vec!["--allow-local-upstreams"];
+        args.extend_from_slice(extra_args);
+        Gateway::start_strict(dir, &args)
+    }
+
+    /// [`Gateway::start`] without `--allow-local-upstreams`: the sidecar
+    /// refuses upstream nodes on loopback and link-local addresses.
+    pub fn start_strict(dir: &Path, extra_args: &[&str]) -> Gateway {
         let proxy_port = free_port();
         let admin_port = free_port();
         let xds_port = free_port();
         let envoy_admin_port = free_port();
         let data_file = dir.join("routes.json");
-        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        extra_args.splice(
+            0..0,
+            [
+                "--envoy-admin-addr".to_string(),
+                format!("127.0.0.1:{envoy_admin_port}"),
+            ],
+        );
         let sidecar = spawn_sidecar(
             dir,
             0,

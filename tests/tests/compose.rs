@@ -1,8 +1,9 @@
 //! `docker-compose.yml` cannot be run here (no Docker engine), so it is
 //! checked against what the tests do run: every mounted file exists, the
 //! realm file is the one the Keycloak suite imports, the image versions are
-//! the pinned ones, the published ports are the README's, and the Envoy
-//! bootstrap reaches the sidecar's xDS port.
+//! the pinned ones, the published ports are the README's, the Envoy
+//! bootstrap reaches the sidecar's xDS port, and the Admin API and xDS are
+//! closed to every other container (issue 14, review finding 9).
 
 use std::path::Path;
 
@@ -130,10 +131,9 @@ fn compose_file_matches_what_the_tests_run() {
     assert!(args.contains(&"--proxy-port=9080".to_string()), "{args:?}");
 
     // Envoy's bootstrap reaches the sidecar's xDS port.
-    let xds_port = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--xds-addr=0.0.0.0:"))
-        .expect("--xds-addr");
+    let (_, xds_port) = arg(&args, "--xds-addr=")
+        .rsplit_once(':')
+        .expect("--xds-addr=<ip>:<port>");
     let bootstrap: Value =
         serde_yaml_ng::from_str(&read("deploy/envoy-bootstrap.yaml")).expect("valid YAML");
     let addr = &bootstrap["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
@@ -145,5 +145,143 @@ fn compose_file_matches_what_the_tests_run() {
             .map(|p| p.to_string())
             .as_deref(),
         Some(xds_port)
+    );
+}
+
+fn arg<'a>(args: &'a [String], prefix: &str) -> &'a str {
+    let found: Vec<&str> = args.iter().filter_map(|a| a.strip_prefix(prefix)).collect();
+    assert_eq!(found.len(), 1, "one {prefix} in {args:?}");
+    found[0]
+}
+
+/// The networks a service is on (`default` when none is named).
+fn networks(s: &Value) -> Vec<String> {
+    let n = &s["networks"];
+    let mut names = match n.as_mapping() {
+        Some(m) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
+        None => strings(n),
+    };
+    if n.is_null() {
+        names.push("default".into());
+    }
+    names.sort();
+    names
+}
+
+/// `a.b.c.d/len` contains `ip` (IPv4).
+fn in_subnet(subnet: &str, ip: &str) -> bool {
+    let (net, len) = subnet.split_once('/').expect("a CIDR subnet");
+    let net: std::net::Ipv4Addr = net.parse().expect("an IPv4 subnet");
+    let ip: std::net::Ipv4Addr = ip.parse().expect("an IPv4 address");
+    let len: u32 = len.parse().expect("a prefix length");
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    u32::from(net) & mask == u32::from(ip) & mask
+}
+
+#[test]
+fn compose_keeps_the_admin_api_and_xds_to_themselves() {
+    let compose: Value = serde_yaml_ng::from_str(&read("docker-compose.yml")).expect("valid YAML");
+    let sidecar = service(&compose, "sidecar");
+    let args = strings(&sidecar["command"]);
+    let on = |net: &str| -> Vec<&str> {
+        let mut names: Vec<&str> = compose["services"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| networks(s).iter().any(|n| n == net))
+            .filter_map(|(k, _)| k.as_str())
+            .collect();
+        names.sort();
+        names
+    };
+    let net = |name: &str| -> &Value {
+        let n = &compose["networks"][name];
+        assert!(n.is_mapping(), "network {name} in docker-compose.yml");
+        n
+    };
+    let pinned = |name: &str| -> (String, String) {
+        let ipam = &net(name)["ipam"]["config"][0];
+        let subnet = ipam["subnet"]
+            .as_str()
+            .expect("a pinned subnet")
+            .to_string();
+        let gateway = ipam["gateway"]
+            .as_str()
+            .expect("a pinned gateway")
+            .to_string();
+        assert!(
+            in_subnet(&subnet, &gateway),
+            "{name}: {gateway} in {subnet}"
+        );
+        (subnet, gateway)
+    };
+    let address_on = |name: &str| -> String {
+        sidecar["networks"][name]["ipv4_address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the sidecar's pinned address on {name}"))
+            .to_string()
+    };
+
+    // The Admin API: on the `admin` network, only the sidecar's; the one
+    // client allowed is that network's bridge gateway (the host, through
+    // the port published on its loopback).
+    let (admin_subnet, admin_gateway) = pinned("admin");
+    assert_eq!(on("admin"), vec!["sidecar"]);
+    let admin_ip = address_on("admin");
+    assert!(in_subnet(&admin_subnet, &admin_ip));
+    assert_eq!(arg(&args, "--admin-addr="), format!("{admin_ip}:9180"));
+    let allowed: Vec<&str> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--allow="))
+        .collect();
+    assert_eq!(allowed, vec![format!("{admin_gateway}/32")], "{args:?}");
+    assert_eq!(strings(&sidecar["ports"]), vec!["127.0.0.1:9180:9180"]);
+    // An admin key: given (SIDECAR_ADMIN_KEY from the shell), or generated
+    // and printed because the Admin API is not on loopback.
+    assert!(
+        !admin_ip.starts_with("127."),
+        "off loopback, so a key is required"
+    );
+    assert!(
+        strings(&sidecar["environment"]).contains(&"SIDECAR_ADMIN_KEY".to_string()),
+        "the key is taken from the shell: {:?}",
+        sidecar["environment"]
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--admin-key")),
+        "no key in the file"
+    );
+    assert!(!args
+        .iter()
+        .any(|a| a.starts_with("--allow-local-upstreams")));
+
+    // xDS: on the internal `xds` network, shared by the sidecar and Envoy only.
+    let (xds_subnet, _) = pinned("xds");
+    assert_eq!(net("xds")["internal"].as_bool(), Some(true));
+    assert_eq!(on("xds"), vec!["envoy", "sidecar"]);
+    let xds_ip = address_on("xds");
+    assert!(in_subnet(&xds_subnet, &xds_ip));
+    assert_eq!(arg(&args, "--xds-addr="), format!("{xds_ip}:18000"));
+
+    // The sidecar is on nothing else; the others are not on its networks.
+    assert_eq!(networks(sidecar), vec!["admin", "xds"]);
+    for other in ["keycloak", "httpbin"] {
+        assert_eq!(
+            networks(service(&compose, other)),
+            vec!["default"],
+            "{other}"
+        );
+    }
+    assert_eq!(networks(service(&compose, "envoy")), vec!["default", "xds"]);
+
+    // Envoy's admin stays inside its container.
+    let bootstrap: Value =
+        serde_yaml_ng::from_str(&read("deploy/envoy-bootstrap.yaml")).expect("valid YAML");
+    assert_eq!(
+        bootstrap["admin"]["address"]["socket_address"]["address"].as_str(),
+        Some("127.0.0.1")
     );
 }

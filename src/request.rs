@@ -211,7 +211,9 @@ impl Request {
                     addon_headers,
                 } => {
                     // A kid the provider lately did not have: no refetch.
-                    if !active.kid_checked {
+                    // (Only where keys come from the JWKS.)
+                    let uses_jwks = route.config.use_jwks && route.public_keys.is_none();
+                    if uses_jwks && !active.kid_checked {
                         active.kid_checked = true;
                         if let (Some(uri), true) =
                             (&provider.jwks_uri, provider.has(FetchKind::Jwks))
@@ -227,8 +229,8 @@ impl Request {
                     state.discovery_in_flight = active.held_discovery;
                     state.jwks_in_flight = active.held_jwks;
                     let decision = bearer::decide(route, token, &state, addon_headers, now);
-                    if let (Decision::Deny(_), Some(uri), Some(jwks)) =
-                        (&decision, &provider.jwks_uri, state.jwks)
+                    if let (true, Decision::Deny(_), Some(uri), Some(jwks)) =
+                        (uses_jwks, &decision, &provider.jwks_uri, state.jwks)
                     {
                         unknown_kid = bearer::kid_unknown_after_refetch(token, jwks, now)
                             .map(|kid| (uri.clone(), kid));

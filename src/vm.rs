@@ -116,8 +116,11 @@ impl Vm {
     /// Whether `kid` was unknown in the JWKS at `jwks_uri` after a recent
     /// refetch (`bearer::UNKNOWN_KID_TTL`).
     pub fn kid_unknown(&self, jwks_uri: &str, kid: &str, now: u64) -> bool {
-        let key = (jwks_uri.to_string(), kid.to_string());
         let mut cache = self.unknown_kids.borrow_mut();
+        if cache.is_empty() {
+            return false;
+        }
+        let key = (jwks_uri.to_string(), kid.to_string());
         match cache.get(&key) {
             Some(&until) if now < until => true,
             Some(_) => {

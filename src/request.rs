@@ -491,7 +491,7 @@ impl Context for Request {
                 "openid-connect: a provider answer of {body_size} bytes is over the \
                  {MAX_RESPONSE_BODY}-byte cap; the call counts as failed"
             );
-            self.vm.metrics.provider_failure();
+            // (Counted as a failure where status 0 is handled.)
             self.vm.metrics.body_too_large();
         }
         let status = if headers == 0 || too_big {

@@ -249,6 +249,7 @@ fn oversized_provider_answers_are_provider_failures() {
         1
     );
     assert_eq!(stat(&envoy, "provider.body_too_large"), 2);
+    assert_eq!(stat(&envoy, "provider.failures"), 2, "one failure per call");
     // The VM is alive and well: the next request is decided as usual.
     envoy.proc().assert_running();
     assert_eq!(status(&envoy, "/ok/x", &token), 401);

@@ -24,6 +24,12 @@ pub struct Metrics {
     cache_miss: Option<u32>,
     provider_calls: Option<u32>,
     provider_failures: Option<u32>,
+    fetch_discovery: Option<u32>,
+    fetch_jwks: Option<u32>,
+    fetch_held: Option<u32>,
+    unknown_kid_remembered: Option<u32>,
+    refusal_remembered: Option<u32>,
+    body_too_large: Option<u32>,
     login_started: Option<u32>,
     login_succeeded: Option<u32>,
     login_failed: Option<u32>,
@@ -54,6 +60,12 @@ impl Metrics {
             cache_miss: counter("cache.miss"),
             provider_calls: counter("provider.calls"),
             provider_failures: counter("provider.failures"),
+            fetch_discovery: counter("provider.fetch.discovery"),
+            fetch_jwks: counter("provider.fetch.jwks"),
+            fetch_held: counter("provider.fetch.held"),
+            unknown_kid_remembered: counter("provider.unknown_kid_remembered"),
+            refusal_remembered: counter("introspection.refusal_remembered"),
+            body_too_large: counter("provider.body_too_large"),
             login_started: counter("login.started"),
             login_succeeded: counter("login.succeeded"),
             login_failed: counter("login.failed"),
@@ -85,6 +97,30 @@ impl Metrics {
     }
     pub fn provider_failure(&self) {
         bump(self.provider_failures)
+    }
+    /// A discovery or JWKS fetch dispatched (also counted in `calls`).
+    pub fn fetch(&self, jwks: bool) {
+        bump(if jwks {
+            self.fetch_jwks
+        } else {
+            self.fetch_discovery
+        })
+    }
+    /// A fetch not made: another request was fetching that document.
+    pub fn fetch_held(&self) {
+        bump(self.fetch_held)
+    }
+    /// A token whose `kid` was remembered as unknown: no refetch.
+    pub fn unknown_kid_remembered(&self) {
+        bump(self.unknown_kid_remembered)
+    }
+    /// A token refused again from memory, without introspection.
+    pub fn refusal_remembered(&self) {
+        bump(self.refusal_remembered)
+    }
+    /// A provider answer over the body cap (a provider failure).
+    pub fn body_too_large(&self) {
+        bump(self.body_too_large)
     }
     pub fn login_started(&self) {
         bump(self.login_started)

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use oidc_core::bearer::{self, Allowed, Decision, FetchKind};
 use oidc_core::browser::{BrowserRequest, Entropy, Event, Flow, Forward, Step};
-use oidc_core::http::HttpRequest;
+use oidc_core::http::{HttpRequest, MAX_RESPONSE_BODY};
 use oidc_core::reply::{Denial, Reply};
 use oidc_core::route::Route;
 use oidc_core::session;
@@ -43,7 +43,8 @@ const CONFIG_PATH: [&str; 5] = [
 ];
 
 /// Identity headers only this filter may set: a client's own values never
-/// reach the upstream.
+/// reach the upstream, nor do their spellings with `_` for `-` (an upstream
+/// may read `X_Userinfo` as `X-Userinfo`, as CGI does).
 const IDENTITY_HEADERS: [&str; 5] = [
     "x-access-token",
     "x-userinfo",
@@ -51,6 +52,18 @@ const IDENTITY_HEADERS: [&str; 5] = [
     "x-raw-id-token",
     "x-refresh-token",
 ];
+
+/// Whether a request header name is one of [`IDENTITY_HEADERS`], in any
+/// case, with `_` taken as `-`.
+fn is_identity_header(name: &str) -> bool {
+    IDENTITY_HEADERS.iter().any(|h| {
+        h.len() == name.len()
+            && h.bytes().zip(name.bytes()).all(|(h, n)| {
+                let n = n.to_ascii_lowercase();
+                n == h || (h == b'-' && n == b'_')
+            })
+    })
+}
 
 /// Provider calls one request may make before it is answered 503 (a login
 /// callback may need discovery, token, JWKS twice and userinfo).
@@ -72,6 +85,33 @@ struct Active {
     kind: Kind,
     waiting: Waiting,
     calls: u8,
+    /// Documents another request is fetching: use the cached copy
+    /// (`ProviderState::*_in_flight`).
+    held_discovery: bool,
+    held_jwks: bool,
+    /// Whether the token's `kid` was looked up among the remembered
+    /// unknown ones.
+    kid_checked: bool,
+}
+
+impl Active {
+    fn new(entry: Rc<RouteEntry>, kind: Kind) -> Active {
+        Active {
+            entry,
+            kind,
+            waiting: Waiting::Nothing,
+            calls: 0,
+            held_discovery: false,
+            held_jwks: false,
+            kid_checked: false,
+        }
+    }
+}
+
+/// What the core answered: a bearer decision or a browser step.
+enum Next {
+    Decision(Decision),
+    Step(Step),
 }
 
 enum Kind {
@@ -86,8 +126,9 @@ enum Kind {
 
 enum Waiting {
     Nothing,
-    /// A provider document at this URL.
-    Document(FetchKind, String),
+    /// A provider document at this URL; `Some(since)`: this request holds
+    /// the "fetching since" marker and clears it on the answer.
+    Document(FetchKind, String, Option<u64>),
     /// The answer to a call the core made (introspection, token, ...).
     Answer,
 }
@@ -146,52 +187,108 @@ impl Request {
         Action::Continue
     }
 
-    /// Asks the core until it answers or needs a provider call.
+    /// Asks the core until it answers or needs a provider call. A fetch of
+    /// a document that another request (of any worker) is fetching now is
+    /// not made while a copy is cached: the core decides again with that
+    /// copy.
     fn run(&mut self) -> Action {
-        let now = self.now();
-        let Some(active) = self.active.as_mut() else {
-            return Action::Continue;
-        };
-        let entry = active.entry.clone();
-        let Ok(route) = &entry.route else {
-            return Action::Continue;
-        };
-        let provider = self.vm.store.provider(&route.config.discovery);
-        let state = provider.state();
-        match &mut active.kind {
-            Kind::Bearer {
-                token,
-                addon_headers,
-                ..
-            } => {
-                let decision = bearer::decide(route, token, &state, addon_headers, now);
-                self.on_decision(decision, route, provider.jwks_uri, now)
+        loop {
+            let now = self.now();
+            let Some(active) = self.active.as_mut() else {
+                return Action::Continue;
+            };
+            let entry = active.entry.clone();
+            let Ok(route) = &entry.route else {
+                return Action::Continue;
+            };
+            let vm = &self.vm;
+            let provider = vm.store.provider(&route.config.discovery);
+            let mut state = provider.state();
+            let mut unknown_kid = None;
+            let next = match &mut active.kind {
+                Kind::Bearer {
+                    token,
+                    addon_headers,
+                } => {
+                    // A kid the provider lately did not have: no refetch.
+                    // (Only where keys come from the JWKS.)
+                    let uses_jwks = route.config.use_jwks && route.public_keys.is_none();
+                    if uses_jwks && !active.kid_checked {
+                        active.kid_checked = true;
+                        if let (Some(uri), true) =
+                            (&provider.jwks_uri, provider.has(FetchKind::Jwks))
+                        {
+                            if bearer::unverified_kid(token)
+                                .is_some_and(|kid| vm.kid_unknown(uri, &kid, now))
+                            {
+                                vm.metrics.unknown_kid_remembered();
+                                active.held_jwks = true;
+                            }
+                        }
+                    }
+                    state.discovery_in_flight = active.held_discovery;
+                    state.jwks_in_flight = active.held_jwks;
+                    let decision = bearer::decide(route, token, &state, addon_headers, now);
+                    if let (true, Decision::Deny(_), Some(uri), Some(jwks)) =
+                        (uses_jwks, &decision, &provider.jwks_uri, state.jwks)
+                    {
+                        unknown_kid = bearer::kid_unknown_after_refetch(token, jwks, now)
+                            .map(|kid| (uri.clone(), kid));
+                    }
+                    Next::Decision(decision)
+                }
+                Kind::Browser(flow) => {
+                    state.discovery_in_flight = active.held_discovery;
+                    state.jwks_in_flight = active.held_jwks;
+                    Next::Step(flow.advance(route, &state, &mut HostRandom, now))
+                }
+            };
+            if let Some((uri, kid)) = unknown_kid {
+                vm.remember_unknown_kid(&uri, kid, now.saturating_add(bearer::UNKNOWN_KID_TTL));
             }
-            Kind::Browser(flow) => {
-                let step = flow.advance(route, &state, &mut HostRandom, now);
-                self.on_step(step, route)
+            let (kind, req, url) = match next {
+                Next::Decision(Decision::Fetch(kind, req)) => {
+                    let url = match kind {
+                        FetchKind::Discovery => route.config.discovery.clone(),
+                        FetchKind::Jwks => provider.jwks_uri.clone().unwrap_or_default(),
+                    };
+                    (kind, req, url)
+                }
+                Next::Step(Step::Fetch(kind, url, req)) => (kind, req, url),
+                Next::Decision(d) => return self.on_decision(d, route, now),
+                Next::Step(step) => return self.on_step(step, route),
+            };
+            let since = vm
+                .store
+                .claim(kind, &url, route.config.timeout, now)
+                .then_some(now);
+            let held = match kind {
+                FetchKind::Discovery => &mut active.held_discovery,
+                FetchKind::Jwks => &mut active.held_jwks,
+            };
+            if since.is_none() && !*held && provider.has(kind) {
+                *held = true;
+                vm.metrics.fetch_held();
+                continue;
             }
+            // This request fetches (or, with nothing cached, fetches even
+            // though another request does too: a cold start, bounded by
+            // the provider cluster's circuit breakers).
+            vm.metrics.fetch(kind == FetchKind::Jwks);
+            return self.call(*req, Waiting::Document(kind, url, since), route);
         }
     }
 
-    fn on_decision(
-        &mut self,
-        decision: Decision,
-        route: &Route,
-        jwks_uri: Option<String>,
-        now: u64,
-    ) -> Action {
+    /// A decision other than a fetch (`run` makes those).
+    fn on_decision(&mut self, decision: Decision, route: &Route, now: u64) -> Action {
         match decision {
             Decision::Allow(a) => self.accept(a, now),
             Decision::Deny(d) => self.deny(d, &route.config.realm),
-            Decision::Fetch(kind, req) => {
-                let url = match kind {
-                    FetchKind::Discovery => route.config.discovery.clone(),
-                    FetchKind::Jwks => jwks_uri.unwrap_or_default(),
-                };
-                self.call(*req, Waiting::Document(kind, url), route)
-            }
             Decision::Introspect(req) => self.call(*req, Waiting::Answer, route),
+            Decision::Fetch(..) => self.deny(
+                Denial::ProviderUnavailable("unexpected fetch".into()),
+                &route.config.realm,
+            ),
         }
     }
 
@@ -202,7 +299,9 @@ impl Request {
                 self.send(&reply)
             }
             Step::Forward(f) => self.forward(f),
-            Step::Fetch(kind, url, req) => self.call(*req, Waiting::Document(kind, url), route),
+            Step::Fetch(kind, url, req) => {
+                self.call(*req, Waiting::Document(kind, url, None), route)
+            }
             Step::Call(req) => self.call(*req, Waiting::Answer, route),
         }
     }
@@ -273,6 +372,7 @@ impl Request {
         };
         active.calls += 1;
         if active.calls > MAX_CALLS {
+            self.release(&waiting);
             return self.deny(
                 Denial::ProviderUnavailable("too many provider calls for one request".into()),
                 realm,
@@ -299,6 +399,7 @@ impl Request {
                     req.cluster
                 );
                 self.vm.metrics.provider_failure();
+                self.release(&waiting);
                 self.deny(
                     Denial::NoProviderCluster {
                         host: req.authority.clone(),
@@ -307,6 +408,13 @@ impl Request {
                     realm,
                 )
             }
+        }
+    }
+
+    /// Clears the "fetching since" marker a document call holds.
+    fn release(&self, waiting: &Waiting) {
+        if let Waiting::Document(kind, url, Some(since)) = waiting {
+            self.vm.store.release(*kind, url, *since);
         }
     }
 
@@ -345,6 +453,10 @@ impl Request {
         };
         match &mut active.kind {
             Kind::Bearer { token, .. } => {
+                if let Some(until) = bearer::refused_until(route, token, status, body, now) {
+                    let key = (entry.id, bearer::token_digest(token));
+                    self.vm.remember_refusal(key, until);
+                }
                 match bearer::introspected(route, token, status, body, now) {
                     Decision::Allow(a) => self.accept(a, now),
                     Decision::Deny(d) => self.deny(d, &route.config.realm),
@@ -371,14 +483,25 @@ impl Context for Request {
         // error) arrives with no headers; asking for them then makes the
         // host answer BadArgument, which the SDK turns into a panic that
         // would take the whole VM down. Status 0 means "no answer".
-        let status = if headers == 0 {
+        // A body over the cap is not read: the call counts as failed
+        // (status 0), like one that got no answer.
+        let too_big = body_size > MAX_RESPONSE_BODY;
+        if too_big {
+            log::warn!(
+                "openid-connect: a provider answer of {body_size} bytes is over the \
+                 {MAX_RESPONSE_BODY}-byte cap; the call counts as failed"
+            );
+            // (Counted as a failure where status 0 is handled.)
+            self.vm.metrics.body_too_large();
+        }
+        let status = if headers == 0 || too_big {
             0
         } else {
             self.get_http_call_response_header_bytes(":status")
                 .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
                 .unwrap_or(0)
         };
-        let body = if headers == 0 || body_size == 0 {
+        let body = if headers == 0 || body_size == 0 || too_big {
             Vec::new()
         } else {
             self.get_http_call_response_body(0, body_size)
@@ -389,7 +512,10 @@ impl Context for Request {
         };
         let action = match std::mem::replace(&mut active.waiting, Waiting::Nothing) {
             Waiting::Nothing => return,
-            Waiting::Document(kind, url) => {
+            Waiting::Document(kind, url, since) => {
+                if let Some(since) = since {
+                    self.vm.store.release(kind, &url, since);
+                }
                 self.on_document(kind, &url, status, &body);
                 self.run()
             }
@@ -428,9 +554,9 @@ impl HttpContext for Request {
         // The client's X-Access-Token may carry the token (as in APISIX),
         // but none of the identity headers it sent reaches the upstream.
         let x_access_token = header("x-access-token").ok().flatten();
-        for h in IDENTITY_HEADERS {
-            if headers.iter().any(|(k, _)| k == h) {
-                self.set_http_request_header(h, None);
+        for (name, _) in &headers {
+            if is_identity_header(name) {
+                self.set_http_request_header(name, None);
             }
         }
 
@@ -484,12 +610,7 @@ impl HttpContext for Request {
                 }
                 _ => Flow::begin(route, req, now),
             };
-            self.active = Some(Active {
-                entry: entry.clone(),
-                kind: Kind::Browser(Box::new(flow)),
-                waiting: Waiting::Nothing,
-                calls: 0,
-            });
+            self.active = Some(Active::new(entry.clone(), Kind::Browser(Box::new(flow))));
             return self.run();
         };
 
@@ -502,20 +623,28 @@ impl HttpContext for Request {
         }
         let (_, token) = key;
         self.vm.metrics.cache_miss();
+        // A token the introspection endpoint refused a moment ago is
+        // refused again without asking.
+        if !c.verifies_locally()
+            && self
+                .vm
+                .refused(&(entry.id, bearer::token_digest(&token)), now)
+        {
+            self.vm.metrics.refusal_remembered();
+            return self.deny(Denial::InvalidToken("token is not active".into()), &c.realm);
+        }
         let addon_headers = c
             .introspection_addon_headers
             .iter()
             .filter_map(|name| Some((name.clone(), header(name).ok()??)))
             .collect();
-        self.active = Some(Active {
-            entry: entry.clone(),
-            kind: Kind::Bearer {
+        self.active = Some(Active::new(
+            entry.clone(),
+            Kind::Bearer {
                 token,
                 addon_headers,
             },
-            waiting: Waiting::Nothing,
-            calls: 0,
-        });
+        ));
         self.run()
     }
 

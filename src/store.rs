@@ -5,12 +5,20 @@
 //! (u64 LE, 0 = never) ‖ the document body as the provider sent it.
 //! Only bodies that parsed are stored; each VM parses again when the
 //! shared value changes (its CAS number moves).
+//!
+//! One fetch of a document at a time across the workers: before a request
+//! fetches, it writes "fetching since `now`" (u64 LE) under
+//! `openid-connect|fetching|<kind>|<url>` with a CAS on the value it read;
+//! whoever loses, or finds a marker younger than the call timeout
+//! (`bearer::fetch_in_flight`), uses the cached document instead. The
+//! fetcher clears the marker when its answer (or failure) arrives; a
+//! marker whose worker went away expires after the timeout.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use oidc_core::bearer::{FetchKind, Fetched, ProviderState};
+use oidc_core::bearer::{self, FetchKind, Fetched, ProviderState};
 use oidc_core::discovery::{self, ProviderMetadata};
 use oidc_core::jwt::Jwks;
 use proxy_wasm::hostcalls;
@@ -42,6 +50,16 @@ impl Provider {
             jwks: self.jwks.as_ref().and_then(|j| j.doc.as_deref()),
             discovery_failed_at: self.discovery.failed_at,
             jwks_failed_at: self.jwks.as_ref().and_then(|j| j.failed_at),
+            discovery_in_flight: false,
+            jwks_in_flight: false,
+        }
+    }
+
+    /// Whether a parsed copy of the document is at hand.
+    pub fn has(&self, kind: FetchKind) -> bool {
+        match kind {
+            FetchKind::Discovery => self.discovery.doc.is_some(),
+            FetchKind::Jwks => self.jwks.as_ref().is_some_and(|j| j.doc.is_some()),
         }
     }
 }
@@ -57,6 +75,18 @@ fn key(kind: FetchKind, url: &str) -> String {
         FetchKind::Discovery => format!("openid-connect|discovery|{url}"),
         FetchKind::Jwks => format!("openid-connect|jwks|{url}"),
     }
+}
+
+fn marker_key(kind: FetchKind, url: &str) -> String {
+    match kind {
+        FetchKind::Discovery => format!("openid-connect|fetching|discovery|{url}"),
+        FetchKind::Jwks => format!("openid-connect|fetching|jwks|{url}"),
+    }
+}
+
+fn marker_since(raw: Option<&[u8]>) -> Option<u64> {
+    let raw = raw?.get(0..8)?;
+    nonzero(u64::from_le_bytes(raw.try_into().ok()?))
 }
 
 fn split(raw: &[u8]) -> Option<(u64, u64, &[u8])> {
@@ -115,6 +145,39 @@ impl Store {
         value.extend_from_slice(body);
         if let Err(e) = hostcalls::set_shared_data(&key(kind, url), Some(&value), None) {
             log::warn!("openid-connect: cannot store provider document: {e:?}");
+        }
+    }
+
+    /// Marks a fetch of the document at `url` as in flight since `now`,
+    /// unless another one is (younger than `timeout` seconds). `true`:
+    /// this request is the fetcher and must [`release`](Self::release).
+    ///
+    /// Shared data has no "create if absent": the first marker for a URL is
+    /// written in two steps (an empty value, then a CAS), so two workers
+    /// that race on the very first fetch of a URL may both win once.
+    pub fn claim(&self, kind: FetchKind, url: &str, timeout: u64, now: u64) -> bool {
+        let k = marker_key(kind, url);
+        let mut read = hostcalls::get_shared_data(&k).ok();
+        if !matches!(read, Some((Some(_), Some(_)))) {
+            let _ = hostcalls::set_shared_data(&k, Some(&[]), None);
+            read = hostcalls::get_shared_data(&k).ok();
+        }
+        let Some((value, Some(cas))) = read else {
+            return false;
+        };
+        if bearer::fetch_in_flight(marker_since(value.as_deref()), timeout, now) {
+            return false;
+        }
+        hostcalls::set_shared_data(&k, Some(&now.to_le_bytes()), Some(cas)).is_ok()
+    }
+
+    /// Clears the marker this request set at `since` (not a newer one).
+    pub fn release(&self, kind: FetchKind, url: &str, since: u64) {
+        let k = marker_key(kind, url);
+        if let Ok((value, Some(cas))) = hostcalls::get_shared_data(&k) {
+            if marker_since(value.as_deref()) == Some(since) {
+                let _ = hostcalls::set_shared_data(&k, Some(&[]), Some(cas));
+            }
         }
     }
 

@@ -18,6 +18,11 @@ use crate::store::Store;
 /// pile up as routes change).
 const MAX_ROUTE_VERSIONS: usize = 1024;
 
+/// `kid`s still unknown after a JWKS refetch, remembered per VM.
+const UNKNOWN_KIDS: usize = 1024;
+/// Tokens the introspection endpoint refused, remembered per VM.
+const REFUSED_TOKENS: usize = 4096;
+
 /// One route config version, parsed once per VM.
 pub struct RouteEntry {
     /// A number unique within this VM, part of the token-cache key.
@@ -36,8 +41,16 @@ pub struct Vm {
     tokens: Cache<Allowed>,
     /// Opened session cookies: key (route id, sealed value).
     sessions: Cache<Session>,
+    /// (JWKS URL, kid) → until when tokens with that kid do not refetch.
+    unknown_kids: RefCell<LruCache<(String, String), u64>>,
+    /// (route id, SHA-256 of a token) → until when it is refused unasked.
+    refused: RefCell<LruCache<(u64, [u8; 32]), u64>>,
     pub store: Store,
     pub metrics: Metrics,
+}
+
+fn bounded(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
 impl Vm {
@@ -49,6 +62,8 @@ impl Vm {
                 .map(|n| RefCell::new(LruCache::new(n))),
             sessions: NonZeroUsize::new(settings.session_cache_size)
                 .map(|n| RefCell::new(LruCache::new(n))),
+            unknown_kids: RefCell::new(LruCache::new(bounded(UNKNOWN_KIDS))),
+            refused: RefCell::new(LruCache::new(bounded(REFUSED_TOKENS))),
             store: Store::default(),
             metrics: Metrics::define(),
         }
@@ -96,6 +111,48 @@ impl Vm {
                 cache.borrow_mut().put(key, allowed);
             }
         }
+    }
+
+    /// Whether `kid` was unknown in the JWKS at `jwks_uri` after a recent
+    /// refetch (`bearer::UNKNOWN_KID_TTL`).
+    pub fn kid_unknown(&self, jwks_uri: &str, kid: &str, now: u64) -> bool {
+        let mut cache = self.unknown_kids.borrow_mut();
+        if cache.is_empty() {
+            return false;
+        }
+        let key = (jwks_uri.to_string(), kid.to_string());
+        match cache.get(&key) {
+            Some(&until) if now < until => true,
+            Some(_) => {
+                cache.pop(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn remember_unknown_kid(&self, jwks_uri: &str, kid: String, until: u64) {
+        self.unknown_kids
+            .borrow_mut()
+            .put((jwks_uri.to_string(), kid), until);
+    }
+
+    /// Whether the introspection endpoint refused this token (by digest)
+    /// on this route config lately.
+    pub fn refused(&self, key: &(u64, [u8; 32]), now: u64) -> bool {
+        let mut cache = self.refused.borrow_mut();
+        match cache.get(key) {
+            Some(&until) if now < until => true,
+            Some(_) => {
+                cache.pop(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn remember_refusal(&self, key: (u64, [u8; 32]), until: u64) {
+        self.refused.borrow_mut().put(key, until);
     }
 
     /// Opens a sealed session value of route `route_id`, remembering what

@@ -24,6 +24,15 @@ pub const RETRY_AFTER_FAILURE: u64 = 5;
 pub const KID_REFETCH_INTERVAL: u64 = 5;
 /// How long an accepted token without `exp` stays in the cache.
 pub const NO_EXP_CACHE_TTL: u64 = 300;
+/// How long a `kid` that was still unknown after a JWKS refetch is
+/// remembered (per VM): tokens naming it do not refetch meanwhile.
+pub const UNKNOWN_KID_TTL: u64 = 60;
+/// The longest `kid` remembered as unknown (longer ones are not: the
+/// memory is bounded by entries × this).
+pub const MAX_REMEMBERED_KID_LEN: usize = 256;
+/// How long a token the introspection endpoint refused (`active: false`)
+/// is refused again without asking (per VM).
+pub const INTROSPECTION_REFUSAL_TTL: u64 = 15;
 
 /// The bearer token of a request, from `Authorization: Bearer <token>` or,
 /// without an `Authorization` header, from `X-Access-Token` (as APISIX).
@@ -63,6 +72,45 @@ pub struct ProviderState<'a> {
     pub discovery_failed_at: Option<u64>,
     /// When a JWKS call last failed.
     pub jwks_failed_at: Option<u64>,
+    /// Another request is fetching the discovery document now
+    /// ([`fetch_in_flight`]): use the cached one, even stale, rather than
+    /// fetch it too. With nothing cached, fetch anyway (a cold start; the
+    /// provider cluster's circuit breakers bound it).
+    pub discovery_in_flight: bool,
+    /// Likewise for the JWKS; also set for a token whose `kid` was
+    /// unknown after a recent refetch ([`kid_unknown_after_refetch`]): no
+    /// refetch for it, an unknown `kid` is a 401.
+    pub jwks_in_flight: bool,
+}
+
+/// Whether a fetch marked "fetching since `since`" may still be under way
+/// at `now`: a call ends within its `timeout` (seconds), so a marker older
+/// than that (a worker gone mid-call) no longer holds anyone back.
+pub fn fetch_in_flight(since: Option<u64>, timeout: u64, now: u64) -> bool {
+    since.is_some_and(|t| t <= now && now <= t.saturating_add(timeout))
+}
+
+/// The `kid` of a JWT's header, without verifying anything (`None` when
+/// the token is not a JWT with a string `kid`).
+pub fn unverified_kid(token: &str) -> Option<String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let header = token.split('.').next()?;
+    if header.len() > 4 * MAX_REMEMBERED_KID_LEN {
+        return None;
+    }
+    let json = URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json).ok()?;
+    header.get("kid")?.as_str().map(str::to_string)
+}
+
+/// The `kid` of `token` to remember as unknown, when the JWKS was fetched
+/// less than [`KID_REFETCH_INTERVAL`] ago and still lacks it (the provider
+/// has just been asked: asking again soon for the same `kid` is pointless).
+pub fn kid_unknown_after_refetch(token: &str, jwks: &Fetched<Jwks>, now: u64) -> Option<String> {
+    let recent = now < jwks.fetched_at.saturating_add(KID_REFETCH_INTERVAL);
+    let kid = unverified_kid(token)?;
+    (recent && kid.len() <= MAX_REMEMBERED_KID_LEN && !jwks.value.contains_kid(&kid)).then_some(kid)
 }
 
 /// What a provider call is for.
@@ -146,6 +194,42 @@ pub fn introspected(route: &Route, token: &str, status: u16, body: &[u8], now: u
     Decision::Allow(allowed(route, token, &result.raw, cache_until))
 }
 
+/// The key under which a refused token is remembered: its SHA-256, so an
+/// attacker's long tokens cost 32 bytes each.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Until when a refusal may be repeated without asking the provider again:
+/// `Some` only for a well-formed `active: false` answer, for
+/// [`INTROSPECTION_REFUSAL_TTL`], never past an expiry the answer gives
+/// nor past the token's own `exp` while that is still ahead (a JWT's,
+/// read unverified: it only shortens the time). A token already expired
+/// never becomes active again, so its refusal is kept the full time.
+pub fn refused_until(
+    route: &Route,
+    token: &str,
+    status: u16,
+    body: &[u8],
+    now: u64,
+) -> Option<u64> {
+    let result =
+        introspection::parse_response(status, body, &route.config.introspection_expiry_claim)
+            .ok()?;
+    if result.active {
+        return None;
+    }
+    let token_exp = jwt::unverified_payload(token)
+        .and_then(|p| p.get("exp").and_then(serde_json::Value::as_u64));
+    [result.cache_until(now), token_exp]
+        .into_iter()
+        .flatten()
+        .filter(|&t| t > now)
+        .fold(now.saturating_add(INTROSPECTION_REFUSAL_TTL), u64::min)
+        .into()
+}
+
 fn decide_locally(route: &Route, token: &str, p: &ProviderState<'_>, now: u64) -> Decision {
     let c = &route.config;
     // The discovery document gives the JWKS location and, unless
@@ -168,7 +252,13 @@ fn decide_locally(route: &Route, token: &str, p: &ProviderState<'_>, now: u64) -
                     "the discovery document has no jwks_uri".into(),
                 ));
             };
-            match cached(p.jwks, p.jwks_failed_at, c.jwk_expires_in, now) {
+            match cached_unless_in_flight(
+                p.jwks,
+                p.jwks_failed_at,
+                p.jwks_in_flight,
+                c.jwk_expires_in,
+                now,
+            ) {
                 Cache::Use(j) => (&j.value, Some((uri, j))),
                 Cache::Fetch => return fetch(FetchKind::Jwks, uri),
                 Cache::Unavailable => {
@@ -198,7 +288,9 @@ fn decide_locally(route: &Route, token: &str, p: &ProviderState<'_>, now: u64) -
                     let recent = |t: Option<u64>| {
                         t.is_some_and(|t| now < t.saturating_add(KID_REFETCH_INTERVAL))
                     };
-                    if !recent(Some(j.fetched_at)) && !recent(p.jwks_failed_at) {
+                    // Nor while another request is fetching it.
+                    if !p.jwks_in_flight && !recent(Some(j.fetched_at)) && !recent(p.jwks_failed_at)
+                    {
                         return fetch(FetchKind::Jwks, uri);
                     }
                     // The provider could not be asked for the new key: no
@@ -260,7 +352,13 @@ pub(crate) fn discovery<'a>(
     p: &ProviderState<'a>,
     now: u64,
 ) -> Result<&'a ProviderMetadata, Decision> {
-    match cached(p.discovery, p.discovery_failed_at, DISCOVERY_TTL, now) {
+    match cached_unless_in_flight(
+        p.discovery,
+        p.discovery_failed_at,
+        p.discovery_in_flight,
+        DISCOVERY_TTL,
+        now,
+    ) {
         Cache::Use(d) => Ok(&d.value),
         Cache::Fetch => Err(fetch(FetchKind::Discovery, &route.config.discovery)),
         Cache::Unavailable => Err(Decision::Deny(Denial::ProviderUnavailable(
@@ -290,6 +388,21 @@ pub(crate) fn cached<'a, T>(
         Some(_) => Cache::Fetch,
         None if failed_recently => Cache::Unavailable,
         None => Cache::Fetch,
+    }
+}
+
+/// [`cached`], except that a document another request is fetching now is
+/// used as it is (stale or not); with nothing cached, fetch anyway.
+fn cached_unless_in_flight<'a, T>(
+    doc: Option<&'a Fetched<T>>,
+    failed_at: Option<u64>,
+    in_flight: bool,
+    ttl: u64,
+    now: u64,
+) -> Cache<'a, T> {
+    match (doc, in_flight) {
+        (Some(d), true) => Cache::Use(d),
+        _ => cached(doc, failed_at, ttl, now),
     }
 }
 
@@ -561,6 +674,151 @@ mod tests {
             denied(decide(&r, &rs256(), &p, &[], NOW)),
             Denial::ProviderUnavailable(_)
         ));
+    }
+
+    #[test]
+    fn a_fetch_marker_holds_for_the_call_timeout_only() {
+        assert!(!fetch_in_flight(None, 3, NOW));
+        assert!(fetch_in_flight(Some(NOW), 3, NOW));
+        assert!(fetch_in_flight(Some(NOW - 3), 3, NOW));
+        // Older than the timeout: the fetch is over, or its worker gone.
+        assert!(!fetch_in_flight(Some(NOW - 4), 3, NOW));
+        // A marker from the future (clock skew between workers) is ignored.
+        assert!(!fetch_in_flight(Some(NOW + 10), 3, NOW));
+    }
+
+    #[test]
+    fn documents_being_fetched_elsewhere_are_used_as_cached() {
+        let r = route(json!({"use_jwks": true}));
+        let t = rs256();
+        // Stale discovery and JWKS: fetched again, unless a fetch is in
+        // flight, then the stale ones verify the token.
+        let stale_m = Fetched {
+            value: metadata().value,
+            fetched_at: NOW - DISCOVERY_TTL - 1,
+        };
+        let stale_k = keys(NOW - 86400 - 1);
+        let p = ProviderState {
+            discovery: Some(&stale_m),
+            jwks: Some(&stale_k),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decide(&r, &t, &p, &[], NOW),
+            Decision::Fetch(FetchKind::Discovery, _)
+        ));
+        let p = ProviderState {
+            discovery_in_flight: true,
+            ..p
+        };
+        assert!(matches!(
+            decide(&r, &t, &p, &[], NOW),
+            Decision::Fetch(FetchKind::Jwks, _)
+        ));
+        let p = ProviderState {
+            jwks_in_flight: true,
+            ..p
+        };
+        allowed(decide(&r, &t, &p, &[], NOW));
+
+        // Nothing cached: a cold start fetches even so.
+        let p = ProviderState {
+            discovery_in_flight: true,
+            jwks_in_flight: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decide(&r, &t, &p, &[], NOW),
+            Decision::Fetch(FetchKind::Discovery, _)
+        ));
+    }
+
+    #[test]
+    fn an_unknown_kid_does_not_refetch_while_a_fetch_is_in_flight() {
+        let r = route(json!({"use_jwks": true}));
+        let m = metadata();
+        let old = Fetched {
+            value: jwks(vec![rsa_jwk(&test_keys().rsa_b, "rsa-b")]),
+            fetched_at: NOW - 60,
+        };
+        let p = ProviderState {
+            discovery: Some(&m),
+            jwks: Some(&old),
+            jwks_in_flight: true,
+            ..Default::default()
+        };
+        // Not a fetch, and a 401 (the set in hand does not have the key),
+        // not a 503.
+        let d = denied(decide(&r, &rs256(), &p, &[], NOW));
+        assert!(matches!(d, Denial::InvalidToken(_)), "{d:?}");
+        assert_eq!(d.reply("apisix").status, 401);
+    }
+
+    #[test]
+    fn kids_still_unknown_after_a_refetch_are_remembered() {
+        let set = jwks(vec![rsa_jwk(&test_keys().rsa_b, "rsa-b")]);
+        let just = Fetched {
+            value: set.clone(),
+            fetched_at: NOW - 1,
+        };
+        let t = rs256(); // kid rsa-a
+        assert_eq!(unverified_kid(&t).as_deref(), Some("rsa-a"));
+        assert_eq!(
+            kid_unknown_after_refetch(&t, &just, NOW).as_deref(),
+            Some("rsa-a")
+        );
+        // A set fetched a while ago has not been asked about this kid.
+        let old = Fetched {
+            value: set,
+            fetched_at: NOW - KID_REFETCH_INTERVAL,
+        };
+        assert_eq!(kid_unknown_after_refetch(&t, &old, NOW), None);
+        // A kid the set has, no kid, not a JWT, an overlong kid: nothing.
+        let b = token(Alg::RS256, Some("rsa-b"), &claims());
+        assert_eq!(kid_unknown_after_refetch(&b, &just, NOW), None);
+        let none = token(Alg::RS256, None, &claims());
+        assert_eq!(kid_unknown_after_refetch(&none, &just, NOW), None);
+        assert_eq!(kid_unknown_after_refetch("opaque", &just, NOW), None);
+        let long = token(
+            Alg::RS256,
+            Some(&"k".repeat(MAX_REMEMBERED_KID_LEN + 1)),
+            &claims(),
+        );
+        assert_eq!(kid_unknown_after_refetch(&long, &just, NOW), None);
+    }
+
+    #[test]
+    fn introspection_refusals_are_kept_briefly() {
+        let r = route(json!({}));
+        let ttl = NOW + INTROSPECTION_REFUSAL_TTL;
+        let refused = br#"{"active":false}"#;
+        assert_eq!(refused_until(&r, "opaque", 200, refused, NOW), Some(ttl));
+        // Accepted answers and provider failures are no refusals.
+        assert_eq!(
+            refused_until(&r, "opaque", 200, br#"{"active":true}"#, NOW),
+            None
+        );
+        assert_eq!(refused_until(&r, "opaque", 500, refused, NOW), None);
+        assert_eq!(refused_until(&r, "opaque", 200, b"<html>", NOW), None);
+        // Never past an expiry ahead: the answer's or the token's own.
+        let answer = format!(r#"{{"active":false,"exp":{}}}"#, NOW + 3);
+        assert_eq!(
+            refused_until(&r, "opaque", 200, answer.as_bytes(), NOW),
+            Some(NOW + 3)
+        );
+        let soon = token(
+            Alg::RS256,
+            Some("rsa-a"),
+            &with(claims(), "exp", json!(NOW + 2)),
+        );
+        assert_eq!(refused_until(&r, &soon, 200, refused, NOW), Some(NOW + 2));
+        // An expired token stays refused the whole time.
+        let gone = token(
+            Alg::RS256,
+            Some("rsa-a"),
+            &with(claims(), "exp", json!(NOW - 2)),
+        );
+        assert_eq!(refused_until(&r, &gone, 200, refused, NOW), Some(ttl));
     }
 
     #[test]

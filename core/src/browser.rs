@@ -958,6 +958,7 @@ mod tests {
                 jwks: self.jwks.as_ref(),
                 discovery_failed_at: None,
                 jwks_failed_at: None,
+                ..ProviderState::default()
             }
         }
 

@@ -3,6 +3,11 @@
 
 use url::Url;
 
+/// The largest provider response body a caller reads (1 MiB): discovery
+/// documents, key sets and token answers are a few KiB. A bigger body is a
+/// provider failure, never read whole.
+pub const MAX_RESPONSE_BODY: usize = 1 << 20;
+
 /// An outgoing HTTP call to the provider, described, not performed. The
 /// proxy-wasm adapter turns it into `dispatch_http_call`. Its `Debug` shows
 /// header names and the body length only: values may carry credentials.

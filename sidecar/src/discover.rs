@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use oidc_core::config::PluginConfig;
 use oidc_core::discovery::{self, ProviderMetadata};
+use oidc_core::http::MAX_RESPONSE_BODY;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -61,6 +62,24 @@ struct Known {
     ok: bool,
 }
 
+/// The body of `resp`, or an error as soon as it is known to exceed `cap`
+/// bytes (from `Content-Length`, or while reading): a provider cannot make
+/// the sidecar buffer an unbounded body.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    let too_big = || format!("the response body is larger than {cap} bytes");
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Fetches discovery documents for the routes it is shown and publishes the
 /// union of their endpoint URLs.
 pub struct Discoverer {
@@ -101,7 +120,7 @@ impl Discoverer {
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let body = read_capped(resp, MAX_RESPONSE_BODY).await?;
         let m = discovery::parse_response(status, &body, &issuer).map_err(|e| e.to_string())?;
         Ok(endpoint_urls(&m))
     }
@@ -193,6 +212,66 @@ mod tests {
             urls.get("https://idp/.well-known/openid-configuration"),
             Some(&true)
         );
+    }
+
+    /// Serves, on every connection, a discovery document padded with JSON
+    /// whitespace to `size` bytes, with `Content-Length` or chunked; returns
+    /// its discovery URL.
+    async fn serve(size: usize, chunked: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/realms/r/.well-known/openid-configuration",
+            listener.local_addr().unwrap()
+        );
+        let issuer = discovery::issuer_from_discovery_url(&url).unwrap();
+        let mut body = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/certs")})
+            .to_string()
+            .into_bytes();
+        body.resize(size.max(body.len()), b' ');
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let framing = if chunked {
+                        "Transfer-Encoding: chunked".to_string()
+                    } else {
+                        format!("Content-Length: {}", body.len())
+                    };
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{framing}\r\nConnection: close\r\n\r\n");
+                    let _ = s.write_all(head.as_bytes()).await;
+                    if chunked {
+                        for part in body.chunks(64 * 1024) {
+                            let size = format!("{:x}\r\n", part.len());
+                            let _ = s.write_all(size.as_bytes()).await;
+                            let _ = s.write_all(part).await;
+                            let _ = s.write_all(b"\r\n").await;
+                        }
+                        let _ = s.write_all(b"0\r\n\r\n").await;
+                    } else {
+                        let _ = s.write_all(&body).await;
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn provider_bodies_over_the_cap_are_refused() {
+        let d = Discoverer::new(Duration::from_secs(5));
+        for chunked in [false, true] {
+            // At the cap: read and parsed.
+            let url = serve(MAX_RESPONSE_BODY, chunked).await;
+            let urls = d.fetch(&url, false).await.expect("a document at the cap");
+            assert_eq!(urls.len(), 1, "{urls:?}");
+            // Over it (2 MiB): refused, with or without Content-Length.
+            let url = serve(2 * MAX_RESPONSE_BODY, chunked).await;
+            let err = d.fetch(&url, false).await.expect_err("over the cap");
+            assert!(err.contains("larger than 1048576 bytes"), "{err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //!   `merge_slashes`, as nginx does before APISIX matches: otherwise
 //!   `/open/../protected/x` would match `/open/*` and reach the upstream as
 //!   `/protected/x`), and ignores the port of `Host` when picking a virtual
-//!   host (APISIX matches hosts without the port).
+//!   host (APISIX matches hosts without the port). Also as nginx: `%2F` and
+//!   `%5C` in the path are decoded before matching (Envoy answers a redirect
+//!   to the decoded path, `UNESCAPE_AND_REDIRECT`), a trailing dot of `Host`
+//!   is stripped, and request headers with `_` in their names are dropped.
 //! - **Virtual hosts**: one per distinct host pattern of the enabled routes
 //!   (Envoy forbids a domain in two virtual hosts, so "one per host set"
 //!   would break as soon as two routes share one host), plus `*`. Like
@@ -65,13 +68,17 @@
 //!   (not for IP addresses); the certificate is verified against the system
 //!   trust store ([`TRUST_STORE`]) including its name (subject alt name =
 //!   host) unless every route using that cluster sets `ssl_verify: false`.
-//!   A cluster only for extra URLs verifies.
+//!   A cluster only for extra URLs verifies. Each has circuit breakers
+//!   ([`PROVIDER_MAX_REQUESTS`] and its neighbours): an overflow fails the
+//!   call at once, and the filter answers that request 503.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    circuit_breakers, cluster, CircuitBreakers, Cluster,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     address, async_data_source, config_source, data_source, header_value_option, health_check,
     socket_address, transport_socket, Address, AggregatedConfigSource, ApiVersion, AsyncDataSource,
@@ -142,6 +149,14 @@ pub const TRUST_STORE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const CONNECT_TIMEOUT_SECS: i64 = 5;
 /// Upstream response timeout of every route.
 pub const ROUTE_TIMEOUT_SECS: i64 = 60;
+/// Circuit breakers of every provider cluster (per Envoy): connections,
+/// requests waiting for one, and requests in flight. Beyond them a provider
+/// call fails at once (Envoy's local 503), which the filter answers 503:
+/// a flood of requests needing the provider cannot become a flood at the
+/// provider, nor a pile of parked streams.
+pub const PROVIDER_MAX_CONNECTIONS: u32 = 64;
+pub const PROVIDER_MAX_PENDING_REQUESTS: u32 = 64;
+pub const PROVIDER_MAX_REQUESTS: u32 = 128;
 
 /// What the listener needs; none of it depends on the routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,6 +305,24 @@ fn listener(s: &ProxySettings) -> Listener {
         http_filters: vec![wasm, router],
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
+        // nginx decodes `%2F` and `%5C` before APISIX matches: without this,
+        // `/api/admin%2Fusers` would match `/api/*` rather than the more
+        // protected `/api/admin/*`, and reach the upstream that decodes it.
+        // Envoy redirects the client to the decoded path, which is then
+        // matched as such.
+        path_with_escaped_slashes_action:
+            http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndRedirect as i32,
+        // `Host: app.example.org.` is `app.example.org` (nginx strips the
+        // dot too), not a host that only the catch-all virtual host matches.
+        strip_trailing_host_dot: true,
+        // nginx drops headers with `_` in their names (its default); so does
+        // the gateway, so `X_Userinfo` cannot pose as `X-Userinfo` at an
+        // upstream that maps both to `HTTP_X_USERINFO`.
+        common_http_protocol_options: Some(envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+            headers_with_underscores_action:
+                envoy_types::pb::envoy::config::core::v3::http_protocol_options::HeadersWithUnderscoresAction::DropHeader as i32,
+            ..Default::default()
+        }),
         // The edge: X-Forwarded-* from clients are not trusted beyond the
         // configured proxy hops, so `:scheme` is the real one.
         use_remote_address: Some(BoolValue { value: true }),
@@ -985,6 +1018,7 @@ fn provider_cluster(name: String, p: &Provider) -> Cluster {
         connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECS)),
         lb_policy: cluster::LbPolicy::RoundRobin as i32,
         load_assignment: Some(load_assignment(&name, &[(address.to_string(), p.port, 1)])),
+        circuit_breakers: Some(provider_circuit_breakers()),
         ..Default::default()
     };
     let kind = if is_ip {
@@ -998,6 +1032,25 @@ fn provider_cluster(name: String, p: &Provider) -> Cluster {
         c.transport_socket = Some(tls(address, is_ip, p.verify));
     }
     c
+}
+
+/// The limits on calls to one provider host ([`PROVIDER_MAX_REQUESTS`]).
+fn provider_circuit_breakers() -> CircuitBreakers {
+    CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_connections: Some(UInt32Value {
+                value: PROVIDER_MAX_CONNECTIONS,
+            }),
+            max_pending_requests: Some(UInt32Value {
+                value: PROVIDER_MAX_PENDING_REQUESTS,
+            }),
+            max_requests: Some(UInt32Value {
+                value: PROVIDER_MAX_REQUESTS,
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 fn tls(host: &str, is_ip: bool, verify: bool) -> TransportSocket {
@@ -1542,6 +1595,28 @@ mod tests {
         assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
         assert!(r.skipped[0].what.contains("ftp://nope.example/x"));
 
+        // Every provider cluster has its circuit breakers.
+        for c in r.clusters.iter().filter(|c| c.name.starts_with("oidc|")) {
+            let t = &c
+                .circuit_breakers
+                .as_ref()
+                .expect("circuit breakers")
+                .thresholds;
+            assert_eq!(t.len(), 1, "{}", c.name);
+            assert_eq!(
+                t[0].max_connections.map(|v| v.value),
+                Some(PROVIDER_MAX_CONNECTIONS)
+            );
+            assert_eq!(
+                t[0].max_pending_requests.map(|v| v.value),
+                Some(PROVIDER_MAX_PENDING_REQUESTS)
+            );
+            assert_eq!(
+                t[0].max_requests.map(|v| v.value),
+                Some(PROVIDER_MAX_REQUESTS)
+            );
+        }
+
         // Plain http to an IP: STATIC, no TLS.
         let c = cluster(&r, "oidc|http|127.0.0.1|8080");
         assert_eq!(discovery_type(c), cluster::DiscoveryType::Static);
@@ -1718,6 +1793,22 @@ mod tests {
         assert_eq!(hcm.stat_prefix, STAT_PREFIX);
         assert_eq!(hcm.normalize_path, Some(BoolValue { value: true }));
         assert!(hcm.merge_slashes);
+        // Matching as nginx does: `%2F` / `%5C` decoded (by a redirect),
+        // no trailing dot in the host, underscore headers dropped.
+        assert_eq!(
+            hcm.path_with_escaped_slashes_action,
+            http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndRedirect as i32
+        );
+        assert!(hcm.strip_trailing_host_dot);
+        assert_eq!(
+            hcm.common_http_protocol_options
+                .as_ref()
+                .map(|o| o.headers_with_underscores_action),
+            Some(
+                envoy_types::pb::envoy::config::core::v3::http_protocol_options::HeadersWithUnderscoresAction::DropHeader
+                    as i32
+            )
+        );
         // The edge: clients' X-Forwarded-Proto is not believed.
         assert_eq!(hcm.use_remote_address, Some(BoolValue { value: true }));
         assert_eq!(hcm.xff_num_trusted_hops, 0);

@@ -267,7 +267,14 @@ pub struct Cluster {
     pub port: u16,
     /// TLS to the endpoint (SNI = host).
     pub tls: bool,
+    /// Circuit breakers `(max_connections, max_pending_requests,
+    /// max_requests)`; provider clusters get the sidecar's by default.
+    pub circuit_breakers: Option<(u32, u32, u32)>,
 }
+
+/// The sidecar's circuit breakers on provider clusters
+/// (`sidecar/src/translate.rs`, `PROVIDER_MAX_*`).
+pub const PROVIDER_CIRCUIT_BREAKERS: (u32, u32, u32) = (64, 64, 128);
 
 impl Cluster {
     /// `name` → 127.0.0.1:`port`, plain HTTP.
@@ -277,6 +284,9 @@ impl Cluster {
             host: "127.0.0.1".into(),
             port,
             tls: false,
+            circuit_breakers: name
+                .starts_with("oidc|")
+                .then_some(PROVIDER_CIRCUIT_BREAKERS),
         }
     }
 
@@ -291,7 +301,15 @@ impl Cluster {
             host: t.host.trim_start_matches('[').trim_end_matches(']').into(),
             port: t.port,
             tls: t.scheme == "https",
+            circuit_breakers: Some(PROVIDER_CIRCUIT_BREAKERS),
         }
+    }
+
+    /// Other circuit breakers `(max_connections, max_pending_requests,
+    /// max_requests)`.
+    pub fn circuit_breakers(mut self, limits: (u32, u32, u32)) -> Self {
+        self.circuit_breakers = Some(limits);
+        self
     }
 
     /// Sends the cluster's traffic to another endpoint (e.g. a host name
@@ -313,6 +331,13 @@ impl Cluster {
         });
         if !is_ip {
             c["dns_lookup_family"] = json!("V4_ONLY");
+        }
+        if let Some((connections, pending, requests)) = self.circuit_breakers {
+            c["circuit_breakers"] = json!({"thresholds": [{
+                "max_connections": connections,
+                "max_pending_requests": pending,
+                "max_requests": requests,
+            }]});
         }
         if self.tls {
             c["transport_socket"] = json!({
@@ -342,6 +367,10 @@ pub struct EnvoyConfig {
     pub log_level: String,
     /// `--component-log-level`, e.g. `wasm:debug` (empty: not passed).
     pub component_log_level: String,
+    /// `headers_with_underscores_action: DROP_HEADER`, as the sidecar's
+    /// listener (`false`: Envoy's default, ALLOW, to test the filter's own
+    /// stripping).
+    pub drop_underscore_headers: bool,
 }
 
 impl Default for EnvoyConfig {
@@ -354,6 +383,7 @@ impl Default for EnvoyConfig {
             concurrency: 2,
             log_level: "info".into(),
             component_log_level: String::new(),
+            drop_underscore_headers: true,
         }
     }
 }
@@ -403,6 +433,13 @@ impl EnvoyConfig {
 
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = level.into();
+        self
+    }
+
+    /// Lets headers with `_` in their names through the listener (Envoy's
+    /// default), as a static config that does not drop them would.
+    pub fn keep_underscore_headers(mut self) -> Self {
+        self.drop_underscore_headers = false;
         self
     }
 
@@ -458,6 +495,16 @@ impl EnvoyConfig {
                         "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": STAT_PREFIX,
+                            // As the sidecar's listener: `%2F` / `%5C`
+                            // decoded by a redirect before matching, no
+                            // trailing dot in `Host`, underscore headers
+                            // dropped (unless a test asks otherwise).
+                            "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+                            "strip_trailing_host_dot": true,
+                            "common_http_protocol_options": {
+                                "headers_with_underscores_action":
+                                    if self.drop_underscore_headers { "DROP_HEADER" } else { "ALLOW" },
+                            },
                             "rds": {
                                 "route_config_name": ROUTE_CONFIG,
                                 "config_source": {

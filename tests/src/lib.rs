@@ -24,6 +24,7 @@
 //! ```
 
 pub mod browser;
+pub mod echo;
 pub mod envoy;
 pub mod etcd;
 pub mod faults;

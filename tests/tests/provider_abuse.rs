@@ -1,0 +1,299 @@
+//! Unauthenticated requests cannot make the filter work the provider hard
+//! (review finding 6), nor can the provider make the filter buffer a huge
+//! answer: through the real Envoy, against `tests/fake/edge_server.py`,
+//! which counts the requests it gets.
+//!
+//! - tokens with random `kid`s: one JWKS fetch in flight across workers,
+//!   the others use the cached set (401);
+//! - a `kid` still unknown after a refetch is not refetched for a minute;
+//! - a token the introspection endpoint refused is refused again without
+//!   asking, for a while;
+//! - a 2 MiB discovery document or JWKS is a provider failure (503);
+//! - the provider cluster's circuit breakers end an overflow in 503.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use integration_tests::echo::EchoServer;
+use integration_tests::{get, Cluster, Envoy, EnvoyConfig, Route, TestDir};
+use serde_json::{json, Value};
+
+const STAT: &str = "wasmcustom.openid_connect.";
+
+fn plugin(echo: &EchoServer, realm: &str, extra: Value) -> Value {
+    let mut p = json!({
+        "client_id": "c",
+        "client_secret": "s",
+        "discovery": echo.discovery_url(realm),
+        "bearer_only": true,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    p
+}
+
+/// A JWT-shaped token with this `kid`, a payload and a random signature:
+/// anyone can make one.
+fn forged_token(kid: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
+    let payload = json!({"sub": "admin", "exp": now + 300});
+    let mut sig = [0u8; 256];
+    getrandom_fill(&mut sig);
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(payload.to_string()),
+        URL_SAFE_NO_PAD.encode(sig)
+    )
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom_fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Test randomness (not secret): /dev/urandom.
+fn getrandom_fill(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("/dev/urandom");
+}
+
+fn status(envoy: &Envoy, path: &str, token: &str) -> u16 {
+    let auth = format!("Bearer {token}");
+    get(&envoy.url(path), &[("authorization", &auth)])
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .status
+}
+
+fn stat(envoy: &Envoy, name: &str) -> u64 {
+    integration_tests::envoy::admin_stat(envoy.admin_port, &format!("{STAT}{name}"))
+}
+
+/// Sends `tokens` to `path`, `parallel` at a time; the statuses.
+fn flood(envoy: &Envoy, path: &str, tokens: &[String], parallel: usize) -> Vec<u16> {
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(t) = tokens.get(i) else { break };
+                let st = status(envoy, path, t);
+                out.lock().unwrap().push(st);
+            });
+        }
+    });
+    out.into_inner().unwrap()
+}
+
+#[test]
+fn random_kids_make_at_most_a_couple_of_jwks_fetches() {
+    let dir = TestDir::new("abuse_random_kids");
+    let echo = EchoServer::start(dir.path(), "idp");
+    // Two workers: the "fetching" marker is shared between their VMs.
+    let config = EnvoyConfig::default()
+        .concurrency(2)
+        .provider(echo.port)
+        .upstream("none", echo.port)
+        .route(Route::protected(
+            "/jwks/",
+            "none",
+            plugin(&echo, "slow", json!({"use_jwks": true})),
+        ));
+    let envoy = Envoy::start(dir.path(), &config);
+    let certs = "/realms/slow/certs";
+
+    // Warm up: the documents are cached (a cold start fetches).
+    assert_eq!(status(&envoy, "/jwks/x", &forged_token("warm")), 401);
+    let warm = echo.count(certs);
+    assert!(warm >= 1, "the JWKS was fetched");
+    // Past the unknown-kid refetch interval (5 s): a new kid may refetch
+    // now, and the JWKS answers only after a second.
+    std::thread::sleep(Duration::from_millis(5500));
+
+    let tokens: Vec<String> = (0..200).map(|_| forged_token(&random_hex(8))).collect();
+    let held = stat(&envoy, "provider.fetch.held");
+    let started = Instant::now();
+    let statuses = flood(&envoy, "/jwks/x", &tokens, 16);
+    assert_eq!(statuses.len(), 200);
+    assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
+    let fetches = echo.count(certs) - warm;
+    assert!(
+        (1..=2).contains(&fetches),
+        "{fetches} JWKS fetches for 200 random kids (in {:?})",
+        started.elapsed()
+    );
+    assert!(
+        stat(&envoy, "provider.fetch.held") > held,
+        "fetches were held back"
+    );
+    assert_eq!(stat(&envoy, "provider.fetch.jwks"), warm + fetches);
+}
+
+#[test]
+fn a_kid_unknown_after_a_refetch_is_not_refetched_for_a_while() {
+    let dir = TestDir::new("abuse_unknown_kid");
+    let echo = EchoServer::start(dir.path(), "idp");
+    // One worker: the memory is per VM.
+    let config = EnvoyConfig::default()
+        .concurrency(1)
+        .provider(echo.port)
+        .upstream("none", echo.port)
+        .route(Route::protected(
+            "/jwks/",
+            "none",
+            plugin(&echo, "r", json!({"use_jwks": true})),
+        ));
+    let envoy = Envoy::start(dir.path(), &config);
+    let certs = "/realms/r/certs";
+    assert_eq!(status(&envoy, "/jwks/x", &forged_token("warm")), 401);
+    std::thread::sleep(Duration::from_millis(5500));
+
+    // A new kid refetches once, and is still unknown.
+    let gone = forged_token("gone");
+    let before = echo.count(certs);
+    assert_eq!(status(&envoy, "/jwks/x", &gone), 401);
+    assert_eq!(echo.count(certs), before + 1, "one refetch for a new kid");
+    // Past the refetch interval, the same kid does not refetch again.
+    std::thread::sleep(Duration::from_millis(5500));
+    let remembered = stat(&envoy, "provider.unknown_kid_remembered");
+    for _ in 0..5 {
+        assert_eq!(status(&envoy, "/jwks/x", &forged_token("gone")), 401);
+    }
+    assert_eq!(
+        echo.count(certs),
+        before + 1,
+        "no refetch for a kid just found unknown"
+    );
+    assert_eq!(
+        stat(&envoy, "provider.unknown_kid_remembered"),
+        remembered + 5
+    );
+    // Another new kid still refetches (key rotation keeps working).
+    assert_eq!(status(&envoy, "/jwks/x", &forged_token("other")), 401);
+    assert_eq!(echo.count(certs), before + 2);
+}
+
+#[test]
+fn a_refused_token_is_introspected_once() {
+    let dir = TestDir::new("abuse_introspection");
+    let echo = EchoServer::start(dir.path(), "idp");
+    let config = EnvoyConfig::default()
+        .concurrency(1)
+        .provider(echo.port)
+        .upstream("none", echo.port)
+        .route(Route::protected(
+            "/introspect/",
+            "none",
+            plugin(
+                &echo,
+                "r",
+                json!({"introspection_endpoint": echo.url("/realms/r/introspect")}),
+            ),
+        ));
+    let envoy = Envoy::start(dir.path(), &config);
+    let introspect = "/realms/r/introspect";
+    for _ in 0..20 {
+        assert_eq!(status(&envoy, "/introspect/x", "refused-token"), 401);
+    }
+    assert_eq!(echo.count(introspect), 1, "20 requests, one introspection");
+    assert_eq!(stat(&envoy, "introspection.refusal_remembered"), 19);
+    // Another token is asked about.
+    assert_eq!(status(&envoy, "/introspect/x", "another-token"), 401);
+    assert_eq!(echo.count(introspect), 2);
+}
+
+#[test]
+fn oversized_provider_answers_are_provider_failures() {
+    let dir = TestDir::new("abuse_big_bodies");
+    let echo = EchoServer::start(dir.path(), "idp");
+    let config = EnvoyConfig::default()
+        .concurrency(1)
+        .provider(echo.port)
+        .upstream("none", echo.port)
+        .route(Route::protected(
+            "/bigjwks/",
+            "none",
+            plugin(&echo, "bigjwks", json!({"use_jwks": true})),
+        ))
+        .route(Route::protected(
+            "/bigdisc/",
+            "none",
+            plugin(&echo, "bigdisc", json!({"use_jwks": true})),
+        ))
+        .route(Route::protected(
+            "/ok/",
+            "none",
+            plugin(&echo, "r", json!({"use_jwks": true})),
+        ));
+    let mut envoy = Envoy::start(dir.path(), &config);
+    let token = forged_token("k2");
+    // 2 MiB: not read, a provider failure (503), never a pass. (Read whole,
+    // both documents would parse: they are valid JSON padded with spaces.)
+    assert_eq!(status(&envoy, "/bigjwks/x", &token), 503);
+    assert_eq!(echo.count("/realms/bigjwks/certs"), 1);
+    assert_eq!(status(&envoy, "/bigdisc/x", &token), 503);
+    assert_eq!(
+        echo.count("/realms/bigdisc/.well-known/openid-configuration"),
+        1
+    );
+    assert_eq!(stat(&envoy, "provider.body_too_large"), 2);
+    assert_eq!(stat(&envoy, "provider.failures"), 2, "one failure per call");
+    // The VM is alive and well: the next request is decided as usual.
+    envoy.proc().assert_running();
+    assert_eq!(status(&envoy, "/ok/x", &token), 401);
+    assert_eq!(echo.count("/realms/r/certs"), 1);
+}
+
+#[test]
+fn a_provider_cluster_overflow_is_a_503() {
+    let dir = TestDir::new("abuse_circuit_breakers");
+    let echo = EchoServer::start(dir.path(), "idp");
+    // One call at a time to the provider, none waiting.
+    let cluster = Cluster::local(
+        &oidc_core::http::cluster_name("http", "127.0.0.1", echo.port),
+        echo.port,
+    )
+    .circuit_breakers((1, 1, 1));
+    let config = EnvoyConfig::default()
+        .concurrency(1)
+        .cluster(cluster)
+        .upstream("none", echo.port)
+        .route(Route::protected(
+            "/jwks/",
+            "none",
+            plugin(&echo, "slow", json!({"use_jwks": true})),
+        ));
+    let envoy = Envoy::start(dir.path(), &config);
+    // Cold start: every request needs the documents; the JWKS takes a
+    // second, so concurrent requests overflow the cluster.
+    let tokens: Vec<String> = (0..8).map(|_| forged_token(&random_hex(8))).collect();
+    let statuses = flood(&envoy, "/jwks/x", &tokens, 8);
+    assert!(
+        statuses.iter().all(|&s| s == 401 || s == 503),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&503),
+        "an overflow answers 503: {statuses:?}"
+    );
+    let overflow = integration_tests::envoy::admin_stat(
+        envoy.admin_port,
+        &format!(
+            "cluster.{}.upstream_rq_pending_overflow",
+            oidc_core::http::cluster_name("http", "127.0.0.1", echo.port)
+        ),
+    );
+    assert!(overflow > 0, "Envoy's circuit breaker tripped");
+}

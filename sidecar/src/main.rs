@@ -106,6 +106,21 @@ struct Options {
     #[arg(long, env = "SIDECAR_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
 
+    /// `false`: do not generate a key when the Admin API listens off
+    /// loopback and none is given (APISIX's `admin_key_required: false`).
+    /// Only for an address that nothing but the gateway host can reach, as
+    /// in docker-compose.yml (a network of the sidecar's own, the host's
+    /// bridge address as the only `--allow`); a warning says so at start.
+    /// A key given with `--admin-key` is always required.
+    #[arg(
+        long,
+        env = "SIDECAR_ADMIN_KEY_REQUIRED",
+        default_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    admin_key_required: bool,
+
     /// A host name the Admin API answers to (repeat the option; comma-separated
     /// in the environment). Besides these, only IP addresses and `localhost`
     /// are accepted in `Host`: a web page on a name that resolves to the
@@ -207,6 +222,14 @@ async fn run(o: Options) -> Result<(), String> {
     }
     let admin_key = match o.admin_key {
         Some(k) => Some(k),
+        None if !o.admin_addr.ip().to_canonical().is_loopback() && !o.admin_key_required => {
+            tracing::warn!(
+                "the Admin API listens on {} (not loopback) without an admin key \
+                 (--admin-key-required=false): only the --allow networks guard it",
+                o.admin_addr
+            );
+            None
+        }
         None if !o.admin_addr.ip().to_canonical().is_loopback() => {
             let key = secrets::generate_secret()
                 .map_err(|e| format!("cannot generate an admin key: {e}"))?;

@@ -8,7 +8,8 @@
 //!   Admin API, xDS) are refused, so `/config_dump` and the Admin API never
 //!   appear on the proxy port; loopback and link-local nodes need
 //!   `--allow-local-upstreams`;
-//! - an Admin API off loopback without a key gets a generated one;
+//! - an Admin API off loopback without a key gets a generated one (unless
+//!   `--admin-key-required=false`, which a given key still overrides);
 //! - `/status` answers only clients that pass the Admin API's checks.
 
 use std::path::Path;
@@ -479,6 +480,44 @@ fn an_admin_api_off_loopback_gets_a_generated_key_and_status_is_checked() {
         .unwrap()
         .contains("generated"));
     drop(proc);
+
+    // Off loopback with --admin-key-required=false (docker-compose.yml's
+    // sidecar, on a network of its own): no key generated, a warning says
+    // so; a key that is given is still required.
+    let port = free_port();
+    let proc = sidecar(
+        dir.path(),
+        "unkeyed",
+        &format!("0.0.0.0:{port}"),
+        &["--admin-key-required=false"],
+    );
+    let log = std::fs::read_to_string(proc.log_path()).unwrap();
+    assert!(!log.contains("generated"), "{log}");
+    assert!(
+        log.contains("without an admin key (--admin-key-required=false)"),
+        "{log}"
+    );
+    let r = call(port, "GET", "/apisix/admin/routes", &[], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(proc);
+    let port = free_port();
+    let _proc = sidecar(
+        dir.path(),
+        "keyed",
+        &format!("0.0.0.0:{port}"),
+        &["--admin-key-required=false", "--admin-key", "k-0123456789"],
+    );
+    let r = call(port, "GET", "/apisix/admin/routes", &[], None);
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = call(
+        port,
+        "GET",
+        "/apisix/admin/routes",
+        &[("x-api-key", "k-0123456789")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(_proc);
 
     // On loopback with the default allow-list, no key: /status answers.
     let port = free_port();

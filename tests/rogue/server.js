@@ -18,6 +18,10 @@
 //   GET  /<case>/bearer     an access token crafted per case, for the
 //                           bearer-token path
 //
+// Provider-abuse cases (tests/tests/provider_abuse.rs): realm `slow`
+// answers its JWKS after a second; `bigjwks` and `bigdisc` pad the JWKS or
+// the discovery document to 2 MiB (valid JSON, spaces after it).
+//
 // Environment: PORT (required). Prints `ready` once listening.
 
 import * as crypto from 'node:crypto';
@@ -139,6 +143,18 @@ function discovery(name) {
   };
 }
 
+// --- provider-abuse cases ---------------------------------------------
+const SLOW_MS = 1000;
+const BIG = 2 * 1024 * 1024;
+const padded = (text) => text + ' '.repeat(Math.max(0, BIG - text.length));
+
+/// The body of `doc` for realm `name`, padded when the case says so.
+function documentText(name, doc, which) {
+  const text = JSON.stringify(doc);
+  return caseOf(name) === `big${which}` ? padded(text) : text;
+}
+// --- end of provider-abuse cases --------------------------------------
+
 function send(res, status, body, headers = {}) {
   const text = typeof body === 'string' ? body : JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', ...headers });
@@ -156,9 +172,12 @@ const server = http.createServer((req, res) => {
     const r = realm(name);
     switch (what) {
       case '.well-known/openid-configuration':
-        return send(res, 200, discovery(name));
+        return send(res, 200, documentText(name, discovery(name), 'disc'));
       case 'jwks':
-        return send(res, 200, jwks(name));
+        if (caseOf(name) === 'slow') {
+          return setTimeout(() => send(res, 200, jwks(name)), SLOW_MS);
+        }
+        return send(res, 200, documentText(name, jwks(name), 'jwks'));
       case 'auth': {
         const code = crypto.randomBytes(12).toString('base64url');
         r.nonces.set(code, url.searchParams.get('nonce'));

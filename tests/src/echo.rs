@@ -1,6 +1,5 @@
 //! `tests/fake/edge_server.py`: an upstream that echoes the raw request
-//! (path and header names as received) and a minimal provider that counts
-//! what it is asked (slow, oversized and introspection realms).
+//! (path and header names as received) and counts the requests it got.
 
 use std::path::Path;
 use std::process::Command;
@@ -35,11 +34,6 @@ impl EchoServer {
     /// `http://127.0.0.1:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// The discovery URL of `realm`.
-    pub fn discovery_url(&self, realm: &str) -> String {
-        self.url(&format!("/realms/{realm}/.well-known/openid-configuration"))
     }
 
     /// How many requests had exactly this path (and query).

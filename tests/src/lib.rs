@@ -34,6 +34,7 @@ pub mod keycloak;
 pub mod ports;
 pub mod proc;
 pub mod provider;
+pub mod rogue;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,7 +1,11 @@
 //! Unauthenticated requests cannot make the filter work the provider hard
 //! (review finding 6), nor can the provider make the filter buffer a huge
-//! answer: through the real Envoy, against `tests/fake/edge_server.py`,
-//! which counts the requests it gets.
+//! answer: through the real Envoy, against the real test provider
+//! (`tests/provider`, oidc-provider) and, where the provider must misbehave
+//! (a slow JWKS, 2 MiB documents), the rogue provider (`tests/rogue`).
+//! Calls to the provider are counted by Envoy itself (the provider
+//! cluster's `upstream_rq_total`), and cross-checked with the filter's
+//! counters.
 //!
 //! - tokens with random `kid`s: one JWKS fetch in flight across workers,
 //!   the others use the cached set (401);
@@ -17,23 +21,46 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use integration_tests::echo::EchoServer;
-use integration_tests::{get, Cluster, Envoy, EnvoyConfig, Route, TestDir};
+use integration_tests::rogue::{Rogue, CLIENT_ID, CLIENT_SECRET};
+use integration_tests::{get, Envoy, EnvoyConfig, Provider, ProviderOptions, Route, TestDir};
 use serde_json::{json, Value};
 
 const STAT: &str = "wasmcustom.openid_connect.";
 
-fn plugin(echo: &EchoServer, realm: &str, extra: Value) -> Value {
+fn plugin(discovery: &str, client: (&str, &str), extra: Value) -> Value {
     let mut p = json!({
-        "client_id": "c",
-        "client_secret": "s",
-        "discovery": echo.discovery_url(realm),
+        "client_id": client.0,
+        "client_secret": client.1,
+        "discovery": discovery,
         "bearer_only": true,
     });
     for (k, v) in extra.as_object().unwrap() {
         p[k] = v.clone();
     }
     p
+}
+
+fn rogue_plugin(rogue: &Rogue, realm: &str, extra: Value) -> Value {
+    plugin(&rogue.discovery(realm), (CLIENT_ID, CLIENT_SECRET), extra)
+}
+
+fn provider_plugin(provider: &Provider, extra: Value) -> Value {
+    plugin(
+        &provider.discovery_url(),
+        (provider.client_id(), provider.client_secret()),
+        extra,
+    )
+}
+
+/// Requests Envoy sent to the provider listening on `port`.
+fn provider_requests(envoy: &Envoy, port: u16) -> u64 {
+    integration_tests::envoy::admin_stat(
+        envoy.admin_port,
+        &format!(
+            "cluster.{}.upstream_rq_total",
+            oidc_core::http::cluster_name("http", "127.0.0.1", port)
+        ),
+    )
 }
 
 /// A JWT-shaped token with this `kid`, a payload and a random signature:
@@ -100,71 +127,83 @@ fn flood(envoy: &Envoy, path: &str, tokens: &[String], parallel: usize) -> Vec<u
 #[test]
 fn random_kids_make_at_most_a_couple_of_jwks_fetches() {
     let dir = TestDir::new("abuse_random_kids");
-    let echo = EchoServer::start(dir.path(), "idp");
+    // The JWKS answers after a second, so that fetches would pile up.
+    let rogue = Rogue::start(dir.path());
     // Two workers: the "fetching" marker is shared between their VMs.
+    // The upstream is never reached: every token here is refused.
     let config = EnvoyConfig::default()
         .concurrency(2)
-        .provider(echo.port)
-        .upstream("none", echo.port)
+        .cluster(rogue.cluster())
+        .upstream("none", rogue.port)
         .route(Route::protected(
             "/jwks/",
             "none",
-            plugin(&echo, "slow", json!({"use_jwks": true})),
+            rogue_plugin(&rogue, "slow", json!({"use_jwks": true})),
         ));
     let envoy = Envoy::start(dir.path(), &config);
-    let certs = "/realms/slow/certs";
 
     // Warm up: the documents are cached (a cold start fetches).
     assert_eq!(status(&envoy, "/jwks/x", &forged_token("warm")), 401);
-    let warm = echo.count(certs);
-    assert!(warm >= 1, "the JWKS was fetched");
+    let warm_jwks = stat(&envoy, "provider.fetch.jwks");
+    assert!(warm_jwks >= 1, "the JWKS was fetched");
     // Past the unknown-kid refetch interval (5 s): a new kid may refetch
     // now, and the JWKS answers only after a second.
     std::thread::sleep(Duration::from_millis(5500));
 
     let tokens: Vec<String> = (0..200).map(|_| forged_token(&random_hex(8))).collect();
     let held = stat(&envoy, "provider.fetch.held");
+    let before = provider_requests(&envoy, rogue.port);
     let started = Instant::now();
     let statuses = flood(&envoy, "/jwks/x", &tokens, 16);
     assert_eq!(statuses.len(), 200);
     assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
-    let fetches = echo.count(certs) - warm;
+    let fetches = provider_requests(&envoy, rogue.port) - before;
     assert!(
         (1..=2).contains(&fetches),
-        "{fetches} JWKS fetches for 200 random kids (in {:?})",
+        "{fetches} provider calls for 200 random kids (in {:?})",
         started.elapsed()
     );
     assert!(
         stat(&envoy, "provider.fetch.held") > held,
         "fetches were held back"
     );
-    assert_eq!(stat(&envoy, "provider.fetch.jwks"), warm + fetches);
+    assert_eq!(stat(&envoy, "provider.fetch.jwks"), warm_jwks + fetches);
 }
 
 #[test]
 fn a_kid_unknown_after_a_refetch_is_not_refetched_for_a_while() {
     let dir = TestDir::new("abuse_unknown_kid");
-    let echo = EchoServer::start(dir.path(), "idp");
+    let provider = Provider::start(dir.path(), ProviderOptions::default());
+    let (www, _www) = integration_tests::static_server(&dir, "app");
     // One worker: the memory is per VM.
     let config = EnvoyConfig::default()
         .concurrency(1)
-        .provider(echo.port)
-        .upstream("none", echo.port)
-        .route(Route::protected(
-            "/jwks/",
-            "none",
-            plugin(&echo, "r", json!({"use_jwks": true})),
-        ));
+        .cluster(provider.cluster())
+        .upstream("app", www)
+        .route(
+            Route::protected(
+                "/jwks/",
+                "app",
+                provider_plugin(&provider, json!({"use_jwks": true})),
+            )
+            .prefix_rewrite("/"),
+        );
     let envoy = Envoy::start(dir.path(), &config);
-    let certs = "/realms/r/certs";
+    // The provider's own tokens pass (its keys are the ones in use), a
+    // forged one does not.
+    let real = provider.client_credentials_token();
+    assert_eq!(status(&envoy, "/jwks/who", &real), 200);
     assert_eq!(status(&envoy, "/jwks/x", &forged_token("warm")), 401);
     std::thread::sleep(Duration::from_millis(5500));
 
     // A new kid refetches once, and is still unknown.
-    let gone = forged_token("gone");
-    let before = echo.count(certs);
-    assert_eq!(status(&envoy, "/jwks/x", &gone), 401);
-    assert_eq!(echo.count(certs), before + 1, "one refetch for a new kid");
+    let before = provider_requests(&envoy, provider.port);
+    assert_eq!(status(&envoy, "/jwks/x", &forged_token("gone")), 401);
+    assert_eq!(
+        provider_requests(&envoy, provider.port),
+        before + 1,
+        "one refetch for a new kid"
+    );
     // Past the refetch interval, the same kid does not refetch again.
     std::thread::sleep(Duration::from_millis(5500));
     let remembered = stat(&envoy, "provider.unknown_kid_remembered");
@@ -172,7 +211,7 @@ fn a_kid_unknown_after_a_refetch_is_not_refetched_for_a_while() {
         assert_eq!(status(&envoy, "/jwks/x", &forged_token("gone")), 401);
     }
     assert_eq!(
-        echo.count(certs),
+        provider_requests(&envoy, provider.port),
         before + 1,
         "no refetch for a kid just found unknown"
     );
@@ -182,98 +221,99 @@ fn a_kid_unknown_after_a_refetch_is_not_refetched_for_a_while() {
     );
     // Another new kid still refetches (key rotation keeps working).
     assert_eq!(status(&envoy, "/jwks/x", &forged_token("other")), 401);
-    assert_eq!(echo.count(certs), before + 2);
+    assert_eq!(provider_requests(&envoy, provider.port), before + 2);
 }
 
 #[test]
 fn a_refused_token_is_introspected_once() {
     let dir = TestDir::new("abuse_introspection");
-    let echo = EchoServer::start(dir.path(), "idp");
+    let provider = Provider::start(dir.path(), ProviderOptions::default());
+    let introspection = format!(
+        "{}/protocol/openid-connect/token/introspect",
+        provider.issuer()
+    );
     let config = EnvoyConfig::default()
         .concurrency(1)
-        .provider(echo.port)
-        .upstream("none", echo.port)
+        .cluster(provider.cluster())
+        .upstream("none", provider.port)
         .route(Route::protected(
             "/introspect/",
             "none",
-            plugin(
-                &echo,
-                "r",
-                json!({"introspection_endpoint": echo.url("/realms/r/introspect")}),
-            ),
+            provider_plugin(&provider, json!({"introspection_endpoint": introspection})),
         ));
     let envoy = Envoy::start(dir.path(), &config);
-    let introspect = "/realms/r/introspect";
-    for _ in 0..20 {
+    // The first request may also fetch the discovery document.
+    assert_eq!(status(&envoy, "/introspect/x", "refused-token"), 401);
+    let first = provider_requests(&envoy, provider.port);
+    assert!(first >= 1, "the token was introspected");
+    for _ in 0..19 {
         assert_eq!(status(&envoy, "/introspect/x", "refused-token"), 401);
     }
-    assert_eq!(echo.count(introspect), 1, "20 requests, one introspection");
+    assert_eq!(
+        provider_requests(&envoy, provider.port),
+        first,
+        "20 requests, one introspection"
+    );
     assert_eq!(stat(&envoy, "introspection.refusal_remembered"), 19);
     // Another token is asked about.
     assert_eq!(status(&envoy, "/introspect/x", "another-token"), 401);
-    assert_eq!(echo.count(introspect), 2);
+    assert_eq!(provider_requests(&envoy, provider.port), first + 1);
 }
 
 #[test]
 fn oversized_provider_answers_are_provider_failures() {
     let dir = TestDir::new("abuse_big_bodies");
-    let echo = EchoServer::start(dir.path(), "idp");
+    let mut rogue = Rogue::start(dir.path());
     let config = EnvoyConfig::default()
         .concurrency(1)
-        .provider(echo.port)
-        .upstream("none", echo.port)
+        .cluster(rogue.cluster())
+        .upstream("none", rogue.port)
         .route(Route::protected(
             "/bigjwks/",
             "none",
-            plugin(&echo, "bigjwks", json!({"use_jwks": true})),
+            rogue_plugin(&rogue, "bigjwks", json!({"use_jwks": true})),
         ))
         .route(Route::protected(
             "/bigdisc/",
             "none",
-            plugin(&echo, "bigdisc", json!({"use_jwks": true})),
+            rogue_plugin(&rogue, "bigdisc", json!({"use_jwks": true})),
         ))
         .route(Route::protected(
             "/ok/",
             "none",
-            plugin(&echo, "r", json!({"use_jwks": true})),
+            rogue_plugin(&rogue, "abuse.ok", json!({"use_jwks": true})),
         ));
     let mut envoy = Envoy::start(dir.path(), &config);
     let token = forged_token("k2");
     // 2 MiB: not read, a provider failure (503), never a pass. (Read whole,
     // both documents would parse: they are valid JSON padded with spaces.)
     assert_eq!(status(&envoy, "/bigjwks/x", &token), 503);
-    assert_eq!(echo.count("/realms/bigjwks/certs"), 1);
+    // Discovery, then the JWKS.
+    assert_eq!(provider_requests(&envoy, rogue.port), 2);
     assert_eq!(status(&envoy, "/bigdisc/x", &token), 503);
-    assert_eq!(
-        echo.count("/realms/bigdisc/.well-known/openid-configuration"),
-        1
-    );
+    assert_eq!(provider_requests(&envoy, rogue.port), 3);
     assert_eq!(stat(&envoy, "provider.body_too_large"), 2);
     assert_eq!(stat(&envoy, "provider.failures"), 2, "one failure per call");
     // The VM is alive and well: the next request is decided as usual.
     envoy.proc().assert_running();
+    rogue.proc().assert_running();
     assert_eq!(status(&envoy, "/ok/x", &token), 401);
-    assert_eq!(echo.count("/realms/r/certs"), 1);
+    assert_eq!(provider_requests(&envoy, rogue.port), 5);
 }
 
 #[test]
 fn a_provider_cluster_overflow_is_a_503() {
     let dir = TestDir::new("abuse_circuit_breakers");
-    let echo = EchoServer::start(dir.path(), "idp");
+    let rogue = Rogue::start(dir.path());
     // One call at a time to the provider, none waiting.
-    let cluster = Cluster::local(
-        &oidc_core::http::cluster_name("http", "127.0.0.1", echo.port),
-        echo.port,
-    )
-    .circuit_breakers((1, 1, 1));
     let config = EnvoyConfig::default()
         .concurrency(1)
-        .cluster(cluster)
-        .upstream("none", echo.port)
+        .cluster(rogue.cluster().circuit_breakers((1, 1, 1)))
+        .upstream("none", rogue.port)
         .route(Route::protected(
             "/jwks/",
             "none",
-            plugin(&echo, "slow", json!({"use_jwks": true})),
+            rogue_plugin(&rogue, "slow", json!({"use_jwks": true})),
         ));
     let envoy = Envoy::start(dir.path(), &config);
     // Cold start: every request needs the documents; the JWKS takes a
@@ -292,7 +332,7 @@ fn a_provider_cluster_overflow_is_a_503() {
         envoy.admin_port,
         &format!(
             "cluster.{}.upstream_rq_pending_overflow",
-            oidc_core::http::cluster_name("http", "127.0.0.1", echo.port)
+            oidc_core::http::cluster_name("http", "127.0.0.1", rogue.port)
         ),
     );
     assert!(overflow > 0, "Envoy's circuit breaker tripped");

@@ -5,17 +5,12 @@
 //! and, where it applies to access tokens, on the bearer path (`use_jwks`).
 //! The README's security section lists the same cases.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::http::request;
-use integration_tests::{
-    free_port, get, repo_root, wait_for, Cluster, Envoy, EnvoyConfig, Proc, Route, TestDir,
-};
+use integration_tests::rogue::{Rogue, CLIENT_ID, CLIENT_SECRET};
+use integration_tests::{get, Cluster, Envoy, EnvoyConfig, Route, TestDir};
 use serde_json::{json, Value};
-
-const CLIENT_ID: &str = "rp-client";
-const CLIENT_SECRET: &str = "rp-client-secret-0123456789";
 
 /// (case, the callback's expected outcome): `true` = logged in.
 const LOGIN_CASES: &[(&str, bool)] = &[
@@ -51,34 +46,6 @@ const BEARER_CASES: &[(&str, u16)] = &[
     ("kid-absent-single", 200),
     ("kid-absent-multiple", 401),
 ];
-
-struct Rogue {
-    port: u16,
-    _proc: Proc,
-}
-
-impl Rogue {
-    fn start(dir: &std::path::Path) -> Rogue {
-        let port = free_port();
-        let mut cmd = Command::new(integration_tests::provider::node_bin());
-        cmd.arg(repo_root().join("tests/rogue/server.js"))
-            .env("PORT", port.to_string());
-        let mut proc = Proc::spawn("rogue", dir, cmd);
-        wait_for("the rogue provider", Duration::from_secs(10), || {
-            proc.assert_running();
-            integration_tests::port_open(port).then_some(())
-        });
-        Rogue { port, _proc: proc }
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn discovery(&self, realm: &str) -> String {
-        format!("{}/{realm}/.well-known/openid-configuration", self.base())
-    }
-}
 
 fn login_config(rogue: &Rogue, realm: &str) -> Value {
     json!({

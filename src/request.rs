@@ -65,6 +65,12 @@ fn is_identity_header(name: &str) -> bool {
     })
 }
 
+/// Whether Envoy takes `v` as a header value: no control characters but
+/// tab.
+fn header_value_ok(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 /// Provider calls one request may make before it is answered 503 (a login
 /// callback may need discovery, token, JWKS twice and userinfo).
 const MAX_CALLS: u8 = 6;
@@ -174,7 +180,14 @@ impl Request {
     }
 
     fn deny(&self, denial: Denial, realm: &str) -> Action {
-        log::debug!("openid-connect: denied ({})", denial.reason());
+        // The client gets a generic text; the details are logged here.
+        match (&denial, denial.detail()) {
+            (_, None) => log::debug!("openid-connect: denied ({})", denial.reason()),
+            (Denial::BadRouteConfig(_), Some(why)) => {
+                log::error!("openid-connect: route config unusable: {why:?}")
+            }
+            (_, Some(why)) => log::warn!("openid-connect: identity provider unavailable: {why:?}"),
+        }
         self.vm.metrics.denied(denial.reason());
         self.send(&denial.reply(realm))
     }
@@ -314,24 +327,33 @@ impl Request {
             Event::LoginStarted => m.login_started(),
             Event::LoggedIn => m.login_succeeded(),
             Event::LoginFailed(why) => {
-                log::info!("openid-connect: login failed: {why}");
+                log::info!("openid-connect: login failed: {why:?}");
                 m.login_failed();
             }
             Event::Unauthenticated => m.denied("unauthenticated"),
             Event::Forbidden => m.denied("insufficient_scope"),
             Event::ProviderUnavailable(why) => {
-                log::warn!("openid-connect: identity provider unavailable: {why}");
+                log::warn!("openid-connect: identity provider unavailable: {why:?}");
                 m.denied("provider_unavailable");
             }
             Event::LoggedOut => m.logout(),
             Event::Misconfigured(why) => {
-                log::error!("openid-connect: {why}");
+                log::error!("openid-connect: {why:?}");
                 m.denied("bad_config");
             }
         }
     }
 
     fn forward(&mut self, f: Forward) -> Action {
+        // The core checks what the provider sent; this is the last guard
+        // before the host call, which would panic (and take the VM down) on
+        // a value Envoy refuses.
+        if f.headers.iter().any(|(_, v)| !header_value_ok(v)) {
+            return self.deny(
+                Denial::ProviderUnavailable("an identity header value is not valid".into()),
+                DEFAULT_REALM,
+            );
+        }
         for (name, value) in &f.headers {
             self.set_http_request_header(name, Some(value));
         }
@@ -562,7 +584,11 @@ impl HttpContext for Request {
 
         let route = match &entry.route {
             Ok(r) => r,
-            Err(e) => return self.deny(Denial::BadRouteConfig(e.clone()), DEFAULT_REALM),
+            // Logged once per VM and config version (`Vm::route`), not here.
+            Err(_) => {
+                self.vm.metrics.denied("bad_config");
+                return self.send(&Denial::BadRouteConfig(String::new()).reply(DEFAULT_REALM));
+            }
         };
         let c = &route.config;
         let token = if c.checks_bearer_tokens() {

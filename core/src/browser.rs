@@ -714,13 +714,14 @@ impl Flow {
         Step::Respond(reply, event)
     }
 
-    /// 503: a page for a browser, APISIX's JSON for anything else.
+    /// 503: a page for a browser, APISIX's JSON for anything else; `why`
+    /// goes to the log only.
     fn unavailable(&mut self, route: &Route, why: &str) -> Step {
         let reply = if self.req.is_navigation() {
             Reply::page(
                 503,
                 "Identity provider unavailable",
-                &format!("The identity provider cannot be reached or failed: {why}."),
+                "The identity provider cannot be reached now. Try again later.",
                 Some((self.req.path.as_str(), "Try again")),
             )
         } else {

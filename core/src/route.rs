@@ -42,7 +42,7 @@ impl Route {
         let session_key = config
             .session
             .as_ref()
-            .map(|s| SessionKey::derive(&s.secret));
+            .map(|s| SessionKey::for_route(&s.secret, &config.discovery, &config.client_id));
         Ok(Route {
             config,
             public_keys,
@@ -53,7 +53,8 @@ impl Route {
 
     /// The verification policy for tokens on this route. `discovery_issuer`
     /// is the provider's issuer, used when `claim_validator.issuer` does
-    /// not list issuers.
+    /// not list issuers. The issuer is always checked: with neither, no
+    /// issuer is accepted.
     pub fn policy(&self, discovery_issuer: Option<&str>) -> VerifyPolicy {
         let c = &self.config;
         let issuers = match &c.claim_validator.valid_issuers {
@@ -64,7 +65,7 @@ impl Route {
         };
         VerifyPolicy {
             allowed_algs: self.algs.clone(),
-            issuers,
+            issuers: Some(issuers),
             audience: AudiencePolicy {
                 claim: c.claim_validator.audience.claim.clone(),
                 required: c.claim_validator.audience.required,

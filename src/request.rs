@@ -12,6 +12,7 @@ use oidc_core::session;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use crate::revoked;
 use crate::store::{parse_discovery, parse_jwks};
 use crate::vm::{RouteEntry, Vm};
 
@@ -63,6 +64,15 @@ fn is_identity_header(name: &str) -> bool {
                 n == h || (h == b'-' && n == b'_')
             })
     })
+}
+
+/// Logs and counts a refreshed ID token the flow refused (the session
+/// ended).
+fn refused_refresh(vm: &Vm, flow: &mut Flow) {
+    if let Some(why) = flow.take_rejected_refresh() {
+        log::warn!("openid-connect: refreshed ID token refused, session ended: {why:?}");
+        vm.metrics.session_refresh_refused();
+    }
 }
 
 /// Whether Envoy takes `v` as a header value: no control characters but
@@ -253,7 +263,9 @@ impl Request {
                 Kind::Browser(flow) => {
                     state.discovery_in_flight = active.held_discovery;
                     state.jwks_in_flight = active.held_jwks;
-                    Next::Step(flow.advance(route, &state, &mut HostRandom, now))
+                    let step = flow.advance(route, &state, &mut HostRandom, now);
+                    refused_refresh(vm, flow);
+                    Next::Step(step)
                 }
             };
             if let Some((uri, kid)) = unknown_kid {
@@ -493,6 +505,7 @@ impl Request {
                 let provider = self.vm.store.provider(&route.config.discovery);
                 let step =
                     flow.on_response(route, &provider.state(), status, body, &mut HostRandom, now);
+                refused_refresh(&self.vm, flow);
                 self.on_step(step, route)
             }
         }
@@ -626,16 +639,37 @@ impl HttpContext for Request {
                 cookies,
             };
             let now = self.now();
-            let flow = match (&c.session, &route.session_key) {
+            let vm = &self.vm;
+            let mut flow = match (&c.session, &route.session_key) {
                 (Some(cfg), Some(key)) => {
-                    let vm = &self.vm;
                     let id = entry.id;
                     Flow::begin_with(route, req, now, &mut |value| {
-                        vm.unseal(id, key, &cfg.cookie_name, value)
+                        let s = vm.unseal(id, key, &cfg.cookie_name, value)?;
+                        // A session that logged out is no session, whoever
+                        // kept a copy of its cookie.
+                        if revoked::is_revoked(&s.id, now) {
+                            vm.metrics.session_revoked_refused();
+                            return Err(session::SessionError::Revoked);
+                        }
+                        Ok(s)
                     })
                 }
                 _ => Flow::begin(route, req, now),
             };
+            if let Some(r) = flow.take_revocation() {
+                match revoked::revoke(r, now) {
+                    revoked::Outcome::Stored { evicted } => {
+                        vm.metrics.session_revoked();
+                        if evicted {
+                            vm.metrics.session_revocation_evicted();
+                        }
+                    }
+                    revoked::Outcome::Failed => {
+                        log::warn!("openid-connect: cannot record a logout on the deny-list");
+                        vm.metrics.session_revocation_failed();
+                    }
+                }
+            }
             self.active = Some(Active::new(entry.clone(), Kind::Browser(Box::new(flow))));
             return self.run();
         };

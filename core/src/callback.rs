@@ -235,7 +235,8 @@ pub fn finish(
     session.refresh_token = tokens.refresh_token;
     session.id_token = Some(id_token);
     session.id_claims = verified.claims;
-    session.access_expires_at = route.access_expiry(tokens.expires_in, now);
+    session.access_expires_at =
+        Some(route.access_expiry(tokens.expires_in, session.access_token.expose(), now));
     Ok(session)
 }
 

@@ -5,9 +5,11 @@
 //! - [`request::Request`] handles one HTTP request.
 //! - [`store`] keeps provider documents in shared data (one copy for all
 //!   worker VMs) and a parsed copy per VM.
+//! - [`revoked`] keeps the logout deny-list in shared data.
 
 mod metrics;
 mod request;
+mod revoked;
 mod settings;
 mod store;
 mod vm;

@@ -34,6 +34,11 @@ pub struct Metrics {
     login_succeeded: Option<u32>,
     login_failed: Option<u32>,
     session_refreshed: Option<u32>,
+    session_refresh_refused: Option<u32>,
+    session_revoked: Option<u32>,
+    session_revoked_refused: Option<u32>,
+    session_revocation_evicted: Option<u32>,
+    session_revocation_failed: Option<u32>,
     logout: Option<u32>,
 }
 
@@ -70,6 +75,11 @@ impl Metrics {
             login_succeeded: counter("login.succeeded"),
             login_failed: counter("login.failed"),
             session_refreshed: counter("session.refreshed"),
+            session_refresh_refused: counter("session.refresh_refused"),
+            session_revoked: counter("session.revoked"),
+            session_revoked_refused: counter("session.revoked_refused"),
+            session_revocation_evicted: counter("session.revocation_evicted"),
+            session_revocation_failed: counter("session.revocation_failed"),
             logout: counter("logout"),
         }
     }
@@ -133,6 +143,26 @@ impl Metrics {
     }
     pub fn session_refreshed(&self) {
         bump(self.session_refreshed)
+    }
+    /// A refreshed ID token failed its checks: the session ended.
+    pub fn session_refresh_refused(&self) {
+        bump(self.session_refresh_refused)
+    }
+    /// A logout put its session on the deny-list.
+    pub fn session_revoked(&self) {
+        bump(self.session_revoked)
+    }
+    /// A request came with a session that had logged out.
+    pub fn session_revoked_refused(&self) {
+        bump(self.session_revoked_refused)
+    }
+    /// A full deny-list shard dropped an unexpired entry.
+    pub fn session_revocation_evicted(&self) {
+        bump(self.session_revocation_evicted)
+    }
+    /// The deny-list could not be written (contention).
+    pub fn session_revocation_failed(&self) {
+        bump(self.session_revocation_failed)
     }
     pub fn logout(&self) {
         bump(self.logout)

@@ -12,6 +12,7 @@ use oidc_core::session;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use crate::revoked;
 use crate::store::{parse_discovery, parse_jwks};
 use crate::vm::{RouteEntry, Vm};
 
@@ -63,6 +64,21 @@ fn is_identity_header(name: &str) -> bool {
                 n == h || (h == b'-' && n == b'_')
             })
     })
+}
+
+/// Logs and counts a refreshed ID token the flow refused (the session
+/// ended).
+fn refused_refresh(vm: &Vm, flow: &mut Flow) {
+    if let Some(why) = flow.take_rejected_refresh() {
+        log::warn!("openid-connect: refreshed ID token refused, session ended: {why:?}");
+        vm.metrics.session_refresh_refused();
+    }
+}
+
+/// Whether Envoy takes `v` as a header value: no control characters but
+/// tab.
+fn header_value_ok(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// Provider calls one request may make before it is answered 503 (a login
@@ -174,7 +190,14 @@ impl Request {
     }
 
     fn deny(&self, denial: Denial, realm: &str) -> Action {
-        log::debug!("openid-connect: denied ({})", denial.reason());
+        // The client gets a generic text; the details are logged here.
+        match (&denial, denial.detail()) {
+            (_, None) => log::debug!("openid-connect: denied ({})", denial.reason()),
+            (Denial::BadRouteConfig(_), Some(why)) => {
+                log::error!("openid-connect: route config unusable: {why:?}")
+            }
+            (_, Some(why)) => log::warn!("openid-connect: identity provider unavailable: {why:?}"),
+        }
         self.vm.metrics.denied(denial.reason());
         self.send(&denial.reply(realm))
     }
@@ -240,7 +263,9 @@ impl Request {
                 Kind::Browser(flow) => {
                     state.discovery_in_flight = active.held_discovery;
                     state.jwks_in_flight = active.held_jwks;
-                    Next::Step(flow.advance(route, &state, &mut HostRandom, now))
+                    let step = flow.advance(route, &state, &mut HostRandom, now);
+                    refused_refresh(vm, flow);
+                    Next::Step(step)
                 }
             };
             if let Some((uri, kid)) = unknown_kid {
@@ -314,24 +339,33 @@ impl Request {
             Event::LoginStarted => m.login_started(),
             Event::LoggedIn => m.login_succeeded(),
             Event::LoginFailed(why) => {
-                log::info!("openid-connect: login failed: {why}");
+                log::info!("openid-connect: login failed: {why:?}");
                 m.login_failed();
             }
             Event::Unauthenticated => m.denied("unauthenticated"),
             Event::Forbidden => m.denied("insufficient_scope"),
             Event::ProviderUnavailable(why) => {
-                log::warn!("openid-connect: identity provider unavailable: {why}");
+                log::warn!("openid-connect: identity provider unavailable: {why:?}");
                 m.denied("provider_unavailable");
             }
             Event::LoggedOut => m.logout(),
             Event::Misconfigured(why) => {
-                log::error!("openid-connect: {why}");
+                log::error!("openid-connect: {why:?}");
                 m.denied("bad_config");
             }
         }
     }
 
     fn forward(&mut self, f: Forward) -> Action {
+        // The core checks what the provider sent; this is the last guard
+        // before the host call, which would panic (and take the VM down) on
+        // a value Envoy refuses.
+        if f.headers.iter().any(|(_, v)| !header_value_ok(v)) {
+            return self.deny(
+                Denial::ProviderUnavailable("an identity header value is not valid".into()),
+                DEFAULT_REALM,
+            );
+        }
         for (name, value) in &f.headers {
             self.set_http_request_header(name, Some(value));
         }
@@ -471,6 +505,7 @@ impl Request {
                 let provider = self.vm.store.provider(&route.config.discovery);
                 let step =
                     flow.on_response(route, &provider.state(), status, body, &mut HostRandom, now);
+                refused_refresh(&self.vm, flow);
                 self.on_step(step, route)
             }
         }
@@ -562,7 +597,11 @@ impl HttpContext for Request {
 
         let route = match &entry.route {
             Ok(r) => r,
-            Err(e) => return self.deny(Denial::BadRouteConfig(e.clone()), DEFAULT_REALM),
+            // Logged once per VM and config version (`Vm::route`), not here.
+            Err(_) => {
+                self.vm.metrics.denied("bad_config");
+                return self.send(&Denial::BadRouteConfig(String::new()).reply(DEFAULT_REALM));
+            }
         };
         let c = &route.config;
         let token = if c.checks_bearer_tokens() {
@@ -600,16 +639,37 @@ impl HttpContext for Request {
                 cookies,
             };
             let now = self.now();
-            let flow = match (&c.session, &route.session_key) {
+            let vm = &self.vm;
+            let mut flow = match (&c.session, &route.session_key) {
                 (Some(cfg), Some(key)) => {
-                    let vm = &self.vm;
                     let id = entry.id;
                     Flow::begin_with(route, req, now, &mut |value| {
-                        vm.unseal(id, key, &cfg.cookie_name, value)
+                        let s = vm.unseal(id, key, &cfg.cookie_name, value)?;
+                        // A session that logged out is no session, whoever
+                        // kept a copy of its cookie.
+                        if revoked::is_revoked(&s.id, now) {
+                            vm.metrics.session_revoked_refused();
+                            return Err(session::SessionError::Revoked);
+                        }
+                        Ok(s)
                     })
                 }
                 _ => Flow::begin(route, req, now),
             };
+            if let Some(r) = flow.take_revocation() {
+                match revoked::revoke(r, now) {
+                    revoked::Outcome::Stored { evicted } => {
+                        vm.metrics.session_revoked();
+                        if evicted {
+                            vm.metrics.session_revocation_evicted();
+                        }
+                    }
+                    revoked::Outcome::Failed => {
+                        log::warn!("openid-connect: cannot record a logout on the deny-list");
+                        vm.metrics.session_revocation_failed();
+                    }
+                }
+            }
             self.active = Some(Active::new(entry.clone(), Kind::Browser(Box::new(flow))));
             return self.run();
         };

@@ -80,7 +80,7 @@ impl Vm {
             Some(json) => Route::from_json(&json).map_err(|e| e.to_string()),
         };
         if let Err(e) = &route {
-            log::error!("openid-connect: route config version {version:?} is unusable: {e}");
+            log::error!("openid-connect: route config version {version:?} is unusable: {e:?}");
         }
         let id = self.next_route_id.get();
         self.next_route_id.set(id + 1);

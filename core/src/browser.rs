@@ -24,6 +24,7 @@ use crate::http::{HttpRequest, Target};
 use crate::jwt::{self, Jwks};
 use crate::login::{self, FlowState, LoginRandom, RequestFacts, Start};
 use crate::reply::{Denial, Reply};
+use crate::revocation::Revocation;
 use crate::route::Route;
 use crate::secret::Secret;
 use crate::session::{self, CookieAttrs, Session, SessionKey};
@@ -131,6 +132,10 @@ pub struct Flow {
     /// `Set-Cookie` headers for whatever reply or response ends the flow.
     set_cookies: Vec<String>,
     refreshed: bool,
+    /// A logout's session, for the deny-list ([`Flow::take_revocation`]).
+    revocation: Option<Revocation>,
+    /// Why a refreshed ID token was refused ([`Flow::take_rejected_refresh`]).
+    rejected_refresh: Option<String>,
 }
 
 enum Stage {
@@ -158,6 +163,11 @@ enum Stage {
     },
     AwaitRefresh {
         session: Session,
+    },
+    /// A refresh answer with an ID token: verified before anything uses it.
+    VerifyRefresh {
+        session: Session,
+        tokens: Tokens,
     },
     Logout {
         session: Option<Session>,
@@ -197,6 +207,8 @@ impl Flow {
             stage: Stage::Done,
             set_cookies: Vec::new(),
             refreshed: false,
+            revocation: None,
+            rejected_refresh: None,
         };
         let c = &route.config;
         let (Some(cfg), Some(key)) = (&c.session, &route.session_key) else {
@@ -212,6 +224,7 @@ impl Flow {
         flow.stage = if path == c.logout_path {
             flow.clear_session(cfg);
             let session = decoded.ok();
+            flow.revocation = session.as_ref().map(|s| Revocation::of(s, cfg, now));
             let revoke = match (&session, c.revoke_tokens_on_logout) {
                 (Some(s), true) => {
                     let mut r: Vec<(Secret, &'static str)> = Vec::new();
@@ -248,6 +261,12 @@ impl Flow {
             }
         };
         flow
+    }
+
+    /// The session a logout request ended, to put on the deny-list so that
+    /// copies of its cookie stop working too (once; `None` after).
+    pub fn take_revocation(&mut self) -> Option<Revocation> {
+        self.revocation.take()
     }
 
     fn callback_stage(
@@ -344,8 +363,15 @@ impl Flow {
                 Stage::Verify { flow, tokens } => {
                     return self.verify(route, p, flow, tokens, rng, now)
                 }
+                Stage::VerifyRefresh { session, tokens } => {
+                    match self.verify_refresh(route, p, session, tokens, now) {
+                        Ok(stage) => self.stage = stage,
+                        Err(step) => return step,
+                    }
+                }
                 Stage::SignedIn { session, changed } => {
-                    if !signed_in::access_expired(route, &session, now) {
+                    // One refresh per request at most.
+                    if self.refreshed || !signed_in::access_expired(route, &session, now) {
                         return self.signed_in(route, cfg, key, session, changed, rng, now);
                     }
                     if !c.renew_access_token_on_expiry || session.refresh_token.is_none() {
@@ -446,8 +472,11 @@ impl Flow {
                 Err(e) => self.stage = Stage::Failed(e),
             },
             Stage::AwaitRefresh { mut session } => match callback::parse_tokens(status, body) {
+                Ok(tokens) if tokens.id_token.is_some() => {
+                    self.stage = Stage::VerifyRefresh { session, tokens };
+                }
                 Ok(tokens) => {
-                    signed_in::apply_refresh(route, &mut session, tokens, now);
+                    signed_in::apply_refresh(route, &mut session, tokens, None, now);
                     self.refreshed = true;
                     self.stage = Stage::SignedIn {
                         session,
@@ -594,19 +623,97 @@ impl Flow {
         }
     }
 
+    /// A refresh answer's ID token, checked like the login's (signature,
+    /// issuer, audience) and for the same `sub` and `iss` as the session's
+    /// (OpenID Connect Core 12.2): the next stage (signed in with the new
+    /// tokens, or no session when it fails), or a step to get the keys.
+    fn verify_refresh(
+        &mut self,
+        route: &Route,
+        p: &ProviderState<'_>,
+        mut session: Session,
+        tokens: Tokens,
+        now: u64,
+    ) -> Result<Stage, Step> {
+        let m = match self.discovery(route, p, now) {
+            Ok(m) => m,
+            Err(step) => {
+                self.stage = Stage::VerifyRefresh { session, tokens };
+                return Err(step);
+            }
+        };
+        let Some(uri) = m.jwks_uri.as_deref() else {
+            return Err(self.unavailable(route, "the provider has no jwks_uri"));
+        };
+        let jwks = match bearer::cached(p.jwks, p.jwks_failed_at, route.config.jwk_expires_in, now)
+        {
+            Cache::Use(j) => j,
+            Cache::Fetch => {
+                self.stage = Stage::VerifyRefresh { session, tokens };
+                return Err(fetch(FetchKind::Jwks, uri));
+            }
+            Cache::Unavailable => {
+                return Err(self.unavailable(route, "the provider's JWKS could not be fetched"))
+            }
+        };
+        // The provider may have rotated its keys: fetch them again, at most
+        // once per interval.
+        let recent = |t: u64| now < t.saturating_add(KID_REFETCH_INTERVAL);
+        match signed_in::verify_refreshed_id_token(
+            route,
+            &session,
+            &tokens,
+            &jwks.value,
+            &m.issuer,
+            now,
+        ) {
+            Ok(claims) => {
+                signed_in::apply_refresh(route, &mut session, tokens, Some(claims), now);
+                self.refreshed = true;
+                Ok(Stage::SignedIn {
+                    session,
+                    changed: true,
+                })
+            }
+            Err(CallbackError::UnknownKey(_))
+                if !recent(jwks.fetched_at) && !p.jwks_failed_at.is_some_and(recent) =>
+            {
+                self.stage = Stage::VerifyRefresh { session, tokens };
+                Err(fetch(FetchKind::Jwks, uri))
+            }
+            Err(e) => {
+                // Never forwarded nor kept: the session ends (log in again).
+                self.rejected_refresh = Some(e.to_string());
+                if let Some(cfg) = &route.config.session {
+                    self.clear_session(cfg);
+                }
+                Ok(Stage::Unauthenticated)
+            }
+        }
+    }
+
+    /// Why a refreshed ID token was refused, if one was (for the log).
+    pub fn take_rejected_refresh(&mut self) -> Option<String> {
+        self.rejected_refresh.take()
+    }
+
     /// The end of a login: the session cookie, the flow cookie gone, back
     /// to where the browser started.
     fn logged_in(
         &mut self,
         route: &Route,
         flow: FlowState,
-        session: Session,
+        mut session: Session,
         rng: &mut dyn Entropy,
         now: u64,
     ) -> Step {
         let (Some(cfg), Some(key)) = (&route.config.session, &route.session_key) else {
             return self.misconfigured("a login route needs session.secret".into());
         };
+        // The session's id (for logout's deny-list).
+        if let Err(e) = rng.fill(&mut session.id.0) {
+            return self.misconfigured(format!("no random bytes: {e}"));
+        }
         if let Err(e) = self.save(cfg, key, &session, rng, now) {
             return self.misconfigured(e);
         }
@@ -714,13 +821,14 @@ impl Flow {
         Step::Respond(reply, event)
     }
 
-    /// 503: a page for a browser, APISIX's JSON for anything else.
+    /// 503: a page for a browser, APISIX's JSON for anything else; `why`
+    /// goes to the log only.
     fn unavailable(&mut self, route: &Route, why: &str) -> Step {
         let reply = if self.req.is_navigation() {
             Reply::page(
                 503,
                 "Identity provider unavailable",
-                &format!("The identity provider cannot be reached or failed: {why}."),
+                "The identity provider cannot be reached now. Try again later.",
                 Some((self.req.path.as_str(), "Try again")),
             )
         } else {
@@ -1442,6 +1550,98 @@ mod tests {
     }
 
     #[test]
+    fn refreshed_id_tokens_are_verified_before_use() {
+        // A leeway longer than the token's life: every request refreshes,
+        // but one refresh per request at most.
+        let r = route(json!({"set_userinfo_header": false, "access_token_expires_leeway": 600}));
+        let mut p = Provider::new();
+        let cookies = login(&r, &mut p);
+        let key = r.session_key.as_ref().unwrap();
+        let cfg = r.config.session.as_ref().unwrap();
+        let before = session::decode(key, "session", &cookies, NOW, cfg).unwrap();
+        assert_ne!(before.id, session::SessionId::default());
+        let answer = |id: String| {
+            move |_: &HttpRequest| {
+                let body = json!({"access_token": "at-2", "id_token": id, "expires_in": 300});
+                (200, body.to_string().into_bytes())
+            }
+        };
+        let good = token(
+            Alg::RS256,
+            Some("rsa-a"),
+            &with(claims(), "sub", json!("user-1")),
+        );
+        let calls = p.calls.len();
+        let flow = Flow::begin(
+            &r,
+            api(request("localhost:9080", "/anything/x", &cookies)),
+            NOW,
+        );
+        let f = forward(p.drive(&r, flow, NOW, answer(good.clone())));
+        assert!(f.refreshed);
+        assert_eq!(p.calls.len(), calls + 1, "one refresh");
+        let after = jar(
+            cookies.clone(),
+            &f.set_cookies.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let s = session::decode(key, "session", &after, NOW, cfg).unwrap();
+        assert_eq!(s.id_token.as_ref().unwrap().expose(), good);
+        assert_eq!(s.id, before.id);
+
+        // Another user's, or a bad signature: the session ends, nothing of
+        // it is forwarded.
+        let other = token(
+            Alg::RS256,
+            Some("rsa-a"),
+            &with(claims(), "sub", json!("user-2")),
+        );
+        let mut forged = good.clone();
+        forged.truncate(forged.len() - 4);
+        forged.push_str("AAAA");
+        let foreign = token(
+            Alg::RS256,
+            Some("rsa-a"),
+            &with(
+                with(claims(), "sub", json!("user-1")),
+                "aud",
+                json!("other"),
+            ),
+        );
+        for bad in [other, forged, foreign] {
+            let mut flow = Flow::begin(
+                &r,
+                api(request("localhost:9080", "/anything/x", &cookies)),
+                NOW,
+            );
+            let first = {
+                let st = p.state();
+                flow.advance(&r, &st, &mut Counter(0), NOW)
+            };
+            let Step::Call(_) = first else {
+                panic!("a refresh")
+            };
+            let st = p.state();
+            let (reply, event) = respond(
+                flow.on_response(
+                    &r,
+                    &st,
+                    200,
+                    json!({"access_token": "at-3", "id_token": bad})
+                        .to_string()
+                        .as_bytes(),
+                    &mut Counter(0),
+                    NOW,
+                ),
+            );
+            assert_eq!((reply.status, event), (401, Event::Unauthenticated));
+            assert!(set_cookies(&reply)
+                .iter()
+                .any(|c| c.starts_with("session=;")));
+            assert!(flow.take_rejected_refresh().is_some());
+        }
+    }
+
+    #[test]
     fn expired_access_tokens_without_renewal_mean_logging_in_again() {
         let r = route(json!({"renew_access_token_on_expiry": false, "set_userinfo_header": false}));
         let mut p = Provider::new();
@@ -1588,6 +1788,18 @@ mod tests {
             request("localhost:9080", "/anything/logout", &cookies),
             NOW,
         );
+        let key = r.session_key.as_ref().unwrap();
+        let cfg = r.config.session.as_ref().unwrap();
+        let s = session::decode(key, "session", &cookies, NOW, cfg).unwrap();
+        let mut flow = flow;
+        assert_eq!(
+            flow.take_revocation(),
+            Some(Revocation {
+                id: s.id,
+                until: NOW + cfg.absolute_timeout
+            })
+        );
+        assert_eq!(flow.take_revocation(), None);
         let (reply, event) = respond(p.drive(&r, flow, NOW, |_| (200, vec![])));
         assert_eq!((reply.status, event), (302, Event::LoggedOut));
         let revoked: Vec<Vec<(String, String)>> = p.calls[before..].iter().map(form).collect();

@@ -147,12 +147,24 @@ pub fn parse_tokens(status: u16, body: &[u8]) -> Result<Tokens, CallbackError> {
             let access_token = text(&j, "access_token").ok_or_else(|| {
                 CallbackError::Unavailable("no access_token in the answer".into())
             })?;
-            Ok(Tokens {
+            let tokens = Tokens {
                 access_token: Secret::new(access_token),
                 id_token: text(&j, "id_token").map(Secret::new),
                 refresh_token: text(&j, "refresh_token").map(Secret::new),
                 expires_in: j.get("expires_in").and_then(Value::as_u64),
-            })
+            };
+            // They go into upstream headers: nothing else may get there.
+            let all = [
+                Some(&tokens.access_token),
+                tokens.id_token.as_ref(),
+                tokens.refresh_token.as_ref(),
+            ];
+            if !all.into_iter().flatten().all(|t| is_b64token(t.expose())) {
+                return Err(CallbackError::Unavailable(
+                    "a token in the answer is not an RFC 6750 b64token".into(),
+                ));
+            }
+            Ok(tokens)
         }
         (400 | 401, Some(j)) => Err(CallbackError::Refused(
             text(&j, "error").unwrap_or_else(|| format!("HTTP {status}")),
@@ -160,6 +172,17 @@ pub fn parse_tokens(status: u16, body: &[u8]) -> Result<Tokens, CallbackError> {
         (200, None) => Err(CallbackError::Unavailable("the answer is not JSON".into())),
         (s, _) => Err(CallbackError::Unavailable(format!("HTTP status {s}"))),
     }
+}
+
+/// RFC 6750 2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" /
+/// "+" / "/" ) *"="` (JWS compact serialisations fit). Tokens from the
+/// provider must be one before they go into a header.
+pub fn is_b64token(t: &str) -> bool {
+    let body = t.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 /// Checks the ID token (OpenID Connect Core 3.1.3.7: signature, issuer,
@@ -212,7 +235,8 @@ pub fn finish(
     session.refresh_token = tokens.refresh_token;
     session.id_token = Some(id_token);
     session.id_claims = verified.claims;
-    session.access_expires_at = route.access_expiry(tokens.expires_in, now);
+    session.access_expires_at =
+        Some(route.access_expiry(tokens.expires_in, session.access_token.expose(), now));
     Ok(session)
 }
 
@@ -312,6 +336,32 @@ mod tests {
         assert!(!String::from_utf8(req.body.unwrap())
             .unwrap()
             .contains("code_verifier"));
+    }
+
+    #[test]
+    fn tokens_must_be_b64tokens() {
+        for good in ["a", "aB0-._~+/", "abc==", "x.y.z"] {
+            assert!(is_b64token(good), "{good}");
+        }
+        for bad in [
+            "",
+            "=",
+            "a b",
+            "a\r\nX: y",
+            "a\u{7}b",
+            "a=b",
+            "é",
+            "a,b",
+            "a\"b",
+        ] {
+            assert!(!is_b64token(bad), "{bad:?}");
+        }
+        for field in ["access_token", "id_token", "refresh_token"] {
+            let mut j = serde_json::json!({"access_token":"a","id_token":"i","refresh_token":"r"});
+            j[field] = "t\r\nx-injected: 1".into();
+            let e = parse_tokens(200, j.to_string().as_bytes()).unwrap_err();
+            assert_eq!(e.status(), 503, "{field}");
+        }
     }
 
     #[test]

@@ -500,6 +500,15 @@ fn parse_claim_validator(r: &mut Reader<'_>) -> ClaimValidator {
     if let Some(issuer) = c.object("issuer") {
         let mut i = Reader::new(issuer, "claim_validator.issuer.");
         out.valid_issuers = i.string_list("valid_issuers");
+        // An empty list would accept no issuer (APISIX reads it as "do not
+        // check"): refused rather than silently one or the other.
+        if out.valid_issuers.as_ref().is_some_and(Vec::is_empty) {
+            i.error(
+                "valid_issuers",
+                "must list at least one issuer (leave it out to use the discovery document's)",
+            );
+            out.valid_issuers = None;
+        }
         i.finish(&["valid_issuers"], &[]);
         c.errors.append(&mut i.errors);
     }
@@ -1111,6 +1120,16 @@ mod tests {
                 "introspection_endpoint"
             ]
         );
+    }
+
+    #[test]
+    fn empty_valid_issuers_is_refused() {
+        let mut v = minimal();
+        v["claim_validator"] = json!({"issuer": {"valid_issuers": []}});
+        let e = errors(v);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].field, "claim_validator.issuer.valid_issuers");
+        assert!(e[0].message.contains("at least one issuer"), "{e:?}");
     }
 
     #[test]

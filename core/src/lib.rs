@@ -13,6 +13,7 @@ pub mod introspection;
 pub mod jwt;
 pub mod login;
 pub mod reply;
+pub mod revocation;
 pub mod route;
 pub mod secret;
 pub mod session;

@@ -1,6 +1,11 @@
 //! Why a request is refused, and the one place that maps each reason to a
 //! status, headers and body.
 
+/// The `error` of a 503 when the provider is needed and cannot be used.
+pub const PROVIDER_UNAVAILABLE: &str = "identity provider unavailable";
+/// The `error` of a 500 when the route's config cannot be used.
+pub const CONFIGURATION_ERROR: &str = "gateway configuration error";
+
 /// A local reply the filter sends instead of forwarding the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -53,7 +58,21 @@ impl Denial {
         }
     }
 
+    /// What only the log may show: provider URLs, cluster names, parser
+    /// messages. Replies carry generic texts ([`PROVIDER_UNAVAILABLE`],
+    /// [`CONFIGURATION_ERROR`]) instead.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Denial::ProviderUnavailable(why) | Denial::BadRouteConfig(why) => Some(why.clone()),
+            Denial::NoProviderCluster { host, cluster } => Some(format!(
+                "no Envoy cluster {cluster:?} for identity provider host {host:?}"
+            )),
+            _ => None,
+        }
+    }
+
     /// The reply for this denial on a route whose `realm` is given.
+    /// Anonymous clients get no internal detail (see [`Denial::detail`]).
     pub fn reply(&self, realm: &str) -> Reply {
         let realm = header_quoted(realm);
         let challenge = |extra: &str| {
@@ -96,18 +115,18 @@ impl Denial {
             ),
             Denial::AudienceMissing => error_only(403, "required audience claim not present"),
             Denial::AudienceMismatch => error_only(403, "mismatched audience"),
-            Denial::ProviderUnavailable(why) => {
-                json_reply(503, vec![], "identity provider unavailable", why)
-            }
-            Denial::NoProviderCluster { host, cluster } => json_reply(
+            Denial::ProviderUnavailable(_) | Denial::NoProviderCluster { .. } => json_reply(
                 503,
                 vec![],
-                "identity provider unavailable",
-                &format!("no Envoy cluster \"{cluster}\" for identity provider host {host}"),
+                PROVIDER_UNAVAILABLE,
+                "the identity provider cannot be used now; try again later",
             ),
-            Denial::BadRouteConfig(why) => {
-                json_reply(500, vec![], "invalid openid-connect configuration", why)
-            }
+            Denial::BadRouteConfig(_) => json_reply(
+                500,
+                vec![],
+                CONFIGURATION_ERROR,
+                "the gateway cannot check requests on this route",
+            ),
         }
     }
 }
@@ -273,14 +292,25 @@ mod tests {
     }
 
     #[test]
-    fn unknown_cluster_names_the_host() {
-        let r = Denial::NoProviderCluster {
+    fn internal_details_stay_out_of_replies() {
+        let d = Denial::NoProviderCluster {
             host: "idp.example:8080".into(),
             cluster: "oidc|http|idp.example|8080".into(),
-        }
-        .reply("r");
+        };
+        let r = d.reply("r");
         assert_eq!(r.status, 503);
-        assert!(r.body.contains("idp.example:8080"), "{}", r.body);
+        assert!(!r.body.contains("idp.example"), "{}", r.body);
+        assert!(r.body.contains(PROVIDER_UNAVAILABLE), "{}", r.body);
+        assert!(d.detail().unwrap().contains("idp.example:8080"));
+        let d = Denial::ProviderUnavailable("cannot call http://10.0.0.5:8080/x".into());
+        let r = d.reply("r");
+        assert!(!r.body.contains("10.0.0.5"), "{}", r.body);
+        let d = Denial::BadRouteConfig("property \"timeout\" must be a number".into());
+        let r = d.reply("r");
+        assert_eq!(r.status, 500);
+        assert!(!r.body.contains("timeout"), "{}", r.body);
+        assert!(r.body.contains(CONFIGURATION_ERROR), "{}", r.body);
+        assert!(r.headers.iter().all(|(_, v)| !v.contains("timeout")));
     }
 
     #[test]

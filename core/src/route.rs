@@ -5,6 +5,10 @@ use crate::config::{ConfigErrors, PluginConfig};
 use crate::jwt::{Alg, AudiencePolicy, Jwks, VerifyPolicy};
 use crate::session::SessionKey;
 
+/// The access token lifetime assumed when neither the token endpoint, the
+/// token itself nor `access_token_expires_in` says (lua-resty-openidc's).
+pub const DEFAULT_ACCESS_TOKEN_LIFETIME: u64 = 3600;
+
 /// Everything the filter needs to decide a request on one route.
 #[derive(Debug)]
 pub struct Route {
@@ -42,7 +46,7 @@ impl Route {
         let session_key = config
             .session
             .as_ref()
-            .map(|s| SessionKey::derive(&s.secret));
+            .map(|s| SessionKey::for_route(&s.secret, &config.discovery, &config.client_id));
         Ok(Route {
             config,
             public_keys,
@@ -53,7 +57,8 @@ impl Route {
 
     /// The verification policy for tokens on this route. `discovery_issuer`
     /// is the provider's issuer, used when `claim_validator.issuer` does
-    /// not list issuers.
+    /// not list issuers. The issuer is always checked: with neither, no
+    /// issuer is accepted.
     pub fn policy(&self, discovery_issuer: Option<&str>) -> VerifyPolicy {
         let c = &self.config;
         let issuers = match &c.claim_validator.valid_issuers {
@@ -64,7 +69,7 @@ impl Route {
         };
         VerifyPolicy {
             allowed_algs: self.algs.clone(),
-            issuers,
+            issuers: Some(issuers),
             audience: AudiencePolicy {
                 claim: c.claim_validator.audience.claim.clone(),
                 required: c.claim_validator.audience.required,
@@ -101,12 +106,24 @@ impl Route {
         })
     }
 
-    /// When an access token issued at `now` expires: the token endpoint's
-    /// `expires_in`, else `access_token_expires_in`, else unknown.
-    pub fn access_expiry(&self, expires_in: Option<u64>, now: u64) -> Option<u64> {
-        expires_in
-            .or(self.config.access_token_expires_in)
-            .map(|s| now.saturating_add(s))
+    /// When an access token issued at `now` expires, always known (so a
+    /// refused refresh ends a stolen session): the token endpoint's
+    /// `expires_in`, else the token's own `exp` (a JWT's, read unverified:
+    /// it came from the token endpoint), else `access_token_expires_in`,
+    /// else [`DEFAULT_ACCESS_TOKEN_LIFETIME`].
+    pub fn access_expiry(&self, expires_in: Option<u64>, access_token: &str, now: u64) -> u64 {
+        if let Some(s) = expires_in {
+            return now.saturating_add(s);
+        }
+        let exp = crate::jwt::unverified_payload(access_token)
+            .and_then(|p| p.get("exp").and_then(serde_json::Value::as_u64));
+        exp.unwrap_or_else(|| {
+            now.saturating_add(
+                self.config
+                    .access_token_expires_in
+                    .unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME),
+            )
+        })
     }
 
     /// The issuer must come from discovery: no `valid_issuers` configured.

@@ -6,12 +6,17 @@
 //! info `"openid-connect session v1"`). A cookie value is
 //!
 //! ```text
-//! base64url-no-pad( version (0x01) ‖ nonce (12 bytes) ‖ AES-256-GCM ciphertext ‖ tag (16 bytes) )
+//! base64url-no-pad( version (0x02) ‖ nonce (12 bytes) ‖ AES-256-GCM ciphertext ‖ tag (16 bytes) )
 //! ```
 //!
-//! The GCM associated data is the version byte followed by the cookie's base
-//! name (`session`), so a value copied into another cookie, or relabelled
-//! with another version, fails to open. The nonce is the caller's: it must
+//! The GCM associated data of [`seal`] is the version byte followed by the
+//! caller's `aad`. A session ([`encode`]) uses the route binding (see
+//! [`SessionKey::for_route`]: SHA-256 of the route's `discovery` and
+//! `client_id`) followed by the cookie's base name (`session`), so a value
+//! copied into another cookie, relabelled with another version, or shown
+//! to a route of another provider or client that shares the cookie name
+//! and secret fails to open. (Version 1 had no binding; its cookies no
+//! longer open: those browsers log in again.) The nonce is the caller's: it must
 //! be 12 fresh random bytes for every [`seal`]/[`encode`] (a repeated nonce
 //! under one key breaks GCM).
 //!
@@ -56,8 +61,8 @@ use sha2::Sha256;
 use crate::config::{SameSite, SessionConfig};
 use crate::secret::Secret;
 
-/// The only format version.
-pub const VERSION: u8 = 1;
+/// The only format version (2: sessions are bound to their route).
+pub const VERSION: u8 = 2;
 /// Default largest cookie value, in bytes, before chunking.
 pub const MAX_COOKIE_VALUE: usize = 4000;
 /// HKDF `info` of the session key.
@@ -70,22 +75,83 @@ const MAX_CHUNKS: usize = 64;
 /// [`Session::refresh`] touches a session at most once per this many seconds.
 const TOUCH_INTERVAL: u64 = 60;
 
-/// The AES-256-GCM key of the session cookie. `Debug` prints `[redacted]`.
+/// The AES-256-GCM key of the session cookie, and the route binding that
+/// sessions sealed with it carry in their additional data. `Debug` prints
+/// `[redacted]`.
 #[derive(Clone)]
-pub struct SessionKey([u8; 32]);
+pub struct SessionKey {
+    key: [u8; 32],
+    binding: [u8; 32],
+}
 
 impl SessionKey {
-    /// HKDF-SHA256 of the configured `session.secret`.
+    /// HKDF-SHA256 of the configured `session.secret`, bound to no route
+    /// (an all-zero binding; tests). Routes use [`SessionKey::for_route`].
     pub fn derive(secret: &Secret) -> SessionKey {
         let hk = Hkdf::<Sha256>::new(None, secret.expose().as_bytes());
         let mut okm = [0u8; 32];
         // 32 bytes is far below HKDF-SHA256's 8160-byte limit: cannot fail.
         let _ = hk.expand(KDF_INFO, &mut okm);
-        SessionKey(okm)
+        SessionKey {
+            key: okm,
+            binding: [0; 32],
+        }
+    }
+
+    /// The key of a route: its sessions open only on routes with the same
+    /// secret, `discovery` and `client_id` (binding SHA-256(`discovery` ‖
+    /// 0x00 ‖ `client_id`); a URL has no NUL, so no two pairs collide).
+    pub fn for_route(secret: &Secret, discovery: &str, client_id: &str) -> SessionKey {
+        use sha2::Digest as _;
+        let mut h = Sha256::new();
+        h.update(discovery.as_bytes());
+        h.update([0u8]);
+        h.update(client_id.as_bytes());
+        SessionKey {
+            binding: h.finalize().into(),
+            ..SessionKey::derive(secret)
+        }
     }
 
     fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&Key::<Aes256Gcm>::from(self.0))
+        Aes256Gcm::new(&Key::<Aes256Gcm>::from(self.key))
+    }
+
+    /// A session's additional data (after the version): binding ‖ name.
+    fn session_aad(&self, name: &str) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(32 + name.len());
+        aad.extend_from_slice(&self.binding);
+        aad.extend_from_slice(name.as_bytes());
+        aad
+    }
+}
+
+/// A session's random id (16 bytes, made at login): what logout puts on
+/// the deny-list ([`crate::revocation`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SessionId(pub [u8; 16]);
+
+impl SessionId {
+    fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn from_hex(s: &str) -> Option<SessionId> {
+        if s.len() != 32 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(SessionId(out))
+    }
+}
+
+impl fmt::Debug for SessionId {
+    /// Only the first bytes: enough to follow a session in a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({}..)", &self.hex()[..8])
     }
 }
 
@@ -120,6 +186,8 @@ pub enum SessionError {
     Malformed,
     /// The session has expired.
     Expired(Timeout),
+    /// The session logged out (its id is on the deny-list).
+    Revoked,
 }
 
 impl fmt::Display for SessionError {
@@ -134,6 +202,7 @@ impl fmt::Display for SessionError {
             SessionError::Expired(Timeout::Idling) => f.write_str("session idling timeout"),
             SessionError::Expired(Timeout::Rolling) => f.write_str("session rolling timeout"),
             SessionError::Expired(Timeout::Absolute) => f.write_str("session absolute timeout"),
+            SessionError::Revoked => f.write_str("session logged out"),
         }
     }
 }
@@ -410,6 +479,8 @@ pub fn set_session_cookies(
 /// A browser login. `Debug` redacts the tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
+    /// Random, made at login (all zero until then).
+    pub id: SessionId,
     pub access_token: Secret,
     pub refresh_token: Option<Secret>,
     /// The raw ID token (JWT).
@@ -441,6 +512,7 @@ impl Session {
     /// A session created at `now`.
     pub fn new(access_token: Secret, now: u64) -> Session {
         Session {
+            id: SessionId::default(),
             access_token,
             refresh_token: None,
             id_token: None,
@@ -520,6 +592,7 @@ impl Session {
 /// The serialised form: short keys, tokens as plain strings.
 #[derive(Serialize, Deserialize)]
 struct Wire {
+    id: String,
     #[serde(rename = "at")]
     access_token: String,
     #[serde(rename = "rt", default, skip_serializing_if = "Option::is_none")]
@@ -549,6 +622,7 @@ pub fn encode(
     nonce: [u8; 12],
 ) -> Vec<(String, String)> {
     let wire = Wire {
+        id: session.id.hex(),
         access_token: session.access_token.expose().to_string(),
         refresh_token: session.refresh_token.as_ref().map(|s| s.expose().into()),
         id_token: session.id_token.as_ref().map(|s| s.expose().into()),
@@ -561,7 +635,7 @@ pub fn encode(
     };
     // Serialising JSON values and strings cannot fail.
     let json = serde_json::to_vec(&wire).unwrap_or_default();
-    let value = seal(key, name.as_bytes(), &json, nonce);
+    let value = seal(key, &key.session_aad(name), &json, nonce);
     chunk(name, &value, MAX_COOKIE_VALUE)
 }
 
@@ -581,9 +655,10 @@ pub fn decode(
 /// Opens a sealed session value (the reassembled cookie `name`), without
 /// looking at its timeouts: the part a caller may cache by `value`.
 pub fn unseal(key: &SessionKey, name: &str, value: &str) -> Result<Session, SessionError> {
-    let json = open(key, name.as_bytes(), value)?;
+    let json = open(key, &key.session_aad(name), value)?;
     let wire: Wire = serde_json::from_slice(&json).map_err(|_| SessionError::Malformed)?;
     Ok(Session {
+        id: SessionId::from_hex(&wire.id).ok_or(SessionError::Malformed)?,
         access_token: Secret::new(wire.access_token),
         refresh_token: wire.refresh_token.map(Secret::new),
         id_token: wire.id_token.map(Secret::new),
@@ -739,21 +814,56 @@ mod tests {
     }
 
     #[test]
+    fn sessions_are_bound_to_provider_and_client() {
+        let secret = Secret::new("0123456789abcdef-session-secret");
+        let disc = "https://idp/realms/a/.well-known/openid-configuration";
+        let a = SessionKey::for_route(&secret, disc, "app");
+        let mut s = Session::new(Secret::new("tok"), T0);
+        s.id = SessionId([9; 16]);
+        let c = encode(&s, &a, "session", NONCE);
+        assert_eq!(decode(&a, "session", &c, T0, &cfg()), Ok(s.clone()));
+        let same = SessionKey::for_route(&secret, disc, "app");
+        assert!(decode(&same, "session", &c, T0, &cfg()).is_ok());
+        for other in [
+            SessionKey::for_route(&secret, disc, "admin"),
+            SessionKey::for_route(
+                &secret,
+                "https://idp/realms/b/.well-known/openid-configuration",
+                "app",
+            ),
+            SessionKey::for_route(&secret, &format!("{disc}a"), "pp"),
+            SessionKey::derive(&secret),
+        ] {
+            assert_eq!(
+                decode(&other, "session", &c, T0, &cfg()),
+                Err(SessionError::Authentication)
+            );
+        }
+        // The id survives the round trip; Debug shows only its start.
+        assert_eq!(format!("{:?}", s.id), "SessionId(09090909..)");
+    }
+
+    #[test]
     fn specific_errors() {
         let k = key();
         assert_eq!(open(&k, b"s", "not base64!"), Err(SessionError::Base64));
         assert_eq!(open(&k, b"s", "AAA="), Err(SessionError::Base64));
         assert_eq!(open(&k, b"s", ""), Err(SessionError::TooShort));
         assert_eq!(
-            open(&k, b"s", &URL_SAFE_NO_PAD.encode([1u8; 28])),
+            open(&k, b"s", &URL_SAFE_NO_PAD.encode([VERSION; 28])),
             Err(SessionError::TooShort)
         );
         assert_eq!(
-            open(&k, b"s", &URL_SAFE_NO_PAD.encode([2u8; 40])),
-            Err(SessionError::UnknownVersion(2))
+            open(&k, b"s", &URL_SAFE_NO_PAD.encode([3u8; 40])),
+            Err(SessionError::UnknownVersion(3))
+        );
+        // A version-1 cookie (before route binding) no longer opens.
+        assert_eq!(
+            open(&k, b"s", &URL_SAFE_NO_PAD.encode([1u8; 40])),
+            Err(SessionError::UnknownVersion(1))
         );
         // Authentic, but not a session.
-        let v = seal(&k, b"session", b"[1,2]", NONCE);
+        let v = seal(&k, &k.session_aad("session"), b"[1,2]", NONCE);
         assert_eq!(
             decode(&k, "session", &pairs(&[("session", &v)]), T0, &cfg()),
             Err(SessionError::Malformed)

@@ -4,9 +4,12 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
-use crate::callback::Tokens;
+use serde_json::{Map, Value};
+
+use crate::callback::{CallbackError, Tokens};
 use crate::http::{HttpRequest, UrlError};
 use crate::introspection::{client_form_post, ClientAuth};
+use crate::jwt::{self, Jwks};
 use crate::route::Route;
 use crate::session::Session;
 
@@ -65,17 +68,63 @@ pub fn refresh_request(
     ))
 }
 
+/// Checks a refresh answer's ID token as the login's was checked
+/// (signature, issuer, audience contains `client_id`, expiry) and that it
+/// is about the same user from the same issuer as the session's (OpenID
+/// Connect Core 12.2): its claims, or why not.
+pub fn verify_refreshed_id_token(
+    route: &Route,
+    s: &Session,
+    t: &Tokens,
+    keys: &Jwks,
+    discovery_issuer: &str,
+    now: u64,
+) -> Result<Map<String, Value>, CallbackError> {
+    let Some(id_token) = &t.id_token else {
+        return Err(CallbackError::BadIdToken("no ID token".into()));
+    };
+    let mut policy = route.policy(Some(discovery_issuer));
+    policy.audience.claim = "aud".into();
+    policy.audience.match_with_client_id = true;
+    policy.required_scopes.clear();
+    let verified = jwt::verify(id_token.expose(), keys, &policy, now).map_err(|e| {
+        if e.kind() == jwt::Rejection::UnknownKeyId {
+            CallbackError::UnknownKey(e.to_string())
+        } else {
+            CallbackError::BadIdToken(format!("refreshed ID token: {e}"))
+        }
+    })?;
+    for claim in ["sub", "iss"] {
+        let new = verified.claims.get(claim).and_then(Value::as_str);
+        if new.is_none() || new != s.id_claims.get(claim).and_then(Value::as_str) {
+            return Err(CallbackError::BadIdToken(format!(
+                "the refreshed ID token's \"{claim}\" is not the session's"
+            )));
+        }
+    }
+    Ok(verified.claims)
+}
+
 /// Puts refreshed tokens into the session (a provider that does not rotate
-/// the refresh token keeps the old one valid).
-pub fn apply_refresh(route: &Route, s: &mut Session, t: Tokens, now: u64) {
+/// the refresh token keeps the old one valid). An ID token comes only with
+/// its verified `claims` ([`verify_refreshed_id_token`]); without them the
+/// session keeps its old one.
+pub fn apply_refresh(
+    route: &Route,
+    s: &mut Session,
+    t: Tokens,
+    claims: Option<Map<String, Value>>,
+    now: u64,
+) {
+    s.access_expires_at = Some(route.access_expiry(t.expires_in, t.access_token.expose(), now));
     s.access_token = t.access_token;
     if let Some(r) = t.refresh_token {
         s.refresh_token = Some(r);
     }
-    if let Some(i) = t.id_token {
+    if let (Some(i), Some(claims)) = (t.id_token, claims) {
         s.id_token = Some(i);
+        s.id_claims = claims;
     }
-    s.access_expires_at = route.access_expiry(t.expires_in, now);
     s.renew(now);
 }
 
@@ -201,7 +250,7 @@ mod tests {
             refresh_token: None,
             expires_in: Some(60),
         };
-        apply_refresh(&r, &mut s, t, NOW + 400);
+        apply_refresh(&r, &mut s, t, None, NOW + 400);
         assert_eq!(s.access_token.expose(), "at2");
         assert_eq!(s.refresh_token.as_ref().map(Secret::expose), Some("rt"));
         assert_eq!(s.access_expires_at, Some(NOW + 460));

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let policy = VerifyPolicy {
-        issuers: vec!["http://127.0.0.1/realms/quickstart-realm".into()],
+        issuers: Some(vec!["http://127.0.0.1/realms/quickstart-realm".into()]),
         audience: AudiencePolicy {
             client_id: "apisix-quickstart-client".into(),
             required: true,

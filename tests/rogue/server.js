@@ -161,6 +161,72 @@ function send(res, status, body, headers = {}) {
   res.end(text);
 }
 
+// ---------------------------------------------------------------------
+// Session cases (tests/tests/session_security.rs). Realms whose case
+// starts with `session-` get their token endpoint from here (both grants:
+// authorization_code and refresh_token); everything else (discovery, JWKS,
+// auth, userinfo) is the common code above.
+//
+//   session-ok              a normal login; refresh answers are valid
+//   session-refresh-ok      the same (named for the refresh test)
+//   session-refresh-bad-sig a refreshed ID token with a broken signature
+//   session-refresh-other-sub a refreshed ID token about another user
+//   session-token-ctl       the access token carries CR LF and a header
+//   session-jwt-exp         no expires_in; the access token is a JWT whose
+//                           exp is 2 s ahead; refreshes are refused
+// ---------------------------------------------------------------------
+
+function sessionIdToken(name, nonce, sub) {
+  const t = now();
+  const claims = {
+    iss: `${BASE}/${name}`, sub, aud: CLIENT_ID, azp: CLIENT_ID, exp: t + 300, iat: t,
+  };
+  if (nonce !== undefined) claims.nonce = nonce;
+  return sign({ alg: 'RS256', typ: 'JWT', kid: KEY1.kid }, claims, KEY1);
+}
+
+function sessionCase(name, what, body, res) {
+  const kase = caseOf(name);
+  if (!kase.startsWith('session-') || what !== 'token') return false;
+  const r = realm(name);
+  const form = new URLSearchParams(body);
+  const random = () => crypto.randomBytes(24).toString('base64url');
+  if (form.get('grant_type') === 'refresh_token') {
+    if (kase === 'session-jwt-exp') { send(res, 400, { error: 'invalid_grant' }); return true; }
+    let id = sessionIdToken(name, undefined, kase === 'session-refresh-other-sub' ? 'someone-else' : 'rp-user');
+    if (kase === 'session-refresh-bad-sig') {
+      const [h, p, sig] = id.split('.');
+      const bytes = Buffer.from(sig, 'base64url');
+      bytes[10] ^= 0xff;
+      id = `${h}.${p}.${b64(bytes)}`;
+    }
+    send(res, 200, {
+      access_token: random(), id_token: id, refresh_token: random(), token_type: 'Bearer', expires_in: 300,
+    });
+    return true;
+  }
+  const nonce = r.nonces.get(form.get('code') ?? '');
+  if (nonce === undefined) { send(res, 400, { error: 'invalid_grant' }); return true; }
+  r.nonces.delete(form.get('code'));
+  const answer = {
+    access_token: random(),
+    id_token: sessionIdToken(name, nonce, 'rp-user'),
+    refresh_token: random(),
+    token_type: 'Bearer',
+    expires_in: 300,
+  };
+  if (kase === 'session-token-ctl') answer.access_token = 'at\r\nx-injected: yes';
+  if (kase === 'session-jwt-exp') {
+    delete answer.expires_in;
+    const t = now();
+    answer.access_token = sign({ alg: 'RS256', typ: 'JWT', kid: KEY1.kid },
+      { iss: `${BASE}/${name}`, sub: 'rp-user', aud: 'account', exp: t + 2, iat: t }, KEY1);
+  }
+  send(res, 200, answer);
+  return true;
+}
+// --------------------------- end of session cases ---------------------
+
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, BASE);
   const [, name, ...rest] = url.pathname.split('/');
@@ -170,6 +236,7 @@ const server = http.createServer((req, res) => {
   req.on('end', () => {
     if (!name) return send(res, 404, { error: 'no case' });
     const r = realm(name);
+    if (sessionCase(name, what, body, res)) return;
     switch (what) {
       case '.well-known/openid-configuration':
         return send(res, 200, documentText(name, discovery(name), 'disc'));

@@ -34,7 +34,7 @@ fn main() {
             .and_then(|p| p.get("iss").and_then(|v| v.as_str()).map(str::to_string))
             .unwrap_or_default();
         let policy = VerifyPolicy {
-            issuers: vec![issuer],
+            issuers: Some(vec![issuer]),
             audience: AudiencePolicy::default(),
             ..VerifyPolicy::default()
         };

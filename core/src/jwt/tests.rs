@@ -162,7 +162,7 @@ pub(crate) fn claims() -> Value {
 
 fn policy() -> VerifyPolicy {
     VerifyPolicy {
-        issuers: vec![ISS.to_string()],
+        issuers: Some(vec![ISS.to_string()]),
         audience: AudiencePolicy {
             client_id: CLIENT.to_string(),
             ..AudiencePolicy::default()
@@ -278,7 +278,7 @@ fn rfc7515_example_tokens_verify() {
         "eyJhbGciOiJSUzI1NiJ9.{PAYLOAD}.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw"
     );
     let joe = VerifyPolicy {
-        issuers: vec!["joe".into()],
+        issuers: Some(vec!["joe".into()]),
         ..VerifyPolicy::default()
     };
     let before_exp = 1_300_819_000;
@@ -803,16 +803,26 @@ fn issuer_checks() {
         verify(&number, &keys, &policy(), NOW),
         Err(VerifyError::MissingIssuer)
     );
-    // No issuers configured: not checked at all.
+    // No issuer check asked for: not checked at all.
     let open = VerifyPolicy {
-        issuers: vec![],
+        issuers: None,
         ..policy()
     };
     assert!(verify(&evil, &keys, &open, NOW).is_ok());
     assert!(verify(&missing, &keys, &open, NOW).is_ok());
+    // An empty list of issuers accepts none (fail closed).
+    let none = VerifyPolicy {
+        issuers: Some(vec![]),
+        ..policy()
+    };
+    let good = token(Alg::RS256, Some("rsa-a"), &claims());
+    assert_eq!(
+        verify(&good, &keys, &none, NOW),
+        Err(VerifyError::IssuerMismatch)
+    );
     // Several accepted issuers.
     let many = VerifyPolicy {
-        issuers: vec!["https://a.example".into(), format!("{ISS}/")],
+        issuers: Some(vec!["https://a.example".into(), format!("{ISS}/")]),
         ..policy()
     };
     assert!(verify(&slash, &keys, &many, NOW).is_ok());

@@ -47,8 +47,10 @@ pub struct VerifyPolicy {
     pub allowed_algs: Vec<Alg>,
     /// Accepted `iss` values, compared exactly
     /// (`claim_validator.issuer.valid_issuers`, else the discovery
-    /// document's issuer). Empty means the issuer is not checked.
-    pub issuers: Vec<String>,
+    /// document's issuer). `None`: the issuer is not checked (only for
+    /// callers that check it elsewhere); `Some` of an empty list accepts
+    /// no issuer at all (fail closed).
+    pub issuers: Option<Vec<String>>,
     /// The audience rule.
     pub audience: AudiencePolicy,
     /// Scopes that must all appear in the `scope` claim (a space-separated
@@ -75,7 +77,7 @@ impl Default for VerifyPolicy {
     fn default() -> Self {
         VerifyPolicy {
             allowed_algs: Vec::new(),
-            issuers: Vec::new(),
+            issuers: None,
             audience: AudiencePolicy::default(),
             required_scopes: Vec::new(),
             leeway: Self::DEFAULT_LEEWAY,
@@ -349,13 +351,14 @@ pub fn verify(
         }
     }
 
-    // 9. Issuer, compared exactly, when issuers are configured.
-    if !policy.issuers.is_empty() {
+    // 9. Issuer, compared exactly, unless the caller checks it elsewhere.
+    // An empty list accepts nothing.
+    if let Some(issuers) = &policy.issuers {
         let iss = claims
             .get("iss")
             .and_then(Value::as_str)
             .ok_or(VerifyError::MissingIssuer)?;
-        if !policy.issuers.iter().any(|i| i == iss) {
+        if !issuers.iter().any(|i| i == iss) {
             return Err(VerifyError::IssuerMismatch);
         }
     }

@@ -171,6 +171,8 @@ function send(res, status, body, headers = {}) {
 //   session-refresh-ok      the same (named for the refresh test)
 //   session-refresh-bad-sig a refreshed ID token with a broken signature
 //   session-refresh-other-sub a refreshed ID token about another user
+//                           (session-refresh-*: the login's access token
+//                           has expires_in 1, refreshed ones 300)
 //   session-token-ctl       the access token carries CR LF and a header
 //   session-jwt-exp         no expires_in; the access token is a JWT whose
 //                           exp is 2 s ahead; refreshes are refused
@@ -215,6 +217,9 @@ function sessionCase(name, what, body, res) {
     token_type: 'Bearer',
     expires_in: 300,
   };
+  // Refresh cases: the access token expires at once, the next request
+  // refreshes.
+  if (kase.startsWith('session-refresh-')) answer.expires_in = 1;
   if (kase === 'session-token-ctl') answer.access_token = 'at\r\nx-injected: yes';
   if (kase === 'session-jwt-exp') {
     delete answer.expires_in;

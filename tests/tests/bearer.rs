@@ -304,7 +304,11 @@ fn the_same_token_gets_each_routes_answer_and_route_changes_apply() {
     let r = call(&s, "/anything/nocluster", &[("authorization", &auth)]);
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(!r.body.contains("127.0.0.1:1"), "{}", r.body);
-    assert!(r.body.contains("identity provider unavailable"), "{}", r.body);
+    assert!(
+        r.body.contains("identity provider unavailable"),
+        "{}",
+        r.body
+    );
     let log = std::fs::read_to_string(s.envoy.log_path()).unwrap_or_default();
     assert!(log.contains("127.0.0.1:1"), "{log:.3000}");
 }

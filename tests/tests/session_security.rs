@@ -187,13 +187,13 @@ fn logout_ends_copies_of_the_session_cookie() {
         .header_all("set-cookie")
         .iter()
         .any(|c| c.starts_with("session=;")));
-    assert_eq!(stat(&envoy, "session.revoked"), 1);
     // Refused on every worker (several connections), and never again a
     // session, whatever the cookie's timeouts say.
     for _ in 0..6 {
         let r = api_get(&envoy, "/a/page", &cookie);
         assert_eq!(r.status, 401, "a copy of a logged-out session: {}", r.body);
     }
+    assert_eq!(stat(&envoy, "session.revoked"), 1);
     let r = get(&envoy.url("/a/page"), &[HTML, ("cookie", &cookie)]).unwrap();
     assert_eq!(r.status, 302, "to the login: {}", r.body);
     assert!(stat(&envoy, "session.revoked_refused") >= 7);
@@ -205,38 +205,40 @@ fn logout_ends_copies_of_the_session_cookie() {
 fn refreshed_id_tokens_are_verified_before_use() {
     let dir = TestDir::for_current_test();
     let rogue = Rogue::start(dir.path());
-    // A leeway longer than the tokens' life: every request refreshes.
-    let refresh = json!({"access_token_expires_leeway": 600, "set_raw_id_token_header": true});
+    // The login's access token expires after 1 s: the next request
+    // refreshes it.
     let mut config = EnvoyConfig::default().cluster(Cluster::provider(&rogue.base()));
     for case in [
         "session-refresh-ok",
         "session-refresh-bad-sig",
         "session-refresh-other-sub",
     ] {
-        config = config.route(login_route(
-            &rogue,
-            case,
-            &format!("refresh.{case}"),
-            refresh.clone(),
-        ));
+        let realm = format!("refresh.{case}");
+        let raw = json!({"set_raw_id_token_header": true});
+        config = config.route(login_route(&rogue, case, &realm, raw));
     }
+    // A leeway longer than the tokens' life: every request refreshes, but
+    // one refresh per request at most.
+    config = config.route(login_route(
+        &rogue,
+        "always",
+        "always.session-refresh-ok",
+        json!({"access_token_expires_leeway": 600}),
+    ));
     let envoy = Envoy::start(dir.path(), &config);
-
-    // A good refreshed ID token: used, one refresh per request.
-    let cookie = login(&envoy, "session-refresh-ok");
-    for i in 1..=3 {
-        let r = api_get(&envoy, "/session-refresh-ok/page", &cookie);
-        assert_eq!(r.status, 200, "request {i}: {}", r.body);
-        assert_eq!(stat(&envoy, "session.refreshed"), i);
-    }
-    assert_eq!(stat(&envoy, "session.refresh_refused"), 0);
+    let ok = login(&envoy, "session-refresh-ok");
+    let bad_sig = login(&envoy, "session-refresh-bad-sig");
+    let other_sub = login(&envoy, "session-refresh-other-sub");
+    std::thread::sleep(Duration::from_secs(2));
 
     // A broken signature or another user: the session ends (401 for an
     // API client, the cookie cleared), nothing is forwarded.
-    for case in ["session-refresh-bad-sig", "session-refresh-other-sub"] {
-        let cookie = login(&envoy, case);
+    for (case, cookie) in [
+        ("session-refresh-bad-sig", &bad_sig),
+        ("session-refresh-other-sub", &other_sub),
+    ] {
         let refused = stat(&envoy, "session.refresh_refused");
-        let r = api_get(&envoy, &format!("/{case}/page"), &cookie);
+        let r = api_get(&envoy, &format!("/{case}/page"), cookie);
         assert_eq!(r.status, 401, "{case}: {}", r.body);
         assert!(
             r.header_all("set-cookie")
@@ -249,7 +251,7 @@ fn refreshed_id_tokens_are_verified_before_use() {
         // A browser goes back to the login.
         let r = get(
             &envoy.url(&format!("/{case}/page")),
-            &[HTML, ("cookie", &cookie)],
+            &[HTML, ("cookie", cookie)],
         )
         .unwrap();
         assert_eq!(r.status, 302, "{case}: {}", r.body);
@@ -259,6 +261,21 @@ fn refreshed_id_tokens_are_verified_before_use() {
         log.contains("refreshed ID token refused"),
         "the log says why: {log:.2000}"
     );
+
+    // A good refreshed ID token: used.
+    let refreshed = stat(&envoy, "session.refreshed");
+    let r = api_get(&envoy, "/session-refresh-ok/page", &ok);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(stat(&envoy, "session.refreshed"), refreshed + 1);
+
+    // Refreshing on every request: once per request, not in a loop.
+    let cookie = login(&envoy, "always");
+    for i in 1..=3 {
+        let refreshed = stat(&envoy, "session.refreshed");
+        let r = api_get(&envoy, "/always/page", &cookie);
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        assert_eq!(stat(&envoy, "session.refreshed"), refreshed + 1);
+    }
 }
 
 #[test]

@@ -496,6 +496,7 @@ fn envoy_route(e: &Entry) -> Route {
         action: Some(route::Action::Route(route_action(e.spec))),
         metadata: Some(oidc_metadata(
             e.spec.oidc.as_ref().map(|(stored, _)| stored),
+            &e.spec.hosts,
         )),
         ..Default::default()
     }
@@ -526,7 +527,10 @@ fn method_matcher(methods: &[String]) -> Option<HeaderMatcher> {
 /// `openid-connect: {"config": <plugin JSON text>}` and
 /// `openid-connect-version: {"version": <hash of it>}`; a route without the
 /// plugin gets only an empty version (the filter then reads nothing more).
-fn oidc_metadata(stored: Option<&Value>) -> Metadata {
+/// A route with `hosts` also carries them, as a JSON list in
+/// `openid-connect.hosts` (the request hosts a login may make its redirect
+/// URI from), and its version covers them.
+fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> Metadata {
     let text = |s: String| PbValue {
         kind: Some(value::Kind::StringValue(s)),
     };
@@ -537,8 +541,16 @@ fn oidc_metadata(stored: Option<&Value>) -> Metadata {
     match stored {
         Some(stored) => {
             let config = stored.to_string();
-            let version = config_version(&config);
-            filter_metadata.insert(OIDC_NAMESPACE.to_string(), one("config", config));
+            let mut fields = one("config", config.clone());
+            let version = if hosts.is_empty() {
+                config_version(&config)
+            } else {
+                let hosts = Value::from(hosts.to_vec()).to_string();
+                let version = config_version(&format!("{config}\n{hosts}"));
+                fields.fields.insert("hosts".into(), text(hosts));
+                version
+            };
+            filter_metadata.insert(OIDC_NAMESPACE.to_string(), fields);
             filter_metadata.insert(OIDC_VERSION_NAMESPACE.to_string(), one("version", version));
         }
         None => {
@@ -1243,6 +1255,13 @@ mod tests {
             return None;
         }
         assert_eq!(md.filter_metadata.len(), 2);
+        if md.filter_metadata[OIDC_NAMESPACE].fields.len() == 2 {
+            // With hosts: the version covers them.
+            let hosts = text(OIDC_NAMESPACE, "hosts");
+            let config = text(OIDC_NAMESPACE, "config");
+            assert_eq!(version, config_version(&format!("{config}\n{hosts}")));
+            return Some((config, version));
+        }
         assert_eq!(md.filter_metadata[OIDC_NAMESPACE].fields.len(), 1);
         Some((text(OIDC_NAMESPACE, "config"), version))
     }

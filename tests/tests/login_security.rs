@@ -378,3 +378,47 @@ fn the_callback_error_page_shows_no_attacker_text() {
         r.body
     );
 }
+
+/// Finding 2: the test provider, like the shipped Keycloak realm, sends
+/// codes only to registered redirect URIs (the tutorial's; a loopback one
+/// on any port), so a rewritten `redirect_uri` gets an error page there,
+/// never a code.
+#[test]
+fn the_provider_refuses_unregistered_redirect_uris() {
+    let dir = TestDir::for_current_test();
+    let provider = Provider::start(dir.path(), ProviderOptions::default());
+    let auth = |redirect: &str| {
+        let url = format!(
+            "{}/protocol/openid-connect/auth?response_type=code&client_id={CLIENT_ID}\
+             &scope=openid&state=s1&nonce=n1&redirect_uri={}",
+            provider.issuer(),
+            integration_tests::http::percent_encode(redirect)
+        );
+        request("GET", &url, &[], None).expect("the provider answers")
+    };
+    for evil in [
+        "http://evil.example/anything/callback",
+        "http://localhost:9080/anything/x/.apisix/redirect",
+        "http://localhost.evil.example:9080/anything/callback",
+        "https://localhost:9080/anything/callback",
+    ] {
+        let r = auth(evil);
+        assert_eq!(r.status, 400, "{evil}: {:?}", r.headers);
+        assert!(r.header("location").is_none(), "{evil}");
+        assert!(r.body.contains("redirect_uri"), "{evil}: {}", r.body);
+    }
+    for ok in [
+        "http://localhost:9080/anything/callback",
+        "http://localhost:41234/anything/callback",
+    ] {
+        let r = auth(ok);
+        assert!(
+            r.status == 302 || r.status == 303,
+            "{ok}: {} {}",
+            r.status,
+            r.body
+        );
+        let to = r.header("location").unwrap_or_default();
+        assert!(!to.contains("code="), "{ok}: the login page first: {to}");
+    }
+}

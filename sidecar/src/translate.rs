@@ -1530,7 +1530,7 @@ mod tests {
         p2["scope"] = json!("openid email");
         let r2 = run(&[(
             "oidc",
-            with_plugin(route("/anything/*", json!({"127.0.0.1:80": 1})), p2),
+            with_plugin(route("/anything/*", json!({"127.0.0.1:80": 1})), p2.clone()),
         )]);
         let (config2, version2) =
             metadata(&r2.route_configs[0].virtual_hosts[0].routes[0]).unwrap();
@@ -1538,6 +1538,32 @@ mod tests {
         assert_ne!(version2, version);
         // SHA-256("abc") starts with ba7816bf8f01cfea.
         assert_eq!(config_version("abc"), "ba7816bf8f01cfea");
+
+        // With hosts: they travel with the config, and the version covers
+        // them (another host list is another version).
+        let with_hosts = |hosts: Value| {
+            let mut r = with_plugin(route("/anything/*", json!({"127.0.0.1:80": 1})), p2.clone());
+            r["hosts"] = hosts;
+            let t = run(&[("oidc", r)]);
+            let md = t.route_configs[0].virtual_hosts[0].routes[0]
+                .metadata
+                .clone()
+                .unwrap();
+            let text = |k: &str| match &md.filter_metadata[OIDC_NAMESPACE].fields[k].kind {
+                Some(value::Kind::StringValue(s)) => s.clone(),
+                other => panic!("{k}: {other:?}"),
+            };
+            let version = match &md.filter_metadata[OIDC_VERSION_NAMESPACE].fields["version"].kind {
+                Some(value::Kind::StringValue(s)) => s.clone(),
+                other => panic!("{other:?}"),
+            };
+            (text("hosts"), version)
+        };
+        let (hosts, v1) = with_hosts(json!(["App.example", "*.apps.example"]));
+        assert_eq!(hosts, r#"["app.example","*.apps.example"]"#);
+        let (_, v2) = with_hosts(json!(["other.example"]));
+        assert_ne!(v1, v2);
+        assert_ne!(v1, version2);
     }
 
     fn tls_of(c: &Cluster) -> Option<UpstreamTlsContext> {

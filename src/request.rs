@@ -42,6 +42,15 @@ const CONFIG_PATH: [&str; 5] = [
     "openid-connect",
     "config",
 ];
+/// The route's `hosts` as a JSON list (the sidecar writes it for routes
+/// with hosts; the version covers it).
+const HOSTS_PATH: [&str; 5] = [
+    "xds",
+    "route_metadata",
+    "filter_metadata",
+    "openid-connect",
+    "hosts",
+];
 
 /// Identity headers only this filter may set: a client's own values never
 /// reach the upstream, nor do their spellings with `_` for `-` (an upstream
@@ -339,6 +348,8 @@ impl Request {
             Event::LoginStarted => m.login_started(),
             Event::LoggedIn => m.login_succeeded(),
             Event::LoginFailed(why) => {
+                // `why` may hold the callback's query text: {:?} escapes
+                // what could forge log lines.
                 log::info!("openid-connect: login failed: {why:?}");
                 m.login_failed();
             }
@@ -573,7 +584,9 @@ impl HttpContext for Request {
                 None => return Action::Continue,
             },
         };
-        let entry = self.vm.route(&version, || self.property(&CONFIG_PATH));
+        let entry = self.vm.route(&version, || {
+            (self.property(&CONFIG_PATH), self.property(&HOSTS_PATH))
+        });
 
         // One host call for all headers (names arrive lower-cased); values
         // that are not UTF-8 count as absent, or as malformed for

@@ -71,13 +71,31 @@ impl Vm {
 
     /// The route for a config `version`; `load` reads the config JSON only
     /// when this VM has not seen the version.
-    pub fn route(&self, version: &str, load: impl FnOnce() -> Option<String>) -> Rc<RouteEntry> {
+    /// `load` gives the config JSON and the route's hosts (a JSON list of
+    /// strings, when the route has hosts).
+    pub fn route(
+        &self,
+        version: &str,
+        load: impl FnOnce() -> (Option<String>, Option<String>),
+    ) -> Rc<RouteEntry> {
         if let Some(e) = self.routes.borrow().get(version) {
             return e.clone();
         }
         let route = match load() {
-            None => Err("the route has a config version but no config".to_string()),
-            Some(json) => Route::from_json(&json).map_err(|e| e.to_string()),
+            (None, _) => Err("the route has a config version but no config".to_string()),
+            (Some(json), hosts) => {
+                Route::from_json(&json)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut r| {
+                        if let Some(hosts) = hosts {
+                            r.hosts = serde_json::from_str(&hosts).map_err(|_| {
+                                "the route's hosts metadata is not a JSON list of strings"
+                                    .to_string()
+                            })?;
+                        }
+                        Ok(r)
+                    })
+            }
         };
         if let Err(e) = &route {
             log::error!("openid-connect: route config version {version:?} is unusable: {e:?}");

@@ -56,6 +56,7 @@ impl BrowserRequest {
             host: &self.host,
             path: &self.path,
             accept: self.accept.as_deref(),
+            cookies: &self.cookies,
         }
     }
 
@@ -284,9 +285,23 @@ impl Flow {
         if let Some(state) = &q.state {
             let name = login::flow_cookie_name(route, state);
             if self.req.cookies.iter().any(|(k, _)| *k == name) {
-                let attrs = self.cookie_attrs(cfg);
+                // Flow cookies live on the callback path.
+                let mut attrs = self.cookie_attrs(cfg);
+                attrs.path = self.req.path_only().to_string();
                 self.set_cookies
                     .extend(session::clear_cookies(&name, &[], &attrs));
+            }
+            if let Some(rest) = login::flow_index_without(route, &self.req.cookies, state) {
+                let mut attrs = self.cookie_attrs(cfg);
+                let index = login::flow_index_name(route);
+                if rest.is_empty() {
+                    self.set_cookies
+                        .extend(session::clear_cookies(&index, &[], &attrs));
+                } else {
+                    attrs.max_age = Some(login::FLOW_TTL);
+                    self.set_cookies
+                        .push(session::set_cookie(&index, &rest, &attrs));
+                }
             }
         }
         if let Some(error) = q.error {
@@ -297,6 +312,9 @@ impl Flow {
         }
         match (flow, q.code) {
             (None, _) => Stage::Failed(CallbackError::NoFlow),
+            (Some(flow), _) if !login::is_flow_redirect(&flow, &self.req.facts()) => {
+                Stage::Failed(CallbackError::ElsewhereThanStarted)
+            }
             (Some(_), None) => Stage::Failed(CallbackError::MissingCode),
             (Some(flow), Some(code)) => Stage::Callback { flow, code },
         }
@@ -346,7 +364,9 @@ impl Flow {
                     let Some(endpoint) = m.token_endpoint.as_deref() else {
                         return self.unavailable(route, "the provider has no token_endpoint");
                     };
-                    let redirect = login::redirect_uri_at_callback(route, &self.req.facts());
+                    // Only the redirect URI this login sent (stored in the
+                    // flow), never one made from this request.
+                    let redirect = flow.redirect_uri.clone();
                     match callback::token_request(route, endpoint, &redirect, &code, &flow) {
                         Ok(req) => {
                             self.stage = Stage::AwaitTokens { flow };
@@ -515,6 +535,11 @@ impl Flow {
         rng: &mut dyn Entropy,
         now: u64,
     ) -> Step {
+        if let Err(login::StartError::ForeignHost(host)) =
+            login::check_host(route, &self.req.facts())
+        {
+            return self.foreign_host(&host);
+        }
         match login::host_correction(route, &self.req.facts()) {
             Ok(Some(location)) => {
                 return self.respond(Reply::redirect(&location), Event::HostCorrected)
@@ -552,11 +577,12 @@ impl Flow {
             }
             Ok(Start::Authorize {
                 location,
-                set_cookie,
+                set_cookies,
             }) => {
-                self.set_cookies.push(set_cookie);
+                self.set_cookies.extend(set_cookies);
                 self.respond(Reply::redirect(&location), Event::LoginStarted)
             }
+            Err(login::StartError::ForeignHost(host)) => self.foreign_host(&host),
             Err(e) => self.misconfigured(format!("{e:?}")),
         }
     }
@@ -842,6 +868,24 @@ impl Flow {
         self.respond(reply, Event::Misconfigured(why))
     }
 
+    /// A login that would make its redirect URI from a host the route does
+    /// not serve: 400, no provider call.
+    fn foreign_host(&mut self, host: &str) -> Step {
+        let reply = Reply::page(
+            400,
+            "Login not possible here",
+            "This address cannot start a login: its host is not one this site signs in on.",
+            None,
+        );
+        self.respond(
+            reply,
+            Event::LoginFailed(format!(
+                "a login on host {host} refused: not one of the route's hosts and not loopback \
+                 (give the route \"hosts\" or an absolute redirect_uri)"
+            )),
+        )
+    }
+
     /// A callback that cannot finish: a page that says why, with a link to
     /// start again (never a redirect, so never a loop).
     fn failed(&mut self, e: CallbackError) -> Step {
@@ -852,7 +896,7 @@ impl Flow {
             &e.to_string(),
             Some((link.as_str(), "Sign in again")),
         );
-        self.respond(reply, Event::LoginFailed(e.to_string()))
+        self.respond(reply, Event::LoginFailed(e.log_text()))
     }
 }
 
@@ -1243,8 +1287,12 @@ mod tests {
             assert_eq!(query_param(&location, k).as_deref(), Some(v), "{k}");
         }
         let state = query_param(&location, "state").unwrap();
-        assert_eq!(cookies.len(), 1);
+        assert_eq!(cookies.len(), 2);
         assert_eq!(cookies[0].0, format!("session_flow_{state}"));
+        assert_eq!(
+            (cookies[1].0.as_str(), cookies[1].1.as_str()),
+            ("session_flow_index", state.as_str())
+        );
     }
 
     #[test]
@@ -1849,8 +1897,14 @@ mod tests {
 
     #[test]
     fn default_redirect_uri_round_trip() {
-        let r = route(json!({"redirect_uri": null, "set_userinfo_header": false}));
+        let mut r = route(json!({"redirect_uri": null, "set_userinfo_header": false}));
         let mut p = Provider::new();
+        // A host the route does not serve makes no redirect URI.
+        let flow = Flow::begin(&r, request("gw", "/app/page", &[]), NOW);
+        let (reply, _) = respond(p.drive(&r, flow, NOW, |_| panic!()));
+        assert_eq!(reply.status, 400);
+        assert!(p.fetches.is_empty());
+        r.hosts = vec!["gw".into()];
         let flow = Flow::begin(&r, request("gw", "/app/page", &[]), NOW);
         let (reply, _) = respond(p.drive(&r, flow, NOW, |_| panic!()));
         let location = header(&reply, "location").unwrap().to_string();

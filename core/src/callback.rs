@@ -59,6 +59,9 @@ pub enum CallbackError {
     NoFlow,
     /// Neither a code nor an error.
     MissingCode,
+    /// The callback arrived on another scheme, host or path than the
+    /// redirect URI its login sent (a code redeemed elsewhere).
+    ElsewhereThanStarted,
     /// The token endpoint refused the code (`invalid_grant`, ...).
     Refused(String),
     /// The token endpoint failed or answered nonsense.
@@ -81,17 +84,52 @@ impl CallbackError {
     }
 }
 
+/// The `error` codes of an authorization response (RFC 6749 4.1.2.1).
+pub const AUTHORIZATION_ERRORS: [&str; 7] = [
+    "invalid_request",
+    "unauthorized_client",
+    "access_denied",
+    "unsupported_response_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+];
+
+impl CallbackError {
+    /// The text for logs: [`Display`](std::fmt::Display)'s, and for a
+    /// provider error the values as sent (attacker text: the adapter logs
+    /// it with `{:?}`).
+    pub fn log_text(&self) -> String {
+        match self {
+            CallbackError::Provider { error, description } => format!(
+                "the identity provider refused the login: error={error} error_description={}",
+                description.as_deref().unwrap_or("")
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for CallbackError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CallbackError::Provider { error, description } => match description {
-                Some(d) => write!(f, "the identity provider refused the login: {error} ({d})"),
-                None => write!(f, "the identity provider refused the login: {error}"),
-            },
+            // Anyone can send a browser to the callback with any text:
+            // a page shows only the codes RFC 6749 4.1.2.1 defines, never
+            // `error_description`.
+            CallbackError::Provider { error, .. } => {
+                if AUTHORIZATION_ERRORS.contains(&error.as_str()) {
+                    write!(f, "the identity provider refused the login: {error}")
+                } else {
+                    f.write_str("the identity provider refused the login")
+                }
+            }
             CallbackError::NoFlow => {
                 f.write_str("this login was not started here or has expired; start again")
             }
             CallbackError::MissingCode => f.write_str("the callback carries no authorization code"),
+            CallbackError::ElsewhereThanStarted => {
+                f.write_str("this callback is not at the address its login was started for")
+            }
             CallbackError::Refused(e) => write!(f, "the token endpoint refused the code: {e}"),
             CallbackError::Unavailable(e) => write!(f, "the token endpoint failed: {e}"),
             CallbackError::BadIdToken(e) | CallbackError::UnknownKey(e) => {
@@ -266,6 +304,7 @@ mod tests {
             nonce: "n-123".into(),
             code_verifier: verifier.map(str::to_string),
             original_url: "http://gw/anything/test".into(),
+            redirect_uri: "http://gw/anything/callback".into(),
             created_at: NOW,
         }
     }

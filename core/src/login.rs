@@ -20,6 +20,15 @@ use crate::session::{self, SessionKey};
 /// How long a started login may take before its flow cookie is refused.
 pub const FLOW_TTL: u64 = 600;
 
+/// Flow cookies a browser keeps at most: starting one more login expires
+/// the oldest (see [`flow_index_name`]), so pages that start logins in a
+/// loop cannot pile up cookies until every request is too large (431).
+pub const MAX_FLOWS: usize = 4;
+
+/// The longest original URL a flow keeps (bytes); a longer one is replaced
+/// by the host's `/`, so a flow cookie stays well under a browser's 4 KB.
+pub const MAX_ORIGINAL_URL: usize = 1536;
+
 /// The random bytes one login start needs: `state`, `nonce`, PKCE
 /// verifier, and the flow cookie's AES-GCM nonce.
 pub struct LoginRandom {
@@ -39,6 +48,8 @@ pub struct RequestFacts<'a> {
     /// Path and query.
     pub path: &'a str,
     pub accept: Option<&'a str>,
+    /// The request's cookies (the flow index is read at a login start).
+    pub cookies: &'a [(String, String)],
 }
 
 /// A browser navigation asks for HTML; API clients (curl, fetch) do not.
@@ -66,6 +77,91 @@ pub fn redirect_uri(route: &Route, req: &RequestFacts<'_>) -> String {
             format!("{base}{path}/.apisix/redirect")
         }
     }
+}
+
+/// Whether the redirect URI is made from the request's own host (no
+/// `redirect_uri`, or a path).
+pub fn redirect_uses_request_host(route: &Route) -> bool {
+    route
+        .config
+        .redirect_uri
+        .as_deref()
+        .is_none_or(|u| u.starts_with('/'))
+}
+
+/// Whether a request's `Host` may become the host of the redirect URI
+/// (when [`redirect_uses_request_host`]): one of the route's `hosts`
+/// (APISIX patterns: exact, or `*.example.com` for any subdomain), or a
+/// loopback name (`localhost`, `127.0.0.0/8`, `[::1]`): a code sent to a
+/// loopback redirect URI stays on the user's own machine, so no one else
+/// can have it issued there (RFC 8252 7.3 treats loopback the same way).
+/// Any other host is the attacker's choice on a host-less route: the
+/// provider would send the victim's code to the attacker's host.
+pub fn host_allowed(route: &Route, authority: &str) -> bool {
+    let host = host_name(authority);
+    if host.is_empty() {
+        return false;
+    }
+    if host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    {
+        return true;
+    }
+    route.hosts.iter().any(|pattern| {
+        let pattern = pattern.to_ascii_lowercase();
+        match pattern.strip_prefix("*.") {
+            Some(suffix) => host
+                .strip_suffix(suffix)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => host == pattern,
+        }
+    })
+}
+
+/// The host of an authority (`Host` header value), lower case, without
+/// port or trailing dot.
+fn host_name(authority: &str) -> String {
+    let host = if authority.starts_with('[') {
+        match authority.find(']') {
+            Some(i) => &authority[..=i],
+            None => authority,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        }
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Refuses a login whose redirect URI would be made from a host the route
+/// does not serve (see [`host_allowed`]).
+pub fn check_host(route: &Route, req: &RequestFacts<'_>) -> Result<(), StartError> {
+    if redirect_uses_request_host(route) && !host_allowed(route, req.host) {
+        return Err(StartError::ForeignHost(req.host.to_string()));
+    }
+    Ok(())
+}
+
+/// Whether a callback request arrived where its flow's redirect URI
+/// points: same scheme, host, port and path. A code is only redeemed
+/// with the redirect URI it was issued for, and only where that URI is.
+pub fn is_flow_redirect(flow: &FlowState, req: &RequestFacts<'_>) -> bool {
+    let path = req.path.split('?').next().unwrap_or("/");
+    let (Ok(want), Ok(got)) = (
+        Url::parse(&flow.redirect_uri),
+        Url::parse(&format!("{}://{}{path}", req.scheme, req.host)),
+    ) else {
+        return false;
+    };
+    want.scheme() == got.scheme()
+        && want.host_str() == got.host_str()
+        && want.port_or_known_default() == got.port_or_known_default()
+        && want.path() == got.path()
 }
 
 /// Where to send a browser whose host is not the redirect URI's: the same
@@ -107,18 +203,6 @@ fn redirect_path(uri: &str) -> String {
     }
 }
 
-/// The redirect URI as sent in the authorization request, seen from the
-/// callback request (the token request must repeat it exactly).
-pub fn redirect_uri_at_callback(route: &Route, req: &RequestFacts<'_>) -> String {
-    match &route.config.redirect_uri {
-        Some(_) => redirect_uri(route, req),
-        None => {
-            let path = req.path.split('?').next().unwrap_or("/");
-            format!("{}://{}{path}", req.scheme, req.host)
-        }
-    }
-}
-
 /// A page to start a login again from, for a callback that cannot finish:
 /// the protected path the default redirect URI was made from, else the
 /// callback path's parent.
@@ -146,6 +230,10 @@ pub struct FlowState {
     /// Where the browser goes once logged in.
     #[serde(rename = "u")]
     pub original_url: String,
+    /// The redirect URI sent in the authorization request: the callback
+    /// must arrive there, and the token request repeats it.
+    #[serde(rename = "r")]
+    pub redirect_uri: String,
     #[serde(rename = "t")]
     pub created_at: u64,
 }
@@ -160,8 +248,9 @@ pub enum Start {
     /// 302 to the provider, setting the flow cookie.
     Authorize {
         location: String,
-        /// `Set-Cookie` header value of the flow cookie.
-        set_cookie: String,
+        /// `Set-Cookie` header values: the flow cookie, the flow index,
+        /// and expired older flow cookies.
+        set_cookies: Vec<String>,
     },
 }
 
@@ -170,17 +259,62 @@ pub enum Start {
 pub enum StartError {
     /// The configured or discovered URL cannot be used.
     BadUrl(String),
+    /// The redirect URI would be made from this request host, which is
+    /// neither one of the route's `hosts` nor a loopback name.
+    ForeignHost(String),
 }
 
-/// The flow cookie's name for a `state`.
-pub fn flow_cookie_name(route: &Route, state: &str) -> String {
-    let base = route
+fn cookie_base(route: &Route) -> &str {
+    route
         .config
         .session
         .as_ref()
         .map(|s| s.cookie_name.as_str())
-        .unwrap_or("session");
-    format!("{base}_flow_{state}")
+        .unwrap_or("session")
+}
+
+/// The flow cookie's name for a `state`.
+pub fn flow_cookie_name(route: &Route, state: &str) -> String {
+    format!("{}_flow_{state}", cookie_base(route))
+}
+
+/// The flow index cookie (`<cookie_name>_flow_index`, on the session's
+/// cookie path): the states of the browser's newest flows, `.`-separated.
+/// Flow cookies live on the callback path only, so a login start cannot
+/// see them; it reads this index to expire the flows beyond
+/// [`MAX_FLOWS`].
+pub fn flow_index_name(route: &Route) -> String {
+    format!("{}_flow_index", cookie_base(route))
+}
+
+/// At a callback for `state`: the flow index's new value without it
+/// (empty: expire the index), `None` when the request has no index.
+pub fn flow_index_without(
+    route: &Route,
+    cookies: &[(String, String)],
+    state: &str,
+) -> Option<String> {
+    let name = flow_index_name(route);
+    let (_, value) = cookies.iter().find(|(k, _)| *k == name)?;
+    let rest: Vec<&str> = value
+        .split('.')
+        .filter(|s| is_state(s) && *s != state)
+        .collect();
+    Some(rest.join("."))
+}
+
+/// Whether a text is a `state` this module makes (22 base64url characters).
+fn is_state(s: &str) -> bool {
+    s.len() == 22
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The path of a URL (the callback path of a redirect URI), `/` if none.
+fn url_path(u: &str) -> String {
+    Url::parse(u)
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|_| "/".into())
 }
 
 /// Starts a login for a browser navigation without a session.
@@ -193,6 +327,7 @@ pub fn start(
     now: u64,
 ) -> Result<Start, StartError> {
     let c = &route.config;
+    check_host(route, req)?;
     if let Some(location) = host_correction(route, req)? {
         return Ok(Start::HostCorrection { location });
     }
@@ -222,11 +357,16 @@ pub fn start(
         }
     }
 
+    let mut original_url = format!("{}://{}{}", req.scheme, req.host, req.path);
+    if original_url.len() > MAX_ORIGINAL_URL {
+        original_url = format!("{}://{}/", req.scheme, req.host);
+    }
     let flow = FlowState {
         state: state.clone(),
         nonce,
         code_verifier: verifier,
-        original_url: format!("{}://{}{}", req.scheme, req.host, req.path),
+        original_url,
+        redirect_uri: redirect.clone(),
         created_at: now,
     };
     let name = flow_cookie_name(route, &state);
@@ -249,9 +389,49 @@ pub fn start(
         attrs.same_site = crate::config::SameSite::Lax;
     }
     attrs.max_age = Some(FLOW_TTL);
+    // The index stays on the session's cookie path (a login start reads
+    // it); the flow cookie goes only to the callback.
+    let index_attrs = attrs.clone();
+    attrs.path = url_path(&redirect);
+    let mut set_cookies = vec![session::set_cookie(&name, &value, &attrs)];
+
+    // The newest flows: this one and the MAX_FLOWS - 1 before it; older
+    // ones are expired (on this callback path: where a route's flows live
+    // when its redirect URI is fixed).
+    let index_name = flow_index_name(route);
+    let mut earlier: Vec<&str> = req
+        .cookies
+        .iter()
+        .find(|(k, _)| *k == index_name)
+        .map(|(_, v)| {
+            v.split('.')
+                .filter(|s| is_state(s) && *s != state)
+                .collect()
+        })
+        .unwrap_or_default();
+    earlier.dedup();
+    let keep_from = earlier.len().saturating_sub(MAX_FLOWS - 1);
+    let expired_attrs = session::CookieAttrs {
+        max_age: Some(0),
+        ..attrs.clone()
+    };
+    for old in &earlier[..keep_from] {
+        set_cookies.push(session::set_cookie(
+            &flow_cookie_name(route, old),
+            "",
+            &expired_attrs,
+        ));
+    }
+    let mut index: Vec<&str> = earlier[keep_from..].to_vec();
+    index.push(&state);
+    set_cookies.push(session::set_cookie(
+        &index_name,
+        &index.join("."),
+        &index_attrs,
+    ));
     Ok(Start::Authorize {
         location: url.to_string(),
-        set_cookie: session::set_cookie(&name, &value, &attrs),
+        set_cookies,
     })
 }
 
@@ -324,6 +504,7 @@ mod tests {
             host,
             path,
             accept: Some("text/html,application/xhtml+xml,*/*;q=0.8"),
+            cookies: &[],
         }
     }
 
@@ -375,7 +556,7 @@ mod tests {
         let r = route(json!({"authorization_params": {"prompt": "login"}}));
         let Start::Authorize {
             location,
-            set_cookie,
+            set_cookies,
         } = start(
             &r,
             AUTH,
@@ -388,6 +569,7 @@ mod tests {
         else {
             panic!("expected Authorize")
         };
+        let set_cookie = &set_cookies[0];
         assert!(location.starts_with(AUTH));
         let q = query(&location);
         assert_eq!(param(&q, "response_type").as_deref(), Some("code"));
@@ -426,7 +608,7 @@ mod tests {
         let r = route(json!({"use_pkce": true}));
         let Start::Authorize {
             location,
-            set_cookie,
+            set_cookies,
         } = start(
             &r,
             AUTH,
@@ -439,6 +621,7 @@ mod tests {
         else {
             panic!("expected Authorize")
         };
+        let set_cookie = &set_cookies[0];
         let q = query(&location);
         assert_eq!(param(&q, "code_challenge_method").as_deref(), Some("S256"));
         let state = param(&q, "state").unwrap();
@@ -460,7 +643,7 @@ mod tests {
     #[test]
     fn flow_cookies_are_refused_when_foreign_stale_or_for_another_state() {
         let r = route(json!({}));
-        let Start::Authorize { set_cookie, .. } = start(
+        let Start::Authorize { set_cookies, .. } = start(
             &r,
             AUTH,
             &facts("localhost:9080", "/x"),
@@ -471,6 +654,7 @@ mod tests {
         .unwrap() else {
             panic!()
         };
+        let set_cookie = &set_cookies[0];
         let (name, value) = set_cookie
             .split(';')
             .next()
@@ -510,11 +694,6 @@ mod tests {
         assert!(is_callback(&r, "/anything/callback"));
         assert!(!is_callback(&r, "/anything/callbackx"));
         assert!(!is_callback(&r, "/anything/test"));
-        let f = facts("localhost:9080", "/anything/callback?code=c&state=s");
-        assert_eq!(
-            redirect_uri_at_callback(&r, &f),
-            "http://localhost:9080/anything/callback"
-        );
 
         // APISIX's default: the protected path + /.apisix/redirect, which
         // is itself the redirect URI when the provider sends the browser
@@ -522,14 +701,9 @@ mod tests {
         let r = route(json!({"redirect_uri": null}));
         assert!(is_callback(&r, "/app/.apisix/redirect"));
         assert!(!is_callback(&r, "/app"));
-        let f = facts("gw", "/app/.apisix/redirect?code=c&state=s");
-        assert_eq!(
-            redirect_uri_at_callback(&r, &f),
-            "http://gw/app/.apisix/redirect"
-        );
         assert_eq!(
             redirect_uri(&r, &facts("gw", "/app")),
-            redirect_uri_at_callback(&r, &f)
+            "http://gw/app/.apisix/redirect"
         );
     }
 
@@ -563,10 +737,188 @@ mod tests {
             json!({"session": {"secret": "0123456789abcdef0123", "cookie_same_site": "Strict"}}),
         );
         let f = facts("localhost:9080", "/anything/test");
-        let Ok(Start::Authorize { set_cookie, .. }) = start(&r, AUTH, &f, &key(), &random(), NOW)
+        let Ok(Start::Authorize { set_cookies, .. }) = start(&r, AUTH, &f, &key(), &random(), NOW)
         else {
             panic!("a login starts")
         };
-        assert!(set_cookie.contains("SameSite=Lax"), "{set_cookie}");
+        assert!(set_cookies[0].contains("SameSite=Lax"), "{set_cookies:?}");
+    }
+
+    fn started(r: &Route, f: &RequestFacts<'_>, seed: u8) -> Vec<String> {
+        let mut rnd = random();
+        rnd.state = [seed; 16];
+        match start(r, AUTH, f, &key(), &rnd, NOW) {
+            Ok(Start::Authorize { set_cookies, .. }) => set_cookies,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flow_cookies_live_on_the_callback_path_and_only_the_newest_are_kept() {
+        let r = route(json!({}));
+        let mut jar: Vec<(String, String)> = Vec::new();
+        let mut states = Vec::new();
+        for seed in 1..=(MAX_FLOWS as u8 + 2) {
+            let f = RequestFacts {
+                cookies: &jar,
+                ..facts("localhost:9080", "/anything/test")
+            };
+            let cookies = started(&r, &f, seed);
+            let state = URL_SAFE_NO_PAD.encode([seed; 16]);
+            assert!(cookies[0].starts_with(&format!("session_flow_{state}=")));
+            assert!(
+                cookies[0].contains("; Path=/anything/callback;"),
+                "{cookies:?}"
+            );
+            let index = cookies.last().unwrap();
+            assert!(index.starts_with("session_flow_index="), "{index}");
+            assert!(index.contains("; Path=/;"), "{index}");
+            let expired: Vec<&String> =
+                cookies.iter().filter(|c| c.contains("Max-Age=0")).collect();
+            if states.len() >= MAX_FLOWS {
+                let oldest: &String = &states[states.len() - MAX_FLOWS];
+                assert_eq!(expired.len(), 1, "{cookies:?}");
+                assert!(expired[0].starts_with(&format!("session_flow_{oldest}=;")));
+                assert!(expired[0].contains("Path=/anything/callback"));
+            } else {
+                assert!(expired.is_empty(), "{cookies:?}");
+            }
+            states.push(state);
+            let value = index.split(';').next().unwrap().split_once('=').unwrap().1;
+            assert_eq!(value.split('.').count(), states.len().min(MAX_FLOWS));
+            jar = vec![("session_flow_index".into(), value.into())];
+        }
+        // Index entries that are not states are ignored (never a cookie name).
+        let jar = vec![("session_flow_index".to_string(), "a;b.x=y".to_string())];
+        let f = RequestFacts {
+            cookies: &jar,
+            ..facts("localhost:9080", "/anything/test")
+        };
+        assert_eq!(started(&r, &f, 9).len(), 2);
+    }
+
+    #[test]
+    fn long_original_urls_are_not_kept() {
+        let r = route(json!({}));
+        let long = format!("/anything/test?pad={}", "a".repeat(MAX_ORIGINAL_URL));
+        let f = facts("localhost:9080", &long);
+        let cookies = started(&r, &f, 1);
+        let (name, value) = cookies[0]
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap();
+        let jar = vec![(name.to_string(), value.to_string())];
+        let state = URL_SAFE_NO_PAD.encode([1u8; 16]);
+        let flow = read_flow(&r, &key(), &state, &jar, NOW).unwrap();
+        assert_eq!(flow.original_url, "http://localhost:9080/");
+        assert!(cookies[0].len() < 1024, "{}", cookies[0].len());
+        let f = facts("localhost:9080", "/anything/test?short=1");
+        let cookies = started(&r, &f, 1);
+        let (name, value) = cookies[0]
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap();
+        let jar = vec![(name.to_string(), value.to_string())];
+        let flow = read_flow(&r, &key(), &state, &jar, NOW).unwrap();
+        assert_eq!(
+            flow.original_url,
+            "http://localhost:9080/anything/test?short=1"
+        );
+        assert_eq!(flow.redirect_uri, "http://localhost:9080/anything/callback");
+    }
+
+    #[test]
+    fn the_request_host_makes_the_redirect_uri_only_when_the_route_serves_it() {
+        let mut r = route(json!({"redirect_uri": null}));
+        for host in [
+            "localhost:9080",
+            "LOCALHOST",
+            "127.0.0.1:9080",
+            "127.1.2.3",
+            "[::1]:80",
+        ] {
+            assert!(check_host(&r, &facts(host, "/app")).is_ok(), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "gw.example:9080",
+            "",
+            "localhost.evil.example",
+        ] {
+            assert_eq!(
+                check_host(&r, &facts(host, "/app")),
+                Err(StartError::ForeignHost(host.into()))
+            );
+            assert!(matches!(
+                start(&r, AUTH, &facts(host, "/app"), &key(), &random(), NOW),
+                Err(StartError::ForeignHost(_))
+            ));
+        }
+        r.hosts = vec!["gw.example".into(), "*.apps.example".into()];
+        for host in [
+            "gw.example:9080",
+            "GW.example.",
+            "a.apps.example",
+            "a.b.apps.example",
+        ] {
+            assert!(check_host(&r, &facts(host, "/app")).is_ok(), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "apps.example",
+            "xapps.example",
+            "gw.example.evil",
+        ] {
+            assert!(check_host(&r, &facts(host, "/app")).is_err(), "{host}");
+        }
+        // A relative redirect_uri too; an absolute one never uses the Host.
+        let r = route(json!({"redirect_uri": "/cb"}));
+        assert!(check_host(&r, &facts("evil.example", "/app")).is_err());
+        let r = route(json!({}));
+        assert!(check_host(&r, &facts("evil.example", "/app")).is_ok());
+    }
+
+    #[test]
+    fn callbacks_must_arrive_at_the_flows_redirect_uri() {
+        let flow = FlowState {
+            state: "s".into(),
+            nonce: "n".into(),
+            code_verifier: None,
+            original_url: "/".into(),
+            redirect_uri: "http://gw.example/app/.apisix/redirect".into(),
+            created_at: NOW,
+        };
+        let at = |scheme: &'static str, host: &'static str, path: &'static str| RequestFacts {
+            scheme,
+            ..facts(host, path)
+        };
+        assert!(is_flow_redirect(
+            &flow,
+            &at("http", "gw.example", "/app/.apisix/redirect?code=c")
+        ));
+        assert!(is_flow_redirect(
+            &flow,
+            &at("http", "GW.example:80", "/app/.apisix/redirect")
+        ));
+        assert!(!is_flow_redirect(
+            &flow,
+            &at("http", "evil.example", "/app/.apisix/redirect")
+        ));
+        assert!(!is_flow_redirect(
+            &flow,
+            &at("https", "gw.example", "/app/.apisix/redirect")
+        ));
+        assert!(!is_flow_redirect(
+            &flow,
+            &at("http", "gw.example:8080", "/app/.apisix/redirect")
+        ));
+        assert!(!is_flow_redirect(
+            &flow,
+            &at("http", "gw.example", "/other/.apisix/redirect")
+        ));
     }
 }

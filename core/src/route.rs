@@ -19,6 +19,10 @@ pub struct Route {
     pub algs: Vec<Alg>,
     /// The session cookie key, derived once from `session.secret`.
     pub session_key: Option<SessionKey>,
+    /// The route's `hosts` (APISIX patterns), from the route metadata:
+    /// the request hosts a login may make its redirect URI from (see
+    /// `login::host_allowed`). Empty: loopback hosts only.
+    pub hosts: Vec<String>,
 }
 
 impl Route {
@@ -52,6 +56,7 @@ impl Route {
             public_keys,
             algs,
             session_key,
+            hosts: Vec::new(),
         })
     }
 

@@ -817,6 +817,25 @@ fn routes_using(current: &Stored, id: &str) -> Vec<String> {
 }
 
 /// Validates the finished object and gives its stored form. A route's
+/// A login route (`bearer_only` false) whose redirect URI would come from
+/// the request's `Host` (no `redirect_uri`, or a path) must name its
+/// hosts: on a host-less route any `Host` reaches it, and the provider
+/// would send a user's code to the host an attacker chose. (The filter
+/// refuses such a login except on loopback hosts; refused here so that
+/// the mistake is seen when the route is written.)
+fn login_needs_a_host(spec: &RouteSpec, e: &mut Errors) {
+    let Some((_, c)) = &spec.oidc else { return };
+    let from_request = c.redirect_uri.as_deref().is_none_or(|u| u.starts_with('/'));
+    if !c.bearer_only && spec.hosts.is_empty() && from_request {
+        e.push(
+            &format!("plugins.{}.redirect_uri", crate::model::OIDC_PLUGIN),
+            "must be an absolute URL on a login route (bearer_only false) without \"hosts\" \
+             or \"host\": set one of them, else the redirect URI would be made from any \
+             request's Host header",
+        );
+    }
+}
+
 /// `upstream_id` must name a stored upstream; an upstream must still make
 /// a valid route of every route that names it.
 fn finish(
@@ -832,7 +851,8 @@ fn finish(
     let mut e = Errors::new();
     match kind {
         Kind::Route => {
-            RouteSpec::parse(id, &sent, &current.upstreams).map_err(Refusal::Bad)?;
+            let spec = RouteSpec::parse(id, &sent, &current.upstreams).map_err(Refusal::Bad)?;
+            login_needs_a_host(&spec, &mut e);
             if let Some(up) = sent.get("upstream") {
                 nodes.check(up, "upstream.", &mut e);
             }
@@ -1705,12 +1725,27 @@ mod tests {
             .is_none());
         assert_eq!(set["p"]["methods"], json!(["POST", "PUT"]));
 
-        // Turning login on: the session secret is generated, then kept.
+        // Turning login on without a redirect_uri: the route must name
+        // its hosts (the redirect URI would come from any Host).
         let a = api
             .call(
                 "PATCH",
                 "/apisix/admin/routes/p",
                 Some(r#"{"plugins": {"openid-connect": {"bearer_only": false}}}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+        let msg = a.body["error_msg"].as_str().unwrap();
+        assert!(
+            msg.contains("plugins.openid-connect.redirect_uri") && msg.contains("\"hosts\""),
+            "{msg}"
+        );
+        // With hosts: the session secret is generated, then kept.
+        let a = api
+            .call(
+                "PATCH",
+                "/apisix/admin/routes/p",
+                Some(r#"{"hosts": ["app.example"], "plugins": {"openid-connect": {"bearer_only": false}}}"#),
             )
             .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);

@@ -496,6 +496,7 @@ fn envoy_route(e: &Entry) -> Route {
         action: Some(route::Action::Route(route_action(e.spec))),
         metadata: Some(oidc_metadata(
             e.spec.oidc.as_ref().map(|(stored, _)| stored),
+            &e.spec.hosts,
         )),
         ..Default::default()
     }
@@ -526,7 +527,10 @@ fn method_matcher(methods: &[String]) -> Option<HeaderMatcher> {
 /// `openid-connect: {"config": <plugin JSON text>}` and
 /// `openid-connect-version: {"version": <hash of it>}`; a route without the
 /// plugin gets only an empty version (the filter then reads nothing more).
-fn oidc_metadata(stored: Option<&Value>) -> Metadata {
+/// A route with `hosts` also carries them, as a JSON list in
+/// `openid-connect.hosts` (the request hosts a login may make its redirect
+/// URI from), and its version covers them.
+fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> Metadata {
     let text = |s: String| PbValue {
         kind: Some(value::Kind::StringValue(s)),
     };
@@ -537,8 +541,16 @@ fn oidc_metadata(stored: Option<&Value>) -> Metadata {
     match stored {
         Some(stored) => {
             let config = stored.to_string();
-            let version = config_version(&config);
-            filter_metadata.insert(OIDC_NAMESPACE.to_string(), one("config", config));
+            let mut fields = one("config", config.clone());
+            let version = if hosts.is_empty() {
+                config_version(&config)
+            } else {
+                let hosts = Value::from(hosts.to_vec()).to_string();
+                let version = config_version(&format!("{config}\n{hosts}"));
+                fields.fields.insert("hosts".into(), text(hosts));
+                version
+            };
+            filter_metadata.insert(OIDC_NAMESPACE.to_string(), fields);
             filter_metadata.insert(OIDC_VERSION_NAMESPACE.to_string(), one("version", version));
         }
         None => {
@@ -1243,6 +1255,13 @@ mod tests {
             return None;
         }
         assert_eq!(md.filter_metadata.len(), 2);
+        if md.filter_metadata[OIDC_NAMESPACE].fields.len() == 2 {
+            // With hosts: the version covers them.
+            let hosts = text(OIDC_NAMESPACE, "hosts");
+            let config = text(OIDC_NAMESPACE, "config");
+            assert_eq!(version, config_version(&format!("{config}\n{hosts}")));
+            return Some((config, version));
+        }
         assert_eq!(md.filter_metadata[OIDC_NAMESPACE].fields.len(), 1);
         Some((text(OIDC_NAMESPACE, "config"), version))
     }
@@ -1511,7 +1530,7 @@ mod tests {
         p2["scope"] = json!("openid email");
         let r2 = run(&[(
             "oidc",
-            with_plugin(route("/anything/*", json!({"127.0.0.1:80": 1})), p2),
+            with_plugin(route("/anything/*", json!({"127.0.0.1:80": 1})), p2.clone()),
         )]);
         let (config2, version2) =
             metadata(&r2.route_configs[0].virtual_hosts[0].routes[0]).unwrap();
@@ -1519,6 +1538,32 @@ mod tests {
         assert_ne!(version2, version);
         // SHA-256("abc") starts with ba7816bf8f01cfea.
         assert_eq!(config_version("abc"), "ba7816bf8f01cfea");
+
+        // With hosts: they travel with the config, and the version covers
+        // them (another host list is another version).
+        let with_hosts = |hosts: Value| {
+            let mut r = with_plugin(route("/anything/*", json!({"127.0.0.1:80": 1})), p2.clone());
+            r["hosts"] = hosts;
+            let t = run(&[("oidc", r)]);
+            let md = t.route_configs[0].virtual_hosts[0].routes[0]
+                .metadata
+                .clone()
+                .unwrap();
+            let text = |k: &str| match &md.filter_metadata[OIDC_NAMESPACE].fields[k].kind {
+                Some(value::Kind::StringValue(s)) => s.clone(),
+                other => panic!("{k}: {other:?}"),
+            };
+            let version = match &md.filter_metadata[OIDC_VERSION_NAMESPACE].fields["version"].kind {
+                Some(value::Kind::StringValue(s)) => s.clone(),
+                other => panic!("{other:?}"),
+            };
+            (text("hosts"), version)
+        };
+        let (hosts, v1) = with_hosts(json!(["App.example", "*.apps.example"]));
+        assert_eq!(hosts, r#"["app.example","*.apps.example"]"#);
+        let (_, v2) = with_hosts(json!(["other.example"]));
+        assert_ne!(v1, v2);
+        assert_ne!(v1, version2);
     }
 
     fn tls_of(c: &Cluster) -> Option<UpstreamTlsContext> {

@@ -20,6 +20,12 @@
 //                     and userinfo carry Keycloak's `realm_access.roles` with
 //                     that many 40-character roles (large tokens, large
 //                     browser sessions)
+//   REDIRECT_URIS     the client's exact redirect URIs, space-separated;
+//                     default the tutorial's
+//                     http://localhost:9080/anything/callback. Any other is
+//                     refused at the authorization endpoint, except that a
+//                     loopback one (localhost, 127.0.0.1, [::1]) may come
+//                     on any port (RFC 8252 7.3): tests run on free ports.
 //
 // Prints `ready <issuer>` on stdout once listening. Never logs tokens,
 // secrets or passwords.
@@ -54,6 +60,16 @@ const EXTRA_ROLES = /^\d+$/.test(process.env.EXTRA_ROLES || '0')
   ? Number.parseInt(process.env.EXTRA_ROLES || '0', 10) : Number.NaN;
 if (!Number.isInteger(EXTRA_ROLES) || EXTRA_ROLES > 10_000) {
   fail('EXTRA_ROLES must be a whole number from 0 to 10000');
+}
+
+const REDIRECT_URIS = (process.env.REDIRECT_URIS || 'http://localhost:9080/anything/callback')
+  .split(/\s+/).filter(Boolean);
+for (const u of REDIRECT_URIS) {
+  try {
+    new URL(u);
+  } catch {
+    fail(`REDIRECT_URIS: ${JSON.stringify(u)} is not a URL`);
+  }
 }
 
 let issuerUrl;
@@ -388,8 +404,8 @@ const configuration = {
     client_id: CLIENT_ID,
     client_secret: CLIENT_SECRET,
     client_name: 'APISIX quickstart client',
-    // Any redirect URI is accepted (Keycloak's `*`), see redirectUriAllowed below.
-    redirect_uris: ['http://127.0.0.1/callback'],
+    // Exact redirect URIs, see redirectUriAllowed below.
+    redirect_uris: REDIRECT_URIS,
     post_logout_redirect_uris: ['http://127.0.0.1/logged-out'],
     grant_types: ['authorization_code', 'refresh_token', 'client_credentials', 'password'],
     response_types: ['code'],
@@ -525,7 +541,8 @@ const provider = new Provider(ISSUER, configuration);
 // fixed hostname); see the request handler below.
 provider.proxy = true;
 
-// Keycloak's `*` redirect URI: any absolute http(s) URL.
+// Post-logout redirect URIs (the realm's `post.logout.redirect.uris: *`):
+// any absolute http(s) URL.
 function anyHttpUrl(value) {
   try {
     const url = new URL(value);
@@ -534,7 +551,30 @@ function anyHttpUrl(value) {
     return false;
   }
 }
-provider.Client.prototype.redirectUriAllowed = anyHttpUrl;
+// Redirect URIs: exactly one of REDIRECT_URIS (scheme, host, port, path,
+// query), the port free for loopback hosts (RFC 8252 7.3). Never `*`: a
+// provider that sends codes anywhere lets an attacker collect them.
+const LOOPBACK = new Set(['localhost', '127.0.0.1', '[::1]']);
+function registeredRedirectUri(value) {
+  let url;
+  try {
+    url = new URL(value);
+  } catch {
+    return false;
+  }
+  if (url.hash) {
+    return false;
+  }
+  return REDIRECT_URIS.some((r) => {
+    const want = new URL(r);
+    return url.protocol === want.protocol
+      && url.hostname === want.hostname
+      && (url.port === want.port || LOOPBACK.has(want.hostname))
+      && url.pathname === want.pathname
+      && url.search === want.search;
+  });
+}
+provider.Client.prototype.redirectUriAllowed = registeredRedirectUri;
 provider.Client.prototype.postLogoutRedirectUriAllowed = anyHttpUrl;
 // Keycloak always puts the session id (sid) into ID tokens.
 provider.Client.prototype.includeSid = () => true;

@@ -25,7 +25,16 @@ fn pgrep(pattern: &str) -> Vec<String> {
 #[test]
 fn login_through_provider_page() {
     let dir = TestDir::for_current_test();
-    let provider = Provider::start(dir.path(), ProviderOptions::default());
+    // The provider sends codes only to registered redirect URIs (a
+    // loopback one on any port).
+    let options = ProviderOptions {
+        env: vec![(
+            "REDIRECT_URIS".into(),
+            "http://127.0.0.1/anything/cb".into(),
+        )],
+        ..ProviderOptions::default()
+    };
+    let provider = Provider::start(dir.path(), options);
     let httpbin = Httpbin::start(dir.path());
 
     let browser = Browser::start(dir.path());

@@ -120,17 +120,29 @@ fn login_route_redirects_cookies_and_pages() {
         Some("S256")
     );
     let state = query_param(&location, "state").unwrap();
+    // The flow cookie (for the callback path only) and the flow index
+    // (the newest flows' states, read when a login starts).
     let cookies = set_cookies(&r);
-    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
     let flow = cookies[0];
     assert!(
         flow.starts_with(&format!("session_flow_{state}=")),
         "{flow}"
     );
-    for attr in ["HttpOnly", "SameSite=Lax", "Max-Age=600", "Path=/"] {
+    for attr in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Max-Age=600",
+        "Path=/anything/callback;",
+    ] {
         assert!(flow.contains(attr), "{attr} in {flow}");
     }
     assert!(!flow.contains("Secure"), "plain HTTP: {flow}");
+    assert!(
+        cookies[1].starts_with(&format!("session_flow_index={state}; Path=/;")),
+        "{}",
+        cookies[1]
+    );
     // Two starts, two states.
     let again = get_as(&gw, &local_host, "/anything/test", &[("accept", HTML)]);
     let state2 = query_param(again.header("location").unwrap(), "state").unwrap();

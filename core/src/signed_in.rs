@@ -258,6 +258,34 @@ mod tests {
     }
 
     #[test]
+    fn the_access_token_always_has_an_expiry() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let r = route(json!({}));
+        let jwt = |exp: u64| {
+            let p = URL_SAFE_NO_PAD.encode(json!({"exp": exp}).to_string());
+            format!("eyJhbGciOiJSUzI1NiJ9.{p}.c2ln")
+        };
+        // expires_in first, then the JWT's exp, then the configured value,
+        // then an hour.
+        assert_eq!(r.access_expiry(Some(60), &jwt(NOW + 5), NOW), NOW + 60);
+        assert_eq!(r.access_expiry(None, &jwt(NOW + 5), NOW), NOW + 5);
+        assert_eq!(r.access_expiry(None, "opaque", NOW), NOW + 3600);
+        let configured = route(json!({"access_token_expires_in": 120}));
+        assert_eq!(configured.access_expiry(None, "opaque", NOW), NOW + 120);
+        let mut s = session();
+        let t = Tokens {
+            access_token: Secret::new("opaque"),
+            id_token: Some(Secret::new("unverified.id.token")),
+            refresh_token: None,
+            expires_in: None,
+        };
+        apply_refresh(&r, &mut s, t, None, NOW);
+        assert_eq!(s.access_expires_at, Some(NOW + 3600));
+        // An ID token without verified claims is not taken.
+        assert_eq!(s.id_token.as_ref().unwrap().expose(), "raw.id.token");
+    }
+
+    #[test]
     fn logout_destinations() {
         let s = session();
         let r = route(json!({"post_logout_redirect_uri": "http://gw/bye"}));

@@ -445,6 +445,15 @@ fn the_callback_error_page_shows_no_attacker_text() {
         "{}",
         r.body
     );
+    // The log has the text, escaped: no line of the attacker's making.
+    let log = wait_for("the login-failed log line", Duration::from_secs(5), || {
+        let log = std::fs::read_to_string(envoy.log_path()).unwrap_or_default();
+        log.contains("0800-EVIL\\nforged").then_some(log)
+    });
+    assert!(
+        !log.lines().any(|l| l.starts_with("forged log line")),
+        "a forged log line"
+    );
 }
 
 /// Finding 2: the test provider, like the shipped Keycloak realm, sends

@@ -260,13 +260,16 @@ async function main() {
   // right password, code, PKCE, logout.
   {
     const jar = new Jar();
-    const redirectUri = 'http://127.0.0.1:9/any/callback';
+    const redirectUri = 'http://localhost:9/anything/callback'; // registered (any loopback port)
     const verifier = crypto.randomBytes(32).toString('base64url');
     const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
     const authUrl = `${disco.authorization_endpoint}?${form({
       client_id: CLIENT_ID, response_type: 'code', scope: 'openid profile email', redirect_uri: redirectUri,
       state: 'st4te', nonce: 'n0nce', code_challenge: challenge, code_challenge_method: 'S256',
     })}`;
+    const evil = await jar.fetch(authUrl.replace(encodeURIComponent(redirectUri), encodeURIComponent('http://evil.example/anything/callback')));
+    check(evil.status === 400 && !evil.headers.get('location'),
+      'an unregistered redirect_uri -> 400, no redirect', evil.status);
     const r1 = await jar.fetch(authUrl);
     const loginUrl = new URL(r1.headers.get('location') ?? '', issuer).href;
     check((r1.status === 303 || r1.status === 302) && loginUrl.startsWith(`${issuer}/login-actions/authenticate/`),
@@ -287,7 +290,7 @@ async function main() {
     const cb = new URL(r5.headers.get('location') ?? 'http://invalid/');
     check((r5.status === 303 || r5.status === 302) && `${cb.origin}${cb.pathname}` === redirectUri
       && cb.searchParams.get('code') && cb.searchParams.get('state') === 'st4te' && cb.searchParams.get('iss') === issuer,
-    'consent is implied: redirect to any redirect_uri with code, state, iss', `${r5.status} ${cb.href.replace(/code=[^&]+/, 'code=...')}`);
+    'consent is implied: redirect to the registered redirect_uri with code, state, iss', `${r5.status} ${cb.href.replace(/code=[^&]+/, 'code=...')}`);
     const tok = await post(disco.token_endpoint, {
       grant_type: 'authorization_code', code: cb.searchParams.get('code'), redirect_uri: redirectUri, code_verifier: verifier,
     }, { Authorization: BASIC });

@@ -1,7 +1,7 @@
 //! The node OpenID provider in `tests/provider` (npm `oidc-provider` shaped
 //! like Keycloak's `quickstart-realm`): `node tests/provider/server.js` with
 //! `PORT`, and optionally `KEY_FILE`, `ACCESS_TOKEN_TTL`, `CLIENT_SECRET`,
-//! `EXTRA_ROLES`.
+//! `EXTRA_ROLES`, `REDIRECT_URIS` (through [`ProviderOptions::env`]).
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -116,7 +116,9 @@ fn a_put_on_one_sidecar_is_served_by_the_others_envoy() {
     );
 
     // The keys are APISIX's, the values the stored objects (real secrets).
-    let login = json!({"uri": "/login/*", "plugins": {"openid-connect": {
+    // (A login route whose redirect URI comes from the request names its
+    // hosts.)
+    let login = json!({"uri": "/login/*", "hosts": ["login.test"], "plugins": {"openid-connect": {
         "client_id": "c", "client_secret": "the-client-secret-0123456789",
         "discovery": "http://127.0.0.1:9/.well-known/openid-configuration"}},
         "upstream": {"nodes": {format!("127.0.0.1:{one}"): 1}}});

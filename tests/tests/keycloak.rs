@@ -106,6 +106,29 @@ fn tutorial_flows_against_keycloak() {
     let disc = keycloak.discovery_url();
     let port = gw.proxy_port;
 
+    // The realm's exact redirect URIs: Keycloak sends codes to the
+    // tutorial's (a localhost one on any port), never to another host or
+    // path (an error page, no redirect).
+    let auth = |redirect: &str| {
+        let url = format!(
+            "{}/protocol/openid-connect/auth?response_type=code&client_id={CLIENT_ID}\
+             &scope=openid&state=s1&nonce=n1&redirect_uri={}",
+            keycloak.issuer(),
+            integration_tests::http::percent_encode(redirect)
+        );
+        get(&url, &[]).expect("Keycloak answers")
+    };
+    for evil in [
+        "http://evil.example/anything/callback",
+        format!("http://localhost:{port}/anything/x/.apisix/redirect").as_str(),
+    ] {
+        let r = auth(evil);
+        assert_eq!(r.status, 400, "{evil}: {}", r.body);
+        assert!(r.body.contains("redirect_uri"), "{evil}: {}", r.body);
+    }
+    let r = auth(&format!("http://localhost:{port}/anything/callback"));
+    assert_eq!(r.status, 200, "the login page: {}", r.body);
+
     // Client credentials, tokens checked with the JWKS.
     put_route(&gw, &kc_route("\"use_jwks\": true,", &disc, &node, port));
     let cc = keycloak.token(&[("grant_type", "client_credentials")]);

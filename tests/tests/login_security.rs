@@ -17,9 +17,10 @@
 
 use std::time::Duration;
 
+use integration_tests::browser::Browser;
 use integration_tests::gateway::Gateway;
 use integration_tests::http::request;
-use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET};
+use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET, PASSWORD, USER};
 use integration_tests::{
     free_port, wait_for, Envoy, EnvoyConfig, Provider, ProviderOptions, Response, Route, TestDir,
 };
@@ -206,6 +207,73 @@ fn a_callback_on_another_host_is_refused() {
         .any(|c| c.starts_with(&format!("session_flow_{state}=;")) && c.contains("Max-Age=0")));
 }
 
+/// Finding 2, the whole attack (the review's steps) against a provider
+/// that, like a realm with `*`, would send a code to the attacker's host:
+/// the attacker starts a login at the gateway and keeps its flow cookie,
+/// rewrites the authorization URL's `redirect_uri` to their host and has
+/// a signed-in victim open it; the provider sends the victim's code there;
+/// the attacker replays it to the gateway with `Host` = their host. The
+/// gateway used to compute that very redirect URI from `Host`, redeem the
+/// victim's code and give the attacker the victim's session.
+#[test]
+fn an_injected_authorization_code_gives_no_session() {
+    let dir = TestDir::for_current_test();
+    let evil = "http://evil.invalid/anything/x/.apisix/redirect";
+    let options = ProviderOptions {
+        env: vec![(
+            "REDIRECT_URIS".into(),
+            format!("http://localhost/anything/x/.apisix/redirect {evil}"),
+        )],
+        ..ProviderOptions::default()
+    };
+    let provider = Provider::start(dir.path(), options);
+    let envoy = envoy(&dir, &provider, json!({}));
+    let local = format!("localhost:{}", envoy.port);
+
+    // 1. The attacker's own login start.
+    let r = wait_for("the login route", Duration::from_secs(10), || {
+        let r = get_as(&envoy.url("/anything/x"), &local, &[]);
+        (r.status == 302).then_some(r)
+    });
+    let authorize = r.header("location").unwrap().to_string();
+    let state = query_param(&authorize, "state").unwrap();
+    let mut jar = Jar::default();
+    jar.take(&r);
+    // 2. The rewritten link, opened by the victim, who logs in.
+    let ours = integration_tests::http::percent_encode(&format!(
+        "http://{local}/anything/x/.apisix/redirect"
+    ));
+    assert!(authorize.contains(&ours), "{authorize}");
+    let link = authorize.replace(&ours, &integration_tests::http::percent_encode(evil));
+    let browser = Browser::start(dir.path());
+    browser.goto(&link);
+    browser.wait_for_element("#kc-form-login", Duration::from_secs(15));
+    browser.login(USER, PASSWORD);
+    let landed = browser.wait_for_url(Duration::from_secs(15), |u| u.starts_with(evil));
+    let code = query_param(&landed, "code").expect("the provider sent the code to evil.invalid");
+    drop(browser);
+
+    // 3. The attacker replays it with their flow cookie and Host. (Before
+    // the fix: 302 to the page with the victim's session cookie.)
+    let callback = format!("/anything/x/.apisix/redirect?code={code}&state={state}");
+    let cookie = jar.header(&callback);
+    let calls = provider_calls(&envoy);
+    let r = get_as(
+        &envoy.url(&callback),
+        "evil.invalid",
+        &[("cookie", &cookie)],
+    );
+    assert_eq!(r.status, 400, "{:?} {}", r.headers, r.body);
+    assert!(
+        !r.header_all("set-cookie")
+            .iter()
+            .any(|c| c.starts_with("session=")),
+        "no session: {:?}",
+        r.headers
+    );
+    assert_eq!(provider_calls(&envoy), calls, "the code is not redeemed");
+}
+
 /// Finding 2, through the sidecar: a login route whose redirect URI would
 /// come from the request's Host must name its hosts; with them, the
 /// filter makes the redirect URI from the request's host when it is one
@@ -376,6 +444,15 @@ fn the_callback_error_page_shows_no_attacker_text() {
         r.body.contains("the identity provider refused the login"),
         "{}",
         r.body
+    );
+    // The log has the text, escaped: no line of the attacker's making.
+    let log = wait_for("the login-failed log line", Duration::from_secs(5), || {
+        let log = std::fs::read_to_string(envoy.log_path()).unwrap_or_default();
+        log.contains("0800-EVIL\\nforged").then_some(log)
+    });
+    assert!(
+        !log.lines().any(|l| l.starts_with("forged log line")),
+        "a forged log line"
     );
 }
 

@@ -2,7 +2,7 @@
 //! with its route table served from a file (RDS) so tests can change routes
 //! while it runs.
 //!
-//! The bootstrap: one HTTP listener on 127.0.0.1:<free port> running the
+//! The bootstrap: one HTTP listener on `127.0.0.1:<free port>` running the
 //! wasm filter (`envoy.filters.http.wasm`, V8, listener-level settings as a
 //! JSON string) and the router; routes by RDS from `<name>-rds/routes.json`
 //! (`path_config_source` + `watched_directory`); static clusters: upstreams

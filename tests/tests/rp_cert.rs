@@ -3,7 +3,7 @@
 //! (`tests/rogue/server.js`: real HTTP, real signatures, one realm per
 //! case). Each case is run on the login callback (the ID token, userinfo)
 //! and, where it applies to access tokens, on the bearer path (`use_jwks`).
-//! The README's security section lists the same cases.
+//! docs/security.md lists the same cases.
 
 use std::time::{Duration, Instant};
 

@@ -12,6 +12,7 @@ pub mod http;
 pub mod introspection;
 pub mod jwt;
 pub mod login;
+pub mod metadata;
 pub mod reply;
 pub mod revocation;
 pub mod route;

@@ -18,4 +18,5 @@ pub mod revocation;
 pub mod route;
 pub mod secret;
 pub mod session;
+pub mod settings;
 pub mod signed_in;

@@ -161,3 +161,53 @@ fn weights_split_traffic() {
         "{to_b} of {n} went to the weight-3 node"
     );
 }
+
+/// `--filter-settings` is checked with the filter's own parser at start-up:
+/// a typo stops the sidecar with the field's name (before, it was accepted,
+/// the filter refused it in Envoy and the gateway had no listener), and
+/// valid settings reach a listener that serves.
+#[test]
+fn filter_settings_are_checked_with_the_filters_parser() {
+    let dir = TestDir::new("sidecar_filter_settings");
+    let mut cmd = std::process::Command::new(integration_tests::gateway::sidecar_bin());
+    cmd.args(["--admin-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0"])
+        .arg("--wasm")
+        .arg(integration_tests::wasm_path())
+        .arg("--data")
+        .arg(dir.file("routes.json"))
+        .args(["--filter-settings", r#"{"token_cach_size": 16}"#]);
+    let proc = integration_tests::Proc::spawn("sidecar", dir.path(), cmd);
+    wait_for(
+        "the sidecar to refuse its settings",
+        Duration::from_secs(30),
+        || (!proc.is_running()).then_some(()),
+    );
+    let log = std::fs::read_to_string(proc.log_path()).unwrap();
+    assert!(
+        log.contains(
+            "--filter-settings is not valid filter settings: unknown field `token_cach_size`"
+        ),
+        "{log}"
+    );
+
+    let httpbin = Httpbin::start(dir.path());
+    let gw = Gateway::start(
+        dir.path(),
+        &[
+            "--filter-settings",
+            r#"{"token_cache_size": 0, "session_cache_size": 8}"#,
+        ],
+    );
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes/open",
+        Some(&format!(
+            r#"{{"uri": "/anything/*", "upstream": {{"nodes": {{"127.0.0.1:{}": 1}}}}}}"#,
+            httpbin.port
+        )),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    within_a_second("the route to serve traffic", || {
+        get(&gw.url("/anything/x"), &[]).is_ok_and(|r| r.status == 200)
+    });
+}

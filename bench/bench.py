@@ -166,6 +166,8 @@ def route(oidc_config=None):
     }
     if oidc_config is not None:
         text = json.dumps(oidc_config, sort_keys=True)
+        # The metadata contract is oidc_core::metadata (core/src/metadata.rs):
+        # namespaces, keys and config_version() = first 16 hex digits of SHA-256.
         version = hashlib.sha256(text.encode()).hexdigest()[:16]
         if os.environ.get("BENCH_LEGACY_LAYOUT"):
             # The layout before the version got a namespace of its own (to

@@ -14,7 +14,6 @@
 mod metrics;
 mod request;
 mod revoked;
-mod settings;
 mod store;
 mod vm;
 
@@ -23,8 +22,8 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
-use crate::settings::Settings;
 use crate::vm::Vm;
+use oidc_core::settings::Settings;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);

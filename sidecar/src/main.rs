@@ -183,8 +183,9 @@ async fn run(o: Options) -> Result<(), String> {
     if o.admin_key.as_deref() == Some("") {
         return Err("--admin-key must not be empty".into());
     }
-    serde_json::from_str::<serde_json::Value>(&o.filter_settings)
-        .map_err(|e| format!("--filter-settings is not JSON: {e}"))?;
+    // The filter's own parser: what passes here, the filter accepts.
+    oidc_core::settings::Settings::parse(o.filter_settings.as_bytes())
+        .map_err(|e| format!("--filter-settings is not valid filter settings: {e}"))?;
     let wasm = std::path::absolute(&o.wasm).map_err(|e| format!("--wasm: {e}"))?;
     if !wasm.is_file() {
         return Err(format!(

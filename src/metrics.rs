@@ -1,25 +1,15 @@
 //! Envoy counters defined by the filter (shown by Envoy as
 //! `wasmcustom.openid_connect.*`).
 
+use oidc_core::reply::DenialReason;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
-
-/// Denial reasons that get a counter each (see `Denial::reason`).
-const REASONS: &[&str] = &[
-    "bad_request",
-    "no_token",
-    "invalid_token",
-    "unauthenticated",
-    "insufficient_scope",
-    "audience",
-    "provider_unavailable",
-    "bad_config",
-];
 
 pub struct Metrics {
     allowed: Option<u32>,
     passed: Option<u32>,
-    denied: Vec<(&'static str, Option<u32>)>,
+    /// One counter per [`DenialReason`], indexed by `DenialReason::index`.
+    denied: [Option<u32>; DenialReason::ALL.len()],
     cache_hit: Option<u32>,
     cache_miss: Option<u32>,
     provider_calls: Option<u32>,
@@ -57,10 +47,7 @@ impl Metrics {
         Metrics {
             allowed: counter("allowed"),
             passed: counter("passed"),
-            denied: REASONS
-                .iter()
-                .map(|r| (*r, counter(&format!("denied.{r}"))))
-                .collect(),
+            denied: DenialReason::ALL.map(|r| counter(&format!("denied.{}", r.name()))),
             cache_hit: counter("cache.hit"),
             cache_miss: counter("cache.miss"),
             provider_calls: counter("provider.calls"),
@@ -91,10 +78,8 @@ impl Metrics {
     pub fn passed(&self) {
         bump(self.passed)
     }
-    pub fn denied(&self, reason: &str) {
-        if let Some((_, id)) = self.denied.iter().find(|(r, _)| *r == reason) {
-            bump(*id)
-        }
+    pub fn denied(&self, reason: DenialReason) {
+        bump(self.denied[reason.index()])
     }
     pub fn cache_hit(&self) {
         bump(self.cache_hit)

@@ -7,7 +7,7 @@ use oidc_core::bearer::{self, Allowed, Decision, FetchKind};
 use oidc_core::browser::{BrowserRequest, Entropy, Event, Flow, Forward, Step};
 use oidc_core::http::{HttpRequest, MAX_RESPONSE_BODY};
 use oidc_core::metadata::{CONFIG_KEY, HOSTS_KEY, NAMESPACE, VERSION_KEY, VERSION_NAMESPACE};
-use oidc_core::reply::{Denial, Reply};
+use oidc_core::reply::{Denial, DenialReason, Reply};
 use oidc_core::route::Route;
 use oidc_core::session;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -350,16 +350,16 @@ impl Request {
                 log::info!("openid-connect: login failed: {why:?}");
                 m.login_failed();
             }
-            Event::Unauthenticated => m.denied("unauthenticated"),
-            Event::Forbidden => m.denied("insufficient_scope"),
+            Event::Unauthenticated => m.denied(DenialReason::Unauthenticated),
+            Event::Forbidden => m.denied(DenialReason::InsufficientScope),
             Event::ProviderUnavailable(why) => {
                 log::warn!("openid-connect: identity provider unavailable: {why:?}");
-                m.denied("provider_unavailable");
+                m.denied(DenialReason::ProviderUnavailable);
             }
             Event::LoggedOut => m.logout(),
             Event::Misconfigured(why) => {
                 log::error!("openid-connect: {why:?}");
-                m.denied("bad_config");
+                m.denied(DenialReason::BadConfig);
             }
         }
     }
@@ -609,7 +609,7 @@ impl HttpContext for Request {
             Ok(r) => r,
             // Logged once per VM and config version (`Vm::route`), not here.
             Err(_) => {
-                self.vm.metrics.denied("bad_config");
+                self.vm.metrics.denied(DenialReason::BadConfig);
                 return self.send(&Denial::BadRouteConfig(String::new()).reply(DEFAULT_REALM));
             }
         };

@@ -41,20 +41,74 @@ pub enum Denial {
     BadRouteConfig(String),
 }
 
-impl Denial {
-    /// A short name for statistics (`denied.<reason>`).
-    pub fn reason(&self) -> &'static str {
+/// Why a request was refused, as the counters see it: one counter per
+/// variant (`denied.<name>`). The browser side's events map onto the same
+/// list, so a typo cannot drop a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenialReason {
+    BadRequest,
+    NoToken,
+    InvalidToken,
+    Unauthenticated,
+    InsufficientScope,
+    Audience,
+    ProviderUnavailable,
+    BadConfig,
+}
+
+impl DenialReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DenialReason; 8] = [
+        DenialReason::BadRequest,
+        DenialReason::NoToken,
+        DenialReason::InvalidToken,
+        DenialReason::Unauthenticated,
+        DenialReason::InsufficientScope,
+        DenialReason::Audience,
+        DenialReason::ProviderUnavailable,
+        DenialReason::BadConfig,
+    ];
+
+    /// The counter's short name (`denied.<name>`).
+    pub fn name(self) -> &'static str {
         match self {
-            Denial::MalformedAuthorization => "bad_request",
-            Denial::NoToken => "no_token",
-            Denial::InvalidToken(_) => "invalid_token",
-            Denial::Unauthenticated => "unauthenticated",
-            Denial::InsufficientScope(_) => "insufficient_scope",
-            Denial::AudienceMissing | Denial::AudienceMismatch => "audience",
+            DenialReason::BadRequest => "bad_request",
+            DenialReason::NoToken => "no_token",
+            DenialReason::InvalidToken => "invalid_token",
+            DenialReason::Unauthenticated => "unauthenticated",
+            DenialReason::InsufficientScope => "insufficient_scope",
+            DenialReason::Audience => "audience",
+            DenialReason::ProviderUnavailable => "provider_unavailable",
+            DenialReason::BadConfig => "bad_config",
+        }
+    }
+
+    /// The position in [`DenialReason::ALL`] (a counter table's index).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for DenialReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Denial {
+    /// Why, for statistics (`denied.<reason>`).
+    pub fn reason(&self) -> DenialReason {
+        match self {
+            Denial::MalformedAuthorization => DenialReason::BadRequest,
+            Denial::NoToken => DenialReason::NoToken,
+            Denial::InvalidToken(_) => DenialReason::InvalidToken,
+            Denial::Unauthenticated => DenialReason::Unauthenticated,
+            Denial::InsufficientScope(_) => DenialReason::InsufficientScope,
+            Denial::AudienceMissing | Denial::AudienceMismatch => DenialReason::Audience,
             Denial::ProviderUnavailable(_) | Denial::NoProviderCluster { .. } => {
-                "provider_unavailable"
+                DenialReason::ProviderUnavailable
             }
-            Denial::BadRouteConfig(_) => "bad_config",
+            Denial::BadRouteConfig(_) => DenialReason::BadConfig,
         }
     }
 
@@ -240,6 +294,26 @@ fn header_quoted(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn denial_reasons_index_their_table_and_have_distinct_names() {
+        for (i, r) in DenialReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let mut names: Vec<_> = DenialReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DenialReason::ALL.len());
+        assert_eq!(
+            Denial::NoProviderCluster {
+                host: String::new(),
+                cluster: String::new()
+            }
+            .reason()
+            .name(),
+            "provider_unavailable"
+        );
+    }
 
     fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
         r.headers

@@ -1,21 +1,5 @@
-//! The sidecar: APISIX's Admin API for routes and upstreams, served to Envoy over xDS.
-//! It never carries user traffic: Envoy does the routing.
-//!
-//! - `admin.rs`, `store.rs`, `etcd.rs`, `secrets.rs`: the Admin API and its
-//!   storage (a file, or etcd).
-//! - `model.rs`, `upstream.rs`: APISIX route and upstream objects, validated.
-//! - `translate.rs`, `xds.rs`: routes → Envoy resources, served over ADS.
-//! - `discover.rs`: the provider endpoint hosts named by discovery documents.
-
-mod admin;
-mod discover;
-mod etcd;
-mod model;
-mod secrets;
-mod store;
-mod translate;
-mod upstream;
-mod xds;
+//! The sidecar binary: options, logs, signals, and the wiring of the
+//! library's parts (see `lib.rs` for the map).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,11 +10,12 @@ use axum::routing::get;
 use clap::Parser;
 use tokio::sync::watch;
 
-use crate::admin::{AdminSettings, AdminState};
-use crate::store::{FileStore, Store};
-use crate::translate::ProxySettings;
-use crate::upstream::NodePolicy;
-use crate::xds::XdsStatus;
+use sidecar::admin::{AdminSettings, AdminState};
+use sidecar::store::{FileStore, Store};
+use sidecar::translate::ProxySettings;
+use sidecar::upstream::NodePolicy;
+use sidecar::xds::XdsStatus;
+use sidecar::{admin, discover, etcd, model, secrets, store, xds};
 
 /// APISIX's Admin API for routes and upstreams, configuring Envoy over xDS (ADS).
 ///

@@ -165,8 +165,10 @@ fn relying_party_certification_cases() {
     }
 
     // Key rotation, second half: tokens signed with a key the cached JWKS
-    // lacks are accepted once the filter refetches it (at most every 5 s).
-    let wait = Duration::from_secs(6).saturating_sub(rotation_start.elapsed());
+    // lacks are accepted once the filter refetches it (at most every
+    // `bearer::KID_REFETCH_INTERVAL` seconds).
+    let wait = Duration::from_secs(oidc_core::bearer::KID_REFETCH_INTERVAL + 1)
+        .saturating_sub(rotation_start.elapsed());
     std::thread::sleep(wait);
     let (status, body) = login(&envoy, "login.rotation");
     if status != 302 {

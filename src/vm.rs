@@ -28,7 +28,7 @@ pub struct RouteEntry {
     /// A number unique within this VM, part of the token-cache key.
     pub id: u64,
     /// The parsed config, or why it cannot be used.
-    pub route: Result<Route, String>,
+    pub route: Result<Rc<Route>, String>,
 }
 
 /// A per-VM LRU keyed by (route id, a request value).
@@ -97,6 +97,7 @@ impl Vm {
                     })
             }
         };
+        let route = route.map(Rc::new);
         if let Err(e) = &route {
             log::error!("openid-connect: route config version {version:?} is unusable: {e:?}");
         }
@@ -132,7 +133,7 @@ impl Vm {
     }
 
     /// Whether `kid` was unknown in the JWKS at `jwks_uri` after a recent
-    /// refetch (`bearer::UNKNOWN_KID_TTL`).
+    /// refetch (`oidc_core::bearer::UNKNOWN_KID_TTL`).
     pub fn kid_unknown(&self, jwks_uri: &str, kid: &str, now: u64) -> bool {
         let mut cache = self.unknown_kids.borrow_mut();
         if cache.is_empty() {

@@ -12,16 +12,16 @@ use crate::discovery::ProviderMetadata;
 use crate::http::HttpRequest;
 use crate::introspection::{self, ClientAuth};
 use crate::jwt::{self, Jwks, Rejection, VerifyError};
+use crate::provider::{self, Cache, Need, Rotation};
 use crate::reply::Denial;
 use crate::route::Route;
 
-/// How long a discovery document is used before it is fetched again.
-pub const DISCOVERY_TTL: u64 = 24 * 3600;
-/// After a failed provider call, how long to use what is cached (or to
-/// answer 503 at once when nothing is) before trying again.
-pub const RETRY_AFTER_FAILURE: u64 = 5;
-/// A token with an unknown `kid` refetches the JWKS at most this often.
-pub const KID_REFETCH_INTERVAL: u64 = 5;
+// Where these lived before `provider`; kept so callers need not change.
+pub use crate::provider::{
+    fetch_in_flight, FetchKind, Fetched, ProviderState, DISCOVERY_TTL, KID_REFETCH_INTERVAL,
+    RETRY_AFTER_FAILURE,
+};
+
 /// How long an accepted token without `exp` stays in the cache.
 pub const NO_EXP_CACHE_TTL: u64 = 300;
 /// How long a `kid` that was still unknown after a JWKS refetch is
@@ -55,41 +55,6 @@ pub fn extract_token<'a>(
     }
 }
 
-/// A provider document and when it was fetched.
-#[derive(Debug, Clone)]
-pub struct Fetched<T> {
-    pub value: T,
-    pub fetched_at: u64,
-}
-
-/// What the caller knows about the route's provider.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProviderState<'a> {
-    pub discovery: Option<&'a Fetched<ProviderMetadata>>,
-    /// The JWKS at the discovery document's `jwks_uri`.
-    pub jwks: Option<&'a Fetched<Jwks>>,
-    /// When a discovery call last failed.
-    pub discovery_failed_at: Option<u64>,
-    /// When a JWKS call last failed.
-    pub jwks_failed_at: Option<u64>,
-    /// Another request is fetching the discovery document now
-    /// ([`fetch_in_flight`]): use the cached one, even stale, rather than
-    /// fetch it too. With nothing cached, fetch anyway (a cold start; the
-    /// provider cluster's circuit breakers bound it).
-    pub discovery_in_flight: bool,
-    /// Likewise for the JWKS; also set for a token whose `kid` was
-    /// unknown after a recent refetch ([`kid_unknown_after_refetch`]): no
-    /// refetch for it, an unknown `kid` is a 401.
-    pub jwks_in_flight: bool,
-}
-
-/// Whether a fetch marked "fetching since `since`" may still be under way
-/// at `now`: a call ends within its `timeout` (seconds), so a marker older
-/// than that (a worker gone mid-call) no longer holds anyone back.
-pub fn fetch_in_flight(since: Option<u64>, timeout: u64, now: u64) -> bool {
-    since.is_some_and(|t| t <= now && now <= t.saturating_add(timeout))
-}
-
 /// The `kid` of a JWT's header, without verifying anything (`None` when
 /// the token is not a JWT with a string `kid`).
 pub fn unverified_kid(token: &str) -> Option<String> {
@@ -113,20 +78,14 @@ pub fn kid_unknown_after_refetch(token: &str, jwks: &Fetched<Jwks>, now: u64) ->
     (recent && kid.len() <= MAX_REMEMBERED_KID_LEN && !jwks.value.contains_kid(&kid)).then_some(kid)
 }
 
-/// What a provider call is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchKind {
-    Discovery,
-    Jwks,
-}
-
-/// The outcome of [`decide`] or [`introspected`].
+/// The outcome of [`decide`].
 #[derive(Debug)]
 pub enum Decision {
     Allow(Allowed),
     Deny(Denial),
-    /// Make this call, record its result (or its failure) and decide again.
-    Fetch(FetchKind, Box<HttpRequest>),
+    /// Fetch this provider document (at this URL), record it (or the
+    /// failure) and decide again.
+    Fetch(FetchKind, String, Box<HttpRequest>),
     /// Ask the introspection endpoint, then call [`introspected`].
     Introspect(Box<HttpRequest>),
 }
@@ -165,18 +124,18 @@ pub fn decide(
 }
 
 /// Decides from the introspection endpoint's answer.
-pub fn introspected(route: &Route, token: &str, status: u16, body: &[u8], now: u64) -> Decision {
+pub fn introspected(
+    route: &Route,
+    token: &str,
+    status: u16,
+    body: &[u8],
+    now: u64,
+) -> Result<Allowed, Denial> {
     let c = &route.config;
-    let result = match introspection::parse_response(status, body, &c.introspection_expiry_claim) {
-        Ok(r) => r,
-        Err(e) => {
-            return Decision::Deny(Denial::ProviderUnavailable(format!(
-                "token introspection failed: {e}"
-            )))
-        }
-    };
+    let result = introspection::parse_response(status, body, &c.introspection_expiry_claim)
+        .map_err(|e| Denial::ProviderUnavailable(format!("token introspection failed: {e}")))?;
     if !result.active {
-        return Decision::Deny(Denial::InvalidToken("token is not active".into()));
+        return Err(Denial::InvalidToken("token is not active".into()));
     }
     // APISIX checks scopes, then the audience, on the introspection answer
     // as on JWT claims.
@@ -184,14 +143,14 @@ pub fn introspected(route: &Route, token: &str, status: u16, body: &[u8], now: u
     if let Err(e) = jwt::check_scopes(&result.claims, &policy.required_scopes)
         .and_then(|()| jwt::check_audience(&result.claims, &policy.audience))
     {
-        return Decision::Deny(denial_for(&e));
+        return Err(denial_for(&e));
     }
     // Without an expiry the answer is not cached.
     let mut cache_until = result.cache_until(now).unwrap_or(now);
     if c.introspection_interval > 0 {
         cache_until = cache_until.min(now.saturating_add(c.introspection_interval));
     }
-    Decision::Allow(allowed(route, token, &result.raw, cache_until))
+    Ok(allowed(route, token, &result.raw, cache_until))
 }
 
 /// The key under which a refused token is remembered: its SHA-256, so an
@@ -252,13 +211,7 @@ fn decide_locally(route: &Route, token: &str, p: &ProviderState<'_>, now: u64) -
                     "the discovery document has no jwks_uri".into(),
                 ));
             };
-            match cached_unless_in_flight(
-                p.jwks,
-                p.jwks_failed_at,
-                p.jwks_in_flight,
-                c.jwk_expires_in,
-                now,
-            ) {
+            match provider::jwks(p, c.jwk_expires_in, now) {
                 Cache::Use(j) => (&j.value, Some((uri, j))),
                 Cache::Fetch => return fetch(FetchKind::Jwks, uri),
                 Cache::Unavailable => {
@@ -283,26 +236,16 @@ fn decide_locally(route: &Route, token: &str, p: &ProviderState<'_>, now: u64) -
         Err(e) => {
             if e.kind() == Rejection::UnknownKeyId {
                 if let Some((uri, j)) = jwks {
-                    // Key rotation: refetch, but not more than once per
-                    // interval whatever the tokens say.
-                    let recent = |t: Option<u64>| {
-                        t.is_some_and(|t| now < t.saturating_add(KID_REFETCH_INTERVAL))
-                    };
-                    // Nor while another request is fetching it.
-                    if !p.jwks_in_flight && !recent(Some(j.fetched_at)) && !recent(p.jwks_failed_at)
-                    {
-                        return fetch(FetchKind::Jwks, uri);
-                    }
-                    // The provider could not be asked for the new key: no
-                    // verdict is possible, which is not the token's fault.
-                    if p.jwks_failed_at.is_some_and(|t| t > j.fetched_at)
-                        && recent(p.jwks_failed_at)
-                    {
-                        return Decision::Deny(Denial::ProviderUnavailable(
-                            "the token's key is not in the cached JWKS and the provider \
-                             cannot be reached for a new one"
-                                .into(),
-                        ));
+                    match provider::rotation(j, p, now) {
+                        Rotation::Refetch => return fetch(FetchKind::Jwks, uri),
+                        Rotation::Unavailable => {
+                            return Decision::Deny(Denial::ProviderUnavailable(
+                                "the token's key is not in the cached JWKS and the provider \
+                                 cannot be reached for a new one"
+                                    .into(),
+                            ))
+                        }
+                        Rotation::UnknownKey => {}
                     }
                 }
             }
@@ -352,13 +295,7 @@ pub(crate) fn discovery<'a>(
     p: &ProviderState<'a>,
     now: u64,
 ) -> Result<&'a ProviderMetadata, Decision> {
-    match cached_unless_in_flight(
-        p.discovery,
-        p.discovery_failed_at,
-        p.discovery_in_flight,
-        DISCOVERY_TTL,
-        now,
-    ) {
+    match provider::discovery(p, now) {
         Cache::Use(d) => Ok(&d.value),
         Cache::Fetch => Err(fetch(FetchKind::Discovery, &route.config.discovery)),
         Cache::Unavailable => Err(Decision::Deny(Denial::ProviderUnavailable(
@@ -367,56 +304,10 @@ pub(crate) fn discovery<'a>(
     }
 }
 
-pub(crate) enum Cache<'a, T> {
-    Use(&'a Fetched<T>),
-    Fetch,
-    Unavailable,
-}
-
-/// Fresh → use; stale → refetch, unless a call failed recently (then use
-/// the stale copy: a provider outage does not stop tokens that verify with
-/// what is cached); missing → fetch, or unavailable right after a failure.
-pub(crate) fn cached<'a, T>(
-    doc: Option<&'a Fetched<T>>,
-    failed_at: Option<u64>,
-    ttl: u64,
-    now: u64,
-) -> Cache<'a, T> {
-    let failed_recently = failed_at.is_some_and(|t| now < t.saturating_add(RETRY_AFTER_FAILURE));
-    match doc {
-        Some(d) if now < d.fetched_at.saturating_add(ttl) || failed_recently => Cache::Use(d),
-        Some(_) => Cache::Fetch,
-        None if failed_recently => Cache::Unavailable,
-        None => Cache::Fetch,
-    }
-}
-
-/// [`cached`], except that a document another request is fetching now is
-/// used as it is (stale or not); with nothing cached, fetch anyway.
-fn cached_unless_in_flight<'a, T>(
-    doc: Option<&'a Fetched<T>>,
-    failed_at: Option<u64>,
-    in_flight: bool,
-    ttl: u64,
-    now: u64,
-) -> Cache<'a, T> {
-    match (doc, in_flight) {
-        (Some(d), true) => Cache::Use(d),
-        _ => cached(doc, failed_at, ttl, now),
-    }
-}
-
-pub(crate) fn fetch(kind: FetchKind, url: &str) -> Decision {
-    match crate::http::Target::parse(url) {
-        Ok(t) => {
-            let mut req = t.request("GET");
-            req.headers
-                .push(("accept".into(), "application/json".into()));
-            Decision::Fetch(kind, Box::new(req))
-        }
-        Err(e) => Decision::Deny(Denial::ProviderUnavailable(format!(
-            "cannot call {url}: {e}"
-        ))),
+fn fetch(kind: FetchKind, url: &str) -> Decision {
+    match provider::fetch(kind, url) {
+        Ok(Need { kind, url, req }) => Decision::Fetch(kind, url, req),
+        Err(why) => Decision::Deny(Denial::ProviderUnavailable(why)),
     }
 }
 
@@ -547,7 +438,7 @@ mod tests {
         let r = route(json!({"use_jwks": true}));
         let t = rs256();
         let d = decide(&r, &t, &ProviderState::default(), &[], NOW);
-        let Decision::Fetch(FetchKind::Discovery, req) = d else {
+        let Decision::Fetch(FetchKind::Discovery, _, req) = d else {
             panic!("{d:?}")
         };
         assert_eq!(req.cluster, "oidc|https|idp.example|443");
@@ -562,7 +453,7 @@ mod tests {
             ..Default::default()
         };
         let d = decide(&r, &t, &p, &[], NOW);
-        let Decision::Fetch(FetchKind::Jwks, req) = d else {
+        let Decision::Fetch(FetchKind::Jwks, _, req) = d else {
             panic!("{d:?}")
         };
         assert_eq!(
@@ -645,7 +536,7 @@ mod tests {
             ..Default::default()
         };
         let d = decide(&r, &rs256(), &p, &[], NOW);
-        assert!(matches!(d, Decision::Fetch(FetchKind::Jwks, _)), "{d:?}");
+        assert!(matches!(d, Decision::Fetch(FetchKind::Jwks, _, _)), "{d:?}");
 
         // Just refetched (still unknown): refused, no new call.
         let fresh = Fetched {
@@ -705,7 +596,7 @@ mod tests {
         };
         assert!(matches!(
             decide(&r, &t, &p, &[], NOW),
-            Decision::Fetch(FetchKind::Discovery, _)
+            Decision::Fetch(FetchKind::Discovery, _, _)
         ));
         let p = ProviderState {
             discovery_in_flight: true,
@@ -713,7 +604,7 @@ mod tests {
         };
         assert!(matches!(
             decide(&r, &t, &p, &[], NOW),
-            Decision::Fetch(FetchKind::Jwks, _)
+            Decision::Fetch(FetchKind::Jwks, _, _)
         ));
         let p = ProviderState {
             jwks_in_flight: true,
@@ -729,7 +620,7 @@ mod tests {
         };
         assert!(matches!(
             decide(&r, &t, &p, &[], NOW),
-            Decision::Fetch(FetchKind::Discovery, _)
+            Decision::Fetch(FetchKind::Discovery, _, _)
         ));
     }
 
@@ -839,7 +730,7 @@ mod tests {
         };
         assert!(matches!(
             decide(&r, &t, &p, &[], NOW),
-            Decision::Fetch(FetchKind::Discovery, _)
+            Decision::Fetch(FetchKind::Discovery, _, _)
         ));
 
         // Stale documents are refreshed, but used while the provider is down.
@@ -852,7 +743,7 @@ mod tests {
         };
         assert!(matches!(
             decide(&r, &t, &p, &[], NOW),
-            Decision::Fetch(FetchKind::Jwks, _)
+            Decision::Fetch(FetchKind::Jwks, _, _)
         ));
         let p = ProviderState {
             jwks_failed_at: Some(NOW),
@@ -880,7 +771,7 @@ mod tests {
         let r = route(json!({"public_key": pem}));
         assert!(matches!(
             decide(&r, &t, &ProviderState::default(), &[], NOW),
-            Decision::Fetch(FetchKind::Discovery, _)
+            Decision::Fetch(FetchKind::Discovery, _, _)
         ));
     }
 
@@ -920,7 +811,7 @@ mod tests {
         let r = route(json!({}));
         assert!(matches!(
             decide(&r, "opaque", &ProviderState::default(), &[], NOW),
-            Decision::Fetch(FetchKind::Discovery, _)
+            Decision::Fetch(FetchKind::Discovery, _, _)
         ));
         let m = metadata();
         let p = ProviderState {
@@ -961,7 +852,7 @@ mod tests {
         let r = route(json!({}));
         let body =
             json!({"active": true, "sub": "u", "exp": NOW + 100, "scope": "openid"}).to_string();
-        let a = allowed(introspected(&r, "tok", 200, body.as_bytes(), NOW));
+        let a = introspected(&r, "tok", 200, body.as_bytes(), NOW).unwrap();
         assert_eq!(a.cache_until, NOW + 100);
         assert_eq!(
             STANDARD.decode(header(&a, "x-userinfo").unwrap()).unwrap(),
@@ -971,22 +862,24 @@ mod tests {
 
         let capped = route(json!({"introspection_interval": 30}));
         assert_eq!(
-            allowed(introspected(&capped, "tok", 200, body.as_bytes(), NOW)).cache_until,
+            introspected(&capped, "tok", 200, body.as_bytes(), NOW)
+                .unwrap()
+                .cache_until,
             NOW + 30
         );
 
         let inactive = json!({"active": false}).to_string();
         assert!(matches!(
-            denied(introspected(&r, "tok", 200, inactive.as_bytes(), NOW)),
+            introspected(&r, "tok", 200, inactive.as_bytes(), NOW).unwrap_err(),
             Denial::InvalidToken(_)
         ));
         for (status, body) in [(500, "oops"), (200, "not json"), (200, "{}")] {
-            let d = denied(introspected(&r, "tok", status, body.as_bytes(), NOW));
+            let d = introspected(&r, "tok", status, body.as_bytes(), NOW).unwrap_err();
             assert_eq!(d.reply("x").status, 503, "{status} {body}");
         }
         let strict = route(json!({"required_scopes": ["admin"]}));
         assert_eq!(
-            denied(introspected(&strict, "tok", 200, body.as_bytes(), NOW)),
+            introspected(&strict, "tok", 200, body.as_bytes(), NOW).unwrap_err(),
             Denial::InsufficientScope(vec!["admin".into()])
         );
     }

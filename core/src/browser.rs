@@ -16,14 +16,14 @@
 
 use serde_json::Value;
 
-use crate::bearer::{self, Cache, Decision, FetchKind, ProviderState, KID_REFETCH_INTERVAL};
 use crate::callback::{self, CallbackError, CallbackQuery, Tokens};
 use crate::config::{SessionConfig, UnauthAction};
 use crate::discovery::ProviderMetadata;
 use crate::http::{HttpRequest, Target};
 use crate::jwt::{self, Jwks};
 use crate::login::{self, FlowState, LoginRandom, RequestFacts, Start};
-use crate::reply::{Denial, Reply};
+use crate::provider::{self, Cache, FetchKind, ProviderState, Rotation};
+use crate::reply::{Denial, DenialReason, Reply};
 use crate::revocation::Revocation;
 use crate::route::Route;
 use crate::secret::Secret;
@@ -119,6 +119,24 @@ pub enum Event {
     LoggedOut,
     /// The route's config cannot serve logins (500).
     Misconfigured(String),
+    /// Refused for this reason (a bearer request, a call budget spent, an
+    /// identity header Envoy would refuse, a provider without a cluster).
+    Denied(Denial),
+}
+
+impl Event {
+    /// The `denied.<reason>` counter this reply counts in, if any.
+    pub fn reason(&self) -> Option<DenialReason> {
+        match self {
+            Event::HostCorrected | Event::LoginStarted | Event::LoggedIn | Event::LoggedOut => None,
+            Event::LoginFailed(_) => None,
+            Event::Unauthenticated => Some(DenialReason::Unauthenticated),
+            Event::Forbidden => Some(DenialReason::InsufficientScope),
+            Event::ProviderUnavailable(_) => Some(DenialReason::ProviderUnavailable),
+            Event::Misconfigured(_) => Some(DenialReason::BadConfig),
+            Event::Denied(d) => Some(d.reason()),
+        }
+    }
 }
 
 /// Opens a sealed session value (the reassembled session cookie); a
@@ -609,8 +627,7 @@ impl Flow {
         let Some(uri) = m.jwks_uri.as_deref() else {
             return self.unavailable(route, "the provider has no jwks_uri");
         };
-        let jwks = match bearer::cached(p.jwks, p.jwks_failed_at, route.config.jwk_expires_in, now)
-        {
+        let jwks = match provider::jwks(p, route.config.jwk_expires_in, now) {
             Cache::Use(j) => j,
             Cache::Fetch => {
                 self.stage = Stage::Verify { flow, tokens };
@@ -634,17 +651,20 @@ impl Flow {
                 },
                 _ => self.logged_in(route, flow, session, rng, now),
             },
-            Err(CallbackError::UnknownKey(why)) => {
-                // The provider may have rotated its keys: fetch them again,
-                // at most once per interval.
-                let recent = |t: u64| now < t.saturating_add(KID_REFETCH_INTERVAL);
-                if !recent(jwks.fetched_at) && !p.jwks_failed_at.is_some_and(recent) {
+            // The provider may have rotated its keys (the same rule as for
+            // bearer tokens).
+            Err(CallbackError::UnknownKey(why)) => match provider::rotation(jwks, p, now) {
+                Rotation::Refetch => {
                     self.stage = Stage::Verify { flow, tokens };
                     fetch(FetchKind::Jwks, uri)
-                } else {
-                    self.failed(CallbackError::UnknownKey(why))
                 }
-            }
+                Rotation::Unavailable => self.unavailable(
+                    route,
+                    "the ID token's key is not in the cached JWKS and the provider cannot be \
+                     reached for a new one",
+                ),
+                Rotation::UnknownKey => self.failed(CallbackError::UnknownKey(why)),
+            },
             Err(e) => self.failed(e),
         }
     }
@@ -671,8 +691,7 @@ impl Flow {
         let Some(uri) = m.jwks_uri.as_deref() else {
             return Err(self.unavailable(route, "the provider has no jwks_uri"));
         };
-        let jwks = match bearer::cached(p.jwks, p.jwks_failed_at, route.config.jwk_expires_in, now)
-        {
+        let jwks = match provider::jwks(p, route.config.jwk_expires_in, now) {
             Cache::Use(j) => j,
             Cache::Fetch => {
                 self.stage = Stage::VerifyRefresh { session, tokens };
@@ -682,9 +701,6 @@ impl Flow {
                 return Err(self.unavailable(route, "the provider's JWKS could not be fetched"))
             }
         };
-        // The provider may have rotated its keys: fetch them again, at most
-        // once per interval.
-        let recent = |t: u64| now < t.saturating_add(KID_REFETCH_INTERVAL);
         match signed_in::verify_refreshed_id_token(
             route,
             &session,
@@ -701,11 +717,23 @@ impl Flow {
                     changed: true,
                 })
             }
+            // The provider may have rotated its keys (the same rule as for
+            // bearer tokens).
             Err(CallbackError::UnknownKey(_))
-                if !recent(jwks.fetched_at) && !p.jwks_failed_at.is_some_and(recent) =>
+                if provider::rotation(jwks, p, now) == Rotation::Refetch =>
             {
                 self.stage = Stage::VerifyRefresh { session, tokens };
                 Err(fetch(FetchKind::Jwks, uri))
+            }
+            Err(CallbackError::UnknownKey(_))
+                if provider::rotation(jwks, p, now) == Rotation::Unavailable =>
+            {
+                self.stage = Stage::VerifyRefresh { session, tokens };
+                Err(self.unavailable(
+                    route,
+                    "the refreshed ID token's key is not in the cached JWKS and the provider \
+                     cannot be reached for a new one",
+                ))
             }
             Err(e) => {
                 // Never forwarded nor kept: the session ends (log in again).
@@ -792,15 +820,16 @@ impl Flow {
         p: &ProviderState<'a>,
         now: u64,
     ) -> Result<&'a ProviderMetadata, Step> {
-        match bearer::discovery(route, p, now) {
-            Ok(m) => Ok(m),
-            Err(Decision::Fetch(kind, req)) => {
-                Err(Step::Fetch(kind, route.config.discovery.clone(), req))
-            }
-            Err(Decision::Deny(Denial::ProviderUnavailable(why))) => {
-                Err(self.unavailable(route, &why))
-            }
-            Err(_) => Err(self.unavailable(route, "the discovery document is unusable")),
+        match provider::discovery(p, now) {
+            Cache::Use(d) => Ok(&d.value),
+            Cache::Fetch => match provider::fetch(FetchKind::Discovery, &route.config.discovery) {
+                Ok(need) => Err(Step::Fetch(need.kind, need.url, need.req)),
+                Err(why) => Err(self.unavailable(route, &why)),
+            },
+            Cache::Unavailable => Err(self.unavailable(
+                route,
+                "the provider's discovery document could not be fetched",
+            )),
         }
     }
 
@@ -901,15 +930,11 @@ impl Flow {
 }
 
 fn fetch(kind: FetchKind, url: &str) -> Step {
-    match bearer::fetch(kind, url) {
-        Decision::Fetch(kind, req) => Step::Fetch(kind, url.to_string(), req),
-        Decision::Deny(d) => Step::Respond(
-            d.reply("apisix"),
-            Event::ProviderUnavailable(format!("cannot call {url}")),
-        ),
-        _ => Step::Respond(
-            Denial::ProviderUnavailable(format!("cannot call {url}")).reply("apisix"),
-            Event::ProviderUnavailable(format!("cannot call {url}")),
+    match provider::fetch(kind, url) {
+        Ok(need) => Step::Fetch(need.kind, need.url, need.req),
+        Err(why) => Step::Respond(
+            Denial::ProviderUnavailable(why.clone()).reply("apisix"),
+            Event::ProviderUnavailable(why),
         ),
     }
 }
@@ -986,12 +1011,14 @@ fn session_scopes(s: &Session) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bearer::Fetched;
+    use crate::exchange::{Effect, Exchange, Host};
     use crate::jwt::tests::{
         claims, jwks, provider_keys, rsa_jwk, test_keys, token, with, CLIENT, ISS, NOW,
     };
     use crate::jwt::Alg;
+    use crate::provider::{record, Documents, Fetched, Known};
     use serde_json::json;
+    use std::rc::Rc;
 
     const KC: &str = "https://idp.example/realms/quickstart-realm/protocol/openid-connect";
 
@@ -1036,14 +1063,72 @@ mod tests {
         }
     }
 
-    /// Plays the provider's part: documents for `Fetch`, `answer` for `Call`.
+    /// Plays the provider's and the host's part, through the same loop as
+    /// the filter ([`Exchange`]): documents for `Fetch` (what `metadata`
+    /// and `keys` hold; the answer's body only has to pass the core's
+    /// check), `answer` for `Call`.
     struct Provider {
         metadata: Option<ProviderMetadata>,
         keys: Jwks,
         discovery: Option<Fetched<ProviderMetadata>>,
         jwks: Option<Fetched<Jwks>>,
+        discovery_failed_at: Option<u64>,
+        jwks_failed_at: Option<u64>,
         fetches: Vec<FetchKind>,
         calls: Vec<HttpRequest>,
+        rng: Counter,
+    }
+
+    impl Entropy for Provider {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), String> {
+            self.rng.fill(buf)
+        }
+    }
+
+    impl Host for Provider {
+        fn documents(&mut self, _: &str) -> Documents {
+            Documents {
+                discovery: Known {
+                    doc: self.discovery.clone().map(Rc::new),
+                    failed_at: self.discovery_failed_at,
+                },
+                jwks_uri: self
+                    .discovery
+                    .as_ref()
+                    .and_then(|d| d.value.jwks_uri.clone()),
+                jwks: Some(Known {
+                    doc: self.jwks.clone().map(Rc::new),
+                    failed_at: self.jwks_failed_at,
+                }),
+            }
+        }
+        fn read_document(&mut self, _: FetchKind, _: &str) -> Option<Vec<u8>> {
+            None
+        }
+        fn write_document(&mut self, kind: FetchKind, _: &str, rec: &[u8]) {
+            let (fetched, failed, _) = record::split(rec).unwrap();
+            match (kind, fetched, failed) {
+                (FetchKind::Discovery, _, Some(t)) => self.discovery_failed_at = Some(t),
+                (FetchKind::Jwks, _, Some(t)) => self.jwks_failed_at = Some(t),
+                (FetchKind::Discovery, Some(t), None) => {
+                    self.discovery = self.metadata.clone().map(|value| Fetched {
+                        value,
+                        fetched_at: t,
+                    })
+                }
+                (FetchKind::Jwks, Some(t), None) => {
+                    self.jwks = Some(Fetched {
+                        value: self.keys.clone(),
+                        fetched_at: t,
+                    })
+                }
+                (_, None, None) => panic!("an empty record"),
+            }
+        }
+        fn claim(&mut self, _: FetchKind, _: &str, _: u64, _: u64) -> bool {
+            true
+        }
+        fn release(&mut self, _: FetchKind, _: &str, _: u64) {}
     }
 
     impl Provider {
@@ -1053,53 +1138,51 @@ mod tests {
                 keys: provider_keys(),
                 discovery: None,
                 jwks: None,
+                discovery_failed_at: None,
+                jwks_failed_at: None,
                 fetches: Vec::new(),
                 calls: Vec::new(),
+                rng: Counter(0),
             }
+        }
+
+        /// The answer to a document fetch.
+        fn document(&self, kind: FetchKind) -> (u16, Vec<u8>) {
+            let body = match (kind, &self.metadata) {
+                (FetchKind::Discovery, Some(m)) => json!({"issuer": m.issuer}),
+                (FetchKind::Discovery, None) => return (500, Vec::new()),
+                (FetchKind::Jwks, _) => json!({"keys": [rsa_jwk(&test_keys().rsa_a, "rsa-a")]}),
+            };
+            (200, body.to_string().into_bytes())
         }
 
         /// Runs the flow to its end.
         fn drive(
             &mut self,
             route: &Route,
-            mut flow: Flow,
+            flow: Flow,
             now: u64,
             mut answer: impl FnMut(&HttpRequest) -> (u16, Vec<u8>),
         ) -> Step {
-            let mut rng = Counter(0);
-            let mut step = {
-                let state = self.state();
-                flow.advance(route, &state, &mut rng, now)
-            };
+            self.rng = Counter(0);
+            let mut ex = Exchange::browser(flow);
+            let mut effect = ex.run(route, self, now);
             for _ in 0..10 {
-                match step {
-                    Step::Fetch(kind, _, _) => {
+                effect = match effect {
+                    Effect::Fetch { kind, pending, .. } => {
                         self.fetches.push(kind);
-                        match kind {
-                            FetchKind::Discovery => {
-                                self.discovery = self.metadata.clone().map(|value| Fetched {
-                                    value,
-                                    fetched_at: now,
-                                })
-                            }
-                            FetchKind::Jwks => {
-                                self.jwks = Some(Fetched {
-                                    value: self.keys.clone(),
-                                    fetched_at: now,
-                                })
-                            }
-                        }
-                        let state = self.state_failed(now);
-                        step = flow.advance(route, &state, &mut rng, now);
+                        let (status, body) = self.document(kind);
+                        ex.on_answer(route, pending, status, &body, self, now)
                     }
-                    Step::Call(req) => {
+                    Effect::Call(req, pending) => {
                         let (status, body) = answer(&req);
                         self.calls.push(*req);
-                        let state = self.state();
-                        step = flow.on_response(route, &state, status, &body, &mut rng, now);
+                        ex.on_answer(route, pending, status, &body, self, now)
                     }
-                    done => return done,
-                }
+                    Effect::Reply(reply, event) => return Step::Respond(reply, event),
+                    Effect::Forward(f) => return Step::Forward(f),
+                    Effect::Allow(a) => panic!("a browser request allowed as a bearer: {a:?}"),
+                };
             }
             panic!("the flow does not end");
         }
@@ -1108,17 +1191,7 @@ mod tests {
             ProviderState {
                 discovery: self.discovery.as_ref(),
                 jwks: self.jwks.as_ref(),
-                discovery_failed_at: None,
-                jwks_failed_at: None,
                 ..ProviderState::default()
-            }
-        }
-
-        /// After a fetch: a document that did not come is a failure now.
-        fn state_failed(&self, now: u64) -> ProviderState<'_> {
-            ProviderState {
-                discovery_failed_at: self.discovery.is_none().then_some(now),
-                ..self.state()
             }
         }
     }

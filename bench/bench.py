@@ -3,11 +3,17 @@
 wasm filter that does nothing, and Envoy's own C++ `jwt_authn`, side by
 side in one run, on loopback. Writes bench/RESULTS.md and prints it.
 
-Every scenario gets a fresh Envoy (`--concurrency 1`, static config, no
-access log) in front of a `direct_response` route, so the upstream is not
-what is measured; `wrk` (Debian) drives it with the same Lua script and
-the same token set in every scenario. Each scenario runs `--repeats` times;
-medians are reported. Standard library only.
+The headline is the interleaved mode: every scenario's Envoy (static
+config, no access log, a `direct_response` route, so the upstream is not
+what is measured) is started at once, then `--rounds` rounds visit them in
+a shuffled order, `wrk` (Debian) driving each for `--round-seconds` with
+the same Lua script and token sets. The figure that ranks them is Envoy's
+own CPU time per request (utime + stime of the Envoy process from
+/proc/<pid>/stat, divided by the requests Envoy counted), and each round's
+ratio to the no-op wasm filter of the same round: on a shared, noisy
+machine, req/s moves with whatever else runs, CPU per request much less.
+The other sections (signature checks per algorithm, memory, load with
+change) follow. Standard library only.
 """
 
 import argparse
@@ -15,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -166,6 +173,8 @@ def route(oidc_config=None):
     }
     if oidc_config is not None:
         text = json.dumps(oidc_config, sort_keys=True)
+        # The metadata contract is oidc_core::metadata (core/src/metadata.rs):
+        # namespaces, keys and config_version() = first 16 hex digits of SHA-256.
         version = hashlib.sha256(text.encode()).hexdigest()[:16]
         if os.environ.get("BENCH_LEGACY_LAYOUT"):
             # The layout before the version got a namespace of its own (to
@@ -218,12 +227,12 @@ def provider_cluster(port):
 
 
 class Envoy:
-    def __init__(self, workdir, name, filters, routes, clusters):
+    def __init__(self, workdir, name, filters, routes, clusters, concurrency=1):
         self.port = free_port()
         self.admin = free_port()
         cfg = workdir / f"{name}.json"
         cfg.write_text(json.dumps(bootstrap(self.port, self.admin, filters, routes, clusters)))
-        self.cmd = [str(ENVOY), "-c", str(cfg), "--concurrency", "1",
+        self.cmd = [str(ENVOY), "-c", str(cfg), "--concurrency", str(concurrency),
                     "--disable-hot-restart", "-l", "warning"]
         self.proc = Proc(name, self.cmd, workdir)
         wait_until(f"Envoy ({name})", lambda: self._ready(), 60)
@@ -242,8 +251,21 @@ class Envoy:
                 return int(line.split()[1])
         return 0
 
+    def cpu_seconds(self):
+        """utime + stime of the Envoy process (all its threads), seconds."""
+        stat = Path(f"/proc/{self.proc.p.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def requests_served(self):
+        """Downstream requests Envoy's listener counted."""
+        return envoy_stats(self.admin).get("http.bench.downstream_rq_total", 0)
+
     def stop(self):
         self.proc.stop()
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- wrk
@@ -257,12 +279,18 @@ def parse_duration(text):
     return v * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def wrk(args, url, values, header="Authorization", prefix="Bearer ", duration=None):
+def wrk(args, url, values, header="Authorization", prefix="Bearer ", duration=None, offset=0, rate=None):
+    """One wrk run. `offset`: the index of the first value (so that rounds
+    can continue through a file instead of repeating it); `rate`: requests
+    per second in all, paced by wrk's `delay()` (else as fast as it can)."""
     duration = duration or args.duration
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s",
            "--latency", "-s", str(LUA), url]
     env = {**os.environ, "BENCH_VALUES": str(values), "BENCH_HEADER": header,
-           "BENCH_PREFIX": prefix, "BENCH_THREADS": str(args.threads)}
+           "BENCH_PREFIX": prefix, "BENCH_THREADS": str(args.threads), "BENCH_OFFSET": str(offset)}
+    if rate:
+        # Each connection waits `delay` ms after each answer.
+        env["BENCH_DELAY_MS"] = str(args.connections * 1000.0 / rate)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     text = out.stdout + out.stderr
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
@@ -289,13 +317,22 @@ def wrk(args, url, values, header="Authorization", prefix="Bearer ", duration=No
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (5)")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per scenario; medians reported (3)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="interleaved mode: rounds over every scenario, in shuffled order (5)")
+    ap.add_argument("--round-seconds", type=int, default=3,
+                    help="interleaved mode: seconds of wrk per scenario and round (3)")
+    ap.add_argument("--cold-rate", type=int, default=500,
+                    help="requests/s of the cold-token scenario (500)")
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run in the other sections (5)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs per measurement in the other sections; medians reported (3)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--memory-tokens", type=int, default=100_000)
     ap.add_argument("--out", default=str(ROOT / "bench/RESULTS.md"))
-    ap.add_argument("--only", help="comma-separated scenario numbers and/or `change` (for trying things)")
+    ap.add_argument("--only", help="comma-separated scenario numbers and/or `change` (for trying things; "
+                                   "1 and 2 are always run, as the references)")
+    ap.add_argument("--seed", type=int, help="the shuffle's seed (default: random, printed in the report)")
     ap.add_argument("--change-seconds", type=int, default=60,
                     help="load-with-change run length (0 skips it)")
     args = ap.parse_args()
@@ -323,7 +360,7 @@ def run(args, work, procs):
     say("keys and tokens (node bench/tokens.mjs)")
     subprocess.run(["node", str(ROOT / "bench/tokens.mjs"), str(work), issuer], check=True,
                    stdout=subprocess.DEVNULL)
-    tokens = {name: work / f"{name}.txt" for name in ["rs256", "ps256", "es256", "es256-100k"]}
+    tokens = {name: work / f"{name}.txt" for name in ["rs256", "ps256", "es256", "es256-100k", "rs256-cold"]}
     one = work / "one.txt"
     one.write_text(tokens["rs256"].read_text().splitlines()[0] + "\n")
 
@@ -350,7 +387,8 @@ def run(args, work, procs):
     # A session cookie as the filter seals it (its own encoder).
     cookie = subprocess.run(
         ["cargo", "run", "-q", "-p", "oidc-core", "--example", "session_cookie", "--",
-         SESSION_SECRET, tokens["rs256"].read_text().splitlines()[0], str(int(time.time()))],
+         SESSION_SECRET, tokens["rs256"].read_text().splitlines()[0], str(int(time.time())),
+         f"{issuer}/.well-known/openid-configuration", CLIENT_ID],
         check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip()
     cookies = work / "cookie.txt"
     cookies.write_text(cookie + "\n")
@@ -366,26 +404,36 @@ def run(args, work, procs):
     idp_cluster = [provider_cluster(idp_port)]
     oidc = lambda settings="{}": [wasm_filter(OIDC_WASM, settings)]
 
-    # (number, name, filters, oidc config, clusters, values file, header, prefix)
+    session_route = {**base, "bearer_only": False, "set_userinfo_header": False,
+                     "session": {"secret": SESSION_SECRET}}
+    noop = [wasm_filter(NOOP_WASM, vm_id="noop")]
+    auth = ("Authorization", "Bearer ")
+    # (number, name, concurrency, filters, oidc config, clusters, values file, (header, prefix), rate)
     scenarios = [
-        (1, "no filter", [], None, [], tokens["rs256"], "Authorization", "Bearer "),
-        (2, "wasm filter that does nothing", [wasm_filter(NOOP_WASM, vm_id="noop")], None, [],
-         tokens["rs256"], "Authorization", "Bearer "),
-        (3, "jwt_authn, no cache (1,000 tokens)", [jwt_authn_filter(issuer, public_jwks, False)],
-         None, [], tokens["rs256"], "Authorization", "Bearer "),
-        (4, "jwt_authn + jwt_cache_config (1,000 tokens)", [jwt_authn_filter(issuer, public_jwks, True)],
-         None, [], tokens["rs256"], "Authorization", "Bearer "),
-        (5, "openid-connect use_jwks, one token", oidc(), jwks_route, idp_cluster, one,
-         "Authorization", "Bearer "),
-        (6, "openid-connect use_jwks, 1,000 tokens", oidc(), jwks_route, idp_cluster, tokens["rs256"],
-         "Authorization", "Bearer "),
-        (7, "openid-connect use_jwks, cache off (a signature check per request)",
-         oidc('{"token_cache_size":0}'), jwks_route, idp_cluster, tokens["rs256"], "Authorization", "Bearer "),
-        (8, "openid-connect introspection, cached (10 provider tokens)", oidc(),
-         {**base, "bearer_only": True}, idp_cluster, intro, "Authorization", "Bearer "),
-        (9, "openid-connect browser session cookie", oidc(),
-         {**base, "bearer_only": False, "set_userinfo_header": False,
-          "session": {"secret": SESSION_SECRET}}, idp_cluster, cookies, "Cookie", ""),
+        (1, "no filter", 1, [], None, [], tokens["rs256"], auth, None),
+        (2, "wasm filter that does nothing", 1, noop, None, [], tokens["rs256"], auth, None),
+        (3, "jwt_authn, no cache (1,000 tokens)", 1, [jwt_authn_filter(issuer, public_jwks, False)],
+         None, [], tokens["rs256"], auth, None),
+        (4, "jwt_authn + jwt_cache_config (1,000 tokens)", 1, [jwt_authn_filter(issuer, public_jwks, True)],
+         None, [], tokens["rs256"], auth, None),
+        (5, "openid-connect use_jwks, one token", 1, oidc(), jwks_route, idp_cluster, one, auth, None),
+        (6, "openid-connect use_jwks, 1,000 tokens", 1, oidc(), jwks_route, idp_cluster, tokens["rs256"],
+         auth, None),
+        (7, "openid-connect use_jwks, cache off (a signature check per request)", 1,
+         oidc('{"token_cache_size":0}'), jwks_route, idp_cluster, tokens["rs256"], auth, None),
+        (8, "openid-connect introspection, cached (10 provider tokens)", 1, oidc(),
+         {**base, "bearer_only": True}, idp_cluster, intro, auth, None),
+        (9, "openid-connect browser session cookie", 1, oidc(), session_route, idp_cluster, cookies,
+         ("Cookie", ""), None),
+        (10, f"openid-connect use_jwks, cold tokens (never seen), paced to at most {args.cold_rate}/s", 1, oidc(),
+         jwks_route, idp_cluster, tokens["rs256-cold"], auth, args.cold_rate),
+        (11, "wasm filter that does nothing, --concurrency 2", 2, noop, None, [], tokens["rs256"], auth, None),
+        (12, "openid-connect use_jwks, 1,000 tokens, --concurrency 2", 2, oidc(), jwks_route, idp_cluster,
+         tokens["rs256"], auth, None),
+        (13, "openid-connect introspection, cached, --concurrency 2", 2, oidc(), {**base, "bearer_only": True},
+         idp_cluster, intro, auth, None),
+        (14, "openid-connect browser session cookie, --concurrency 2", 2, oidc(), session_route, idp_cluster,
+         cookies, ("Cookie", ""), None),
     ]
     algs = [
         ("RS256", pem_route("rsa.pem"), tokens["rs256"]),
@@ -393,15 +441,9 @@ def run(args, work, procs):
         ("ES256", pem_route("ec.pem"), tokens["es256"]),
     ]
     only = set(args.only.split(",")) if args.only else None
-
-    results = {}
     commands = {}
-    for (n, name, filters, config, clusters, values, header, prefix) in scenarios:
-        if only and str(n) not in only:
-            continue
-        routes = [route(config)]
-        results[n] = measure(args, work, f"s{n}", name, filters, routes, clusters, values, header, prefix,
-                             commands)
+    chosen = [sc for sc in scenarios if not only or str(sc[0]) in only or sc[0] in (2, 11)]
+    interleaved = measure_interleaved(args, work, chosen, commands)
 
     alg_rows = []
     if not only:
@@ -429,11 +471,81 @@ def run(args, work, procs):
     if (not only or "change" in only) and args.change_seconds > 0:
         change = measure_load_with_change(args, work, issuer, idp_port, tokens["rs256"], procs)
 
-    report = render(args, results, alg_rows, memory, commands, change, verify)
+    saved = Path(args.out).with_name("interleaved.json")
+    previous = json.loads(saved.read_text()) if saved.exists() else None
+    report = render(args, interleaved, alg_rows, memory, commands, change, verify, previous)
     if not only:
         Path(args.out).write_text(report)
-        say(f"wrote {args.out}")
+        saved.write_text(json.dumps({"date": machine()["date"], **interleaved}, indent=1, sort_keys=True) + "\n")
+        say(f"wrote {args.out} and {saved}")
     print(report)
+
+
+def measure_interleaved(args, work, scenarios, commands):
+    """Every scenario's Envoy up at once; `--rounds` rounds in shuffled
+    order; per round and scenario: Envoy's CPU seconds and the requests it
+    served while wrk ran, req/s and latency. Returns {number: result}."""
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    envoys = {}
+    try:
+        for (n, name, conc, filters, config, clusters, values, (header, prefix), rate) in scenarios:
+            envoys[n] = Envoy(work, f"envoy-s{n}", filters, [route(config)], clusters, conc)
+        for (n, name, conc, filters, config, clusters, values, (header, prefix), rate) in scenarios:
+            # Warm-up: provider documents fetched, caches filled, V8 compiled.
+            # (The paced cold scenario warms with its file's last token, which
+            # its rounds never reach.)
+            lines = Path(values).read_text().splitlines()
+            first = lines[0] if rate is None else lines[-1]
+            status, body = http_get(envoys[n].url("/"), {header: prefix + first})
+            if status != 200:
+                die(f"{name}: the warm-up request got {status}: {body[:300]!r}")
+            if rate is None:
+                wrk(args, envoys[n].url("/"), values, header, prefix, duration=1)
+        say(f"interleaved: {len(scenarios)} scenarios x {args.rounds} rounds x {args.round_seconds}s "
+            f"(seed {seed})")
+        rounds = {n: [] for n in envoys}
+        offsets = {n: 0 for n in envoys}
+        for r in range(args.rounds):
+            order = list(scenarios)
+            rng.shuffle(order)
+            for (n, name, conc, filters, config, clusters, values, (header, prefix), rate) in order:
+                e = envoys[n]
+                served0, cpu0 = e.requests_served(), e.cpu_seconds()
+                w = wrk(args, e.url("/"), values, header, prefix, duration=args.round_seconds,
+                        offset=offsets[n], rate=rate)
+                cpu1, served1 = e.cpu_seconds(), e.requests_served()
+                # One admin /stats read falls inside the window: counted out.
+                served = served1 - served0
+                offsets[n] += served + 64
+                if w["non2xx"] or w["errors"] or served <= 0:
+                    die(f"{name}: {w['non2xx']} non-2xx answers {w['errors']}: the scenario is not measuring "
+                        f"what it says (Envoy log: {e.proc.log})")
+                rounds[n].append({"cpu_us": (cpu1 - cpu0) / served * 1e6, "rps": w["rps"],
+                                  "p50": w["p50"], "p99": w["p99"], "served": served})
+                commands.setdefault("wrk", w["cmd"])
+                commands.setdefault("envoy", " ".join(e.cmd))
+            say(f"round {r + 1}/{args.rounds} done")
+    finally:
+        for e in envoys.values():
+            e.stop()
+    out = {"seed": seed, "scenarios": {}}
+    for (n, name, conc, *_rest) in scenarios:
+        ref = 11 if conc == 2 else 2
+        runs = rounds[n]
+        ratios = [a["cpu_us"] / b["cpu_us"] for a, b in zip(runs, rounds[ref])]
+        half = lambda k: statistics.median(ratios[k::2]) if ratios[k::2] else None
+        out["scenarios"][n] = {
+            "name": name, "concurrency": conc, "reference": ref,
+            "cpu_us": statistics.median(x["cpu_us"] for x in runs),
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "ratio_odd": half(0), "ratio_even": half(1),
+            "rps": statistics.median(x["rps"] for x in runs),
+            "p50": statistics.median(x["p50"] for x in runs),
+            "p99": statistics.median(x["p99"] for x in runs),
+            "rounds": [{k: round(v, 3) for k, v in x.items()} for x in runs],
+        }
+    return out
 
 
 def measure(args, work, tag, name, filters, routes, clusters, values, header, prefix, commands):
@@ -539,7 +651,9 @@ def measure_load_with_change(args, work, issuer, idp_port, values, procs):
     admin, xds, proxy, envoy_admin = free_port(), free_port(), free_port(), free_port()
     sidecar = Proc("sidecar", [str(SIDECAR), "--admin-addr", f"127.0.0.1:{admin}",
                                "--xds-addr", f"127.0.0.1:{xds}", "--proxy-port", str(proxy),
-                               "--wasm", str(OIDC_WASM), "--data", str(work / "routes.json")], work,
+                               "--wasm", str(OIDC_WASM), "--data", str(work / "routes.json"),
+                               # The upstream is a local Envoy.
+                               "--allow-local-upstreams"], work,
                    env={"RUST_LOG": "warn"})
     procs.append(sidecar)
     wait_until("the sidecar", lambda: port_open(xds) and port_open(admin))
@@ -625,26 +739,51 @@ def machine():
     }
 
 
-def render(args, results, alg_rows, memory, commands, change=None, verify=None):
+def render(args, interleaved, alg_rows, memory, commands, change=None, verify=None, previous=None):
     m = machine()
-    ref = {k: results.get(k, {}).get("rps") for k in (1, 2, 4)}
-    ratio = lambda v, k: f"{v / ref[k]:.2f}" if ref.get(k) else "–"
+    sc = interleaved["scenarios"]
     lines = [
         "# Benchmark results",
         "",
         f"Run on {m['date']}: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; Envoy {m['envoy']}; {m['wrk']}.",
-        f"Envoy runs with `--concurrency 1` and shares the {m['cores']} cores with `wrk` "
-        f"(`-t{args.threads} -c{args.connections} -d{args.duration}s`), so absolute numbers are lower than on a "
-        "dedicated machine; the ratios are what to read. Every scenario answers from a `direct_response` "
-        f"route; medians of {args.repeats} runs.",
         "",
-        "| # | scenario | req/s | p50 ms | p99 ms | × no filter | × no-op wasm | × jwt_authn cached |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "## Interleaved: Envoy's CPU time per request",
+        "",
+        f"Every scenario's Envoy was up at once; {args.rounds} rounds visited them in shuffled order "
+        f"(seed {interleaved['seed']}), `wrk -t{args.threads} -c{args.connections}` for {args.round_seconds} s each. "
+        "**CPU µs/req** is Envoy's own CPU time (utime + stime from `/proc/<pid>/stat`) over the requests it "
+        "served, median of the rounds; **× no-op** is the median of each round's ratio to the no-op wasm "
+        "filter of the same round (scenario 2; 11 for `--concurrency 2`), with the lowest and highest round. "
+        "Envoy shares the cores with `wrk` and whatever else runs, so req/s and latency move from run to run; "
+        "rank and judge by CPU per request.",
+        "",
+        "| # | scenario | CPU µs/req | × no-op (rounds' range) | req/s | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for n in sorted(results):
-        r = results[n]
-        lines.append(f"| {n} | {r['name']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
-                     f"{ratio(r['rps'], 1)} | {ratio(r['rps'], 2)} | {ratio(r['rps'], 4)} |")
+    for n in sorted(sc):
+        r = sc[n]
+        lines.append(f"| {n} | {r['name']} | {r['cpu_us']:.1f} | {r['ratio']:.2f} "
+                     f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {r['rps']:,.0f} | {r['p50']:.2f} | "
+                     f"{r['p99']:.2f} |")
+    # How far the figures hold: odd rounds against even rounds, and this run
+    # against the previous one (bench/interleaved.json).
+    spread = [abs(r["ratio_odd"] / r["ratio_even"] - 1) for r in sc.values()
+              if r["ratio_odd"] and r["ratio_even"]]
+    lines += ["", "How far the ratios agree:"]
+    if spread:
+        lines.append(f"- odd rounds against even rounds of this run: within {max(spread) * 100:.0f}% "
+                     f"(median {statistics.median(spread) * 100:.0f}%) over the scenarios;")
+    if previous:
+        prev = previous.get("scenarios", {})
+        diffs = [(n, sc[n]["ratio"] / prev[str(n)]["ratio"] - 1) for n in sc
+                 if str(n) in prev and prev[str(n)].get("ratio") and prev[str(n)].get("name") == sc[n]["name"]]
+        if diffs:
+            worst = max(diffs, key=lambda d: abs(d[1]))
+            lines.append(f"- this run against the previous one ({previous.get('date', '?')}): within "
+                         f"{abs(worst[1]) * 100:.0f}% (scenario {worst[0]}), median "
+                         f"{statistics.median(abs(d) for _, d in diffs) * 100:.0f}%.")
+    else:
+        lines.append("- no previous run to compare with (bench/interleaved.json).")
     if alg_rows:
         lines += [
             "",
@@ -710,11 +849,13 @@ def render(args, results, alg_rows, memory, commands, change=None, verify=None):
         f"    {commands.get('wrk', '')}",
         "",
         "`bench/rotate.lua` sends each request with the next token of the scenario's set (1,000 RS256 "
-        "tokens unless the scenario says otherwise; thread i of n takes tokens i, i+n, ...). Scenarios 1 and 2 "
-        "receive the same headers and ignore them. Tokens are signed by `bench/tokens.mjs` with the test "
-        "provider's key (scenarios 5–7 fetch its discovery document and JWKS once); scenario 8 uses 10 "
-        "tokens from the provider's client-credentials grant; scenario 9 replays a session cookie sealed by "
-        "the filter's own encoder (`cargo run -p oidc-core --example session_cookie`).",
+        "tokens unless the scenario says otherwise; thread i of n takes tokens i, i+n, ...; each round goes on "
+        "where the last stopped). Scenarios 1, 2 and 11 receive the same headers and ignore them. Tokens are "
+        "signed by `bench/tokens.mjs` with the test provider's key (the `use_jwks` scenarios fetch its "
+        "discovery document and JWKS once); scenario 10 walks through 20,000 more tokens, none seen before, "
+        "paced by wrk's `delay()` to the rate it names; scenarios 8 and 13 use 10 tokens from the provider's "
+        "client-credentials grant; 9 and 14 replay a session cookie sealed by the filter's own encoder "
+        "(`cargo run -p oidc-core --example session_cookie`).",
         "",
     ]
     return "\n".join(lines)

@@ -10,6 +10,8 @@
 //   ps256.txt           1,000 PS256 tokens (same RSA key)
 //   es256.txt           1,000 ES256 tokens (P-256)
 //   es256-100k.txt      100,000 distinct ES256 tokens (the memory scenario)
+//   rs256-cold.txt      20,000 more RS256 tokens, none in rs256.txt (the
+//                       cold-token scenario: tokens the gateway never saw)
 // One token per line; every token valid for a day.
 
 import * as crypto from 'node:crypto';
@@ -71,4 +73,5 @@ write('rs256.txt', 'RS256', 1000);
 write('ps256.txt', 'PS256', 1000);
 write('es256.txt', 'ES256', 1000);
 write('es256-100k.txt', 'ES256', 100000, 1000);
+write('rs256-cold.txt', 'RS256', 20000, 200000);
 process.stdout.write(`tokens written to ${outDir}\n`);

@@ -8,7 +8,13 @@
 #     (the test OpenID providers), when missing or stale
 #   - Debian packages, only when missing (apt-get): among them protoc
 #     (protobuf-compiler, to build the sidecar) and etcd (etcd-server, tests)
+#
+# `bash scripts/setup.sh build` installs only what the build needs (protoc
+# and the Rust target): `make build` uses it, `make test`/`demo` the whole.
 set -euo pipefail
+
+MODE="${1:-all}"
+case "$MODE" in all|build) ;; *) printf 'setup: unknown mode %s (all, build)\n' "$MODE" >&2; exit 2 ;; esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -52,6 +58,24 @@ need_cmd() {
 
 hash_of() { sha256sum "$@" | sha256sum | cut -c1-64; }
 
+# --- What the build needs: protoc, the Rust target ---------------------------
+# The sidecar's etcd client (crate etcd-client) is generated at build time
+# by protoc. (libprotobuf-dev: the google/protobuf/*.proto files protoc
+# imports; only a recommendation of protobuf-compiler, which apt_install
+# leaves out.)
+need_cmd protoc protobuf-compiler libprotobuf-dev
+if [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
+    apt_install libprotobuf-dev
+fi
+command -v rustup >/dev/null 2>&1 || die "rustup not found (install Rust with rustup first)"
+if rustup target list --installed | grep -qx wasm32-wasip1; then
+    say "rust target wasm32-wasip1: present"
+else
+    say "rustup target add wasm32-wasip1"
+    rustup target add wasm32-wasip1 >/dev/null
+fi
+[ "$MODE" = build ] && exit 0
+
 # --- Debian packages ---------------------------------------------------------
 need_cmd "$PYTHON" python3 python3-venv
 need_cmd node nodejs
@@ -59,14 +83,7 @@ need_cmd npm npm
 need_cmd setsid util-linux
 # The README tutorial (and its test) uses curl.
 need_cmd curl curl
-# The sidecar's etcd client (crate etcd-client) is generated at build time
-# by protoc; the etcd tests run a real etcd (3.4 in Debian 12).
-# (libprotobuf-dev: the google/protobuf/*.proto files protoc imports; only
-# a recommendation of protobuf-compiler, which apt_install leaves out.)
-need_cmd protoc protobuf-compiler libprotobuf-dev
-if [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
-    apt_install libprotobuf-dev
-fi
+# The etcd tests run a real etcd (3.4 in Debian 12).
 need_cmd etcd etcd-server
 if [ "$WITH_KEYCLOAK" = 1 ]; then
     need_cmd java openjdk-17-jre-headless
@@ -79,15 +96,6 @@ if [ "$WITH_BROWSER" = 1 ]; then
     else
         say "chromium: present"
     fi
-fi
-
-# --- Rust target ---------------------------------------------------------------
-command -v rustup >/dev/null 2>&1 || die "rustup not found (install Rust with rustup first)"
-if rustup target list --installed | grep -qx wasm32-wasip1; then
-    say "rust target wasm32-wasip1: present"
-else
-    say "rustup target add wasm32-wasip1"
-    rustup target add wasm32-wasip1 >/dev/null
 fi
 
 # --- Python venv: Envoy, httpbin, gunicorn ---------------------------------------

@@ -10,6 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use oidc_core::browser::Event;
 use oidc_core::exchange::{self, Effect, Exchange, Pending, DEFAULT_REALM};
 use oidc_core::http::{HttpRequest, MAX_RESPONSE_BODY};
+use oidc_core::metadata::{CONFIG_KEY, HOSTS_KEY, NAMESPACE, VERSION_KEY, VERSION_NAMESPACE};
 use oidc_core::provider::FetchKind;
 use oidc_core::reply::{Denial, DenialReason, Reply};
 use oidc_core::route::Route;
@@ -19,40 +20,36 @@ use proxy_wasm::types::Action;
 use crate::host::HostCalls;
 use crate::vm::Vm;
 
-/// Route metadata written by whoever configures Envoy (see ARCHITECTURE.md).
-/// The version sits in a namespace of its own: it is read on every request,
-/// and reading a field of a small namespace costs less than one next to the
-/// config text. An empty version marks a route without the plugin.
+/// Route metadata written by whoever configures Envoy (`oidc_core::metadata`).
 const VERSION_PATH: [&str; 5] = [
     "xds",
     "route_metadata",
     "filter_metadata",
-    "openid-connect-version",
-    "version",
+    VERSION_NAMESPACE,
+    VERSION_KEY,
 ];
 /// Where the version was before (still read when the above is absent).
 const LEGACY_VERSION_PATH: [&str; 5] = [
     "xds",
     "route_metadata",
     "filter_metadata",
-    "openid-connect",
-    "version",
+    NAMESPACE,
+    VERSION_KEY,
 ];
 const CONFIG_PATH: [&str; 5] = [
     "xds",
     "route_metadata",
     "filter_metadata",
-    "openid-connect",
-    "config",
+    NAMESPACE,
+    CONFIG_KEY,
 ];
-/// The route's `hosts` as a JSON list (the sidecar writes it for routes
-/// with hosts; the version covers it).
+/// The route's `hosts` as a JSON list (the version covers it).
 const HOSTS_PATH: [&str; 5] = [
     "xds",
     "route_metadata",
     "filter_metadata",
-    "openid-connect",
-    "hosts",
+    NAMESPACE,
+    HOSTS_KEY,
 ];
 
 pub struct Request {

@@ -11,8 +11,8 @@ use oidc_core::route::Route;
 use oidc_core::session::{self, Session, SessionError, SessionKey};
 
 use crate::metrics::Metrics;
-use crate::settings::Settings;
 use crate::store::Store;
+use oidc_core::settings::Settings;
 
 /// Route configs kept per VM before the table is cleared (config versions
 /// pile up as routes change).

@@ -11,7 +11,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::http::Target;
-use crate::jwt::Alg;
+use crate::jwt::{Alg, Jwks};
 use crate::secret::Secret;
 
 /// One problem in a plugin configuration.
@@ -109,6 +109,43 @@ pub struct ClaimValidator {
     pub audience: AudienceValidator,
 }
 
+/// `public_key`: one PEM public key, parsed with the config (so a key that
+/// does not parse is refused with the config, not on every request).
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    pem: String,
+    keys: Jwks,
+}
+
+impl PublicKey {
+    /// Parses a PEM public key (RSA, EC P-256 or P-384).
+    pub fn parse(pem: &str) -> Result<PublicKey, crate::jwt::JwksError> {
+        Ok(PublicKey {
+            keys: Jwks::from_pem(pem)?,
+            pem: pem.to_string(),
+        })
+    }
+
+    /// The PEM text as configured.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The key, as a key set that matches any `kid`.
+    pub fn keys(&self) -> &Jwks {
+        &self.keys
+    }
+}
+
+/// Equal when the PEM texts are (the keys are parsed from them).
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &PublicKey) -> bool {
+        self.pem == other.pem
+    }
+}
+
+impl Eq for PublicKey {}
+
 /// A validated `openid-connect` plugin configuration with every default
 /// filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,12 +165,12 @@ pub struct PluginConfig {
     pub introspection_endpoint: Option<String>,
     pub introspection_endpoint_auth_method: ClientAuthMethod,
     pub token_endpoint_auth_method: ClientAuthMethod,
-    /// PEM public key for local verification.
-    pub public_key: Option<String>,
+    /// PEM public key for local verification, parsed.
+    pub public_key: Option<PublicKey>,
     pub use_jwks: bool,
     pub use_pkce: bool,
-    /// Allowed JWT algorithms by name; empty means the default list.
-    pub token_signing_alg_values_expected: Vec<String>,
+    /// Allowed JWT algorithms; empty means the default list.
+    pub token_signing_alg_values_expected: Vec<Alg>,
     pub set_access_token_header: bool,
     pub access_token_in_authorization_header: bool,
     pub set_id_token_header: bool,
@@ -713,19 +750,25 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn public_key(&mut self, field: &str) -> Option<String> {
+    fn public_key(&mut self, field: &str) -> Option<PublicKey> {
         let s = self.string(field)?;
         if !s.contains("-----BEGIN") {
             self.error(field, "must be a PEM public key");
             return None;
         }
-        Some(s)
+        match PublicKey::parse(&s) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                self.error(field, format!("is not a usable public key: {e}"));
+                None
+            }
+        }
     }
 
     /// `token_signing_alg_values_expected`: a string in APISIX (one
     /// algorithm, or several separated by commas or spaces); an array of
     /// strings is accepted too.
-    fn algs(&mut self, field: &str) -> Vec<String> {
+    fn algs(&mut self, field: &str) -> Vec<Alg> {
         let names: Vec<String> = match self.get(field) {
             None => return Vec::new(),
             Some(Value::String(s)) => s
@@ -745,8 +788,11 @@ impl<'a> Reader<'a> {
         if names.is_empty() {
             self.error(field, "names no algorithm");
         }
+        let mut algs = Vec::with_capacity(names.len());
         for name in &names {
-            if name.parse::<Alg>().is_err() {
+            if let Ok(alg) = name.parse::<Alg>() {
+                algs.push(alg);
+            } else {
                 let why = if name.eq_ignore_ascii_case("none") {
                     "unsigned tokens are never accepted".to_string()
                 } else {
@@ -759,7 +805,7 @@ impl<'a> Reader<'a> {
                 );
             }
         }
-        names
+        algs
     }
 
     /// `authorization_params`: an object whose values are strings, numbers
@@ -819,6 +865,40 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A P-256 public key (any well-formed key will do).
+    const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEBWWo2qciXCPAyb7p+PNGn+4G/7cz
+Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn public_key_is_parsed_with_the_config() {
+        let mut v = minimal();
+        v["public_key"] = json!(P256_PEM);
+        let c = PluginConfig::parse(&v).unwrap();
+        assert_eq!(c.public_key.as_ref().map(PublicKey::pem), Some(P256_PEM));
+        // A PEM header around something that is not a key: refused here,
+        // not on every request.
+        for bad in [
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+            "-----BEGIN PUBLIC KEY-----\nnot base64!\n-----END PUBLIC KEY-----",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----",
+            "-----BEGIN PUBLIC KEY-----",
+        ] {
+            v["public_key"] = json!(bad);
+            let e = errors(v.clone());
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert_eq!(e[0].field, "public_key");
+            assert!(
+                e[0].message.starts_with("is not a usable public key"),
+                "{e:?}"
+            );
+        }
+        v["public_key"] = json!("AAAA");
+        assert_eq!(errors(v)[0].message, "must be a PEM public key");
+    }
 
     fn minimal() -> Value {
         json!({
@@ -1043,7 +1123,7 @@ mod tests {
         for v in [
             json!({"client_id": "c", "discovery": disc, "bearer_only": true, "use_jwks": true}),
             json!({"client_id": "c", "discovery": disc, "bearer_only": true,
-                   "public_key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"}),
+                   "public_key": P256_PEM}),
             json!({"client_id": "c", "discovery": disc, "use_pkce": true,
                    "session": {"secret": "0123456789abcdef"}}),
         ] {
@@ -1076,7 +1156,10 @@ mod tests {
         v["accept_none_alg"] = json!(false);
         v["token_signing_alg_values_expected"] = json!("RS256 ES256");
         let c = PluginConfig::parse(&v).unwrap();
-        assert_eq!(c.token_signing_alg_values_expected, vec!["RS256", "ES256"]);
+        assert_eq!(
+            c.token_signing_alg_values_expected,
+            vec![Alg::RS256, Alg::ES256]
+        );
     }
 
     #[test]

@@ -33,20 +33,8 @@ impl Route {
     }
 
     pub fn new(config: PluginConfig) -> Result<Route, ConfigErrors> {
-        let public_keys = match &config.public_key {
-            None => None,
-            Some(pem) => Some(Jwks::from_pem(pem).map_err(|e| {
-                ConfigErrors(vec![crate::config::ConfigError {
-                    field: "public_key".into(),
-                    message: format!("is not a usable public key: {e}"),
-                }])
-            })?),
-        };
-        let algs = config
-            .token_signing_alg_values_expected
-            .iter()
-            .filter_map(|a| a.parse::<Alg>().ok())
-            .collect();
+        let public_keys = config.public_key.as_ref().map(|k| k.keys().clone());
+        let algs = config.token_signing_alg_values_expected.clone();
         let session_key = config
             .session
             .as_ref()

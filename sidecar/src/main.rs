@@ -1,21 +1,5 @@
-//! The sidecar: APISIX's Admin API for routes and upstreams, served to Envoy over xDS.
-//! It never carries user traffic: Envoy does the routing.
-//!
-//! - `admin.rs`, `store.rs`, `etcd.rs`, `secrets.rs`: the Admin API and its
-//!   storage (a file, or etcd).
-//! - `model.rs`, `upstream.rs`: APISIX route and upstream objects, validated.
-//! - `translate.rs`, `xds.rs`: routes → Envoy resources, served over ADS.
-//! - `discover.rs`: the provider endpoint hosts named by discovery documents.
-
-mod admin;
-mod discover;
-mod etcd;
-mod model;
-mod secrets;
-mod store;
-mod translate;
-mod upstream;
-mod xds;
+//! The sidecar binary: options, logs, signals, and the wiring of the
+//! library's parts (see `lib.rs` for the map).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,11 +10,12 @@ use axum::routing::get;
 use clap::Parser;
 use tokio::sync::watch;
 
-use crate::admin::{AdminSettings, AdminState};
-use crate::store::{FileStore, Store};
-use crate::translate::ProxySettings;
-use crate::upstream::NodePolicy;
-use crate::xds::XdsStatus;
+use sidecar::admin::{AdminSettings, AdminState};
+use sidecar::store::{FileStore, Store};
+use sidecar::translate::ProxySettings;
+use sidecar::upstream::NodePolicy;
+use sidecar::xds::XdsStatus;
+use sidecar::{admin, discover, etcd, model, secrets, store, xds};
 
 /// APISIX's Admin API for routes and upstreams, configuring Envoy over xDS (ADS).
 ///
@@ -183,8 +168,9 @@ async fn run(o: Options) -> Result<(), String> {
     if o.admin_key.as_deref() == Some("") {
         return Err("--admin-key must not be empty".into());
     }
-    serde_json::from_str::<serde_json::Value>(&o.filter_settings)
-        .map_err(|e| format!("--filter-settings is not JSON: {e}"))?;
+    // The filter's own parser: what passes here, the filter accepts.
+    oidc_core::settings::Settings::parse(o.filter_settings.as_bytes())
+        .map_err(|e| format!("--filter-settings is not valid filter settings: {e}"))?;
     let wasm = std::path::absolute(&o.wasm).map_err(|e| format!("--wasm: {e}"))?;
     if !wasm.is_file() {
         return Err(format!(

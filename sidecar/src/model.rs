@@ -92,6 +92,7 @@ pub struct RouteSpec {
 }
 
 /// Collects `property "x" ...` errors.
+#[derive(Default)]
 pub struct Errors(Vec<String>);
 
 impl Errors {

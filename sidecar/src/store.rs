@@ -45,7 +45,6 @@ pub struct Stored {
     pub upstreams: Upstreams,
 }
 
-#[cfg(test)]
 impl Stored {
     /// Routes only (no upstreams).
     pub fn with_routes(routes: Routes) -> Stored {

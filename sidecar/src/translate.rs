@@ -119,8 +119,12 @@ use envoy_types::pb::google::protobuf::{
 };
 use oidc_core::config::PluginConfig;
 use oidc_core::http::Target;
+// The route-metadata contract shared with the filter.
+use oidc_core::metadata::{
+    config_version, CONFIG_KEY, HOSTS_KEY, NAMESPACE as OIDC_NAMESPACE, VERSION_KEY,
+    VERSION_NAMESPACE as OIDC_VERSION_NAMESPACE,
+};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::model::{RouteSpec, UriMatch};
 use crate::store::Stored;
@@ -134,11 +138,6 @@ pub const LISTENER_NAME: &str = "apisix_http";
 pub const ROUTE_CONFIG: &str = "apisix";
 /// The connection manager's stat prefix (`http.ingress.*`).
 pub const STAT_PREFIX: &str = "ingress";
-/// The route-metadata namespace the filter reads (ARCHITECTURE.md).
-pub const OIDC_NAMESPACE: &str = "openid-connect";
-/// The namespace of the config version alone (read by the filter on every
-/// request; an empty version marks a route without the plugin).
-pub const OIDC_VERSION_NAMESPACE: &str = "openid-connect-version";
 /// The wasm VM id (shared data is per VM id).
 pub const VM_ID: &str = "openid-connect";
 /// The only wasm runtime Envoy 1.40 from PyPI has.
@@ -196,13 +195,6 @@ pub struct Skipped {
 /// The upstream cluster of route `id`.
 pub fn route_cluster_name(id: &str) -> String {
     format!("route|{id}")
-}
-
-/// The metadata `version` of a plugin config text: the first 16 hex
-/// digits of its SHA-256.
-pub fn config_version(config: &str) -> String {
-    let digest = Sha256::digest(config.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The provider URLs a plugin config calls itself (the discovery URL and
@@ -541,22 +533,25 @@ fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> Metadata {
     match stored {
         Some(stored) => {
             let config = stored.to_string();
-            let mut fields = one("config", config.clone());
+            let mut fields = one(CONFIG_KEY, config.clone());
             let version = if hosts.is_empty() {
                 config_version(&config)
             } else {
                 let hosts = Value::from(hosts.to_vec()).to_string();
                 let version = config_version(&format!("{config}\n{hosts}"));
-                fields.fields.insert("hosts".into(), text(hosts));
+                fields.fields.insert(HOSTS_KEY.into(), text(hosts));
                 version
             };
             filter_metadata.insert(OIDC_NAMESPACE.to_string(), fields);
-            filter_metadata.insert(OIDC_VERSION_NAMESPACE.to_string(), one("version", version));
+            filter_metadata.insert(
+                OIDC_VERSION_NAMESPACE.to_string(),
+                one(VERSION_KEY, version),
+            );
         }
         None => {
             filter_metadata.insert(
                 OIDC_VERSION_NAMESPACE.to_string(),
-                one("version", String::new()),
+                one(VERSION_KEY, String::new()),
             );
         }
     }

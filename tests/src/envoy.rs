@@ -2,7 +2,7 @@
 //! with its route table served from a file (RDS) so tests can change routes
 //! while it runs.
 //!
-//! The bootstrap: one HTTP listener on 127.0.0.1:<free port> running the
+//! The bootstrap: one HTTP listener on `127.0.0.1:<free port>` running the
 //! wasm filter (`envoy.filters.http.wasm`, V8, listener-level settings as a
 //! JSON string) and the router; routes by RDS from `<name>-rds/routes.json`
 //! (`path_config_source` + `watched_directory`); static clusters: upstreams
@@ -19,10 +19,11 @@ use serde_json::{json, Map, Value};
 
 use crate::{envoy_bin, free_port, port_open, tail, wait_for, wasm_path, Proc, Response};
 
-/// The metadata namespace the filter reads its per-route config from.
-pub const OIDC_NAMESPACE: &str = "openid-connect";
-/// The namespace of the config version alone.
-pub const OIDC_VERSION_NAMESPACE: &str = "openid-connect-version";
+use oidc_core::metadata::{config_version, CONFIG_KEY, VERSION_KEY};
+/// The route-metadata contract the filter reads (`oidc_core::metadata`).
+pub use oidc_core::metadata::{
+    NAMESPACE as OIDC_NAMESPACE, VERSION_NAMESPACE as OIDC_VERSION_NAMESPACE,
+};
 /// The RDS route configuration's name.
 pub const ROUTE_CONFIG: &str = "local_route";
 /// The connection manager's stat prefix (`http.ingress.*`).
@@ -155,15 +156,15 @@ impl Route {
     /// The route metadata exactly as given: `config` need not be valid JSON.
     /// The version in its own namespace, as the sidecar writes it.
     pub fn oidc_raw(self, config: &str, version: &str) -> Self {
-        self.metadata(OIDC_NAMESPACE, json!({"config": config}))
-            .metadata(OIDC_VERSION_NAMESPACE, json!({"version": version}))
+        self.metadata(OIDC_NAMESPACE, json!({CONFIG_KEY: config}))
+            .metadata(OIDC_VERSION_NAMESPACE, json!({VERSION_KEY: version}))
     }
 
     /// The earlier layout, version next to the config (still read).
     pub fn oidc_legacy(self, config: &Value) -> Self {
         self.metadata(
             OIDC_NAMESPACE,
-            json!({"config": config.to_string(), "version": version_of(config)}),
+            json!({CONFIG_KEY: config.to_string(), VERSION_KEY: version_of(config)}),
         )
     }
 
@@ -247,15 +248,9 @@ impl Route {
     }
 }
 
-/// A short version string for a config (FNV-1a of its text; any string that
-/// changes with the config will do).
+/// The version the sidecar would write for a config (routes without hosts).
 pub fn version_of(config: &Value) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in config.to_string().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    config_version(&config.to_string())
 }
 
 /// A static cluster with one endpoint.

@@ -15,8 +15,10 @@ use integration_tests::{
 use serde_json::json;
 
 /// After a failed provider call the filter answers from what it has (or
-/// 503) for 5 s before it tries again (`bearer::RETRY_AFTER_FAILURE`).
-const RETRY_WINDOW: Duration = Duration::from_millis(5_300);
+/// 503) for `bearer::RETRY_AFTER_FAILURE` seconds before it tries again;
+/// the window plus 300 ms.
+const RETRY_WINDOW: Duration =
+    Duration::from_millis(oidc_core::bearer::RETRY_AFTER_FAILURE * 1000 + 300);
 
 fn status(envoy: &Envoy, path: &str, token: &str) -> (u16, String) {
     let r = get(

@@ -3,7 +3,7 @@
 //! (`tests/rogue/server.js`: real HTTP, real signatures, one realm per
 //! case). Each case is run on the login callback (the ID token, userinfo)
 //! and, where it applies to access tokens, on the bearer path (`use_jwks`).
-//! The README's security section lists the same cases.
+//! docs/security.md lists the same cases.
 
 use std::time::{Duration, Instant};
 
@@ -172,8 +172,10 @@ fn relying_party_certification_cases() {
     }
 
     // Key rotation, second half: tokens signed with a key the cached JWKS
-    // lacks are accepted once the filter refetches it (at most every 5 s).
-    let wait = Duration::from_secs(6).saturating_sub(rotation_start.elapsed());
+    // lacks are accepted once the filter refetches it (at most every
+    // `bearer::KID_REFETCH_INTERVAL` seconds).
+    let wait = Duration::from_secs(oidc_core::bearer::KID_REFETCH_INTERVAL + 1)
+        .saturating_sub(rotation_start.elapsed());
     std::thread::sleep(wait);
     let (status, body) = login(&envoy, "login.rotation");
     if status != 302 {

@@ -161,3 +161,104 @@ fn weights_split_traffic() {
         "{to_b} of {n} went to the weight-3 node"
     );
 }
+
+/// `--filter-settings` is checked with the filter's own parser at start-up:
+/// a typo stops the sidecar with the field's name (before, it was accepted,
+/// the filter refused it in Envoy and the gateway had no listener), and
+/// valid settings reach a listener that serves.
+#[test]
+fn filter_settings_are_checked_with_the_filters_parser() {
+    let dir = TestDir::new("sidecar_filter_settings");
+    let mut cmd = std::process::Command::new(integration_tests::gateway::sidecar_bin());
+    cmd.args(["--admin-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0"])
+        .arg("--wasm")
+        .arg(integration_tests::wasm_path())
+        .arg("--data")
+        .arg(dir.file("routes.json"))
+        .args(["--filter-settings", r#"{"token_cach_size": 16}"#]);
+    let proc = integration_tests::Proc::spawn("sidecar", dir.path(), cmd);
+    wait_for(
+        "the sidecar to refuse its settings",
+        Duration::from_secs(30),
+        || (!proc.is_running()).then_some(()),
+    );
+    let log = std::fs::read_to_string(proc.log_path()).unwrap();
+    assert!(
+        log.contains(
+            "--filter-settings is not valid filter settings: unknown field `token_cach_size`"
+        ),
+        "{log}"
+    );
+
+    let httpbin = Httpbin::start(dir.path());
+    let gw = Gateway::start(
+        dir.path(),
+        &[
+            "--filter-settings",
+            r#"{"token_cache_size": 0, "session_cache_size": 8}"#,
+        ],
+    );
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes/open",
+        Some(&format!(
+            r#"{{"uri": "/anything/*", "upstream": {{"nodes": {{"127.0.0.1:{}": 1}}}}}}"#,
+            httpbin.port
+        )),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    within_a_second("the route to serve traffic", || {
+        get(&gw.url("/anything/x"), &[]).is_ok_and(|r| r.status == 200)
+    });
+}
+
+/// A `public_key` is parsed when the Admin API validates the route: a PEM
+/// header around something that is not a key is refused with 400 naming
+/// the field (before, it was accepted and every request on the route got
+/// a 500 from the filter); a real key is accepted and the route answers.
+#[test]
+fn a_malformed_public_key_is_refused_by_the_admin_api() {
+    const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----\\n\
+        MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEBWWo2qciXCPAyb7p+PNGn+4G/7cz\\n\
+        Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==\\n\
+        -----END PUBLIC KEY-----\\n";
+    let dir = TestDir::new("sidecar_public_key");
+    let httpbin = Httpbin::start(dir.path());
+    let provider = Provider::start(dir.path(), ProviderOptions::default());
+    let gw = Gateway::start(dir.path(), &[]);
+    let node = format!("127.0.0.1:{}", httpbin.port);
+    let disc = provider.discovery_url();
+    let body = |pem: &str| {
+        tutorial_body(
+            &format!("\"bearer_only\": true, \"public_key\": \"{pem}\","),
+            &disc,
+            &node,
+        )
+    };
+
+    for bad in [
+        "-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----",
+        "-----BEGIN PUBLIC KEY-----\\nnot base64!\\n-----END PUBLIC KEY-----",
+    ] {
+        let r = gw.admin("PUT", "/apisix/admin/routes", Some(&body(bad)));
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert!(
+            r.body.contains("plugins.openid-connect.public_key")
+                && r.body.contains("is not a usable public key"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(
+        gw.admin("GET", "/apisix/admin/routes", None).json()["total"],
+        0
+    );
+
+    let r = gw.admin("PUT", "/apisix/admin/routes", Some(&body(P256_PEM)));
+    assert_eq!(r.status, 201, "{}", r.body);
+    within_a_second("the route to answer 401 without a token", || {
+        get(&gw.url("/anything/x"), &[]).is_ok_and(|r| r.status == 401)
+    });
+    let bad_token = get(&gw.url("/anything/x"), &[("authorization", "Bearer a.b.c")]).unwrap();
+    assert_eq!(bad_token.status, 401, "{}", bad_token.body);
+}

@@ -1,0 +1,95 @@
+//! The listener-level filter configuration (the wasm filter's
+//! `configuration` string): settings shared by every route.
+//!
+//! The filter parses it in `on_configure`; the sidecar parses its
+//! `--filter-settings` with the same function at start-up, so a typo stops
+//! the sidecar with the field's name instead of reaching Envoy (where the
+//! filter would refuse it and the listener would be rejected).
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// Default bound of the per-VM verified-token cache (entries).
+pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 4096;
+/// Default bound of the per-VM opened-session cache (entries).
+pub const DEFAULT_SESSION_CACHE_SIZE: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// How many accepted tokens each VM remembers (per token and route
+    /// config version); 0 turns the cache off.
+    #[serde(default = "default_cache_size")]
+    pub token_cache_size: usize,
+    /// How many opened session cookies each VM remembers (by route and
+    /// sealed value; timeouts are still checked on every request); 0 turns
+    /// the cache off.
+    #[serde(default = "default_session_cache_size")]
+    pub session_cache_size: usize,
+}
+
+/// Why a settings text was refused (serde's message: it names an unknown
+/// or mistyped field, and where).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsError(String);
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+fn default_session_cache_size() -> usize {
+    DEFAULT_SESSION_CACHE_SIZE
+}
+
+fn default_cache_size() -> usize {
+    DEFAULT_TOKEN_CACHE_SIZE
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            token_cache_size: DEFAULT_TOKEN_CACHE_SIZE,
+            session_cache_size: DEFAULT_SESSION_CACHE_SIZE,
+        }
+    }
+}
+
+impl Settings {
+    /// Parses the configuration text; an empty one means all defaults.
+    pub fn parse(raw: &[u8]) -> Result<Settings, SettingsError> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Settings::default());
+        }
+        serde_json::from_slice(raw).map_err(|e| SettingsError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_means_defaults_and_fields_are_read() {
+        assert_eq!(Settings::parse(b" \n").unwrap(), Settings::default());
+        assert_eq!(Settings::parse(b"{}").unwrap(), Settings::default());
+        let s = Settings::parse(br#"{"token_cache_size": 0, "session_cache_size": 7}"#).unwrap();
+        assert_eq!((s.token_cache_size, s.session_cache_size), (0, 7));
+    }
+
+    #[test]
+    fn a_typo_or_a_wrong_type_is_refused_naming_the_field() {
+        let e = Settings::parse(br#"{"token_cach_size": 16}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field `token_cach_size`"),
+            "{e}"
+        );
+        let e = Settings::parse(br#"{"session_cache_size": "16"}"#).unwrap_err();
+        assert!(e.to_string().contains("invalid type"), "{e}");
+        assert!(Settings::parse(b"{").is_err());
+    }
+}

@@ -3,6 +3,7 @@
 //!
 //! - [`Root`] reads the listener-level settings and owns the per-VM state.
 //! - [`request::Request`] handles one HTTP request.
+//! - [`host`] answers what the core's request loop asks of the host.
 //! - [`store`] keeps provider documents in shared data (one copy for all
 //!   worker VMs) and a parsed copy per VM.
 //! - [`revoked`] keeps the logout deny-list in shared data.
@@ -11,6 +12,7 @@
 // (`make lint` builds them with the private items).
 #![allow(rustdoc::private_intra_doc_links)]
 
+mod host;
 mod metrics;
 mod request;
 mod revoked;

@@ -21,7 +21,7 @@ use crate::config::{SessionConfig, UnauthAction};
 use crate::discovery::ProviderMetadata;
 use crate::http::{HttpRequest, Target};
 use crate::jwt::{self, Jwks};
-use crate::login::{self, FlowState, LoginRandom, RequestFacts, Start};
+use crate::login::{self, FlowState, LoginRandom, LoginRoute, RequestFacts, Start};
 use crate::provider::{self, Cache, FetchKind, ProviderState, Rotation};
 use crate::reply::{Denial, DenialReason, Reply};
 use crate::revocation::Revocation;
@@ -158,7 +158,6 @@ pub struct Flow {
 }
 
 enum Stage {
-    Misconfigured(String),
     Unauthenticated,
     Start,
     Callback {
@@ -205,22 +204,20 @@ enum Stage {
 impl Flow {
     /// Sorts a request: the logout path, the login callback, a request with
     /// a valid session, or one without.
-    pub fn begin(route: &Route, req: BrowserRequest, now: u64) -> Flow {
-        match (&route.config.session, &route.session_key) {
-            (Some(cfg), Some(key)) => {
-                let name = cfg.cookie_name.clone();
-                Flow::begin_with(route, req, now, &mut |v| session::unseal(key, &name, v))
-            }
-            _ => Flow::begin_with(route, req, now, &mut |_| {
-                Err(session::SessionError::Missing)
-            }),
-        }
+    pub fn begin(login: &LoginRoute<'_>, req: BrowserRequest, now: u64) -> Flow {
+        let (key, name) = (login.key, login.session.cookie_name.as_str());
+        Flow::begin_with(login, req, now, &mut |v| session::unseal(key, name, v))
     }
 
     /// [`Flow::begin`], with the session opened by `unseal` (e.g. from a
     /// cache of recently opened sessions). Timeouts are checked here, at
     /// `now`, whatever `unseal` answers.
-    pub fn begin_with(route: &Route, req: BrowserRequest, now: u64, unseal: Unseal<'_>) -> Flow {
+    pub fn begin_with(
+        login: &LoginRoute<'_>,
+        req: BrowserRequest,
+        now: u64,
+        unseal: Unseal<'_>,
+    ) -> Flow {
         let mut flow = Flow {
             req,
             stage: Stage::Done,
@@ -229,11 +226,8 @@ impl Flow {
             revocation: None,
             rejected_refresh: None,
         };
+        let (route, cfg) = (login.route, login.session);
         let c = &route.config;
-        let (Some(cfg), Some(key)) = (&c.session, &route.session_key) else {
-            flow.stage = Stage::Misconfigured("a login route needs session.secret".into());
-            return flow;
-        };
         let name = cfg.cookie_name.as_str();
         let decoded = session::reassemble(name, &flow.req.cookies)
             .ok_or(session::SessionError::Missing)
@@ -257,7 +251,7 @@ impl Flow {
             };
             Stage::Logout { session, revoke }
         } else if login::is_callback(route, &path) {
-            flow.callback_stage(route, cfg, key, now)
+            flow.callback_stage(login, now)
         } else {
             match decoded {
                 Ok(session) => Stage::SignedIn {
@@ -288,13 +282,8 @@ impl Flow {
         self.revocation.take()
     }
 
-    fn callback_stage(
-        &mut self,
-        route: &Route,
-        cfg: &SessionConfig,
-        key: &SessionKey,
-        now: u64,
-    ) -> Stage {
+    fn callback_stage(&mut self, login: &LoginRoute<'_>, now: u64) -> Stage {
+        let (route, cfg, key) = (login.route, login.session, login.key);
         let q = CallbackQuery::parse(&self.req.path);
         let flow = q
             .state
@@ -341,18 +330,15 @@ impl Flow {
     /// Goes on until a reply, a forward, or a provider call.
     pub fn advance(
         &mut self,
-        route: &Route,
+        login: &LoginRoute<'_>,
         p: &ProviderState<'_>,
         rng: &mut dyn Entropy,
         now: u64,
     ) -> Step {
+        let (route, cfg, key) = (login.route, login.session, login.key);
         let c = &route.config;
-        let (Some(cfg), Some(key)) = (&c.session, &route.session_key) else {
-            return self.misconfigured("a login route needs session.secret".into());
-        };
         loop {
             match std::mem::replace(&mut self.stage, Stage::Done) {
-                Stage::Misconfigured(why) => return self.misconfigured(why),
                 Stage::Unauthenticated => match c.unauth_action {
                     UnauthAction::Pass => {
                         return Step::Forward(Forward {
@@ -370,7 +356,7 @@ impl Flow {
                         return self.respond(reply, Event::Unauthenticated);
                     }
                 },
-                Stage::Start => return self.start(route, key, p, rng, now),
+                Stage::Start => return self.start(login, p, rng, now),
                 Stage::Callback { flow, code } => {
                     let m = match self.discovery(route, p, now) {
                         Ok(m) => m,
@@ -399,10 +385,10 @@ impl Flow {
                     }
                 }
                 Stage::Verify { flow, tokens } => {
-                    return self.verify(route, p, flow, tokens, rng, now)
+                    return self.verify(login, p, flow, tokens, rng, now)
                 }
                 Stage::VerifyRefresh { session, tokens } => {
-                    match self.verify_refresh(route, p, session, tokens, now) {
+                    match self.verify_refresh(login, p, session, tokens, now) {
                         Ok(stage) => self.stage = stage,
                         Err(step) => return step,
                     }
@@ -488,13 +474,14 @@ impl Flow {
     /// Takes the answer to the provider call of the last [`Step::Call`].
     pub fn on_response(
         &mut self,
-        route: &Route,
+        login: &LoginRoute<'_>,
         p: &ProviderState<'_>,
         status: u16,
         body: &[u8],
         rng: &mut dyn Entropy,
         now: u64,
     ) -> Step {
+        let route = login.route;
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::AwaitTokens { flow } => {
                 self.stage = match callback::parse_tokens(status, body) {
@@ -505,7 +492,7 @@ impl Flow {
             Stage::AwaitUserinfo { flow, mut session } => match userinfo(status, body, &session) {
                 Ok(info) => {
                     session.userinfo = Some(info);
-                    return self.logged_in(route, flow, session, rng, now);
+                    return self.logged_in(login, flow, session, rng, now);
                 }
                 Err(e) => self.stage = Stage::Failed(e),
             },
@@ -527,9 +514,7 @@ impl Flow {
                 Err(_) => {
                     // The provider refused the refresh token (revoked,
                     // expired, session ended there): log in again.
-                    if let Some(cfg) = &route.config.session {
-                        self.clear_session(cfg);
-                    }
+                    self.clear_session(login.session);
                     self.stage = Stage::Unauthenticated;
                 }
             },
@@ -542,17 +527,17 @@ impl Flow {
                 return self.misconfigured("internal: a provider answer nobody waits for".into());
             }
         }
-        self.advance(route, p, rng, now)
+        self.advance(login, p, rng, now)
     }
 
     fn start(
         &mut self,
-        route: &Route,
-        key: &SessionKey,
+        login: &LoginRoute<'_>,
         p: &ProviderState<'_>,
         rng: &mut dyn Entropy,
         now: u64,
     ) -> Step {
+        let route = login.route;
         if let Err(login::StartError::ForeignHost(host)) =
             login::check_host(route, &self.req.facts())
         {
@@ -589,7 +574,7 @@ impl Flow {
         if let Err(e) = filled {
             return self.misconfigured(format!("no random bytes: {e}"));
         }
-        match login::start(route, &endpoint, &self.req.facts(), key, &random, now) {
+        match login::start(login, &endpoint, &self.req.facts(), &random, now) {
             Ok(Start::HostCorrection { location }) => {
                 self.respond(Reply::redirect(&location), Event::HostCorrected)
             }
@@ -610,13 +595,14 @@ impl Flow {
     /// session.
     fn verify(
         &mut self,
-        route: &Route,
+        login: &LoginRoute<'_>,
         p: &ProviderState<'_>,
         flow: FlowState,
         tokens: Tokens,
         rng: &mut dyn Entropy,
         now: u64,
     ) -> Step {
+        let route = login.route;
         let m = match self.discovery(route, p, now) {
             Ok(m) => m,
             Err(step) => {
@@ -649,7 +635,7 @@ impl Flow {
                         self.unavailable(route, &format!("cannot call the userinfo endpoint: {e}"))
                     }
                 },
-                _ => self.logged_in(route, flow, session, rng, now),
+                _ => self.logged_in(login, flow, session, rng, now),
             },
             // The provider may have rotated its keys (the same rule as for
             // bearer tokens).
@@ -675,12 +661,13 @@ impl Flow {
     /// tokens, or no session when it fails), or a step to get the keys.
     fn verify_refresh(
         &mut self,
-        route: &Route,
+        login: &LoginRoute<'_>,
         p: &ProviderState<'_>,
         mut session: Session,
         tokens: Tokens,
         now: u64,
     ) -> Result<Stage, Step> {
+        let route = login.route;
         let m = match self.discovery(route, p, now) {
             Ok(m) => m,
             Err(step) => {
@@ -738,9 +725,7 @@ impl Flow {
             Err(e) => {
                 // Never forwarded nor kept: the session ends (log in again).
                 self.rejected_refresh = Some(e.to_string());
-                if let Some(cfg) = &route.config.session {
-                    self.clear_session(cfg);
-                }
+                self.clear_session(login.session);
                 Ok(Stage::Unauthenticated)
             }
         }
@@ -755,15 +740,13 @@ impl Flow {
     /// to where the browser started.
     fn logged_in(
         &mut self,
-        route: &Route,
+        login: &LoginRoute<'_>,
         flow: FlowState,
         mut session: Session,
         rng: &mut dyn Entropy,
         now: u64,
     ) -> Step {
-        let (Some(cfg), Some(key)) = (&route.config.session, &route.session_key) else {
-            return self.misconfigured("a login route needs session.secret".into());
-        };
+        let (cfg, key) = (login.session, login.key);
         // The session's id (for logout's deny-list).
         if let Err(e) = rng.fill(&mut session.id.0) {
             return self.misconfigured(format!("no random bytes: {e}"));
@@ -1196,6 +1179,10 @@ mod tests {
         }
     }
 
+    fn lr(r: &Route) -> LoginRoute<'_> {
+        LoginRoute::of(r).unwrap()
+    }
+
     fn request(host: &str, path: &str, cookies: &[(String, String)]) -> BrowserRequest {
         BrowserRequest {
             scheme: "http".into(),
@@ -1291,7 +1278,7 @@ mod tests {
     /// authorization URL.
     fn start(route: &Route, p: &mut Provider) -> (Vec<(String, String)>, String) {
         let flow = Flow::begin(
-            route,
+            &lr(route),
             request("localhost:9080", "/anything/test?x=1", &[]),
             NOW,
         );
@@ -1308,7 +1295,7 @@ mod tests {
         let state = query_param(&location, "state").unwrap();
         let nonce = query_param(&location, "nonce").unwrap();
         let cb = format!("/anything/callback?code=the-code&state={state}");
-        let flow = Flow::begin(route, request("localhost:9080", &cb, &cookies), NOW);
+        let flow = Flow::begin(&lr(route), request("localhost:9080", &cb, &cookies), NOW);
         let (reply, event) = respond(p.drive(route, flow, NOW, |req| {
             if req.path.ends_with("/token") {
                 (200, token_answer("at-1", &nonce, "user-1"))
@@ -1333,7 +1320,11 @@ mod tests {
         let mut p = Provider::new();
 
         // The tutorial: opened on 127.0.0.1, redirect URI on localhost.
-        let flow = Flow::begin(&r, request("127.0.0.1:9080", "/anything/test", &[]), NOW);
+        let flow = Flow::begin(
+            &lr(&r),
+            request("127.0.0.1:9080", "/anything/test", &[]),
+            NOW,
+        );
         let (reply, event) = respond(p.drive(&r, flow, NOW, |_| panic!("no call")));
         assert_eq!(event, Event::HostCorrected);
         assert_eq!(
@@ -1373,7 +1364,7 @@ mod tests {
         let mut p = Provider::new();
         let r = route(json!({}));
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             api(request("localhost:9080", "/anything/test", &[])),
             NOW,
         );
@@ -1381,12 +1372,20 @@ mod tests {
         assert_eq!((reply.status, event), (401, Event::Unauthenticated));
 
         let r = route(json!({"unauth_action": "deny"}));
-        let flow = Flow::begin(&r, request("localhost:9080", "/anything/test", &[]), NOW);
+        let flow = Flow::begin(
+            &lr(&r),
+            request("localhost:9080", "/anything/test", &[]),
+            NOW,
+        );
         assert_eq!(respond(p.drive(&r, flow, NOW, |_| panic!())).0.status, 401);
 
         let r = route(json!({"unauth_action": "pass"}));
         let c = vec![("app".to_string(), "1".to_string())];
-        let flow = Flow::begin(&r, request("localhost:9080", "/anything/test", &c), NOW);
+        let flow = Flow::begin(
+            &lr(&r),
+            request("localhost:9080", "/anything/test", &c),
+            NOW,
+        );
         let f = forward(p.drive(&r, flow, NOW, |_| panic!()));
         assert_eq!(f, Forward::default(), "forwarded as it came");
         assert!(p.fetches.is_empty());
@@ -1426,7 +1425,7 @@ mod tests {
         with_app.push(("app".into(), "1".into()));
         let calls = p.calls.len();
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             request("localhost:9080", "/anything/x", &with_app),
             NOW + 10,
         );
@@ -1477,7 +1476,7 @@ mod tests {
                    cookies: &[(String, String)],
                    token: Vec<u8>,
                    info: &'static [u8]| {
-            let flow = Flow::begin(&r, request("localhost:9080", path, cookies), NOW);
+            let flow = Flow::begin(&lr(&r), request("localhost:9080", path, cookies), NOW);
             let token = token.clone();
             respond(p.drive(&r, flow, NOW, move |req| {
                 if req.path.ends_with("/token") {
@@ -1546,18 +1545,18 @@ mod tests {
             reply.status, 503,
             "a 200 without access_token is the provider's fault"
         );
-        let flow = Flow::begin(&r, request("localhost:9080", &cb, &cookies), NOW);
+        let flow = Flow::begin(&lr(&r), request("localhost:9080", &cb, &cookies), NOW);
         let (reply, _) = respond(p.drive(&r, flow, NOW, |_| {
             (400, br#"{"error":"invalid_grant"}"#.to_vec())
         }));
         assert_eq!(reply.status, 400);
         assert!(reply.body.contains("invalid_grant"));
-        let flow = Flow::begin(&r, request("localhost:9080", &cb, &cookies), NOW);
+        let flow = Flow::begin(&lr(&r), request("localhost:9080", &cb, &cookies), NOW);
         let (reply, _) = respond(p.drive(&r, flow, NOW, |_| (502, b"bad gateway".to_vec())));
         assert_eq!(reply.status, 503);
         // A flow cookie too old.
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             request("localhost:9080", &cb, &cookies),
             NOW + login::FLOW_TTL + 1,
         );
@@ -1587,13 +1586,13 @@ mod tests {
             .to_string()
             .into_bytes();
         let cb = format!("/anything/callback?code=c&state={state}");
-        let flow = Flow::begin(&r, request("localhost:9080", &cb, &cookies), NOW);
+        let flow = Flow::begin(&lr(&r), request("localhost:9080", &cb, &cookies), NOW);
         let (reply, event) = respond(p.drive(&r, flow, NOW, |_| (200, answer.clone())));
         assert_eq!(event, Event::LoggedIn, "{}", reply.body);
         assert_eq!(p.fetches, vec![FetchKind::Discovery, FetchKind::Jwks]);
 
         // Fetched just now and still unknown: refused, no second fetch.
-        let flow = Flow::begin(&r, request("localhost:9080", &cb, &cookies), NOW);
+        let flow = Flow::begin(&lr(&r), request("localhost:9080", &cb, &cookies), NOW);
         p.keys = jwks(vec![rsa_jwk(&test_keys().rsa_b, "rsa-b")]);
         p.jwks = Some(Fetched {
             value: p.keys.clone(),
@@ -1611,7 +1610,7 @@ mod tests {
         let cookies = login(&r, &mut p);
         let later = NOW + 300; // expires_in 300, default leeway 0
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             request("localhost:9080", "/anything/x", &cookies),
             later,
         );
@@ -1640,7 +1639,7 @@ mod tests {
         let even_later = later + 300;
         let refused = |_: &HttpRequest| (400, br#"{"error":"invalid_grant"}"#.to_vec());
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             request("localhost:9080", "/anything/x", &cookies),
             even_later,
         );
@@ -1650,7 +1649,7 @@ mod tests {
             .iter()
             .any(|c| c.starts_with("session=;") && c.contains("Max-Age=0")));
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             api(request("localhost:9080", "/anything/x", &cookies)),
             even_later,
         );
@@ -1661,7 +1660,7 @@ mod tests {
             .any(|c| c.starts_with("session=;")));
         // Unreachable: 503, the session stays.
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             api(request("localhost:9080", "/anything/x", &cookies)),
             even_later,
         );
@@ -1694,7 +1693,7 @@ mod tests {
         );
         let calls = p.calls.len();
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             api(request("localhost:9080", "/anything/x", &cookies)),
             NOW,
         );
@@ -1730,13 +1729,13 @@ mod tests {
         );
         for bad in [other, forged, foreign] {
             let mut flow = Flow::begin(
-                &r,
+                &lr(&r),
                 api(request("localhost:9080", "/anything/x", &cookies)),
                 NOW,
             );
             let first = {
                 let st = p.state();
-                flow.advance(&r, &st, &mut Counter(0), NOW)
+                flow.advance(&lr(&r), &st, &mut Counter(0), NOW)
             };
             let Step::Call(_) = first else {
                 panic!("a refresh")
@@ -1744,7 +1743,7 @@ mod tests {
             let st = p.state();
             let (reply, event) = respond(
                 flow.on_response(
-                    &r,
+                    &lr(&r),
                     &st,
                     200,
                     json!({"access_token": "at-3", "id_token": bad})
@@ -1769,7 +1768,7 @@ mod tests {
         let cookies = login(&r, &mut p);
         let later = NOW + 300;
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             request("localhost:9080", "/anything/x", &cookies),
             later,
         );
@@ -1779,7 +1778,7 @@ mod tests {
             .iter()
             .any(|c| c.starts_with("session=;")));
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             api(request("localhost:9080", "/anything/x", &cookies)),
             later,
         );
@@ -1787,7 +1786,7 @@ mod tests {
         assert_eq!(reply.status, 401);
         // Still valid a second earlier.
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             request("localhost:9080", "/anything/x", &cookies),
             later - 1,
         );
@@ -1804,7 +1803,11 @@ mod tests {
         tampered[0].1.replace_range(10..12, "AA");
         let late = NOW + 601;
         for (jar, now) in [(tampered, NOW), (cookies.clone(), late)] {
-            let flow = Flow::begin(&r, api(request("localhost:9080", "/anything/x", &jar)), now);
+            let flow = Flow::begin(
+                &lr(&r),
+                api(request("localhost:9080", "/anything/x", &jar)),
+                now,
+            );
             let (reply, event) = respond(p.drive(&r, flow, now, |_| panic!("no call")));
             assert_eq!((reply.status, event), (401, Event::Unauthenticated));
             assert!(set_cookies(&reply)
@@ -1814,7 +1817,7 @@ mod tests {
         // Another route's secret does not open it.
         let other = route(json!({"session": {"secret": "another-secret-0123456789"}}));
         let flow = Flow::begin(
-            &other,
+            &lr(&other),
             api(request("localhost:9080", "/anything/x", &cookies)),
             NOW,
         );
@@ -1847,7 +1850,7 @@ mod tests {
             .to_string()
             .into_bytes();
         let cb = format!("/anything/callback?code=c&state={state}");
-        let flow = Flow::begin(&r, request("localhost:9080", &cb, &cookies), NOW);
+        let flow = Flow::begin(&lr(&r), request("localhost:9080", &cb, &cookies), NOW);
         let (reply, _) = respond(p.drive(&r, flow, NOW, |req| {
             if req.path.ends_with("/token") {
                 (200, answer.clone())
@@ -1865,7 +1868,11 @@ mod tests {
                     .all(|(i, n)| *n == format!("session_{}", i + 1)),
             "{names:?}"
         );
-        let flow = Flow::begin(&r, request("localhost:9080", "/anything/x", &cookies), NOW);
+        let flow = Flow::begin(
+            &lr(&r),
+            request("localhost:9080", "/anything/x", &cookies),
+            NOW,
+        );
         let f = forward(p.drive(&r, flow, NOW, |_| panic!()));
         assert!(f.signed_in);
         assert_eq!(
@@ -1881,10 +1888,18 @@ mod tests {
         let r = route(json!({"required_scopes": ["profile"], "set_userinfo_header": false}));
         let cookies = login(&r, &mut p);
         // "at-1" is not a JWT; the ID token fixture grants "openid profile email".
-        let flow = Flow::begin(&r, request("localhost:9080", "/anything/x", &cookies), NOW);
+        let flow = Flow::begin(
+            &lr(&r),
+            request("localhost:9080", "/anything/x", &cookies),
+            NOW,
+        );
         assert!(forward(p.drive(&r, flow, NOW, |_| panic!())).signed_in);
         let r = route(json!({"required_scopes": ["admin"], "set_userinfo_header": false}));
-        let flow = Flow::begin(&r, request("localhost:9080", "/anything/x", &cookies), NOW);
+        let flow = Flow::begin(
+            &lr(&r),
+            request("localhost:9080", "/anything/x", &cookies),
+            NOW,
+        );
         let (reply, event) = respond(p.drive(&r, flow, NOW, |_| panic!()));
         assert_eq!((reply.status, event), (403, Event::Forbidden));
         assert_eq!(
@@ -1905,7 +1920,7 @@ mod tests {
         let cookies = login(&r, &mut p);
         let before = p.calls.len();
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             request("localhost:9080", "/anything/logout", &cookies),
             NOW,
         );
@@ -1941,14 +1956,22 @@ mod tests {
         // No end-session endpoint: to post_logout_redirect_uri; neither: a page.
         p.metadata.as_mut().unwrap().end_session_endpoint = None;
         p.discovery = None;
-        let flow = Flow::begin(&r, request("localhost:9080", "/anything/logout", &[]), NOW);
+        let flow = Flow::begin(
+            &lr(&r),
+            request("localhost:9080", "/anything/logout", &[]),
+            NOW,
+        );
         let (reply, _) = respond(p.drive(&r, flow, NOW, |_| panic!("nothing to revoke")));
         assert_eq!(
             header(&reply, "location"),
             Some("http://localhost:9080/bye")
         );
         let r = route(json!({"logout_path": "/anything/logout"}));
-        let flow = Flow::begin(&r, request("localhost:9080", "/anything/logout", &[]), NOW);
+        let flow = Flow::begin(
+            &lr(&r),
+            request("localhost:9080", "/anything/logout", &[]),
+            NOW,
+        );
         let (reply, _) = respond(p.drive(&r, flow, NOW, |_| panic!()));
         assert_eq!(reply.status, 200);
         assert!(reply.body.contains("Logged out"));
@@ -1957,7 +1980,7 @@ mod tests {
         p.metadata = None;
         p.discovery = None;
         let flow = Flow::begin(
-            &r,
+            &lr(&r),
             request("localhost:9080", "/anything/logout", &cookies),
             NOW,
         );
@@ -1973,12 +1996,12 @@ mod tests {
         let mut r = route(json!({"redirect_uri": null, "set_userinfo_header": false}));
         let mut p = Provider::new();
         // A host the route does not serve makes no redirect URI.
-        let flow = Flow::begin(&r, request("gw", "/app/page", &[]), NOW);
+        let flow = Flow::begin(&lr(&r), request("gw", "/app/page", &[]), NOW);
         let (reply, _) = respond(p.drive(&r, flow, NOW, |_| panic!()));
         assert_eq!(reply.status, 400);
         assert!(p.fetches.is_empty());
         r.hosts = vec!["gw".into()];
-        let flow = Flow::begin(&r, request("gw", "/app/page", &[]), NOW);
+        let flow = Flow::begin(&lr(&r), request("gw", "/app/page", &[]), NOW);
         let (reply, _) = respond(p.drive(&r, flow, NOW, |_| panic!()));
         let location = header(&reply, "location").unwrap().to_string();
         assert_eq!(
@@ -1989,7 +2012,7 @@ mod tests {
         let state = query_param(&location, "state").unwrap();
         let nonce = query_param(&location, "nonce").unwrap();
         let cb = format!("/app/page/.apisix/redirect?code=c&state={state}");
-        let flow = Flow::begin(&r, request("gw", &cb, &cookies), NOW);
+        let flow = Flow::begin(&lr(&r), request("gw", &cb, &cookies), NOW);
         let (reply, event) = respond(p.drive(&r, flow, NOW, |req| {
             let f = form(req);
             assert!(f.contains(&(

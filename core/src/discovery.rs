@@ -1,9 +1,9 @@
 //! OpenID Provider discovery (OpenID Connect Discovery 1.0 section 4) and
 //! the JWKS fetch: requests to make and the checks on their answers.
 //!
-//! [`request`] / [`parse_response`] and [`jwks_request`] /
-//! [`parse_jwks_response`] map one-to-one onto `dispatch_http_call` and its
-//! response callback.
+//! [`request`] (the GET for a provider document, discovery or JWKS) and
+//! [`parse_response`] / [`parse_jwks_response`] map one-to-one onto
+//! `dispatch_http_call` and its response callback; `provider` decides when.
 
 use std::fmt;
 
@@ -23,17 +23,8 @@ pub fn issuer_from_discovery_url(url: &str) -> Option<String> {
     url.strip_suffix(WELL_KNOWN_SUFFIX).map(str::to_string)
 }
 
-/// The GET for the discovery document.
-pub fn request(discovery_url: &str) -> Result<HttpRequest, UrlError> {
-    get_json(discovery_url)
-}
-
-/// The GET for the provider's JWK Set.
-pub fn jwks_request(jwks_uri: &str) -> Result<HttpRequest, UrlError> {
-    get_json(jwks_uri)
-}
-
-fn get_json(url: &str) -> Result<HttpRequest, UrlError> {
+/// The GET for a provider document (the discovery document or a JWK Set).
+pub fn request(url: &str) -> Result<HttpRequest, UrlError> {
     let mut req = Target::parse(url)?.request("GET");
     req.headers
         .push(("accept".to_string(), "application/json".to_string()));
@@ -281,11 +272,11 @@ mod tests {
             vec![("accept".to_string(), "application/json".to_string())]
         );
         assert_eq!(r.body, None);
-        let j = jwks_request("https://idp.example/certs?v=2").unwrap();
+        let j = request("https://idp.example/certs?v=2").unwrap();
         assert_eq!(j.cluster, "oidc|https|idp.example|443");
         assert_eq!(j.path, "/certs?v=2");
         assert!(request("not a url").is_err());
-        assert!(jwks_request("file:///etc/passwd").is_err());
+        assert!(request("file:///etc/passwd").is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::rc::Rc;
 use crate::bearer::{self, Allowed, Decision};
 use crate::browser::{BrowserRequest, Entropy, Event, Flow, Forward, Step};
 use crate::http::HttpRequest;
+use crate::login::LoginRoute;
 use crate::provider::{self, record, Documents, FetchKind};
 use crate::reply::{Denial, Reply};
 use crate::revocation::Revocation;
@@ -286,7 +287,10 @@ impl Exchange {
             if c.bearer_only {
                 return done(deny(Denial::NoToken, &c.realm));
             }
-            let mut ex = Exchange::browser(browser_flow(route, headers, host, now));
+            let Some(login) = LoginRoute::of(route) else {
+                return done(not_a_login_route());
+            };
+            let mut ex = Exchange::browser(browser_flow(&login, headers, host, now));
             let effect = ex.run(route, host, now);
             return (ex, effect);
         };
@@ -384,8 +388,11 @@ impl Exchange {
                         }
                     }
                     Side::Browser(flow) => {
+                        let Some(login) = LoginRoute::of(route) else {
+                            return not_a_login_route();
+                        };
                         let docs = host.documents(&route.config.discovery);
-                        let step = flow.on_response(route, &docs.state(), status, body, host, now);
+                        let step = flow.on_response(&login, &docs.state(), status, body, host, now);
                         refused_refresh(flow, host);
                         match self.step(step) {
                             Ok(need) => match self.fetch(route, need, &docs, host, now) {
@@ -472,9 +479,12 @@ impl Exchange {
                 }
             }
             Side::Browser(flow) => {
+                let Some(login) = LoginRoute::of(route) else {
+                    return Err(not_a_login_route());
+                };
                 state.discovery_in_flight = self.held_discovery;
                 state.jwks_in_flight = self.held_jwks;
-                let step = flow.advance(route, &state, host, now);
+                let step = flow.advance(&login, &state, host, now);
                 refused_refresh(flow, host);
                 match self.step(step) {
                     Ok(need) => Ok(need),
@@ -587,7 +597,7 @@ impl Exchange {
 
 /// Sorts a browser request, opening its session through the host (and its
 /// deny-list), and puts a logout's session on the deny-list.
-fn browser_flow(route: &Route, headers: &Headers, host: &mut dyn Host, now: u64) -> Flow {
+fn browser_flow(login: &LoginRoute<'_>, headers: &Headers, host: &mut dyn Host, now: u64) -> Flow {
     let text = |name: &str| {
         headers
             .iter()
@@ -610,19 +620,17 @@ fn browser_flow(route: &Route, headers: &Headers, host: &mut dyn Host, now: u64)
         accept: text("accept"),
         cookies,
     };
-    let mut flow = match (&route.config.session, &route.session_key) {
-        (Some(cfg), Some(key)) => Flow::begin_with(route, req, now, &mut |value| {
-            let s = host.unseal(key, &cfg.cookie_name, value)?;
-            // A session that logged out is no session, whoever kept a copy
-            // of its cookie.
-            if host.revoked(&s.id, now) {
-                host.note(Note::RevokedSessionRefused);
-                return Err(SessionError::Revoked);
-            }
-            Ok(s)
-        }),
-        _ => Flow::begin(route, req, now),
-    };
+    let (key, name) = (login.key, login.session.cookie_name.as_str());
+    let mut flow = Flow::begin_with(login, req, now, &mut |value| {
+        let s = host.unseal(key, name, value)?;
+        // A session that logged out is no session, whoever kept a copy of
+        // its cookie.
+        if host.revoked(&s.id, now) {
+            host.note(Note::RevokedSessionRefused);
+            return Err(SessionError::Revoked);
+        }
+        Ok(s)
+    });
     if let Some(r) = flow.take_revocation() {
         host.revoke(r, now);
     }
@@ -644,6 +652,16 @@ fn release(waiting: &Waiting, host: &mut dyn Host) {
     {
         host.release(*kind, url, *since);
     }
+}
+
+/// A request on a route that is not `bearer_only` but cannot log browsers
+/// in (no `session.secret`): 500.
+fn not_a_login_route() -> Effect {
+    let why = "a login route needs session.secret".to_string();
+    Effect::Reply(
+        Denial::BadRouteConfig(why.clone()).reply(DEFAULT_REALM),
+        Event::Misconfigured(why),
+    )
 }
 
 fn deny(denial: Denial, realm: &str) -> Effect {
@@ -912,10 +930,14 @@ mod tests {
 
     #[test]
     fn provider_calls_per_request_are_bounded() {
-        let r = route(json!({}));
+        let r = route(json!({
+            "bearer_only": false,
+            "redirect_uri": "http://localhost/cb",
+            "session": {"secret": "0123456789abcdef0123"},
+        }));
         let mut host = TestHost::default();
         let flow = Flow::begin(
-            &r,
+            &LoginRoute::of(&r).unwrap(),
             BrowserRequest {
                 scheme: "http".into(),
                 host: "localhost".into(),

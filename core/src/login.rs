@@ -14,8 +14,41 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use url::Url;
 
+use crate::config::SessionConfig;
 use crate::route::Route;
 use crate::session::{self, SessionKey};
+
+/// A route that logs browsers in: `bearer_only: false`, with the session
+/// config and key a login needs. [`LoginRoute::of`] is the one check; what
+/// takes a `LoginRoute` never asks again whether the session is there.
+#[derive(Clone, Copy)]
+pub struct LoginRoute<'a> {
+    pub route: &'a Route,
+    pub session: &'a SessionConfig,
+    pub key: &'a SessionKey,
+}
+
+impl<'a> LoginRoute<'a> {
+    /// The login side of `route`, or `None` when it does not log browsers
+    /// in (`bearer_only`, or no `session.secret`).
+    pub fn of(route: &'a Route) -> Option<LoginRoute<'a>> {
+        match (&route.config.session, &route.session_key) {
+            (Some(session), Some(key)) if !route.config.bearer_only => Some(LoginRoute {
+                route,
+                session,
+                key,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl std::ops::Deref for LoginRoute<'_> {
+    type Target = Route;
+    fn deref(&self) -> &Route {
+        self.route
+    }
+}
 
 /// How long a started login may take before its flow cookie is refused.
 pub const FLOW_TTL: u64 = 600;
@@ -319,13 +352,14 @@ fn url_path(u: &str) -> String {
 
 /// Starts a login for a browser navigation without a session.
 pub fn start(
-    route: &Route,
+    login: &LoginRoute<'_>,
     authorization_endpoint: &str,
     req: &RequestFacts<'_>,
-    key: &SessionKey,
     random: &LoginRandom,
     now: u64,
 ) -> Result<Start, StartError> {
+    let route = login.route;
+    let key = login.key;
     let c = &route.config;
     check_host(route, req)?;
     if let Some(location) = host_correction(route, req)? {
@@ -372,17 +406,7 @@ pub fn start(
     let name = flow_cookie_name(route, &state);
     let json = serde_json::to_vec(&flow).unwrap_or_default();
     let value = session::seal(key, name.as_bytes(), &json, random.seal_nonce);
-    let mut attrs = match &c.session {
-        Some(s) => session::CookieAttrs::from_config(s, req.scheme == "https"),
-        None => session::CookieAttrs {
-            path: "/".into(),
-            domain: None,
-            secure: req.scheme == "https",
-            http_only: true,
-            same_site: crate::config::SameSite::Lax,
-            max_age: None,
-        },
-    };
+    let mut attrs = session::CookieAttrs::from_config(login.session, req.scheme == "https");
     // The provider's redirect back is a cross-site top-level GET: Lax
     // cookies travel with it, Strict ones would not.
     if attrs.same_site == crate::config::SameSite::Strict {
@@ -489,6 +513,13 @@ mod tests {
         SessionKey::derive(&Secret::new("0123456789abcdef0123"))
     }
 
+    fn lk<'a>(r: &'a Route, key: &'a SessionKey) -> LoginRoute<'a> {
+        LoginRoute {
+            key,
+            ..LoginRoute::of(r).unwrap()
+        }
+    }
+
     fn random() -> LoginRandom {
         LoginRandom {
             state: [1; 16],
@@ -535,10 +566,9 @@ mod tests {
     fn the_tutorial_host_mismatch_is_corrected_first() {
         // The tutorial opens 127.0.0.1 while its redirect_uri says localhost.
         let s = start(
-            &route(json!({})),
+            &lk(&route(json!({})), &key()),
             AUTH,
             &facts("127.0.0.1:9080", "/anything/test?a=1"),
-            &key(),
             &random(),
             NOW,
         )
@@ -558,10 +588,9 @@ mod tests {
             location,
             set_cookies,
         } = start(
-            &r,
+            &lk(&r, &key()),
             AUTH,
             &facts("localhost:9080", "/anything/test"),
-            &key(),
             &random(),
             NOW,
         )
@@ -610,10 +639,9 @@ mod tests {
             location,
             set_cookies,
         } = start(
-            &r,
+            &lk(&r, &key()),
             AUTH,
             &facts("localhost:9080", "/anything/test"),
-            &key(),
             &random(),
             NOW,
         )
@@ -644,10 +672,9 @@ mod tests {
     fn flow_cookies_are_refused_when_foreign_stale_or_for_another_state() {
         let r = route(json!({}));
         let Start::Authorize { set_cookies, .. } = start(
-            &r,
+            &lk(&r, &key()),
             AUTH,
             &facts("localhost:9080", "/x"),
-            &key(),
             &random(),
             NOW,
         )
@@ -737,7 +764,8 @@ mod tests {
             json!({"session": {"secret": "0123456789abcdef0123", "cookie_same_site": "Strict"}}),
         );
         let f = facts("localhost:9080", "/anything/test");
-        let Ok(Start::Authorize { set_cookies, .. }) = start(&r, AUTH, &f, &key(), &random(), NOW)
+        let Ok(Start::Authorize { set_cookies, .. }) =
+            start(&lk(&r, &key()), AUTH, &f, &random(), NOW)
         else {
             panic!("a login starts")
         };
@@ -747,7 +775,7 @@ mod tests {
     fn started(r: &Route, f: &RequestFacts<'_>, seed: u8) -> Vec<String> {
         let mut rnd = random();
         rnd.state = [seed; 16];
-        match start(r, AUTH, f, &key(), &rnd, NOW) {
+        match start(&lk(r, &key()), AUTH, f, &rnd, NOW) {
             Ok(Start::Authorize { set_cookies, .. }) => set_cookies,
             other => panic!("{other:?}"),
         }
@@ -854,7 +882,7 @@ mod tests {
                 Err(StartError::ForeignHost(host.into()))
             );
             assert!(matches!(
-                start(&r, AUTH, &facts(host, "/app"), &key(), &random(), NOW),
+                start(&lk(&r, &key()), AUTH, &facts(host, "/app"), &random(), NOW),
                 Err(StartError::ForeignHost(_))
             ));
         }

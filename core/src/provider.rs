@@ -205,10 +205,7 @@ pub struct Need {
 /// The GET for a provider document, or why it cannot be made (a URL the
 /// provider gave that is not one we can call).
 pub fn fetch(kind: FetchKind, url: &str) -> Result<Need, String> {
-    let t = crate::http::Target::parse(url).map_err(|e| format!("cannot call {url}: {e}"))?;
-    let mut req = t.request("GET");
-    req.headers
-        .push(("accept".into(), "application/json".into()));
+    let req = discovery::request(url).map_err(|e| format!("cannot call {url}: {e}"))?;
     Ok(Need {
         kind,
         url: url.to_string(),

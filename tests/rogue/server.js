@@ -18,6 +18,10 @@
 //   GET  /<case>/bearer     an access token crafted per case, for the
 //                           bearer-token path
 //
+// `rotation` signs with a second key from its second token on and adds it
+// to its JWKS then; `rotation-down` switches keys too but its JWKS
+// endpoint answers 500 from its second request on.
+//
 // Provider-abuse cases (tests/tests/provider_abuse.rs): realm `slow`
 // answers its JWKS after a second; `bigjwks` and `bigdisc` pad the JWKS or
 // the discovery document to 2 MiB (valid JSON, spaces after it).
@@ -93,6 +97,7 @@ function craft(name, kind, nonce) {
     case 'kid-absent-single':
     case 'kid-absent-multiple': delete header.kid; break;
     case 'rotation':
+    case 'rotation-down':
       if (r.issued >= 1) { key = KEY2; header = { ...header, kid: KEY2.kid }; }
       break;
     default: break;
@@ -246,6 +251,12 @@ const server = http.createServer((req, res) => {
       case '.well-known/openid-configuration':
         return send(res, 200, documentText(name, discovery(name), 'disc'));
       case 'jwks':
+        // `rotation-down`: the keys rotate and the JWKS endpoint fails
+        // from its second request on.
+        if (caseOf(name) === 'rotation-down') {
+          r.jwksServed = (r.jwksServed ?? 0) + 1;
+          if (r.jwksServed > 1) return send(res, 500, { error: 'down' });
+        }
         if (caseOf(name) === 'slow') {
           return setTimeout(() => send(res, 200, jwks(name)), SLOW_MS);
         }

@@ -106,11 +106,13 @@ fn relying_party_certification_cases() {
                 .oidc(&login_config(&rogue, &realm)),
         );
     }
-    config = config.route(
-        Route::prefix("/rp/login.rotation/")
-            .direct(200, "the protected page")
-            .oidc(&login_config(&rogue, "login.rotation")),
-    );
+    for realm in ["login.rotation", "login.rotation-down"] {
+        config = config.route(
+            Route::prefix(&format!("/rp/{realm}/"))
+                .direct(200, "the protected page")
+                .oidc(&login_config(&rogue, realm)),
+        );
+    }
     for (case, _) in BEARER_CASES {
         let realm = format!("bearer.{case}");
         config = config.route(
@@ -130,6 +132,11 @@ fn relying_party_certification_cases() {
     let rotation_start = Instant::now();
     let (status, body) = login(&envoy, "login.rotation");
     assert_eq!(status, 302, "rotation, first login: {body}");
+    let (status, body) = login(&envoy, "login.rotation-down");
+    assert_eq!(
+        status, 302,
+        "rotation with the JWKS down, first login: {body}"
+    );
     let bearer = |realm: &str| -> (u16, String) {
         let t = get(&format!("{}/{realm}/bearer", rogue.base()), &[])
             .unwrap()
@@ -177,6 +184,14 @@ fn relying_party_certification_cases() {
     let (status, body) = bearer("bearer.rotation");
     if status != 200 {
         failures.push(format!("bearer rotation (new key): got {status}: {body}"));
+    }
+    // When that refetch fails, the new key cannot be checked: the provider
+    // is unavailable (503, as on the bearer path), the login did not fail.
+    let (status, body) = login(&envoy, "login.rotation-down");
+    if status != 503 || !body.contains("Identity provider unavailable") {
+        failures.push(format!(
+            "login rotation with the JWKS down: want 503, got {status}: {body}"
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

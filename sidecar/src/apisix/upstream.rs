@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::model::{check_id, valid_host_pattern, Errors};
+use crate::apisix::route::{check_id, valid_host_pattern, Errors};
 
 /// Attributes of an upstream this gateway reads.
 const KNOWN: &[&str] = &[

@@ -40,7 +40,7 @@
 //!   resource) must not point at the gateway's control ports, nor, without
 //!   `--allow-local-upstreams`, at loopback or link-local addresses
 //!   ([`NodePolicy`]): 400 naming the node.
-//! - Secrets: see [`crate::secrets`]: responses show `"******"`, stored
+//! - Secrets: see [`crate::apisix::secrets`]: responses show `"******"`, stored
 //!   and published routes carry the real values.
 //! - Every accepted write replaces the route and upstream set published on
 //!   [`AdminState::subscribe`], after it was saved.
@@ -88,10 +88,10 @@ use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
-use crate::model::{id_text, with_id, Errors, RouteSpec};
-use crate::secrets::{self, FillError};
+use crate::apisix::route::{id_text, with_id, Errors, RouteSpec};
+use crate::apisix::secrets::{self, FillError};
+use crate::apisix::upstream::{NodePolicy, Upstream};
 use crate::store::{Guard, Kind, Revs, Store, StoreError, Stored, Versioned, Write, Written};
-use crate::upstream::{NodePolicy, Upstream};
 
 /// The routes and upstreams as published: id → stored object (with `id`,
 /// `create_time`, `update_time` and the real secrets).
@@ -828,7 +828,7 @@ fn login_needs_a_host(spec: &RouteSpec, e: &mut Errors) {
     let from_request = c.redirect_uri.as_deref().is_none_or(|u| u.starts_with('/'));
     if !c.bearer_only && spec.hosts.is_empty() && from_request {
         e.push(
-            &format!("plugins.{}.redirect_uri", crate::model::OIDC_PLUGIN),
+            &format!("plugins.{}.redirect_uri", crate::apisix::route::OIDC_PLUGIN),
             "must be an absolute URL on a login route (bearer_only false) without \"hosts\" \
              or \"host\": set one of them, else the redirect URI would be made from any \
              request's Host header",
@@ -1113,7 +1113,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::REDACTED;
+    use crate::apisix::secrets::REDACTED;
     use crate::store::{MemoryStore, Routes, StoreError, StoreFuture};
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

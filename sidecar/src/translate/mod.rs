@@ -126,11 +126,11 @@ use oidc_core::metadata::{
 };
 use serde_json::Value;
 
-use crate::model::{RouteSpec, UriMatch};
-use crate::store::Stored;
-use crate::upstream::{
+use crate::apisix::route::{RouteSpec, UriMatch};
+use crate::apisix::upstream::{
     ActiveCheck, Balancer, CheckKind, HashKey, Node, PassHost, Timeouts, Upstream,
 };
+use crate::store::Stored;
 
 /// The one listener's name.
 pub const LISTENER_NAME: &str = "apisix_http";

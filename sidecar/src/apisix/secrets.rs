@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::model::OIDC_PLUGIN;
+use crate::apisix::route::OIDC_PLUGIN;
 
 /// What responses show in place of a secret.
 pub const REDACTED: &str = "******";

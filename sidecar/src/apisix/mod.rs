@@ -1,0 +1,6 @@
+//! APISIX's route and upstream objects as the Admin API accepts them: pure
+//! parsing and validation, no I/O.
+
+pub mod route;
+pub mod secrets;
+pub mod upstream;

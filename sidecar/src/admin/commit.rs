@@ -20,7 +20,7 @@ pub(super) struct Inner {
     /// what `GET` reads and writes are decided on.
     pub(super) known: watch::Sender<Arc<Versioned>>,
     /// The route set published to xDS (`known`'s data).
-    pub(super) tx: watch::Sender<RouteSet>,
+    pub(super) tx: watch::Sender<Published>,
     /// Held from validation to publication, so this sidecar's writes never
     /// interleave.
     pub(super) writer: Mutex<Writer>,
@@ -76,7 +76,7 @@ impl AdminState {
             .filter_map(|id| id.parse::<u128>().ok())
             .max()
             .unwrap_or(0);
-        let (tx, _) = watch::channel(Arc::new(loaded.data.clone()));
+        let (tx, _) = watch::channel(Arc::new(RouteTable::build(loaded.data.clone())));
         let (known, _) = watch::channel(Arc::new(loaded));
         Ok(AdminState {
             inner: Arc::new(Inner {
@@ -93,14 +93,14 @@ impl AdminState {
 
     /// The route and upstream set now and every later one. The receiver's
     /// first value is the current set.
-    pub fn subscribe(&self) -> watch::Receiver<RouteSet> {
+    pub fn subscribe(&self) -> watch::Receiver<Published> {
         self.inner.tx.subscribe()
     }
 
     /// The current routes and upstreams.
     #[cfg(test)]
-    pub fn routes(&self) -> RouteSet {
-        self.inner.tx.borrow().clone()
+    pub fn routes(&self) -> Stored {
+        self.inner.tx.borrow().stored().clone()
     }
 
     /// What this sidecar knows the store holds, with revisions.
@@ -122,10 +122,10 @@ impl AdminState {
         });
         if taken {
             self.inner.tx.send_if_modified(|published| {
-                if **published == seen.data {
+                if *published.stored() == seen.data {
                     return false;
                 }
-                *published = Arc::new(seen.data.clone());
+                *published = Arc::new(RouteTable::build(seen.data.clone()));
                 true
             });
         }
@@ -145,8 +145,9 @@ impl AdminState {
     /// writes the result, then publishes it. Nothing changes on `Err` or
     /// when the write fails. When the store says the write's guards no
     /// longer hold (another sidecar wrote in between), `decide` runs again
-    /// on what the store holds now.
-    pub(super) async fn commit<F>(&self, mut decide: F) -> Response
+    /// on what the store holds now. Knows nothing of HTTP: [`Self::answer`]
+    /// turns the result into the Admin API's answer.
+    pub(super) async fn commit<F>(&self, mut decide: F) -> Result<Committed, CommitError>
     where
         F: FnMut(&Versioned, &mut Writer, u64) -> Result<Change, Refusal> + Send + 'static,
     {
@@ -159,10 +160,7 @@ impl AdminState {
             let mut current = state.known();
             for _ in 0..MAX_ATTEMPTS {
                 let now = (inner.clock)();
-                let change = match decide(&current, &mut writer, now) {
-                    Ok(c) => c,
-                    Err(refusal) => return refusal.into_response(),
-                };
+                let change = decide(&current, &mut writer, now).map_err(CommitError::Refused)?;
                 let write = change.write(&current);
                 let mut next = current.data.clone();
                 match &write.value {
@@ -173,17 +171,19 @@ impl AdminState {
                     None => write.kind.of_mut(&mut next).remove(&write.id),
                 };
                 let (kind, id) = (write.kind, write.id.clone());
-                let (what, status) = match (&change, &write.value) {
-                    (_, None) => ("deleted", StatusCode::OK),
-                    (Change::Put { created: true, .. }, _) => ("created", StatusCode::CREATED),
-                    _ => ("updated", StatusCode::OK),
+                let outcome = match (&change, &write.value) {
+                    (_, None) => Outcome::Deleted,
+                    (Change::Put { created: true, .. }, _) => Outcome::Created,
+                    _ => Outcome::Updated,
                 };
                 let name = kind.name();
                 let revs = match inner.store.write(&write, &next).await {
                     Ok(Written::Saved) => {
                         let next = Versioned::unversioned(next);
                         inner.known.send_replace(Arc::new(next.clone()));
-                        inner.tx.send_replace(Arc::new(next.data));
+                        inner
+                            .tx
+                            .send_replace(Arc::new(RouteTable::build(next.data)));
                         None
                     }
                     Ok(Written::At { revision }) => {
@@ -194,8 +194,8 @@ impl AdminState {
                                  {revision} back yet: reads may not show this {name} for a while"
                             );
                         }
-                        let created = match what {
-                            "created" => revision,
+                        let created = match outcome {
+                            Outcome::Created => revision,
                             _ => current.revs_of(kind, &id).map_or(revision, |r| r.created),
                         };
                         Some(Revs {
@@ -214,51 +214,100 @@ impl AdminState {
                         continue;
                     }
                     Err(StoreError::Unavailable(e)) => {
-                        tracing::error!(%id, "Admin API: {name} not {what}: {e}");
-                        return error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!(
-                                "cannot save the {name}: {e}; nothing was changed, and reads \
-                                 still answer with the last known routes and upstreams"
-                            ),
-                        );
+                        tracing::error!(%id, "Admin API: {name} not {outcome}: {e}");
+                        return Err(CommitError::Unavailable { kind, error: e });
                     }
                     Err(e) => {
-                        tracing::error!(%id, "Admin API: {name} not {what}: cannot save: {e}");
-                        return error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            format!("failed to save the {name}: {e}"),
-                        );
+                        tracing::error!(%id, "Admin API: {name} not {outcome}: cannot save: {e}");
+                        return Err(CommitError::Failed {
+                            kind,
+                            error: e.to_string(),
+                        });
                     }
                 };
-                tracing::info!(%id, revision = revs.map(|r| r.modified), "Admin API: {name} {what}");
-                let body = match write.value {
-                    Some(v) => entry(&inner.prefix, kind, &id, &v, revs),
-                    None => {
-                        let mut b = json!({"deleted": "1", "key": kind.key(&inner.prefix, &id)});
-                        if let Some(r) = revs {
-                            b["modifiedIndex"] = r.modified.into();
-                        }
-                        b
-                    }
-                };
-                return reply(status, body);
+                tracing::info!(%id, revision = revs.map(|r| r.modified), "Admin API: {name} {outcome}");
+                return Ok(Committed {
+                    outcome,
+                    kind,
+                    id,
+                    value: write.value,
+                    revs,
+                });
             }
-            error(
-                StatusCode::CONFLICT,
-                format!(
-                    "the store changed concurrently {MAX_ATTEMPTS} times while this write \
-                     was decided: nothing was written; try again"
-                ),
-            )
+            Err(CommitError::Conflicts)
         });
-        task.await.unwrap_or_else(|_| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the write failed unexpectedly".into(),
-            )
+        task.await.unwrap_or(Err(CommitError::Aborted))
+    }
+
+    /// The Admin API's answer to a commit: the saved object (`{"key",
+    /// "value"}`, secrets redacted) or the deletion, else the error.
+    pub(super) fn answer(&self, result: Result<Committed, CommitError>) -> Response {
+        let c = match result {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        };
+        let prefix = &self.inner.prefix;
+        let body = match &c.value {
+            Some(v) => entry(prefix, c.kind, &c.id, v, c.revs),
+            None => {
+                let mut b = json!({"deleted": "1", "key": c.kind.key(prefix, &c.id)});
+                if let Some(r) = c.revs {
+                    b["modifiedIndex"] = r.modified.into();
+                }
+                b
+            }
+        };
+        let status = match c.outcome {
+            Outcome::Created => StatusCode::CREATED,
+            Outcome::Updated | Outcome::Deleted => StatusCode::OK,
+        };
+        reply(status, body)
+    }
+}
+
+/// What a committed change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Deleted => "deleted",
         })
     }
+}
+
+/// A change saved and published.
+#[derive(Debug)]
+pub(super) struct Committed {
+    pub(super) outcome: Outcome,
+    pub(super) kind: Kind,
+    pub(super) id: String,
+    /// The stored object; `None` for a deletion.
+    pub(super) value: Option<Value>,
+    /// Its revisions, from a store that has them.
+    pub(super) revs: Option<Revs>,
+}
+
+/// Why a change was not made; nothing changed.
+#[derive(Debug)]
+pub(super) enum CommitError {
+    /// `decide` refused it.
+    Refused(Refusal),
+    /// The store cannot be reached (503).
+    Unavailable { kind: Kind, error: String },
+    /// The store refused the write (500).
+    Failed { kind: Kind, error: String },
+    /// The store changed concurrently on every attempt (409).
+    Conflicts,
+    /// The write task ended without an answer (500).
+    Aborted,
 }
 
 pub(super) enum Change {

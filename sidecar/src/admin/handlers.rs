@@ -67,24 +67,26 @@ pub(super) async fn put(
     obj: Map<String, Value>,
 ) -> Response {
     let nodes = s.inner.settings.nodes.clone();
-    s.commit(move |current, _, now| {
-        let current = &current.data;
-        let mut obj = obj.clone();
-        let id = id.clone();
-        let stored = kind.of(current).get(&id);
-        fill_secrets(kind, &mut obj, stored)?;
-        obj.insert("create_time".into(), stored_create_time(stored, now));
-        obj.insert("update_time".into(), Value::from(now));
-        let created = stored.is_none();
-        let value = finish(kind, &id, obj, current, &nodes)?;
-        Ok(Change::Put {
-            kind,
-            created,
-            id,
-            value,
+    s.answer(
+        s.commit(move |current, _, now| {
+            let current = &current.data;
+            let mut obj = obj.clone();
+            let id = id.clone();
+            let stored = kind.of(current).get(&id);
+            fill_secrets(kind, &mut obj, stored)?;
+            obj.insert("create_time".into(), stored_create_time(stored, now));
+            obj.insert("update_time".into(), Value::from(now));
+            let created = stored.is_none();
+            let value = finish(kind, &id, obj, current, &nodes)?;
+            Ok(Change::Put {
+                kind,
+                created,
+                id,
+                value,
+            })
         })
-    })
-    .await
+        .await,
+    )
 }
 
 pub(super) async fn post_new(
@@ -101,22 +103,24 @@ pub(super) async fn post_new(
         )));
     }
     let nodes = s.inner.settings.nodes.clone();
-    Ok(s.commit(move |current, writer, now| {
-        let current = &current.data;
-        let mut obj = obj.clone();
-        fill_secrets(kind, &mut obj, None)?;
-        obj.insert("create_time".into(), Value::from(now));
-        obj.insert("update_time".into(), Value::from(now));
-        let id = writer.next_id(kind.of(current), now);
-        let value = finish(kind, &id, obj, current, &nodes)?;
-        Ok(Change::Put {
-            kind,
-            id,
-            value,
-            created: true,
+    Ok(s.answer(
+        s.commit(move |current, writer, now| {
+            let current = &current.data;
+            let mut obj = obj.clone();
+            fill_secrets(kind, &mut obj, None)?;
+            obj.insert("create_time".into(), Value::from(now));
+            obj.insert("update_time".into(), Value::from(now));
+            let id = writer.next_id(kind.of(current), now);
+            let value = finish(kind, &id, obj, current, &nodes)?;
+            Ok(Change::Put {
+                kind,
+                id,
+                value,
+                created: true,
+            })
         })
-    })
-    .await)
+        .await,
+    ))
 }
 
 pub(super) async fn post_at_id(kind: Kind) -> Refusal {
@@ -144,32 +148,34 @@ pub(super) async fn patch_at_id(
             None => return Err(bad("missing new configuration")),
         };
     let nodes = s.inner.settings.nodes.clone();
-    Ok(s.commit(move |current, _, now| {
-        let current = &current.data;
-        let id = id.clone();
-        let stored = kind.of(current).get(&id).ok_or(Refusal::NotFound)?;
-        let mut merged = stored.clone();
-        let sets_update_time = patch.get("update_time").is_some_and(|t| !t.is_null());
-        merge_patch(&mut merged, &Value::Object(patch.clone()));
-        let Value::Object(mut obj) = merged else {
-            return Err(not_an_object(kind));
-        };
-        fill_secrets(kind, &mut obj, Some(stored))?;
-        if !obj.contains_key("create_time") {
-            obj.insert("create_time".into(), stored_create_time(Some(stored), now));
-        }
-        if !sets_update_time {
-            obj.insert("update_time".into(), Value::from(now));
-        }
-        let value = finish(kind, &id, obj, current, &nodes)?;
-        Ok(Change::Put {
-            kind,
-            id,
-            value,
-            created: false,
+    Ok(s.answer(
+        s.commit(move |current, _, now| {
+            let current = &current.data;
+            let id = id.clone();
+            let stored = kind.of(current).get(&id).ok_or(Refusal::NotFound)?;
+            let mut merged = stored.clone();
+            let sets_update_time = patch.get("update_time").is_some_and(|t| !t.is_null());
+            merge_patch(&mut merged, &Value::Object(patch.clone()));
+            let Value::Object(mut obj) = merged else {
+                return Err(not_an_object(kind));
+            };
+            fill_secrets(kind, &mut obj, Some(stored))?;
+            if !obj.contains_key("create_time") {
+                obj.insert("create_time".into(), stored_create_time(Some(stored), now));
+            }
+            if !sets_update_time {
+                obj.insert("update_time".into(), Value::from(now));
+            }
+            let value = finish(kind, &id, obj, current, &nodes)?;
+            Ok(Change::Put {
+                kind,
+                id,
+                value,
+                created: false,
+            })
         })
-    })
-    .await)
+        .await,
+    ))
 }
 
 pub(super) async fn delete_at_id(
@@ -178,30 +184,32 @@ pub(super) async fn delete_at_id(
     id: IdPath,
 ) -> Result<Response, Refusal> {
     let id = path_id(kind, id)?;
-    Ok(s.commit(move |current, _, _| {
-        let current = &current.data;
-        let id = id.clone();
-        if !kind.of(current).contains_key(&id) {
-            return Err(Refusal::NotFound);
-        }
-        if kind == Kind::Upstream {
-            let users = routes_using(current, &id);
-            if !users.is_empty() {
-                // APISIX: "can not delete this upstream, route [1] is still
-                // using it now".
-                let named: Vec<String> = users.iter().map(|r| format!("[{r}]")).collect();
-                let (noun, verb) = if users.len() == 1 {
-                    ("route", "is")
-                } else {
-                    ("routes", "are")
-                };
-                return Err(bad(format!(
-                    "can not delete this upstream, {noun} {} {verb} still using it now",
-                    named.join(", ")
-                )));
+    Ok(s.answer(
+        s.commit(move |current, _, _| {
+            let current = &current.data;
+            let id = id.clone();
+            if !kind.of(current).contains_key(&id) {
+                return Err(Refusal::NotFound);
             }
-        }
-        Ok(Change::Delete { kind, id })
-    })
-    .await)
+            if kind == Kind::Upstream {
+                let users = routes_using(current, &id);
+                if !users.is_empty() {
+                    // APISIX: "can not delete this upstream, route [1] is still
+                    // using it now".
+                    let named: Vec<String> = users.iter().map(|r| format!("[{r}]")).collect();
+                    let (noun, verb) = if users.len() == 1 {
+                        ("route", "is")
+                    } else {
+                        ("routes", "are")
+                    };
+                    return Err(bad(format!(
+                        "can not delete this upstream, {noun} {} {verb} still using it now",
+                        named.join(", ")
+                    )));
+                }
+            }
+            Ok(Change::Delete { kind, id })
+        })
+        .await,
+    ))
 }

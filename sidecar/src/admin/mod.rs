@@ -90,6 +90,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::apisix::route::{id_text, with_id, Errors, RouteSpec};
 use crate::apisix::secrets::{self, FillError};
+use crate::apisix::table::{Published, RouteTable};
 use crate::apisix::upstream::{NodePolicy, Upstream};
 use crate::store::{Guard, Kind, Revs, Store, StoreError, Stored, Versioned, Write, Written};
 
@@ -106,10 +107,6 @@ pub use commit::*;
 use handlers::*;
 use merge_patch::*;
 use reply::*;
-
-/// The routes and upstreams as published: id → stored object (with `id`,
-/// `create_time`, `update_time` and the real secrets).
-pub type RouteSet = Arc<Stored>;
 
 /// Unix time in seconds.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;

@@ -40,6 +40,37 @@ impl IntoResponse for Refusal {
     }
 }
 
+impl IntoResponse for CommitError {
+    fn into_response(self) -> Response {
+        match self {
+            CommitError::Refused(r) => r.into_response(),
+            CommitError::Unavailable { kind, error: e } => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "cannot save the {}: {e}; nothing was changed, and reads \
+                     still answer with the last known routes and upstreams",
+                    kind.name()
+                ),
+            ),
+            CommitError::Failed { kind, error: e } => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("failed to save the {}: {e}", kind.name()),
+            ),
+            CommitError::Conflicts => error(
+                StatusCode::CONFLICT,
+                format!(
+                    "the store changed concurrently {MAX_ATTEMPTS} times while this write \
+                     was decided: nothing was written; try again"
+                ),
+            ),
+            CommitError::Aborted => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the write failed unexpectedly".into(),
+            ),
+        }
+    }
+}
+
 pub(super) fn bad(msg: impl Into<String>) -> Refusal {
     Refusal::Bad(msg.into())
 }

@@ -47,7 +47,7 @@ struct Api {
     state: AdminState,
     app: Router,
     store: Arc<FlakyStore>,
-    rx: watch::Receiver<RouteSet>,
+    rx: watch::Receiver<Published>,
     now: Arc<AtomicU64>,
 }
 
@@ -123,19 +123,19 @@ impl Api {
     }
 
     /// [`Api::published`] with the upstreams.
-    fn published_all(&mut self) -> (bool, RouteSet) {
+    fn published_all(&mut self) -> (bool, Stored) {
         let changed = self.rx.has_changed().unwrap();
-        let set = self.rx.borrow_and_update().clone();
-        assert_eq!(*set, self.store.inner.data());
-        assert_eq!(set, self.state.routes());
-        (changed, set)
+        let table = self.rx.borrow_and_update().clone();
+        assert_eq!(*table.stored(), self.store.inner.data());
+        assert_eq!(*table.stored(), self.state.routes());
+        (changed, table.stored().clone())
     }
 
     /// Asserts a refused call left everything as it was.
     fn assert_unchanged(&mut self, before: &Stored) {
         let (changed, set) = self.published_all();
         assert!(!changed, "a refused call published something");
-        assert_eq!(*set, *before);
+        assert_eq!(set, *before);
     }
 
     fn snapshot(&self) -> Stored {
@@ -1388,7 +1388,7 @@ async fn state_loads_what_the_store_holds() {
     let again = AdminState::new(store, AdminSettings::default())
         .await
         .unwrap();
-    assert_eq!(*again.subscribe().borrow(), stored);
+    assert_eq!(*again.subscribe().borrow().stored(), stored);
     assert!(session_secret(&stored.routes["r"]).is_some());
 
     std::fs::write(&path, b"{oops").unwrap();
@@ -1428,7 +1428,7 @@ async fn concurrent_writes_do_not_interleave() {
     }
     let saved = api.snapshot();
     assert_eq!(saved.routes.len(), 40);
-    assert_eq!(*api.state.routes(), saved);
+    assert_eq!(api.state.routes(), saved);
 }
 
 #[test]
@@ -1751,7 +1751,7 @@ async fn upstreams_survive_a_restart_in_the_file() {
     let again = AdminState::new(store, AdminSettings::default())
         .await
         .unwrap();
-    assert_eq!(*again.routes(), *state.routes());
+    assert_eq!(again.routes(), state.routes());
     assert_eq!(again.routes().upstreams.len(), 1);
 }
 

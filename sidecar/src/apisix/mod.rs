@@ -3,4 +3,5 @@
 
 pub mod route;
 pub mod secrets;
+pub mod table;
 pub mod upstream;

@@ -14,6 +14,9 @@
 //!   `session` block, and a secret that changed on every write would log
 //!   every user out.
 
+// The secret attributes of the plugin object: core's list, the fields the
+// parsed config holds as `Secret`s.
+use oidc_core::config::SECRET_FIELDS;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -22,9 +25,6 @@ use crate::apisix::route::OIDC_PLUGIN;
 
 /// What responses show in place of a secret.
 pub const REDACTED: &str = "******";
-
-/// The secret attributes of the `openid-connect` plugin object.
-const SECRET_FIELDS: &[&[&str]] = &[&["client_secret"], &["session", "secret"]];
 
 /// Why [`fill`] refused a route.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -127,10 +127,10 @@ use oidc_core::metadata::{
 use serde_json::Value;
 
 use crate::apisix::route::{RouteSpec, UriMatch};
+use crate::apisix::table::RouteTable;
 use crate::apisix::upstream::{
     ActiveCheck, Balancer, CheckKind, HashKey, Node, PassHost, Timeouts, Upstream,
 };
-use crate::store::Stored;
 
 mod clusters;
 mod listener;
@@ -224,23 +224,23 @@ pub fn to_any<M: prost::Name>(m: &M) -> Any {
     }
 }
 
-/// Translates the stored routes (id → route JSON) with the upstreams they
-/// name. Routes that do not validate (which the Admin API should have
-/// refused) are left out and listed in `skipped`; so are extra provider
-/// URLs that are not http(s).
-pub fn translate(stored: &Stored, s: &ProxySettings, extra_provider_urls: &[String]) -> Resources {
-    let mut skipped = Vec::new();
-    let mut specs = Vec::new();
-    for (id, v) in &stored.routes {
-        match RouteSpec::parse(id, v, &stored.upstreams) {
-            Ok(spec) if spec.enabled => specs.push(spec),
-            Ok(_) => {}
-            Err(e) => skipped.push(Skipped {
-                what: format!("route {id}"),
-                reason: e,
-            }),
-        }
-    }
+/// Translates the enabled routes of a route table (with the upstreams
+/// they name). Routes of the table that did not validate are listed in
+/// `skipped`; so are extra provider URLs that are not http(s).
+pub fn translate(
+    table: &RouteTable,
+    s: &ProxySettings,
+    extra_provider_urls: &[String],
+) -> Resources {
+    let mut skipped: Vec<Skipped> = table
+        .invalid()
+        .iter()
+        .map(|(id, reason)| Skipped {
+            what: format!("route {id}"),
+            reason: reason.clone(),
+        })
+        .collect();
+    let specs: Vec<&RouteSpec> = table.enabled().collect();
 
     let mut clusters = Vec::new();
     let mut endpoints = Vec::new();

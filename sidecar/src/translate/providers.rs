@@ -12,7 +12,7 @@ pub(super) struct Provider {
 }
 
 pub(super) fn provider_clusters(
-    specs: &[RouteSpec],
+    specs: &[&RouteSpec],
     extra_urls: &[String],
     skipped: &mut Vec<Skipped>,
 ) -> Vec<Cluster> {

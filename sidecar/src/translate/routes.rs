@@ -51,8 +51,8 @@ pub(super) fn covers(w: &str, d: &str) -> bool {
     }
 }
 
-pub(super) fn route_config(specs: &[RouteSpec]) -> RouteConfiguration {
-    let hostless: Vec<Entry> = sorted_entries(specs.iter().filter(|s| s.hosts.is_empty()));
+pub(super) fn route_config(specs: &[&RouteSpec]) -> RouteConfiguration {
+    let hostless: Vec<Entry> = sorted_entries(specs.iter().copied().filter(|s| s.hosts.is_empty()));
     let patterns: BTreeSet<&str> = specs
         .iter()
         .flat_map(|s| s.hosts.iter().map(String::as_str))
@@ -73,6 +73,7 @@ pub(super) fn route_config(specs: &[RouteSpec]) -> RouteConfiguration {
             entries.extend(sorted_entries(
                 specs
                     .iter()
+                    .copied()
                     .filter(|s| s.hosts.iter().any(|h| h == pattern)),
             ));
         }

@@ -3,6 +3,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use prost::Message;
 use serde_json::json;
 
+use crate::store::Stored;
+
 fn settings() -> ProxySettings {
     ProxySettings {
         listen_addr: "127.0.0.1".into(),
@@ -29,6 +31,11 @@ fn plugin(discovery: &str) -> Value {
 fn with_plugin(mut r: Value, p: Value) -> Value {
     r["plugins"] = json!({ "openid-connect": p });
     r
+}
+
+/// Translates a stored set, through its route table.
+fn translate(stored: &Stored, s: &ProxySettings, extra: &[String]) -> Resources {
+    super::translate(&RouteTable::build(stored.clone()), s, extra)
 }
 
 fn set(routes: &[(&str, Value)]) -> Stored {

@@ -45,13 +45,12 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::{value, Any, Struct, Value as PbValue};
 use prost::Message;
 use serde::Serialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::store::Stored;
+use crate::apisix::table::{Published, RouteTable};
 use crate::translate::{to_any, translate, ProxySettings};
 
 mod service;
@@ -74,9 +73,6 @@ const CONTROL_PLANE: &str = "apisix-envoy-sidecar";
 const MAX_MESSAGE: usize = 2000;
 /// Longest node id kept or logged.
 const MAX_NODE_ID: usize = 128;
-
-/// The route and upstream set as the Admin API publishes it.
-pub type Routes = Arc<Stored>;
 
 // ---------------------------------------------------------------------------
 // Serving

@@ -13,7 +13,7 @@ pub struct Ads {
 /// provider endpoints the discovery documents name, which get provider
 /// clusters too). Serve it with [`serve_on`] (or any tonic server).
 pub fn ads_service(
-    routes: watch::Receiver<Routes>,
+    routes: watch::Receiver<Published>,
     providers: Option<watch::Receiver<Arc<Vec<String>>>>,
     settings: ProxySettings,
     status: Arc<XdsStatus>,

@@ -69,14 +69,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Translates the routes (with their upstreams) and versions the
-    /// result. Also returns what the translation left out (for the log).
+    /// Translates the route table and versions the result; its secrets
+    /// (from the typed plugin configs) are what NACKs are masked with. Also returns what the translation left out (for the log).
     pub fn build(
-        stored: &Stored,
+        table: &RouteTable,
         settings: &ProxySettings,
         extra_provider_urls: &[String],
     ) -> (Snapshot, Vec<crate::translate::Skipped>) {
-        let r = translate(stored, settings, extra_provider_urls);
+        let r = translate(table, settings, extra_provider_urls);
         let clusters = r
             .clusters
             .iter()
@@ -111,7 +111,7 @@ impl Snapshot {
                 typed(listeners.collect()),
                 typed(routes_.collect()),
             ],
-            secrets: Arc::new(secrets_of(&stored.routes)),
+            secrets: Arc::new(table.secrets().to_vec()),
         };
         (snapshot, r.skipped)
     }
@@ -234,40 +234,4 @@ pub(super) fn canonical_value(out: &mut Vec<u8>, v: &PbValue) {
             out.push(b']');
         }
     }
-}
-
-/// String values under secret-looking keys of every route's plugin config.
-pub(super) fn secrets_of(routes: &BTreeMap<String, Value>) -> Vec<String> {
-    fn walk(v: &Value, secret_key: bool, out: &mut BTreeSet<String>) {
-        match v {
-            Value::String(s) if secret_key && s.len() >= 4 => {
-                out.insert(s.clone());
-                // As it appears inside JSON text (the metadata's config).
-                if let Ok(quoted) = serde_json::to_string(s) {
-                    out.insert(quoted.trim_matches('"').to_string());
-                }
-            }
-            Value::Object(m) => {
-                for (k, x) in m {
-                    let k = k.to_ascii_lowercase();
-                    let secret = ["secret", "password", "private_key", "token"]
-                        .iter()
-                        .any(|w| k.contains(w));
-                    walk(x, secret_key || secret, out);
-                }
-            }
-            Value::Array(a) => a.iter().for_each(|x| walk(x, secret_key, out)),
-            _ => {}
-        }
-    }
-    let mut out = BTreeSet::new();
-    for route in routes.values() {
-        if let Some(plugins) = route.get("plugins") {
-            walk(plugins, false, &mut out);
-        }
-    }
-    // Longest first, so that a secret containing another is masked whole.
-    let mut v: Vec<String> = out.into_iter().collect();
-    v.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-    v
 }

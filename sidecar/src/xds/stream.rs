@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) struct Cached {
-    pub(super) routes: Routes,
+    pub(super) routes: Published,
     pub(super) providers: Arc<Vec<String>>,
     pub(super) snapshot: Arc<Snapshot>,
 }
@@ -13,7 +13,7 @@ pub(super) struct Cached {
 /// whichever stream notices first).
 #[derive(Clone)]
 pub(super) struct Source {
-    pub(super) routes: watch::Receiver<Routes>,
+    pub(super) routes: watch::Receiver<Published>,
     pub(super) providers: watch::Receiver<Arc<Vec<String>>>,
     pub(super) settings: Arc<ProxySettings>,
     pub(super) cache: Arc<Mutex<Option<Cached>>>,

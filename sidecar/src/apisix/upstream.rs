@@ -3,7 +3,7 @@
 //!
 //! [`Upstream::parse`] validates one and is called when it is written (to
 //! refuse it) and when routes are translated. Every APISIX attribute is
-//! either mapped onto Envoy (see `translate.rs` and the README's table) or
+//! either mapped onto Envoy (see `translate/` and the README's table) or
 //! refused with a message naming it: nothing is accepted and ignored.
 
 use serde_json::{Map, Value};

@@ -1,6 +1,6 @@
 //! APISIX routes → Envoy resources (listener, route configuration,
 //! clusters, endpoints). Pure: the same routes and settings always give the
-//! same resources, so it is tested without Envoy and `xds.rs` only serves
+//! same resources, so it is tested without Envoy and `xds/` only serves
 //! what comes out of here.
 //!
 //! Decisions (each is what the tests below pin down):

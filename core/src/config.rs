@@ -196,7 +196,21 @@ pub struct PluginConfig {
     pub force_reauthorize: bool,
 }
 
+/// The attributes of the plugin object that hold secrets (paths in the
+/// JSON object), each parsed into a [`Secret`] ([`PluginConfig::secrets`]).
+/// The sidecar's Admin API redacts them in answers and keeps them across
+/// writes; the one list of what is secret in a plugin config.
+pub const SECRET_FIELDS: &[&[&str]] = &[&["client_secret"], &["session", "secret"]];
+
 impl PluginConfig {
+    /// The secret values of this config: those of [`SECRET_FIELDS`] that
+    /// are set, in that order.
+    pub fn secrets(&self) -> Vec<&Secret> {
+        let mut out: Vec<&Secret> = self.client_secret.iter().collect();
+        out.extend(self.session.as_ref().map(|s| &s.secret));
+        out
+    }
+
     /// Tokens are verified locally (JWKS or `public_key`) rather than by
     /// introspection.
     pub fn verifies_locally(&self) -> bool {
@@ -872,6 +886,26 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEBWWo2qciXCPAyb7p+PNGn+4G/7cz
 Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
 -----END PUBLIC KEY-----
 ";
+
+    #[test]
+    fn secrets_are_the_secret_fields() {
+        let mut v = minimal();
+        v["bearer_only"] = json!(false);
+        v["session"] = json!({"secret": "0123456789abcdef"});
+        let c = PluginConfig::parse(&v).unwrap();
+        let got: Vec<&str> = c.secrets().into_iter().map(Secret::expose).collect();
+        // Each field of SECRET_FIELDS, read from the JSON: the same values.
+        let want: Vec<&str> = SECRET_FIELDS
+            .iter()
+            .filter_map(|path| {
+                path.iter()
+                    .try_fold(&v, |cur, k| cur.get(*k))
+                    .and_then(Value::as_str)
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(got, ["s3cr3t", "0123456789abcdef"]);
+    }
 
     #[test]
     fn public_key_is_parsed_with_the_config() {

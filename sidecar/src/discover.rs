@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oidc_core::config::PluginConfig;
 use oidc_core::discovery::{self, ProviderMetadata};
 use oidc_core::http::MAX_RESPONSE_BODY;
-use serde_json::Value;
 use tokio::sync::watch;
+
+use crate::apisix::table::{Published, RouteTable};
 
 /// How long to wait before trying a failed discovery URL again.
 const RETRY: Duration = Duration::from_secs(30);
@@ -41,17 +41,12 @@ pub fn endpoint_urls(m: &ProviderMetadata) -> Vec<String> {
 }
 
 /// The discovery URLs (with their `ssl_verify`) of the `openid-connect`
-/// routes in a stored route set.
-pub fn discovery_urls(routes: &BTreeMap<String, Value>) -> BTreeMap<String, bool> {
+/// routes in a route table.
+pub fn discovery_urls(table: &RouteTable) -> BTreeMap<String, bool> {
     let mut out = BTreeMap::new();
-    for route in routes.values() {
-        let Some(plugin) = route.pointer("/plugins/openid-connect") else {
-            continue;
-        };
-        if let Ok(c) = PluginConfig::parse(plugin) {
-            let verify = out.entry(c.discovery.clone()).or_insert(c.ssl_verify);
-            *verify = *verify || c.ssl_verify;
-        }
+    for c in table.plugin_configs() {
+        let verify = out.entry(c.discovery.clone()).or_insert(c.ssl_verify);
+        *verify = *verify || c.ssl_verify;
     }
     out
 }
@@ -127,8 +122,8 @@ impl Discoverer {
 
     /// Brings the known documents up to date for `routes`; returns the
     /// endpoint URLs of every document currently known.
-    pub async fn refresh(&mut self, routes: &BTreeMap<String, Value>) -> Vec<String> {
-        let wanted = discovery_urls(routes);
+    pub async fn refresh(&mut self, table: &RouteTable) -> Vec<String> {
+        let wanted = discovery_urls(table);
         self.known.retain(|url, _| wanted.contains_key(url));
         for (url, verify) in &wanted {
             let due = match self.known.get(url) {
@@ -170,14 +165,14 @@ impl Discoverer {
 /// Runs until `routes` closes: on every route change, and every `RETRY`,
 /// refreshes the documents and publishes the endpoint URLs when they change.
 pub async fn run(
-    mut routes: watch::Receiver<Arc<crate::store::Stored>>,
+    mut routes: watch::Receiver<Published>,
     out: watch::Sender<Arc<Vec<String>>>,
     timeout: Duration,
 ) {
     let mut d = Discoverer::new(timeout);
     loop {
         let current = routes.borrow_and_update().clone();
-        let urls = d.refresh(&current.routes).await;
+        let urls = d.refresh(&current).await;
         out.send_if_modified(|old| {
             if **old == urls {
                 false
@@ -200,12 +195,15 @@ mod tests {
 
     #[test]
     fn discovery_urls_of_oidc_routes() {
-        let mut routes = BTreeMap::new();
         let plugin = |disc: &str, verify: bool| json!({"client_id": "c", "client_secret": "s", "discovery": disc, "bearer_only": true, "ssl_verify": verify});
-        routes.insert("a".into(), json!({"plugins": {"openid-connect": plugin("https://idp/.well-known/openid-configuration", true)}}));
-        routes.insert("b".into(), json!({"plugins": {"openid-connect": plugin("https://idp/.well-known/openid-configuration", false)}}));
-        routes.insert("c".into(), json!({"plugins": {}}));
-        let urls = discovery_urls(&routes);
+        let route = |plugins: serde_json::Value| json!({"uri": "/x", "plugins": plugins, "upstream": {"nodes": {"192.0.2.1:80": 1}}});
+        let mut stored = crate::store::Stored::default();
+        stored.routes.insert("a".into(), route(json!({"openid-connect": plugin("https://idp/.well-known/openid-configuration", true)})));
+        stored.routes.insert("b".into(), route(json!({"openid-connect": plugin("https://idp/.well-known/openid-configuration", false)})));
+        stored.routes.insert("c".into(), route(json!({})));
+        let table = RouteTable::build(stored);
+        assert!(table.invalid().is_empty(), "{:?}", table.invalid());
+        let urls = discovery_urls(&table);
         assert_eq!(urls.len(), 1);
         // Verified unless every route using it turns verification off.
         assert_eq!(

@@ -1,11 +1,10 @@
 //! The sidecar: APISIX's Admin API for routes and upstreams, served to Envoy over xDS.
 //! It never carries user traffic: Envoy does the routing.
 //!
-//! - `admin.rs`, `store.rs`, `etcd.rs`, `secrets.rs`: the Admin API and its
-//!   storage (a file, or etcd).
-//! - `model.rs`, `upstream.rs`: APISIX route and upstream objects, validated.
-//! - `translate.rs`, `xds.rs`: routes → Envoy resources, served over ADS.
-//! - `discover.rs`: the provider endpoint hosts named by discovery documents.
+//! - [`apisix`]: APISIX route and upstream objects, validated; secrets.
+//! - [`admin`]: the Admin API, over a [`store`] (a file, or etcd).
+//! - [`translate`]: routes → Envoy resources; [`xds`] serves them over ADS.
+//! - [`discover`]: the provider endpoint hosts named by discovery documents.
 //!
 //! `main.rs` wires them together; the integration tests drive them directly.
 
@@ -14,11 +13,8 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
+pub mod apisix;
 pub mod discover;
-pub mod etcd;
-pub mod model;
-pub mod secrets;
 pub mod store;
 pub mod translate;
-pub mod upstream;
 pub mod xds;

@@ -11,11 +11,13 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use sidecar::admin::{AdminSettings, AdminState};
+use sidecar::apisix::upstream::NodePolicy;
+use sidecar::apisix::{route, secrets};
+use sidecar::store::etcd;
 use sidecar::store::{FileStore, Store};
 use sidecar::translate::ProxySettings;
-use sidecar::upstream::NodePolicy;
 use sidecar::xds::XdsStatus;
-use sidecar::{admin, discover, etcd, model, secrets, store, xds};
+use sidecar::{admin, discover, store, xds};
 
 /// APISIX's Admin API for routes and upstreams, configuring Envoy over xDS (ADS).
 ///
@@ -199,7 +201,7 @@ async fn run(o: Options) -> Result<(), String> {
     let mut hosts = Vec::new();
     for h in &o.admin_host {
         let name = h.trim().trim_end_matches('.').to_ascii_lowercase();
-        if name.starts_with("*.") || !model::valid_host_pattern(&name) {
+        if name.starts_with("*.") || !route::valid_host_pattern(&name) {
             return Err(format!(
                 "--admin-host {h:?} is not a host name (letters, digits, '-', dots)"
             ));
@@ -329,7 +331,7 @@ fn warn_about_stored_nodes(set: &store::Stored, nodes: &NodePolicy) {
         .filter_map(|(id, r)| Some(("route", id, r.get("upstream")?, "upstream.")));
     let resources = set.upstreams.iter().map(|(id, u)| ("upstream", id, u, ""));
     for (kind, id, upstream, prefix) in inline.chain(resources) {
-        let mut e = model::Errors::new();
+        let mut e = route::Errors::new();
         nodes.check(upstream, prefix, &mut e);
         if !e.is_empty() {
             tracing::warn!(

@@ -268,7 +268,7 @@ pub struct Cluster {
 }
 
 /// The sidecar's circuit breakers on provider clusters
-/// (`sidecar/src/translate.rs`, `PROVIDER_MAX_*`).
+/// (`sidecar/src/translate/providers.rs`, `PROVIDER_MAX_*`).
 pub const PROVIDER_CIRCUIT_BREAKERS: (u32, u32, u32) = (64, 64, 128);
 
 impl Cluster {

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{envoy_bin, repo_root, wasm_path, TestDir};
 use serde_json::{json, Value};
+use sidecar::apisix::table::{Published, RouteTable};
 use sidecar::store::Stored;
 use sidecar::translate::{ProxySettings, LISTENER_NAME};
-use sidecar::xds::{ads_service, serve_on, Routes, XdsStatus};
+use sidecar::xds::{ads_service, serve_on, XdsStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -294,13 +295,13 @@ fn route(uri: &str, nodes: &[(SocketAddr, u32)]) -> Value {
     json!({"uri": uri, "upstream": {"type": "roundrobin", "nodes": nodes}})
 }
 
-fn route_set(routes: &[(&str, Value)]) -> Routes {
-    Arc::new(Stored::with_routes(
+fn route_set(routes: &[(&str, Value)]) -> Published {
+    Arc::new(RouteTable::build(Stored::with_routes(
         routes
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
-    ))
+    )))
 }
 
 async fn body_is(e: &EnvoyProc, path: &str, want: &str) -> bool {

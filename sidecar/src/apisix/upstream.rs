@@ -3,12 +3,12 @@
 //!
 //! [`Upstream::parse`] validates one and is called when it is written (to
 //! refuse it) and when routes are translated. Every APISIX attribute is
-//! either mapped onto Envoy (see `translate.rs` and docs/admin-api.md's table) or
+//! either mapped onto Envoy (see `translate/` and docs/admin-api.md's table) or
 //! refused with a message naming it: nothing is accepted and ignored.
 
 use serde_json::{Map, Value};
 
-use crate::model::{check_id, valid_host_pattern, Errors};
+use crate::apisix::route::{check_id, valid_host_pattern, Errors};
 
 /// Attributes of an upstream this gateway reads.
 const KNOWN: &[&str] = &[

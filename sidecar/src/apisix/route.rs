@@ -8,8 +8,8 @@
 use oidc_core::config::PluginConfig;
 use serde_json::{Map, Value};
 
+use crate::apisix::upstream::{parse_timeouts, Timeouts, Upstream};
 use crate::store::Upstreams;
-use crate::upstream::{parse_timeouts, Timeouts, Upstream};
 
 /// The plugin this gateway implements.
 pub const OIDC_PLUGIN: &str = "openid-connect";
@@ -399,7 +399,7 @@ pub fn with_id(mut obj: Map<String, Value>, id: &str) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::Node;
+    use crate::apisix::upstream::Node;
     use serde_json::json;
 
     fn none() -> Upstreams {

@@ -1,6 +1,6 @@
 //! Where the Admin API keeps its routes and upstreams between runs: one
 //! JSON file ([`FileStore`], the default), or etcd as APISIX does
-//! ([`crate::etcd::EtcdStore`]).
+//! ([`etcd::EtcdStore`]).
 //!
 //! The [`Store`] trait is written for the second: a store has revisions
 //! (etcd's; the file has none: 0), and a [`Write`] is one object put or
@@ -20,6 +20,8 @@
 //! missing file is an empty set; a file that cannot be read as that shape
 //! is an error, never an empty set (that would lose every route on the
 //! next write).
+
+pub mod etcd;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -179,7 +181,7 @@ pub fn parse_object(kind: Kind, id: &str, bytes: &[u8]) -> Result<Value, String>
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
     match v.get("id") {
         _ if !v.is_object() => Err("not a JSON object".into()),
-        Some(stored) if crate::model::id_text(stored).as_deref() == Some(id) => Ok(v),
+        Some(stored) if crate::apisix::route::id_text(stored).as_deref() == Some(id) => Ok(v),
         _ => Err(format!(
             "not a {} object whose \"id\" is {id:?}",
             kind.name()

@@ -14,17 +14,17 @@
 //!   `session` block, and a secret that changed on every write would log
 //!   every user out.
 
+// The secret attributes of the plugin object: core's list, the fields the
+// parsed config holds as `Secret`s.
+use oidc_core::config::SECRET_FIELDS;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::model::OIDC_PLUGIN;
+use crate::apisix::route::OIDC_PLUGIN;
 
 /// What responses show in place of a secret.
 pub const REDACTED: &str = "******";
-
-/// The secret attributes of the `openid-connect` plugin object.
-const SECRET_FIELDS: &[&[&str]] = &[&["client_secret"], &["session", "secret"]];
 
 /// Why [`fill`] refused a route.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,7 @@
+//! APISIX's route and upstream objects as the Admin API accepts them: pure
+//! parsing and validation, no I/O.
+
+pub mod route;
+pub mod secrets;
+pub mod table;
+pub mod upstream;

@@ -1,0 +1,156 @@
+//! The route table: every stored route validated once, with its upstream
+//! resolved and its plugin config parsed (secrets as `Secret`s). The Admin
+//! API builds one per published revision; the translation to Envoy, the
+//! discovery of provider endpoints and the xDS server read it instead of
+//! parsing the stored JSON again.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use oidc_core::config::PluginConfig;
+
+use crate::apisix::route::RouteSpec;
+use crate::store::Stored;
+
+/// The route table as the Admin API publishes it (cheap to share).
+pub type Published = Arc<RouteTable>;
+
+/// The validated form of one stored route and upstream set.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    /// What it was built from (compared to tell whether a set changed).
+    stored: Stored,
+    /// The routes that validate, in id order, enabled or not.
+    routes: Vec<RouteSpec>,
+    /// Stored routes that do not validate, with the reason. The Admin API
+    /// refuses such routes, but an etcd written by something else (or
+    /// stored before a rule was added) can still hold one: it is left out.
+    invalid: Vec<(String, String)>,
+    /// The secret values of the plugin configs, longest first, each also as
+    /// it appears inside JSON text: what NACK messages are masked with.
+    secrets: Vec<String>,
+}
+
+impl RouteTable {
+    /// Validates every route of `stored` against its upstreams.
+    pub fn build(stored: Stored) -> RouteTable {
+        let mut routes = Vec::new();
+        let mut invalid = Vec::new();
+        for (id, v) in &stored.routes {
+            match RouteSpec::parse(id, v, &stored.upstreams) {
+                Ok(spec) => routes.push(spec),
+                Err(e) => invalid.push((id.clone(), e)),
+            }
+        }
+        let secrets = secrets_of(&routes);
+        RouteTable {
+            stored,
+            routes,
+            invalid,
+            secrets,
+        }
+    }
+
+    /// The stored set this table was built from.
+    pub fn stored(&self) -> &Stored {
+        &self.stored
+    }
+
+    /// The enabled routes, in id order.
+    pub fn enabled(&self) -> impl Iterator<Item = &RouteSpec> {
+        self.routes.iter().filter(|r| r.enabled)
+    }
+
+    /// The stored routes left out, with the reason.
+    pub fn invalid(&self) -> &[(String, String)] {
+        &self.invalid
+    }
+
+    /// The plugin configs of the valid routes (enabled or not).
+    pub fn plugin_configs(&self) -> impl Iterator<Item = &PluginConfig> {
+        self.routes
+            .iter()
+            .filter_map(|r| r.oidc.as_ref().map(|(_, c)| c))
+    }
+
+    /// The secret values to mask in text quoting the configs.
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+}
+
+/// Every route's secret values (at least 4 characters: shorter ones would
+/// mask ordinary text), also as they appear inside JSON text; longest
+/// first, so that a secret containing another is masked whole.
+fn secrets_of(routes: &[RouteSpec]) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for route in routes {
+        let Some((_, config)) = &route.oidc else {
+            continue;
+        };
+        for s in config.secrets() {
+            let s = s.expose();
+            if s.len() < 4 {
+                continue;
+            }
+            out.insert(s.to_string());
+            if let Ok(quoted) = serde_json::to_string(s) {
+                out.insert(quoted.trim_matches('"').to_string());
+            }
+        }
+    }
+    let mut v: Vec<String> = out.into_iter().collect();
+    v.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn route(plugin: serde_json::Value) -> serde_json::Value {
+        json!({"uri": "/x", "plugins": {"openid-connect": plugin},
+               "upstream": {"nodes": {"192.0.2.1:80": 1}}})
+    }
+
+    #[test]
+    fn routes_are_validated_once_and_secrets_come_from_the_typed_config() {
+        let mut stored = Stored::default();
+        stored.routes.insert(
+            "login".into(),
+            route(
+                json!({"client_id": "c", "client_secret": "client-\"secret\"",
+                         "discovery": "https://idp/.well-known/openid-configuration",
+                         "redirect_uri": "https://app/cb",
+                         "session": {"secret": "0123456789abcdef"}}),
+            ),
+        );
+        let mut off = route(json!({"client_id": "c", "client_secret": "abc",
+                                   "discovery": "https://idp/.well-known/openid-configuration",
+                                   "bearer_only": true}));
+        off["status"] = json!(0);
+        stored.routes.insert("off".into(), off);
+        stored
+            .routes
+            .insert("bad".into(), json!({"uri": "no-slash"}));
+        let t = RouteTable::build(stored.clone());
+        assert_eq!(t.stored(), &stored);
+        let enabled: Vec<&str> = t.enabled().map(|r| r.id.as_str()).collect();
+        assert_eq!(enabled, ["login"]);
+        assert_eq!(t.plugin_configs().count(), 2);
+        assert_eq!(t.invalid().len(), 1);
+        assert_eq!(t.invalid()[0].0, "bad");
+        // A short secret ("abc") is not masked; one with a quote is, also as
+        // JSON text shows it (trimmed of quotes at both ends, as before).
+        assert_eq!(
+            t.secrets(),
+            [
+                "0123456789abcdef",
+                "client-\\\"secret\\",
+                "client-\"secret\""
+            ]
+        );
+    }
+}

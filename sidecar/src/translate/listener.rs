@@ -1,0 +1,114 @@
+//! The one listener: HTTP connection manager, the wasm filter, the router.
+//! It does not depend on the routes, so Envoy never drains it.
+
+use super::*;
+
+pub(super) fn listener(s: &ProxySettings) -> Listener {
+    let wasm = HttpFilter {
+        name: "envoy.filters.http.wasm".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&Wasm {
+            config: Some(WasmPlugin {
+                name: VM_ID.into(),
+                configuration: Some(to_any(&StringValue {
+                    value: s.filter_settings.clone(),
+                })),
+                vm: Some(plugin_config::Vm::VmConfig(VmConfig {
+                    vm_id: VM_ID.into(),
+                    runtime: WASM_RUNTIME.into(),
+                    code: Some(AsyncDataSource {
+                        specifier: Some(async_data_source::Specifier::Local(DataSource {
+                            specifier: Some(data_source::Specifier::Filename(
+                                s.wasm_path.to_string_lossy().into_owned(),
+                            )),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+        }))),
+        ..Default::default()
+    };
+    let router = HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
+            &Router::default(),
+        ))),
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: STAT_PREFIX.into(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: ROUTE_CONFIG.into(),
+        })),
+        http_filters: vec![wasm, router],
+        normalize_path: Some(BoolValue { value: true }),
+        merge_slashes: true,
+        // nginx decodes `%2F` and `%5C` before APISIX matches: without this,
+        // `/api/admin%2Fusers` would match `/api/*` rather than the more
+        // protected `/api/admin/*`, and reach the upstream that decodes it.
+        // Envoy redirects the client to the decoded path, which is then
+        // matched as such.
+        path_with_escaped_slashes_action:
+            http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndRedirect as i32,
+        // `Host: app.example.org.` is `app.example.org` (nginx strips the
+        // dot too), not a host that only the catch-all virtual host matches.
+        strip_trailing_host_dot: true,
+        // nginx drops headers with `_` in their names (its default); so does
+        // the gateway, so `X_Userinfo` cannot pose as `X-Userinfo` at an
+        // upstream that maps both to `HTTP_X_USERINFO`.
+        common_http_protocol_options: Some(envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+            headers_with_underscores_action:
+                envoy_types::pb::envoy::config::core::v3::http_protocol_options::HeadersWithUnderscoresAction::DropHeader as i32,
+            ..Default::default()
+        }),
+        // The edge: X-Forwarded-* from clients are not trusted beyond the
+        // configured proxy hops, so `:scheme` is the real one.
+        use_remote_address: Some(BoolValue { value: true }),
+        xff_num_trusted_hops: s.trusted_proxy_hops,
+        ..Default::default()
+    };
+    Listener {
+        name: LISTENER_NAME.into(),
+        address: Some(socket(&s.listen_addr, s.proxy_port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// "Over the ADS stream".
+pub(super) fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+pub(super) fn socket(host: &str, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: host.into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+pub(super) fn seconds(s: i64) -> Duration {
+    Duration {
+        seconds: s,
+        nanos: 0,
+    }
+}

@@ -1,0 +1,199 @@
+//! Virtual hosts, route order and matchers, and the route metadata the filter reads.
+
+use super::*;
+
+/// One (uri, route) pair: one Envoy route.
+#[derive(Clone, Copy)]
+pub(super) struct Entry<'a> {
+    pub(super) spec: &'a RouteSpec,
+    pub(super) uri: &'a UriMatch,
+}
+
+impl Entry<'_> {
+    /// Exact before prefix, longer first, higher priority first, then id.
+    fn order_key(
+        &self,
+    ) -> (
+        u8,
+        std::cmp::Reverse<usize>,
+        &str,
+        std::cmp::Reverse<i64>,
+        &str,
+    ) {
+        let (kind, path) = match self.uri {
+            UriMatch::Exact(p) => (0, p.as_str()),
+            UriMatch::Prefix(p) => (1, p.as_str()),
+        };
+        (
+            kind,
+            std::cmp::Reverse(path.len()),
+            path,
+            std::cmp::Reverse(self.spec.priority),
+            self.spec.id.as_str(),
+        )
+    }
+}
+
+pub(super) fn sorted_entries<'a>(specs: impl Iterator<Item = &'a RouteSpec>) -> Vec<Entry<'a>> {
+    let mut out: Vec<Entry<'a>> = specs
+        .flat_map(|spec| spec.uris.iter().map(move |uri| Entry { spec, uri }))
+        .collect();
+    out.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    out
+}
+
+/// Whether wildcard `w` (`*.suffix`) covers host pattern `d` (another
+/// pattern: a host or a narrower wildcard).
+pub(super) fn covers(w: &str, d: &str) -> bool {
+    match w.strip_prefix('*') {
+        Some(suffix) => w != d && d.ends_with(suffix),
+        None => false,
+    }
+}
+
+pub(super) fn route_config(specs: &[&RouteSpec]) -> RouteConfiguration {
+    let hostless: Vec<Entry> = sorted_entries(specs.iter().copied().filter(|s| s.hosts.is_empty()));
+    let patterns: BTreeSet<&str> = specs
+        .iter()
+        .flat_map(|s| s.hosts.iter().map(String::as_str))
+        .collect();
+
+    let mut virtual_hosts = Vec::new();
+    for &domain in &patterns {
+        // Its own routes, then the routes of wider wildcards (longer,
+        // i.e. narrower, first), then the host-less ones.
+        let mut wider: Vec<&str> = patterns
+            .iter()
+            .copied()
+            .filter(|w| covers(w, domain))
+            .collect();
+        wider.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        let mut entries = Vec::new();
+        for pattern in std::iter::once(domain).chain(wider) {
+            entries.extend(sorted_entries(
+                specs
+                    .iter()
+                    .copied()
+                    .filter(|s| s.hosts.iter().any(|h| h == pattern)),
+            ));
+        }
+        entries.extend(hostless.iter().copied());
+        virtual_hosts.push(virtual_host(domain, domain, &entries));
+    }
+    virtual_hosts.push(virtual_host("any", "*", &hostless));
+
+    RouteConfiguration {
+        name: ROUTE_CONFIG.into(),
+        virtual_hosts,
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    }
+}
+
+pub(super) fn virtual_host(name: &str, domain: &str, entries: &[Entry]) -> VirtualHost {
+    // A route listed under its exact host and a covering wildcard, or
+    // naming a uri twice, becomes one Envoy route (the first).
+    let mut seen = BTreeSet::new();
+    let routes = entries
+        .iter()
+        .filter(|e| {
+            let (kind, _, path, _, id) = e.order_key();
+            seen.insert((id, kind, path))
+        })
+        .map(envoy_route)
+        .collect();
+    VirtualHost {
+        name: name.into(),
+        domains: vec![domain.into()],
+        routes,
+        ..Default::default()
+    }
+}
+
+pub(super) fn envoy_route(e: &Entry) -> Route {
+    let path_specifier = match e.uri {
+        UriMatch::Exact(p) => route_match::PathSpecifier::Path(p.clone()),
+        UriMatch::Prefix(p) => route_match::PathSpecifier::Prefix(p.clone()),
+    };
+    Route {
+        name: e.spec.id.clone(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(path_specifier),
+            headers: method_matcher(&e.spec.methods).into_iter().collect(),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(route_action(e.spec))),
+        metadata: Some(oidc_metadata(
+            e.spec.oidc.as_ref().map(|(stored, _)| stored),
+            &e.spec.hosts,
+        )),
+        ..Default::default()
+    }
+}
+
+/// `:method` matching one of `methods` (none: any method).
+pub(super) fn method_matcher(methods: &[String]) -> Option<HeaderMatcher> {
+    if methods.is_empty() {
+        return None;
+    }
+    let set: BTreeSet<&str> = methods.iter().map(String::as_str).collect();
+    let alternatives: Vec<&str> = set.into_iter().collect();
+    Some(HeaderMatcher {
+        name: ":method".into(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: format!("^({})$", alternatives.join("|")),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    })
+}
+
+/// `openid-connect: {"config": <plugin JSON text>}` and
+/// `openid-connect-version: {"version": <hash of it>}`; a route without the
+/// plugin gets only an empty version (the filter then reads nothing more).
+/// A route with `hosts` also carries them, as a JSON list in
+/// `openid-connect.hosts` (the request hosts a login may make its redirect
+/// URI from), and its version covers them.
+pub(super) fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> Metadata {
+    let text = |s: String| PbValue {
+        kind: Some(value::Kind::StringValue(s)),
+    };
+    let one = |k: &str, v: String| Struct {
+        fields: [(k.to_string(), text(v))].into_iter().collect(),
+    };
+    let mut filter_metadata = std::collections::HashMap::new();
+    match stored {
+        Some(stored) => {
+            let config = stored.to_string();
+            let mut fields = one(CONFIG_KEY, config.clone());
+            let version = if hosts.is_empty() {
+                config_version(&config)
+            } else {
+                let hosts = Value::from(hosts.to_vec()).to_string();
+                let version = config_version(&format!("{config}\n{hosts}"));
+                fields.fields.insert(HOSTS_KEY.into(), text(hosts));
+                version
+            };
+            filter_metadata.insert(OIDC_NAMESPACE.to_string(), fields);
+            filter_metadata.insert(
+                OIDC_VERSION_NAMESPACE.to_string(),
+                one(VERSION_KEY, version),
+            );
+        }
+        None => {
+            filter_metadata.insert(
+                OIDC_VERSION_NAMESPACE.to_string(),
+                one(VERSION_KEY, String::new()),
+            );
+        }
+    }
+    Metadata {
+        filter_metadata,
+        ..Default::default()
+    }
+}

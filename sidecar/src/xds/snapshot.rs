@@ -1,0 +1,237 @@
+//! Resource types, and the snapshot of one route set: translated, versioned
+//! by content, with the secrets to mask.
+
+use super::*;
+
+/// The resource types served, in push order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Clusters,
+    Endpoints,
+    Listeners,
+    Routes,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::Clusters,
+        Kind::Endpoints,
+        Kind::Listeners,
+        Kind::Routes,
+    ];
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Kind::Clusters => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Kind::Endpoints => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Kind::Listeners => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            Kind::Routes => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// Short name for logs and the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Clusters => "clusters",
+            Kind::Endpoints => "endpoints",
+            Kind::Listeners => "listeners",
+            Kind::Routes => "routes",
+        }
+    }
+
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Listeners and clusters are asked for as a whole (wildcard).
+    pub(super) fn wildcard(self) -> bool {
+        matches!(self, Kind::Clusters | Kind::Listeners)
+    }
+}
+
+/// The resources of one type, by name, and their version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypeSnapshot {
+    pub version: String,
+    pub resources: Vec<(String, Any)>,
+}
+
+/// Everything served for one route set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub(super) types: [TypeSnapshot; 4],
+    /// Secret values of the plugin configs, masked in NACK messages.
+    pub(super) secrets: Arc<Vec<String>>,
+}
+
+impl Snapshot {
+    /// Translates the route table and versions the result; its secrets
+    /// (from the typed plugin configs) are what NACKs are masked with. Also returns what the translation left out (for the log).
+    pub fn build(
+        table: &RouteTable,
+        settings: &ProxySettings,
+        extra_provider_urls: &[String],
+    ) -> (Snapshot, Vec<crate::translate::Skipped>) {
+        let r = translate(table, settings, extra_provider_urls);
+        let clusters = r
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), to_any(c), c.encode_to_vec()));
+        let endpoints = r
+            .endpoints
+            .iter()
+            .map(|e| (e.cluster_name.clone(), to_any(e), e.encode_to_vec()));
+        let listeners = r
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), to_any(l), l.encode_to_vec()));
+        let routes_ = r
+            .route_configs
+            .iter()
+            .map(|rc| (rc.name.clone(), to_any(rc), canonical_route_config(rc)));
+        let typed = |items: Vec<(String, Any, Vec<u8>)>| {
+            let mut h = Sha256::new();
+            for (name, _, canonical) in &items {
+                put(&mut h, name.as_bytes());
+                put(&mut h, canonical);
+            }
+            TypeSnapshot {
+                version: short_hex(&h.finalize()),
+                resources: items.into_iter().map(|(n, a, _)| (n, a)).collect(),
+            }
+        };
+        let snapshot = Snapshot {
+            types: [
+                typed(clusters.collect()),
+                typed(endpoints.collect()),
+                typed(listeners.collect()),
+                typed(routes_.collect()),
+            ],
+            secrets: Arc::new(table.secrets().to_vec()),
+        };
+        (snapshot, r.skipped)
+    }
+
+    pub fn get(&self, kind: Kind) -> &TypeSnapshot {
+        &self.types[kind.index()]
+    }
+
+    /// Type name → version.
+    pub fn versions(&self) -> BTreeMap<String, String> {
+        Kind::ALL
+            .into_iter()
+            .map(|k| (k.name().to_string(), self.get(k).version.clone()))
+            .collect()
+    }
+
+    /// `text` with every secret of the route set masked, on one line,
+    /// shortened.
+    pub(super) fn mask(&self, text: &str) -> String {
+        clean(&mask(&self.secrets, text), MAX_MESSAGE)
+    }
+}
+
+pub(super) fn mask(secrets: &[String], text: &str) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        out = out.replace(s.as_str(), "[redacted]");
+    }
+    out
+}
+
+/// Length-prefixed, so that concatenations cannot collide.
+pub(super) fn put(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
+}
+
+pub(super) fn short_hex(digest: &[u8]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Text from a peer, fit for one log line: control characters become
+/// spaces, and at most `max` characters are kept.
+pub(super) fn clean(s: &str, max: usize) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one_line.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+/// The bytes a route configuration's version is computed from: its
+/// encoding without route metadata, followed by each route's metadata with
+/// map keys sorted (prost encodes maps in `HashMap` order).
+pub(super) fn canonical_route_config(rc: &RouteConfiguration) -> Vec<u8> {
+    let mut stripped = rc.clone();
+    let mut tail = Vec::new();
+    for vh in &mut stripped.virtual_hosts {
+        for r in &mut vh.routes {
+            match r.metadata.take() {
+                None => tail.push(b'-'),
+                Some(md) => {
+                    tail.push(b'm');
+                    let sorted: BTreeMap<&String, &Struct> = md.filter_metadata.iter().collect();
+                    for (ns, st) in sorted {
+                        canonical_bytes(&mut tail, ns.as_bytes());
+                        canonical_struct(&mut tail, st);
+                    }
+                    let typed: BTreeMap<&String, &Any> = md.typed_filter_metadata.iter().collect();
+                    for (ns, any) in typed {
+                        canonical_bytes(&mut tail, ns.as_bytes());
+                        canonical_bytes(&mut tail, &any.encode_to_vec());
+                    }
+                }
+            }
+        }
+    }
+    let mut out = stripped.encode_to_vec();
+    out.extend_from_slice(&tail);
+    out
+}
+
+pub(super) fn canonical_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u64).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+pub(super) fn canonical_struct(out: &mut Vec<u8>, s: &Struct) {
+    out.push(b'{');
+    let sorted: BTreeMap<&String, &PbValue> = s.fields.iter().collect();
+    for (k, v) in sorted {
+        canonical_bytes(out, k.as_bytes());
+        canonical_value(out, v);
+    }
+    out.push(b'}');
+}
+
+pub(super) fn canonical_value(out: &mut Vec<u8>, v: &PbValue) {
+    match &v.kind {
+        None => out.push(b'0'),
+        Some(value::Kind::NullValue(_)) => out.push(b'n'),
+        Some(value::Kind::NumberValue(n)) => {
+            out.push(b'f');
+            out.extend_from_slice(&n.to_bits().to_be_bytes());
+        }
+        Some(value::Kind::StringValue(s)) => {
+            out.push(b's');
+            canonical_bytes(out, s.as_bytes());
+        }
+        Some(value::Kind::BoolValue(b)) => out.push(if *b { b't' } else { b'F' }),
+        Some(value::Kind::StructValue(s)) => canonical_struct(out, s),
+        Some(value::Kind::ListValue(l)) => {
+            out.push(b'[');
+            for x in &l.values {
+                canonical_value(out, x);
+            }
+            out.push(b']');
+        }
+    }
+}

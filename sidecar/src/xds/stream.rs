@@ -1,0 +1,243 @@
+//! The snapshot source shared by all streams, and each stream's protocol
+//! state (sync, so that it is tested without gRPC).
+
+use super::*;
+
+pub(super) struct Cached {
+    pub(super) routes: Published,
+    pub(super) providers: Arc<Vec<String>>,
+    pub(super) snapshot: Arc<Snapshot>,
+}
+
+/// The inputs, and the snapshot built from them (built once per change,
+/// whichever stream notices first).
+#[derive(Clone)]
+pub(super) struct Source {
+    pub(super) routes: watch::Receiver<Published>,
+    pub(super) providers: watch::Receiver<Arc<Vec<String>>>,
+    pub(super) settings: Arc<ProxySettings>,
+    pub(super) cache: Arc<Mutex<Option<Cached>>>,
+    pub(super) status: Arc<XdsStatus>,
+}
+
+impl Source {
+    pub(super) fn current(&mut self) -> Arc<Snapshot> {
+        let routes = self.routes.borrow_and_update().clone();
+        let providers = self.providers.borrow_and_update().clone();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref() {
+            if Arc::ptr_eq(&c.routes, &routes) && Arc::ptr_eq(&c.providers, &providers) {
+                return c.snapshot.clone();
+            }
+        }
+        let (snapshot, skipped) = Snapshot::build(&routes, &self.settings, &providers);
+        let skipped: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.what, snapshot.mask(&s.reason)))
+            .collect();
+        for s in &skipped {
+            tracing::warn!(skipped = %s, "left out of the Envoy configuration");
+        }
+        let snapshot = Arc::new(snapshot);
+        tracing::info!(versions = ?snapshot.versions(), "xDS snapshot");
+        self.status.snapshot_built(&snapshot, &skipped);
+        *cache = Some(Cached {
+            routes,
+            providers,
+            snapshot: snapshot.clone(),
+        });
+        snapshot
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Per-stream protocol state (sync, so that it is tested without gRPC)
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Sent {
+    pub(super) version: String,
+    /// `None`: everything (wildcard).
+    pub(super) names: Option<BTreeSet<String>>,
+    pub(super) nonce: String,
+    pub(super) nacked: bool,
+    /// The secrets of the snapshot sent (a NACK may quote its config).
+    pub(super) secrets: Arc<Vec<String>>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct TypeState {
+    /// Envoy has asked for this type.
+    pub(super) requested: bool,
+    pub(super) names: Option<BTreeSet<String>>,
+    pub(super) sent: Option<Sent>,
+}
+
+/// What one ADS stream has asked for and been sent.
+#[derive(Debug, Default)]
+pub(super) struct StreamState {
+    pub(super) id: u64,
+    pub(super) node: String,
+    pub(super) types: [TypeState; 4],
+    pub(super) nonces: u64,
+    /// Since when a route configuration waits for endpoints.
+    pub(super) routes_waiting_since: Option<Instant>,
+}
+
+/// What a request turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Received {
+    Initial,
+    Ack,
+    Nack(Nack),
+    Stale,
+    UnknownType,
+}
+
+impl StreamState {
+    pub(super) fn new(id: u64) -> StreamState {
+        StreamState {
+            id,
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> (Option<Kind>, Received) {
+        if let Some(node) = &req.node {
+            if self.node.is_empty() {
+                self.node = clean(&node.id, MAX_NODE_ID);
+            }
+        }
+        let Some(kind) = Kind::from_type_url(&req.type_url) else {
+            return (None, Received::UnknownType);
+        };
+        let t = &mut self.types[kind.index()];
+        let received = if req.response_nonce.is_empty() {
+            Received::Initial
+        } else {
+            match &mut t.sent {
+                Some(sent) if sent.nonce == req.response_nonce => match &req.error_detail {
+                    Some(e) => {
+                        sent.nacked = true;
+                        Received::Nack(Nack {
+                            node: self.node.clone(),
+                            version: sent.version.clone(),
+                            message: snapshot.mask(&mask(&sent.secrets, &e.message)),
+                            at: SystemTime::now()
+                                .duration_since(UNIX_EPOCH)
+                                .map(|d| d.as_secs())
+                                .unwrap_or(0),
+                        })
+                    }
+                    None => Received::Ack,
+                },
+                _ => return (Some(kind), Received::Stale),
+            }
+        };
+        t.requested = true;
+        t.names = if kind.wildcard()
+            && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"))
+        {
+            None
+        } else {
+            Some(req.resource_names.iter().cloned().collect())
+        };
+        (Some(kind), received)
+    }
+
+    /// Whether Envoy has been sent the endpoints of every `EDS` cluster of
+    /// the snapshot (so a route configuration may point at them), or the
+    /// clusters were refused (then waiting is pointless).
+    fn endpoints_ready(&self, snapshot: &Snapshot) -> bool {
+        let clusters = &self.types[Kind::Clusters.index()];
+        if clusters.sent.as_ref().is_some_and(|s| s.nacked) {
+            return true;
+        }
+        let eds = snapshot.get(Kind::Endpoints);
+        if eds.resources.is_empty() {
+            return true;
+        }
+        match &self.types[Kind::Endpoints.index()].sent {
+            Some(s) if s.version == eds.version => eds
+                .resources
+                .iter()
+                .all(|(name, _)| s.names.as_ref().is_none_or(|n| n.contains(name))),
+            _ => false,
+        }
+    }
+
+    /// The responses due now, in push order. A route configuration that
+    /// must wait for endpoints sets `routes_waiting_since`.
+    pub(super) fn due(&mut self, snapshot: &Snapshot, now: Instant) -> Vec<DiscoveryResponse> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            let t = &self.types[kind.index()];
+            if !t.requested {
+                continue;
+            }
+            let current = snapshot.get(kind);
+            let needed = match &t.sent {
+                None => true,
+                Some(s) => s.version != current.version || s.names != t.names,
+            };
+            if !needed {
+                if kind == Kind::Routes {
+                    self.routes_waiting_since = None;
+                }
+                continue;
+            }
+            // The first route configuration of a stream needs no wait:
+            // Envoy itself warms clusters before it asks for listeners.
+            if kind == Kind::Routes && t.sent.is_some() && !self.endpoints_ready(snapshot) {
+                let since = *self.routes_waiting_since.get_or_insert(now);
+                if now.duration_since(since) < ROUTES_WAIT {
+                    continue;
+                }
+            }
+            if kind == Kind::Routes {
+                self.routes_waiting_since = None;
+            }
+            self.nonces += 1;
+            let nonce = self.nonces.to_string();
+            let t = &mut self.types[kind.index()];
+            let resources = current
+                .resources
+                .iter()
+                .filter(|(name, _)| t.names.as_ref().is_none_or(|n| n.contains(name)))
+                .map(|(_, any)| any.clone())
+                .collect();
+            let updated = t.sent.is_some();
+            t.sent = Some(Sent {
+                version: current.version.clone(),
+                names: t.names.clone(),
+                nonce: nonce.clone(),
+                nacked: false,
+                secrets: snapshot.secrets.clone(),
+            });
+            // An updated EDS cluster warms until it gets its endpoints, even
+            // unchanged ones: send them again, after the clusters.
+            if kind == Kind::Clusters && updated {
+                self.types[Kind::Endpoints.index()].sent = None;
+            }
+            out.push(DiscoveryResponse {
+                version_info: current.version.clone(),
+                resources,
+                type_url: kind.type_url().to_string(),
+                nonce,
+                control_plane: Some(ControlPlane {
+                    identifier: CONTROL_PLANE.into(),
+                }),
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    /// When a waiting route configuration must be sent anyway.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.routes_waiting_since.map(|s| s + ROUTES_WAIT)
+    }
+}

@@ -1,0 +1,453 @@
+use super::*;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use serde_json::{json, Value};
+
+use crate::store::Stored;
+use std::path::PathBuf;
+
+const SECRET: &str = "bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH";
+
+fn settings() -> ProxySettings {
+    ProxySettings {
+        listen_addr: "127.0.0.1".into(),
+        proxy_port: 9080,
+        wasm_path: PathBuf::from("/opt/oidc_filter.wasm"),
+        filter_settings: "{}".into(),
+        trusted_proxy_hops: 0,
+    }
+}
+
+fn oidc_route(uri: &str, nodes: Value) -> Value {
+    json!({
+        "uri": uri,
+        "plugins": {"openid-connect": {
+            "client_id": "c",
+            "client_secret": SECRET,
+            "discovery": "http://127.0.0.1:8080/realms/q/.well-known/openid-configuration",
+            "bearer_only": true,
+            "scope": "openid profile",
+        }},
+        "upstream": {"nodes": nodes},
+    })
+}
+
+fn routes(list: &[(&str, Value)]) -> BTreeMap<String, Value> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn snap(list: &[(&str, Value)]) -> Snapshot {
+    let (s, skipped) = Snapshot::build(
+        &RouteTable::build(Stored::with_routes(routes(list))),
+        &settings(),
+        &[],
+    );
+    assert!(skipped.is_empty(), "{skipped:?}");
+    s
+}
+
+fn versions(s: &Snapshot) -> [String; 4] {
+    Kind::ALL.map(|k| s.get(k).version.clone())
+}
+
+/// Which types differ between two snapshots.
+fn changed(a: &Snapshot, b: &Snapshot) -> Vec<&'static str> {
+    Kind::ALL
+        .into_iter()
+        .filter(|k| a.get(*k).version != b.get(*k).version)
+        .map(Kind::name)
+        .collect()
+}
+
+fn req(kind: Kind, version: &str, nonce: &str, names: &[&str]) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: version.into(),
+        node: Some(Node {
+            id: "envoy-1".into(),
+            ..Default::default()
+        }),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        type_url: kind.type_url().into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn nack(kind: Kind, version: &str, nonce: &str, names: &[&str], message: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: message.into(),
+            details: Vec::new(),
+        }),
+        ..req(kind, version, nonce, names)
+    }
+}
+
+/// (type name, version, resource names) of each response.
+fn sent(responses: &[DiscoveryResponse]) -> Vec<(&'static str, String, Vec<String>)> {
+    responses
+        .iter()
+        .map(|r| {
+            let kind = Kind::from_type_url(&r.type_url).expect("known type");
+            let names = r.resources.iter().map(|a| resource_name(kind, a)).collect();
+            (kind.name(), r.version_info.clone(), names)
+        })
+        .collect()
+}
+
+fn resource_name(kind: Kind, a: &Any) -> String {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    assert_eq!(a.type_url, kind.type_url());
+    let v = a.value.as_slice();
+    match kind {
+        Kind::Clusters => Cluster::decode(v).unwrap().name,
+        Kind::Endpoints => ClusterLoadAssignment::decode(v).unwrap().cluster_name,
+        Kind::Listeners => Listener::decode(v).unwrap().name,
+        Kind::Routes => RouteConfiguration::decode(v).unwrap().name,
+    }
+}
+
+fn v(s: &Snapshot, k: Kind) -> String {
+    s.get(k).version.clone()
+}
+
+fn strs(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn versions_are_stable_and_change_per_type() {
+    let base = [
+        ("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1}))),
+        ("b", oidc_route("/b/*", json!({"127.0.0.1:8082": 1}))),
+    ];
+    let s1 = snap(&base);
+    // The metadata maps are HashMaps: many builds, one version.
+    for _ in 0..20 {
+        assert_eq!(versions(&snap(&base)), versions(&s1));
+    }
+    for k in Kind::ALL {
+        assert_eq!(s1.get(k).version.len(), 16);
+    }
+
+    // New weights of IP nodes: endpoints only.
+    let s2 = snap(&[
+        (
+            "a",
+            oidc_route("/a/*", json!({"127.0.0.1:8081": 1, "127.0.0.1:8083": 3})),
+        ),
+        base[1].clone(),
+    ]);
+    assert_eq!(changed(&s1, &s2), ["endpoints"]);
+
+    // Another uri: routes only.
+    let s3 = snap(&[
+        ("a", oidc_route("/moved/*", json!({"127.0.0.1:8081": 1}))),
+        base[1].clone(),
+    ]);
+    assert_eq!(changed(&s1, &s3), ["routes"]);
+
+    // Another plugin config: routes only.
+    let mut other = base[0].1.clone();
+    other["plugins"]["openid-connect"]["scope"] = json!("openid");
+    assert_eq!(
+        changed(&s1, &snap(&[("a", other), base[1].clone()])),
+        ["routes"]
+    );
+
+    // A new route: clusters, endpoints and routes; never the listener.
+    let mut more = base.to_vec();
+    more.push(("c", oidc_route("/c", json!({"127.0.0.1:8084": 1}))));
+    assert_eq!(
+        changed(&s1, &snap(&more)),
+        ["clusters", "endpoints", "routes"]
+    );
+}
+
+#[test]
+fn a_stream_gets_each_type_it_asks_for_once_until_it_changes() {
+    let s = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+    let mut st = StreamState::new(1);
+    let t0 = Instant::now();
+    assert_eq!(
+        st.on_request(&req(Kind::Clusters, "", "", &[]), &s).1,
+        Received::Initial
+    );
+    assert_eq!(st.node, "envoy-1");
+    assert_eq!(
+        st.on_request(&req(Kind::Listeners, "", "", &[]), &s).1,
+        Received::Initial
+    );
+    let out = st.due(&s, t0);
+    assert_eq!(
+        sent(&out),
+        vec![
+            (
+                "clusters",
+                v(&s, Kind::Clusters),
+                strs(&["route|a", "oidc|http|127.0.0.1|8080"])
+            ),
+            ("listeners", v(&s, Kind::Listeners), strs(&["apisix_http"])),
+        ]
+    );
+    let (cds_nonce, lds_nonce) = (out[0].nonce.clone(), out[1].nonce.clone());
+    assert_ne!(cds_nonce, lds_nonce);
+
+    // ACKs need no answer.
+    let cds_v = v(&s, Kind::Clusters);
+    assert_eq!(
+        st.on_request(&req(Kind::Clusters, &cds_v, &cds_nonce, &[]), &s)
+            .1,
+        Received::Ack
+    );
+    assert!(st.due(&s, t0).is_empty());
+
+    // EDS and RDS by name; only the names asked for are sent.
+    st.on_request(
+        &req(Kind::Endpoints, "", "", &["route|a", "route|unknown"]),
+        &s,
+    );
+    st.on_request(&req(Kind::Routes, "", "", &["apisix"]), &s);
+    assert_eq!(
+        sent(&st.due(&s, t0)),
+        vec![
+            ("endpoints", v(&s, Kind::Endpoints), strs(&["route|a"])),
+            ("routes", v(&s, Kind::Routes), strs(&["apisix"])),
+        ]
+    );
+    assert!(st.due(&s, t0).is_empty());
+
+    // Unknown types are not answered.
+    let mut other = req(Kind::Clusters, "", "", &[]);
+    other.type_url = "type.googleapis.com/envoy.service.runtime.v3.Runtime".into();
+    assert_eq!(st.on_request(&other, &s), (None, Received::UnknownType));
+    assert!(st.due(&s, t0).is_empty());
+}
+
+/// A stream that has been sent every type of `s` and ACKed it; returns
+/// the last nonce per type.
+fn settled(s: &Snapshot, eds_names: &[&str]) -> (StreamState, BTreeMap<Kind, String>) {
+    let mut st = StreamState::new(1);
+    st.on_request(&req(Kind::Clusters, "", "", &[]), s);
+    st.on_request(&req(Kind::Listeners, "", "", &[]), s);
+    st.on_request(&req(Kind::Endpoints, "", "", eds_names), s);
+    st.on_request(&req(Kind::Routes, "", "", &["apisix"]), s);
+    let mut nonces = BTreeMap::new();
+    for r in st.due(s, Instant::now()) {
+        let kind = Kind::from_type_url(&r.type_url).unwrap();
+        let names: Vec<&str> = if kind == Kind::Endpoints {
+            eds_names.to_vec()
+        } else if kind == Kind::Routes {
+            vec!["apisix"]
+        } else {
+            vec![]
+        };
+        let ack = req(kind, &r.version_info, &r.nonce, &names);
+        assert_eq!(st.on_request(&ack, s).1, Received::Ack);
+        nonces.insert(kind, r.nonce);
+    }
+    assert_eq!(nonces.len(), 4);
+    (st, nonces)
+}
+
+#[test]
+fn changes_go_clusters_endpoints_then_routes_after_new_endpoints() {
+    let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+    let (mut st, _) = settled(&s1, &["route|a"]);
+    let t0 = Instant::now();
+
+    // A new route with a new EDS cluster, and new weights for "a".
+    let s2 = snap(&[
+        (
+            "a",
+            oidc_route("/a/*", json!({"127.0.0.1:8081": 1, "127.0.0.1:8082": 3})),
+        ),
+        ("b", oidc_route("/b/*", json!({"127.0.0.1:8083": 1}))),
+    ]);
+    let out = st.due(&s2, t0);
+    assert_eq!(
+        sent(&out),
+        vec![
+            (
+                "clusters",
+                v(&s2, Kind::Clusters),
+                strs(&["route|a", "route|b", "oidc|http|127.0.0.1|8080"])
+            ),
+            ("endpoints", v(&s2, Kind::Endpoints), strs(&["route|a"])),
+        ],
+        "the routes wait for route|b's endpoints"
+    );
+    assert_eq!(st.deadline(), Some(t0 + ROUTES_WAIT));
+    assert!(st.due(&s2, t0 + Duration::from_millis(10)).is_empty());
+
+    // Envoy ACKs the clusters, then asks for the new cluster's endpoints.
+    let cds = req(Kind::Clusters, &out[0].version_info, &out[0].nonce, &[]);
+    assert_eq!(st.on_request(&cds, &s2).1, Received::Ack);
+    let eds = req(
+        Kind::Endpoints,
+        &out[1].version_info,
+        &out[1].nonce,
+        &["route|a", "route|b"],
+    );
+    assert_eq!(st.on_request(&eds, &s2).1, Received::Ack);
+    assert_eq!(
+        sent(&st.due(&s2, t0 + Duration::from_millis(20))),
+        vec![
+            (
+                "endpoints",
+                v(&s2, Kind::Endpoints),
+                strs(&["route|a", "route|b"])
+            ),
+            ("routes", v(&s2, Kind::Routes), strs(&["apisix"])),
+        ]
+    );
+    assert_eq!(st.deadline(), None);
+}
+
+#[test]
+fn a_changed_cluster_gets_its_unchanged_endpoints_again() {
+    let up =
+        |t: &str| json!({"uri": "/a/*", "upstream": {"type": t, "nodes": {"127.0.0.1:8081": 1}}});
+    let s1 = snap(&[("a", up("roundrobin"))]);
+    let (mut st, _) = settled(&s1, &["route|a"]);
+    let s2 = snap(&[("a", up("least_conn"))]);
+    assert_eq!(changed(&s1, &s2), ["clusters"]);
+    // Envoy warms the updated EDS cluster until it has endpoints.
+    assert_eq!(
+        sent(&st.due(&s2, Instant::now())),
+        vec![
+            ("clusters", v(&s2, Kind::Clusters), strs(&["route|a"])),
+            ("endpoints", v(&s1, Kind::Endpoints), strs(&["route|a"])),
+        ]
+    );
+}
+
+#[test]
+fn routes_waiting_for_endpoints_go_anyway_after_the_deadline() {
+    let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+    let (mut st, _) = settled(&s1, &["route|a"]);
+    let s2 = snap(&[
+        ("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1}))),
+        ("b", oidc_route("/b/*", json!({"127.0.0.1:8083": 1}))),
+    ]);
+    let t0 = Instant::now();
+    assert_eq!(sent(&st.due(&s2, t0)).len(), 2);
+    assert_eq!(
+        sent(&st.due(&s2, t0 + ROUTES_WAIT)),
+        vec![("routes", v(&s2, Kind::Routes), strs(&["apisix"]))]
+    );
+}
+
+#[test]
+fn a_changed_route_with_known_clusters_goes_at_once() {
+    let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+    let (mut st, _) = settled(&s1, &["route|a"]);
+    let s2 = snap(&[("a", oidc_route("/moved/*", json!({"127.0.0.1:8081": 1})))]);
+    assert_eq!(
+        sent(&st.due(&s2, Instant::now())),
+        vec![("routes", v(&s2, Kind::Routes), strs(&["apisix"]))]
+    );
+}
+
+#[test]
+fn a_nack_is_recorded_masked_and_not_answered_with_the_same_version() {
+    let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+    let (mut st, _) = settled(&s1, &["route|a"]);
+    let s2 = snap(&[("a", oidc_route("/moved/*", json!({"127.0.0.1:8081": 1})))]);
+    let out = st.due(&s2, Instant::now());
+    assert_eq!(out.len(), 1);
+    let msg = format!("route config: metadata {{\"client_secret\":\"{SECRET}\"}} is invalid");
+    // Envoy NACKs with the version it still has.
+    let (kind, received) = st.on_request(
+        &nack(
+            Kind::Routes,
+            &v(&s1, Kind::Routes),
+            &out[0].nonce,
+            &["apisix"],
+            &msg,
+        ),
+        &s2,
+    );
+    assert_eq!(kind, Some(Kind::Routes));
+    let Received::Nack(n) = received else {
+        panic!("{received:?}")
+    };
+    assert_eq!(n.version, v(&s2, Kind::Routes));
+    assert_eq!(n.node, "envoy-1");
+    assert!(!n.message.contains(SECRET), "{}", n.message);
+    assert!(n.message.contains("[redacted]"), "{}", n.message);
+    assert!(st.due(&s2, Instant::now()).is_empty(), "no NACK loop");
+
+    let status = XdsStatus::new();
+    status.stream_opened(1);
+    log_received(
+        &st,
+        kind,
+        &req(Kind::Routes, "", "", &[]),
+        &Received::Nack(n.clone()),
+        &status,
+    );
+    let report = status.report();
+    assert_eq!(report.last_nack["routes"], n);
+    assert!(!serde_json::to_string(&report).unwrap().contains(SECRET));
+
+    // The next change is sent.
+    let s3 = snap(&[("a", oidc_route("/again/*", json!({"127.0.0.1:8081": 1})))]);
+    assert_eq!(st.due(&s3, Instant::now()).len(), 1);
+}
+
+#[test]
+fn a_nack_is_masked_with_the_secrets_of_the_version_it_refuses() {
+    let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+    let (mut st, _) = settled(&s1, &["route|a"]);
+    let mut r = oidc_route("/b/*", json!({"127.0.0.1:8081": 1}));
+    r["plugins"]["openid-connect"]["client_secret"] = json!("an-older-secret-value");
+    let s2 = snap(&[("a", r)]);
+    let out = st.due(&s2, Instant::now());
+    assert_eq!(out.len(), 1);
+    // By the time the NACK arrives the route (and its secret) changed.
+    let s3 = snap(&[("a", oidc_route("/c/*", json!({"127.0.0.1:8081": 1})))]);
+    let msg = "invalid: an-older-secret-value / bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH";
+    let nack = nack(Kind::Routes, "", &out[0].nonce, &["apisix"], msg);
+    let Received::Nack(n) = st.on_request(&nack, &s3).1 else {
+        panic!("not a NACK")
+    };
+    assert_eq!(n.message, "invalid: [redacted] / [redacted]");
+}
+
+#[test]
+fn stale_nonces_are_ignored() {
+    let s1 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8081": 1})))]);
+    let (mut st, nonces) = settled(&s1, &["route|a"]);
+    let s2 = snap(&[("a", oidc_route("/a/*", json!({"127.0.0.1:8082": 1})))]);
+    let out = st.due(&s2, Instant::now());
+    assert_eq!(sent(&out)[0].0, "endpoints");
+    // A late request answering the previous response: ignored, names
+    // not taken.
+    let old = req(
+        Kind::Endpoints,
+        &v(&s1, Kind::Endpoints),
+        &nonces[&Kind::Endpoints],
+        &["route|zzz"],
+    );
+    assert_eq!(st.on_request(&old, &s2).1, Received::Stale);
+    assert_eq!(
+        st.types[Kind::Endpoints.index()].names,
+        Some(BTreeSet::from(["route|a".to_string()]))
+    );
+    assert!(st.due(&s2, Instant::now()).is_empty());
+}
+
+#[test]
+fn nacks_are_masked_with_the_secrets_of_the_typed_configs() {
+    // The route table's secrets: the plugin config's `Secret` fields.
+    let s = snap(&[("a", oidc_route("/a", json!({"127.0.0.1:9": 1})))]);
+    assert_eq!(*s.secrets, [SECRET.to_string()]);
+    assert_eq!(clean("abcdef", 3), "abc...");
+    assert_eq!(clean("a\nb\tc", 10), "a b c");
+}

@@ -91,7 +91,12 @@ fn warn_if_stale(module: &Path) {
             return;
         };
         let root = repo_root();
-        let sources = ["src", "core/src", "Cargo.toml", "core/Cargo.toml"];
+        let sources = [
+            "filter/src",
+            "core/src",
+            "filter/Cargo.toml",
+            "core/Cargo.toml",
+        ];
         if let Some(newer) = sources
             .iter()
             .filter_map(|s| newest_file(&root.join(s)))

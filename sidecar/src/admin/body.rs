@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn path_id(kind: Kind, id: IdPath) -> Result<String, Refusal> {
+pub(super) fn path_id(kind: ResourceKind, id: IdPath) -> Result<String, Refusal> {
     id.map(|Path(id)| id).map_err(|e| {
         bad(format!(
             "invalid {} id in the URL: {}",
@@ -28,7 +28,10 @@ pub(super) async fn read_json(body: Body) -> Result<Option<Value>, Refusal> {
 }
 
 /// A `PUT`/`POST` body: a JSON object without the server's timestamps.
-pub(super) async fn read_object(kind: Kind, body: Body) -> Result<Map<String, Value>, Refusal> {
+pub(super) async fn read_object(
+    kind: ResourceKind,
+    body: Body,
+) -> Result<Map<String, Value>, Refusal> {
     let obj = match read_json(body).await? {
         None => return Err(bad("missing configurations")),
         Some(Value::Object(m)) => m,
@@ -45,7 +48,7 @@ pub(super) async fn read_object(kind: Kind, body: Body) -> Result<Map<String, Va
     Ok(obj)
 }
 
-pub(super) fn not_an_object(kind: Kind) -> Refusal {
+pub(super) fn not_an_object(kind: ResourceKind) -> Refusal {
     bad(format!(
         "invalid configuration: the {} must be a JSON object",
         kind.name()
@@ -54,11 +57,11 @@ pub(super) fn not_an_object(kind: Kind) -> Refusal {
 
 /// Routes get their generated and kept secrets; upstreams have none.
 pub(super) fn fill_secrets(
-    kind: Kind,
+    kind: ResourceKind,
     obj: &mut Map<String, Value>,
     stored: Option<&Value>,
 ) -> Result<(), Refusal> {
-    if kind == Kind::Upstream {
+    if kind == ResourceKind::Upstream {
         return Ok(());
     }
     secrets::fill(obj, stored).map_err(|e| match e {
@@ -100,7 +103,7 @@ pub(super) fn login_needs_a_host(spec: &RouteSpec, e: &mut Errors) {
 /// `upstream_id` must name a stored upstream; an upstream must still make
 /// a valid route of every route that names it.
 pub(super) fn finish(
-    kind: Kind,
+    kind: ResourceKind,
     id: &str,
     obj: Map<String, Value>,
     current: &Stored,
@@ -111,14 +114,14 @@ pub(super) fn finish(
     let sent = Value::Object(obj);
     let mut e = Errors::new();
     match kind {
-        Kind::Route => {
+        ResourceKind::Route => {
             let spec = RouteSpec::parse(id, &sent, &current.upstreams).map_err(Refusal::Bad)?;
             login_needs_a_host(&spec, &mut e);
             if let Some(up) = sent.get("upstream") {
                 nodes.check(up, "upstream.", &mut e);
             }
         }
-        Kind::Upstream => {
+        ResourceKind::Upstream => {
             Upstream::parse_resource(id, &sent).map_err(Refusal::Bad)?;
             nodes.check(&sent, "", &mut e);
         }
@@ -130,7 +133,7 @@ pub(super) fn finish(
         return Err(not_an_object(kind));
     };
     let v = Value::Object(with_id(obj, id));
-    if kind == Kind::Upstream {
+    if kind == ResourceKind::Upstream {
         let mut upstreams = current.upstreams.clone();
         upstreams.insert(id.to_string(), v.clone());
         for rid in routes_using(current, id) {

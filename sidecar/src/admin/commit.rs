@@ -287,7 +287,7 @@ impl std::fmt::Display for Outcome {
 #[derive(Debug)]
 pub(super) struct Committed {
     pub(super) outcome: Outcome,
-    pub(super) kind: Kind,
+    pub(super) kind: ResourceKind,
     pub(super) id: String,
     /// The stored object; `None` for a deletion.
     pub(super) value: Option<Value>,
@@ -301,9 +301,9 @@ pub(super) enum CommitError {
     /// `decide` refused it.
     Refused(Refusal),
     /// The store cannot be reached (503).
-    Unavailable { kind: Kind, error: String },
+    Unavailable { kind: ResourceKind, error: String },
     /// The store refused the write (500).
-    Failed { kind: Kind, error: String },
+    Failed { kind: ResourceKind, error: String },
     /// The store changed concurrently on every attempt (409).
     Conflicts,
     /// The write task ended without an answer (500).
@@ -312,13 +312,13 @@ pub(super) enum CommitError {
 
 pub(super) enum Change {
     Put {
-        kind: Kind,
+        kind: ResourceKind,
         id: String,
         value: Value,
         created: bool,
     },
     Delete {
-        kind: Kind,
+        kind: ResourceKind,
         id: String,
     },
 }
@@ -340,21 +340,21 @@ impl Change {
             modified: current.modified(kind, id),
         }];
         match kind {
-            Kind::Route => {
+            ResourceKind::Route => {
                 if let Some(uid) = value
                     .as_ref()
                     .and_then(|v| v.get("upstream_id"))
                     .and_then(id_text)
                 {
                     guards.push(Guard::Unchanged {
-                        kind: Kind::Upstream,
-                        modified: current.modified(Kind::Upstream, &uid),
+                        kind: ResourceKind::Upstream,
+                        modified: current.modified(ResourceKind::Upstream, &uid),
                         id: uid,
                     });
                 }
             }
-            Kind::Upstream => guards.push(Guard::NoneChangedSince {
-                kind: Kind::Route,
+            ResourceKind::Upstream => guards.push(Guard::NoneChangedSince {
+                kind: ResourceKind::Route,
                 revision: current.revision,
             }),
         }

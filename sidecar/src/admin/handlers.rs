@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) async fn list(State(s): State<AdminState>, kind: Kind) -> Response {
+pub(super) async fn list(State(s): State<AdminState>, kind: ResourceKind) -> Response {
     let known = s.known();
     let list: Vec<Value> = kind
         .of(&known.data)
@@ -14,7 +14,7 @@ pub(super) async fn list(State(s): State<AdminState>, kind: Kind) -> Response {
 
 pub(super) async fn get_one(
     State(s): State<AdminState>,
-    kind: Kind,
+    kind: ResourceKind,
     id: IdPath,
 ) -> Result<Response, Refusal> {
     let id = path_id(kind, id)?;
@@ -30,7 +30,7 @@ pub(super) async fn get_one(
 
 pub(super) async fn put_in_body(
     State(s): State<AdminState>,
-    kind: Kind,
+    kind: ResourceKind,
     body: Body,
 ) -> Result<Response, Refusal> {
     let obj = read_object(kind, body).await?;
@@ -51,7 +51,7 @@ pub(super) async fn put_in_body(
 
 pub(super) async fn put_at_id(
     State(s): State<AdminState>,
-    kind: Kind,
+    kind: ResourceKind,
     id: IdPath,
     body: Body,
 ) -> Result<Response, Refusal> {
@@ -62,7 +62,7 @@ pub(super) async fn put_at_id(
 
 pub(super) async fn put(
     s: AdminState,
-    kind: Kind,
+    kind: ResourceKind,
     id: String,
     obj: Map<String, Value>,
 ) -> Response {
@@ -91,7 +91,7 @@ pub(super) async fn put(
 
 pub(super) async fn post_new(
     State(s): State<AdminState>,
-    kind: Kind,
+    kind: ResourceKind,
     body: Body,
 ) -> Result<Response, Refusal> {
     let obj = read_object(kind, body).await?;
@@ -123,7 +123,7 @@ pub(super) async fn post_new(
     ))
 }
 
-pub(super) async fn post_at_id(kind: Kind) -> Refusal {
+pub(super) async fn post_at_id(kind: ResourceKind) -> Refusal {
     bad(format!(
         "wrong {0} id, do not need it: POST /apisix/admin/{1} generates the id; \
          to choose it, PUT /apisix/admin/{1}/{{id}}",
@@ -134,7 +134,7 @@ pub(super) async fn post_at_id(kind: Kind) -> Refusal {
 
 pub(super) async fn patch_at_id(
     State(s): State<AdminState>,
-    kind: Kind,
+    kind: ResourceKind,
     id: IdPath,
     body: Body,
 ) -> Result<Response, Refusal> {
@@ -180,7 +180,7 @@ pub(super) async fn patch_at_id(
 
 pub(super) async fn delete_at_id(
     State(s): State<AdminState>,
-    kind: Kind,
+    kind: ResourceKind,
     id: IdPath,
 ) -> Result<Response, Refusal> {
     let id = path_id(kind, id)?;
@@ -191,7 +191,7 @@ pub(super) async fn delete_at_id(
             if !kind.of(current).contains_key(&id) {
                 return Err(Refusal::NotFound);
             }
-            if kind == Kind::Upstream {
+            if kind == ResourceKind::Upstream {
                 let users = routes_using(current, &id);
                 if !users.is_empty() {
                     // APISIX: "can not delete this upstream, route [1] is still

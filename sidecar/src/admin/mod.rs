@@ -92,7 +92,9 @@ use crate::apisix::route::{id_text, with_id, Errors, RouteSpec};
 use crate::apisix::secrets::{self, FillError};
 use crate::apisix::table::{Published, RouteTable};
 use crate::apisix::upstream::{NodePolicy, Upstream};
-use crate::store::{Guard, Kind, Revs, Store, StoreError, Stored, Versioned, Write, Written};
+use crate::store::{
+    Guard, ResourceKind, Revs, Store, StoreError, Stored, Versioned, Write, Written,
+};
 
 mod access;
 mod body;
@@ -176,7 +178,7 @@ pub fn system_clock() -> Clock {
 type IdPath = Result<Path<String>, PathRejection>;
 
 /// The calls on one kind of resource.
-fn resource(router: Router<AdminState>, kind: Kind) -> Router<AdminState> {
+fn resource(router: Router<AdminState>, kind: ResourceKind) -> Router<AdminState> {
     let base = format!("/apisix/admin/{}", kind.plural());
     router
         .route(
@@ -204,8 +206,8 @@ fn resource(router: Router<AdminState>, kind: Kind) -> Router<AdminState> {
 /// `into_make_service_with_connect_info::<SocketAddr>()`: a request without
 /// the client address is refused.
 pub fn router(state: AdminState, protected: Router) -> Router {
-    let r = resource(Router::new(), Kind::Route);
-    resource(r, Kind::Upstream)
+    let r = resource(Router::new(), ResourceKind::Route);
+    resource(r, ResourceKind::Upstream)
         .with_state(state.clone())
         .merge(protected)
         .layer(middleware::from_fn_with_state(state, access))

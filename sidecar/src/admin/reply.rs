@@ -80,14 +80,14 @@ pub(super) fn bad(msg: impl Into<String>) -> Refusal {
 /// `create_revision` and `mod_revision`).
 pub(super) fn entry(
     prefix: &str,
-    kind: Kind,
+    kind: ResourceKind,
     id: &str,
     value: &Value,
     revs: Option<Revs>,
 ) -> Value {
     let value = match kind {
-        Kind::Route => secrets::redact(value),
-        Kind::Upstream => value.clone(),
+        ResourceKind::Route => secrets::redact(value),
+        ResourceKind::Upstream => value.clone(),
     };
     let mut e = json!({"key": kind.key(prefix, id), "value": value});
     if let Some(r) = revs {

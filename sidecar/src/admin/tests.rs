@@ -2184,7 +2184,7 @@ async fn observe_takes_only_later_revisions() {
     rx.borrow_and_update();
     let mut v = Versioned::default();
     v.apply(
-        Kind::Route,
+        ResourceKind::Route,
         "r",
         Some(br#"{"id": "r"}"#),
         Revs {

@@ -29,7 +29,7 @@ use etcd_client::{
 
 use crate::admin::AdminState;
 use crate::store::{
-    Guard, Kind, Revs, Store, StoreError, StoreFuture, Stored, Versioned, Write, Written,
+    Guard, ResourceKind, Revs, Store, StoreError, StoreFuture, Stored, Versioned, Write, Written,
 };
 
 /// The longest wait between two attempts to watch again.
@@ -63,14 +63,14 @@ pub fn check_prefix(prefix: &str) -> Result<String, String> {
 
 /// `<prefix>/routes/<id>` → (route, id); anything else under the prefix
 /// (`<prefix>/routes` itself, `<prefix>/plugins/...`) is not ours.
-pub fn parse_key(prefix: &str, key: &[u8]) -> Option<(Kind, String)> {
+pub fn parse_key(prefix: &str, key: &[u8]) -> Option<(ResourceKind, String)> {
     let key = std::str::from_utf8(key).ok()?;
     let rest = key.strip_prefix(prefix)?.strip_prefix('/')?;
     let (dir, id) = rest.split_once('/')?;
     if id.is_empty() || id.contains('/') {
         return None;
     }
-    let kind = Kind::ALL.into_iter().find(|k| k.plural() == dir)?;
+    let kind = ResourceKind::ALL.into_iter().find(|k| k.plural() == dir)?;
     Some((kind, id.to_string()))
 }
 
@@ -117,7 +117,7 @@ impl EtcdStore {
         })
     }
 
-    fn key(&self, kind: Kind, id: &str) -> String {
+    fn key(&self, kind: ResourceKind, id: &str) -> String {
         kind.key(&self.prefix, id)
     }
 
@@ -351,11 +351,11 @@ mod tests {
         let p = "/apisix";
         assert_eq!(
             parse_key(p, b"/apisix/routes/1"),
-            Some((Kind::Route, "1".into()))
+            Some((ResourceKind::Route, "1".into()))
         );
         assert_eq!(
             parse_key(p, b"/apisix/upstreams/u-1"),
-            Some((Kind::Upstream, "u-1".into()))
+            Some((ResourceKind::Upstream, "u-1".into()))
         );
         for not_ours in [
             &b"/apisix/routes"[..],
@@ -370,7 +370,7 @@ mod tests {
         }
         assert_eq!(
             parse_key("/gw/one", b"/gw/one/routes/r"),
-            Some((Kind::Route, "r".into()))
+            Some((ResourceKind::Route, "r".into()))
         );
     }
 

@@ -57,29 +57,30 @@ impl Stored {
     }
 }
 
-/// The two resources.
+/// The two Admin API resources (not to be confused with `xds::Kind`, the
+/// xDS resource types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
+pub enum ResourceKind {
     Route,
     Upstream,
 }
 
-impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Route, Kind::Upstream];
+impl ResourceKind {
+    pub const ALL: [ResourceKind; 2] = [ResourceKind::Route, ResourceKind::Upstream];
 
     /// `route`, `upstream`.
     pub fn name(self) -> &'static str {
         match self {
-            Kind::Route => "route",
-            Kind::Upstream => "upstream",
+            ResourceKind::Route => "route",
+            ResourceKind::Upstream => "upstream",
         }
     }
 
     /// The path segment and etcd directory: `routes`, `upstreams`.
     pub fn plural(self) -> &'static str {
         match self {
-            Kind::Route => "routes",
-            Kind::Upstream => "upstreams",
+            ResourceKind::Route => "routes",
+            ResourceKind::Upstream => "upstreams",
         }
     }
 
@@ -91,15 +92,15 @@ impl Kind {
 
     pub fn of(self, s: &Stored) -> &BTreeMap<String, Value> {
         match self {
-            Kind::Route => &s.routes,
-            Kind::Upstream => &s.upstreams,
+            ResourceKind::Route => &s.routes,
+            ResourceKind::Upstream => &s.upstreams,
         }
     }
 
     pub fn of_mut(self, s: &mut Stored) -> &mut BTreeMap<String, Value> {
         match self {
-            Kind::Route => &mut s.routes,
-            Kind::Upstream => &mut s.upstreams,
+            ResourceKind::Route => &mut s.routes,
+            ResourceKind::Upstream => &mut s.upstreams,
         }
     }
 }
@@ -119,7 +120,7 @@ pub struct Versioned {
     /// Each object's revisions (also for a stored value that is not a
     /// valid object, left out of `data`). Empty for a store without
     /// revisions.
-    pub revs: BTreeMap<(Kind, String), Revs>,
+    pub revs: BTreeMap<(ResourceKind, String), Revs>,
     /// The store revision this is as of; 0 for a store without revisions.
     pub revision: i64,
 }
@@ -134,12 +135,12 @@ impl Versioned {
     }
 
     /// The revisions of one object, if it is stored.
-    pub fn revs_of(&self, kind: Kind, id: &str) -> Option<Revs> {
+    pub fn revs_of(&self, kind: ResourceKind, id: &str) -> Option<Revs> {
         self.revs.get(&(kind, id.to_string())).copied()
     }
 
     /// The `mod_revision` a guard on this object expects: 0 when absent.
-    pub fn modified(&self, kind: Kind, id: &str) -> i64 {
+    pub fn modified(&self, kind: ResourceKind, id: &str) -> i64 {
         self.revs_of(kind, id).map_or(0, |r| r.modified)
     }
 
@@ -148,7 +149,13 @@ impl Versioned {
     /// are already in and are ignored; returns whether it applied. A value
     /// that is not a valid object keeps its revisions but stays out of
     /// `data` (with a warning).
-    pub fn apply(&mut self, kind: Kind, id: &str, value: Option<&[u8]>, revs: Revs) -> bool {
+    pub fn apply(
+        &mut self,
+        kind: ResourceKind,
+        id: &str,
+        value: Option<&[u8]>,
+        revs: Revs,
+    ) -> bool {
         if revs.modified <= self.revision {
             return false;
         }
@@ -177,7 +184,7 @@ impl Versioned {
 }
 
 /// A stored value as an object of `kind` whose `id` is `id`.
-pub fn parse_object(kind: Kind, id: &str, bytes: &[u8]) -> Result<Value, String> {
+pub fn parse_object(kind: ResourceKind, id: &str, bytes: &[u8]) -> Result<Value, String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
     match v.get("id") {
         _ if !v.is_object() => Err("not a JSON object".into()),
@@ -194,19 +201,19 @@ pub fn parse_object(kind: Kind, id: &str, bytes: &[u8]) -> Result<Value, String>
 pub enum Guard {
     /// The object's `mod_revision` is still this (0: it is still absent).
     Unchanged {
-        kind: Kind,
+        kind: ResourceKind,
         id: String,
         modified: i64,
     },
     /// No object of `kind` was created or changed after `revision`.
-    NoneChangedSince { kind: Kind, revision: i64 },
+    NoneChangedSince { kind: ResourceKind, revision: i64 },
 }
 
 /// One change: put (`value` is `Some`) or delete one object, if every
 /// guard holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
-    pub kind: Kind,
+    pub kind: ResourceKind,
     pub id: String,
     pub value: Option<Value>,
     pub guards: Vec<Guard>,
@@ -661,7 +668,7 @@ mod tests {
         let s = MemoryStore::new();
         assert_eq!(s.load().await.unwrap(), Versioned::default());
         let w = Write {
-            kind: Kind::Route,
+            kind: ResourceKind::Route,
             id: "a".into(),
             value: None,
             guards: vec![],
@@ -676,12 +683,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStore::new(dir.path().join("routes.json"));
         let w = Write {
-            kind: Kind::Route,
+            kind: ResourceKind::Route,
             id: "a".into(),
             value: Some(sample().routes["a"].clone()),
             // Ignored: one process, one writer.
             guards: vec![Guard::Unchanged {
-                kind: Kind::Route,
+                kind: ResourceKind::Route,
                 id: "a".into(),
                 modified: 7,
             }],
@@ -696,8 +703,8 @@ mod tests {
 
     #[test]
     fn keys_are_laid_out_like_apisix() {
-        assert_eq!(Kind::Route.key("/apisix", "1"), "/apisix/routes/1");
-        assert_eq!(Kind::Upstream.key("/gw", "u"), "/gw/upstreams/u");
+        assert_eq!(ResourceKind::Route.key("/apisix", "1"), "/apisix/routes/1");
+        assert_eq!(ResourceKind::Upstream.key("/gw", "u"), "/gw/upstreams/u");
     }
 
     fn revs(created: i64, modified: i64) -> Revs {
@@ -713,24 +720,29 @@ mod tests {
         let a1 = br#"{"id": "a", "uri": "/1"}"#;
         let a2 = br#"{"id": "a", "uri": "/2"}"#;
         // Already seen: ignored.
-        assert!(!v.apply(Kind::Route, "a", Some(a1), revs(9, 9)));
+        assert!(!v.apply(ResourceKind::Route, "a", Some(a1), revs(9, 9)));
         assert!(v.data.routes.is_empty());
-        assert!(v.apply(Kind::Route, "a", Some(a1), revs(11, 11)));
-        assert!(v.apply(Kind::Route, "a", Some(a2), revs(11, 12)));
+        assert!(v.apply(ResourceKind::Route, "a", Some(a1), revs(11, 11)));
+        assert!(v.apply(ResourceKind::Route, "a", Some(a2), revs(11, 12)));
         assert_eq!(v.data.routes["a"]["uri"], "/2");
-        assert_eq!(v.revs_of(Kind::Route, "a"), Some(revs(11, 12)));
-        assert_eq!(v.modified(Kind::Route, "a"), 12);
+        assert_eq!(v.revs_of(ResourceKind::Route, "a"), Some(revs(11, 12)));
+        assert_eq!(v.modified(ResourceKind::Route, "a"), 12);
         assert_eq!(v.revision, 12);
         // A replayed older event does not bring the old value back.
-        assert!(!v.apply(Kind::Route, "a", Some(a1), revs(11, 11)));
+        assert!(!v.apply(ResourceKind::Route, "a", Some(a1), revs(11, 11)));
         assert_eq!(v.data.routes["a"]["uri"], "/2");
         // Delete.
-        assert!(v.apply(Kind::Route, "a", None, revs(0, 13)));
+        assert!(v.apply(ResourceKind::Route, "a", None, revs(0, 13)));
         assert!(v.data.routes.is_empty());
-        assert_eq!(v.modified(Kind::Route, "a"), 0);
+        assert_eq!(v.modified(ResourceKind::Route, "a"), 0);
         assert_eq!(v.revision, 13);
         // An upstream, numeric id in the value.
-        assert!(v.apply(Kind::Upstream, "7", Some(br#"{"id": 7}"#), revs(14, 14)));
+        assert!(v.apply(
+            ResourceKind::Upstream,
+            "7",
+            Some(br#"{"id": 7}"#),
+            revs(14, 14)
+        ));
         assert!(v.data.upstreams.contains_key("7"));
     }
 
@@ -742,15 +754,15 @@ mod tests {
             .enumerate()
         {
             let rev = i as i64 + 1;
-            assert!(v.apply(Kind::Route, "a", Some(bad), revs(1, rev)));
+            assert!(v.apply(ResourceKind::Route, "a", Some(bad), revs(1, rev)));
             assert!(v.data.routes.is_empty(), "{bad:?}");
             // A guard on it expects what is there.
-            assert_eq!(v.modified(Kind::Route, "a"), rev);
+            assert_eq!(v.modified(ResourceKind::Route, "a"), rev);
         }
-        assert!(parse_object(Kind::Route, "a", b"[]")
+        assert!(parse_object(ResourceKind::Route, "a", b"[]")
             .unwrap_err()
             .contains("not a JSON object"));
-        assert!(parse_object(Kind::Upstream, "a", br#"{"id": "b"}"#)
+        assert!(parse_object(ResourceKind::Upstream, "a", br#"{"id": "b"}"#)
             .unwrap_err()
             .contains("upstream"));
     }

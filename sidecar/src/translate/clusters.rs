@@ -262,7 +262,7 @@ pub(super) fn upstream_cluster(spec: &RouteSpec) -> (Cluster, Option<ClusterLoad
         ..Default::default()
     };
     if u.https {
-        c.transport_socket = Some(upstream_tls(u.verify));
+        c.transport_socket = Some(tls(Peer::Any, u.verify));
         c.typed_extension_protocol_options.insert(
             HTTP_PROTOCOL_OPTIONS.into(),
             to_any(&HttpProtocolOptions {
@@ -315,30 +315,6 @@ pub(super) fn upstream_cluster(spec: &RouteSpec) -> (Cluster, Option<ClusterLoad
 
 /// The typed protocol options key of the HTTP upstream options.
 pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-
-/// TLS to an https upstream; SNI comes per request (`auto_sni`).
-pub(super) fn upstream_tls(verify: bool) -> TransportSocket {
-    let validation = verify.then(|| {
-        common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
-            trusted_ca: Some(DataSource {
-                specifier: Some(data_source::Specifier::Filename(TRUST_STORE.into())),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-    });
-    let ctx = UpstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            validation_context_type: validation,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(to_any(&ctx))),
-    }
-}
 
 /// `checks.active` → an Envoy active health check.
 pub(super) fn health_check(a: &ActiveCheck) -> HealthCheck {

@@ -136,11 +136,13 @@ mod clusters;
 mod listener;
 mod providers;
 mod routes;
+mod tls;
 
 pub use clusters::*;
 use listener::*;
 use providers::*;
 use routes::*;
+use tls::*;
 
 /// The one listener's name.
 pub const LISTENER_NAME: &str = "apisix_http";

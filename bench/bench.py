@@ -407,6 +407,9 @@ def main():
                                    "1 and 2 are always run, as the references)")
     ap.add_argument("--seed", type=int, help="the shuffle's seed (default: random, printed in the report)")
     ap.add_argument("--no-peer", action="store_true", help="leave oauth2-proxy out")
+    ap.add_argument("--variant", metavar="WASM",
+                    help="another build of the filter: scenarios 5-10 run with it too (numbered 105-110), "
+                         "and the report compares it with the build under test, round by round")
     ap.add_argument("--change-seconds", type=int, default=60,
                     help="load-with-change run length (0 skips it)")
     args = ap.parse_args()
@@ -517,6 +520,13 @@ def run(args, work, procs):
         (14, "openid-connect browser session cookie, --concurrency 2", 2, oidc(), session_route, idp_cluster,
          cookies, ("Cookie", ""), None),
     ]
+    if args.variant:
+        alt = lambda settings="{}": [wasm_filter(Path(args.variant), settings)]
+        for (n, name, conc, filters, config, clusters, values, hp, rate) in list(scenarios):
+            if 5 <= n <= 10:
+                settings = filters[0]["typed_config"]["config"]["configuration"]["value"]
+                scenarios.append((100 + n, f"{name} — variant", conc, alt(settings), config, clusters,
+                                  values, hp, rate))
     if args.peer:
         scenarios += [
             (15, f"oauth2-proxy {PEER_VERSION}, bearer JWT (`skip_jwt_bearer_tokens`), 1,000 tokens", 1, "peer",
@@ -531,7 +541,8 @@ def run(args, work, procs):
     ]
     only = set(args.only.split(",")) if args.only else None
     commands = {}
-    chosen = [sc for sc in scenarios if not only or str(sc[0]) in only or sc[0] in (2, 11)]
+    chosen = [sc for sc in scenarios
+              if not only or str(sc[0] % 100) in only or sc[0] in (2, 11)]
     interleaved = measure_interleaved(args, work, chosen, commands)
 
     alg_rows = []
@@ -639,6 +650,13 @@ def measure_interleaved(args, work, scenarios, commands):
             "p99": statistics.median(x["p99"] for x in runs),
             "rounds": [{k: round(v, 3) for k, v in x.items()} for x in runs],
         }
+    # The variant against the build under test, round by round.
+    out["variant"] = []
+    for n in sorted(rounds):
+        if n > 100 and n - 100 in rounds:
+            rs = [a["cpu_us"] / b["cpu_us"] for a, b in zip(rounds[n], rounds[n - 100])]
+            out["variant"].append({"base": n - 100, "variant": n, "ratio": statistics.median(rs),
+                                   "min": min(rs), "max": max(rs)})
     # Ours against the peer, round by round: (ours, peer).
     out["versus_peer"] = []
     for ours, peer in [(6, 15), (5, 15), (9, 16)]:
@@ -873,6 +891,11 @@ def render(args, interleaved, alg_rows, memory, commands, change=None, verify=No
         for v in interleaved["versus_peer"]:
             lines.append(f"| {v['ours']}. {sc[v['ours']]['name']} | {v['peer']}. {sc[v['peer']]['name']} | "
                          f"{v['ratio']:.2f} ({v['min']:.2f}–{v['max']:.2f}) |")
+    if interleaved.get("variant"):
+        lines += ["", f"The variant (`{args.variant}`) against the build under test, CPU per request, "
+                  "round by round:", "", "| scenario | variant × build under test (rounds' range) |", "|---|---:|"]
+        for v in interleaved["variant"]:
+            lines.append(f"| {v['base']}. {sc[v['base']]['name']} | {v['ratio']:.2f} ({v['min']:.2f}–{v['max']:.2f}) |")
     # How far the figures hold: odd rounds against even rounds, and this run
     # against the previous one (bench/interleaved.json).
     spread = [abs(r["ratio_odd"] / r["ratio_even"] - 1) for r in sc.values()

@@ -46,12 +46,27 @@ fn who(gw: &Gateway, path: &str) -> Option<String> {
         .map(|r| r.body)
 }
 
-/// Waits until `check` holds, at most `limit`; how long it took.
-fn within(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+/// How long a change may take to reach the other gateway before the test
+/// fails. It usually takes well under a second ([`EXPECTED`]); the bound is
+/// generous so a loaded 2-core CI machine does not fail, and still catches
+/// a change that never arrives.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// What a change usually takes; a slower one is reported, not failed.
+const EXPECTED: Duration = Duration::from_secs(1);
+
+/// Waits until `check` holds, at most [`SETTLE`]; prints and returns how
+/// long it took (flagged when above `expected`).
+fn within(what: &str, expected: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
-    wait_for(what, limit, || check().then_some(()));
+    wait_for(what, SETTLE.max(expected), || check().then_some(()));
     let took = start.elapsed();
-    eprintln!("{what}: {took:?}");
+    let slow = if took > expected {
+        format!(" (slow: expected under {expected:?})")
+    } else {
+        String::new()
+    };
+    eprintln!("{what}: {took:?}{slow}");
     took
 }
 
@@ -75,11 +90,9 @@ fn a_put_on_one_sidecar_is_served_by_the_others_envoy() {
     assert_eq!(created["key"], "/apisix/routes/r");
     let rev = index(&created, "modifiedIndex");
     assert_eq!(index(&created, "createdIndex"), rev);
-    within(
-        "B's Envoy serving A's new route",
-        Duration::from_secs(1),
-        || who(&b, "/who").as_deref() == Some("one"),
-    );
+    within("B's Envoy serving A's new route", EXPECTED, || {
+        who(&b, "/who").as_deref() == Some("one")
+    });
     // B's Admin API shows it with the same revisions.
     let seen = b.admin("GET", "/apisix/admin/routes/r", None);
     assert_eq!(seen.status, 200);
@@ -89,11 +102,9 @@ fn a_put_on_one_sidecar_is_served_by_the_others_envoy() {
     let updated = put(&b, "/apisix/admin/routes/r", &route("/who", two));
     assert!(index(&updated, "modifiedIndex") > rev);
     assert_eq!(index(&updated, "createdIndex"), rev);
-    within(
-        "A's Envoy serving B's update",
-        Duration::from_secs(1),
-        || who(&a, "/who").as_deref() == Some("two"),
-    );
+    within("A's Envoy serving B's update", EXPECTED, || {
+        who(&a, "/who").as_deref() == Some("two")
+    });
 
     // An upstream on A, a route naming it on B.
     put(
@@ -101,7 +112,7 @@ fn a_put_on_one_sidecar_is_served_by_the_others_envoy() {
         "/apisix/admin/upstreams/u",
         &json!({"nodes": {format!("127.0.0.1:{one}"): 1}}),
     );
-    within("B knowing the upstream", Duration::from_secs(1), || {
+    within("B knowing the upstream", EXPECTED, || {
         b.admin("GET", "/apisix/admin/upstreams/u", None).status == 200
     });
     put(
@@ -111,7 +122,7 @@ fn a_put_on_one_sidecar_is_served_by_the_others_envoy() {
     );
     within(
         "A's Envoy serving B's route by upstream_id",
-        Duration::from_secs(1),
+        EXPECTED,
         || get(&a.url("/who"), &[("host", "by-id.test")]).is_ok_and(|r| r.body == "one"),
     );
 
@@ -142,7 +153,7 @@ fn a_put_on_one_sidecar_is_served_by_the_others_envoy() {
     assert_eq!(etcd.get("/apisix/upstreams/u").unwrap()["id"], "u");
     // B shows it redacted, and writing B's redacted copy back keeps the
     // secrets A generated.
-    within("B knowing the login route", Duration::from_secs(1), || {
+    within("B knowing the login route", EXPECTED, || {
         b.admin("GET", "/apisix/admin/routes/login", None).status == 200
     });
     let mut back = b.admin("GET", "/apisix/admin/routes/login", None).json()["value"].clone();
@@ -177,11 +188,9 @@ fn a_put_on_one_sidecar_is_served_by_the_others_envoy() {
         a.admin("DELETE", "/apisix/admin/routes/r", None).status,
         200
     );
-    within(
-        "B's Envoy dropping the deleted route",
-        Duration::from_secs(1),
-        || get(&b.url("/who"), &[]).is_ok_and(|r| r.status == 404),
-    );
+    within("B's Envoy dropping the deleted route", EXPECTED, || {
+        get(&b.url("/who"), &[]).is_ok_and(|r| r.status == 404)
+    });
     assert_eq!(etcd.get("/apisix/routes/r"), None);
 
     // A restarted sidecar loads the set from etcd.
@@ -206,7 +215,7 @@ fn another_prefix_keeps_another_set() {
     assert_eq!(r["key"], "/gw-a/routes/r");
     assert_eq!(etcd.get("/gw-a/routes/r").unwrap()["id"], "r");
     assert_eq!(etcd.get("/apisix/routes/r"), None);
-    within("A's Envoy", Duration::from_secs(1), || {
+    within("A's Envoy", EXPECTED, || {
         who(&a, "/who").as_deref() == Some("one")
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -253,30 +262,22 @@ fn concurrent_puts_of_one_id_lose_nothing_silently() {
         assert_eq!(stored["desc"], winner, "round {round}: {rev_a} vs {rev_b}");
         let stored_rev = rev_a.max(rev_b);
         for gw in [&a, &b] {
-            within(
-                "both sidecars showing the later write",
-                Duration::from_secs(1),
-                || {
-                    let got = gw.admin("GET", &path, None).json();
-                    got["value"]["desc"] == winner && index(&got, "modifiedIndex") == stored_rev
-                },
-            );
+            within("both sidecars showing the later write", EXPECTED, || {
+                let got = gw.admin("GET", &path, None).json();
+                got["value"]["desc"] == winner && index(&got, "modifiedIndex") == stored_rev
+            });
         }
         // Both Envoys serve the later write.
         for gw in [&a, &b] {
-            within(
-                "both Envoys serving the later write",
-                Duration::from_secs(1),
-                || who(gw, "/who").as_deref() == Some(serves),
-            );
+            within("both Envoys serving the later write", EXPECTED, || {
+                who(gw, "/who").as_deref() == Some(serves)
+            });
         }
         assert_eq!(a.admin("DELETE", &path, None).status, 200);
         for gw in [&a, &b] {
-            within(
-                "both Envoys dropping the route",
-                Duration::from_secs(1),
-                || get(&gw.url("/who"), &[]).is_ok_and(|r| r.status == 404),
-            );
+            within("both Envoys dropping the route", EXPECTED, || {
+                get(&gw.url("/who"), &[]).is_ok_and(|r| r.status == 404)
+            });
         }
     }
     eprintln!("revisions (a, b) per round: {revisions:?}");
@@ -299,11 +300,9 @@ fn etcd_down_then_back() {
     let a = gateway(&dir, "a", &etcd, &[]);
     let b = gateway(&dir, "b", &etcd, &[]);
     put(&a, "/apisix/admin/routes/first", &route("/first", one));
-    within(
-        "B's Envoy serving the first route",
-        Duration::from_secs(1),
-        || who(&b, "/first").as_deref() == Some("one"),
-    );
+    within("B's Envoy serving the first route", EXPECTED, || {
+        who(&b, "/first").as_deref() == Some("one")
+    });
 
     etcd.stop();
     // Writes: 503 with a clear message, on both sidecars.
@@ -332,9 +331,11 @@ fn etcd_down_then_back() {
             let msg = r.json()["error_msg"].as_str().unwrap().to_string();
             assert!(msg.contains("cannot save the route"), "{msg}");
             assert!(msg.contains(&etcd.url()), "{msg}");
+            // Each etcd call gives up after --etcd-timeout (3 s): a refusal
+            // that takes longer than the generous bound means a hang.
             let took = started.elapsed();
-            assert!(took < Duration::from_secs(5), "{took:?}");
             eprintln!("{method} {path} with etcd down: 503 in {took:?}: {msg}");
+            assert!(took < SETTLE, "{method} {path}: 503 only after {took:?}");
         }
     }
     // Reads answer the last known state; the Envoys keep serving.
@@ -374,22 +375,18 @@ fn etcd_down_then_back() {
         a.admin("DELETE", "/apisix/admin/routes/first", None).status,
         200
     );
-    within(
-        "B's Envoy dropping the deleted route",
-        Duration::from_secs(1),
-        || get(&b.url("/first"), &[]).is_ok_and(|r| r.status == 404),
-    );
+    within("B's Envoy dropping the deleted route", EXPECTED, || {
+        get(&b.url("/first"), &[]).is_ok_and(|r| r.status == 404)
+    });
     assert_eq!(
         b.admin("GET", "/apisix/admin/routes/first", None).status,
         404
     );
     // B writes too.
     put(&b, "/apisix/admin/routes/third", &route("/third", one));
-    within(
-        "A's Envoy serving B's write",
-        Duration::from_secs(1),
-        || who(&a, "/third").as_deref() == Some("one"),
-    );
+    within("A's Envoy serving B's write", EXPECTED, || {
+        who(&a, "/third").as_deref() == Some("one")
+    });
 }
 
 /// SIGSTOP / SIGCONT to a process this test started.
@@ -409,11 +406,9 @@ fn a_watch_that_missed_compacted_revisions_reads_everything_again() {
     let a = gateway(&dir, "a", &etcd, &[]);
     let b = gateway(&dir, "b", &etcd, &[]);
     put(&a, "/apisix/admin/routes/old", &route("/old", one));
-    within(
-        "B's Envoy serving the first route",
-        Duration::from_secs(1),
-        || who(&b, "/old").as_deref() == Some("one"),
-    );
+    within("B's Envoy serving the first route", EXPECTED, || {
+        who(&b, "/old").as_deref() == Some("one")
+    });
     // B's sidecar is frozen while etcd restarts (its watch breaks), A
     // writes, and etcd compacts what B has not seen.
     let pid = b.sidecar_pid().unwrap();
@@ -439,11 +434,9 @@ fn a_watch_that_missed_compacted_revisions_reads_everything_again() {
         Duration::from_secs(3),
         || who(&b, "/new").as_deref() == Some("two"),
     );
-    within(
-        "B's Envoy dropping the deleted route",
-        Duration::from_secs(1),
-        || get(&b.url("/old"), &[]).is_ok_and(|r| r.status == 404),
-    );
+    within("B's Envoy dropping the deleted route", EXPECTED, || {
+        get(&b.url("/old"), &[]).is_ok_and(|r| r.status == 404)
+    });
     let log = std::fs::read_to_string(Path::new(&dir.path().join("b/sidecar.log"))).unwrap();
     assert!(log.contains("compacted"), "{log}");
 }

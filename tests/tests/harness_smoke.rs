@@ -1,7 +1,7 @@
 //! The harness itself, with the real Envoy, httpbin and the test provider.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use integration_tests::envoy::ROUTE_UPDATE_TIMEOUT;
 use integration_tests::proc::{group_members, pid_alive};

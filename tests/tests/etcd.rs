@@ -209,6 +209,7 @@ fn another_prefix_keeps_another_set() {
     let dir = TestDir::new("etcd_prefix");
     let etcd = Etcd::start(dir.path());
     let (one, _p1) = static_server(&dir, "one");
+    let (two, _p2) = static_server(&dir, "two");
     let a = gateway(&dir, "a", &etcd, &["--etcd-prefix", "/gw-a"]);
     let b = gateway(&dir, "b", &etcd, &[]);
     let r = put(&a, "/apisix/admin/routes/r", &route("/who", one));
@@ -218,9 +219,25 @@ fn another_prefix_keeps_another_set() {
     within("A's Envoy", EXPECTED, || {
         who(&a, "/who").as_deref() == Some("one")
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // A marker written to etcd after A's route, on B's prefix: once B
+    // serves it, B's watch has gone past A's write, so A's route would be
+    // there by now if B saw the other prefix.
+    let mut marker = route("/who", two);
+    marker["id"] = json!("marker");
+    marker["host"] = json!("marker.test");
+    etcd.put("/apisix/routes/marker", &marker);
+    let marked = |gw: &Gateway| {
+        get(&gw.url("/who"), &[("host", "marker.test")]).is_ok_and(|r| r.body == "two")
+    };
+    within("B's Envoy serving the marker", EXPECTED, || marked(&b));
     assert_eq!(b.admin("GET", "/apisix/admin/routes/r", None).status, 404);
     assert_eq!(who(&b, "/who"), None);
+    // And the marker is B's only: A's prefix is another set.
+    assert_eq!(
+        a.admin("GET", "/apisix/admin/routes/marker", None).status,
+        404
+    );
+    assert!(!marked(&a));
 }
 
 #[test]
@@ -348,7 +365,16 @@ fn etcd_down_then_back() {
         );
         assert_eq!(who(gw, "/first").as_deref(), Some("one"));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // Both sidecars saw their watch break (what could make them drop
+    // routes); after that, the Envoys still serve.
+    for g in ["a", "b"] {
+        let log = dir.path().join(g).join("sidecar.log");
+        within(
+            &format!("{g}'s sidecar noticing etcd is down"),
+            EXPECTED,
+            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("etcd: watch lost")),
+        );
+    }
     assert_eq!(who(&a, "/first").as_deref(), Some("one"));
     assert_eq!(who(&b, "/first").as_deref(), Some("one"));
 

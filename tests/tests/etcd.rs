@@ -248,8 +248,24 @@ fn concurrent_puts_of_one_id_lose_nothing_silently() {
     let (two, _p2) = static_server(&dir, "two");
     let a = gateway(&dir, "a", &etcd, &[]);
     let b = gateway(&dir, "b", &etcd, &[]);
+    // Writes decided again after a conflict (the retry path), from both
+    // sidecars' logs.
+    let conflicts = || -> usize {
+        ["a", "b"]
+            .iter()
+            .map(|g| {
+                let log = std::fs::read_to_string(dir.path().join(g).join("sidecar.log")).unwrap();
+                log.matches("changed concurrently").count()
+            })
+            .sum()
+    };
     let mut revisions = Vec::new();
-    for round in 0..10 {
+    // At least 10 rounds, more (up to 40) until the two writes of a round
+    // raced into a conflict: most rounds do, so this rarely runs past 10.
+    for round in 0..40 {
+        if round >= 10 && conflicts() > 0 {
+            break;
+        }
         let id = format!("c{round}");
         let path = format!("/apisix/admin/routes/{id}");
         let body_a = json!({"uri": "/who", "desc": "a", "upstream": {"nodes": {format!("127.0.0.1:{one}"): 1}}});
@@ -298,14 +314,16 @@ fn concurrent_puts_of_one_id_lose_nothing_silently() {
         }
     }
     eprintln!("revisions (a, b) per round: {revisions:?}");
-    let conflicts: usize = ["a", "b"]
-        .iter()
-        .map(|g| {
-            let log = std::fs::read_to_string(dir.path().join(g).join("sidecar.log")).unwrap();
-            log.matches("changed concurrently").count()
-        })
-        .sum();
-    eprintln!("writes decided again after a conflict: {conflicts}");
+    let conflicts = conflicts();
+    eprintln!(
+        "writes decided again after a conflict: {conflicts} in {} rounds",
+        revisions.len()
+    );
+    assert!(
+        conflicts > 0,
+        "no write was decided again after a conflict in {} rounds: the retry path never ran",
+        revisions.len()
+    );
 }
 
 #[test]

@@ -70,10 +70,16 @@ pub fn unverified_kid(token: &str) -> Option<String> {
 }
 
 /// The `kid` of `token` to remember as unknown, when the JWKS was fetched
-/// less than [`KID_REFETCH_INTERVAL`] ago and still lacks it (the provider
-/// has just been asked: asking again soon for the same `kid` is pointless).
-pub fn kid_unknown_after_refetch(token: &str, jwks: &Fetched<Jwks>, now: u64) -> Option<String> {
-    let recent = now < jwks.fetched_at.saturating_add(KID_REFETCH_INTERVAL);
+/// less than `refetch_interval` ([`provider::Intervals::kid_refetch`]) ago
+/// and still lacks it (the provider has just been asked: asking again soon
+/// for the same `kid` is pointless).
+pub fn kid_unknown_after_refetch(
+    token: &str,
+    jwks: &Fetched<Jwks>,
+    refetch_interval: u64,
+    now: u64,
+) -> Option<String> {
+    let recent = now < jwks.fetched_at.saturating_add(refetch_interval);
     let kid = unverified_kid(token)?;
     (recent && kid.len() <= MAX_REMEMBERED_KID_LEN && !jwks.value.contains_kid(&kid)).then_some(kid)
 }
@@ -655,7 +661,7 @@ mod tests {
         let t = rs256(); // kid rsa-a
         assert_eq!(unverified_kid(&t).as_deref(), Some("rsa-a"));
         assert_eq!(
-            kid_unknown_after_refetch(&t, &just, NOW).as_deref(),
+            kid_unknown_after_refetch(&t, &just, KID_REFETCH_INTERVAL, NOW).as_deref(),
             Some("rsa-a")
         );
         // A set fetched a while ago has not been asked about this kid.
@@ -663,19 +669,34 @@ mod tests {
             value: set,
             fetched_at: NOW - KID_REFETCH_INTERVAL,
         };
-        assert_eq!(kid_unknown_after_refetch(&t, &old, NOW), None);
+        assert_eq!(
+            kid_unknown_after_refetch(&t, &old, KID_REFETCH_INTERVAL, NOW),
+            None
+        );
         // A kid the set has, no kid, not a JWT, an overlong kid: nothing.
         let b = token(Alg::RS256, Some("rsa-b"), &claims());
-        assert_eq!(kid_unknown_after_refetch(&b, &just, NOW), None);
+        assert_eq!(
+            kid_unknown_after_refetch(&b, &just, KID_REFETCH_INTERVAL, NOW),
+            None
+        );
         let none = token(Alg::RS256, None, &claims());
-        assert_eq!(kid_unknown_after_refetch(&none, &just, NOW), None);
-        assert_eq!(kid_unknown_after_refetch("opaque", &just, NOW), None);
+        assert_eq!(
+            kid_unknown_after_refetch(&none, &just, KID_REFETCH_INTERVAL, NOW),
+            None
+        );
+        assert_eq!(
+            kid_unknown_after_refetch("opaque", &just, KID_REFETCH_INTERVAL, NOW),
+            None
+        );
         let long = token(
             Alg::RS256,
             Some(&"k".repeat(MAX_REMEMBERED_KID_LEN + 1)),
             &claims(),
         );
-        assert_eq!(kid_unknown_after_refetch(&long, &just, NOW), None);
+        assert_eq!(
+            kid_unknown_after_refetch(&long, &just, KID_REFETCH_INTERVAL, NOW),
+            None
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::bearer::{self, Allowed, Decision};
 use crate::browser::{BrowserRequest, Entropy, Event, Flow, Forward, Step};
 use crate::http::HttpRequest;
 use crate::login::LoginRoute;
-use crate::provider::{self, record, Documents, FetchKind};
+use crate::provider::{self, record, Documents, FetchKind, Intervals};
 use crate::reply::{Denial, Reply};
 use crate::revocation::Revocation;
 use crate::route::Route;
@@ -75,6 +75,10 @@ pub type Headers = [(String, Vec<u8>)];
 pub trait Host: Entropy {
     /// What is stored about the provider of this discovery URL.
     fn documents(&mut self, discovery_url: &str) -> Documents;
+    /// The wall-clock rules' intervals (the listener settings).
+    fn intervals(&self) -> Intervals {
+        Intervals::default()
+    }
     /// The stored record of a document ([`record`]'s format).
     fn read_document(&mut self, kind: FetchKind, url: &str) -> Option<Vec<u8>>;
     /// Stores a document record ([`record::fetched`] / [`record::failed`]).
@@ -392,7 +396,14 @@ impl Exchange {
                             return not_a_login_route();
                         };
                         let docs = host.documents(&route.config.discovery);
-                        let step = flow.on_response(&login, &docs.state(), status, body, host, now);
+                        let step = flow.on_response(
+                            &login,
+                            &docs.state(host.intervals()),
+                            status,
+                            body,
+                            host,
+                            now,
+                        );
                         refused_refresh(flow, host);
                         match self.step(step) {
                             Ok(need) => match self.fetch(route, need, &docs, host, now) {
@@ -439,7 +450,7 @@ impl Exchange {
         host: &mut dyn Host,
         now: u64,
     ) -> Result<provider::Need, Effect> {
-        let mut state = docs.state();
+        let mut state = docs.state(host.intervals());
         match &mut self.side {
             Side::Bearer {
                 token,
@@ -466,7 +477,12 @@ impl Exchange {
                 if let (true, Decision::Deny(_), Some(uri), Some(jwks)) =
                     (uses_jwks, &decision, &docs.jwks_uri, state.jwks)
                 {
-                    if let Some(kid) = bearer::kid_unknown_after_refetch(token, jwks, now) {
+                    if let Some(kid) = bearer::kid_unknown_after_refetch(
+                        token,
+                        jwks,
+                        state.intervals.kid_refetch,
+                        now,
+                    ) {
                         let until = now.saturating_add(bearer::UNKNOWN_KID_TTL);
                         host.remember_unknown_kid(uri, kid, until);
                     }

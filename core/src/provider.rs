@@ -19,6 +19,27 @@ pub const RETRY_AFTER_FAILURE: u64 = 5;
 /// A token with an unknown `kid` refetches the JWKS at most this often.
 pub const KID_REFETCH_INTERVAL: u64 = 5;
 
+/// The wall-clock rules' intervals, seconds: [`RETRY_AFTER_FAILURE`] and
+/// [`KID_REFETCH_INTERVAL`] by default; the listener settings
+/// (`provider_retry_after_s`, `kid_refetch_interval_s`) may change them
+/// (a test and tuning knob).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intervals {
+    /// After a failed provider call, how long before trying again.
+    pub retry_after_failure: u64,
+    /// How often an unknown `kid` may refetch the JWKS.
+    pub kid_refetch: u64,
+}
+
+impl Default for Intervals {
+    fn default() -> Intervals {
+        Intervals {
+            retry_after_failure: RETRY_AFTER_FAILURE,
+            kid_refetch: KID_REFETCH_INTERVAL,
+        }
+    }
+}
+
 /// Which provider document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchKind {
@@ -60,9 +81,11 @@ pub struct Documents {
 }
 
 impl Documents {
-    /// The view the decisions read (nothing in flight).
-    pub fn state(&self) -> ProviderState<'_> {
+    /// The view the decisions read (nothing in flight), with the
+    /// listener's `intervals`.
+    pub fn state(&self, intervals: Intervals) -> ProviderState<'_> {
         ProviderState {
+            intervals,
             discovery: self.discovery.doc.as_deref(),
             jwks: self.jwks.as_ref().and_then(|j| j.doc.as_deref()),
             discovery_failed_at: self.discovery.failed_at,
@@ -84,6 +107,8 @@ impl Documents {
 /// What the decisions know about the route's provider.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProviderState<'a> {
+    /// The wall-clock rules' intervals.
+    pub intervals: Intervals,
     pub discovery: Option<&'a Fetched<ProviderMetadata>>,
     /// The JWKS at the discovery document's `jwks_uri`.
     pub jwks: Option<&'a Fetched<Jwks>>,
@@ -120,13 +145,15 @@ pub enum Cache<'a, T> {
 /// Fresh → use; stale → refetch, unless a call failed recently (then use
 /// the stale copy: a provider outage does not stop tokens that verify with
 /// what is cached); missing → fetch, or unavailable right after a failure.
+/// (`retry_after`: [`Intervals::retry_after_failure`].)
 pub fn cached<'a, T>(
     doc: Option<&'a Fetched<T>>,
     failed_at: Option<u64>,
+    retry_after: u64,
     ttl: u64,
     now: u64,
 ) -> Cache<'a, T> {
-    let failed_recently = failed_at.is_some_and(|t| now < t.saturating_add(RETRY_AFTER_FAILURE));
+    let failed_recently = failed_at.is_some_and(|t| now < t.saturating_add(retry_after));
     match doc {
         Some(d) if now < d.fetched_at.saturating_add(ttl) || failed_recently => Cache::Use(d),
         Some(_) => Cache::Fetch,
@@ -141,19 +168,27 @@ pub fn cached_unless_in_flight<'a, T>(
     doc: Option<&'a Fetched<T>>,
     failed_at: Option<u64>,
     in_flight: bool,
+    retry_after: u64,
     ttl: u64,
     now: u64,
 ) -> Cache<'a, T> {
     match (doc, in_flight) {
         (Some(d), true) => Cache::Use(d),
-        _ => cached(doc, failed_at, ttl, now),
+        _ => cached(doc, failed_at, retry_after, ttl, now),
     }
 }
 
 /// The JWKS as the decisions may use it (fresh, or stale during an outage
 /// or while another request fetches it).
 pub fn jwks<'a>(p: &ProviderState<'a>, ttl: u64, now: u64) -> Cache<'a, Jwks> {
-    cached_unless_in_flight(p.jwks, p.jwks_failed_at, p.jwks_in_flight, ttl, now)
+    cached_unless_in_flight(
+        p.jwks,
+        p.jwks_failed_at,
+        p.jwks_in_flight,
+        p.intervals.retry_after_failure,
+        ttl,
+        now,
+    )
 }
 
 /// The discovery document as the decisions may use it.
@@ -162,6 +197,7 @@ pub fn discovery<'a>(p: &ProviderState<'a>, now: u64) -> Cache<'a, ProviderMetad
         p.discovery,
         p.discovery_failed_at,
         p.discovery_in_flight,
+        p.intervals.retry_after_failure,
         DISCOVERY_TTL,
         now,
     )
@@ -181,10 +217,11 @@ pub enum Rotation {
 }
 
 /// The key-rotation rule: refetch, but not more than once per
-/// [`KID_REFETCH_INTERVAL`] whatever the tokens say, not within that
+/// [`Intervals::kid_refetch`] whatever the tokens say, not within that
 /// interval after a failed call, and not while another request fetches.
 pub fn rotation(jwks: &Fetched<Jwks>, p: &ProviderState<'_>, now: u64) -> Rotation {
-    let recent = |t: Option<u64>| t.is_some_and(|t| now < t.saturating_add(KID_REFETCH_INTERVAL));
+    let every = p.intervals.kid_refetch;
+    let recent = |t: Option<u64>| t.is_some_and(|t| now < t.saturating_add(every));
     if !p.jwks_in_flight && !recent(Some(jwks.fetched_at)) && !recent(p.jwks_failed_at) {
         Rotation::Refetch
     } else if p.jwks_failed_at.is_some_and(|t| t > jwks.fetched_at) && recent(p.jwks_failed_at) {
@@ -367,5 +404,36 @@ mod tests {
             ..j
         };
         assert_eq!(rotation(&fresh, &p, NOW), Rotation::UnknownKey);
+        // A shorter interval from the listener settings: a JWKS fetched a
+        // second ago may be refetched, and a failure a second ago no longer
+        // holds it back.
+        let short = ProviderState {
+            intervals: Intervals {
+                retry_after_failure: 1,
+                kid_refetch: 1,
+            },
+            ..p
+        };
+        assert_eq!(rotation(&fresh, &short, NOW), Rotation::Refetch);
+        let failed_short = ProviderState {
+            jwks_failed_at: Some(NOW - 1),
+            ..short
+        };
+        assert_eq!(rotation(&fresh, &failed_short, NOW), Rotation::Refetch);
+    }
+
+    #[test]
+    fn the_retry_pause_after_a_failure_is_the_configured_one() {
+        let failed = Some(NOW - 2);
+        let none: Option<&Fetched<Jwks>> = None;
+        assert!(matches!(
+            cached(none, failed, RETRY_AFTER_FAILURE, 60, NOW),
+            Cache::Unavailable
+        ));
+        assert!(matches!(cached(none, failed, 2, 60, NOW), Cache::Fetch));
+        assert!(matches!(
+            cached(none, failed, 3, 60, NOW),
+            Cache::Unavailable
+        ));
     }
 }

@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::provider::{self, Intervals};
+
 /// Default bound of the per-VM verified-token cache (entries).
 pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 4096;
 /// Default bound of the per-VM opened-session cache (entries).
@@ -27,6 +29,16 @@ pub struct Settings {
     /// the cache off.
     #[serde(default = "default_session_cache_size")]
     pub session_cache_size: usize,
+    /// After a failed provider call, seconds before trying again
+    /// ([`provider::RETRY_AFTER_FAILURE`] by default). A test and tuning
+    /// knob, not documented for users; at least 1.
+    #[serde(default = "default_retry_after")]
+    pub provider_retry_after_s: u64,
+    /// How often, in seconds, a token with an unknown `kid` may refetch the
+    /// JWKS ([`provider::KID_REFETCH_INTERVAL`] by default). A test and
+    /// tuning knob, not documented for users; at least 1.
+    #[serde(default = "default_kid_refetch")]
+    pub kid_refetch_interval_s: u64,
 }
 
 /// Why a settings text was refused (serde's message: it names an unknown
@@ -50,11 +62,21 @@ fn default_cache_size() -> usize {
     DEFAULT_TOKEN_CACHE_SIZE
 }
 
+fn default_retry_after() -> u64 {
+    provider::RETRY_AFTER_FAILURE
+}
+
+fn default_kid_refetch() -> u64 {
+    provider::KID_REFETCH_INTERVAL
+}
+
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
             token_cache_size: DEFAULT_TOKEN_CACHE_SIZE,
             session_cache_size: DEFAULT_SESSION_CACHE_SIZE,
+            provider_retry_after_s: provider::RETRY_AFTER_FAILURE,
+            kid_refetch_interval_s: provider::KID_REFETCH_INTERVAL,
         }
     }
 }
@@ -65,7 +87,26 @@ impl Settings {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return Ok(Settings::default());
         }
-        serde_json::from_slice(raw).map_err(|e| SettingsError(e.to_string()))
+        let s: Settings = serde_json::from_slice(raw).map_err(|e| SettingsError(e.to_string()))?;
+        // 0 would mean "no pause at all": a provider asked on every
+        // request.
+        for (name, v) in [
+            ("provider_retry_after_s", s.provider_retry_after_s),
+            ("kid_refetch_interval_s", s.kid_refetch_interval_s),
+        ] {
+            if v == 0 {
+                return Err(SettingsError(format!("{name} must be at least 1")));
+            }
+        }
+        Ok(s)
+    }
+
+    /// The wall-clock rules' intervals the core applies.
+    pub fn intervals(&self) -> Intervals {
+        Intervals {
+            retry_after_failure: self.provider_retry_after_s,
+            kid_refetch: self.kid_refetch_interval_s,
+        }
     }
 }
 
@@ -79,6 +120,43 @@ mod tests {
         assert_eq!(Settings::parse(b"{}").unwrap(), Settings::default());
         let s = Settings::parse(br#"{"token_cache_size": 0, "session_cache_size": 7}"#).unwrap();
         assert_eq!((s.token_cache_size, s.session_cache_size), (0, 7));
+    }
+
+    #[test]
+    fn the_provider_intervals_default_to_the_constants_and_can_be_set() {
+        let d = Settings::parse(b"{}").unwrap().intervals();
+        assert_eq!(d, Intervals::default());
+        assert_eq!(
+            (d.retry_after_failure, d.kid_refetch),
+            (
+                provider::RETRY_AFTER_FAILURE,
+                provider::KID_REFETCH_INTERVAL
+            )
+        );
+        let s = Settings::parse(br#"{"provider_retry_after_s": 1, "kid_refetch_interval_s": 2}"#)
+            .unwrap();
+        assert_eq!((s.provider_retry_after_s, s.kid_refetch_interval_s), (1, 2));
+        assert_eq!(
+            s.intervals(),
+            Intervals {
+                retry_after_failure: 1,
+                kid_refetch: 2
+            }
+        );
+        // The other fields keep their defaults.
+        assert_eq!(s.token_cache_size, DEFAULT_TOKEN_CACHE_SIZE);
+    }
+
+    #[test]
+    fn a_zero_interval_or_a_wrong_type_is_refused() {
+        for field in ["provider_retry_after_s", "kid_refetch_interval_s"] {
+            let e = Settings::parse(format!(r#"{{"{field}": 0}}"#).as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+            let e = Settings::parse(format!(r#"{{"{field}": -1}}"#).as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("invalid value"), "{e}");
+            let e = Settings::parse(format!(r#"{{"{field}": "1"}}"#).as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("invalid type"), "{e}");
+        }
     }
 
     #[test]

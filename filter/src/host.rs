@@ -8,7 +8,7 @@ use std::rc::Rc;
 use oidc_core::bearer::Allowed;
 use oidc_core::browser::Entropy;
 use oidc_core::exchange::{Host, Note};
-use oidc_core::provider::{Documents, FetchKind};
+use oidc_core::provider::{Documents, FetchKind, Intervals};
 use oidc_core::revocation::Revocation;
 use oidc_core::session::{Session, SessionError, SessionId, SessionKey};
 
@@ -32,6 +32,9 @@ impl Entropy for HostCalls<'_> {
 impl Host for HostCalls<'_> {
     fn documents(&mut self, discovery_url: &str) -> Documents {
         self.vm.store.documents(discovery_url)
+    }
+    fn intervals(&self) -> Intervals {
+        self.vm.intervals
     }
     fn read_document(&mut self, kind: FetchKind, url: &str) -> Option<Vec<u8>> {
         self.vm.store.read(kind, url)

@@ -12,6 +12,7 @@ use oidc_core::session::{self, Session, SessionError, SessionKey};
 
 use crate::metrics::Metrics;
 use crate::store::Store;
+use oidc_core::provider::Intervals;
 use oidc_core::settings::Settings;
 
 /// Route configs kept per VM before the table is cleared (config versions
@@ -47,6 +48,8 @@ pub struct Vm {
     refused: RefCell<LruCache<(u64, [u8; 32]), u64>>,
     pub store: Store,
     pub metrics: Metrics,
+    /// The wall-clock rules' intervals (listener settings).
+    pub intervals: Intervals,
 }
 
 fn bounded(n: usize) -> NonZeroUsize {
@@ -66,6 +69,7 @@ impl Vm {
             refused: RefCell::new(LruCache::new(bounded(REFUSED_TOKENS))),
             store: Store::default(),
             metrics: Metrics::define(),
+            intervals: settings.intervals(),
         }
     }
 

@@ -33,6 +33,19 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `update_routes` waits for Envoy to take a route table.
 pub const ROUTE_UPDATE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Listener settings that shorten the filter's provider wall-clock rules
+/// (`provider_retry_after_s`: the pause after a failed provider call;
+/// `kid_refetch_interval_s`: how often an unknown `kid` refetches the JWKS)
+/// from 5 s to [`FAST_PROVIDER_INTERVAL`], so a test waits
+/// [`FAST_PROVIDER_WAIT`] instead of about 6 s.
+pub const FAST_PROVIDER_RULES: &str =
+    r#"{"provider_retry_after_s": 1, "kid_refetch_interval_s": 1}"#;
+/// The intervals [`FAST_PROVIDER_RULES`] sets.
+pub const FAST_PROVIDER_INTERVAL: Duration = Duration::from_secs(1);
+/// A wait that outlasts [`FAST_PROVIDER_INTERVAL`] (the filter counts
+/// whole seconds: any wait over one second crosses it).
+pub const FAST_PROVIDER_WAIT: Duration = Duration::from_millis(1200);
+
 /// How a route matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Match {

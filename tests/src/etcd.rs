@@ -126,6 +126,17 @@ impl Etcd {
         Some(serde_json::from_slice(&bytes).expect("a JSON value"))
     }
 
+    /// Writes `value` at `key` in etcd itself (not through a sidecar).
+    pub fn put(&self, key: &str, value: &serde_json::Value) {
+        self.v3(
+            "kv/put",
+            &serde_json::json!({
+                "key": b64(key.as_bytes()),
+                "value": b64(value.to_string().as_bytes()),
+            }),
+        );
+    }
+
     /// Compacts etcd's history up to its current revision.
     pub fn compact(&self) -> i64 {
         let r = self.v3("kv/range", &serde_json::json!({ "key": b64(b"/") }));

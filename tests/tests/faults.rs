@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use integration_tests::envoy::{FAST_PROVIDER_RULES, FAST_PROVIDER_WAIT};
 use integration_tests::faults::{Fault, FaultProxy};
 use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET};
 use integration_tests::{
@@ -15,10 +16,10 @@ use integration_tests::{
 use serde_json::json;
 
 /// After a failed provider call the filter answers from what it has (or
-/// 503) for `bearer::RETRY_AFTER_FAILURE` seconds before it tries again;
-/// the window plus 300 ms.
-const RETRY_WINDOW: Duration =
-    Duration::from_millis(oidc_core::bearer::RETRY_AFTER_FAILURE * 1000 + 300);
+/// 503) for `provider_retry_after_s` before it tries again, and an unknown
+/// `kid` refetches at most every `kid_refetch_interval_s`: both 1 s here
+/// ([`FAST_PROVIDER_RULES`]); this outlasts them.
+const RETRY_WINDOW: Duration = FAST_PROVIDER_WAIT;
 
 fn status(envoy: &Envoy, path: &str, token: &str) -> (u16, String) {
     let r = get(
@@ -50,6 +51,7 @@ fn provider_faults_never_let_a_request_through() {
     // shared), and the test counts on a cached introspection answer.
     let config = EnvoyConfig::default()
         .concurrency(1)
+        .filter_settings(FAST_PROVIDER_RULES)
         .cluster(Cluster::provider(&idp.issuer()).endpoint("127.0.0.1", proxy.port))
         .route(
             Route::prefix("/jwks/")
@@ -116,9 +118,9 @@ fn provider_faults_never_let_a_request_through() {
     assert_eq!(s, 503, "{body}");
 
     // The provider rotates its key while unreachable: a token with the new
-    // key cannot be checked — 503, not 401 and not 200. (Within 5 s of the
-    // last JWKS fetch an unknown key is refused without asking again, so
-    // wait that out first.)
+    // key cannot be checked — 503, not 401 and not 200. (Within the
+    // refetch interval of the last JWKS fetch an unknown key is refused
+    // without asking again, so wait that out first.)
     idp.restart();
     let rotated = idp.client_credentials_token();
     std::thread::sleep(RETRY_WINDOW);

@@ -1,8 +1,9 @@
 //! The harness itself, with the real Envoy, httpbin and the test provider.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use integration_tests::envoy::ROUTE_UPDATE_TIMEOUT;
 use integration_tests::proc::{group_members, pid_alive};
 use integration_tests::{
     free_port, get, port_open, Envoy, EnvoyConfig, Httpbin, Provider, ProviderOptions, Route,
@@ -82,7 +83,12 @@ fn envoy_routes_to_httpbin_and_takes_route_updates() {
         .downcast::<String>()
         .expect("a String panic");
     assert!(message.contains("rejected"), "{message}");
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Usually well under a second; the bound is generous for a loaded CI
+    // machine and still catches a harness that waits for its timeout
+    // instead of reading Envoy's refusal.
+    let took = t.elapsed();
+    eprintln!("refused table reported after {took:?}");
+    assert!(took < ROUTE_UPDATE_TIMEOUT, "{took:?}");
     assert_eq!(envoy.get("/teapot", &[]).body, "coffee");
 
     // Restart: same ports, current routes.

@@ -5,8 +5,9 @@
 //! and, where it applies to access tokens, on the bearer path (`use_jwks`).
 //! docs/security.md lists the same cases.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use integration_tests::envoy::{FAST_PROVIDER_RULES, FAST_PROVIDER_WAIT};
 use integration_tests::http::request;
 use integration_tests::rogue::{Rogue, CLIENT_ID, CLIENT_SECRET};
 use integration_tests::{get, Cluster, Envoy, EnvoyConfig, Route, TestDir};
@@ -97,7 +98,10 @@ fn relying_party_certification_cases() {
     let dir = TestDir::for_current_test();
     let rogue = Rogue::start(dir.path());
 
-    let mut config = EnvoyConfig::default().cluster(Cluster::provider(&rogue.base()));
+    // The unknown-kid refetch interval shortened to 1 s (key rotation).
+    let mut config = EnvoyConfig::default()
+        .filter_settings(FAST_PROVIDER_RULES)
+        .cluster(Cluster::provider(&rogue.base()));
     for (case, _) in LOGIN_CASES {
         let realm = format!("login.{case}");
         config = config.route(
@@ -173,9 +177,8 @@ fn relying_party_certification_cases() {
 
     // Key rotation, second half: tokens signed with a key the cached JWKS
     // lacks are accepted once the filter refetches it (at most every
-    // `bearer::KID_REFETCH_INTERVAL` seconds).
-    let wait = Duration::from_secs(oidc_core::bearer::KID_REFETCH_INTERVAL + 1)
-        .saturating_sub(rotation_start.elapsed());
+    // `kid_refetch_interval_s`, 1 s here).
+    let wait = FAST_PROVIDER_WAIT.saturating_sub(rotation_start.elapsed());
     std::thread::sleep(wait);
     let (status, body) = login(&envoy, "login.rotation");
     if status != 302 {

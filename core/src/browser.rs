@@ -1727,7 +1727,12 @@ mod tests {
                 json!("other"),
             ),
         );
-        for bad in [other, forged, foreign] {
+        // No `exp`: an ID token always has one (OpenID Connect Core 2),
+        // a refreshed one too.
+        let mut no_exp = with(claims(), "sub", json!("user-1"));
+        no_exp.as_object_mut().unwrap().remove("exp");
+        let no_exp = token(Alg::RS256, Some("rsa-a"), &no_exp);
+        for bad in [other, forged, foreign, no_exp] {
             let mut flow = Flow::begin(
                 &lr(&r),
                 api(request("localhost:9080", "/anything/x", &cookies)),

@@ -3,7 +3,7 @@
 //! the ID token checked (signature, issuer, audience, `nonce`) before a
 //! session exists.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::http::{HttpRequest, UrlError};
 use crate::introspection::{client_form_post, ClientAuth};
@@ -223,38 +223,31 @@ pub fn is_b64token(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
-/// Checks the ID token (OpenID Connect Core 3.1.3.7: signature, issuer,
-/// audience contains the client, expiry, and the `nonce` of this flow) and
-/// makes the session.
-pub fn finish(
+/// Checks an ID token as OpenID Connect Core 3.1.3.7 asks (signature,
+/// issuer, audience contains the client, expiry) and that it has what
+/// section 2 says every ID token has (`sub` as a string, `exp`, `iat`):
+/// its claims. Used at login ([`finish`], which adds the `nonce`) and for
+/// refreshed ID tokens (`signed_in::verify_refreshed_id_token`, which adds
+/// the same user).
+pub fn verify_id_token(
     route: &Route,
-    flow: &FlowState,
-    tokens: Tokens,
+    id_token: &str,
     keys: &Jwks,
     discovery_issuer: &str,
     now: u64,
-) -> Result<Session, CallbackError> {
-    let id_token = tokens
-        .id_token
-        .clone()
-        .ok_or_else(|| CallbackError::BadIdToken("the provider sent no ID token".into()))?;
+) -> Result<Map<String, Value>, CallbackError> {
     let mut policy = route.policy(Some(discovery_issuer));
     policy.audience.claim = "aud".into();
     policy.audience.match_with_client_id = true;
     // Scopes are the access token's business, not the ID token's.
     policy.required_scopes.clear();
-    let verified = jwt::verify(id_token.expose(), keys, &policy, now).map_err(|e| {
+    let verified = jwt::verify(id_token, keys, &policy, now).map_err(|e| {
         if e.kind() == jwt::Rejection::UnknownKeyId {
             CallbackError::UnknownKey(e.to_string())
         } else {
             CallbackError::BadIdToken(e.to_string())
         }
     })?;
-    if verified.claims.get("nonce").and_then(Value::as_str) != Some(flow.nonce.as_str()) {
-        return Err(CallbackError::BadIdToken(
-            "nonce does not match this login".into(),
-        ));
-    }
     // OpenID Connect Core 2: an ID token always has these (the verifier
     // checks their values when present; bearer tokens may lack them).
     for claim in ["sub", "exp", "iat"] {
@@ -269,10 +262,33 @@ pub fn finish(
             "the ID token's \"sub\" is not a string".into(),
         ));
     }
+    Ok(verified.claims)
+}
+
+/// Checks the login's ID token ([`verify_id_token`] and the `nonce` of
+/// this flow) and makes the session.
+pub fn finish(
+    route: &Route,
+    flow: &FlowState,
+    tokens: Tokens,
+    keys: &Jwks,
+    discovery_issuer: &str,
+    now: u64,
+) -> Result<Session, CallbackError> {
+    let id_token = tokens
+        .id_token
+        .clone()
+        .ok_or_else(|| CallbackError::BadIdToken("the provider sent no ID token".into()))?;
+    let claims = verify_id_token(route, id_token.expose(), keys, discovery_issuer, now)?;
+    if claims.get("nonce").and_then(Value::as_str) != Some(flow.nonce.as_str()) {
+        return Err(CallbackError::BadIdToken(
+            "nonce does not match this login".into(),
+        ));
+    }
     let mut session = Session::new(tokens.access_token, now);
     session.refresh_token = tokens.refresh_token;
     session.id_token = Some(id_token);
-    session.id_claims = verified.claims;
+    session.id_claims = claims;
     session.access_expires_at =
         Some(route.access_expiry(tokens.expires_in, session.access_token.expose(), now));
     Ok(session)

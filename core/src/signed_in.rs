@@ -6,10 +6,10 @@ use base64::Engine as _;
 
 use serde_json::{Map, Value};
 
-use crate::callback::{CallbackError, Tokens};
+use crate::callback::{self, CallbackError, Tokens};
 use crate::http::{HttpRequest, UrlError};
 use crate::introspection::{client_form_post, ClientAuth};
-use crate::jwt::{self, Jwks};
+use crate::jwt::Jwks;
 use crate::route::Route;
 use crate::session::Session;
 
@@ -69,7 +69,8 @@ pub fn refresh_request(
 }
 
 /// Checks a refresh answer's ID token as the login's was checked
-/// (signature, issuer, audience contains `client_id`, expiry) and that it
+/// ([`callback::verify_id_token`]: signature, issuer, audience contains
+/// `client_id`, expiry, `sub`/`exp`/`iat` present) and that it
 /// is about the same user from the same issuer as the session's (OpenID
 /// Connect Core 12.2): its claims, or why not.
 pub fn verify_refreshed_id_token(
@@ -83,26 +84,22 @@ pub fn verify_refreshed_id_token(
     let Some(id_token) = &t.id_token else {
         return Err(CallbackError::BadIdToken("no ID token".into()));
     };
-    let mut policy = route.policy(Some(discovery_issuer));
-    policy.audience.claim = "aud".into();
-    policy.audience.match_with_client_id = true;
-    policy.required_scopes.clear();
-    let verified = jwt::verify(id_token.expose(), keys, &policy, now).map_err(|e| {
-        if e.kind() == jwt::Rejection::UnknownKeyId {
-            CallbackError::UnknownKey(e.to_string())
-        } else {
-            CallbackError::BadIdToken(format!("refreshed ID token: {e}"))
+    let claims = callback::verify_id_token(route, id_token.expose(), keys, discovery_issuer, now)
+        .map_err(|e| match e {
+        CallbackError::BadIdToken(why) => {
+            CallbackError::BadIdToken(format!("refreshed ID token: {why}"))
         }
+        other => other,
     })?;
     for claim in ["sub", "iss"] {
-        let new = verified.claims.get(claim).and_then(Value::as_str);
+        let new = claims.get(claim).and_then(Value::as_str);
         if new.is_none() || new != s.id_claims.get(claim).and_then(Value::as_str) {
             return Err(CallbackError::BadIdToken(format!(
                 "the refreshed ID token's \"{claim}\" is not the session's"
             )));
         }
     }
-    Ok(verified.claims)
+    Ok(claims)
 }
 
 /// Puts refreshed tokens into the session (a provider that does not rotate

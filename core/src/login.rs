@@ -132,7 +132,19 @@ pub fn redirect_uses_request_host(route: &Route) -> bool {
 /// provider would send the victim's code to the attacker's host.
 pub fn host_allowed(route: &Route, authority: &str) -> bool {
     let host = host_name(authority);
-    if host.is_empty() {
+    // Only a plain host name or address: a `/`, `?`, `#` or `@` would make
+    // the redirect URI's host something else than what is compared here
+    // (`evil.example/.apps.example` ends like `*.apps.example`).
+    let plain = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        !inner.is_empty()
+            && inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    } else {
+        host.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    };
+    if host.is_empty() || !plain {
         return false;
     }
     if host == "localhost"
@@ -900,6 +912,11 @@ mod tests {
             "apps.example",
             "xapps.example",
             "gw.example.evil",
+            "evil.example/.apps.example",
+            "evil.example?.apps.example",
+            "evil.example#.apps.example",
+            "evil.example@a.apps.example",
+            "evil.example\\.apps.example",
         ] {
             assert!(check_host(&r, &facts(host, "/app")).is_err(), "{host}");
         }

@@ -343,6 +343,19 @@ fn login_routes_name_their_hosts() {
     // Another host does not reach the route at all (Envoy's virtual hosts).
     let r = get_as(&url, "evil.example", &[]);
     assert_eq!(r.status, 404, "{}", r.body);
+    // Hosts that end like `*.apps.test` but whose URL host is another:
+    // Envoy 1.40 itself answers 400 (its `Host` validation); the filter
+    // refuses them too for Envoys that let them through
+    // (`login::host_allowed`, unit-tested). No login starts there.
+    for host in [
+        "evil.example/.apps.test",
+        "evil.example?.apps.test",
+        "evil.example#.apps.test",
+    ] {
+        let r = get_as(&url, host, &[]);
+        assert_eq!(r.status, 400, "{host}: {:?}", r.headers);
+        assert!(r.header("location").is_none(), "{host}: {:?}", r.headers);
+    }
 }
 
 /// Finding 8: a page that sends the browser to long protected URLs over

@@ -229,7 +229,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str, host: &str) -> std:
         .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
     let head = head.to_ascii_lowercase();
     let body = if head.contains("transfer-encoding: chunked") {
-        dechunk(body)
+        integration_tests::echo::dechunk(body)
     } else {
         body.to_string()
     };
@@ -251,19 +251,6 @@ fn complete(buf: &[u8]) -> bool {
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|n| n.trim().parse::<usize>().ok())
         .is_some_and(|n| body.len() >= n)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// An upstream answering every request with 200 and its `name`.

@@ -5,6 +5,8 @@
 //!   `xds_envoy.rs`), a route table with ssl objects, one Envoy; the
 //!   client is rustls, trusting the test's own CA (rcgen), so each
 //!   handshake also checks the certificate names the SNI.
+//! - `admin_api_*`, `login_*`: the whole gateway (sidecar + Envoy, as
+//!   `make run`), ssl objects written through `/apisix/admin/ssls`.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -12,9 +14,14 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use integration_tests::browser::Browser;
 use integration_tests::echo::{dechunk, EchoServer};
-use integration_tests::gateway::render_bootstrap;
-use integration_tests::{envoy_bin, free_port, port_open, wait_for, wasm_path, Proc, TestDir};
+use integration_tests::gateway::{render_bootstrap, Gateway};
+use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET, PASSWORD, USER};
+use integration_tests::{
+    envoy_bin, free_port, port_open, wait_for, wasm_path, Httpbin, Proc, Provider,
+    ProviderOptions, TestDir,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
 };
@@ -138,7 +145,18 @@ impl Reply {
 
 /// One HTTP/1.1 GET on `tls` (kept alive).
 fn get(tls: &mut Tls, host: &str, path: &str) -> std::io::Result<Reply> {
-    write!(tls, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    get_with(tls, host, path, &[])
+}
+
+/// [`get`] with more request headers.
+fn get_with(
+    tls: &mut Tls,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Reply> {
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n")?;
     tls.flush()?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -392,4 +410,235 @@ fn https_listener_serves_each_sni_its_certificate_and_keeps_connections_across_c
     assert_eq!(d("listener_manager.listener_removed"), 0, "{after:?}");
     assert!(d("listener_manager.listener_in_place_updated") >= 2, "{after:?}");
     assert_eq!(d("listener_manager.total_listeners_draining"), 0, "{after:?}");
+}
+
+/// The gateway with its HTTPS listener on a free port.
+fn gateway(dir: &TestDir) -> (Gateway, u16) {
+    let https_port = free_port();
+    let gw = Gateway::start(dir.path(), &["--https-port", &https_port.to_string()]);
+    (gw, https_port)
+}
+
+fn put_ssl(gw: &Gateway, id: &str, body: &Value) -> integration_tests::Response {
+    gw.admin(
+        "PUT",
+        &format!("/apisix/admin/ssls/{id}"),
+        Some(&body.to_string()),
+    )
+}
+
+#[test]
+fn admin_api_ssls_are_validated_served_by_sni_and_never_show_the_key() {
+    let dir = TestDir::for_current_test();
+    let echo = EchoServer::start(dir.path(), "up");
+    let (gw, port) = gateway(&dir);
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes/any",
+        Some(
+            &json!({"uri": "/anything/*",
+                    "upstream": {"nodes": {format!("127.0.0.1:{}", echo.port): 1}}})
+            .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ca = Ca::new();
+    let client = ca.client();
+    // No ssl yet: no HTTPS listener.
+    assert!(!port_open(port));
+
+    let app = ca.leaf(&["app.test"], 30);
+    let r = put_ssl(&gw, "1", &ssl(&app, &["app.test"]));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(!r.body.contains("PRIVATE KEY"), "{}", r.body);
+    let mut t = wait_for("the ssl in Envoy", WAIT, || {
+        connect(&client, port, "app.test").ok()
+    });
+    assert_eq!(peer(&t), app.der);
+    let r = get(&mut t, "app.test", "/anything/x").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(echoed_headers(&r)["x-forwarded-proto"], "https");
+
+    // GET and list: the key redacted, the certificate shown.
+    let one = gw.admin("GET", "/apisix/admin/ssls/1", None);
+    assert_eq!(one.status, 200);
+    let v = one.json();
+    assert_eq!(v["value"]["key"], "******", "{v}");
+    assert_eq!(v["value"]["cert"], app.cert.as_str());
+    assert_eq!(v["key"], "/apisix/ssls/1");
+    let list = gw.admin("GET", "/apisix/admin/ssls", None);
+    assert!(!list.body.contains("PRIVATE KEY"), "{}", list.body);
+    assert_eq!(list.json()["total"], 1);
+
+    // Refused, named, and nothing changed.
+    let other = ca.leaf(&["b.test"], 30);
+    let expired = ca.leaf(&["b.test"], -1);
+    let cases = [
+        (
+            json!({"cert": "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+                   "key": other.key, "snis": ["b.test"]}),
+            "property \"cert\"",
+        ),
+        (
+            json!({"cert": other.cert, "key": app.key, "snis": ["b.test"]}),
+            "property \"key\" does not match the certificate",
+        ),
+        (ssl(&expired, &["b.test"]), "property \"cert\" has expired"),
+        (
+            json!({"cert": other.cert, "key": other.key, "snis": ["b.test"], "client": {"ca": other.cert}}),
+            "property \"client\" is not supported",
+        ),
+    ];
+    for (body, want) in &cases {
+        let r = put_ssl(&gw, "2", body);
+        assert_eq!(r.status, 400, "{want}: {}", r.body);
+        assert!(r.body.contains(want), "{want}: {}", r.body);
+        assert!(!r.body.contains("PRIVATE KEY"), "{}", r.body);
+    }
+    assert_eq!(gw.admin("GET", "/apisix/admin/ssls", None).json()["total"], 1);
+    assert_eq!(gw.admin("GET", "/apisix/admin/ssls/2", None).status, 404);
+    assert!(connect(&client, port, "b.test").is_err());
+
+    // What GET showed, written back (key "******"): the stored key kept.
+    let shown = v["value"].clone();
+    let mut back = shown.as_object().unwrap().clone();
+    back.remove("create_time");
+    back.remove("update_time");
+    let r = put_ssl(&gw, "1", &Value::Object(back));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A PATCH adds a name; the key is kept too.
+    let r = gw.admin(
+        "PATCH",
+        "/apisix/admin/ssls/1",
+        Some(&json!({"snis": ["app.test", "www.app.test"], "labels": {"team": "a"}}).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let www = ca.leaf(&["app.test", "www.app.test"], 30);
+    let _ = www; // the certificate stays app's: the client checks the name
+    let err = wait_for("the patched snis", WAIT, || {
+        connect(&client, port, "www.app.test").err()
+    });
+    // Served (the handshake reached the name check): app's certificate
+    // does not name www.app.test, which the client refuses, as a browser
+    // would. APISIX accepts such an ssl too.
+    assert!(err.contains("not valid for name"), "{err}");
+    let mut t = connect(&client, port, "app.test").expect("the kept key still serves");
+    assert_eq!(get(&mut t, "app.test", "/anything/y").unwrap().status, 200);
+
+    // Deleted: the last ssl gone, the HTTPS port closes; HTTP still serves.
+    assert_eq!(gw.admin("DELETE", "/apisix/admin/ssls/1", None).status, 200);
+    wait_for("the HTTPS listener gone", WAIT, || {
+        (!port_open(port)).then_some(())
+    });
+    assert_eq!(
+        integration_tests::get(&gw.url("/anything/z"), &[]).unwrap().status,
+        200
+    );
+}
+
+#[test]
+fn login_over_https_in_chromium_with_secure_cookies() {
+    let dir = TestDir::for_current_test();
+    let https_port = free_port();
+    let redirect = format!("https://app.test:{https_port}/anything/callback");
+    let mut options = ProviderOptions::default();
+    options.env.push(("REDIRECT_URIS".into(), redirect.clone()));
+    let provider = Provider::start(dir.path(), options);
+    let httpbin = Httpbin::start(dir.path());
+    let gw = Gateway::start(dir.path(), &["--https-port", &https_port.to_string()]);
+    let ca = Ca::new();
+    let client = ca.client();
+    let app = ca.leaf(&["app.test"], 30);
+    let r = put_ssl(&gw, "app", &ssl(&app, &["app.test"]));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let route = json!({
+        "uri": "/anything/*",
+        "hosts": ["app.test"],
+        "plugins": {"openid-connect": {
+            "client_id": CLIENT_ID,
+            "client_secret": DEFAULT_CLIENT_SECRET,
+            "discovery": provider.discovery_url(),
+            "scope": "openid profile",
+            "bearer_only": false,
+            "redirect_uri": redirect,
+        }},
+        "upstream": {"nodes": {format!("127.0.0.1:{}", httpbin.port): 1}},
+    });
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes/login",
+        Some(&route.to_string()),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    // Over HTTPS a login start sets its flow cookie `Secure`; the same
+    // route over plain HTTP does not (the scheme decides, as the default
+    // of `cookie_secure`).
+    let html = [("accept", "text/html")];
+    let r = wait_for("the login route over HTTPS", WAIT, || {
+        let mut t = connect(&client, https_port, "app.test").ok()?;
+        let r = get_with(&mut t, "app.test", "/anything/test", &html).ok()?;
+        (r.status == 302).then_some(r)
+    });
+    let cookies: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(!cookies.is_empty(), "{r:?}");
+    assert!(
+        cookies.iter().all(|c| c.to_ascii_lowercase().contains("; secure")),
+        "{cookies:?}"
+    );
+    let plain = integration_tests::http::request(
+        "GET",
+        &gw.url("/anything/test"),
+        &[("host", "app.test"), ("accept", "text/html")],
+        None,
+    )
+    .unwrap();
+    assert_eq!(plain.status, 302, "{}", plain.body);
+    let plain_cookies = plain.header_all("set-cookie");
+    assert!(!plain_cookies.is_empty());
+    assert!(
+        plain_cookies
+            .iter()
+            .all(|c| !c.to_ascii_lowercase().contains("; secure")),
+        "{plain_cookies:?}"
+    );
+
+    // Chromium: app.test is 127.0.0.1, the test CA is not trusted (the
+    // certificate errors are ignored), the whole login over https.
+    let browser = Browser::start_with(
+        dir.path(),
+        &[
+            "--host-resolver-rules=MAP app.test 127.0.0.1",
+            "--ignore-certificate-errors",
+        ],
+    );
+    let start = format!("https://app.test:{https_port}/anything/test");
+    browser.goto(&start);
+    browser.wait_for_element("#kc-form-login", WAIT);
+    assert!(
+        browser.current_url().starts_with(&provider.issuer()),
+        "{}",
+        browser.current_url()
+    );
+    browser.login(USER, PASSWORD);
+    let url = browser.wait_for_url(WAIT, |u| u == start);
+    assert_eq!(url, start);
+    let text = browser.page_text();
+    let a = text.find('{').expect("httpbin JSON");
+    let b = text.rfind('}').expect("httpbin JSON");
+    let page: Value = serde_json::from_str(&text[a..=b]).expect("httpbin JSON");
+    let headers = &page["headers"];
+    assert!(
+        headers.get("X-Access-Token").is_some() || headers.get("X-Userinfo").is_some(),
+        "identity headers reached httpbin: {page}"
+    );
+    // The session cookie is there, and Secure (Chromium would not keep a
+    // Secure cookie from http; the raw check above shows the attribute).
+    let names: Vec<String> = browser.cookies().into_iter().map(|(n, _)| n).collect();
+    assert!(names.iter().any(|n| n == "session"), "{names:?}");
 }

@@ -55,13 +55,15 @@ pub(super) fn not_an_object(kind: ResourceKind) -> Refusal {
     ))
 }
 
-/// Routes get their generated and kept secrets; upstreams have none.
+/// Objects with `plugins` (routes, services, plugin configs, global
+/// rules) get their generated and kept secrets; upstreams and SSL objects
+/// have none there.
 pub(super) fn fill_secrets(
     kind: ResourceKind,
     obj: &mut Map<String, Value>,
     stored: Option<&Value>,
 ) -> Result<(), Refusal> {
-    if kind == ResourceKind::Upstream {
+    if matches!(kind, ResourceKind::Upstream | ResourceKind::Ssl) {
         return Ok(());
     }
     secrets::fill(obj, stored).map_err(|e| match e {
@@ -124,6 +126,15 @@ pub(super) fn finish(
         ResourceKind::Upstream => {
             Upstream::parse_resource(id, &sent).map_err(Refusal::Bad)?;
             nodes.check(&sent, "", &mut e);
+        }
+        ResourceKind::Service
+        | ResourceKind::PluginConfig
+        | ResourceKind::GlobalRule
+        | ResourceKind::Ssl => {
+            return Err(Refusal::Internal(format!(
+                "{} objects cannot be written through this Admin API",
+                kind.name()
+            )))
         }
     }
     if !e.is_empty() {

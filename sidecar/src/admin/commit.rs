@@ -66,11 +66,9 @@ impl AdminState {
         clock: Clock,
     ) -> Result<AdminState, StoreError> {
         let loaded = store.load().await?;
-        let last_id = loaded
-            .data
-            .routes
-            .keys()
-            .chain(loaded.data.upstreams.keys())
+        let last_id = ResourceKind::ALL
+            .into_iter()
+            .flat_map(|k| k.of(&loaded.data).keys())
             // Ids of the generated form only (20 digits, so no overflow).
             .filter(|id| id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit()))
             .filter_map(|id| id.parse::<u128>().ok())
@@ -326,7 +324,8 @@ pub(super) enum Change {
 impl Change {
     /// The write, guarded by what it was decided on in `current`: the
     /// object itself; for a route, the upstream it names; for an upstream,
-    /// every route (they were validated against it, or could name it).
+    /// a service, a plugin config or a global rule, every route (they were
+    /// validated against it, or could name it).
     fn write(&self, current: &Versioned) -> Write {
         let (kind, id, value) = match self {
             Change::Put {
@@ -353,10 +352,14 @@ impl Change {
                     });
                 }
             }
-            ResourceKind::Upstream => guards.push(Guard::NoneChangedSince {
+            ResourceKind::Upstream
+            | ResourceKind::Service
+            | ResourceKind::PluginConfig
+            | ResourceKind::GlobalRule => guards.push(Guard::NoneChangedSince {
                 kind: ResourceKind::Route,
                 revision: current.revision,
             }),
+            ResourceKind::Ssl => {}
         }
         Write {
             kind,

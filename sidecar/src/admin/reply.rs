@@ -86,8 +86,11 @@ pub(super) fn entry(
     revs: Option<Revs>,
 ) -> Value {
     let value = match kind {
-        ResourceKind::Route => secrets::redact(value),
-        ResourceKind::Upstream => value.clone(),
+        ResourceKind::Route
+        | ResourceKind::Service
+        | ResourceKind::PluginConfig
+        | ResourceKind::GlobalRule => secrets::redact(value),
+        ResourceKind::Upstream | ResourceKind::Ssl => value.clone(),
     };
     let mut e = json!({"key": kind.key(prefix, id), "value": value});
     if let Some(r) = revs {

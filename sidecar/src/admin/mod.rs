@@ -90,6 +90,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::apisix::route::{id_text, with_id, Errors, RouteSpec};
 use crate::apisix::secrets::{self, FillError};
+use crate::apisix::ssl::{self, SslSpec};
 use crate::apisix::table::{Published, RouteTable};
 use crate::apisix::upstream::{NodePolicy, Upstream};
 use crate::store::{
@@ -207,7 +208,8 @@ fn resource(router: Router<AdminState>, kind: ResourceKind) -> Router<AdminState
 /// the client address is refused.
 pub fn router(state: AdminState, protected: Router) -> Router {
     let r = resource(Router::new(), ResourceKind::Route);
-    resource(r, ResourceKind::Upstream)
+    let r = resource(r, ResourceKind::Upstream);
+    resource(r, ResourceKind::Ssl)
         .with_state(state.clone())
         .merge(protected)
         .layer(middleware::from_fn_with_state(state, access))

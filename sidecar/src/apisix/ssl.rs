@@ -228,11 +228,13 @@ impl SslSpec {
     }
 
     /// The check of a certificate being written: none has expired at
-    /// `now` (unix seconds). Stored ones are not checked again.
-    pub fn check_new(&self, now: i64) -> Result<(), String> {
+    /// `now` (unix seconds), except one that `stored` (what the same ssl
+    /// holds now) already has: it is not checked again.
+    pub fn check_new(&self, now: i64, stored: Option<&SslSpec>) -> Result<(), String> {
         let mut e = Errors::new();
         for (i, p) in self.pairs.iter().enumerate() {
-            if p.not_after < now {
+            let kept = stored.is_some_and(|s| s.pairs.iter().any(|q| q.cert == p.cert));
+            if p.not_after < now && !kept {
                 let field = if i == 0 {
                     "cert".to_string()
                 } else {

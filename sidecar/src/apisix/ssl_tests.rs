@@ -40,7 +40,7 @@ fn an_ecdsa_and_an_rsa_pair_for_exact_and_wildcard_snis() {
     assert_eq!(s.pairs[0].key_type, KeyType::Ecdsa);
     assert_eq!(s.pairs[1].key_type, KeyType::Rsa);
     assert_eq!(s.protocols, Some((TlsVersion::V1_2, TlsVersion::V1_3)));
-    s.check_new(now()).unwrap();
+    s.check_new(now(), None).unwrap();
     // The key never shows in Debug.
     assert!(!format!("{s:?}").contains("PRIVATE"));
     // `sni` (one name) works too; P-384 is loaded by Envoy.
@@ -118,10 +118,12 @@ fn bad_pem_is_refused_and_the_key_text_never_echoed() {
 fn expired_certificates_are_refused_when_written_only() {
     let (c, k) = cert(&PKCS_ECDSA_P256_SHA256, &["app.test"], -1);
     let s = SslSpec::parse("1", &json!({"cert": c, "key": k, "snis": ["app.test"]})).unwrap();
-    let err = s.check_new(now()).unwrap_err();
+    let err = s.check_new(now(), None).unwrap_err();
     assert!(err.contains("property \"cert\" has expired"), "{err}");
     // Valid until then.
-    s.check_new(s.pairs[0].not_after - 10).unwrap();
+    s.check_new(s.pairs[0].not_after - 10, None).unwrap();
+    // Already stored: not checked again (a PATCH of its labels).
+    s.check_new(now(), Some(&s)).unwrap();
 }
 
 #[test]

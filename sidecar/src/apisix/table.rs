@@ -48,14 +48,17 @@ impl RouteTable {
             }
         }
         let secrets = secrets_of(&routes);
-        RouteTable {
+        let ssls = stored.ssls.clone();
+        let mut table = RouteTable {
             stored,
             routes,
             invalid,
             secrets,
             ssls: Vec::new(),
             invalid_ssls: Vec::new(),
-        }
+        };
+        table.set_ssls(&ssls);
+        table
     }
 
     /// Validates the stored ssl objects (id → object) into the table; their

@@ -241,6 +241,7 @@ fn stats(admin_port: u16, prefix: &str) -> BTreeMap<String, u64> {
 /// bootstrapped to it.
 struct XdsEnvoy {
     tx: watch::Sender<Published>,
+    status: Arc<XdsStatus>,
     https_port: u16,
     envoy_admin: u16,
     _envoy: Proc,
@@ -268,9 +269,10 @@ impl XdsEnvoy {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let xds_port = listener.local_addr().unwrap().port();
+        let status = XdsStatus::new();
         rt.spawn(serve_on(
             listener,
-            ads_service(rx, None, settings, XdsStatus::new()),
+            ads_service(rx, None, settings, status.clone()),
         ));
         let envoy_admin = free_port();
         let bootstrap = render_bootstrap(&[
@@ -295,6 +297,7 @@ impl XdsEnvoy {
         });
         XdsEnvoy {
             tx,
+            status,
             https_port,
             envoy_admin,
             _envoy: envoy,
@@ -425,6 +428,13 @@ fn https_listener_serves_each_sni_its_certificate_and_keeps_connections_across_c
         0,
         "{after:?}"
     );
+    // The certificates were ACKed like the rest (SDS over the ADS stream).
+    wait_for("Envoy to ACK every type", WAIT, || {
+        let r = gw.status.report();
+        let acked = r.streams.values().next()?.acked.clone();
+        (r.versions.contains_key("secrets") && acked == r.versions).then_some(())
+    });
+    assert!(gw.status.report().last_nack.is_empty());
 }
 
 /// The gateway with its HTTPS listener on a free port.

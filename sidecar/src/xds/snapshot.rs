@@ -131,10 +131,13 @@ impl Snapshot {
         &self.types[kind.index()]
     }
 
-    /// Type name → version.
+    /// Type name → version. `secrets` only while there is one: Envoy asks
+    /// for certificates only when a listener names them, so a gateway
+    /// without ssls would otherwise never have ACKed every version.
     pub fn versions(&self) -> BTreeMap<String, String> {
         Kind::ALL
             .into_iter()
+            .filter(|k| *k != Kind::Secrets || !self.get(*k).resources.is_empty())
             .map(|k| (k.name().to_string(), self.get(k).version.clone()))
             .collect()
     }

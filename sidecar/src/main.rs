@@ -175,6 +175,12 @@ async fn run(o: Options) -> Result<(), String> {
     if o.admin_key.as_deref() == Some("") {
         return Err("--admin-key must not be empty".into());
     }
+    if o.https_port == o.proxy_port {
+        return Err(format!(
+            "--https-port {} is also --proxy-port: give the HTTPS listener its own port",
+            o.https_port
+        ));
+    }
     // The filter's own parser: what passes here, the filter accepts.
     oidc_core::settings::Settings::parse(o.filter_settings.as_bytes())
         .map_err(|e| format!("--filter-settings is not valid filter settings: {e}"))?;

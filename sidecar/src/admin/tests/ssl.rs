@@ -37,14 +37,13 @@ async fn post_put_patch_get_delete_with_the_key_never_shown() {
     assert_eq!(stored_ssl(&api, &id).unwrap()["key"], k.as_str());
     let (_, set) = api.published_all();
     assert_eq!(set.ssls.len(), 1);
-    assert_eq!(
-        api.rx
-            .borrow()
-            .enabled_ssls()
-            .map(|s| s.id.clone())
-            .collect::<Vec<_>>(),
-        [id.clone()]
-    );
+    let enabled: Vec<String> = api
+        .rx
+        .borrow()
+        .enabled_ssls()
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(enabled, [id.as_str()]);
 
     // GET shows the key redacted; written back, the key is kept.
     let got = api

@@ -350,6 +350,15 @@ impl Browser {
             .collect()
     }
 
+    /// The names of the current page's cookies that have `Secure`.
+    pub fn secure_cookie_names(&self) -> Vec<String> {
+        self.run("cookies", self.client().get_all_cookies())
+            .into_iter()
+            .filter(|c| c.secure() == Some(true))
+            .map(|c| c.name().to_string())
+            .collect()
+    }
+
     /// Deletes all cookies of the current page's domain.
     pub fn delete_all_cookies(&self) {
         self.run("delete cookies", self.client().delete_all_cookies());

@@ -688,8 +688,12 @@ fn login_over_https_in_chromium_with_secure_cookies() {
         headers.get("X-Access-Token").is_some() || headers.get("X-Userinfo").is_some(),
         "identity headers reached httpbin: {page}"
     );
-    // The session cookie is there, and Secure (Chromium would not keep a
-    // Secure cookie from http; the raw check above shows the attribute).
+    // The session cookie is there, and Secure.
     let names: Vec<String> = browser.cookies().into_iter().map(|(n, _)| n).collect();
     assert!(names.iter().any(|n| n == "session"), "{names:?}");
+    let secure = browser.secure_cookie_names();
+    assert!(
+        secure.iter().any(|n| n == "session"),
+        "{secure:?} of {names:?}"
+    );
 }

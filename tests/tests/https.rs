@@ -237,6 +237,16 @@ fn stats(admin_port: u16, prefix: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Envoy's count of filter chains draining now.
+fn draining(admin_port: u16) -> u64 {
+    stats(
+        admin_port,
+        "listener_manager\\.total_filter_chains_draining",
+    )
+    .values()
+    .sum()
+}
+
 /// The sidecar's xDS server (in process, on its own runtime) and one Envoy
 /// bootstrapped to it.
 struct XdsEnvoy {
@@ -381,7 +391,9 @@ fn https_listener_serves_each_sni_its_certificate_and_keeps_connections_across_c
 
     // Changes: a third ssl, then one removed, then a renewed certificate.
     // The kept connection (on a's chain) stays usable and is not asked to
-    // close (a drained HTTP/1.1 connection gets `Connection: close`).
+    // close, and Envoy drains no filter chain but the removed one (the
+    // gauge; a drained HTTP/1.1 connection would get `Connection: close`
+    // only later, as the drain time runs).
     let before = stats(gw.envoy_admin, "listener_manager\\.");
     let third = ca.leaf(&["c.test"], 30);
     let mut more = ssls.clone();
@@ -392,6 +404,7 @@ fn https_listener_serves_each_sni_its_certificate_and_keeps_connections_across_c
     });
     let r = get(&mut kept, "app.test", "/anything/after-add").unwrap();
     assert_eq!((r.status, r.header("connection")), (200, None), "{r:?}");
+    assert_eq!(draining(gw.envoy_admin), 0, "after-add");
 
     let fewer = vec![ssls[0].clone(), more[2].clone()];
     gw.tx.send(table(&routes, &fewer)).unwrap();
@@ -402,6 +415,7 @@ fn https_listener_serves_each_sni_its_certificate_and_keeps_connections_across_c
     });
     let r = get(&mut kept, "app.test", "/anything/after-delete").unwrap();
     assert_eq!((r.status, r.header("connection")), (200, None), "{r:?}");
+    assert_eq!(draining(gw.envoy_admin), 1, "after-delete");
 
     let renewed = ca.leaf(&["app.test"], 60);
     let renewed_set = vec![("a", ssl(&renewed, &["app.test"])), more[2].clone()];
@@ -412,6 +426,7 @@ fn https_listener_serves_each_sni_its_certificate_and_keeps_connections_across_c
     });
     let r = get(&mut kept, "app.test", "/anything/after-renewal").unwrap();
     assert_eq!((r.status, r.header("connection")), (200, None), "{r:?}");
+    assert_eq!(draining(gw.envoy_admin), 1, "after-renewal");
 
     // Envoy updated the HTTPS listener in place (filter chains only) and
     // drained no listener.

@@ -191,22 +191,8 @@ pub(super) async fn delete_at_id(
             if !kind.of(current).contains_key(&id) {
                 return Err(Refusal::NotFound);
             }
-            if kind == ResourceKind::Upstream {
-                let users = routes_using(current, &id);
-                if !users.is_empty() {
-                    // APISIX: "can not delete this upstream, route [1] is still
-                    // using it now".
-                    let named: Vec<String> = users.iter().map(|r| format!("[{r}]")).collect();
-                    let (noun, verb) = if users.len() == 1 {
-                        ("route", "is")
-                    } else {
-                        ("routes", "are")
-                    };
-                    return Err(bad(format!(
-                        "can not delete this upstream, {noun} {} {verb} still using it now",
-                        named.join(", ")
-                    )));
-                }
+            if let Some(refusal) = still_used(kind, &users(current, kind, &id)) {
+                return Err(refusal);
             }
             Ok(Change::Delete { kind, id })
         })

@@ -1,8 +1,9 @@
-//! APISIX's Admin API (v3) for routes and upstreams:
-//! `/apisix/admin/routes[/{id}]`, `/apisix/admin/upstreams[/{id}]`.
+//! APISIX's Admin API (v3) for routes, upstreams, services, plugin configs
+//! and global rules: `/apisix/admin/<kind>[/{id}]`.
 //!
-//! Behaviour follows APISIX's `apisix/admin/{init,resource,routes,upstreams}.lua`
-//! (`<kind>` is `routes` or `upstreams`):
+//! Behaviour follows APISIX's `apisix/admin/{init,resource,routes,upstreams,
+//! services,plugin_config,global_rules}.lua` (`<kind>` is `routes`,
+//! `upstreams`, `services`, `plugin_configs` or `global_rules`):
 //!
 //! | call | answer |
 //! |---|---|
@@ -17,6 +18,15 @@
 //!   `upstream`; naming one that does not exist is 400. An upstream that
 //!   routes name cannot be deleted (400 naming them); a change to it
 //!   reaches every route that names it (the published set holds both).
+//! - A route may name a service (`service_id`) and a plugin config
+//!   (`plugin_config_id`); global rules apply to every route. A route is
+//!   validated and published as it runs, merged as APISIX merges
+//!   ([`crate::apisix::merge`]); it is stored as sent. Unknown ids are 400
+//!   naming them; a service, plugin config or upstream still named cannot
+//!   be deleted (400 with APISIX's words, naming the routes or services);
+//!   a write of an upstream, service, plugin config or global rule that
+//!   would make a route that is valid now invalid is refused, naming the
+//!   route, and nothing changes.
 //!
 //! - The body is JSON whatever `Content-Type` says (`curl -d` sends
 //!   `application/x-www-form-urlencoded`), at most 1.5 MiB as in APISIX.
@@ -88,8 +98,10 @@ use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
+use crate::apisix::merge::{self, names};
 use crate::apisix::route::{id_text, with_id, Errors, RouteSpec};
 use crate::apisix::secrets::{self, FillError};
+use crate::apisix::shared;
 use crate::apisix::table::{Published, RouteTable};
 use crate::apisix::upstream::{NodePolicy, Upstream};
 use crate::store::{
@@ -206,9 +218,17 @@ fn resource(router: Router<AdminState>, kind: ResourceKind) -> Router<AdminState
 /// `into_make_service_with_connect_info::<SocketAddr>()`: a request without
 /// the client address is refused.
 pub fn router(state: AdminState, protected: Router) -> Router {
-    let r = resource(Router::new(), ResourceKind::Route);
-    resource(r, ResourceKind::Upstream)
-        .with_state(state.clone())
+    let mut r = Router::new();
+    for kind in [
+        ResourceKind::Route,
+        ResourceKind::Upstream,
+        ResourceKind::Service,
+        ResourceKind::PluginConfig,
+        ResourceKind::GlobalRule,
+    ] {
+        r = resource(r, kind);
+    }
+    r.with_state(state.clone())
         .merge(protected)
         .layer(middleware::from_fn_with_state(state, access))
 }

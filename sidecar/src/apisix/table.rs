@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use oidc_core::config::PluginConfig;
 
+use crate::apisix::merge;
 use crate::apisix::route::RouteSpec;
 use crate::store::Stored;
 
@@ -32,12 +33,15 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Validates every route of `stored` against its upstreams.
+    /// Validates every route of `stored` as it runs: its plugin config,
+    /// service and the global rules merged in ([`merge::effective`]), its
+    /// upstream resolved.
     pub fn build(stored: Stored) -> RouteTable {
         let mut routes = Vec::new();
         let mut invalid = Vec::new();
         for (id, v) in &stored.routes {
-            match RouteSpec::parse(id, v, &stored.upstreams) {
+            let merged = merge::effective(v, &stored);
+            match merged.and_then(|m| RouteSpec::parse(id, &m, &stored.upstreams)) {
                 Ok(spec) => routes.push(spec),
                 Err(e) => invalid.push((id.clone(), e)),
             }

@@ -1,0 +1,360 @@
+//! Services, plugin configs and global rules on the Admin API.
+
+use super::*;
+
+fn login_plugin(extra: Value) -> Value {
+    let mut p = json!({
+        "client_id": "apisix-quickstart-client",
+        "client_secret": CLIENT_SECRET,
+        "discovery": "http://127.0.0.1:8080/realms/quickstart-realm/.well-known/openid-configuration",
+        "redirect_uri": "http://app.example/a/callback"
+    });
+    merge_patch(&mut p, &extra);
+    p
+}
+
+fn service() -> Value {
+    json!({"name": "app", "plugins": {"openid-connect": login_plugin(json!({}))},
+           "upstream": upstream_body(), "hosts": ["app.example"]})
+}
+
+/// The published (merged) form of route `id`.
+fn running(api: &Api, id: &str) -> Option<crate::apisix::route::RouteSpec> {
+    api.rx.borrow().enabled().find(|r| r.id == id).cloned()
+}
+
+fn error_msg(a: &Answer) -> String {
+    a.body["error_msg"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn routes_take_in_their_service() {
+    let api = Api::new().await;
+    let a = api.put("/apisix/admin/services/s1", &service()).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["key"], "/apisix/services/s1");
+    // Secrets redacted in answers, a session secret generated once and
+    // stored on the service.
+    let shown = &a.body["value"]["plugins"]["openid-connect"];
+    assert_eq!(shown["client_secret"], REDACTED);
+    assert_eq!(shown["session"]["secret"], REDACTED);
+    let stored = api.snapshot().services["s1"].clone();
+    let secret = session_secret(&stored).unwrap();
+    assert!(secret.len() >= 16);
+
+    for (id, uri) in [("r1", "/a/*"), ("r2", "/b/*")] {
+        let a = api
+            .put(
+                &format!("/apisix/admin/routes/{id}"),
+                &json!({"uri": uri, "service_id": "s1"}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        // The route is stored as sent, not merged.
+        assert_eq!(a.body["value"].get("plugins"), None);
+    }
+    let (r1, r2) = (running(&api, "r1").unwrap(), running(&api, "r2").unwrap());
+    for r in [&r1, &r2] {
+        assert_eq!(r.hosts, vec!["app.example"]);
+        assert_eq!(r.upstream.nodes.len(), 1);
+        let (conf, _) = r.oidc.as_ref().unwrap();
+        assert_eq!(conf["session"]["secret"], secret.as_str());
+    }
+    // A rewrite of the service keeps its secret; the change reaches both
+    // routes.
+    let mut again = service();
+    again["plugins"]["openid-connect"]["scope"] = json!("openid email");
+    let a = api.put("/apisix/admin/services/s1", &again).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        session_secret(&api.snapshot().services["s1"]).unwrap(),
+        secret
+    );
+    for id in ["r1", "r2"] {
+        let (conf, _) = running(&api, id).unwrap().oidc.unwrap();
+        assert_eq!(conf["scope"], "openid email");
+    }
+    // GET and the list.
+    let a = api.call("GET", "/apisix/admin/services", None).await;
+    assert_eq!(a.body["total"], 1);
+    assert_eq!(
+        a.body["list"][0]["value"]["plugins"]["openid-connect"]["client_secret"],
+        REDACTED
+    );
+}
+
+#[tokio::test]
+async fn references_are_checked_and_uses_block_deletes() {
+    let mut api = Api::new().await;
+    // Unknown ids: refused, naming them.
+    let a = api
+        .put(
+            "/apisix/admin/routes/r1",
+            &json!({"uri": "/a/*", "service_id": "s1", "plugin_config_id": "pc"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let msg = error_msg(&a);
+    assert!(
+        msg.contains("failed to fetch service info by service id [s1], response code: 404"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(
+            "failed to fetch plugin config info by plugin config id [pc], response code: 404"
+        ),
+        "{msg}"
+    );
+    api.assert_unchanged(&Stored::default());
+    let a = api
+        .put("/apisix/admin/services/s1", &json!({"upstream_id": "u9"}))
+        .await;
+    assert!(
+        error_msg(&a).contains("failed to fetch upstream info by upstream id [u9]"),
+        "{}",
+        a.body
+    );
+
+    api.put("/apisix/admin/upstreams/u1", &upstream_body())
+        .await;
+    let a = api
+        .put(
+            "/apisix/admin/services/s1",
+            &json!({"upstream_id": "u1", "hosts": ["app.example"]}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let a = api
+        .put(
+            "/apisix/admin/plugin_configs/pc",
+            &json!({"plugins": {"openid-connect": login_plugin(json!({"bearer_only": true}))}}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["key"], "/apisix/plugin_configs/pc");
+    for id in ["r1", "r2"] {
+        let a = api
+            .put(
+                &format!("/apisix/admin/routes/{id}"),
+                &json!({"uri": format!("/{id}/*"), "service_id": "s1", "plugin_config_id": "pc"}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+    let r1 = running(&api, "r1").unwrap();
+    assert!(r1.oidc.unwrap().1.bearer_only);
+
+    api.published_all();
+    let before = api.snapshot();
+    for (uri, want) in [
+        (
+            "/apisix/admin/services/s1",
+            "can not delete this service directly, routes [r1], [r2] are still using it now",
+        ),
+        (
+            "/apisix/admin/plugin_configs/pc",
+            "can not delete this plugin config, routes [r1], [r2] are still using it now",
+        ),
+        (
+            "/apisix/admin/upstreams/u1",
+            "can not delete this upstream, service [s1] is still using it now",
+        ),
+    ] {
+        let a = api.call("DELETE", uri, None).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(a.body, json!({"error_msg": want}));
+        api.assert_unchanged(&before);
+    }
+
+    // A change that would break a route using it: refused, naming the
+    // route; nothing changes.
+    let a = api
+        .call(
+            "PATCH",
+            "/apisix/admin/services/s1",
+            Some(r#"{"upstream_id": null}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let msg = error_msg(&a);
+    assert!(
+        msg.contains("route [r1] uses this service and would not be valid"),
+        "{msg}"
+    );
+    assert!(msg.contains("property \"upstream\" is required"), "{msg}");
+    api.assert_unchanged(&before);
+    // A plugin config that would make a login route without an absolute
+    // redirect URI on a host-less route... here: one that does not parse.
+    let a = api
+        .put(
+            "/apisix/admin/plugin_configs/pc",
+            &json!({"plugins": {"openid-connect": {"client_id": "x"}}}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(
+        error_msg(&a).contains("plugins.openid-connect.discovery"),
+        "{}",
+        a.body
+    );
+    api.assert_unchanged(&before);
+
+    // Once unused, they go.
+    for uri in [
+        "/apisix/admin/routes/r1",
+        "/apisix/admin/routes/r2",
+        "/apisix/admin/plugin_configs/pc",
+        "/apisix/admin/services/s1",
+        "/apisix/admin/upstreams/u1",
+    ] {
+        let a = api.call("DELETE", uri, None).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}: {}", a.body);
+    }
+}
+
+#[tokio::test]
+async fn a_route_overriding_its_services_plugin_does_not_drop_protection() {
+    let api = Api::new().await;
+    api.put("/apisix/admin/services/s1", &service()).await;
+    // APISIX replaces a plugin's config whole, per plugin name: a partial
+    // config on the route is not merged into the service's, so it lacks
+    // what the plugin needs and is refused, naming it.
+    let a = api
+        .put(
+            "/apisix/admin/routes/r1",
+            &json!({"uri": "/a/*", "service_id": "s1",
+                    "plugins": {"openid-connect": {"bearer_only": true}}}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let msg = error_msg(&a);
+    assert!(
+        msg.contains("property \"plugins.openid-connect.client_id\""),
+        "{msg}"
+    );
+    // `plugins: {}` keeps the service's.
+    let a = api
+        .put(
+            "/apisix/admin/routes/r1",
+            &json!({"uri": "/a/*", "service_id": "s1", "plugins": {}}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert!(running(&api, "r1").unwrap().oidc.is_some());
+    // A PATCH removing the route's own config falls back to the service's.
+    let own = json!({"plugins": {"openid-connect": login_plugin(json!({"bearer_only": true}))}});
+    let a = api
+        .call("PATCH", "/apisix/admin/routes/r1", Some(&own.to_string()))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(running(&api, "r1").unwrap().oidc.unwrap().1.bearer_only);
+    let a = api
+        .call(
+            "PATCH",
+            "/apisix/admin/routes/r1",
+            Some(r#"{"plugins": {"openid-connect": null}}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let (_, conf) = running(&api, "r1").unwrap().oidc.unwrap();
+    assert!(!conf.bearer_only);
+    // Unknown plugins are refused on services as on routes.
+    let a = api
+        .put(
+            "/apisix/admin/services/s2",
+            &json!({"plugins": {"key-auth": {}}}),
+        )
+        .await;
+    assert!(
+        error_msg(&a).contains("property \"plugins.key-auth\""),
+        "{}",
+        a.body
+    );
+}
+
+#[tokio::test]
+async fn global_rules_reach_every_route_and_refuse_a_second_config() {
+    let mut api = Api::new().await;
+    let bearer = json!({"plugins": {"openid-connect": login_plugin(json!({"bearer_only": true}))}});
+    let a = api
+        .put(
+            "/apisix/admin/routes/plain",
+            &json!({"uri": "/p/*", "upstream": upstream_body()}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let a = api
+        .put(
+            "/apisix/admin/routes/own",
+            &json!({"uri": "/o/*", "upstream": upstream_body(),
+                    "plugins": {"openid-connect": login_plugin(json!({"bearer_only": true}))}}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    api.published_all();
+    let before = api.snapshot();
+    // A route has its own openid-connect config: APISIX would run both.
+    let a = api.put("/apisix/admin/global_rules/g1", &bearer).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let msg = error_msg(&a);
+    assert!(msg.contains("route [own] uses this global_rule"), "{msg}");
+    assert!(msg.contains("global rule [g1]"), "{msg}");
+    api.assert_unchanged(&before);
+
+    api.call("DELETE", "/apisix/admin/routes/own", None).await;
+    let a = api.put("/apisix/admin/global_rules/g1", &bearer).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["key"], "/apisix/global_rules/g1");
+    assert_eq!(
+        a.body["value"]["plugins"]["openid-connect"]["client_secret"],
+        REDACTED
+    );
+    assert!(running(&api, "plain").unwrap().oidc.is_some());
+    // A new route with its own config is refused, naming the rule.
+    let a = api
+        .put(
+            "/apisix/admin/routes/own",
+            &json!({"uri": "/o/*", "upstream": upstream_body(),
+                    "plugins": {"openid-connect": login_plugin(json!({}))}}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(error_msg(&a).contains("global rule [g1]"), "{}", a.body);
+    // A second rule with the same plugin.
+    let a = api.put("/apisix/admin/global_rules/g2", &bearer).await;
+    assert!(
+        error_msg(&a).contains("already set by global rule [g1]"),
+        "{}",
+        a.body
+    );
+    // Global rules need plugins and take nothing else.
+    let a = api
+        .put("/apisix/admin/global_rules/g3", &json!({"name": "x"}))
+        .await;
+    let msg = error_msg(&a);
+    assert!(msg.contains("property \"plugins\" is required"), "{msg}");
+    assert!(msg.contains("property \"name\" is not allowed"), "{msg}");
+    // Deleting the rule takes its plugin off every route.
+    let a = api
+        .call("DELETE", "/apisix/admin/global_rules/g1", None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(running(&api, "plain").unwrap().oidc.is_none());
+}
+
+#[tokio::test]
+async fn post_generates_ids_for_shared_objects() {
+    let api = Api::new().await;
+    for kind in ["services", "plugin_configs", "global_rules"] {
+        let a = api
+            .call(
+                "POST",
+                &format!("/apisix/admin/{kind}"),
+                Some(r#"{"plugins": {}}"#),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{kind}: {}", a.body);
+        let key = a.body["key"].as_str().unwrap();
+        assert!(key.starts_with(&format!("/apisix/{kind}/")), "{key}");
+    }
+}

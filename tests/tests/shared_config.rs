@@ -239,6 +239,26 @@ fn plugin_configs_global_rules_and_refusals_through_envoy() {
     );
     serves(&gw, "/anything/plain/x", &[], 200);
 
+    // A sub-path PATCH replaces what it names, validated as a PUT.
+    let r = admin(&gw, "PATCH", "/apisix/admin/routes/plain/plugins", &bearer);
+    assert_eq!(r.status, 200, "{}", r.body);
+    serves(&gw, "/anything/plain/x", &[], 401);
+    refused(
+        &admin(
+            &gw,
+            "PATCH",
+            "/apisix/admin/routes/plain/plugins/openid-connect",
+            &json!({"bearer_only": true}),
+        ),
+        &["plugins.openid-connect.client_id"],
+    );
+    refused(
+        &admin(&gw, "PATCH", "/apisix/admin/routes/plain/uri/x", &json!(1)),
+        &["invalid sub-path: /uri"],
+    );
+    assert_eq!(status(&gw, "/anything/plain/x", &[]), 401);
+    assert_eq!(status(&gw, "/anything/plain/x", &auth), 200);
+
     // A service change reaches its routes at once; a route overriding the
     // service's plugin with a partial config is refused (APISIX replaces a
     // plugin's config whole), and the route stays protected.

@@ -12,6 +12,7 @@
 //! | `PUT /<kind>/{id}`, `PUT /<kind>` (id in the body) | 201 new, 200 replaced; `{"key", "value"}` |
 //! | `POST /<kind>` | 201, with a generated id |
 //! | `PATCH /<kind>/{id}` | JSON merge patch (RFC 7386) of the stored object, then full validation; 200 |
+//! | `PATCH /<kind>/{id}/<sub path>` | the body (any JSON value) replaces what the sub path names (`plugins/openid-connect/scope`, `upstream/nodes`), as APISIX's `core.table.patch`, then full validation; 200; 400 `invalid sub-path: /<path>` through a value that is not an object |
 //! | `DELETE /<kind>/{id}` | 200 `{"deleted": "1", "key": ...}`, or 404 |
 //!
 //! - A route may name an upstream by `upstream_id` instead of carrying an
@@ -74,7 +75,7 @@
 //!   APISIX's `req_body` echo (the body may hold secrets).
 //! - `PATCH` is RFC 7386: arrays are replaced (APISIX's table merge merges
 //!   them index by index).
-//! - Not (yet) here: `PATCH /routes/{id}/<sub path>`, the list's filters and
+//! - Not (yet) here: the list's filters and
 //!   paging, the `x_api_key` cookie, the admin key's `viewer` role, `ttl`.
 //!
 //! Generated ids are 20 decimal digits, like the ids APISIX's `POST` gives
@@ -210,6 +211,14 @@ fn resource(router: Router<AdminState>, kind: ResourceKind) -> Router<AdminState
                 })
                 .delete(move |s: State<AdminState>, id: IdPath| delete_at_id(s, kind, id))
                 .post(move || post_at_id(kind)),
+        )
+        .route(
+            &format!("{base}/{{id}}/{{*sub_path}}"),
+            axum::routing::patch(
+                move |s: State<AdminState>,
+                      path: Result<Path<(String, String)>, PathRejection>,
+                      body: Body| { patch_sub_path_at_id(s, kind, path, body) },
+            ),
         )
 }
 

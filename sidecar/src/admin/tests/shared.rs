@@ -358,3 +358,169 @@ async fn post_generates_ids_for_shared_objects() {
         assert!(key.starts_with(&format!("/apisix/{kind}/")), "{key}");
     }
 }
+
+#[test]
+fn sub_paths_replace_what_they_name() {
+    let segs = |p: &str| p.split('/').map(str::to_string).collect::<Vec<_>>();
+    let mut v = json!({"uri": "/a", "plugins": {"openid-connect": {"scope": "openid"}},
+                       "upstream": {"nodes": {"10.0.0.1:80": 1}}, "methods": ["GET"]});
+    patch_sub_path(
+        &mut v,
+        &segs("plugins/openid-connect/scope"),
+        json!("openid email"),
+    )
+    .unwrap();
+    assert_eq!(v["plugins"]["openid-connect"]["scope"], "openid email");
+    // Replaced, not merged.
+    patch_sub_path(&mut v, &segs("upstream/nodes"), json!({"10.0.0.2:80": 1})).unwrap();
+    assert_eq!(v["upstream"]["nodes"], json!({"10.0.0.2:80": 1}));
+    patch_sub_path(&mut v, &segs("methods"), json!(["POST"])).unwrap();
+    assert_eq!(v["methods"], json!(["POST"]));
+    // Missing objects on the way are made.
+    patch_sub_path(&mut v, &segs("labels/team"), json!("x")).unwrap();
+    assert_eq!(v["labels"], json!({"team": "x"}));
+    // Through something that is not an object: refused, naming the path.
+    let before = v.clone();
+    assert_eq!(
+        patch_sub_path(&mut v, &segs("uri/x"), json!(1)).unwrap_err(),
+        "invalid sub-path: /uri"
+    );
+    assert_eq!(
+        patch_sub_path(&mut v, &segs("methods/0"), json!("PUT")).unwrap_err(),
+        "invalid sub-path: /methods"
+    );
+    assert_eq!(
+        patch_sub_path(&mut v, &segs("plugins/openid-connect/scope/x"), json!(1)).unwrap_err(),
+        "invalid sub-path: /plugins/openid-connect/scope"
+    );
+    assert_eq!(v, before);
+    // A trailing slash replaces the whole object, as APISIX.
+    patch_sub_path(&mut v, &segs("plugins/"), json!({"uri": "/b"})).unwrap();
+    assert_eq!(v, json!({"uri": "/b"}));
+}
+
+#[tokio::test]
+async fn patch_a_sub_path_then_validate_as_a_put() {
+    let mut api = Api::new().await;
+    let route = oidc_route(json!({"bearer_only": true}));
+    let a = api.put("/apisix/admin/routes/r1", &route).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let secret = api.stored("r1").unwrap()["plugins"]["openid-connect"]["client_secret"].clone();
+
+    let a = api
+        .call(
+            "PATCH",
+            "/apisix/admin/routes/r1/plugins/openid-connect/scope",
+            Some(r#""openid email""#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["key"], "/apisix/routes/r1");
+    assert_eq!(
+        a.body["value"]["plugins"]["openid-connect"]["scope"],
+        "openid email"
+    );
+    assert_eq!(
+        a.body["value"]["plugins"]["openid-connect"]["client_secret"],
+        REDACTED
+    );
+    let stored = api.stored("r1").unwrap();
+    assert_eq!(stored["plugins"]["openid-connect"]["client_secret"], secret);
+    assert_eq!(stored["uri"], "/anything/*");
+    for (path, body) in [
+        ("methods", r#"["GET", "POST"]"#),
+        ("upstream/nodes", r#"{"192.0.2.9:80": 1}"#),
+        ("plugins/openid-connect/client_secret", r#""******""#),
+    ] {
+        let a = api
+            .call(
+                "PATCH",
+                &format!("/apisix/admin/routes/r1/{path}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
+    }
+    let stored = api.stored("r1").unwrap();
+    assert_eq!(stored["methods"], json!(["GET", "POST"]));
+    assert_eq!(stored["upstream"]["nodes"], json!({"192.0.2.9:80": 1}));
+    assert_eq!(stored["plugins"]["openid-connect"]["client_secret"], secret);
+    assert_eq!(stored["update_time"], T0);
+
+    // Refusals change nothing.
+    api.published_all();
+    let before = api.snapshot();
+    for (path, body, status, want) in [
+        (
+            "methods",
+            Some(r#"["FETCH"]"#),
+            StatusCode::BAD_REQUEST,
+            "property \"methods\"",
+        ),
+        (
+            "uri/x",
+            Some("1"),
+            StatusCode::BAD_REQUEST,
+            "invalid sub-path: /uri",
+        ),
+        (
+            "plugins/openid-connect/scope",
+            None,
+            StatusCode::BAD_REQUEST,
+            "missing new configuration",
+        ),
+        (
+            "plugins/key-auth",
+            Some("{}"),
+            StatusCode::BAD_REQUEST,
+            "plugins.key-auth",
+        ),
+        (
+            "id",
+            Some(r#""r2""#),
+            StatusCode::BAD_REQUEST,
+            "property \"id\"",
+        ),
+    ] {
+        let a = api
+            .call("PATCH", &format!("/apisix/admin/routes/r1/{path}"), body)
+            .await;
+        assert_eq!(a.status, status, "{path}: {}", a.body);
+        assert!(error_msg(&a).contains(want), "{path}: {}", a.body);
+        api.assert_unchanged(&before);
+    }
+    let a = api
+        .call(
+            "PATCH",
+            "/apisix/admin/routes/nope/methods",
+            Some(r#"["GET"]"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.body, json!({"message": "Key not found"}));
+
+    // On the other kinds too: a service's plugin reaches its routes.
+    api.put("/apisix/admin/services/s1", &service()).await;
+    api.put(
+        "/apisix/admin/routes/r2",
+        &json!({"uri": "/b/*", "service_id": "s1"}),
+    )
+    .await;
+    let a = api
+        .call(
+            "PATCH",
+            "/apisix/admin/services/s1/plugins/openid-connect/bearer_only",
+            Some("true"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(running(&api, "r2").unwrap().oidc.unwrap().1.bearer_only);
+    let a = api
+        .call(
+            "PATCH",
+            "/apisix/admin/upstreams/u1/nodes",
+            Some(r#"{"192.0.2.1:1": 1}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+}

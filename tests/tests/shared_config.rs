@@ -215,7 +215,7 @@ fn plugin_configs_global_rules_and_refusals_through_envoy() {
             "/apisix/admin/global_rules/g",
             &json!({"plugins": bearer}),
         ),
-        &["route [pc] uses this global_rule", "global rule [g]"],
+        &["route [pc] uses this global rule", "global rule [g]"],
     );
     assert_eq!(status(&gw, "/anything/pc/x", &[]), 401);
     assert_eq!(status(&gw, "/anything/plain/x", &[]), 200);

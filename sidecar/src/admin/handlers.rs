@@ -94,6 +94,13 @@ pub(super) async fn post_new(
     kind: ResourceKind,
     body: Body,
 ) -> Result<Response, Refusal> {
+    if matches!(kind, ResourceKind::PluginConfig | ResourceKind::GlobalRule) {
+        // APISIX's `unsupported_methods = {"post"}` for these.
+        return Err(Refusal::NotAllowed(format!(
+            "not supported `POST` method for {}",
+            kind.name()
+        )));
+    }
     let obj = read_object(kind, body).await?;
     if obj.contains_key("id") {
         return Err(bad(format!(

@@ -297,7 +297,7 @@ async fn global_rules_reach_every_route_and_refuse_a_second_config() {
     let a = api.put("/apisix/admin/global_rules/g1", &bearer).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     let msg = error_msg(&a);
-    assert!(msg.contains("route [own] uses this global_rule"), "{msg}");
+    assert!(msg.contains("route [own] uses this global rule"), "{msg}");
     assert!(msg.contains("global rule [g1]"), "{msg}");
     api.assert_unchanged(&before);
 
@@ -343,9 +343,19 @@ async fn global_rules_reach_every_route_and_refuse_a_second_config() {
 }
 
 #[tokio::test]
-async fn post_generates_ids_for_shared_objects() {
+async fn post_generates_ids_for_services_only() {
     let api = Api::new().await;
-    for kind in ["services", "plugin_configs", "global_rules"] {
+    let a = api
+        .call("POST", "/apisix/admin/services", Some(r#"{"plugins": {}}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let key = a.body["key"].as_str().unwrap();
+    assert!(key.starts_with("/apisix/services/"), "{key}");
+    // APISIX: `unsupported_methods = {"post"}`.
+    for (kind, noun) in [
+        ("plugin_configs", "plugin config"),
+        ("global_rules", "global rule"),
+    ] {
         let a = api
             .call(
                 "POST",
@@ -353,9 +363,11 @@ async fn post_generates_ids_for_shared_objects() {
                 Some(r#"{"plugins": {}}"#),
             )
             .await;
-        assert_eq!(a.status, StatusCode::CREATED, "{kind}: {}", a.body);
-        let key = a.body["key"].as_str().unwrap();
-        assert!(key.starts_with(&format!("/apisix/{kind}/")), "{key}");
+        assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{kind}");
+        assert_eq!(
+            a.body,
+            json!({"error_msg": format!("not supported `POST` method for {noun}")})
+        );
     }
 }
 

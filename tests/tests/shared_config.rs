@@ -147,6 +147,32 @@ fn one_login_serves_every_route_of_a_service() {
         "route b forwards the identity: {page:#}"
     );
     drop(browser);
+
+    // Another login config on the same host with APISIX's cookie defaults:
+    // its login would end this session. Allowed (as in APISIX), and shown
+    // in /status.
+    let mut other = service["plugins"]["openid-connect"].clone();
+    other["session"] = json!({"secret": "another-secret-of-32-characters!"});
+    put(
+        &gw,
+        "/apisix/admin/routes/c",
+        &json!({"uri": "/anything/c/*", "upstream": service["upstream"],
+                "plugins": {"openid-connect": other}}),
+    );
+    wait_for("the clash in /status", WAIT, || {
+        let status = gw.admin("GET", "/status", None).json();
+        let warnings = status["warnings"].as_array()?.clone();
+        warnings
+            .iter()
+            .any(|w| {
+                w.as_str()
+                    .unwrap_or_default()
+                    .contains("routes [a] and [c]")
+            })
+            .then_some(())
+    });
+    let status = gw.admin("GET", "/status", None).body;
+    assert!(!status.contains("another-secret"), "{status}");
     drop(gw);
 }
 

@@ -536,3 +536,41 @@ async fn patch_a_sub_path_then_validate_as_a_put() {
         .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn login_routes_whose_cookies_clash_are_warned_about() {
+    let api = Api::new().await;
+    api.put("/apisix/admin/services/s1", &service()).await;
+    for (id, uri) in [("a", "/a/*"), ("b", "/b/*")] {
+        let a = api
+            .put(
+                &format!("/apisix/admin/routes/{id}"),
+                &json!({"uri": uri, "service_id": "s1"}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+    // One service: one config, one session.
+    assert!(api.rx.borrow().warnings().is_empty());
+    // Another client on the same host, with the default cookie.
+    let other = json!({"uri": "/c/*", "hosts": ["app.example"], "upstream": upstream_body(),
+                       "plugins": {"openid-connect": login_plugin(json!({"client_id": "other"}))}});
+    let a = api.put("/apisix/admin/routes/c", &other).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let warnings = api.rx.borrow().warnings().to_vec();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("routes [a] and [c]"), "{warnings:?}");
+    assert!(warnings[0].contains("\"session\""), "{warnings:?}");
+    assert!(!warnings[0].contains(CLIENT_SECRET), "{warnings:?}");
+    // Its own cookie name: no clash.
+    let mut own = other.clone();
+    own["plugins"]["openid-connect"]["session"] = json!({"cookie_name": "other_session"});
+    let a = api.put("/apisix/admin/routes/c", &own).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(api.rx.borrow().warnings().is_empty());
+    // Nor on disjoint paths or hosts.
+    let mut elsewhere = other.clone();
+    elsewhere["hosts"] = json!(["other.example"]);
+    api.put("/apisix/admin/routes/c", &elsewhere).await;
+    assert!(api.rx.borrow().warnings().is_empty());
+}

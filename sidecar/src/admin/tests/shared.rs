@@ -574,3 +574,70 @@ async fn login_routes_whose_cookies_clash_are_warned_about() {
     api.put("/apisix/admin/routes/c", &elsewhere).await;
     assert!(api.rx.borrow().warnings().is_empty());
 }
+
+#[tokio::test]
+async fn shared_objects_are_checked_against_the_latest() {
+    let (store, a, b, _, _) = two_sidecars().await;
+    let s = json!({"upstream": upstream_body()}).to_string();
+    call_on(&a, "PUT", "/apisix/admin/services/s", Some(&s)).await;
+    // B still sees s when A deletes it: B's route naming s is refused.
+    store.watching(1, false);
+    let d = call_on(&a, "DELETE", "/apisix/admin/services/s", None).await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.body);
+    store.watching(1, true);
+    let r = call_on(
+        &b,
+        "PUT",
+        "/apisix/admin/routes/r",
+        Some(r#"{"uri": "/", "service_id": "s"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(store.now().data.routes.is_empty());
+
+    // B sees no route using s2 when A creates one: B cannot delete s2.
+    call_on(&a, "PUT", "/apisix/admin/services/s2", Some(&s)).await;
+    store.watching(1, false);
+    let r = call_on(
+        &a,
+        "PUT",
+        "/apisix/admin/routes/r",
+        Some(r#"{"uri": "/", "service_id": "s2"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    store.watching(1, true);
+    let d = call_on(&b, "DELETE", "/apisix/admin/services/s2", None).await;
+    assert_eq!(d.status, StatusCode::BAD_REQUEST, "{}", d.body);
+    assert!(store.now().data.services.contains_key("s2"));
+
+    // B does not see A's route with its own openid-connect config: B's
+    // global rule with one is decided again and refused.
+    store.watching(1, false);
+    let own = json!({"uri": "/o", "upstream": upstream_body(),
+                     "plugins": {"openid-connect": login_plugin(json!({"bearer_only": true}))}});
+    let r = call_on(
+        &a,
+        "PUT",
+        "/apisix/admin/routes/own",
+        Some(&own.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    store.watching(1, true);
+    let g = json!({"plugins": {"openid-connect": login_plugin(json!({"bearer_only": true}))}});
+    let r = call_on(
+        &b,
+        "PUT",
+        "/apisix/admin/global_rules/g",
+        Some(&g.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(error_msg_of(&r.body).contains("route [own]"), "{}", r.body);
+    assert!(store.now().data.global_rules.is_empty());
+}
+
+fn error_msg_of(body: &Value) -> String {
+    body["error_msg"].as_str().unwrap_or_default().to_string()
+}

@@ -641,3 +641,26 @@ async fn shared_objects_are_checked_against_the_latest() {
 fn error_msg_of(body: &Value) -> String {
     body["error_msg"].as_str().unwrap_or_default().to_string()
 }
+
+#[test]
+fn a_route_whose_service_is_gone_is_left_out_not_served_unprotected() {
+    // As an etcd written by something else can hold: the service that
+    // protected the route was deleted under it.
+    let mut stored = Stored::default();
+    stored.routes.insert(
+        "r".into(),
+        json!({"id": "r", "uri": "/a", "service_id": "s", "upstream": upstream_body()}),
+    );
+    let table = RouteTable::build(stored.clone());
+    assert_eq!(table.enabled().count(), 0);
+    let (id, why) = &table.invalid()[0];
+    assert_eq!(id, "r");
+    assert!(why.contains("service id [s]"), "{why}");
+    // With it, the route is served with its plugin.
+    stored.services.insert(
+        "s".into(),
+        json!({"id": "s", "plugins": {"openid-connect": login_plugin(json!({"bearer_only": true}))}}),
+    );
+    let table = RouteTable::build(stored);
+    assert!(table.enabled().next().unwrap().oidc.is_some());
+}

@@ -94,15 +94,15 @@ impl ResourceKind {
         ResourceKind::Ssl,
     ];
 
-    /// `route`, `upstream`, `service`, `plugin_config`, `global_rule`,
-    /// `ssl`: for messages.
+    /// `route`, `upstream`, `service`, `plugin config`, `global rule`,
+    /// `ssl` (APISIX's `kind`): for messages.
     pub fn name(self) -> &'static str {
         match self {
             ResourceKind::Route => "route",
             ResourceKind::Upstream => "upstream",
             ResourceKind::Service => "service",
-            ResourceKind::PluginConfig => "plugin_config",
-            ResourceKind::GlobalRule => "global_rule",
+            ResourceKind::PluginConfig => "plugin config",
+            ResourceKind::GlobalRule => "global rule",
             ResourceKind::Ssl => "ssl",
         }
     }
@@ -513,11 +513,11 @@ mod tests {
             ),
             (
                 b"{\"routes\": {}, \"plugin_configs\": {\"p\": {\"id\": \"q\"}}}",
-                "plugin_config \"p\"",
+                "plugin config \"p\"",
             ),
             (
                 b"{\"routes\": {}, \"global_rules\": {\"g\": []}}",
-                "global_rule \"g\"",
+                "global rule \"g\"",
             ),
             (b"{\"routes\": {}, \"ssls\": []}", "expected \"ssls\""),
             (b"{\"upstreams\": {}}", "expected {\"routes\""),

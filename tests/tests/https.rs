@@ -712,3 +712,54 @@ fn login_over_https_in_chromium_with_secure_cookies() {
         "{secure:?} of {names:?}"
     );
 }
+
+#[test]
+fn ssls_live_in_etcd_where_apisix_keeps_them_and_are_watched() {
+    let dir = TestDir::for_current_test();
+    let etcd = integration_tests::etcd::Etcd::start(dir.path());
+    let echo = EchoServer::start(dir.path(), "up");
+    let https_port = free_port();
+    let url = etcd.url();
+    let gw = Gateway::start(
+        dir.path(),
+        &["--etcd", &url, "--https-port", &https_port.to_string()],
+    );
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes/any",
+        Some(
+            &json!({"uri": "/anything/*",
+                    "upstream": {"nodes": {format!("127.0.0.1:{}", echo.port): 1}}})
+            .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ca = Ca::new();
+    let client = ca.client();
+    let app = ca.leaf(&["app.test"], 30);
+    let r = put_ssl(&gw, "1", &ssl(&app, &["app.test"]));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.json()["modifiedIndex"].is_u64(), "{}", r.body);
+    // APISIX's key; the key itself is stored (APISIX may encrypt it at
+    // rest with its keyring; the etcd of this gateway holds it as sent).
+    let v = etcd.get("/apisix/ssls/1").expect("/apisix/ssls/1 in etcd");
+    assert_eq!(v["id"], "1");
+    assert_eq!(v["key"], app.key.as_str());
+    let t = wait_for("the ssl in Envoy", WAIT, || {
+        connect(&client, https_port, "app.test").ok()
+    });
+    assert_eq!(peer(&t), app.der);
+
+    // An ssl written straight into etcd (APISIX, etcdctl, another
+    // sidecar) reaches Envoy through the watch.
+    let b = ca.leaf(&["b.test"], 30);
+    let mut obj = ssl(&b, &["b.test"]);
+    obj["id"] = json!("2");
+    etcd.put("/apisix/ssls/2", &obj);
+    let t = wait_for("the watched ssl in Envoy", WAIT, || {
+        connect(&client, https_port, "b.test").ok()
+    });
+    assert_eq!(peer(&t), b.der);
+    let shown = gw.admin("GET", "/apisix/admin/ssls/2", None);
+    assert_eq!(shown.json()["value"]["key"], "******");
+}

@@ -370,6 +370,10 @@ fn https_listener_serves_each_sni_its_certificate_and_keeps_connections_across_c
     let seen = echoed_headers(&r);
     assert_eq!(seen["x-forwarded-proto"], "https", "{seen:?}");
 
+    // Names match without case, as in APISIX.
+    let t = connect(&client, port, "App.TEST").expect("App.TEST handshake");
+    assert_eq!(peer(&t), app.der);
+
     // The wildcard ssl, at one and two levels below.
     for sni in ["a.other.test", "x.y.other.test"] {
         let mut t = connect(&client, port, sni).unwrap_or_else(|e| panic!("{sni}: {e}"));

@@ -299,10 +299,20 @@ impl PluginConfig {
                 "true is not supported: unsigned tokens are never accepted",
             );
         }
-        if r.bool("accept_unsupported_alg") == Some(true) {
+        // APISIX's default is `true` (and up to 3.13 it stored it in every
+        // route): lua-resty-openidc then skips the signature check of an ID
+        // token whose `alg` it cannot verify. Both values are accepted and
+        // neither weakens anything here: every algorithm this gateway
+        // accepts (`token_signing_alg_values_expected`) is one it verifies,
+        // and a token in any other algorithm is refused.
+        let _ = r.bool("accept_unsupported_alg");
+        // Only used to sign `private_key_jwt` client assertions, which are
+        // refused by `*_endpoint_auth_method`; APISIX stores its default 60.
+        let _ = r.uint_min("client_jwt_assertion_expires_in", 1);
+        if r.bool("jwt_verification_cache_ignore") == Some(true) {
             r.error(
-                "accept_unsupported_alg",
-                "true is not supported: a token signed with an unsupported algorithm is refused",
+                "jwt_verification_cache_ignore",
+                "true is not supported: a verified token is kept until it expires (`token_cache_size`)",
             );
         }
         // A nonce is always sent and checked; `use_nonce` is read for
@@ -423,6 +433,8 @@ const KNOWN_TOP: &[&str] = &[
     "accept_none_alg",
     "accept_unsupported_alg",
     "use_nonce",
+    "client_jwt_assertion_expires_in",
+    "jwt_verification_cache_ignore",
 ];
 
 /// APISIX attributes this project does not implement: refused with
@@ -434,11 +446,9 @@ const UNSUPPORTED_TOP: &[&str] = &[
     "claim_schema",
     "client_rsa_private_key",
     "client_rsa_private_key_id",
-    "client_jwt_assertion_expires_in",
     "client_jwt_assertion_alg",
     "client_jwt_assertion_audience",
     "refresh_session_interval",
-    "jwt_verification_cache_ignore",
     "cache_segment",
     "session_contents",
 ];
@@ -1000,6 +1010,63 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
         assert!(c.post_logout_redirect_uri.is_none());
         assert!(c.checks_bearer_tokens());
         assert!(!c.verifies_locally());
+    }
+
+    /// The objects APISIX stores (every schema default filled in), from
+    /// its sources at pinned tags: tests/fixtures/apisix/README.md.
+    #[test]
+    fn apisix_stored_defaults_are_accepted() {
+        for (name, text) in [
+            (
+                "3.13",
+                include_str!("../../tests/fixtures/apisix/openid-connect-3.13.json"),
+            ),
+            (
+                "3.18",
+                include_str!("../../tests/fixtures/apisix/openid-connect-3.18.json"),
+            ),
+        ] {
+            let c = PluginConfig::parse_str(text)
+                .unwrap_or_else(|e| panic!("APISIX {name}'s stored config refused: {e}"));
+            assert!(!c.bearer_only && c.session.is_some(), "{name}");
+            assert_eq!(c.timeout, 3);
+        }
+    }
+
+    #[test]
+    fn apisix_defaults_one_by_one() {
+        // Each attribute APISIX fills in, at its default, alone.
+        for (k, v) in [
+            ("accept_unsupported_alg", json!(true)),
+            ("accept_unsupported_alg", json!(false)),
+            ("accept_none_alg", json!(false)),
+            ("client_jwt_assertion_expires_in", json!(60)),
+            ("jwt_verification_cache_ignore", json!(false)),
+            ("use_nonce", json!(false)),
+            ("force_reauthorize", json!(false)),
+            ("introspection_interval", json!(0)),
+            ("ssl_verify", json!(false)),
+            ("use_jwks", json!(false)),
+            ("set_raw_id_token_header", json!(false)),
+        ] {
+            let mut v2 = minimal();
+            v2[k] = v.clone();
+            assert!(PluginConfig::parse(&v2).is_ok(), "{k}: {v}");
+        }
+        // What asks for something this gateway does not do is still
+        // refused, by name.
+        let mut v = minimal();
+        v["jwt_verification_cache_ignore"] = json!(true);
+        v["accept_none_alg"] = json!(true);
+        v["client_jwt_assertion_expires_in"] = json!("60");
+        assert_eq!(
+            fields(v),
+            [
+                "accept_none_alg",
+                "client_jwt_assertion_expires_in",
+                "jwt_verification_cache_ignore"
+            ]
+        );
     }
 
     #[test]

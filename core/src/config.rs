@@ -389,8 +389,9 @@ impl PluginConfig {
     }
 }
 
-/// Attributes this project reads (top level).
-const KNOWN_TOP: &[&str] = &[
+/// The attributes this project accepts (top level): what the sidecar's
+/// plugin schema (`GET /apisix/admin/plugins/openid-connect`) names.
+pub const KNOWN_TOP: &[&str] = &[
     "client_id",
     "client_secret",
     "discovery",
@@ -453,7 +454,8 @@ const UNSUPPORTED_TOP: &[&str] = &[
     "session_contents",
 ];
 
-const KNOWN_SESSION: &[&str] = &[
+/// The attributes of `session` this project accepts.
+pub const KNOWN_SESSION: &[&str] = &[
     "secret",
     "cookie_name",
     "cookie_path",

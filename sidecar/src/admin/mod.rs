@@ -101,6 +101,7 @@ mod body;
 mod commit;
 mod handlers;
 mod merge_patch;
+pub mod probe;
 mod reply;
 
 use access::*;
@@ -208,6 +209,7 @@ fn resource(router: Router<AdminState>, kind: ResourceKind) -> Router<AdminState
 pub fn router(state: AdminState, protected: Router) -> Router {
     let r = resource(Router::new(), ResourceKind::Route);
     resource(r, ResourceKind::Upstream)
+        .merge(probe::routes())
         .with_state(state.clone())
         .merge(protected)
         .layer(middleware::from_fn_with_state(state, access))

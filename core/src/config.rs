@@ -318,6 +318,22 @@ impl PluginConfig {
         // A nonce is always sent and checked; `use_nonce` is read for
         // compatibility with configurations written for APISIX.
         let _ = r.bool("use_nonce");
+        // APISIX 3.18's PAR (RFC 9126) and DPoP proofs: accepted switched
+        // off (APISIX's default), refused switched on.
+        switched_off(
+            &mut r,
+            "par",
+            "par.",
+            &["endpoint", "endpoint_auth_method"],
+            &[],
+        );
+        switched_off(
+            &mut r,
+            "dpop",
+            "dpop.",
+            &["signing_alg"],
+            &["private_key", "public_jwk"],
+        );
         r.finish(KNOWN_TOP, UNSUPPORTED_TOP);
 
         if client_id.is_none() && !obj.contains_key("client_id") {
@@ -436,14 +452,14 @@ pub const KNOWN_TOP: &[&str] = &[
     "use_nonce",
     "client_jwt_assertion_expires_in",
     "jwt_verification_cache_ignore",
+    "par",
+    "dpop",
 ];
 
 /// APISIX attributes this project does not implement: refused with
 /// "not supported" rather than silently ignored.
 const UNSUPPORTED_TOP: &[&str] = &[
     "proxy_opts",
-    "par",
-    "dpop",
     "claim_schema",
     "client_rsa_private_key",
     "client_rsa_private_key_id",
@@ -545,6 +561,33 @@ fn parse_session(r: &mut Reader<'_>, obj: &Map<String, Value>) -> Option<Session
         }),
         _ => None,
     }
+}
+
+/// An APISIX feature object (`par`, `dpop`) this gateway does not have:
+/// accepted only with `enabled` absent or `false`, when its `unused`
+/// string attributes ask for nothing; `unsupported` ones (keys) are refused
+/// either way.
+fn switched_off(
+    r: &mut Reader<'_>,
+    field: &str,
+    prefix: &'static str,
+    unused: &[&str],
+    unsupported: &[&str],
+) {
+    let Some(obj) = r.object(field) else {
+        return;
+    };
+    let mut s = Reader::new(obj, prefix);
+    if s.bool("enabled") == Some(true) {
+        s.error("enabled", "true is not supported by this gateway");
+    }
+    for k in unused {
+        let _ = s.string(k);
+    }
+    let mut known = vec!["enabled"];
+    known.extend_from_slice(unused);
+    s.finish(&known, unsupported);
+    r.errors.append(&mut s.errors);
 }
 
 fn parse_claim_validator(r: &mut Reader<'_>) -> ClaimValidator {
@@ -1199,7 +1242,10 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
         v["foo"] = json!(1);
         let e = PluginConfig::parse(&v).unwrap_err().to_string();
         assert!(e.contains("property \"timeout\" must be at least 1"), "{e}");
-        assert!(e.contains("property \"par\" is not supported"), "{e}");
+        assert!(
+            e.contains("property \"par.enabled\" true is not supported"),
+            "{e}"
+        );
         assert!(
             e.contains("property \"foo\" is not a known attribute"),
             "{e}"
@@ -1267,13 +1313,7 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
 
     #[test]
     fn unsupported_apisix_features_are_named() {
-        for k in [
-            "proxy_opts",
-            "par",
-            "dpop",
-            "claim_schema",
-            "client_rsa_private_key",
-        ] {
+        for k in ["proxy_opts", "claim_schema", "client_rsa_private_key"] {
             let mut v = minimal();
             v[k] = json!({});
             let e = errors(v);
@@ -1281,6 +1321,14 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
             assert_eq!(e[0].field, k);
             assert!(e[0].message.contains("not supported"), "{:?}", e[0]);
         }
+        // PAR and DPoP (APISIX 3.18): switched off as APISIX's defaults are.
+        let mut v = minimal();
+        v["par"] = json!({"enabled": false});
+        v["dpop"] = json!({"enabled": false, "signing_alg": "ES256"});
+        assert!(PluginConfig::parse(&v).is_ok());
+        v["par"] = json!({"enabled": true, "endpoint": "https://idp/par"});
+        v["dpop"] = json!({"private_key": "k"});
+        assert_eq!(fields(v), ["par.enabled", "dpop.private_key"]);
         let mut v = minimal();
         v["session"] = json!({"secret": "0123456789abcdef", "storage": "redis", "redis": {}});
         let e = errors(v);

@@ -357,6 +357,27 @@ fn env_references_reach_the_provider_and_secret_managers_are_refused() {
         gw.admin("GET", "/apisix/admin/routes/vault", None).status,
         404
     );
+    // Where a value would reach clients (`realm`, in `WWW-Authenticate`),
+    // or the sidecar's own settings: refused, not resolved.
+    let mut realm = route(DEFAULT_CLIENT_SECRET);
+    realm["plugins"]["openid-connect"]["realm"] = json!("$env://OIDC_COMPAT_CLIENT_SECRET");
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes/realm",
+        Some(&realm.to_string()),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("plugins.openid-connect.realm") && !r.body.contains(DEFAULT_CLIENT_SECRET),
+        "{}",
+        r.body
+    );
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes/own",
+        Some(&route("$env://SIDECAR_ADMIN_KEY").to_string()),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
 }
 
 struct Rogue {

@@ -14,10 +14,14 @@
 //!   `session` block, and a secret that changed on every write would log
 //!   every user out.
 //! - References, as APISIX resolves them (`apisix/secret.lua`,
-//!   `apisix/core/env.lua`): any string of the plugin config that is
+//!   `apisix/core/env.lua`): a secret attribute ([`SECRET_FIELDS`]) that is
 //!   `$env://NAME` (the prefix in any case, `$ENV://` too) is the sidecar's
 //!   environment variable `NAME`; `$env://NAME/key` is the field `key` of
-//!   the JSON object that variable holds. They are resolved when a route is
+//!   the JSON object that variable holds. APISIX resolves references in any
+//!   string of a plugin config; here a reference elsewhere is refused (not
+//!   taken literally), and so are the sidecar's own `SIDECAR_*` variables:
+//!   a value is sent to the provider the route names, so whoever may write
+//!   routes may read the variables references can name (docs/security.md). They are resolved when a route is
 //!   validated ([`resolve_refs`]: on every write, and for every published
 //!   table), never stored resolved: the store and `GET` keep the reference
 //!   (which is not redacted: it is not the secret), Envoy's route metadata
@@ -244,6 +248,17 @@ fn resolve_in(
         }
         Value::String(s) => match reference(s) {
             None => {}
+            Some(_) if !SECRET_FIELDS.iter().any(|f| f.join(".") == path) => errors.push((
+                path.to_string(),
+                format!(
+                    "is a reference: references are resolved only in {}",
+                    SECRET_FIELDS
+                        .iter()
+                        .map(|f| f.join("."))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
             Some(Reference::SecretManager) => errors.push((
                 path.to_string(),
                 "is a \"$secret://\" reference: secret manager references are not \
@@ -266,6 +281,12 @@ fn lookup(
 ) -> Result<Value, String> {
     if name.is_empty() {
         return Err("is an \"$env://\" reference without a variable name".into());
+    }
+    if name.starts_with("SIDECAR_") {
+        return Err(format!(
+            "refers to the environment variable {name:?}: the sidecar's own settings \
+             (SIDECAR_*) cannot be referred to"
+        ));
     }
     let Some(value) = env(name).filter(|v| !v.is_empty()) else {
         return Err(format!(
@@ -450,15 +471,13 @@ mod tests {
     fn env_references_are_resolved_as_apisix_does() {
         let conf = json!({
             "client_id": "c",
-            "client_secret": "$env://OIDC_SECRET",
+            "client_secret": "$Env://OIDC_SECRET",
             "session": {"secret": "$ENV://OIDC_JSON/secret"},
-            "introspection_addon_headers": ["$Env://OIDC_SECRET"],
             "realm": "plain $env:// text",
         });
         let r = resolve_refs(&conf, &env).unwrap();
         assert_eq!(r["client_secret"], "from-the-env");
         assert_eq!(r["session"]["secret"], "json-secret");
-        assert_eq!(r["introspection_addon_headers"][0], "from-the-env");
         assert_eq!(r["realm"], "plain $env:// text");
         assert_eq!(r["client_id"], "c");
     }
@@ -468,25 +487,41 @@ mod tests {
         let conf = json!({
             "client_secret": "$env://NOT_SET",
             "session": {"secret": "$secret://vault/1/oidc/secret"},
-            "a": "$env://EMPTY",
-            "b": "$env://OIDC_SECRET/key",
-            "c": "$env://OIDC_JSON/missing",
-            "d": "$env://",
         });
         let errs = resolve_refs(&conf, &env).unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["a", "b", "c", "client_secret", "d", "session.secret"]
-        );
+        assert_eq!(fields, ["client_secret", "session.secret"]);
         let text = format!("{errs:?}");
         assert!(text.contains("\\\"NOT_SET\\\", which is not set"), "{text}");
         assert!(
             text.contains("secret manager references are not supported"),
             "{text}"
         );
-        // The variable's value is never quoted.
-        assert!(!text.contains("from-the-env"), "{text}");
+        for bad in [
+            "$env://EMPTY",
+            "$env://OIDC_SECRET/key",
+            "$env://OIDC_JSON/missing",
+            "$env://",
+            "$env://SIDECAR_ADMIN_KEY",
+        ] {
+            let errs = resolve_refs(&json!({ "client_secret": bad }), &env).unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}");
+            // The variable's value is never quoted.
+            assert!(!format!("{errs:?}").contains("from-the-env"), "{errs:?}");
+        }
+        // A reference outside the secret attributes: refused, not taken
+        // literally (APISIX would resolve it; its value could then reach
+        // clients, as `realm` does in `WWW-Authenticate`).
+        let errs = resolve_refs(
+            &json!({"realm": "$env://OIDC_SECRET", "authorization_params": {"x": "$secret://a/b/c"}}),
+            &env,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["authorization_params.x", "realm"]);
+        assert!(errs[1]
+            .1
+            .contains("resolved only in client_secret, session.secret"));
     }
 
     #[test]

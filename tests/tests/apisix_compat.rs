@@ -188,8 +188,17 @@ fn an_etcd_written_by_apisix_is_served_and_what_is_not_is_named() {
     let etcd = Etcd::start(dir.path());
     let node = format!("127.0.0.1:{}", httpbin.port);
 
-    // What APISIX 3.13 writes: keys /apisix/{routes,upstreams}/<id>, the
+    // What APISIX 3.13 writes: its `init_dir` markers (`apisix init_etcd`,
+    // apisix/cli/etcd.lua), keys /apisix/{routes,upstreams}/<id>, the
     // objects with their defaults, ids and times.
+    for dir in ["routes", "upstreams"] {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        etcd.v3(
+            "kv/put",
+            &json!({"key": b64(&format!("/apisix/{dir}/")), "value": b64("init_dir")}),
+        );
+    }
     etcd.put(
         "/apisix/upstreams/1",
         &with_node(fixture("upstream-3.13.json"), &node),

@@ -115,6 +115,7 @@ mod body;
 mod commit;
 mod handlers;
 mod merge_patch;
+pub mod probe;
 mod reply;
 
 use access::*;
@@ -239,7 +240,8 @@ pub fn router(state: AdminState, protected: Router) -> Router {
     ] {
         r = resource(r, kind);
     }
-    r.with_state(state.clone())
+    r.merge(probe::routes())
+        .with_state(state.clone())
         .merge(protected)
         .layer(middleware::from_fn_with_state(state, access))
 }

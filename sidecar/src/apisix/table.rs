@@ -12,6 +12,7 @@ use oidc_core::config::PluginConfig;
 use crate::apisix::merge;
 use crate::apisix::route::RouteSpec;
 use crate::apisix::ssl::SslSpec;
+use crate::apisix::upstream::Upstream;
 use crate::store::Stored;
 
 /// The route table as the Admin API publishes it (cheap to share).
@@ -28,6 +29,9 @@ pub struct RouteTable {
     /// refuses such routes, but an etcd written by something else (or
     /// stored before a rule was added) can still hold one: it is left out.
     invalid: Vec<(String, String)>,
+    /// Stored upstreams that do not validate, with the reason (the routes
+    /// that name one are in `invalid` too).
+    invalid_upstreams: Vec<(String, String)>,
     /// The secret values of the plugin configs, longest first, each also as
     /// it appears inside JSON text: what NACK messages are masked with.
     secrets: Vec<String>,
@@ -54,6 +58,15 @@ impl RouteTable {
                 Err(e) => invalid.push((id.clone(), e)),
             }
         }
+        let invalid_upstreams = stored
+            .upstreams
+            .iter()
+            .filter_map(|(id, v)| {
+                Upstream::parse_resource(id, v)
+                    .err()
+                    .map(|e| (id.clone(), e))
+            })
+            .collect();
         let secrets = secrets_of(&routes);
         let warnings = session_clashes(&routes);
         let ssls = stored.ssls.clone();
@@ -61,6 +74,7 @@ impl RouteTable {
             stored,
             routes,
             invalid,
+            invalid_upstreams,
             secrets,
             warnings,
             ssls: Vec::new(),
@@ -115,6 +129,25 @@ impl RouteTable {
     /// The stored routes left out, with the reason.
     pub fn invalid(&self) -> &[(String, String)] {
         &self.invalid
+    }
+
+    /// The stored upstreams that do not validate, with the reason.
+    pub fn invalid_upstreams(&self) -> &[(String, String)] {
+        &self.invalid_upstreams
+    }
+
+    /// What this gateway does not serve, for `/status` and the log:
+    /// `{"routes": [{"id", "reason"}], "upstreams": [...]}`.
+    pub fn not_served(&self) -> serde_json::Value {
+        let list = |v: &[(String, String)]| -> Vec<serde_json::Value> {
+            v.iter()
+                .map(|(id, reason)| serde_json::json!({"id": id, "reason": reason}))
+                .collect()
+        };
+        serde_json::json!({
+            "routes": list(&self.invalid),
+            "upstreams": list(&self.invalid_upstreams),
+        })
     }
 
     /// The plugin configs of the valid routes (enabled or not).
@@ -231,6 +264,33 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn upstreams_that_do_not_validate_are_named() {
+        let mut stored = Stored::default();
+        stored.upstreams.insert(
+            "grpc".into(),
+            json!({"id": "grpc", "scheme": "grpc", "nodes": {"192.0.2.1:80": 1}}),
+        );
+        stored.upstreams.insert(
+            "ok".into(),
+            json!({"id": "ok", "hash_on": "vars", "nodes": {"192.0.2.1:80": 1}}),
+        );
+        stored.routes.insert(
+            "uses-grpc".into(),
+            json!({"uri": "/g", "upstream_id": "grpc"}),
+        );
+        let t = RouteTable::build(stored);
+        let n = t.not_served();
+        assert_eq!(n["upstreams"][0]["id"], "grpc");
+        let reason = n["upstreams"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("\"scheme\" \"grpc\" is not supported"),
+            "{reason}"
+        );
+        assert_eq!(n["upstreams"].as_array().unwrap().len(), 1);
+        assert_eq!(n["routes"][0]["id"], "uses-grpc");
+    }
+
     fn route(plugin: serde_json::Value) -> serde_json::Value {
         json!({"uri": "/x", "plugins": {"openid-connect": plugin},
                "upstream": {"nodes": {"192.0.2.1:80": 1}}})
@@ -263,6 +323,8 @@ mod tests {
         assert_eq!(t.plugin_configs().count(), 2);
         assert_eq!(t.invalid().len(), 1);
         assert_eq!(t.invalid()[0].0, "bad");
+        assert_eq!(t.not_served()["routes"][0]["id"], "bad");
+        assert!(t.invalid_upstreams().is_empty());
         // A short secret ("abc") is not masked; one with a quote is, also as
         // JSON text shows it (trimmed of quotes at both ends, as before).
         assert_eq!(

@@ -5,3 +5,4 @@ pub mod route;
 pub mod secrets;
 pub mod table;
 pub mod upstream;
+pub mod vars;

@@ -9,6 +9,7 @@ use oidc_core::config::PluginConfig;
 use serde_json::{Map, Value};
 
 use crate::apisix::upstream::{parse_timeouts, Timeouts, Upstream};
+use crate::apisix::vars::{self, Disjuncts};
 use crate::store::Upstreams;
 
 /// The plugin this gateway implements.
@@ -33,19 +34,14 @@ const KNOWN: &[&str] = &[
     "status",
     "create_time",
     "update_time",
+    "vars",
+    "remote_addr",
+    "remote_addrs",
+    "enable_websocket",
 ];
 
 /// APISIX route attributes this gateway does not implement (yet).
-const UNSUPPORTED: &[&str] = &[
-    "remote_addr",
-    "remote_addrs",
-    "vars",
-    "filter_func",
-    "script",
-    "service_id",
-    "plugin_config_id",
-    "enable_websocket",
-];
+const UNSUPPORTED: &[&str] = &["filter_func", "script", "service_id", "plugin_config_id"];
 
 const METHODS: &[&str] = &[
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
@@ -89,6 +85,12 @@ pub struct RouteSpec {
     pub upstream: Upstream,
     /// The route's `timeout`, which overrides the upstream's.
     pub timeout: Option<Timeouts>,
+    /// `vars` as alternatives of Envoy matchers (`[[]]`: no `vars`).
+    pub vars: Disjuncts,
+    /// `remote_addrs` / `remote_addr` (empty: any client).
+    pub remote_addrs: Vec<ipnet::IpNet>,
+    /// `enable_websocket`: upgrades to WebSocket pass on this route.
+    pub enable_websocket: bool,
 }
 
 /// Collects `property "x" ...` errors.
@@ -244,6 +246,37 @@ impl RouteSpec {
             }
         }
 
+        let vars = match obj.get("vars") {
+            None => vec![Vec::new()],
+            Some(v) => vars::parse_vars(v).unwrap_or_else(|why| {
+                e.push("vars", why);
+                vec![Vec::new()]
+            }),
+        };
+        let remote_addrs = match (obj.get("remote_addr"), obj.get("remote_addrs")) {
+            (None, None) => Vec::new(),
+            (Some(_), Some(_)) => {
+                e.push("remote_addr", "and \"remote_addrs\" cannot both be set");
+                Vec::new()
+            }
+            (Some(a), None) => vars::parse_remote_addrs(a, true).unwrap_or_else(|why| {
+                e.push("remote_addr", why);
+                Vec::new()
+            }),
+            (None, Some(a)) => vars::parse_remote_addrs(a, false).unwrap_or_else(|why| {
+                e.push("remote_addrs", why);
+                Vec::new()
+            }),
+        };
+        let enable_websocket = match obj.get("enable_websocket") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                e.push("enable_websocket", "must be a boolean");
+                false
+            }
+        };
+
         let oidc = parse_plugins(obj.get("plugins"), &mut e);
         let timeout = obj
             .get("timeout")
@@ -301,6 +334,9 @@ impl RouteSpec {
                 oidc,
                 upstream,
                 timeout,
+                vars,
+                remote_addrs,
+                enable_websocket,
             }),
             _ => Err(e.message()),
         }
@@ -447,7 +483,8 @@ mod tests {
             "uri": "/a",
             "uris": ["/b"],
             "colour": "blue",
-            "vars": [],
+            "vars": [["uri", "==", "/a"]],
+            "script": "x",
             "methods": ["FETCH"],
             "plugins": {"limit-count": {}, "openid-connect": {"client_id": 5}},
             "upstream": {"type": "chash", "key": "server_name", "nodes": {"bad host:80": 1, "ok:80": -1, "ok2:99999": 1}}
@@ -456,7 +493,8 @@ mod tests {
         for want in [
             "property \"uri\" and \"uris\" cannot both be set",
             "property \"colour\" is not allowed",
-            "property \"vars\" is not supported",
+            "property \"vars\" expression [\"uri\",\"==\",\"/a\"] tests the variable \"uri\"",
+            "property \"script\" is not supported",
             "property \"methods\" has an unknown method",
             "property \"plugins.limit-count\" is not a plugin",
             "property \"plugins.openid-connect.client_id\" must be a string",

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use integration_tests::gateway::Gateway;
-use integration_tests::{get, static_server, wait_for, Response, TestDir};
+use integration_tests::{
+    get, static_server, wait_for, Provider, ProviderOptions, Response, TestDir,
+};
 use serde_json::{json, Value};
 
 fn put(gw: &Gateway, path: &str, body: &Value) {
@@ -198,7 +200,7 @@ fn refused_vars_are_400_naming_the_expression_and_change_nothing() {
         ),
         (
             json!([["http_x_access_token", "==", "t"]]),
-            "rewrites after the route",
+            "filter removes or replaces",
         ),
         (json!([or3.clone(), or3]), "at most 8"),
     ] {
@@ -292,4 +294,90 @@ fn remote_addrs_select_by_the_connection_address_not_x_forwarded_for() {
         r.body
     );
     assert_eq!(who_from(&gw, "127.0.0.4", "/who", &[]), "a");
+}
+
+/// Envoy chooses the route again after the openid-connect filter changes
+/// the request's headers (seen: with the route below accepted, a request
+/// with a session cookie was checked by `app`'s config, then went to
+/// `landing`'s upstream once the filter took the cookie out). So `vars`
+/// may not test a cookie some route's filter removes, on the route itself
+/// or on another.
+#[test]
+fn vars_on_a_session_cookie_the_filter_removes_are_refused() {
+    let dir = TestDir::new("matching_session_cookie");
+    let (a, _pa) = static_server(&dir, "a");
+    let (b, _pb) = static_server(&dir, "b");
+    let provider = Provider::start(dir.path(), ProviderOptions::default());
+    let gw = Gateway::start(dir.path(), &[]);
+    let plugin = |cookie_name: &str| {
+        json!({"openid-connect": {
+            "client_id": provider.client_id(),
+            "client_secret": provider.client_secret(),
+            "discovery": provider.discovery_url(),
+            "redirect_uri": "http://localhost:9080/cb",
+            "unauth_action": "pass",
+            "session": {"cookie_name": cookie_name}
+        }})
+    };
+    put(
+        &gw,
+        "/apisix/admin/routes/landing",
+        &json!({"uri": "/who", "upstream": {"nodes": {format!("127.0.0.1:{b}"): 1}}}),
+    );
+    // Only requests with a session cookie to `a`, where the plugin lets
+    // the others pass after removing that cookie.
+    let app = |vars: Value, cookie_name: &str| {
+        json!({"uri": "/who", "priority": 10, "vars": vars,
+            "plugins": plugin(cookie_name),
+            "upstream": {"nodes": {format!("127.0.0.1:{a}"): 1}}})
+    };
+    for (vars, cookie_name) in [
+        (json!([["cookie_session", "~~", "."]]), "session"),
+        (json!([["cookie_sid_2", "~~", "."]]), "sid"),
+        (json!([["cookie_sid_flow_x", "~~", "."]]), "sid"),
+    ] {
+        let r = gw.admin(
+            "PUT",
+            "/apisix/admin/routes/app",
+            Some(&app(vars.clone(), cookie_name).to_string()),
+        );
+        assert_eq!(r.status, 400, "{vars}: {}", r.body);
+        let msg = error_msg(&r);
+        assert!(
+            msg.contains("property \"vars\"")
+                && msg.contains("this route's openid-connect filter removes"),
+            "{msg}"
+        );
+    }
+    assert_eq!(who(&gw, "/who", &[("cookie", "session=x")]), "b");
+
+    // Across routes: a login route with cookie `sid`, then a route testing
+    // `cookie_sid` (and the other way round) are refused, naming the other.
+    put(&gw, "/apisix/admin/routes/app", &app(json!([]), "sid"));
+    let tester = json!({"uri": "/who", "priority": 20, "vars": [["cookie_sid", "==", "x"]],
+        "upstream": {"nodes": {format!("127.0.0.1:{a}"): 1}}});
+    let r = gw.admin("PUT", "/apisix/admin/routes/t", Some(&tester.to_string()));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        error_msg(&r).contains("route [app]'s openid-connect filter removes"),
+        "{}",
+        r.body
+    );
+    put(&gw, "/apisix/admin/routes/app", &app(json!([]), "other"));
+    put(&gw, "/apisix/admin/routes/t", &tester);
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes/app",
+        Some(&app(json!([]), "sid").to_string()),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        error_msg(&r).contains("route [t] tests \"cookie_sid\""),
+        "{}",
+        r.body
+    );
+    // A cookie no filter removes is fine.
+    wait_for("the cookie route", Duration::from_secs(5), || {
+        (who(&gw, "/who", &[("cookie", "sid=x")]) == "a").then_some(())
+    });
 }

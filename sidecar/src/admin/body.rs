@@ -117,6 +117,15 @@ pub(super) fn finish(
         ResourceKind::Route => {
             let spec = RouteSpec::parse(id, &sent, &current.upstreams).map_err(Refusal::Bad)?;
             login_needs_a_host(&spec, &mut e);
+            // Session cookies one route's filter removes, tested by another.
+            let others: Vec<RouteSpec> = current
+                .routes
+                .iter()
+                .filter_map(|(rid, v)| RouteSpec::parse(rid, v, &current.upstreams).ok())
+                .collect();
+            for why in crate::apisix::vars::session_cookie_clashes(&spec, others.iter()) {
+                e.push("vars", why);
+            }
             if let Some(up) = sent.get("upstream") {
                 nodes.check(up, "upstream.", &mut e);
             }

@@ -324,20 +324,30 @@ impl RouteSpec {
         };
 
         match upstream {
-            Some(upstream) if e.is_empty() => Ok(RouteSpec {
-                id: id.to_string(),
-                uris,
-                methods,
-                hosts,
-                priority,
-                enabled,
-                oidc,
-                upstream,
-                timeout,
-                vars,
-                remote_addrs,
-                enable_websocket,
-            }),
+            Some(upstream) if e.is_empty() => {
+                let spec = RouteSpec {
+                    id: id.to_string(),
+                    uris,
+                    methods,
+                    hosts,
+                    priority,
+                    enabled,
+                    oidc,
+                    upstream,
+                    timeout,
+                    vars,
+                    remote_addrs,
+                    enable_websocket,
+                };
+                for why in vars::session_cookie_clashes(&spec, std::iter::empty()) {
+                    e.push("vars", why);
+                }
+                if e.is_empty() {
+                    Ok(spec)
+                } else {
+                    Err(e.message())
+                }
+            }
             _ => Err(e.message()),
         }
     }
@@ -549,5 +559,31 @@ mod tests {
         assert!(RouteSpec::parse("auth-with-oidc", &v, &none())
             .unwrap_err()
             .contains("property \"host\""));
+    }
+
+    #[test]
+    fn vars_may_not_test_the_routes_own_session_cookies() {
+        let mut v = quickstart(json!({
+            "client_id": "c",
+            "client_secret": "s",
+            "discovery": "https://idp/.well-known/openid-configuration",
+            "redirect_uri": "https://app/cb",
+            "session": {"secret": "0123456789abcdef", "cookie_name": "sid"}
+        }));
+        for cookie in ["cookie_sid", "cookie_sid_1", "cookie_sid_flow_abc"] {
+            v["vars"] = json!([[cookie, "~~", "."]]);
+            let e = RouteSpec::parse("auth-with-oidc", &v, &none()).unwrap_err();
+            assert!(
+                e.contains("this route's openid-connect filter removes"),
+                "{e}"
+            );
+        }
+        for cookie in ["cookie_sidx", "cookie_xsid", "cookie_session"] {
+            v["vars"] = json!([[cookie, "~~", "."]]);
+            assert!(
+                RouteSpec::parse("auth-with-oidc", &v, &none()).is_ok(),
+                "{cookie}"
+            );
+        }
     }
 }

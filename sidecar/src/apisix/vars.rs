@@ -26,7 +26,7 @@
 //! expression: numeric comparisons (`>`, `>=`, `<`, `<=`, `==`/`~=` with a
 //! number: Envoy compares text), `has`, negated `arg_` tests (Envoy cannot
 //! invert a query-parameter matcher), every other variable, and the headers
-//! the openid-connect filter rewrites after the route is chosen.
+//! the openid-connect filter removes or replaces.
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -34,6 +34,8 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use regex_syntax::ast::{self, Ast};
 use serde_json::Value;
+
+use crate::apisix::route::RouteSpec;
 
 /// Envoy routes one APISIX route (one uri) may become.
 pub const MAX_DISJUNCTS: usize = 8;
@@ -53,9 +55,15 @@ const SEARCH_WRAP_COST_CI: u32 = 25;
 /// A regex longer than this is refused before it is parsed.
 const MAX_PATTERN_LEN: usize = 512;
 
-/// Headers the openid-connect filter removes or sets on the request: the
-/// route is chosen again after it changes them, so a route that matched
-/// on them would not be the one whose config checked the request.
+/// Headers the openid-connect filter removes or replaces on the request
+/// (the client's identity headers; the `Cookie` header without the
+/// session's cookies). Envoy 1.40 chooses the route again after the
+/// filter's wasm calls change request headers (seen through the real
+/// Envoy: a route chosen by the session cookie lost the request to the
+/// next route once the filter took the cookie out), so a route matching on
+/// them could hand a request checked by one route's config to another
+/// route's upstream. The same holds for the session cookies of every
+/// route with the plugin: see [`session_cookie_clashes`].
 const FILTER_WRITES: &[&str] = &[
     "cookie",
     "x-access-token",
@@ -258,7 +266,7 @@ fn source(var: &str) -> Result<Source, String> {
         let header = name.to_ascii_lowercase().replace('_', "-");
         if FILTER_WRITES.contains(&header.as_str()) {
             return Err(format!(
-                "tests \"{var}\", a header the openid-connect filter rewrites after the route is chosen"
+                "tests \"{var}\", a header the openid-connect filter removes or replaces (the client's value is not what the upstream gets)"
             ));
         }
         let header = if header == "host" {
@@ -360,6 +368,60 @@ fn test(source: &Source, op: &str, value: Option<&Value>) -> Result<(Test, bool)
         "has" => Err("uses \"has\", which tests list values; request variables are text".into()),
         other => Err(format!("uses the unknown operator {other:?}")),
     }
+}
+
+/// The cookies `vars` tests.
+pub fn cookie_names(d: &Disjuncts) -> impl Iterator<Item = &str> {
+    d.iter().flatten().filter_map(|c| match &c.source {
+        Source::Cookie(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+/// The session cookie name of a route's openid-connect config (the one
+/// whose cookies the filter removes before forwarding), if it has one.
+pub fn session_cookie(spec: &RouteSpec) -> Option<&str> {
+    let (_, c) = spec.oidc.as_ref()?;
+    c.session.as_ref().map(|s| s.cookie_name.as_str())
+}
+
+/// Why `spec` cannot be stored next to `others`: one of them tests, in
+/// `vars`, a cookie that another's openid-connect filter removes from the
+/// request (its session cookie `name`, `name_<n>` chunks, `name_flow_*`).
+/// The route would be chosen again without it after the filter ran.
+pub fn session_cookie_clashes<'a>(
+    spec: &RouteSpec,
+    others: impl Iterator<Item = &'a RouteSpec>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |tester: &RouteSpec, owner: &RouteSpec| {
+        let Some(session) = session_cookie(owner) else {
+            return;
+        };
+        for cookie in cookie_names(&tester.vars) {
+            if oidc_core::session::is_ours(session, cookie) {
+                let whose = if tester.id == owner.id {
+                    "this route's".to_string()
+                } else {
+                    format!("route [{}]'s", owner.id)
+                };
+                let what = if tester.id == spec.id {
+                    format!("tests \"cookie_{cookie}\"")
+                } else {
+                    format!("route [{}] tests \"cookie_{cookie}\"", tester.id)
+                };
+                out.push(format!(
+                    "{what}, a cookie {whose} openid-connect filter removes before the request goes on: Envoy would choose the route again without it"
+                ));
+            }
+        }
+    };
+    check(spec, spec);
+    for other in others.filter(|o| o.id != spec.id) {
+        check(spec, other);
+        check(other, spec);
+    }
+    out
 }
 
 /// An IP or CIDR (v4 or v6), host bits cleared.
@@ -832,11 +894,11 @@ mod tests {
             (json!([["http_a", "~~", "(?<n>a)"]]), "(?P<name>"),
             (
                 json!([["http_cookie", "~~", "a"]]),
-                "rewrites after the route",
+                "filter removes or replaces",
             ),
             (
                 json!([["http_x_userinfo", "==", "a"]]),
-                "rewrites after the route",
+                "filter removes or replaces",
             ),
             (json!([["remote_addr", "~~", "10"]]), "use ipmatch"),
             (json!([["remote_addr", "==", "10.0.0.300"]]), "not an IP"),

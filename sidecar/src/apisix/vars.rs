@@ -260,7 +260,9 @@ fn source(var: &str) -> Result<Source, String> {
         return Ok(Source::Query(name.to_string()));
     }
     if let Some(name) = var.strip_prefix("http_") {
-        if bad_name(name) || name.contains('.') {
+        // nginx compares `_` in the name with `-` in the header: a `-` or
+        // `.` in the name never matches.
+        if bad_name(name) || name.contains(['.', '-']) {
             return Err(format!("names a bad header variable {var:?}"));
         }
         let header = name.to_ascii_lowercase().replace('_', "-");
@@ -901,6 +903,7 @@ mod tests {
                 "filter removes or replaces",
             ),
             (json!([["remote_addr", "~~", "10"]]), "use ipmatch"),
+            (json!([["http_x-k", "==", "1"]]), "bad header variable"),
             (json!([["remote_addr", "==", "10.0.0.300"]]), "not an IP"),
             (json!([["http_a", "in", []]]), "non-empty"),
             (json!([["http_a", "in", ["a", 1]]]), "never equals"),

@@ -166,6 +166,26 @@ fn vars_operators_match_and_fall_through() {
     // Several expressions: all must hold.
     check("and.test", "/who?k=1", &[("x-k", "2")], "a");
     check("and.test", "/who?k=1", &[], "b");
+    // The method and the scheme (a plain-HTTP listener here): this route's
+    // node does not listen, so a request it takes is a 503.
+    put(
+        &gw,
+        "/apisix/admin/routes/method",
+        &json!({"uri": "/who", "host": "method.test",
+            "vars": [["request_method", "==", "POST"], ["scheme", "==", "http"]],
+            "upstream": {"nodes": {"127.0.0.1:1": 1}}}),
+    );
+    wait_for("the method route", Duration::from_secs(5), || {
+        let r = integration_tests::http::request(
+            "POST",
+            &gw.url("/who"),
+            &[("host", "method.test")],
+            None,
+        )
+        .unwrap();
+        (r.status == 503).then_some(())
+    });
+    check("method.test", "/who", &[], "b");
 }
 
 #[test]

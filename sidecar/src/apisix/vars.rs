@@ -20,6 +20,7 @@
 //! | `http_<name>` | `headers` (`_` → `-`) |
 //! | `cookie_<name>` | `cookies` (Envoy parses the `Cookie` header: exact names) |
 //! | `remote_addr` | `filter_state` `apisix.remote_addr` (the TCP peer) |
+//! | `request_method`, `scheme` | `headers` `:method`, `:scheme` |
 //!
 //! Operators: `==`, `~=`, `~~` and `~*` (regexes RE2 takes the same way as
 //! PCRE), `in`, `ipmatch` (on `remote_addr`), `!`. Refused, naming the
@@ -284,11 +285,16 @@ fn source(var: &str) -> Result<Source, String> {
         }
         return Ok(Source::Cookie(name.to_string()));
     }
-    if var == "remote_addr" {
-        return Ok(Source::RemoteAddr);
+    match var {
+        "remote_addr" => return Ok(Source::RemoteAddr),
+        // The request line's method; the connection's scheme (Envoy is the
+        // edge: a client's X-Forwarded-Proto does not set `:scheme`).
+        "request_method" => return Ok(Source::Header(":method".into())),
+        "scheme" => return Ok(Source::Header(":scheme".into())),
+        _ => {}
     }
     Err(format!(
-        "tests the variable {var:?}, which Envoy's route matching cannot read (supported: arg_*, http_*, cookie_*, remote_addr)"
+        "tests the variable {var:?}, which Envoy's route matching cannot read (supported: arg_*, http_*, cookie_*, remote_addr, request_method, scheme)"
     ))
 }
 
@@ -778,6 +784,8 @@ mod tests {
                 is(Source::Cookie("team".into()), Test::Exact("a".into())),
             ]]
         );
+        let d = parse(json!([["request_method", "in", ["GET", "HEAD"]]])).unwrap();
+        assert_eq!(d[0][0].source, Source::Header(":method".into()));
         let d = parse(json!([["http_host", "~*", "EXAMPLE"]])).unwrap();
         assert_eq!(
             d[0][0],

@@ -401,35 +401,48 @@ pub fn session_cookie_clashes<'a>(
     spec: &RouteSpec,
     others: impl Iterator<Item = &'a RouteSpec>,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |tester: &RouteSpec, owner: &RouteSpec| {
-        let Some(session) = session_cookie(owner) else {
-            return;
-        };
-        for cookie in cookie_names(&tester.vars) {
-            if oidc_core::session::is_ours(session, cookie) {
-                let whose = if tester.id == owner.id {
-                    "this route's".to_string()
-                } else {
-                    format!("route [{}]'s", owner.id)
-                };
-                let what = if tester.id == spec.id {
-                    format!("tests \"cookie_{cookie}\"")
-                } else {
-                    format!("route [{}] tests \"cookie_{cookie}\"", tester.id)
-                };
-                out.push(format!(
-                    "{what}, a cookie {whose} openid-connect filter removes before the request goes on: Envoy would choose the route again without it"
-                ));
-            }
-        }
-    };
-    check(spec, spec);
+    let mut out = clashes(&spec.id, spec, spec);
     for other in others.filter(|o| o.id != spec.id) {
-        check(spec, other);
-        check(other, spec);
+        out.extend(clashes(&spec.id, spec, other));
+        out.extend(clashes(&spec.id, other, spec));
     }
     out
+}
+
+/// The same, only for the cookies `spec` itself tests (a stored set that
+/// did not come through the Admin API: the route that tests is left out).
+pub fn tested_session_cookies<'a>(
+    spec: &RouteSpec,
+    all: impl Iterator<Item = &'a RouteSpec>,
+) -> Vec<String> {
+    all.flat_map(|owner| clashes(&spec.id, spec, owner))
+        .collect()
+}
+
+/// The cookies `tester` tests that `owner`'s filter removes, as errors of
+/// route `subject`.
+fn clashes(subject: &str, tester: &RouteSpec, owner: &RouteSpec) -> Vec<String> {
+    let Some(session) = session_cookie(owner) else {
+        return Vec::new();
+    };
+    cookie_names(&tester.vars)
+        .filter(|cookie| oidc_core::session::is_ours(session, cookie))
+        .map(|cookie| {
+            let whose = if tester.id == owner.id || owner.id == subject {
+                "this route's".to_string()
+            } else {
+                format!("route [{}]'s", owner.id)
+            };
+            let what = if tester.id == subject {
+                format!("tests \"cookie_{cookie}\"")
+            } else {
+                format!("route [{}] tests \"cookie_{cookie}\"", tester.id)
+            };
+            format!(
+                "{what}, a cookie {whose} openid-connect filter removes before the request goes on: Envoy would choose the route again without it"
+            )
+        })
+        .collect()
 }
 
 /// An IP or CIDR (v4 or v6), host bits cleared.

@@ -204,3 +204,48 @@ fn a_protected_websocket_route_checks_the_token_on_the_upgrade() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen, vec![("/ws".to_string(), Some(token))]);
 }
+
+/// APISIX (nginx) closes a WebSocket silent for longer than the read
+/// timeout, and only then: the route's `timeout` is Envoy's idle timeout
+/// on the upgraded stream, and its request timeout does not cut a
+/// WebSocket that keeps talking.
+#[test]
+fn the_route_timeout_is_an_idle_timeout_on_websockets() {
+    let dir = TestDir::new("websocket_timeout");
+    let rt = Runtime::new().unwrap();
+    let (echo, _seen) = echo_server(&rt);
+    let gw = Gateway::start(dir.path(), &[]);
+    put(
+        &gw,
+        "/apisix/admin/routes/ws",
+        &json!({"uri": "/ws", "enable_websocket": true,
+            "timeout": {"connect": 1, "send": 2, "read": 2},
+            "upstream": {"nodes": {format!("127.0.0.1:{echo}"): 1}}}),
+    );
+    let url = format!("ws://127.0.0.1:{}/ws", gw.proxy_port);
+    wait_for("the WebSocket route", Duration::from_secs(5), || {
+        ws_echo(&rt, &url, &[]).ok()
+    });
+    rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        // Talking every 500 ms for 5 s: longer than the 2 s timeout.
+        for i in 0..10 {
+            let text = format!("m{i}");
+            ws.send(Message::text(text.clone())).await.unwrap();
+            let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("an echo")
+                .expect("open")
+                .expect("no error");
+            assert_eq!(back.to_text().unwrap(), text);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Silent for longer than 2 s: closed.
+        let end = tokio::time::timeout(Duration::from_secs(6), ws.next())
+            .await
+            .expect("closed within 6 s");
+        assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    });
+}

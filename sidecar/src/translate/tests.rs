@@ -724,11 +724,39 @@ fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
     let l = &r.listeners[0];
     assert_eq!(l.name, LISTENER_NAME);
     assert_eq!(l.address, Some(socket("127.0.0.1", 9080)));
-    // First the client address for `remote_addrs` (route-independent).
-    assert_eq!(
-        l.filter_chains[0].filters[0].name,
-        "envoy.filters.network.set_filter_state"
-    );
+    // First the client address for `remote_addrs` (route-independent):
+    // the TCP peer's IP as Envoy's IP object, which address matchers read.
+    let sfs = &l.filter_chains[0].filters[0];
+    assert_eq!(sfs.name, "envoy.filters.network.set_filter_state");
+    {
+        use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+        use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3::filter_state_value;
+        use envoy_types::pb::envoy::extensions::filters::network::set_filter_state::v3::Config;
+        let Some(filter::ConfigType::TypedConfig(any)) = &sfs.config_type else {
+            panic!("{sfs:?}")
+        };
+        let c: Config = decode(any);
+        let v = &c.on_new_connection[0];
+        assert_eq!(
+            v.key,
+            Some(filter_state_value::Key::ObjectKey(
+                crate::apisix::vars::REMOTE_ADDR_KEY.into()
+            ))
+        );
+        assert_eq!(v.factory_key, "envoy.network.ip");
+        let Some(filter_state_value::Value::FormatString(f)) = &v.value else {
+            panic!("{v:?}")
+        };
+        let Some(Format::TextFormatSource(src)) = &f.format else {
+            panic!("{f:?}")
+        };
+        assert_eq!(
+            src.specifier,
+            Some(data_source::Specifier::InlineString(
+                "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%".into()
+            ))
+        );
+    }
     let f = &l.filter_chains[0].filters[1];
     assert_eq!(f.name, "envoy.filters.network.http_connection_manager");
     let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {

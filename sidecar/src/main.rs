@@ -321,14 +321,19 @@ async fn run(o: Options) -> Result<(), String> {
     }
 }
 
-/// Routes and upstreams stored before the node checks (or with other
+/// Routes, services and upstreams stored before the node checks (or with other
 /// options) that the Admin API would refuse now are still served: each is
 /// named in a warning, to be fixed or deleted.
 fn warn_about_stored_nodes(set: &store::Stored, nodes: &NodePolicy) {
     let inline = set
         .routes
         .iter()
-        .filter_map(|(id, r)| Some(("route", id, r.get("upstream")?, "upstream.")));
+        .filter_map(|(id, r)| Some(("route", id, r.get("upstream")?, "upstream.")))
+        .chain(
+            set.services
+                .iter()
+                .filter_map(|(id, s)| Some(("service", id, s.get("upstream")?, "upstream."))),
+        );
     let resources = set.upstreams.iter().map(|(id, u)| ("upstream", id, u, ""));
     for (kind, id, upstream, prefix) in inline.chain(resources) {
         let mut e = route::Errors::new();

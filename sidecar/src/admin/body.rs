@@ -55,13 +55,15 @@ pub(super) fn not_an_object(kind: ResourceKind) -> Refusal {
     ))
 }
 
-/// Routes get their generated and kept secrets; upstreams have none.
+/// Objects with `plugins` (routes, services, plugin configs, global
+/// rules) get their generated and kept secrets; upstreams and SSL objects
+/// have none there.
 pub(super) fn fill_secrets(
     kind: ResourceKind,
     obj: &mut Map<String, Value>,
     stored: Option<&Value>,
 ) -> Result<(), Refusal> {
-    if kind == ResourceKind::Upstream {
+    if matches!(kind, ResourceKind::Upstream | ResourceKind::Ssl) {
         return Ok(());
     }
     secrets::fill(obj, stored).map_err(|e| match e {
@@ -70,14 +72,94 @@ pub(super) fn fill_secrets(
     })
 }
 
-/// The ids of the routes whose `upstream_id` is `id`.
-pub(super) fn routes_using(current: &Stored, id: &str) -> Vec<String> {
-    current
+/// What still uses the object `id` of `kind`, as APISIX's delete checkers
+/// name it: the routes (`upstream_id`, `service_id`, `plugin_config_id`),
+/// then the services (`upstream_id`). Empty for routes and global rules.
+pub(super) fn users(current: &Stored, kind: ResourceKind, id: &str) -> Vec<(ResourceKind, String)> {
+    let field = match kind {
+        ResourceKind::Upstream => "upstream_id",
+        ResourceKind::Service => "service_id",
+        ResourceKind::PluginConfig => "plugin_config_id",
+        _ => return Vec::new(),
+    };
+    let mut out: Vec<(ResourceKind, String)> = current
         .routes
         .iter()
-        .filter(|(_, r)| r.get("upstream_id").and_then(id_text).as_deref() == Some(id))
-        .map(|(rid, _)| rid.clone())
-        .collect()
+        .filter(|(_, r)| names(r, field, id))
+        .map(|(rid, _)| (ResourceKind::Route, rid.clone()))
+        .collect();
+    if kind == ResourceKind::Upstream {
+        out.extend(
+            current
+                .services
+                .iter()
+                .filter(|(_, s)| names(s, field, id))
+                .map(|(sid, _)| (ResourceKind::Service, sid.clone())),
+        );
+    }
+    out
+}
+
+/// APISIX's refusal to delete what is still used: "can not delete this
+/// upstream, route [1] is still using it now".
+pub(super) fn still_used(kind: ResourceKind, users: &[(ResourceKind, String)]) -> Option<Refusal> {
+    let (first, _) = users.first()?;
+    let named: Vec<String> = users
+        .iter()
+        .filter(|(k, _)| k == first)
+        .map(|(_, id)| format!("[{id}]"))
+        .collect();
+    let (noun, verb) = match (first, named.len()) {
+        (ResourceKind::Service, 1) => ("service", "is"),
+        (ResourceKind::Service, _) => ("services", "are"),
+        (_, 1) => ("route", "is"),
+        _ => ("routes", "are"),
+    };
+    let what = match kind {
+        ResourceKind::Service => "this service directly",
+        ResourceKind::PluginConfig => "this plugin config",
+        _ => "this upstream",
+    };
+    Some(bad(format!(
+        "can not delete {what}, {noun} {} {verb} still using it now",
+        named.join(", ")
+    )))
+}
+
+/// A route as it runs (its plugin config, service and the global rules
+/// merged in, [`merge::effective`]) and validated as a route write is,
+/// against `stored`.
+pub(super) fn check_route(id: &str, route: &Value, stored: &Stored) -> Result<RouteSpec, String> {
+    let merged = merge::effective(route, stored)?;
+    let spec = RouteSpec::parse(id, &merged, &stored.upstreams)?;
+    let mut e = Errors::new();
+    login_needs_a_host(&spec, &mut e);
+    if e.is_empty() {
+        Ok(spec)
+    } else {
+        Err(e.message())
+    }
+}
+
+/// Refuses a change to anything routes use (`next` is the stored set
+/// after it) that would make a route that is valid now invalid, naming the
+/// route and why.
+pub(super) fn routes_stay_valid(
+    kind: ResourceKind,
+    current: &Stored,
+    next: &Stored,
+) -> Result<(), Refusal> {
+    for (rid, r) in &next.routes {
+        if let Err(e) = check_route(rid, r, next) {
+            if check_route(rid, r, current).is_ok() {
+                return Err(bad(format!(
+                    "invalid configuration: route [{rid}] uses this {} and would not be valid: {e}",
+                    kind.name()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Validates the finished object and gives its stored form. A route's
@@ -100,8 +182,9 @@ pub(super) fn login_needs_a_host(spec: &RouteSpec, e: &mut Errors) {
     }
 }
 
-/// `upstream_id` must name a stored upstream; an upstream must still make
-/// a valid route of every route that names it.
+/// `upstream_id`, `service_id` and `plugin_config_id` must name stored
+/// objects; an upstream, service, plugin config or global rule must still
+/// make a valid route of every route that is valid now.
 pub(super) fn finish(
     kind: ResourceKind,
     id: &str,
@@ -115,13 +198,17 @@ pub(super) fn finish(
     let mut e = Errors::new();
     match kind {
         ResourceKind::Route => {
-            let spec = RouteSpec::parse(id, &sent, &current.upstreams).map_err(Refusal::Bad)?;
+            let merged = merge::effective(&sent, current).map_err(Refusal::Bad)?;
+            let spec = RouteSpec::parse(id, &merged, &current.upstreams).map_err(Refusal::Bad)?;
             login_needs_a_host(&spec, &mut e);
             // Session cookies one route's filter removes, tested by another.
             let others: Vec<RouteSpec> = current
                 .routes
                 .iter()
-                .filter_map(|(rid, v)| RouteSpec::parse(rid, v, &current.upstreams).ok())
+                .filter_map(|(rid, v)| {
+                    let merged = merge::effective(v, current).ok()?;
+                    RouteSpec::parse(rid, &merged, &current.upstreams).ok()
+                })
                 .collect();
             for why in crate::apisix::vars::session_cookie_clashes(&spec, others.iter()) {
                 e.push("vars", why);
@@ -134,6 +221,18 @@ pub(super) fn finish(
             Upstream::parse_resource(id, &sent).map_err(Refusal::Bad)?;
             nodes.check(&sent, "", &mut e);
         }
+        ResourceKind::Service | ResourceKind::PluginConfig | ResourceKind::GlobalRule => {
+            shared::check(kind, id, &sent, current).map_err(Refusal::Bad)?;
+            if let Some(up) = sent.get("upstream") {
+                nodes.check(up, "upstream.", &mut e);
+            }
+        }
+        ResourceKind::Ssl => {
+            return Err(Refusal::Internal(format!(
+                "{} objects cannot be written through this Admin API",
+                kind.name()
+            )))
+        }
     }
     if !e.is_empty() {
         return Err(Refusal::Bad(e.message()));
@@ -142,16 +241,10 @@ pub(super) fn finish(
         return Err(not_an_object(kind));
     };
     let v = Value::Object(with_id(obj, id));
-    if kind == ResourceKind::Upstream {
-        let mut upstreams = current.upstreams.clone();
-        upstreams.insert(id.to_string(), v.clone());
-        for rid in routes_using(current, id) {
-            RouteSpec::parse(&rid, &current.routes[&rid], &upstreams).map_err(|e| {
-                bad(format!(
-                    "invalid configuration: route [{rid}] uses this upstream and would not be valid: {e}"
-                ))
-            })?;
-        }
+    if kind != ResourceKind::Route {
+        let mut next = current.clone();
+        kind.of_mut(&mut next).insert(id.to_string(), v.clone());
+        routes_stay_valid(kind, current, &next)?;
     }
     Ok(v)
 }

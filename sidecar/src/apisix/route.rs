@@ -406,7 +406,7 @@ pub fn valid_host_pattern(h: &str) -> bool {
         })
 }
 
-fn parse_plugins(v: Option<&Value>, e: &mut Errors) -> Option<(Value, PluginConfig)> {
+pub fn parse_plugins(v: Option<&Value>, e: &mut Errors) -> Option<(Value, PluginConfig)> {
     let plugins = match v {
         None => return None,
         Some(Value::Object(m)) => m,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use oidc_core::config::PluginConfig;
 
+use crate::apisix::merge;
 use crate::apisix::route::RouteSpec;
 use crate::store::Stored;
 
@@ -29,15 +30,21 @@ pub struct RouteTable {
     /// The secret values of the plugin configs, longest first, each also as
     /// it appears inside JSON text: what NACK messages are masked with.
     secrets: Vec<String>,
+    /// Login routes whose session cookies overwrite each other
+    /// ([`session_clashes`]).
+    warnings: Vec<String>,
 }
 
 impl RouteTable {
-    /// Validates every route of `stored` against its upstreams.
+    /// Validates every route of `stored` as it runs: its plugin config,
+    /// service and the global rules merged in ([`merge::effective`]), its
+    /// upstream resolved.
     pub fn build(stored: Stored) -> RouteTable {
         let mut routes = Vec::new();
         let mut invalid = Vec::new();
         for (id, v) in &stored.routes {
-            match RouteSpec::parse(id, v, &stored.upstreams) {
+            let merged = merge::effective(v, &stored);
+            match merged.and_then(|m| RouteSpec::parse(id, &m, &stored.upstreams)) {
                 Ok(spec) => routes.push(spec),
                 Err(e) => invalid.push((id.clone(), e)),
             }
@@ -61,11 +68,13 @@ impl RouteTable {
         routes.retain(|r| !clashing.iter().any(|(id, _)| id == &r.id));
         invalid.extend(clashing);
         let secrets = secrets_of(&routes);
+        let warnings = session_clashes(&routes);
         RouteTable {
             stored,
             routes,
             invalid,
             secrets,
+            warnings,
         }
     }
 
@@ -95,6 +104,12 @@ impl RouteTable {
     pub fn secrets(&self) -> &[String] {
         &self.secrets
     }
+
+    /// What is valid but likely a mistake: login routes whose session
+    /// cookies overwrite each other ([`session_clashes`]).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
 }
 
 /// Every route's secret values (at least 4 characters: shorter ones would
@@ -120,6 +135,70 @@ fn secrets_of(routes: &[RouteSpec]) -> Vec<String> {
     let mut v: Vec<String> = out.into_iter().collect();
     v.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
     v
+}
+
+/// Enabled login routes (`bearer_only` false) with different
+/// openid-connect configs (provider, client or session secret) whose
+/// session cookies a browser sends to both: the same cookie name, a host
+/// both match (a route without hosts matches every host) and cookie paths
+/// one of which contains the other. APISIX's defaults (`session`, path
+/// `/`) make every such pair clash, in APISIX as here: a login on one
+/// route replaces the other's cookie, which the other cannot open, so the
+/// browser is sent to log in again. Routes sharing one config (one service
+/// or plugin config) share their session and do not clash.
+pub fn session_clashes(routes: &[RouteSpec]) -> Vec<String> {
+    struct Login<'a> {
+        id: &'a str,
+        hosts: Vec<&'a str>,
+        name: &'a str,
+        path: &'a str,
+        who: (&'a str, &'a str, &'a str),
+    }
+    let logins: Vec<Login<'_>> = routes
+        .iter()
+        .filter(|r| r.enabled)
+        .filter_map(|r| {
+            let (_, c) = r.oidc.as_ref()?;
+            let s = c.session.as_ref().filter(|_| !c.bearer_only)?;
+            Some(Login {
+                id: &r.id,
+                hosts: r.hosts.iter().map(String::as_str).collect(),
+                name: &s.cookie_name,
+                path: &s.cookie_path,
+                who: (&c.discovery, &c.client_id, s.secret.expose()),
+            })
+        })
+        .collect();
+    let within = |a: &str, b: &str| {
+        let a = a.trim_end_matches('/');
+        b.trim_end_matches('/') == a || b.starts_with(&format!("{a}/"))
+    };
+    let mut out = Vec::new();
+    for (i, a) in logins.iter().enumerate() {
+        for b in &logins[i + 1..] {
+            if a.name != b.name || a.who == b.who {
+                continue;
+            }
+            if !(within(a.path, b.path) || within(b.path, a.path)) {
+                continue;
+            }
+            let host = match (a.hosts.is_empty(), b.hosts.is_empty()) {
+                (true, true) => Some("any host"),
+                (true, false) => b.hosts.first().copied(),
+                (false, true) => a.hosts.first().copied(),
+                (false, false) => a.hosts.iter().find(|h| b.hosts.contains(h)).copied(),
+            };
+            if let Some(host) = host {
+                out.push(format!(
+                    "routes [{}] and [{}] both log in on {host:?} with the session cookie {:?} \
+                     (paths {:?}, {:?}) but different openid-connect configs: a login on one \
+                     ends the other's session; give one of them its own session.cookie_name",
+                    a.id, b.id, a.name, a.path, b.path
+                ));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ impl Source {
         let snapshot = Arc::new(snapshot);
         tracing::info!(versions = ?snapshot.versions(), "xDS snapshot");
         self.status.snapshot_built(&snapshot, &skipped);
+        for w in routes.warnings() {
+            tracing::warn!(warning = %w, "routes");
+        }
+        self.status.warnings(routes.warnings());
         *cache = Some(Cached {
             routes,
             providers,

@@ -139,6 +139,31 @@ fn upgrades_only_on_enable_websocket_routes() {
     assert_eq!(ws_echo(&rt, &format!("{base}/off"), &[]), Err(403));
     assert_eq!(seen.lock().unwrap().len(), upgrades);
 
+    // A service's enable_websocket reaches its routes (the route's own
+    // value wins).
+    put(
+        &gw,
+        "/apisix/admin/services/svc",
+        &json!({"enable_websocket": true, "upstream": {"nodes": node}}),
+    );
+    put(
+        &gw,
+        "/apisix/admin/routes/svc-ws",
+        &json!({"uri": "/svc-ws", "service_id": "svc"}),
+    );
+    put(
+        &gw,
+        "/apisix/admin/routes/svc-off",
+        &json!({"uri": "/svc-off", "service_id": "svc", "enable_websocket": false}),
+    );
+    wait_for("the service's routes", Duration::from_secs(5), || {
+        (ws_echo(&rt, &format!("{base}/svc-off"), &[]) == Err(403)).then_some(())
+    });
+    assert_eq!(
+        ws_echo(&rt, &format!("{base}/svc-ws"), &[]),
+        Ok("hello".into())
+    );
+
     // Switching it off takes effect on the next upgrade.
     put(
         &gw,

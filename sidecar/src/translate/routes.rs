@@ -174,7 +174,7 @@ fn string_matcher(t: &Test) -> StringMatcher {
             regex: r.clone(),
             ..Default::default()
         }),
-        // Addresses are only tested on `remote_addr` (`vars` refuses the rest).
+        // Not used: `add_matcher` makes addresses filter-state matchers.
         Test::Cidrs(_) => string_matcher::MatchPattern::Exact(String::new()),
     };
     StringMatcher {
@@ -205,10 +205,28 @@ pub(super) fn remote_addr_matcher(nets: &[ipnet::IpNet], invert: bool) -> Filter
     }
 }
 
+/// A matcher no request passes: a filter-state key nothing sets.
+fn unmatchable() -> FilterStateMatcher {
+    FilterStateMatcher {
+        key: "apisix.unmatchable".into(),
+        matcher: Some(filter_state_matcher::Matcher::StringMatch(string_matcher(
+            &Test::Exact(String::new()),
+        ))),
+    }
+}
+
 /// One `vars` condition as one matcher of `m`.
 fn add_matcher(m: &mut RouteMatch, c: &Cond) {
     use header_matcher::HeaderMatchSpecifier;
+    let cidrs = matches!(
+        &c.check,
+        Check::Is(Test::Cidrs(_)) | Check::Not(Test::Cidrs(_)) | Check::PresentNot(Test::Cidrs(_))
+    );
     match (&c.source, &c.check) {
+        // `vars` makes addresses only for `remote_addr`.
+        (Source::Query(_) | Source::Header(_) | Source::Cookie(_), _) if cidrs => {
+            m.filter_state.push(unmatchable())
+        }
         (Source::RemoteAddr, Check::Is(Test::Cidrs(nets))) => {
             m.filter_state.push(remote_addr_matcher(nets, false))
         }
@@ -259,12 +277,7 @@ fn add_matcher(m: &mut RouteMatch, c: &Cond) {
         // `vars` does not make these (negated query tests, address tests
         // elsewhere); a route that cannot match is safer than one that
         // matches more.
-        _ => m.filter_state.push(FilterStateMatcher {
-            key: "apisix.unmatchable".into(),
-            matcher: Some(filter_state_matcher::Matcher::StringMatch(string_matcher(
-                &Test::Exact(String::new()),
-            ))),
-        }),
+        _ => m.filter_state.push(unmatchable()),
     }
 }
 

@@ -46,6 +46,11 @@ struct Options {
     #[arg(long, env = "PROXY_PORT", default_value_t = 9080)]
     proxy_port: u16,
 
+    /// Port of Envoy's HTTPS listener (APISIX's 9443), open while an
+    /// enabled ssl object exists.
+    #[arg(long, env = "PROXY_HTTPS_PORT", default_value_t = 9443)]
+    https_port: u16,
+
     /// The filter module as Envoy will read it.
     #[arg(
         long,
@@ -170,6 +175,12 @@ async fn run(o: Options) -> Result<(), String> {
     if o.admin_key.as_deref() == Some("") {
         return Err("--admin-key must not be empty".into());
     }
+    if o.https_port == o.proxy_port {
+        return Err(format!(
+            "--https-port {} is also --proxy-port: give the HTTPS listener its own port",
+            o.https_port
+        ));
+    }
     // The filter's own parser: what passes here, the filter accepts.
     oidc_core::settings::Settings::parse(o.filter_settings.as_bytes())
         .map_err(|e| format!("--filter-settings is not valid filter settings: {e}"))?;
@@ -279,6 +290,7 @@ async fn run(o: Options) -> Result<(), String> {
     let proxy = ProxySettings {
         listen_addr: o.proxy_addr,
         proxy_port: o.proxy_port,
+        https_port: o.https_port,
         wasm_path: wasm,
         filter_settings: o.filter_settings,
         trusted_proxy_hops: o.trusted_proxy_hops,

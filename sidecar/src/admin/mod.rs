@@ -103,6 +103,7 @@ use crate::apisix::merge::{self, names};
 use crate::apisix::route::{id_text, with_id, Errors, RouteSpec};
 use crate::apisix::secrets::{self, FillError};
 use crate::apisix::shared;
+use crate::apisix::ssl::{self, SslSpec};
 use crate::apisix::table::{Published, RouteTable};
 use crate::apisix::upstream::{NodePolicy, Upstream};
 use crate::store::{
@@ -234,6 +235,7 @@ pub fn router(state: AdminState, protected: Router) -> Router {
         ResourceKind::Service,
         ResourceKind::PluginConfig,
         ResourceKind::GlobalRule,
+        ResourceKind::Ssl,
     ] {
         r = resource(r, kind);
     }

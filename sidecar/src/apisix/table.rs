@@ -11,6 +11,7 @@ use oidc_core::config::PluginConfig;
 
 use crate::apisix::merge;
 use crate::apisix::route::RouteSpec;
+use crate::apisix::ssl::SslSpec;
 use crate::store::Stored;
 
 /// The route table as the Admin API publishes it (cheap to share).
@@ -33,6 +34,10 @@ pub struct RouteTable {
     /// Login routes whose session cookies overwrite each other
     /// ([`session_clashes`]).
     warnings: Vec<String>,
+    /// The ssl objects that validate, in id order, enabled or not.
+    ssls: Vec<SslSpec>,
+    /// Stored ssl objects that do not validate, with the reason.
+    invalid_ssls: Vec<(String, String)>,
 }
 
 impl RouteTable {
@@ -69,13 +74,50 @@ impl RouteTable {
         invalid.extend(clashing);
         let secrets = secrets_of(&routes);
         let warnings = session_clashes(&routes);
-        RouteTable {
+        let ssls = stored.ssls.clone();
+        let mut table = RouteTable {
             stored,
             routes,
             invalid,
             secrets,
             warnings,
+            ssls: Vec::new(),
+            invalid_ssls: Vec::new(),
+        };
+        table.set_ssls(&ssls);
+        table
+    }
+
+    /// Validates the stored ssl objects (id → object) into the table; their
+    /// private keys join the secrets to mask.
+    pub fn set_ssls(&mut self, ssls: &std::collections::BTreeMap<String, serde_json::Value>) {
+        self.ssls.clear();
+        self.invalid_ssls.clear();
+        for (id, v) in ssls {
+            match SslSpec::parse(id, v) {
+                Ok(spec) => self.ssls.push(spec),
+                Err(e) => self.invalid_ssls.push((id.clone(), e)),
+            }
         }
+        for key in self.ssls.iter().flat_map(|s| s.keys()) {
+            self.secrets.push(key.to_string());
+            if let Ok(quoted) = serde_json::to_string(key) {
+                self.secrets.push(quoted.trim_matches('"').to_string());
+            }
+        }
+        self.secrets
+            .sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        self.secrets.dedup();
+    }
+
+    /// The enabled ssl objects, in id order.
+    pub fn enabled_ssls(&self) -> impl Iterator<Item = &SslSpec> {
+        self.ssls.iter().filter(|s| s.enabled)
+    }
+
+    /// The stored ssl objects left out, with the reason.
+    pub fn invalid_ssls(&self) -> &[(String, String)] {
+        &self.invalid_ssls
     }
 
     /// The stored set this table was built from.

@@ -158,6 +158,13 @@ impl ClaimSchema {
         check(&self.root, claims, &mut path)
     }
 
+    /// Checks a claims object (a JWT payload, an introspection answer).
+    pub fn check_object(&self, claims: &Map<String, Value>) -> Result<(), Mismatch> {
+        // Runs once per token verdict (cached verdicts skip it), so the
+        // copy is not on the path of every request.
+        self.check(&Value::Object(claims.clone()))
+    }
+
     /// The session path's claims, as APISIX builds them.
     pub fn session_claims(
         userinfo: Option<&Value>,

@@ -917,6 +917,29 @@ mod tests {
     }
 
     #[test]
+    fn claim_schema_is_checked_on_the_introspection_answer() {
+        let r = route(json!({"claim_schema": {
+            "required": ["groups"],
+            "properties": {"groups": {"contains": {"const": "/staff"}}}
+        }}));
+        let answer = |groups: Value| {
+            json!({"active": true, "sub": "u", "exp": NOW + 100, "groups": groups}).to_string()
+        };
+        let ok = answer(json!(["/staff"]));
+        assert!(introspected(&r, "tok", 200, ok.as_bytes(), NOW).is_ok());
+        let other = answer(json!(["/guests"]));
+        assert_eq!(
+            introspected(&r, "tok", 200, other.as_bytes(), NOW).unwrap_err(),
+            Denial::InvalidToken("claim_schema: contains failed at /groups".into())
+        );
+        let none = json!({"active": true, "sub": "u"}).to_string();
+        assert_eq!(
+            introspected(&r, "tok", 200, none.as_bytes(), NOW).unwrap_err(),
+            Denial::InvalidToken("claim_schema: required failed at /".into())
+        );
+    }
+
+    #[test]
     fn introspection_answers() {
         let r = route(json!({}));
         let body =

@@ -151,6 +151,8 @@ pub fn introspected(
     {
         return Err(denial_for(&e));
     }
+    // Then `claim_schema`, on the answer as one flat object (APISIX).
+    check_claim_schema(route, &result.claims)?;
     // Without an expiry the answer is not cached.
     let mut cache_until = result.cache_until(now).unwrap_or(now);
     if c.introspection_interval > 0 {
@@ -236,6 +238,9 @@ fn decide_locally(route: &Route, token: &str, p: &ProviderState<'_>, now: u64) -
 
     match jwt::verify(token, keys, &policy, now) {
         Ok(v) => {
+            if let Err(d) = check_claim_schema(route, &v.claims) {
+                return Decision::Deny(d);
+            }
             let cache_until = v.exp.unwrap_or(now.saturating_add(NO_EXP_CACHE_TTL));
             Decision::Allow(allowed(route, token, &v.payload_json, cache_until))
         }
@@ -314,6 +319,22 @@ fn fetch(kind: FetchKind, url: &str) -> Decision {
     match provider::fetch(kind, url) {
         Ok(Need { kind, url, req }) => Decision::Fetch(kind, url, req),
         Err(why) => Decision::Deny(Denial::ProviderUnavailable(why)),
+    }
+}
+
+/// The route's `claim_schema` over a token's claims (the JWT payload or
+/// the introspection answer): a mismatch is a 401 `invalid_token`, as in
+/// APISIX. Checked before a verdict is cached, and the cache key carries
+/// the config version, so a changed schema checks cached tokens again.
+fn check_claim_schema(
+    route: &Route,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), Denial> {
+    match &route.config.claim_schema {
+        Some(schema) => schema
+            .check_object(claims)
+            .map_err(|m| Denial::InvalidToken(m.to_string())),
+        None => Ok(()),
     }
 }
 
@@ -797,6 +818,33 @@ mod tests {
     }
 
     #[test]
+    fn claim_schema_is_checked_on_the_jwt_payload() {
+        let schema = |user: &str| {
+            route(json!({"use_jwks": true, "claim_schema": {
+                "required": ["preferred_username"],
+                "properties": {"preferred_username": {"const": user}}
+            }}))
+        };
+        let (m, k) = (metadata(), keys(NOW));
+        let p = ProviderState {
+            discovery: Some(&m),
+            jwks: Some(&k),
+            ..Default::default()
+        };
+        let t = rs256();
+        allowed(decide(&schema("jack"), &t, &p, &[], NOW));
+        let d = denied(decide(&schema("jill"), &t, &p, &[], NOW));
+        assert_eq!(
+            d,
+            Denial::InvalidToken("claim_schema: const failed at /preferred_username".into())
+        );
+        let reply = d.reply("apisix");
+        assert_eq!(reply.status, 401);
+        assert!(reply.headers.iter().any(|(n, v)| n == "www-authenticate"
+            && v.starts_with("Bearer realm=\"apisix\", error=\"invalid_token\"")));
+    }
+
+    #[test]
     fn the_same_token_gets_each_routes_answer() {
         let lenient = route(json!({"use_jwks": true}));
         let strict = route(json!({"use_jwks": true, "required_scopes": ["admin"]}));
@@ -866,6 +914,29 @@ mod tests {
             panic!()
         };
         assert_eq!(req.cluster, "oidc|http|127.0.0.1|9999");
+    }
+
+    #[test]
+    fn claim_schema_is_checked_on_the_introspection_answer() {
+        let r = route(json!({"claim_schema": {
+            "required": ["groups"],
+            "properties": {"groups": {"contains": {"const": "/staff"}}}
+        }}));
+        let answer = |groups: Value| {
+            json!({"active": true, "sub": "u", "exp": NOW + 100, "groups": groups}).to_string()
+        };
+        let ok = answer(json!(["/staff"]));
+        assert!(introspected(&r, "tok", 200, ok.as_bytes(), NOW).is_ok());
+        let other = answer(json!(["/guests"]));
+        assert_eq!(
+            introspected(&r, "tok", 200, other.as_bytes(), NOW).unwrap_err(),
+            Denial::InvalidToken("claim_schema: contains failed at /groups".into())
+        );
+        let none = json!({"active": true, "sub": "u"}).to_string();
+        assert_eq!(
+            introspected(&r, "tok", 200, none.as_bytes(), NOW).unwrap_err(),
+            Denial::InvalidToken("claim_schema: required failed at /".into())
+        );
     }
 
     #[test]

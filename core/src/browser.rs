@@ -17,6 +17,7 @@
 use serde_json::Value;
 
 use crate::callback::{self, CallbackError, CallbackQuery, Tokens};
+use crate::claims::ClaimSchema;
 use crate::config::{SessionConfig, UnauthAction};
 use crate::discovery::ProviderMetadata;
 use crate::http::{HttpRequest, Target};
@@ -771,6 +772,21 @@ impl Flow {
         now: u64,
     ) -> Step {
         let c = &route.config;
+        // `claim_schema` first, as APISIX: over {user, access_token,
+        // id_token}, on every request (so a changed schema applies to
+        // existing sessions at once).
+        if let Some(schema) = &c.claim_schema {
+            let claims = ClaimSchema::session_claims(
+                session.userinfo.as_ref(),
+                session.access_token.expose(),
+                &session.id_claims,
+            );
+            if let Err(m) = schema.check(&claims) {
+                let denial = Denial::InvalidToken(m.to_string());
+                let reply = denial.reply(&c.realm);
+                return self.respond(reply, Event::Denied(denial));
+            }
+        }
         if !c.required_scopes.is_empty() {
             let granted = session_scopes(&session);
             let ok = granted.is_some_and(|g| c.required_scopes.iter().all(|r| g.contains(r)));
@@ -1911,6 +1927,45 @@ mod tests {
             reply.body,
             r#"{"error":"required scopes admin not present"}"#
         );
+    }
+
+    #[test]
+    fn claim_schema_is_checked_on_every_signed_in_request() {
+        let mut p = Provider::new();
+        let r = route(json!({"set_userinfo_header": false}));
+        let cookies = login(&r, &mut p);
+        let with_schema = |sub: &str| {
+            route(json!({"set_userinfo_header": false, "claim_schema": {
+                "properties": {
+                    "id_token": {"properties": {"sub": {"const": sub}}},
+                    "access_token": {"const": "at-1"}
+                }
+            }}))
+        };
+        let r = with_schema("user-1");
+        let flow = Flow::begin(
+            &lr(&r),
+            request("localhost:9080", "/anything/x", &cookies),
+            NOW,
+        );
+        assert!(forward(p.drive(&r, flow, NOW, |_| panic!())).signed_in);
+        // The same session on a route whose schema it does not meet.
+        let r = with_schema("user-2");
+        let flow = Flow::begin(
+            &lr(&r),
+            request("localhost:9080", "/anything/x", &cookies),
+            NOW,
+        );
+        let (reply, event) = respond(p.drive(&r, flow, NOW, |_| panic!()));
+        assert_eq!(reply.status, 401);
+        assert_eq!(
+            event,
+            Event::Denied(Denial::InvalidToken(
+                "claim_schema: const failed at /id_token/sub".into()
+            ))
+        );
+        assert!(header(&reply, "www-authenticate")
+            .is_some_and(|v| v.contains("error=\"invalid_token\"")));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::claims::ClaimSchema;
 use crate::http::Target;
 use crate::jwt::{Alg, Jwks};
 use crate::secret::Secret;
@@ -192,6 +193,8 @@ pub struct PluginConfig {
     pub introspection_addon_headers: Vec<String>,
     pub required_scopes: Vec<String>,
     pub claim_validator: ClaimValidator,
+    /// `claim_schema`, compiled ([`crate::claims`]).
+    pub claim_schema: Option<ClaimSchema>,
     pub revoke_tokens_on_logout: bool,
     pub force_reauthorize: bool,
 }
@@ -291,6 +294,17 @@ impl PluginConfig {
         let introspection_addon_headers = r.header_names("introspection_addon_headers");
         let required_scopes = r.string_list("required_scopes").unwrap_or_default();
         let claim_validator = parse_claim_validator(&mut r);
+        let claim_schema = r
+            .get("claim_schema")
+            .and_then(|v| match ClaimSchema::compile(v) {
+                Ok(s) => Some(s),
+                Err(problems) => {
+                    for p in problems {
+                        r.error("claim_schema", &p);
+                    }
+                    None
+                }
+            });
         let revoke_tokens_on_logout = r.bool("revoke_tokens_on_logout").unwrap_or(false);
         let force_reauthorize = r.bool("force_reauthorize").unwrap_or(false);
         if r.bool("accept_none_alg") == Some(true) {
@@ -397,6 +411,7 @@ impl PluginConfig {
                 introspection_addon_headers,
                 required_scopes,
                 claim_validator,
+                claim_schema,
                 revoke_tokens_on_logout,
                 force_reauthorize,
             }),
@@ -445,6 +460,7 @@ pub const KNOWN_TOP: &[&str] = &[
     "introspection_addon_headers",
     "required_scopes",
     "claim_validator",
+    "claim_schema",
     "revoke_tokens_on_logout",
     "force_reauthorize",
     "accept_none_alg",
@@ -460,7 +476,6 @@ pub const KNOWN_TOP: &[&str] = &[
 /// "not supported" rather than silently ignored.
 const UNSUPPORTED_TOP: &[&str] = &[
     "proxy_opts",
-    "claim_schema",
     "client_rsa_private_key",
     "client_rsa_private_key_id",
     "client_jwt_assertion_alg",
@@ -1312,8 +1327,30 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
     }
 
     #[test]
+    fn claim_schema_is_compiled_or_refused_by_keyword() {
+        let mut v = minimal();
+        v["claim_schema"] = json!({"properties": {"groups": {"contains": {"const": "staff"}}}});
+        let c = PluginConfig::parse(&v).unwrap();
+        let s = c.claim_schema.unwrap();
+        assert!(s.check(&json!({"groups": ["staff"]})).is_ok());
+        assert!(s.check(&json!({"groups": []})).is_err());
+        let mut v = minimal();
+        v["claim_schema"] = json!(null);
+        assert_eq!(PluginConfig::parse(&v).unwrap().claim_schema, None);
+        let mut v = minimal();
+        v["claim_schema"] = json!({"patternProperties": {}, "format": "email"});
+        let e = errors(v);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].field, "claim_schema");
+        assert_eq!(
+            e[1].to_string(),
+            "property \"claim_schema\" keyword \"patternProperties\" is not supported (at /)"
+        );
+    }
+
+    #[test]
     fn unsupported_apisix_features_are_named() {
-        for k in ["proxy_opts", "claim_schema", "client_rsa_private_key"] {
+        for k in ["proxy_opts", "cache_segment", "client_rsa_private_key"] {
             let mut v = minimal();
             v[k] = json!({});
             let e = errors(v);

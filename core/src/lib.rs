@@ -6,6 +6,7 @@
 pub mod bearer;
 pub mod browser;
 pub mod callback;
+pub mod claims;
 pub mod config;
 pub mod discovery;
 pub mod exchange;

@@ -135,6 +135,7 @@ use crate::apisix::upstream::{
 mod clusters;
 mod https;
 mod listener;
+mod plugins;
 mod providers;
 mod routes;
 mod tls;

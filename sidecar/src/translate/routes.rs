@@ -115,7 +115,7 @@ pub(super) fn envoy_route(e: &Entry) -> Route {
         UriMatch::Exact(p) => route_match::PathSpecifier::Path(p.clone()),
         UriMatch::Prefix(p) => route_match::PathSpecifier::Prefix(p.clone()),
     };
-    Route {
+    let mut route = Route {
         name: e.spec.id.clone(),
         r#match: Some(RouteMatch {
             path_specifier: Some(path_specifier),
@@ -128,7 +128,9 @@ pub(super) fn envoy_route(e: &Entry) -> Route {
             &e.spec.hosts,
         )),
         ..Default::default()
-    }
+    };
+    super::plugins::apply(e.spec, &mut route);
+    route
 }
 
 /// `:method` matching one of `methods` (none: any method).

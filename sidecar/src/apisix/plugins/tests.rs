@@ -1,0 +1,107 @@
+use serde_json::json;
+
+use super::proxy_rewrite::{substitution, PathRewrite, ProxyRewrite};
+use super::*;
+
+fn rewrite(v: Value) -> Result<ProxyRewrite, String> {
+    let mut e = Errors::new();
+    ProxyRewrite::parse(&v, "plugins.proxy-rewrite", &mut e).ok_or_else(|| e.message())
+}
+
+#[test]
+fn substitution_is_ngx_re_sub_in_re2_syntax() {
+    assert_eq!(substitution("/$1_${2}/x", 1).unwrap(), "/\\2_\\3/x");
+    assert_eq!(substitution("/a$$b\\c", 0).unwrap(), "/a$b\\\\c");
+    for bad in ["/$x", "/${1", "/$9"] {
+        assert!(substitution(bad, 1).is_none(), "{bad}");
+    }
+}
+
+#[test]
+fn variables_are_found() {
+    for v in ["$uri", "a${host}", "$1", "x$_y"] {
+        assert!(has_variable(v), "{v}");
+    }
+    for v in ["50%", "a$", "a\\$b", "$-"] {
+        assert!(!has_variable(v), "{v}");
+    }
+}
+
+#[test]
+fn proxy_rewrite_takes_apisix_forms() {
+    let p = rewrite(
+        json!({"regex_uri": ["^/iresty/(.*)/(.*)/(.*)", "/$1_$2_$3"],
+                           "headers": {"X-Api": 1}}),
+    )
+    .unwrap();
+    assert_eq!(
+        p.path,
+        Some(PathRewrite::Regex {
+            pattern: "^/iresty/(.*)/(.*)/(.*)".into(),
+            replacement: "/$1_$2_$3".into()
+        })
+    );
+    assert_eq!(p.set, vec![("X-Api".to_string(), "1".to_string())]);
+    // uri wins over regex_uri, as in APISIX.
+    let p =
+        rewrite(json!({"uri": "/x", "regex_uri": ["a", "b"], "host": "h.example:8080"})).unwrap();
+    assert_eq!(p.path, Some(PathRewrite::Uri("/x".into())));
+    assert_eq!(p.host.as_deref(), Some("h.example:8080"));
+    rewrite(json!({"use_real_request_uri_unsafe": false, "headers": {"remove": ["x-a"]}})).unwrap();
+}
+
+#[test]
+fn proxy_rewrite_refuses_by_name() {
+    let cases = [
+        (json!({}), "must set at least one attribute"),
+        (json!({"scheme": "https"}), "scheme\" is not supported"),
+        (json!({"method": "GET"}), "method\" is not supported"),
+        (
+            json!({"use_real_request_uri_unsafe": true}),
+            "use_real_request_uri_unsafe\" is not supported",
+        ),
+        (json!({"uri": "x"}), "uri\" must start with"),
+        (json!({"uri": "/a?b=1"}), "with a query"),
+        (json!({"regex_uri": ["(", "/"]}), "not a regular expression"),
+        (json!({"regex_uri": ["^/(a)", "/$2"]}), "names group $2"),
+        (
+            json!({"regex_uri": ["a"]}),
+            "must be an array of two strings",
+        ),
+        (json!({"host": "a b"}), "host\" must be"),
+        (json!({"headers": {"Host": "x"}}), "cannot be set here"),
+        (
+            json!({"headers": {"set": {"X-Id-Token": "x"}}}),
+            "identity header",
+        ),
+        (
+            json!({"headers": {"add": {"x-raw-id-token": "x"}}}),
+            "identity header",
+        ),
+        (
+            json!({"headers": {"X-A": "a\nb"}}),
+            "characters a header value",
+        ),
+        (
+            json!({"headers": {"X-A": "$remote_addr"}}),
+            "nginx variables",
+        ),
+        (
+            json!({"headers": {"set": {"X-A": "1"}, "remove": ["x-a"]}}),
+            "both set and removed",
+        ),
+        (
+            json!({"headers": {"set": {"X-A": "1"}, "X-B": "2"}}),
+            "must be a string or a number",
+        ),
+        (json!({"foo": 1}), "foo\" is not an attribute"),
+        (
+            json!({"uri": "/a", "_meta": {"disable": true}}),
+            "_meta\" is not supported",
+        ),
+    ];
+    for (conf, want) in cases {
+        let err = rewrite(conf.clone()).unwrap_err();
+        assert!(err.contains(want), "{conf}: {err}");
+    }
+}

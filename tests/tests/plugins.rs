@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use integration_tests::gateway::Gateway;
+use integration_tests::http::request;
 use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET};
-use integration_tests::{get, wait_for, Httpbin, Provider, ProviderOptions, Response, TestDir};
+use integration_tests::{
+    free_port, get, wait_for, Httpbin, Provider, ProviderOptions, Response, TestDir,
+};
 use serde_json::{json, Value};
 
 fn oidc(discovery: &str, extra: Value) -> Value {
@@ -68,13 +71,15 @@ struct Stack {
     _httpbin: Httpbin,
     gw: Gateway,
     upstream: Value,
+    https_port: u16,
 }
 
 fn stack() -> Stack {
     let dir = TestDir::for_current_test();
     let provider = Provider::start(dir.path(), ProviderOptions::default());
     let httpbin = Httpbin::start(dir.path());
-    let gw = Gateway::start(dir.path(), &[]);
+    let https_port = free_port();
+    let gw = Gateway::start(dir.path(), &["--https-port", &https_port.to_string()]);
     let upstream =
         json!({"type": "roundrobin", "nodes": {format!("127.0.0.1:{}", httpbin.port): 1}});
     Stack {
@@ -83,6 +88,7 @@ fn stack() -> Stack {
         _httpbin: httpbin,
         gw,
         upstream,
+        https_port,
     }
 }
 
@@ -198,4 +204,100 @@ fn proxy_rewrite_alone_and_after_the_token_check() {
         ],
     );
     assert_eq!(get(&gw.url("/bad"), &[]).unwrap().status, 404);
+}
+
+#[test]
+fn redirect_http_to_https_and_uri_before_and_after_the_token_check() {
+    let s = stack();
+    let gw = &s.gw;
+    // APISIX's docs bodies.
+    put(
+        gw,
+        "/apisix/admin/routes/tls",
+        &json!({"uri": "/anything/tls/*", "plugins": {"redirect": {"http_to_https": true}},
+                "upstream": s.upstream}),
+    );
+    put(
+        gw,
+        "/apisix/admin/routes/moved",
+        &json!({"uri": "/test/index.html",
+                "plugins": {"redirect": {"uri": "/test/default.html", "ret_code": 301}},
+                "upstream": s.upstream}),
+    );
+    let r = serves(gw, "/anything/tls/x?q=1", &[], 301);
+    let host = format!("127.0.0.1:{}", gw.proxy_port);
+    let want = format!("https://127.0.0.1:{}/anything/tls/x?q=1", s.https_port);
+    assert_eq!(r.header("location"), Some(want.as_str()));
+    // Another method: 308 (the body is sent again). A client's
+    // X-Forwarded-Proto does not skip the redirect (Envoy is the edge and
+    // sets the scheme from the connection).
+    let r = request(
+        "POST",
+        &gw.url("/anything/tls/x?q=1"),
+        &[("x-forwarded-proto", "https")],
+        Some(b"a".to_vec()),
+    )
+    .unwrap();
+    assert_eq!(r.status, 308, "{}", r.body);
+    assert_eq!(r.header("location"), Some(want.as_str()));
+    let r = get(
+        &gw.url("/anything/tls/x"),
+        &[("x-forwarded-proto", "https"), ("host", &host)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 301);
+
+    // uri: the query is dropped (no append_query_string).
+    let r = serves(gw, "/test/index.html?a=1", &[], 301);
+    let loc = r.header("location").unwrap_or_default().to_string();
+    assert!(loc.ends_with("/test/default.html"), "{loc}");
+
+    // With openid-connect on the same route: the token check comes first
+    // (as in APISIX: openid-connect 2599 before redirect 900).
+    put(
+        gw,
+        "/apisix/admin/routes/moved",
+        &json!({"uri": "/test/index.html",
+                "plugins": {
+                    "redirect": {"uri": "https://new.example/x?y=1", "ret_code": 307},
+                    "openid-connect": oidc(&s.provider.discovery_url(), json!({"bearer_only": true})),
+                },
+                "upstream": s.upstream}),
+    );
+    serves(gw, "/test/index.html", &[], 401);
+    let token = format!("Bearer {}", s.provider.client_credentials_token());
+    let r = serves(
+        gw,
+        "/test/index.html?a=1",
+        &[("authorization", &token)],
+        307,
+    );
+    assert_eq!(r.header("location"), Some("https://new.example/x?y=1"));
+
+    // Refused by name.
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/routes/bad",
+        &json!({"uri": "/bad", "upstream": s.upstream, "plugins": {"redirect": {
+            "uri": "https://$host$request_uri", "ret_code": 200, "encode_uri": true,
+        }}}),
+    );
+    refused(
+        &r,
+        &[
+            "plugins.redirect.uri\" is not supported with nginx variables",
+            "plugins.redirect.ret_code\" is not supported",
+            "plugins.redirect.encode_uri\" is not supported",
+        ],
+    );
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/routes/bad",
+        &json!({"uri": "/bad", "upstream": s.upstream, "plugins": {"redirect": {
+            "http_to_https": true, "uri": "/x",
+        }}}),
+    );
+    refused(&r, &["must set exactly one of"]);
 }

@@ -8,16 +8,19 @@ use serde_json::{Map, Value};
 use crate::apisix::route::{Errors, OIDC_PLUGIN};
 
 pub mod proxy_rewrite;
+pub mod redirect;
 
 pub use proxy_rewrite::ProxyRewrite;
+pub use redirect::Redirect;
 
 /// The plugins a route may carry here (`/apisix/admin/plugins/list`).
-pub const SUPPORTED: &[&str] = &[OIDC_PLUGIN, proxy_rewrite::NAME];
+pub const SUPPORTED: &[&str] = &[OIDC_PLUGIN, proxy_rewrite::NAME, redirect::NAME];
 
 /// The plugins of a route other than `openid-connect`, validated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plugins {
     pub proxy_rewrite: Option<ProxyRewrite>,
+    pub redirect: Option<Redirect>,
 }
 
 impl Plugins {
@@ -27,6 +30,7 @@ impl Plugins {
         let at = format!("plugins.{name}");
         match name {
             proxy_rewrite::NAME => self.proxy_rewrite = ProxyRewrite::parse(conf, &at, e),
+            redirect::NAME => self.redirect = Redirect::parse(conf, &at, e),
             _ => return false,
         }
         true

@@ -105,3 +105,62 @@ fn proxy_rewrite_refuses_by_name() {
         assert!(err.contains(want), "{conf}: {err}");
     }
 }
+
+fn redirect(v: Value) -> Result<Redirect, String> {
+    let mut e = Errors::new();
+    Redirect::parse(&v, "plugins.redirect", &mut e).ok_or_else(|| e.message())
+}
+
+#[test]
+fn redirect_takes_apisix_forms() {
+    let r = redirect(json!({"http_to_https": true})).unwrap();
+    assert!(r.http_to_https && r.uri.is_none());
+    let r = redirect(json!({"uri": "/test/default.html", "ret_code": 301})).unwrap();
+    assert_eq!(r.ret_code, 301);
+    assert_eq!(r.uri.unwrap().path, "/test/default.html");
+    let r =
+        redirect(json!({"uri": "https://A.example:8443", "append_query_string": true})).unwrap();
+    let t = r.uri.unwrap();
+    assert_eq!(t.origin, Some(("https".into(), "a.example".into(), 8443)));
+    assert_eq!(t.path, "/");
+    assert_eq!(redirect(json!({"uri": "/x"})).unwrap().ret_code, 302);
+}
+
+#[test]
+fn redirect_refuses_by_name() {
+    let cases = [
+        (json!({}), "exactly one of"),
+        (
+            json!({"uri": "/a", "http_to_https": true}),
+            "exactly one of",
+        ),
+        (
+            json!({"regex_uri": ["^/a", "/b"]}),
+            "regex_uri\" is not supported",
+        ),
+        (
+            json!({"http_to_https": true, "append_query_string": true}),
+            "only one of",
+        ),
+        (
+            json!({"uri": "/a", "ret_code": 200}),
+            "ret_code\" is not supported",
+        ),
+        (json!({"uri": "/a", "ret_code": 100}), "at least 200"),
+        (
+            json!({"uri": "/a", "encode_uri": true}),
+            "encode_uri\" is not supported",
+        ),
+        (json!({"uri": "$scheme://x/$uri"}), "nginx variables"),
+        (json!({"uri": "ftp://x/"}), "must be a path"),
+        (json!({"uri": "//x/"}), "must be a path"),
+        (
+            json!({"uri": "/a?b", "append_query_string": true}),
+            "with a query",
+        ),
+    ];
+    for (conf, want) in cases {
+        let err = redirect(conf.clone()).unwrap_err();
+        assert!(err.contains(want), "{conf}: {err}");
+    }
+}

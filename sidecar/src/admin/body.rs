@@ -106,7 +106,7 @@ pub(super) fn users(current: &Stored, kind: ResourceKind, id: &str) -> Vec<(Reso
 }
 
 /// APISIX's refusal to delete what is still used: "can not delete this
-/// upstream, route [1] is still using it now".
+/// upstream, route \[1\] is still using it now".
 pub(super) fn still_used(kind: ResourceKind, users: &[(ResourceKind, String)]) -> Option<Refusal> {
     let (first, _) = users.first()?;
     let named: Vec<String> = users

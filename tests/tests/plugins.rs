@@ -301,3 +301,96 @@ fn redirect_http_to_https_and_uri_before_and_after_the_token_check() {
     );
     refused(&r, &["must set exactly one of"]);
 }
+
+#[test]
+fn ip_restriction_runs_before_the_login_and_ignores_x_forwarded_for() {
+    let s = stack();
+    let gw = &s.gw;
+    let disc = s.provider.discovery_url();
+    let login = oidc(
+        &disc,
+        json!({"bearer_only": false,
+               "redirect_uri": format!("http://localhost:{}/anything/callback", gw.proxy_port)}),
+    );
+    // APISIX's docs body (blacklist), with a login on the same route.
+    put(
+        gw,
+        "/apisix/admin/routes/deny",
+        &json!({"uri": "/anything/deny/*",
+                "plugins": {"ip-restriction": {"blacklist": ["127.0.0.0/24", "113.74.26.106"]},
+                            "openid-connect": login},
+                "upstream": s.upstream}),
+    );
+    put(
+        gw,
+        "/apisix/admin/routes/allow",
+        &json!({"uri": "/anything/allow/*",
+                "plugins": {"ip-restriction": {"whitelist": ["10.0.0.0/8", "fe80::/10"],
+                                               "message": "Do you know where you are?"}},
+                "upstream": s.upstream}),
+    );
+    put(
+        gw,
+        "/apisix/admin/routes/ok",
+        &json!({"uri": "/anything/ok/*",
+                "plugins": {"ip-restriction": {"whitelist": ["127.0.0.1", "::1"]},
+                            "openid-connect": oidc(&disc, json!({"bearer_only": true}))},
+                "upstream": s.upstream}),
+    );
+    put(
+        gw,
+        "/apisix/admin/routes/open",
+        &json!({"uri": "/anything/open/*", "upstream": s.upstream}),
+    );
+
+    // A browser navigation to a login route from a refused address: 403
+    // with APISIX's body, no redirect to the provider; X-Forwarded-For
+    // from the client does not change the address.
+    const HTML: &str = "text/html,application/xhtml+xml";
+    for xff in ["", "10.1.2.3"] {
+        let mut h = vec![("accept", HTML)];
+        if !xff.is_empty() {
+            h.push(("x-forwarded-for", xff));
+        }
+        let r = serves(gw, "/anything/deny/x", &h, 403);
+        assert!(r.header("location").is_none());
+        assert_eq!(
+            r.json(),
+            json!({"message": "Your IP address is not allowed"})
+        );
+        let r = serves(gw, "/anything/allow/x", &h, 403);
+        assert_eq!(r.json(), json!({"message": "Do you know where you are?"}));
+    }
+    // Allowed: the token check comes next.
+    serves(gw, "/anything/ok/x", &[], 401);
+    let token = format!("Bearer {}", s.provider.client_credentials_token());
+    let r = serves(gw, "/anything/ok/x", &[("authorization", &token)], 200);
+    assert!(r.json()["headers"]["X-Access-Token"].is_string());
+    // A route without the plugin passes.
+    serves(gw, "/anything/open/x", &[], 200);
+
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/routes/bad",
+        &json!({"uri": "/bad", "upstream": s.upstream, "plugins": {"ip-restriction": {
+            "whitelist": ["10.0.0.0/33", "x"], "blacklist": ["1.2.3.4"],
+        }}}),
+    );
+    refused(&r, &["plugins.ip-restriction\" must set exactly one of"]);
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/routes/bad",
+        &json!({"uri": "/bad", "upstream": s.upstream, "plugins": {"ip-restriction": {
+            "whitelist": ["10.0.0.0/33"], "response_code": 404,
+        }}}),
+    );
+    refused(
+        &r,
+        &[
+            "plugins.ip-restriction.whitelist\" \"10.0.0.0/33\" is not an IP address or CIDR",
+            "plugins.ip-restriction.response_code\" is not supported",
+        ],
+    );
+}

@@ -15,11 +15,35 @@
 //!   `:scheme` = `http` (and `:method` GET or HEAD for the 301 one, 308
 //!   otherwise), redirecting to `https` on the HTTPS listener's port, with
 //!   an empty openid-connect version (no login over plain HTTP).
+//! - `ip-restriction`: the listener runs Envoy's RBAC filter (no rules:
+//!   allow) before the wasm filter; a route with the plugin gets an
+//!   `RBACPerRoute` (ALLOW for a whitelist, DENY for a blacklist, on the
+//!   remote address: a client's X-Forwarded-For beyond the trusted hops does
+//!   not count) and its `message` in route metadata (`ip-restriction`), which
+//!   the connection manager's local reply mapper puts in the 403 body
+//!   (`{"message": ...}`, as APISIX), recognised by the RBAC reply's response
+//!   code details (a CEL filter).
 
 use super::*;
 use crate::apisix::plugins::proxy_rewrite::{literal_substitution, substitution, PathRewrite};
-use crate::apisix::plugins::{ProxyRewrite, Redirect};
+use crate::apisix::plugins::{IpRestriction, ProxyRewrite, Redirect};
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    access_log_filter, extension_filter, AccessLogFilter, ExtensionFilter,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    substitution_format_string, CidrRange, SubstitutionFormatString,
+};
+use envoy_types::pb::envoy::config::rbac::v3::{
+    permission, principal, rbac, Permission, Policy, Principal, Rbac,
+};
 use envoy_types::pb::envoy::config::route::v3::{redirect_action, RedirectAction};
+use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::{
+    Rbac as RbacFilter, RbacPerRoute,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    LocalReplyConfig, ResponseMapper,
+};
 
 /// Applies the route's plugins to its Envoy route.
 pub(super) fn apply(spec: &RouteSpec, route: &mut Route) {
@@ -29,6 +53,127 @@ pub(super) fn apply(spec: &RouteSpec, route: &mut Route) {
     if let Some(r) = &spec.plugins.redirect {
         redirect(r, route);
     }
+    if let Some(r) = &spec.plugins.ip_restriction {
+        ip_restriction(r, route);
+    }
+}
+
+/// The RBAC filter's name (its per-route config's key).
+pub(super) const RBAC_FILTER: &str = "envoy.filters.http.rbac";
+/// The route-metadata namespace of ip-restriction's `message`.
+pub(super) const IP_RESTRICTION_NAMESPACE: &str = "ip-restriction";
+
+/// The listener's RBAC filter: no rules, so a route without a policy passes.
+pub(super) fn rbac_filter() -> HttpFilter {
+    HttpFilter {
+        name: RBAC_FILTER.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
+            &RbacFilter::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// An RBAC refusal is answered as APISIX's ip-restriction:
+/// `{"message": <the route's message>}` (from the route metadata).
+pub(super) fn local_replies() -> LocalReplyConfig {
+    // The RBAC filter writes its dynamic metadata after its local reply,
+    // so the reply is recognised by its response code details.
+    let denied = AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::ExtensionFilter(
+            ExtensionFilter {
+                name: "envoy.access_loggers.extension_filters.cel".into(),
+                config_type: Some(extension_filter::ConfigType::TypedConfig(to_any(
+                    &ExpressionFilter {
+                        expression: "response.code_details.startsWith('rbac_access_denied')".into(),
+                        ..Default::default()
+                    },
+                ))),
+            },
+        )),
+    };
+    let body = Struct {
+        fields: [(
+            "message".to_string(),
+            PbValue {
+                kind: Some(value::Kind::StringValue(format!(
+                    "%METADATA(ROUTE:{IP_RESTRICTION_NAMESPACE}:message)%"
+                ))),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    LocalReplyConfig {
+        mappers: vec![ResponseMapper {
+            filter: Some(denied),
+            body_format_override: Some(SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::JsonFormat(body)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn ip_restriction(r: &IpRestriction, route: &mut Route) {
+    let ids = r
+        .cidrs
+        .iter()
+        .map(|(addr, len)| Principal {
+            identifier: Some(principal::Identifier::RemoteIp(CidrRange {
+                address_prefix: addr.to_string(),
+                prefix_len: Some(UInt32Value {
+                    value: u32::from(*len),
+                }),
+            })),
+        })
+        .collect();
+    let policy = Policy {
+        permissions: vec![Permission {
+            rule: Some(permission::Rule::Any(true)),
+        }],
+        principals: vec![Principal {
+            identifier: Some(principal::Identifier::OrIds(principal::Set { ids })),
+        }],
+        ..Default::default()
+    };
+    let action = if r.allow {
+        rbac::Action::Allow
+    } else {
+        rbac::Action::Deny
+    };
+    let per_route = RbacPerRoute {
+        rbac: Some(RbacFilter {
+            rules: Some(Rbac {
+                action: action as i32,
+                policies: [("ip-restriction".to_string(), policy)]
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    route
+        .typed_per_filter_config
+        .insert(RBAC_FILTER.into(), to_any(&per_route));
+    let message = Struct {
+        fields: [(
+            "message".to_string(),
+            PbValue {
+                kind: Some(value::Kind::StringValue(r.message.clone())),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    route
+        .metadata
+        .get_or_insert_with(Default::default)
+        .filter_metadata
+        .insert(IP_RESTRICTION_NAMESPACE.into(), message);
 }
 
 fn redirect(r: &Redirect, route: &mut Route) {
@@ -113,6 +258,16 @@ fn to_https(r: &Route, https_port: u16, get_or_head: bool) -> Route {
     if get_or_head {
         m.headers.push(exact(":method", Some("^(GET|HEAD)$"), ""));
     }
+    let mut metadata = super::routes::oidc_metadata(None, &[]);
+    if let Some(m) = r
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(IP_RESTRICTION_NAMESPACE))
+    {
+        metadata
+            .filter_metadata
+            .insert(IP_RESTRICTION_NAMESPACE.into(), m.clone());
+    }
     let code = if get_or_head {
         C::MovedPermanently
     } else {
@@ -127,7 +282,9 @@ fn to_https(r: &Route, https_port: u16, get_or_head: bool) -> Route {
             scheme_rewrite_specifier: Some(SchemeRewriteSpecifier::HttpsRedirect(true)),
             ..Default::default()
         })),
-        metadata: Some(super::routes::oidc_metadata(None, &[])),
+        metadata: Some(metadata),
+        // ip-restriction still comes first (APISIX: 3000 before 900).
+        typed_per_filter_config: r.typed_per_filter_config.clone(),
         ..Default::default()
     }
 }

@@ -7,20 +7,28 @@ use serde_json::{Map, Value};
 
 use crate::apisix::route::{Errors, OIDC_PLUGIN};
 
+pub mod ip_restriction;
 pub mod proxy_rewrite;
 pub mod redirect;
 
+pub use ip_restriction::IpRestriction;
 pub use proxy_rewrite::ProxyRewrite;
 pub use redirect::Redirect;
 
 /// The plugins a route may carry here (`/apisix/admin/plugins/list`).
-pub const SUPPORTED: &[&str] = &[OIDC_PLUGIN, proxy_rewrite::NAME, redirect::NAME];
+pub const SUPPORTED: &[&str] = &[
+    OIDC_PLUGIN,
+    proxy_rewrite::NAME,
+    redirect::NAME,
+    ip_restriction::NAME,
+];
 
 /// The plugins of a route other than `openid-connect`, validated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plugins {
     pub proxy_rewrite: Option<ProxyRewrite>,
     pub redirect: Option<Redirect>,
+    pub ip_restriction: Option<IpRestriction>,
 }
 
 impl Plugins {
@@ -31,6 +39,7 @@ impl Plugins {
         match name {
             proxy_rewrite::NAME => self.proxy_rewrite = ProxyRewrite::parse(conf, &at, e),
             redirect::NAME => self.redirect = Redirect::parse(conf, &at, e),
+            ip_restriction::NAME => self.ip_restriction = IpRestriction::parse(conf, &at, e),
             _ => return false,
         }
         true

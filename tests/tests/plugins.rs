@@ -394,3 +394,121 @@ fn ip_restriction_runs_before_the_login_and_ignores_x_forwarded_for() {
         ],
     );
 }
+
+#[test]
+fn cors_preflight_is_answered_before_the_login() {
+    let s = stack();
+    let gw = &s.gw;
+    let disc = s.provider.discovery_url();
+    let login = oidc(
+        &disc,
+        json!({"bearer_only": false,
+               "redirect_uri": format!("http://localhost:{}/anything/callback", gw.proxy_port)}),
+    );
+    // APISIX's docs body, on a login-protected route.
+    put(
+        gw,
+        "/apisix/admin/routes/app",
+        &json!({"uri": "/anything/app/*",
+                "plugins": {"cors": {
+                    "allow_origins": "http://app.example,https://other.example:8443",
+                    "allow_methods": "GET,POST",
+                    "allow_headers": "authorization,content-type",
+                    "expose_headers": "x-req",
+                    "max_age": 50,
+                    "allow_credential": true
+                }, "openid-connect": login},
+                "upstream": s.upstream}),
+    );
+    put(
+        gw,
+        "/apisix/admin/routes/api",
+        &json!({"uri": "/anything/api/*",
+                "plugins": {"cors": {"allow_origins_by_regex": ["^https://.*\\.example\\.org$"],
+                                     "allow_origins": "http://x.example"},
+                            "openid-connect": oidc(&disc, json!({"bearer_only": true}))},
+                "upstream": s.upstream}),
+    );
+    let preflight = |path: &str, origin: &str| {
+        request(
+            "OPTIONS",
+            &gw.url(path),
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                ("accept", "text/html"),
+            ],
+            None,
+        )
+        .unwrap()
+    };
+    let r = wait_for("the preflight answer", Duration::from_secs(10), || {
+        let r = preflight("/anything/app/x", "http://app.example");
+        (r.status == 200).then_some(r)
+    });
+    assert!(r.header("location").is_none());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET,POST"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("authorization,content-type")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("50"));
+    // Another origin gets no CORS answer: the request goes on to the login.
+    let r = preflight("/anything/app/x", "http://evil.example");
+    assert!(
+        r.header("access-control-allow-origin").is_none(),
+        "{:?}",
+        r.headers
+    );
+    assert_ne!(r.status, 200);
+
+    // Bearer API: regex origins; the 401 of a missing token and the 200
+    // both carry the CORS headers.
+    let r = preflight("/anything/api/x", "https://a.example.org");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://a.example.org")
+    );
+    let origin = [("origin", "http://x.example")];
+    let r = get(&gw.url("/anything/api/x"), &origin).unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://x.example")
+    );
+    let token = format!("Bearer {}", s.provider.client_credentials_token());
+    let r = get(
+        &gw.url("/anything/api/x"),
+        &[origin[0], ("authorization", &token)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://x.example")
+    );
+
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/routes/bad",
+        &json!({"uri": "/bad", "upstream": s.upstream, "plugins": {"cors": {
+            "allow_origins": "*", "allow_credential": true, "allow_headers": "**",
+            "allow_origins_by_metadata": ["a"],
+        }}}),
+    );
+    refused(
+        &r,
+        &[
+            "plugins.cors.allow_origins\" you can not set '*'",
+            "plugins.cors.allow_headers\" \"**\" is not supported",
+            "plugins.cors.allow_origins_by_metadata\" is not supported",
+        ],
+    );
+}

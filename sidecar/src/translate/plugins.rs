@@ -23,10 +23,15 @@
 //!   the connection manager's local reply mapper puts in the 403 body
 //!   (`{"message": ...}`, as APISIX), recognised by the RBAC reply's response
 //!   code details (a CEL filter).
+//! - `cors`: the listener runs Envoy's CORS filter first (APISIX: cors 4000,
+//!   ip-restriction 3000, openid-connect 2599); a route with the plugin gets
+//!   a per-route `CorsPolicy` (origins as exact or regex matchers, `*` as
+//!   `.*`), so a preflight is answered before the login.
 
 use super::*;
+use crate::apisix::plugins::cors::Origins;
 use crate::apisix::plugins::proxy_rewrite::{literal_substitution, substitution, PathRewrite};
-use crate::apisix::plugins::{IpRestriction, ProxyRewrite, Redirect};
+use crate::apisix::plugins::{Cors, IpRestriction, ProxyRewrite, Redirect};
 use envoy_types::pb::envoy::config::accesslog::v3::{
     access_log_filter, extension_filter, AccessLogFilter, ExtensionFilter,
 };
@@ -38,6 +43,7 @@ use envoy_types::pb::envoy::config::rbac::v3::{
 };
 use envoy_types::pb::envoy::config::route::v3::{redirect_action, RedirectAction};
 use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors as CorsFilter, CorsPolicy};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::{
     Rbac as RbacFilter, RbacPerRoute,
 };
@@ -56,6 +62,63 @@ pub(super) fn apply(spec: &RouteSpec, route: &mut Route) {
     if let Some(r) = &spec.plugins.ip_restriction {
         ip_restriction(r, route);
     }
+    if let Some(c) = &spec.plugins.cors {
+        cors(c, route);
+    }
+}
+
+/// The CORS filter's name (its per-route config's key).
+pub(super) const CORS_FILTER: &str = "envoy.filters.http.cors";
+
+/// The listener's CORS filter, first in the chain: without a route policy
+/// it does nothing.
+pub(super) fn cors_filter() -> HttpFilter {
+    HttpFilter {
+        name: CORS_FILTER.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
+            &CorsFilter::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+fn cors(c: &Cors, route: &mut Route) {
+    let regex = |re: &str| StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+            regex: re.into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let mut origins: Vec<StringMatcher> = match &c.origins {
+        Origins::Any => vec![regex(".*")],
+        Origins::Listed(list) => list
+            .iter()
+            .map(|o| StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(o.clone())),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    origins.extend(c.origin_regexes.iter().map(|r| regex(r)));
+    let policy = CorsPolicy {
+        allow_origin_string_match: origins,
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age: if c.max_age >= 0 {
+            c.max_age.to_string()
+        } else {
+            String::new()
+        },
+        allow_credentials: Some(BoolValue {
+            value: c.allow_credential,
+        }),
+        ..Default::default()
+    };
+    route
+        .typed_per_filter_config
+        .insert(CORS_FILTER.into(), to_any(&policy));
 }
 
 /// The RBAC filter's name (its per-route config's key).

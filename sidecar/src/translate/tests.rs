@@ -761,12 +761,13 @@ fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
     assert_eq!(
         filters,
         [
+            "envoy.filters.http.cors",
             "envoy.filters.http.rbac",
             "envoy.filters.http.wasm",
             "envoy.filters.http.router"
         ]
     );
-    let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[1].config_type else {
+    let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[2].config_type else {
         panic!()
     };
     let wasm: Wasm = decode(any);

@@ -7,10 +7,12 @@ use serde_json::{Map, Value};
 
 use crate::apisix::route::{Errors, OIDC_PLUGIN};
 
+pub mod cors;
 pub mod ip_restriction;
 pub mod proxy_rewrite;
 pub mod redirect;
 
+pub use cors::Cors;
 pub use ip_restriction::IpRestriction;
 pub use proxy_rewrite::ProxyRewrite;
 pub use redirect::Redirect;
@@ -21,6 +23,7 @@ pub const SUPPORTED: &[&str] = &[
     proxy_rewrite::NAME,
     redirect::NAME,
     ip_restriction::NAME,
+    cors::NAME,
 ];
 
 /// The plugins of a route other than `openid-connect`, validated.
@@ -29,6 +32,7 @@ pub struct Plugins {
     pub proxy_rewrite: Option<ProxyRewrite>,
     pub redirect: Option<Redirect>,
     pub ip_restriction: Option<IpRestriction>,
+    pub cors: Option<Cors>,
 }
 
 impl Plugins {
@@ -40,6 +44,7 @@ impl Plugins {
             proxy_rewrite::NAME => self.proxy_rewrite = ProxyRewrite::parse(conf, &at, e),
             redirect::NAME => self.redirect = Redirect::parse(conf, &at, e),
             ip_restriction::NAME => self.ip_restriction = IpRestriction::parse(conf, &at, e),
+            cors::NAME => self.cors = Cors::parse(conf, &at, e),
             _ => return false,
         }
         true

@@ -9,3 +9,4 @@ pub mod shared;
 pub mod ssl;
 pub mod table;
 pub mod upstream;
+pub mod vars;

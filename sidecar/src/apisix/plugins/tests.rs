@@ -164,3 +164,94 @@ fn redirect_refuses_by_name() {
         assert!(err.contains(want), "{conf}: {err}");
     }
 }
+
+#[test]
+fn ip_restriction_takes_apisix_forms_and_refuses_by_name() {
+    let parse = |v: Value| {
+        let mut e = Errors::new();
+        IpRestriction::parse(&v, "plugins.ip-restriction", &mut e).ok_or_else(|| e.message())
+    };
+    let r =
+        parse(json!({"whitelist": ["127.0.0.1", "113.74.26.106/24", "2001:db8::/32"]})).unwrap();
+    assert!(r.allow);
+    assert_eq!(r.cidrs.len(), 3);
+    assert_eq!(r.message, ip_restriction::DEFAULT_MESSAGE);
+    let r = parse(json!({"denylist": ["::1"], "message": "no", "response_code": 403})).unwrap();
+    assert!(!r.allow);
+    assert_eq!(r.message, "no");
+    for (conf, want) in [
+        (json!({}), "exactly one of"),
+        (
+            json!({"whitelist": ["1.2.3.4"], "blacklist": ["1.2.3.4"]}),
+            "exactly one of",
+        ),
+        (json!({"whitelist": []}), "non-empty array"),
+        (
+            json!({"whitelist": ["1.2.3.4/33"]}),
+            "is not an IP address or CIDR",
+        ),
+        (
+            json!({"whitelist": ["1.2.3.4/"]}),
+            "is not an IP address or CIDR",
+        ),
+        (
+            json!({"whitelist": ["::1/129"]}),
+            "is not an IP address or CIDR",
+        ),
+        (
+            json!({"whitelist": ["1.2.3.4"], "message": ""}),
+            "message\" must be",
+        ),
+        (
+            json!({"whitelist": ["1.2.3.4"], "response_code": 404}),
+            "response_code\" is not supported",
+        ),
+    ] {
+        let err = parse(conf.clone()).unwrap_err();
+        assert!(err.contains(want), "{conf}: {err}");
+    }
+}
+
+#[test]
+fn cors_takes_apisix_forms_and_refuses_by_name() {
+    let parse = |v: Value| {
+        let mut e = Errors::new();
+        Cors::parse(&v, "plugins.cors", &mut e).ok_or_else(|| e.message())
+    };
+    let c = parse(json!({})).unwrap();
+    assert_eq!(c.origins, cors::Origins::Any);
+    assert_eq!(
+        (
+            c.allow_methods.as_str(),
+            c.allow_headers.as_str(),
+            c.max_age
+        ),
+        ("*", "*", 5)
+    );
+    assert!(!c.allow_credential);
+    let c = parse(
+        json!({"allow_origins": "**", "allow_methods": "**", "allow_headers": "a,b",
+                         "allow_credential": true}),
+    )
+    .unwrap();
+    assert_eq!(c.origins, cors::Origins::Any);
+    assert!(c.allow_methods.starts_with("GET,POST"));
+    for (conf, want) in [
+        (json!({"allow_credential": true}), "you can not set '*'"),
+        (json!({"allow_origins": "example.com"}), "is not an origin"),
+        (json!({"allow_headers": "**"}), "is not supported"),
+        (json!({"allow_methods": "GET POST"}), "comma-separated"),
+        (
+            json!({"allow_origins_by_regex": ["("]}),
+            "not a regular expression",
+        ),
+        (
+            json!({"timing_allow_origins": "*"}),
+            "timing_allow_origins\" is not supported",
+        ),
+        (json!({"max_age": "5"}), "max_age\" must be an integer"),
+    ] {
+        let err = parse(conf.clone()).unwrap_err();
+        assert!(err.contains(want), "{conf}: {err}");
+    }
+}

@@ -163,11 +163,8 @@ impl Cors {
                 ),
                 Some(list) => {
                     for re in list {
-                        if regex::Regex::new(re).is_err() {
-                            e.push(
-                                &field("allow_origins_by_regex"),
-                                format!("{re:?} is not a regular expression Envoy (RE2) runs"),
-                            );
+                        if let Err(why) = crate::apisix::vars::search_regex(re, false) {
+                            e.push(&field("allow_origins_by_regex"), why);
                         }
                         origin_regexes.push(re.to_string());
                     }

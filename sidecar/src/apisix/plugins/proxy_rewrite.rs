@@ -261,6 +261,9 @@ fn valid_path(s: &str) -> bool {
 /// The pattern compiles as RE2 (what Envoy runs) and the replacement's `$`
 /// references are ones ngx.re.sub knows, naming groups the pattern has.
 fn check_regex(pattern: &str, replacement: &str) -> Result<(), String> {
+    // RE2 must read it as PCRE does, within Envoy's program size (a NACK
+    // would stop every route update).
+    crate::apisix::vars::search_regex(pattern, false).map_err(|why| format!("pattern {why}"))?;
     let re = regex::Regex::new(pattern)
         .map_err(|_| format!("pattern {pattern:?} is not a regular expression Envoy (RE2) runs"))?;
     let groups = re.captures_len() - 1;

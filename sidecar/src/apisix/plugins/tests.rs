@@ -62,7 +62,11 @@ fn proxy_rewrite_refuses_by_name() {
         ),
         (json!({"uri": "x"}), "uri\" must start with"),
         (json!({"uri": "/a?b=1"}), "with a query"),
-        (json!({"regex_uri": ["(", "/"]}), "not a regular expression"),
+        (json!({"regex_uri": ["(", "/"]}), "which RE2 cannot take"),
+        (
+            json!({"regex_uri": ["^/(?<x>a)\\1", "/"]}),
+            "which RE2 cannot take",
+        ),
         (json!({"regex_uri": ["^/(a)", "/$2"]}), "names group $2"),
         (
             json!({"regex_uri": ["a"]}),
@@ -243,13 +247,17 @@ fn cors_takes_apisix_forms_and_refuses_by_name() {
         (json!({"allow_methods": "GET POST"}), "comma-separated"),
         (
             json!({"allow_origins_by_regex": ["("]}),
-            "not a regular expression",
+            "which RE2 cannot take",
         ),
         (
             json!({"timing_allow_origins": "*"}),
             "timing_allow_origins\" is not supported",
         ),
         (json!({"max_age": "5"}), "max_age\" must be an integer"),
+        (
+            json!({"allow_origins_by_regex": ["a(?=b)"]}),
+            "which RE2 cannot take",
+        ),
     ] {
         let err = parse(conf.clone()).unwrap_err();
         assert!(err.contains(want), "{conf}: {err}");

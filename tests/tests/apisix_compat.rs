@@ -157,7 +157,8 @@ fn admin_api_probes_answer_as_apisix() {
             "proxy-rewrite",
             "redirect",
             "ip-restriction",
-            "cors"
+            "cors",
+            "response-rewrite"
         ])
     );
     let r = gw.admin("GET", "/apisix/admin/plugins/list?subsystem=stream", None);

@@ -512,3 +512,55 @@ fn cors_preflight_is_answered_before_the_login() {
         ],
     );
 }
+
+#[test]
+fn response_rewrite_headers_after_the_token_check() {
+    let s = stack();
+    let gw = &s.gw;
+    put(
+        gw,
+        "/apisix/admin/routes/rr",
+        &json!({"uri": "/response-headers",
+                "plugins": {"response-rewrite": {"headers": {
+                                "set": {"X-Server-id": 3, "X-Server-status": "on"},
+                                "add": {"X-Up": "2"},
+                                "remove": ["X-Gone"]}},
+                            "openid-connect": oidc(&s.provider.discovery_url(), json!({"bearer_only": true}))},
+                "upstream": s.upstream}),
+    );
+    serves(gw, "/response-headers", &[], 401);
+    let token = format!("Bearer {}", s.provider.client_credentials_token());
+    let r = serves(
+        gw,
+        "/response-headers?X-Up=1&X-Gone=1&X-Server-status=off",
+        &[("authorization", &token)],
+        200,
+    );
+    assert_eq!(r.header("x-server-id"), Some("3"));
+    assert_eq!(r.header("x-server-status"), Some("on"), "{:?}", r.headers);
+    let ups: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("x-up"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(ups, ["1", "2"], "{:?}", r.headers);
+    assert!(r.header("x-gone").is_none(), "{:?}", r.headers);
+
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/routes/bad",
+        &json!({"uri": "/bad", "upstream": s.upstream, "plugins": {"response-rewrite": {
+            "body": "{\"code\":\"ok\"}", "status_code": 200, "headers": {"X-A": "$status"},
+        }}}),
+    );
+    refused(
+        &r,
+        &[
+            "plugins.response-rewrite.body\" is not supported",
+            "plugins.response-rewrite.status_code\" is not supported",
+            "plugins.response-rewrite.headers.X-A\" is not supported with nginx variables",
+        ],
+    );
+}

@@ -23,6 +23,8 @@
 //!   the connection manager's local reply mapper puts in the 403 body
 //!   (`{"message": ...}`, as APISIX), recognised by the RBAC reply's response
 //!   code details (a CEL filter).
+//! - `response-rewrite`: headers → `response_headers_to_add` /
+//!   `_remove` (literal values).
 //! - `cors`: the listener runs Envoy's CORS filter first (APISIX: cors 4000,
 //!   ip-restriction 3000, openid-connect 2599); a route with the plugin gets
 //!   a per-route `CorsPolicy` (origins as exact or regex matchers, `*` as
@@ -64,6 +66,34 @@ pub(super) fn apply(spec: &RouteSpec, route: &mut Route) {
     }
     if let Some(c) = &spec.plugins.cors {
         cors(c, route);
+    }
+    if let Some(r) = &spec.plugins.response_rewrite {
+        use header_value_option::HeaderAppendAction as A;
+        route.response_headers_to_add.extend(
+            r.add
+                .iter()
+                .map(|h| header(h, A::AppendIfExistsOrAdd))
+                .chain(r.set.iter().map(|h| header(h, A::OverwriteIfExistsOrAdd))),
+        );
+        route
+            .response_headers_to_remove
+            .extend(r.remove.iter().cloned());
+    }
+}
+
+/// A literal header (`%` doubled: Envoy reads `%...%` as a formatter).
+fn header(
+    (k, v): &(String, String),
+    action: header_value_option::HeaderAppendAction,
+) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: k.clone(),
+            value: v.replace('%', "%%"),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
     }
 }
 
@@ -379,15 +409,6 @@ fn proxy_rewrite(p: &ProxyRewrite, route: &mut Route) {
         }
     }
     use header_value_option::HeaderAppendAction as A;
-    let header = |(k, v): &(String, String), action: A| HeaderValueOption {
-        header: Some(HeaderValue {
-            key: k.clone(),
-            value: v.replace('%', "%%"),
-            ..Default::default()
-        }),
-        append_action: action as i32,
-        ..Default::default()
-    };
     route.request_headers_to_add.extend(
         p.add
             .iter()

@@ -11,11 +11,13 @@ pub mod cors;
 pub mod ip_restriction;
 pub mod proxy_rewrite;
 pub mod redirect;
+pub mod response_rewrite;
 
 pub use cors::Cors;
 pub use ip_restriction::IpRestriction;
 pub use proxy_rewrite::ProxyRewrite;
 pub use redirect::Redirect;
+pub use response_rewrite::ResponseRewrite;
 
 /// The plugins a route may carry here (`/apisix/admin/plugins/list`).
 pub const SUPPORTED: &[&str] = &[
@@ -24,6 +26,7 @@ pub const SUPPORTED: &[&str] = &[
     redirect::NAME,
     ip_restriction::NAME,
     cors::NAME,
+    response_rewrite::NAME,
 ];
 
 /// The plugins of a route other than `openid-connect`, validated.
@@ -33,6 +36,7 @@ pub struct Plugins {
     pub redirect: Option<Redirect>,
     pub ip_restriction: Option<IpRestriction>,
     pub cors: Option<Cors>,
+    pub response_rewrite: Option<ResponseRewrite>,
 }
 
 impl Plugins {
@@ -45,6 +49,7 @@ impl Plugins {
             redirect::NAME => self.redirect = Redirect::parse(conf, &at, e),
             ip_restriction::NAME => self.ip_restriction = IpRestriction::parse(conf, &at, e),
             cors::NAME => self.cors = Cors::parse(conf, &at, e),
+            response_rewrite::NAME => self.response_rewrite = ResponseRewrite::parse(conf, &at, e),
             _ => return false,
         }
         true

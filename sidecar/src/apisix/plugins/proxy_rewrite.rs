@@ -149,7 +149,7 @@ impl ProxyRewrite {
     }
 }
 
-fn parse_headers(h: &Value, at: &str, out: &mut ProxyRewrite, e: &mut Errors) {
+pub(crate) fn parse_headers(h: &Value, at: &str, out: &mut ProxyRewrite, e: &mut Errors) {
     let Some(obj) = h.as_object().filter(|o| !o.is_empty()) else {
         e.push(at, "must be a non-empty object");
         return;

@@ -150,7 +150,17 @@ fn admin_api_probes_answer_as_apisix() {
     let gw = Gateway::start(dir.path(), &[]);
     let r = gw.admin("GET", "/apisix/admin/plugins/list", None);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json(), json!(["openid-connect"]));
+    assert_eq!(
+        r.json(),
+        json!([
+            "openid-connect",
+            "proxy-rewrite",
+            "redirect",
+            "ip-restriction",
+            "cors",
+            "response-rewrite"
+        ])
+    );
     let r = gw.admin("GET", "/apisix/admin/plugins/list?subsystem=stream", None);
     assert_eq!(r.json(), json!([]));
     for path in [

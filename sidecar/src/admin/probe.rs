@@ -4,7 +4,7 @@
 //!
 //! | call | answer |
 //! |---|---|
-//! | `GET /apisix/admin/plugins/list` | 200 `["openid-connect"]` ([`PLUGINS`]); `?subsystem=stream`: `[]` |
+//! | `GET /apisix/admin/plugins/list` | 200 `["openid-connect", "proxy-rewrite", ...]` ([`PLUGINS`]); `?subsystem=stream`: `[]` |
 //! | `GET /apisix/admin/plugins/{name}` | 200 the plugin's JSON schema; 404 `{"error_msg": "plugin not found in subsystem http"}` |
 //! | `GET /apisix/admin/schema/plugins/{name}` | the same (APISIX routes both to one handler) |
 //!
@@ -17,7 +17,7 @@ use super::*;
 use crate::apisix::route::OIDC_PLUGIN;
 
 /// The plugins a route may carry here: what `plugins/list` answers.
-pub const PLUGINS: &[&str] = &[OIDC_PLUGIN];
+pub const PLUGINS: &[&str] = crate::apisix::plugins::SUPPORTED;
 
 /// The `openid-connect` schema as this gateway accepts it.
 const OIDC_SCHEMA: &str = include_str!("openid-connect.schema.json");

@@ -2,6 +2,7 @@
 //! parsing and validation, no I/O.
 
 pub mod merge;
+pub mod plugins;
 pub mod route;
 pub mod secrets;
 pub mod shared;

@@ -8,6 +8,7 @@
 use oidc_core::config::PluginConfig;
 use serde_json::{Map, Value};
 
+use crate::apisix::plugins::Plugins;
 use crate::apisix::secrets;
 use crate::apisix::upstream::{parse_timeouts, Timeouts, Upstream};
 use crate::apisix::vars::{self, Disjuncts};
@@ -84,6 +85,8 @@ pub struct RouteSpec {
     /// references resolved (what Envoy's route metadata carries), and its
     /// parsed form.
     pub oidc: Option<(Value, PluginConfig)>,
+    /// The other plugins (`apisix/plugins/`).
+    pub plugins: Plugins,
     /// The inline `upstream`, or the one `upstream_id` names.
     pub upstream: Upstream,
     /// The route's `timeout`, which overrides the upstream's.
@@ -280,7 +283,8 @@ impl RouteSpec {
             }
         };
 
-        let oidc = parse_plugins(obj.get("plugins"), &mut e);
+        let mut plugins = Plugins::default();
+        let oidc = parse_all_plugins(obj.get("plugins"), &mut e, &mut plugins);
         let timeout = obj
             .get("timeout")
             .and_then(|t| parse_timeouts(t, "timeout", &mut e));
@@ -336,6 +340,7 @@ impl RouteSpec {
                     priority,
                     enabled,
                     oidc,
+                    plugins,
                     upstream,
                     timeout,
                     vars,
@@ -410,6 +415,15 @@ pub fn valid_host_pattern(h: &str) -> bool {
 }
 
 pub fn parse_plugins(v: Option<&Value>, e: &mut Errors) -> Option<(Value, PluginConfig)> {
+    parse_all_plugins(v, e, &mut Plugins::default())
+}
+
+/// [`parse_plugins`], the other plugins validated into `others`.
+pub fn parse_all_plugins(
+    v: Option<&Value>,
+    e: &mut Errors,
+    others: &mut Plugins,
+) -> Option<(Value, PluginConfig)> {
     let plugins = match v {
         None => return None,
         Some(Value::Object(m)) => m,
@@ -421,6 +435,9 @@ pub fn parse_plugins(v: Option<&Value>, e: &mut Errors) -> Option<(Value, Plugin
     let mut out = None;
     for (name, conf) in plugins {
         if name != OIDC_PLUGIN {
+            if others.add(name, conf, e) {
+                continue;
+            }
             e.push(
                 &format!("plugins.{name}"),
                 "is not a plugin this gateway has (unknown plugin)",

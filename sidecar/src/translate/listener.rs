@@ -1,4 +1,6 @@
-//! The one listener: HTTP connection manager, the wasm filter, the router.
+//! The one listener: HTTP connection manager, the CORS and RBAC filters (cors,
+//! ip-restriction), the wasm
+//! filter, the router.
 //! It does not depend on the routes, so Envoy never drains it.
 
 use super::*;
@@ -59,7 +61,16 @@ pub(super) fn connection_manager(s: &ProxySettings) -> Filter {
             config_source: Some(ads()),
             route_config_name: ROUTE_CONFIG.into(),
         })),
-        http_filters: vec![wasm, router],
+        // CORS, then RBAC, before the wasm filter: a preflight is answered
+        // and ip-restriction refuses before any login (`plugins.rs`);
+        // without a route policy both let the request pass.
+        http_filters: vec![
+            super::plugins::cors_filter(),
+            super::plugins::rbac_filter(),
+            wasm,
+            router,
+        ],
+        local_reply_config: Some(super::plugins::local_replies()),
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
         // nginx decodes `%2F` and `%5C` before APISIX matches: without this,

@@ -135,6 +135,7 @@ use crate::apisix::upstream::{
 mod clusters;
 mod https;
 mod listener;
+mod plugins;
 mod providers;
 mod routes;
 mod tls;
@@ -265,9 +266,11 @@ pub fn translate(
     let ssls: Vec<_> = table.enabled_ssls().collect();
     let (https_listener, secrets) = https::https(s, &ssls, &mut skipped);
 
+    let mut rc = route_config(&specs);
+    plugins::expand(&mut rc, &specs, s.https_port);
     Resources {
         listeners: std::iter::once(listener(s)).chain(https_listener).collect(),
-        route_configs: vec![route_config(&specs)],
+        route_configs: vec![rc],
         clusters,
         endpoints,
         secrets,

@@ -156,13 +156,15 @@ pub(super) fn envoy_routes(e: &Entry) -> Vec<Route> {
             for c in conds {
                 add_matcher(&mut m, c);
             }
-            Route {
+            let mut route = Route {
                 name: e.spec.id.clone(),
                 r#match: Some(m),
                 action: Some(route::Action::Route(action.clone())),
                 metadata: Some(metadata.clone()),
                 ..Default::default()
-            }
+            };
+            super::plugins::apply(e.spec, &mut route);
+            route
         })
         .collect()
 }

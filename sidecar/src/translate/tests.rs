@@ -794,9 +794,14 @@ fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
     let filters: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(
         filters,
-        ["envoy.filters.http.wasm", "envoy.filters.http.router"]
+        [
+            "envoy.filters.http.cors",
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.wasm",
+            "envoy.filters.http.router"
+        ]
     );
-    let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[0].config_type else {
+    let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[2].config_type else {
         panic!()
     };
     let wasm: Wasm = decode(any);

@@ -1,0 +1,110 @@
+//! The APISIX plugins that travel with `openid-connect`, validated into
+//! what the translation to Envoy needs (`translate/plugins.rs`). Each
+//! plugin takes APISIX's attribute names and defaults; an attribute with no
+//! Envoy mapping is refused by name ("is not supported").
+
+use serde_json::{Map, Value};
+
+use crate::apisix::route::{Errors, OIDC_PLUGIN};
+
+pub mod cors;
+pub mod ip_restriction;
+pub mod proxy_rewrite;
+pub mod redirect;
+pub mod response_rewrite;
+
+pub use cors::Cors;
+pub use ip_restriction::IpRestriction;
+pub use proxy_rewrite::ProxyRewrite;
+pub use redirect::Redirect;
+pub use response_rewrite::ResponseRewrite;
+
+/// The plugins a route may carry here (`/apisix/admin/plugins/list`).
+pub const SUPPORTED: &[&str] = &[
+    OIDC_PLUGIN,
+    proxy_rewrite::NAME,
+    redirect::NAME,
+    ip_restriction::NAME,
+    cors::NAME,
+    response_rewrite::NAME,
+];
+
+/// The plugins of a route other than `openid-connect`, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plugins {
+    pub proxy_rewrite: Option<ProxyRewrite>,
+    pub redirect: Option<Redirect>,
+    pub ip_restriction: Option<IpRestriction>,
+    pub cors: Option<Cors>,
+    pub response_rewrite: Option<ResponseRewrite>,
+}
+
+impl Plugins {
+    /// Validates plugin `name` (not `openid-connect`) into `self`; false
+    /// when this gateway has no plugin of that name.
+    pub fn add(&mut self, name: &str, conf: &Value, e: &mut Errors) -> bool {
+        let at = format!("plugins.{name}");
+        match name {
+            proxy_rewrite::NAME => self.proxy_rewrite = ProxyRewrite::parse(conf, &at, e),
+            redirect::NAME => self.redirect = Redirect::parse(conf, &at, e),
+            ip_restriction::NAME => self.ip_restriction = IpRestriction::parse(conf, &at, e),
+            cors::NAME => self.cors = Cors::parse(conf, &at, e),
+            response_rewrite::NAME => self.response_rewrite = ResponseRewrite::parse(conf, &at, e),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The object of a plugin's config, or an error; `_meta` is refused (its
+/// `disable`, `priority`, `filter` have no mapping here).
+pub(crate) fn object<'a>(
+    conf: &'a Value,
+    at: &str,
+    e: &mut Errors,
+) -> Option<&'a Map<String, Value>> {
+    let Some(obj) = conf.as_object() else {
+        e.push(at, "must be an object");
+        return None;
+    };
+    if obj.contains_key("_meta") {
+        e.push(&format!("{at}._meta"), "is not supported");
+    }
+    Some(obj)
+}
+
+/// Attributes not in `known` (nor `_meta`) are errors.
+pub(crate) fn unknown(obj: &Map<String, Value>, known: &[&str], at: &str, e: &mut Errors) {
+    for k in obj.keys() {
+        if k != "_meta" && !known.contains(&k.as_str()) {
+            e.push(&format!("{at}.{k}"), "is not an attribute of this plugin");
+        }
+    }
+}
+
+/// An HTTP header name (RFC 9110 token).
+pub(crate) fn valid_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A header value Envoy takes: visible ASCII, space and tab (no CR, LF, NUL,
+/// nothing Envoy would refuse and NACK).
+pub(crate) fn valid_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Whether `s` holds an nginx variable reference as APISIX resolves them
+/// (`$name`, `${name}`), which has no Envoy equivalent here.
+pub(crate) fn has_variable(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.windows(2).enumerate().any(|(i, w)| {
+        w[0] == b'$'
+            && (i == 0 || b[i - 1] != b'\\')
+            && (w[1] == b'{' || w[1] == b'_' || w[1].is_ascii_alphanumeric())
+    })
+}
+
+#[cfg(test)]
+mod tests;

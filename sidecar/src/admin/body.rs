@@ -55,14 +55,21 @@ pub(super) fn not_an_object(kind: ResourceKind) -> Refusal {
     ))
 }
 
-/// Routes get their generated and kept secrets; upstreams have none.
+/// Objects with `plugins` (routes, services, plugin configs, global
+/// rules) get their generated and kept secrets; ssl objects their kept
+/// private keys; upstreams have none.
 pub(super) fn fill_secrets(
     kind: ResourceKind,
     obj: &mut Map<String, Value>,
     stored: Option<&Value>,
 ) -> Result<(), Refusal> {
-    if kind == ResourceKind::Upstream {
-        return Ok(());
+    match kind {
+        ResourceKind::Upstream => return Ok(()),
+        ResourceKind::Ssl => {
+            ssl::fill(obj, stored);
+            return Ok(());
+        }
+        _ => {}
     }
     secrets::fill(obj, stored).map_err(|e| match e {
         FillError::Invalid(msg) => Refusal::Bad(msg),
@@ -70,14 +77,94 @@ pub(super) fn fill_secrets(
     })
 }
 
-/// The ids of the routes whose `upstream_id` is `id`.
-pub(super) fn routes_using(current: &Stored, id: &str) -> Vec<String> {
-    current
+/// What still uses the object `id` of `kind`, as APISIX's delete checkers
+/// name it: the routes (`upstream_id`, `service_id`, `plugin_config_id`),
+/// then the services (`upstream_id`). Empty for routes and global rules.
+pub(super) fn users(current: &Stored, kind: ResourceKind, id: &str) -> Vec<(ResourceKind, String)> {
+    let field = match kind {
+        ResourceKind::Upstream => "upstream_id",
+        ResourceKind::Service => "service_id",
+        ResourceKind::PluginConfig => "plugin_config_id",
+        _ => return Vec::new(),
+    };
+    let mut out: Vec<(ResourceKind, String)> = current
         .routes
         .iter()
-        .filter(|(_, r)| r.get("upstream_id").and_then(id_text).as_deref() == Some(id))
-        .map(|(rid, _)| rid.clone())
-        .collect()
+        .filter(|(_, r)| names(r, field, id))
+        .map(|(rid, _)| (ResourceKind::Route, rid.clone()))
+        .collect();
+    if kind == ResourceKind::Upstream {
+        out.extend(
+            current
+                .services
+                .iter()
+                .filter(|(_, s)| names(s, field, id))
+                .map(|(sid, _)| (ResourceKind::Service, sid.clone())),
+        );
+    }
+    out
+}
+
+/// APISIX's refusal to delete what is still used: "can not delete this
+/// upstream, route [1] is still using it now".
+pub(super) fn still_used(kind: ResourceKind, users: &[(ResourceKind, String)]) -> Option<Refusal> {
+    let (first, _) = users.first()?;
+    let named: Vec<String> = users
+        .iter()
+        .filter(|(k, _)| k == first)
+        .map(|(_, id)| format!("[{id}]"))
+        .collect();
+    let (noun, verb) = match (first, named.len()) {
+        (ResourceKind::Service, 1) => ("service", "is"),
+        (ResourceKind::Service, _) => ("services", "are"),
+        (_, 1) => ("route", "is"),
+        _ => ("routes", "are"),
+    };
+    let what = match kind {
+        ResourceKind::Service => "this service directly",
+        ResourceKind::PluginConfig => "this plugin config",
+        _ => "this upstream",
+    };
+    Some(bad(format!(
+        "can not delete {what}, {noun} {} {verb} still using it now",
+        named.join(", ")
+    )))
+}
+
+/// A route as it runs (its plugin config, service and the global rules
+/// merged in, [`merge::effective`]) and validated as a route write is,
+/// against `stored`.
+pub(super) fn check_route(id: &str, route: &Value, stored: &Stored) -> Result<RouteSpec, String> {
+    let merged = merge::effective(route, stored)?;
+    let spec = RouteSpec::parse(id, &merged, &stored.upstreams)?;
+    let mut e = Errors::new();
+    login_needs_a_host(&spec, &mut e);
+    if e.is_empty() {
+        Ok(spec)
+    } else {
+        Err(e.message())
+    }
+}
+
+/// Refuses a change to anything routes use (`next` is the stored set
+/// after it) that would make a route that is valid now invalid, naming the
+/// route and why.
+pub(super) fn routes_stay_valid(
+    kind: ResourceKind,
+    current: &Stored,
+    next: &Stored,
+) -> Result<(), Refusal> {
+    for (rid, r) in &next.routes {
+        if let Err(e) = check_route(rid, r, next) {
+            if check_route(rid, r, current).is_ok() {
+                return Err(bad(format!(
+                    "invalid configuration: route [{rid}] uses this {} and would not be valid: {e}",
+                    kind.name()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Validates the finished object and gives its stored form. A route's
@@ -100,14 +187,16 @@ pub(super) fn login_needs_a_host(spec: &RouteSpec, e: &mut Errors) {
     }
 }
 
-/// `upstream_id` must name a stored upstream; an upstream must still make
-/// a valid route of every route that names it.
+/// `upstream_id`, `service_id` and `plugin_config_id` must name stored
+/// objects; an upstream, service, plugin config or global rule must still
+/// make a valid route of every route that is valid now.
 pub(super) fn finish(
     kind: ResourceKind,
     id: &str,
     obj: Map<String, Value>,
     current: &Stored,
     nodes: &NodePolicy,
+    now: u64,
 ) -> Result<Value, Refusal> {
     // Validated as sent (its `id` must agree with the URL's), stored with
     // the id.
@@ -115,7 +204,8 @@ pub(super) fn finish(
     let mut e = Errors::new();
     match kind {
         ResourceKind::Route => {
-            let spec = RouteSpec::parse(id, &sent, &current.upstreams).map_err(Refusal::Bad)?;
+            let merged = merge::effective(&sent, current).map_err(Refusal::Bad)?;
+            let spec = RouteSpec::parse(id, &merged, &current.upstreams).map_err(Refusal::Bad)?;
             login_needs_a_host(&spec, &mut e);
             if let Some(up) = sent.get("upstream") {
                 nodes.check(up, "upstream.", &mut e);
@@ -125,6 +215,13 @@ pub(super) fn finish(
             Upstream::parse_resource(id, &sent).map_err(Refusal::Bad)?;
             nodes.check(&sent, "", &mut e);
         }
+        ResourceKind::Service | ResourceKind::PluginConfig | ResourceKind::GlobalRule => {
+            shared::check(kind, id, &sent, current).map_err(Refusal::Bad)?;
+            if let Some(up) = sent.get("upstream") {
+                nodes.check(up, "upstream.", &mut e);
+            }
+        }
+        ResourceKind::Ssl => ssl_checks(id, &sent, current.ssls.get(id), now)?,
     }
     if !e.is_empty() {
         return Err(Refusal::Bad(e.message()));
@@ -133,16 +230,11 @@ pub(super) fn finish(
         return Err(not_an_object(kind));
     };
     let v = Value::Object(with_id(obj, id));
-    if kind == ResourceKind::Upstream {
-        let mut upstreams = current.upstreams.clone();
-        upstreams.insert(id.to_string(), v.clone());
-        for rid in routes_using(current, id) {
-            RouteSpec::parse(&rid, &current.routes[&rid], &upstreams).map_err(|e| {
-                bad(format!(
-                    "invalid configuration: route [{rid}] uses this upstream and would not be valid: {e}"
-                ))
-            })?;
-        }
+    // Routes do not depend on ssl objects.
+    if !matches!(kind, ResourceKind::Route | ResourceKind::Ssl) {
+        let mut next = current.clone();
+        kind.of_mut(&mut next).insert(id.to_string(), v.clone());
+        routes_stay_valid(kind, current, &next)?;
     }
     Ok(v)
 }
@@ -153,4 +245,14 @@ pub(super) fn stored_create_time(stored: Option<&Value>, now: u64) -> Value {
         .filter(|t| t.is_u64())
         .cloned()
         .unwrap_or_else(|| Value::from(now))
+}
+
+/// An ssl object: valid ([`SslSpec::parse`]), and no certificate new to
+/// this ssl has expired at `now` (one kept from what is stored is not
+/// checked again, so a PATCH of its labels still works).
+fn ssl_checks(id: &str, sent: &Value, stored: Option<&Value>, now: u64) -> Result<(), Refusal> {
+    let spec = SslSpec::parse(id, sent).map_err(Refusal::Bad)?;
+    let stored = stored.and_then(|v| SslSpec::parse(id, v).ok());
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    spec.check_new(now, stored.as_ref()).map_err(Refusal::Bad)
 }

@@ -66,11 +66,9 @@ impl AdminState {
         clock: Clock,
     ) -> Result<AdminState, StoreError> {
         let loaded = store.load().await?;
-        let last_id = loaded
-            .data
-            .routes
-            .keys()
-            .chain(loaded.data.upstreams.keys())
+        let last_id = ResourceKind::ALL
+            .into_iter()
+            .flat_map(|k| k.of(&loaded.data).keys())
             // Ids of the generated form only (20 digits, so no overflow).
             .filter(|id| id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit()))
             .filter_map(|id| id.parse::<u128>().ok())
@@ -325,8 +323,12 @@ pub(super) enum Change {
 
 impl Change {
     /// The write, guarded by what it was decided on in `current`: the
-    /// object itself; for a route, the upstream it names; for an upstream,
-    /// every route (they were validated against it, or could name it).
+    /// object itself; for a route, what it names (its upstream, plugin
+    /// config, service and the service's upstream) and the global rules;
+    /// for an upstream, a service, a plugin config or a global rule, every
+    /// route (they were validated against it, or could name it), and what
+    /// else it was checked against (an upstream: the services; a service:
+    /// its upstream; a global rule: the other global rules).
     fn write(&self, current: &Versioned) -> Write {
         let (kind, id, value) = match self {
             Change::Put {
@@ -339,24 +341,50 @@ impl Change {
             id: id.clone(),
             modified: current.modified(kind, id),
         }];
+        let unchanged = |kind: ResourceKind, v: Option<&Value>, field: &str| {
+            let id = v.and_then(|v| v.get(field)).and_then(id_text)?;
+            Some(Guard::Unchanged {
+                kind,
+                modified: current.modified(kind, &id),
+                id,
+            })
+        };
+        let none_changed = |kind: ResourceKind| Guard::NoneChangedSince {
+            kind,
+            revision: current.revision,
+        };
+        let v = value.as_ref();
         match kind {
             ResourceKind::Route => {
-                if let Some(uid) = value
-                    .as_ref()
-                    .and_then(|v| v.get("upstream_id"))
-                    .and_then(id_text)
-                {
-                    guards.push(Guard::Unchanged {
-                        kind: ResourceKind::Upstream,
-                        modified: current.modified(ResourceKind::Upstream, &uid),
-                        id: uid,
-                    });
+                // What it names, and the global rules, which every route
+                // takes in.
+                guards.extend(unchanged(ResourceKind::Upstream, v, "upstream_id"));
+                guards.extend(unchanged(ResourceKind::PluginConfig, v, "plugin_config_id"));
+                if let Some(g) = unchanged(ResourceKind::Service, v, "service_id") {
+                    if let Guard::Unchanged { id: sid, .. } = &g {
+                        let service = current.data.services.get(sid);
+                        guards.extend(unchanged(ResourceKind::Upstream, service, "upstream_id"));
+                    }
+                    guards.push(g);
+                }
+                if v.is_some() {
+                    guards.push(none_changed(ResourceKind::GlobalRule));
                 }
             }
-            ResourceKind::Upstream => guards.push(Guard::NoneChangedSince {
-                kind: ResourceKind::Route,
-                revision: current.revision,
-            }),
+            ResourceKind::Upstream => {
+                guards.push(none_changed(ResourceKind::Route));
+                guards.push(none_changed(ResourceKind::Service));
+            }
+            ResourceKind::Service => {
+                guards.push(none_changed(ResourceKind::Route));
+                guards.extend(unchanged(ResourceKind::Upstream, v, "upstream_id"));
+            }
+            ResourceKind::PluginConfig => guards.push(none_changed(ResourceKind::Route)),
+            ResourceKind::GlobalRule => {
+                guards.push(none_changed(ResourceKind::Route));
+                guards.push(none_changed(ResourceKind::GlobalRule));
+            }
+            ResourceKind::Ssl => {}
         }
         Write {
             kind,

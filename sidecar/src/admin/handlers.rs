@@ -77,7 +77,7 @@ pub(super) async fn put(
             obj.insert("create_time".into(), stored_create_time(stored, now));
             obj.insert("update_time".into(), Value::from(now));
             let created = stored.is_none();
-            let value = finish(kind, &id, obj, current, &nodes)?;
+            let value = finish(kind, &id, obj, current, &nodes, now)?;
             Ok(Change::Put {
                 kind,
                 created,
@@ -94,6 +94,13 @@ pub(super) async fn post_new(
     kind: ResourceKind,
     body: Body,
 ) -> Result<Response, Refusal> {
+    if matches!(kind, ResourceKind::PluginConfig | ResourceKind::GlobalRule) {
+        // APISIX's `unsupported_methods = {"post"}` for these.
+        return Err(Refusal::NotAllowed(format!(
+            "not supported `POST` method for {}",
+            kind.name()
+        )));
+    }
     let obj = read_object(kind, body).await?;
     if obj.contains_key("id") {
         return Err(bad(format!(
@@ -111,7 +118,7 @@ pub(super) async fn post_new(
             obj.insert("create_time".into(), Value::from(now));
             obj.insert("update_time".into(), Value::from(now));
             let id = writer.next_id(kind.of(current), now);
-            let value = finish(kind, &id, obj, current, &nodes)?;
+            let value = finish(kind, &id, obj, current, &nodes, now)?;
             Ok(Change::Put {
                 kind,
                 id,
@@ -147,15 +154,59 @@ pub(super) async fn patch_at_id(
             )),
             None => return Err(bad("missing new configuration")),
         };
+    let sets_update_time = patch.get("update_time").is_some_and(|t| !t.is_null());
+    let patch = Value::Object(patch);
+    Ok(patch_with(s, kind, id, sets_update_time, move |merged| {
+        merge_patch(merged, &patch);
+        Ok(())
+    })
+    .await)
+}
+
+/// `PATCH /apisix/admin/<kind>/{id}/<sub path>`: the body (any JSON value)
+/// replaces what the sub path names ([`patch_sub_path`]), then the object
+/// is validated as a `PUT` would be; `update_time` is set.
+pub(super) async fn patch_sub_path_at_id(
+    State(s): State<AdminState>,
+    kind: ResourceKind,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let (id, sub) = path.map(|Path(p)| p).map_err(|e| {
+        bad(format!(
+            "invalid {} id or sub-path in the URL: {}",
+            kind.name(),
+            e.body_text()
+        ))
+    })?;
+    let id = path_id(kind, Ok(Path(id)))?;
+    let Some(value) = read_json(body).await? else {
+        return Err(bad("missing new configuration"));
+    };
+    let segments: Vec<String> = sub.split('/').map(str::to_string).collect();
+    Ok(patch_with(s, kind, id, false, move |merged| {
+        patch_sub_path(merged, &segments, value.clone()).map_err(Refusal::Bad)
+    })
+    .await)
+}
+
+/// A PATCH: `edit` changes the stored object, which is then filled in
+/// (secrets, timestamps) and validated as a `PUT`; 404 when there is none.
+async fn patch_with(
+    s: AdminState,
+    kind: ResourceKind,
+    id: String,
+    sets_update_time: bool,
+    edit: impl Fn(&mut Value) -> Result<(), Refusal> + Send + 'static,
+) -> Response {
     let nodes = s.inner.settings.nodes.clone();
-    Ok(s.answer(
+    s.answer(
         s.commit(move |current, _, now| {
             let current = &current.data;
             let id = id.clone();
             let stored = kind.of(current).get(&id).ok_or(Refusal::NotFound)?;
             let mut merged = stored.clone();
-            let sets_update_time = patch.get("update_time").is_some_and(|t| !t.is_null());
-            merge_patch(&mut merged, &Value::Object(patch.clone()));
+            edit(&mut merged)?;
             let Value::Object(mut obj) = merged else {
                 return Err(not_an_object(kind));
             };
@@ -166,7 +217,7 @@ pub(super) async fn patch_at_id(
             if !sets_update_time {
                 obj.insert("update_time".into(), Value::from(now));
             }
-            let value = finish(kind, &id, obj, current, &nodes)?;
+            let value = finish(kind, &id, obj, current, &nodes, now)?;
             Ok(Change::Put {
                 kind,
                 id,
@@ -175,7 +226,7 @@ pub(super) async fn patch_at_id(
             })
         })
         .await,
-    ))
+    )
 }
 
 pub(super) async fn delete_at_id(
@@ -191,22 +242,8 @@ pub(super) async fn delete_at_id(
             if !kind.of(current).contains_key(&id) {
                 return Err(Refusal::NotFound);
             }
-            if kind == ResourceKind::Upstream {
-                let users = routes_using(current, &id);
-                if !users.is_empty() {
-                    // APISIX: "can not delete this upstream, route [1] is still
-                    // using it now".
-                    let named: Vec<String> = users.iter().map(|r| format!("[{r}]")).collect();
-                    let (noun, verb) = if users.len() == 1 {
-                        ("route", "is")
-                    } else {
-                        ("routes", "are")
-                    };
-                    return Err(bad(format!(
-                        "can not delete this upstream, {noun} {} {verb} still using it now",
-                        named.join(", ")
-                    )));
-                }
+            if let Some(refusal) = still_used(kind, &users(current, kind, &id)) {
+                return Err(refusal);
             }
             Ok(Change::Delete { kind, id })
         })

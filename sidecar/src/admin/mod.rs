@@ -1,8 +1,9 @@
-//! APISIX's Admin API (v3) for routes and upstreams:
-//! `/apisix/admin/routes[/{id}]`, `/apisix/admin/upstreams[/{id}]`.
+//! APISIX's Admin API (v3) for routes, upstreams, services, plugin configs
+//! and global rules: `/apisix/admin/<kind>[/{id}]`.
 //!
-//! Behaviour follows APISIX's `apisix/admin/{init,resource,routes,upstreams}.lua`
-//! (`<kind>` is `routes` or `upstreams`):
+//! Behaviour follows APISIX's `apisix/admin/{init,resource,routes,upstreams,
+//! services,plugin_config,global_rules}.lua` (`<kind>` is `routes`,
+//! `upstreams`, `services`, `plugin_configs` or `global_rules`):
 //!
 //! | call | answer |
 //! |---|---|
@@ -11,12 +12,22 @@
 //! | `PUT /<kind>/{id}`, `PUT /<kind>` (id in the body) | 201 new, 200 replaced; `{"key", "value"}` |
 //! | `POST /<kind>` | 201, with a generated id |
 //! | `PATCH /<kind>/{id}` | JSON merge patch (RFC 7386) of the stored object, then full validation; 200 |
+//! | `PATCH /<kind>/{id}/<sub path>` | the body (any JSON value) replaces what the sub path names (`plugins/openid-connect/scope`, `upstream/nodes`), as APISIX's `core.table.patch`, then full validation; 200; 400 `invalid sub-path: /<path>` through a value that is not an object |
 //! | `DELETE /<kind>/{id}` | 200 `{"deleted": "1", "key": ...}`, or 404 |
 //!
 //! - A route may name an upstream by `upstream_id` instead of carrying an
 //!   `upstream`; naming one that does not exist is 400. An upstream that
 //!   routes name cannot be deleted (400 naming them); a change to it
 //!   reaches every route that names it (the published set holds both).
+//! - A route may name a service (`service_id`) and a plugin config
+//!   (`plugin_config_id`); global rules apply to every route. A route is
+//!   validated and published as it runs, merged as APISIX merges
+//!   ([`crate::apisix::merge`]); it is stored as sent. Unknown ids are 400
+//!   naming them; a service, plugin config or upstream still named cannot
+//!   be deleted (400 with APISIX's words, naming the routes or services);
+//!   a write of an upstream, service, plugin config or global rule that
+//!   would make a route that is valid now invalid is refused, naming the
+//!   route, and nothing changes.
 //!
 //! - The body is JSON whatever `Content-Type` says (`curl -d` sends
 //!   `application/x-www-form-urlencoded`), at most 1.5 MiB as in APISIX.
@@ -64,7 +75,7 @@
 //!   APISIX's `req_body` echo (the body may hold secrets).
 //! - `PATCH` is RFC 7386: arrays are replaced (APISIX's table merge merges
 //!   them index by index).
-//! - Not (yet) here: `PATCH /routes/{id}/<sub path>`, the list's filters and
+//! - Not (yet) here: the list's filters and
 //!   paging, the `x_api_key` cookie, the admin key's `viewer` role, `ttl`.
 //!
 //! Generated ids are 20 decimal digits, like the ids APISIX's `POST` gives
@@ -88,8 +99,11 @@ use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
+use crate::apisix::merge::{self, names};
 use crate::apisix::route::{id_text, with_id, Errors, RouteSpec};
 use crate::apisix::secrets::{self, FillError};
+use crate::apisix::shared;
+use crate::apisix::ssl::{self, SslSpec};
 use crate::apisix::table::{Published, RouteTable};
 use crate::apisix::upstream::{NodePolicy, Upstream};
 use crate::store::{
@@ -101,6 +115,7 @@ mod body;
 mod commit;
 mod handlers;
 mod merge_patch;
+pub mod probe;
 mod reply;
 
 use access::*;
@@ -199,6 +214,14 @@ fn resource(router: Router<AdminState>, kind: ResourceKind) -> Router<AdminState
                 .delete(move |s: State<AdminState>, id: IdPath| delete_at_id(s, kind, id))
                 .post(move || post_at_id(kind)),
         )
+        .route(
+            &format!("{base}/{{id}}/{{*sub_path}}"),
+            axum::routing::patch(
+                move |s: State<AdminState>,
+                      path: Result<Path<(String, String)>, PathRejection>,
+                      body: Body| { patch_sub_path_at_id(s, kind, path, body) },
+            ),
+        )
 }
 
 /// The Admin API's routes and upstreams, and `protected` (the sidecar's
@@ -206,8 +229,18 @@ fn resource(router: Router<AdminState>, kind: ResourceKind) -> Router<AdminState
 /// `into_make_service_with_connect_info::<SocketAddr>()`: a request without
 /// the client address is refused.
 pub fn router(state: AdminState, protected: Router) -> Router {
-    let r = resource(Router::new(), ResourceKind::Route);
-    resource(r, ResourceKind::Upstream)
+    let mut r = Router::new();
+    for kind in [
+        ResourceKind::Route,
+        ResourceKind::Upstream,
+        ResourceKind::Service,
+        ResourceKind::PluginConfig,
+        ResourceKind::GlobalRule,
+        ResourceKind::Ssl,
+    ] {
+        r = resource(r, kind);
+    }
+    r.merge(probe::routes())
         .with_state(state.clone())
         .merge(protected)
         .layer(middleware::from_fn_with_state(state, access))

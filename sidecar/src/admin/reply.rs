@@ -28,6 +28,8 @@ pub(super) enum Refusal {
     NotFound,
     /// 500 `{"error_msg": ...}`.
     Internal(String),
+    /// 405 `{"error_msg": ...}`.
+    NotAllowed(String),
 }
 
 impl IntoResponse for Refusal {
@@ -36,6 +38,7 @@ impl IntoResponse for Refusal {
             Refusal::Bad(msg) => error(StatusCode::BAD_REQUEST, msg),
             Refusal::NotFound => reply(StatusCode::NOT_FOUND, json!({"message": "Key not found"})),
             Refusal::Internal(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
+            Refusal::NotAllowed(msg) => error(StatusCode::METHOD_NOT_ALLOWED, msg),
         }
     }
 }
@@ -86,8 +89,16 @@ pub(super) fn entry(
     revs: Option<Revs>,
 ) -> Value {
     let value = match kind {
-        ResourceKind::Route => secrets::redact(value),
+        ResourceKind::Route
+        | ResourceKind::Service
+        | ResourceKind::PluginConfig
+        | ResourceKind::GlobalRule => secrets::redact(value),
         ResourceKind::Upstream => value.clone(),
+        ResourceKind::Ssl => {
+            let mut v = value.clone();
+            ssl::redact(&mut v);
+            v
+        }
     };
     let mut e = json!({"key": kind.key(prefix, id), "value": value});
     if let Some(r) = revs {

@@ -5,6 +5,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tower::ServiceExt;
 
+mod shared;
+mod ssl;
+
 const T0: u64 = 1_700_000_000;
 
 /// A request as it arrives over a socket from `client`.

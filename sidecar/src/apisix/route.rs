@@ -8,6 +8,7 @@
 use oidc_core::config::PluginConfig;
 use serde_json::{Map, Value};
 
+use crate::apisix::secrets;
 use crate::apisix::upstream::{parse_timeouts, Timeouts, Upstream};
 use crate::store::Upstreams;
 
@@ -83,7 +84,9 @@ pub struct RouteSpec {
     pub priority: i64,
     /// `status: 0` disables the route.
     pub enabled: bool,
-    /// The `openid-connect` config object as stored, and its parsed form.
+    /// The `openid-connect` config object as stored, with its `$env://`
+    /// references resolved (what Envoy's route metadata carries), and its
+    /// parsed form.
     pub oidc: Option<(Value, PluginConfig)>,
     /// The inline `upstream`, or the one `upstream_id` names.
     pub upstream: Upstream,
@@ -360,7 +363,7 @@ pub fn valid_host_pattern(h: &str) -> bool {
         })
 }
 
-fn parse_plugins(v: Option<&Value>, e: &mut Errors) -> Option<(Value, PluginConfig)> {
+pub fn parse_plugins(v: Option<&Value>, e: &mut Errors) -> Option<(Value, PluginConfig)> {
     let plugins = match v {
         None => return None,
         Some(Value::Object(m)) => m,
@@ -378,8 +381,17 @@ fn parse_plugins(v: Option<&Value>, e: &mut Errors) -> Option<(Value, PluginConf
             );
             continue;
         }
-        match PluginConfig::parse(conf) {
-            Ok(c) => out = Some((conf.clone(), c)),
+        let conf = match secrets::resolve_refs(conf, &secrets::process_env) {
+            Ok(resolved) => resolved,
+            Err(errs) => {
+                for (field, why) in errs {
+                    e.push(&format!("plugins.{OIDC_PLUGIN}.{field}"), why);
+                }
+                continue;
+            }
+        };
+        match PluginConfig::parse(&conf) {
+            Ok(c) => out = Some((conf, c)),
             Err(errs) => {
                 for x in errs.0 {
                     e.push(&format!("plugins.{OIDC_PLUGIN}.{}", x.field), &x.message);

@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use oidc_core::config::PluginConfig;
 
+use crate::apisix::merge;
 use crate::apisix::route::RouteSpec;
+use crate::apisix::ssl::SslSpec;
+use crate::apisix::upstream::Upstream;
 use crate::store::Stored;
 
 /// The route table as the Admin API publishes it (cheap to share).
@@ -26,29 +29,91 @@ pub struct RouteTable {
     /// refuses such routes, but an etcd written by something else (or
     /// stored before a rule was added) can still hold one: it is left out.
     invalid: Vec<(String, String)>,
+    /// Stored upstreams that do not validate, with the reason (the routes
+    /// that name one are in `invalid` too).
+    invalid_upstreams: Vec<(String, String)>,
     /// The secret values of the plugin configs, longest first, each also as
     /// it appears inside JSON text: what NACK messages are masked with.
     secrets: Vec<String>,
+    /// Login routes whose session cookies overwrite each other
+    /// ([`session_clashes`]).
+    warnings: Vec<String>,
+    /// The ssl objects that validate, in id order, enabled or not.
+    ssls: Vec<SslSpec>,
+    /// Stored ssl objects that do not validate, with the reason.
+    invalid_ssls: Vec<(String, String)>,
 }
 
 impl RouteTable {
-    /// Validates every route of `stored` against its upstreams.
+    /// Validates every route of `stored` as it runs: its plugin config,
+    /// service and the global rules merged in ([`merge::effective`]), its
+    /// upstream resolved.
     pub fn build(stored: Stored) -> RouteTable {
         let mut routes = Vec::new();
         let mut invalid = Vec::new();
         for (id, v) in &stored.routes {
-            match RouteSpec::parse(id, v, &stored.upstreams) {
+            let merged = merge::effective(v, &stored);
+            match merged.and_then(|m| RouteSpec::parse(id, &m, &stored.upstreams)) {
                 Ok(spec) => routes.push(spec),
                 Err(e) => invalid.push((id.clone(), e)),
             }
         }
+        let invalid_upstreams = stored
+            .upstreams
+            .iter()
+            .filter_map(|(id, v)| {
+                Upstream::parse_resource(id, v)
+                    .err()
+                    .map(|e| (id.clone(), e))
+            })
+            .collect();
         let secrets = secrets_of(&routes);
-        RouteTable {
+        let warnings = session_clashes(&routes);
+        let ssls = stored.ssls.clone();
+        let mut table = RouteTable {
             stored,
             routes,
             invalid,
+            invalid_upstreams,
             secrets,
+            warnings,
+            ssls: Vec::new(),
+            invalid_ssls: Vec::new(),
+        };
+        table.set_ssls(&ssls);
+        table
+    }
+
+    /// Validates the stored ssl objects (id → object) into the table; their
+    /// private keys join the secrets to mask.
+    pub fn set_ssls(&mut self, ssls: &std::collections::BTreeMap<String, serde_json::Value>) {
+        self.ssls.clear();
+        self.invalid_ssls.clear();
+        for (id, v) in ssls {
+            match SslSpec::parse(id, v) {
+                Ok(spec) => self.ssls.push(spec),
+                Err(e) => self.invalid_ssls.push((id.clone(), e)),
+            }
         }
+        for key in self.ssls.iter().flat_map(|s| s.keys()) {
+            self.secrets.push(key.to_string());
+            if let Ok(quoted) = serde_json::to_string(key) {
+                self.secrets.push(quoted.trim_matches('"').to_string());
+            }
+        }
+        self.secrets
+            .sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        self.secrets.dedup();
+    }
+
+    /// The enabled ssl objects, in id order.
+    pub fn enabled_ssls(&self) -> impl Iterator<Item = &SslSpec> {
+        self.ssls.iter().filter(|s| s.enabled)
+    }
+
+    /// The stored ssl objects left out, with the reason.
+    pub fn invalid_ssls(&self) -> &[(String, String)] {
+        &self.invalid_ssls
     }
 
     /// The stored set this table was built from.
@@ -66,6 +131,25 @@ impl RouteTable {
         &self.invalid
     }
 
+    /// The stored upstreams that do not validate, with the reason.
+    pub fn invalid_upstreams(&self) -> &[(String, String)] {
+        &self.invalid_upstreams
+    }
+
+    /// What this gateway does not serve, for `/status` and the log:
+    /// `{"routes": [{"id", "reason"}], "upstreams": [...]}`.
+    pub fn not_served(&self) -> serde_json::Value {
+        let list = |v: &[(String, String)]| -> Vec<serde_json::Value> {
+            v.iter()
+                .map(|(id, reason)| serde_json::json!({"id": id, "reason": reason}))
+                .collect()
+        };
+        serde_json::json!({
+            "routes": list(&self.invalid),
+            "upstreams": list(&self.invalid_upstreams),
+        })
+    }
+
     /// The plugin configs of the valid routes (enabled or not).
     pub fn plugin_configs(&self) -> impl Iterator<Item = &PluginConfig> {
         self.routes
@@ -76,6 +160,12 @@ impl RouteTable {
     /// The secret values to mask in text quoting the configs.
     pub fn secrets(&self) -> &[String] {
         &self.secrets
+    }
+
+    /// What is valid but likely a mistake: login routes whose session
+    /// cookies overwrite each other ([`session_clashes`]).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 }
 
@@ -104,11 +194,102 @@ fn secrets_of(routes: &[RouteSpec]) -> Vec<String> {
     v
 }
 
+/// Enabled login routes (`bearer_only` false) with different
+/// openid-connect configs (provider, client or session secret) whose
+/// session cookies a browser sends to both: the same cookie name, a host
+/// both match (a route without hosts matches every host) and cookie paths
+/// one of which contains the other. APISIX's defaults (`session`, path
+/// `/`) make every such pair clash, in APISIX as here: a login on one
+/// route replaces the other's cookie, which the other cannot open, so the
+/// browser is sent to log in again. Routes sharing one config (one service
+/// or plugin config) share their session and do not clash.
+pub fn session_clashes(routes: &[RouteSpec]) -> Vec<String> {
+    struct Login<'a> {
+        id: &'a str,
+        hosts: Vec<&'a str>,
+        name: &'a str,
+        path: &'a str,
+        who: (&'a str, &'a str, &'a str),
+    }
+    let logins: Vec<Login<'_>> = routes
+        .iter()
+        .filter(|r| r.enabled)
+        .filter_map(|r| {
+            let (_, c) = r.oidc.as_ref()?;
+            let s = c.session.as_ref().filter(|_| !c.bearer_only)?;
+            Some(Login {
+                id: &r.id,
+                hosts: r.hosts.iter().map(String::as_str).collect(),
+                name: &s.cookie_name,
+                path: &s.cookie_path,
+                who: (&c.discovery, &c.client_id, s.secret.expose()),
+            })
+        })
+        .collect();
+    let within = |a: &str, b: &str| {
+        let a = a.trim_end_matches('/');
+        b.trim_end_matches('/') == a || b.starts_with(&format!("{a}/"))
+    };
+    let mut out = Vec::new();
+    for (i, a) in logins.iter().enumerate() {
+        for b in &logins[i + 1..] {
+            if a.name != b.name || a.who == b.who {
+                continue;
+            }
+            if !(within(a.path, b.path) || within(b.path, a.path)) {
+                continue;
+            }
+            let host = match (a.hosts.is_empty(), b.hosts.is_empty()) {
+                (true, true) => Some("any host"),
+                (true, false) => b.hosts.first().copied(),
+                (false, true) => a.hosts.first().copied(),
+                (false, false) => a.hosts.iter().find(|h| b.hosts.contains(h)).copied(),
+            };
+            if let Some(host) = host {
+                out.push(format!(
+                    "routes [{}] and [{}] both log in on {host:?} with the session cookie {:?} \
+                     (paths {:?}, {:?}) but different openid-connect configs: a login on one \
+                     ends the other's session; give one of them its own session.cookie_name",
+                    a.id, b.id, a.name, a.path, b.path
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn upstreams_that_do_not_validate_are_named() {
+        let mut stored = Stored::default();
+        stored.upstreams.insert(
+            "grpc".into(),
+            json!({"id": "grpc", "scheme": "grpc", "nodes": {"192.0.2.1:80": 1}}),
+        );
+        stored.upstreams.insert(
+            "ok".into(),
+            json!({"id": "ok", "hash_on": "vars", "nodes": {"192.0.2.1:80": 1}}),
+        );
+        stored.routes.insert(
+            "uses-grpc".into(),
+            json!({"uri": "/g", "upstream_id": "grpc"}),
+        );
+        let t = RouteTable::build(stored);
+        let n = t.not_served();
+        assert_eq!(n["upstreams"][0]["id"], "grpc");
+        let reason = n["upstreams"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("\"scheme\" \"grpc\" is not supported"),
+            "{reason}"
+        );
+        assert_eq!(n["upstreams"].as_array().unwrap().len(), 1);
+        assert_eq!(n["routes"][0]["id"], "uses-grpc");
+    }
 
     fn route(plugin: serde_json::Value) -> serde_json::Value {
         json!({"uri": "/x", "plugins": {"openid-connect": plugin},
@@ -142,6 +323,8 @@ mod tests {
         assert_eq!(t.plugin_configs().count(), 2);
         assert_eq!(t.invalid().len(), 1);
         assert_eq!(t.invalid()[0].0, "bad");
+        assert_eq!(t.not_served()["routes"][0]["id"], "bad");
+        assert!(t.invalid_upstreams().is_empty());
         // A short secret ("abc") is not masked; one with a quote is, also as
         // JSON text shows it (trimmed of quotes at both ends, as before).
         assert_eq!(

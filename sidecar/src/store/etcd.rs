@@ -1,8 +1,12 @@
-//! The etcd v3 store (`--etcd`): routes and upstreams where APISIX keeps
-//! them, so that several sidecars (each with its Envoys) share one set.
+//! The etcd v3 store (`--etcd`): routes, upstreams, services, plugin
+//! configs, global rules and SSL objects where APISIX keeps them, so that
+//! several sidecars (each with its Envoys) share one set.
 //!
-//! - Keys: `<prefix>/routes/<id>` and `<prefix>/upstreams/<id>` (prefix
-//!   `/apisix` by default); values: the stored JSON object, exactly what
+//! - Keys: `<prefix>/<plural>/<id>` for each [`ResourceKind`]
+//!   (`<prefix>/routes/<id>`, `<prefix>/upstreams/<id>`,
+//!   `<prefix>/services/<id>`, `<prefix>/plugin_configs/<id>`,
+//!   `<prefix>/global_rules/<id>`, `<prefix>/ssls/<id>`; prefix `/apisix`
+//!   by default); values: the stored JSON object, exactly what
 //!   the file store keeps per id (with `id`, the timestamps and the real
 //!   secrets). Other keys under the prefix are left alone.
 //! - A write is one transaction: put or delete the key if every
@@ -38,7 +42,7 @@ pub const RETRY_MAX: Duration = Duration::from_millis(500);
 /// The first wait after the watch broke.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 
-/// Routes and upstreams in etcd, under a prefix.
+/// The stored objects in etcd, under a prefix.
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
@@ -357,11 +361,26 @@ mod tests {
             parse_key(p, b"/apisix/upstreams/u-1"),
             Some((ResourceKind::Upstream, "u-1".into()))
         );
+        for kind in ResourceKind::ALL {
+            let key = kind.key(p, "7");
+            assert_eq!(
+                parse_key(p, key.as_bytes()),
+                Some((kind, "7".into())),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            parse_key(p, b"/apisix/plugin_configs/pc"),
+            Some((ResourceKind::PluginConfig, "pc".into()))
+        );
         for not_ours in [
             &b"/apisix/routes"[..],
             b"/apisix/routes/",
             b"/apisix/routes/a/b",
             b"/apisix/plugins/x",
+            b"/apisix/plugin_metadata/x",
+            b"/apisix/consumers/x",
+            b"/apisix/service/x",
             b"/apisix2/routes/1",
             b"/other/routes/1",
             b"\xff",

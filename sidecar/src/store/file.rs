@@ -1,4 +1,4 @@
-//! FileStore: the routes and upstreams in one JSON file, replaced
+//! FileStore: every kind of object in one JSON file, replaced
 //! atomically on each save (no revisions).
 
 use super::*;
@@ -100,28 +100,34 @@ impl FileStore {
         };
         let doc: Value = serde_json::from_slice(&bytes)
             .map_err(|e| self.corrupt(format!("invalid JSON: {e}")))?;
-        let Some(routes) = doc.get("routes").and_then(Value::as_object) else {
+        if !doc.get("routes").is_some_and(Value::is_object) {
             return Err(self.corrupt("expected {\"routes\": {...}}"));
-        };
-        let upstreams = match doc.get("upstreams") {
-            // A file from before upstreams existed.
-            None => &Map::new(),
-            Some(u) => u
-                .as_object()
-                .ok_or_else(|| self.corrupt("expected \"upstreams\": {...}"))?,
-        };
-        Ok(Stored {
-            routes: self.objects("route", routes)?,
-            upstreams: self.objects("upstream", upstreams)?,
-        })
+        }
+        let mut stored = Stored::default();
+        for kind in ResourceKind::ALL {
+            let objects = match doc.get(kind.plural()) {
+                // A file from before this kind existed.
+                None => continue,
+                Some(o) => o.as_object().ok_or_else(|| {
+                    self.corrupt(format!("expected \"{}\": {{...}}", kind.plural()))
+                })?,
+            };
+            *kind.of_mut(&mut stored) = self.objects(kind.name(), objects)?;
+        }
+        Ok(stored)
     }
 
     /// Replaces the file with `data`, atomically.
     pub fn replace(&self, data: &Stored) -> Result<(), StoreError> {
-        let doc = serde_json::json!({
-            "routes": Map::from_iter(data.routes.clone()),
-            "upstreams": Map::from_iter(data.upstreams.clone()),
-        });
+        let doc = Value::Object(
+            ResourceKind::ALL
+                .into_iter()
+                .map(|k| {
+                    let objects = Map::from_iter(k.of(data).clone());
+                    (k.plural().to_string(), Value::Object(objects))
+                })
+                .collect(),
+        );
         let mut bytes = serde_json::to_vec_pretty(&doc)
             .map_err(|e| StoreError::Other(format!("cannot encode the routes: {e}")))?;
         bytes.push(b'\n');

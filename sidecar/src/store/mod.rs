@@ -12,10 +12,12 @@
 //! process, one writer lock.
 //!
 //! The file is `{"routes": {"<id>": <route object>, ...}, "upstreams":
-//! {"<id>": <upstream object>, ...}}`: the stored objects (with `id`,
-//! `create_time`, `update_time` and the real secrets, so it is created with
-//! mode 0600). A file without `"upstreams"` (written before upstreams
-//! existed) loads with none. It is replaced as a whole on every write,
+//! {"<id>": <upstream object>, ...}, "services": {...}, "plugin_configs":
+//! {...}, "global_rules": {...}, "ssls": {...}}` (one member per
+//! [`ResourceKind`], named by its [`ResourceKind::plural`]): the stored
+//! objects (with `id`, `create_time`, `update_time` and the real secrets,
+//! so it is created with mode 0600). A file without one of the members but
+//! `"routes"` (written before that kind existed) loads with none of it. It is replaced as a whole on every write,
 //! atomically: a crash leaves the old file or the new one, never a mix. A
 //! missing file is an empty set; a file that cannot be read as that shape
 //! is an error, never an empty set (that would lose every route on the
@@ -43,47 +45,78 @@ pub type Routes = BTreeMap<String, Value>;
 /// Upstream id → stored upstream object.
 pub type Upstreams = BTreeMap<String, Value>;
 
-/// Everything the Admin API stores.
+/// Id → stored object, for any kind.
+pub type Objects = BTreeMap<String, Value>;
+
+/// Everything the Admin API stores, one id → object map per
+/// [`ResourceKind`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stored {
     pub routes: Routes,
     pub upstreams: Upstreams,
+    pub services: Objects,
+    pub plugin_configs: Objects,
+    pub global_rules: Objects,
+    pub ssls: Objects,
 }
 
 impl Stored {
-    /// Routes only (no upstreams).
+    /// Routes only (nothing else).
     pub fn with_routes(routes: Routes) -> Stored {
         Stored {
             routes,
-            upstreams: Upstreams::new(),
+            ..Stored::default()
         }
     }
 }
 
-/// The two Admin API resources (not to be confused with `xds::Kind`, the
-/// xDS resource types).
+/// The Admin API resources (not to be confused with `xds::Kind`, the xDS
+/// resource types). Adding one: a variant here, its arms in the `match`es
+/// below and a field of [`Stored`]; the file and etcd stores take every
+/// kind of [`ResourceKind::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ResourceKind {
     Route,
     Upstream,
+    Service,
+    PluginConfig,
+    GlobalRule,
+    Ssl,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 2] = [ResourceKind::Route, ResourceKind::Upstream];
+    pub const ALL: [ResourceKind; 6] = [
+        ResourceKind::Route,
+        ResourceKind::Upstream,
+        ResourceKind::Service,
+        ResourceKind::PluginConfig,
+        ResourceKind::GlobalRule,
+        ResourceKind::Ssl,
+    ];
 
-    /// `route`, `upstream`.
+    /// `route`, `upstream`, `service`, `plugin config`, `global rule`,
+    /// `ssl` (APISIX's `kind`): for messages.
     pub fn name(self) -> &'static str {
         match self {
             ResourceKind::Route => "route",
             ResourceKind::Upstream => "upstream",
+            ResourceKind::Service => "service",
+            ResourceKind::PluginConfig => "plugin config",
+            ResourceKind::GlobalRule => "global rule",
+            ResourceKind::Ssl => "ssl",
         }
     }
 
-    /// The path segment and etcd directory: `routes`, `upstreams`.
+    /// The path segment and etcd directory, as APISIX: `routes`,
+    /// `upstreams`, `services`, `plugin_configs`, `global_rules`, `ssls`.
     pub fn plural(self) -> &'static str {
         match self {
             ResourceKind::Route => "routes",
             ResourceKind::Upstream => "upstreams",
+            ResourceKind::Service => "services",
+            ResourceKind::PluginConfig => "plugin_configs",
+            ResourceKind::GlobalRule => "global_rules",
+            ResourceKind::Ssl => "ssls",
         }
     }
 
@@ -97,6 +130,10 @@ impl ResourceKind {
         match self {
             ResourceKind::Route => &s.routes,
             ResourceKind::Upstream => &s.upstreams,
+            ResourceKind::Service => &s.services,
+            ResourceKind::PluginConfig => &s.plugin_configs,
+            ResourceKind::GlobalRule => &s.global_rules,
+            ResourceKind::Ssl => &s.ssls,
         }
     }
 
@@ -104,6 +141,10 @@ impl ResourceKind {
         match self {
             ResourceKind::Route => &mut s.routes,
             ResourceKind::Upstream => &mut s.upstreams,
+            ResourceKind::Service => &mut s.services,
+            ResourceKind::PluginConfig => &mut s.plugin_configs,
+            ResourceKind::GlobalRule => &mut s.global_rules,
+            ResourceKind::Ssl => &mut s.ssls,
         }
     }
 }
@@ -373,9 +414,25 @@ mod tests {
             "u".into(),
             json!({"id": "u", "nodes": {"127.0.0.1:80": 1}, "type": "roundrobin"}),
         );
+        let mut services = Objects::new();
+        services.insert(
+            "s".into(),
+            json!({"id": "s", "upstream_id": "u",
+                   "plugins": {"openid-connect": {"client_secret": "x"}}}),
+        );
+        let mut plugin_configs = Objects::new();
+        plugin_configs.insert("pc".into(), json!({"id": "pc", "plugins": {}}));
+        let mut global_rules = Objects::new();
+        global_rules.insert("g".into(), json!({"id": "g", "plugins": {}}));
+        let mut ssls = Objects::new();
+        ssls.insert("1".into(), json!({"id": "1", "snis": ["a.example"]}));
         Stored {
             routes: r,
             upstreams: u,
+            services,
+            plugin_configs,
+            global_rules,
+            ssls,
         }
     }
 
@@ -450,6 +507,20 @@ mod tests {
                 b"{\"routes\": {}, \"upstreams\": {\"u\": {\"id\": \"v\"}}}",
                 "upstream \"u\"",
             ),
+            (
+                b"{\"routes\": {}, \"services\": 1}",
+                "expected \"services\"",
+            ),
+            (
+                b"{\"routes\": {}, \"plugin_configs\": {\"p\": {\"id\": \"q\"}}}",
+                "plugin config \"p\"",
+            ),
+            (
+                b"{\"routes\": {}, \"global_rules\": {\"g\": []}}",
+                "global rule \"g\"",
+            ),
+            (b"{\"routes\": {}, \"ssls\": []}", "expected \"ssls\""),
+            (b"{\"upstreams\": {}}", "expected {\"routes\""),
         ] {
             fs::write(&path, bad).unwrap();
             let e = s.read().unwrap_err();
@@ -505,6 +576,56 @@ mod tests {
         assert_eq!(s.read().unwrap(), loaded);
     }
 
+    #[test]
+    fn a_file_without_the_newer_kinds_loads_with_none_of_them() {
+        // The format before services, plugin configs, global rules and SSL
+        // objects were stored.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.json");
+        fs::write(
+            &path,
+            br#"{"routes": {"a": {"id": "a", "uri": "/a", "upstream_id": "u"}},
+                 "upstreams": {"u": {"id": "u", "nodes": {"127.0.0.1:80": 1}}}}"#,
+        )
+        .unwrap();
+        let s = FileStore::new(&path);
+        let loaded = s.read().unwrap();
+        assert_eq!(loaded.routes.len(), 1);
+        assert_eq!(loaded.upstreams.len(), 1);
+        for kind in [
+            ResourceKind::Service,
+            ResourceKind::PluginConfig,
+            ResourceKind::GlobalRule,
+            ResourceKind::Ssl,
+        ] {
+            assert!(kind.of(&loaded).is_empty(), "{kind:?}");
+        }
+        // Saved back, it gains every member and loads the same.
+        s.replace(&loaded).unwrap();
+        let doc: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        for kind in ResourceKind::ALL {
+            assert!(doc[kind.plural()].is_object(), "{kind:?}: {doc}");
+        }
+        assert_eq!(s.read().unwrap(), loaded);
+    }
+
+    #[test]
+    fn every_kind_has_its_own_place() {
+        let mut data = Stored::default();
+        for kind in ResourceKind::ALL {
+            kind.of_mut(&mut data)
+                .insert(kind.name().into(), json!({"id": kind.name()}));
+        }
+        for kind in ResourceKind::ALL {
+            assert_eq!(kind.of(&data).len(), 1, "{kind:?}");
+            assert!(kind.of(&data).contains_key(kind.name()), "{kind:?}");
+        }
+        let mut names: Vec<_> = ResourceKind::ALL.iter().map(|k| k.plural()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ResourceKind::ALL.len());
+    }
+
     #[tokio::test]
     async fn memory_store_round_trip() {
         let s = MemoryStore::new();
@@ -547,6 +668,19 @@ mod tests {
     fn keys_are_laid_out_like_apisix() {
         assert_eq!(ResourceKind::Route.key("/apisix", "1"), "/apisix/routes/1");
         assert_eq!(ResourceKind::Upstream.key("/gw", "u"), "/gw/upstreams/u");
+        assert_eq!(
+            ResourceKind::Service.key("/apisix", "s"),
+            "/apisix/services/s"
+        );
+        assert_eq!(
+            ResourceKind::PluginConfig.key("/apisix", "1"),
+            "/apisix/plugin_configs/1"
+        );
+        assert_eq!(
+            ResourceKind::GlobalRule.key("/apisix", "1"),
+            "/apisix/global_rules/1"
+        );
+        assert_eq!(ResourceKind::Ssl.key("/apisix", "1"), "/apisix/ssls/1");
     }
 
     fn revs(created: i64, modified: i64) -> Revs {
@@ -586,6 +720,25 @@ mod tests {
             revs(14, 14)
         ));
         assert!(v.data.upstreams.contains_key("7"));
+        // Every other kind has its own set and revisions.
+        for (i, kind) in [
+            ResourceKind::Service,
+            ResourceKind::PluginConfig,
+            ResourceKind::GlobalRule,
+            ResourceKind::Ssl,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let rev = 15 + i as i64;
+            assert!(v.apply(kind, "7", Some(br#"{"id": "7"}"#), revs(rev, rev)));
+            assert!(kind.of(&v.data).contains_key("7"), "{kind:?}");
+            assert_eq!(v.modified(kind, "7"), rev);
+        }
+        assert_eq!(v.modified(ResourceKind::Upstream, "7"), 14);
+        assert!(v.apply(ResourceKind::Ssl, "7", None, revs(0, 19)));
+        assert!(v.data.ssls.is_empty());
+        assert_eq!(v.data.global_rules.len(), 1);
     }
 
     #[test]

@@ -4,6 +4,21 @@
 use super::*;
 
 pub(super) fn listener(s: &ProxySettings) -> Listener {
+    Listener {
+        name: LISTENER_NAME.into(),
+        address: Some(socket(&s.listen_addr, s.proxy_port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![connection_manager(s)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The connection manager of both listeners (HTTP and HTTPS): the same
+/// wasm configuration, so both share the filter's VM, and the same routes
+/// by RDS.
+pub(super) fn connection_manager(s: &ProxySettings) -> Filter {
     let wasm = HttpFilter {
         name: "envoy.filters.http.wasm".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&Wasm {
@@ -66,22 +81,15 @@ pub(super) fn listener(s: &ProxySettings) -> Listener {
             ..Default::default()
         }),
         // The edge: X-Forwarded-* from clients are not trusted beyond the
-        // configured proxy hops, so `:scheme` is the real one.
+        // configured proxy hops, so `:scheme` is the real one (`https` on
+        // the HTTPS listener: session cookies get `Secure`).
         use_remote_address: Some(BoolValue { value: true }),
         xff_num_trusted_hops: s.trusted_proxy_hops,
         ..Default::default()
     };
-    Listener {
-        name: LISTENER_NAME.into(),
-        address: Some(socket(&s.listen_addr, s.proxy_port)),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".into(),
-                config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
     }
 }
 

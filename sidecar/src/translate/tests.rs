@@ -9,6 +9,7 @@ fn settings() -> ProxySettings {
     ProxySettings {
         listen_addr: "127.0.0.1".into(),
         proxy_port: 9080,
+        https_port: 9443,
         wasm_path: PathBuf::from("/opt/oidc_filter.wasm"),
         filter_settings: r#"{"token_cache_size":16}"#.into(),
         trusted_proxy_hops: 0,

@@ -12,10 +12,14 @@ pub struct XdsStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StatusReport {
     /// Versions of the latest snapshot, by type (`clusters`, `endpoints`,
-    /// `listeners`, `routes`).
+    /// `listeners`, `routes`, and `secrets` while an ssl is served).
     pub versions: BTreeMap<String, String>,
     /// What the latest translation left out (`route x: reason`).
     pub skipped: Vec<String>,
+    /// What the latest routes hold that is valid but likely a mistake
+    /// (login routes whose session cookies clash).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Number of connected Envoys (ADS streams).
     pub connected: usize,
     /// The connected streams, by stream number.
@@ -60,6 +64,10 @@ impl XdsStatus {
         let mut st = self.lock();
         st.versions = s.versions();
         st.skipped = skipped.to_vec();
+    }
+
+    pub(super) fn warnings(&self, warnings: &[String]) {
+        self.lock().warnings = warnings.to_vec();
     }
 
     pub(super) fn stream_opened(&self, id: u64) {

@@ -41,6 +41,10 @@ impl Source {
         let snapshot = Arc::new(snapshot);
         tracing::info!(versions = ?snapshot.versions(), "xDS snapshot");
         self.status.snapshot_built(&snapshot, &skipped);
+        for w in routes.warnings() {
+            tracing::warn!(warning = %w, "routes");
+        }
+        self.status.warnings(routes.warnings());
         *cache = Some(Cached {
             routes,
             providers,
@@ -77,7 +81,7 @@ pub(super) struct TypeState {
 pub(super) struct StreamState {
     pub(super) id: u64,
     pub(super) node: String,
-    pub(super) types: [TypeState; 4],
+    pub(super) types: [TypeState; 5],
     pub(super) nonces: u64,
     /// Since when a route configuration waits for endpoints.
     pub(super) routes_waiting_since: Option<Instant>,

@@ -187,6 +187,9 @@ def route(oidc_config=None):
             md = {"openid-connect": {"config": text, "version": version}}
         else:
             md = {"openid-connect": {"config": text}, "openid-connect-version": {"version": version}}
+            # The version also ends the route's name (route_name()), as the
+            # sidecar writes it; the filter reads it there first.
+            r["name"] = f"bench|oidc={version}"
         r["metadata"] = {"filter_metadata": md}
     return r
 

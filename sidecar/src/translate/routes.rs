@@ -115,18 +115,20 @@ pub(super) fn envoy_route(e: &Entry) -> Route {
         UriMatch::Exact(p) => route_match::PathSpecifier::Path(p.clone()),
         UriMatch::Prefix(p) => route_match::PathSpecifier::Prefix(p.clone()),
     };
+    let (metadata, version) = oidc_metadata(
+        e.spec.oidc.as_ref().map(|(stored, _)| stored),
+        &e.spec.hosts,
+    );
     Route {
-        name: e.spec.id.clone(),
+        // The filter reads the version here first (`oidc_core::metadata`).
+        name: route_name(&e.spec.id, &version),
         r#match: Some(RouteMatch {
             path_specifier: Some(path_specifier),
             headers: method_matcher(&e.spec.methods).into_iter().collect(),
             ..Default::default()
         }),
         action: Some(route::Action::Route(route_action(e.spec))),
-        metadata: Some(oidc_metadata(
-            e.spec.oidc.as_ref().map(|(stored, _)| stored),
-            &e.spec.hosts,
-        )),
+        metadata: Some(metadata),
         ..Default::default()
     }
 }
@@ -159,7 +161,7 @@ pub(super) fn method_matcher(methods: &[String]) -> Option<HeaderMatcher> {
 /// A route with `hosts` also carries them, as a JSON list in
 /// `openid-connect.hosts` (the request hosts a login may make its redirect
 /// URI from), and its version covers them.
-pub(super) fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> Metadata {
+pub(super) fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> (Metadata, String) {
     let text = |s: String| PbValue {
         kind: Some(value::Kind::StringValue(s)),
     };
@@ -167,7 +169,7 @@ pub(super) fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> Metadat
         fields: [(k.to_string(), text(v))].into_iter().collect(),
     };
     let mut filter_metadata = std::collections::HashMap::new();
-    match stored {
+    let version = match stored {
         Some(stored) => {
             let config = stored.to_string();
             let mut fields = one(CONFIG_KEY, config.clone());
@@ -182,18 +184,21 @@ pub(super) fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> Metadat
             filter_metadata.insert(OIDC_NAMESPACE.to_string(), fields);
             filter_metadata.insert(
                 OIDC_VERSION_NAMESPACE.to_string(),
-                one(VERSION_KEY, version),
+                one(VERSION_KEY, version.clone()),
             );
+            version
         }
         None => {
             filter_metadata.insert(
                 OIDC_VERSION_NAMESPACE.to_string(),
                 one(VERSION_KEY, String::new()),
             );
+            String::new()
         }
-    }
-    Metadata {
+    };
+    let metadata = Metadata {
         filter_metadata,
         ..Default::default()
-    }
+    };
+    (metadata, version)
 }

@@ -89,7 +89,7 @@ fn summary(vh: &VirtualHost) -> Vec<(String, String, String)> {
                 })
                 .collect::<Vec<_>>()
                 .join(",");
-            (r.name.clone(), path, method)
+            (id_of(r).to_string(), path, method)
         })
         .collect()
 }
@@ -205,7 +205,7 @@ fn exact_before_prefix_longer_first_then_priority_then_id() {
             a.cluster_specifier,
             Some(route_action::ClusterSpecifier::Cluster(format!(
                 "route|{}",
-                rt.name
+                id_of(rt)
             )))
         );
         assert_eq!(a.timeout, Some(seconds(60)));
@@ -402,7 +402,7 @@ fn oidc_routes_carry_the_config_text_and_its_version() {
     let oidc = vh
         .routes
         .iter()
-        .find(|r| r.name == "oidc")
+        .find(|r| id_of(r) == "oidc")
         .expect("oidc route");
     let (config, version) = metadata(oidc).expect("metadata");
     // The config text is the stored plugin object.
@@ -410,16 +410,22 @@ fn oidc_routes_carry_the_config_text_and_its_version() {
     assert_eq!(version.len(), 16);
     assert!(version.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(version, config_version(&config));
+    // The version also ends the route's name, where the filter reads it.
+    assert_eq!(oidc.name, oidc_core::metadata::route_name("oidc", &version));
     let open = vh
         .routes
         .iter()
-        .find(|r| r.name == "open")
+        .find(|r| id_of(r) == "open")
         .expect("open route");
     assert_eq!(metadata(open), None);
+    assert_eq!(open.name, "open|oidc=", "an empty version: no plugin");
 
     // Stable across translations; changes with the config.
     let again = run(&routes);
-    let again = vhost(&again, "*").routes.iter().find(|r| r.name == "oidc");
+    let again = vhost(&again, "*")
+        .routes
+        .iter()
+        .find(|r| id_of(r) == "oidc");
     assert_eq!(
         metadata(again.unwrap()),
         Some((config.clone(), version.clone()))
@@ -790,7 +796,7 @@ fn action(r: &Resources, id: &str) -> RouteAction {
         .virtual_hosts
         .iter()
         .flat_map(|v| &v.routes)
-        .find(|rt| rt.name == id)
+        .find(|rt| id_of(rt) == id)
         .unwrap_or_else(|| panic!("no route {id}"));
     match &rt.action {
         Some(route::Action::Route(a)) => a.clone(),
@@ -1258,4 +1264,12 @@ fn routes_with_upstream_id_use_the_named_upstream() {
         cluster(&r, "route|a").lb_policy,
         cluster::LbPolicy::RoundRobin as i32
     );
+}
+
+/// A translated route's id: its name without the version
+/// (`oidc_core::metadata::route_name`).
+fn id_of(r: &Route) -> &str {
+    r.name
+        .rsplit_once(oidc_core::metadata::ROUTE_NAME_MARK)
+        .map_or(r.name.as_str(), |(id, _)| id)
 }

@@ -106,7 +106,7 @@ pub(super) fn users(current: &Stored, kind: ResourceKind, id: &str) -> Vec<(Reso
 }
 
 /// APISIX's refusal to delete what is still used: "can not delete this
-/// upstream, route [1] is still using it now".
+/// upstream, route \[1\] is still using it now".
 pub(super) fn still_used(kind: ResourceKind, users: &[(ResourceKind, String)]) -> Option<Refusal> {
     let (first, _) = users.first()?;
     let named: Vec<String> = users
@@ -207,6 +207,18 @@ pub(super) fn finish(
             let merged = merge::effective(&sent, current).map_err(Refusal::Bad)?;
             let spec = RouteSpec::parse(id, &merged, &current.upstreams).map_err(Refusal::Bad)?;
             login_needs_a_host(&spec, &mut e);
+            // Session cookies one route's filter removes, tested by another.
+            let others: Vec<RouteSpec> = current
+                .routes
+                .iter()
+                .filter_map(|(rid, v)| {
+                    let merged = merge::effective(v, current).ok()?;
+                    RouteSpec::parse(rid, &merged, &current.upstreams).ok()
+                })
+                .collect();
+            for why in crate::apisix::vars::session_cookie_clashes(&spec, others.iter()) {
+                e.push("vars", why);
+            }
             if let Some(up) = sent.get("upstream") {
                 nodes.check(up, "upstream.", &mut e);
             }

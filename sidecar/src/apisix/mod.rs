@@ -8,3 +8,4 @@ pub mod shared;
 pub mod ssl;
 pub mod table;
 pub mod upstream;
+pub mod vars;

@@ -58,6 +58,24 @@ impl RouteTable {
                 Err(e) => invalid.push((id.clone(), e)),
             }
         }
+        // Written by something other than the Admin API: a route testing a
+        // session cookie some route's filter removes is left out.
+        let clashing: Vec<(String, String)> = routes
+            .iter()
+            .filter_map(|r| {
+                let why = crate::apisix::vars::tested_session_cookies(r, routes.iter());
+                (!why.is_empty()).then(|| {
+                    let msg = why
+                        .iter()
+                        .map(|w| format!("property \"vars\" {w}"))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    (r.id.clone(), format!("invalid configuration: {msg}"))
+                })
+            })
+            .collect();
+        routes.retain(|r| !clashing.iter().any(|(id, _)| id == &r.id));
+        invalid.extend(clashing);
         let invalid_upstreams = stored
             .upstreams
             .iter()
@@ -335,5 +353,29 @@ mod tests {
                 "client-\"secret\""
             ]
         );
+    }
+
+    #[test]
+    fn a_stored_route_testing_another_routes_session_cookie_is_left_out() {
+        let mut stored = Stored::default();
+        stored.routes.insert(
+            "login".into(),
+            route(json!({"client_id": "c", "client_secret": "s",
+                         "discovery": "https://idp/.well-known/openid-configuration",
+                         "redirect_uri": "https://app/cb",
+                         "session": {"secret": "0123456789abcdef", "cookie_name": "sid"}})),
+        );
+        stored.routes.insert(
+            "tester".into(),
+            json!({"uri": "/x", "vars": [["cookie_sid", "~~", "."]],
+                   "upstream": {"nodes": {"192.0.2.1:80": 1}}}),
+        );
+        let t = RouteTable::build(stored);
+        let enabled: Vec<&str> = t.enabled().map(|r| r.id.as_str()).collect();
+        assert_eq!(enabled, ["login"]);
+        assert_eq!(t.invalid()[0].0, "tester");
+        assert!(t.invalid()[0]
+            .1
+            .contains("route [login]'s openid-connect filter removes"));
     }
 }

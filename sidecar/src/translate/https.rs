@@ -110,7 +110,8 @@ pub(super) fn https(
                 server_names: names,
                 ..Default::default()
             }),
-            filters: vec![connection_manager(s)],
+            // The client address for `remote_addrs`, as on the HTTP listener.
+            filters: vec![remote_addr_filter(), connection_manager(s)],
             transport_socket: Some(TransportSocket {
                 name: "envoy.transport_sockets.tls".into(),
                 config_type: Some(transport_socket::ConfigType::TypedConfig(to_any(&tls))),

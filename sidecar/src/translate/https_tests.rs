@@ -162,3 +162,22 @@ fn ssl_protocols_become_envoy_min_and_max() {
     assert_eq!(p.tls_minimum_protocol_version, TlsProtocol::TlSv13 as i32);
     assert_eq!(p.tls_maximum_protocol_version, TlsProtocol::TlSv13 as i32);
 }
+
+#[test]
+fn https_chains_record_the_client_address_for_remote_addrs() {
+    let (a, b) = (ssl(&["a.example"]), ssl(&["*.b.example"]));
+    let r = run(&[("a", &a), ("b", &b)]);
+    let l = https_listener(&r);
+    assert!(!l.filter_chains.is_empty());
+    for chain in &l.filter_chains {
+        let names: Vec<&str> = chain.filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "envoy.filters.network.set_filter_state",
+                "envoy.filters.network.http_connection_manager"
+            ]
+        );
+        assert_eq!(chain.filters[0], remote_addr_filter());
+    }
+}

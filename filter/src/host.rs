@@ -79,6 +79,9 @@ impl Host for HostCalls<'_> {
     ) -> Result<Session, SessionError> {
         self.vm.unseal(self.route_id, key, name, value)
     }
+    fn resealed(&mut self, value: String, session: Session) {
+        self.vm.resealed(self.route_id, value, session)
+    }
     fn revoked(&mut self, id: &SessionId, now: u64) -> bool {
         revoked::is_revoked(id, now)
     }

@@ -10,7 +10,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use oidc_core::browser::Event;
 use oidc_core::exchange::{self, Effect, Exchange, Pending, DEFAULT_REALM};
 use oidc_core::http::{HttpRequest, MAX_RESPONSE_BODY};
-use oidc_core::metadata::{CONFIG_KEY, HOSTS_KEY, NAMESPACE, VERSION_KEY, VERSION_NAMESPACE};
+use oidc_core::metadata::{
+    version_in_route_name, CONFIG_KEY, HOSTS_KEY, NAMESPACE, VERSION_KEY, VERSION_NAMESPACE,
+};
 use oidc_core::provider::FetchKind;
 use oidc_core::reply::{Denial, DenialReason, Reply};
 use oidc_core::route::Route;
@@ -20,6 +22,9 @@ use proxy_wasm::types::Action;
 use crate::host::HostCalls;
 use crate::vm::Vm;
 
+/// The route's name, which ends with the config version when whoever
+/// configures Envoy puts it there (`oidc_core::metadata::route_name`).
+const ROUTE_NAME_PATH: [&str; 2] = ["xds", "route_name"];
 /// Route metadata written by whoever configures Envoy (`oidc_core::metadata`).
 const VERSION_PATH: [&str; 5] = [
     "xds",
@@ -87,6 +92,18 @@ impl Request {
     fn property(&self, path: &[&str]) -> Option<String> {
         self.get_property(path.to_vec())
             .and_then(|b| String::from_utf8(b).ok())
+    }
+
+    /// The route's config version: from its name, else from its metadata
+    /// (the version namespace, then the older layout).
+    fn version(&self) -> Option<String> {
+        if let Some(name) = self.property(&ROUTE_NAME_PATH) {
+            if let Some(v) = version_in_route_name(&name) {
+                return Some(v.to_string());
+            }
+        }
+        self.property(&VERSION_PATH)
+            .or_else(|| self.property(&LEGACY_VERSION_PATH))
     }
 
     fn send(&self, reply: &Reply) -> Action {
@@ -279,14 +296,12 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Routes without the metadata pass untouched.
-        let version = match self.property(&VERSION_PATH) {
+        // Routes without the plugin (an empty version, or no version at
+        // all) pass untouched.
+        let version = match self.version() {
             Some(v) if v.is_empty() => return Action::Continue,
             Some(v) => v,
-            None => match self.property(&LEGACY_VERSION_PATH) {
-                Some(v) => v,
-                None => return Action::Continue,
-            },
+            None => return Action::Continue,
         };
         let entry = self.vm.route(&version, || {
             (self.property(&CONFIG_PATH), self.property(&HOSTS_PATH))

@@ -200,4 +200,12 @@ impl Vm {
         cache.borrow_mut().put(k, Rc::new(s.clone()));
         Ok(s)
     }
+
+    /// From now on, `value` of route `route_id` opens as `session` (the
+    /// session saved in its place; see `Host::resealed`).
+    pub fn resealed(&self, route_id: u64, value: String, session: Session) {
+        if let Some(cache) = &self.sessions {
+            cache.borrow_mut().put((route_id, value), Rc::new(session));
+        }
+    }
 }

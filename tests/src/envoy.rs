@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{envoy_bin, free_port, port_open, tail, wait_for, wasm_path, Proc, Response};
 
-use oidc_core::metadata::{config_version, CONFIG_KEY, VERSION_KEY};
+use oidc_core::metadata::{config_version, route_name, CONFIG_KEY, VERSION_KEY};
 /// The route-metadata contract the filter reads (`oidc_core::metadata`).
 pub use oidc_core::metadata::{
     NAMESPACE as OIDC_NAMESPACE, VERSION_NAMESPACE as OIDC_VERSION_NAMESPACE,
@@ -83,6 +83,9 @@ pub struct Route {
     pub request_headers: Vec<(String, String)>,
     /// `typed_per_filter_config` disabling the wasm filter on this route.
     pub wasm_disabled: bool,
+    /// The config version also carried at the end of the route's name
+    /// (`oidc_core::metadata::route_name`), as the sidecar writes it.
+    pub name_version: Option<String>,
 }
 
 /// The match of a route being built.
@@ -128,6 +131,7 @@ impl Route {
             metadata: Map::new(),
             request_headers: Vec::new(),
             wasm_disabled: false,
+            name_version: None,
         }
     }
 
@@ -167,10 +171,19 @@ impl Route {
     }
 
     /// The route metadata exactly as given: `config` need not be valid JSON.
-    /// The version in its own namespace, as the sidecar writes it.
-    pub fn oidc_raw(self, config: &str, version: &str) -> Self {
+    /// The version in its own namespace and at the end of the route's
+    /// name, as the sidecar writes them.
+    pub fn oidc_raw(mut self, config: &str, version: &str) -> Self {
+        self.name_version = Some(version.into());
         self.metadata(OIDC_NAMESPACE, json!({CONFIG_KEY: config}))
             .metadata(OIDC_VERSION_NAMESPACE, json!({VERSION_KEY: version}))
+    }
+
+    /// The version in the metadata only, not in the route's name (how
+    /// configs written before the name carried it look).
+    pub fn version_in_metadata_only(mut self) -> Self {
+        self.name_version = None;
+        self
     }
 
     /// The earlier layout, version next to the config (still read).
@@ -216,8 +229,13 @@ impl Route {
     }
 
     fn to_json(&self, n: usize) -> Value {
+        let name = self.name.clone().unwrap_or_else(|| format!("r{n}"));
+        let name = match &self.name_version {
+            Some(v) => route_name(&name, v),
+            None => name,
+        };
         let mut r = json!({
-            "name": self.name.clone().unwrap_or_else(|| format!("r{n}")),
+            "name": name,
             "match": match &self.matcher {
                 Match::Prefix(p) => json!({"prefix": p}),
                 Match::Path(p) => json!({"path": p}),

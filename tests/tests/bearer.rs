@@ -46,6 +46,13 @@ fn routes(idp: &Provider) -> Vec<Route> {
         Route::prefix("/anything/legacy")
             .to_cluster("httpbin")
             .oidc_legacy(&plugin(idp, json!({"use_jwks": true}))),
+        // The version in the metadata only, not at the end of the name.
+        Route::protected(
+            "/anything/metadata-only",
+            "httpbin",
+            plugin(idp, json!({"use_jwks": true})),
+        )
+        .version_in_metadata_only(),
         Route::protected(
             "/anything/strict",
             "httpbin",
@@ -132,14 +139,13 @@ fn jwks_route_client_credentials_password_and_refresh() {
     }
     assert!(s.envoy.stat("wasmcustom.openid_connect.cache.hit") >= hits + 2);
 
-    // The same on a route with the earlier metadata layout.
-    let r = call(
-        &s,
-        "/anything/legacy",
-        &[("authorization", &bearer(&token))],
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(call(&s, "/anything/legacy", &[]).status, 401);
+    // The same on routes whose names do not carry the version: the
+    // filter reads it from the metadata (both layouts).
+    for path in ["/anything/legacy", "/anything/metadata-only"] {
+        let r = call(&s, path, &[("authorization", &bearer(&token))]);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(call(&s, path, &[]).status, 401, "{path}");
+    }
 
     // Invalid token: 401 with the invalid_token challenge.
     let mut bad = token.clone();

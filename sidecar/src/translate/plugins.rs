@@ -319,7 +319,7 @@ pub(super) fn expand(rc: &mut RouteConfiguration, specs: &[&RouteSpec], https_po
     for vh in &mut rc.virtual_hosts {
         let routes = std::mem::take(&mut vh.routes);
         for r in routes {
-            if wants.contains(r.name.as_str()) {
+            if wants.contains(super::routes::route_id(&r.name)) {
                 vh.routes.push(to_https(&r, https_port, true));
                 vh.routes.push(to_https(&r, https_port, false));
             }
@@ -351,7 +351,8 @@ fn to_https(r: &Route, https_port: u16, get_or_head: bool) -> Route {
     if get_or_head {
         m.headers.push(exact(":method", Some("^(GET|HEAD)$"), ""));
     }
-    let mut metadata = super::routes::oidc_metadata(None, &[]);
+    // A redirect: no openid-connect (an empty version).
+    let (mut metadata, version) = super::routes::oidc_metadata(None, &[]);
     if let Some(m) = r
         .metadata
         .as_ref()
@@ -367,7 +368,7 @@ fn to_https(r: &Route, https_port: u16, get_or_head: bool) -> Route {
         C::PermanentRedirect
     };
     Route {
-        name: r.name.clone(),
+        name: route_name(super::routes::route_id(&r.name), &version),
         r#match: Some(m),
         action: Some(route::Action::Redirect(RedirectAction {
             response_code: code as i32,

@@ -136,10 +136,12 @@ pub(super) fn envoy_routes(e: &Entry) -> Vec<Route> {
             ..Default::default()
         }];
     }
-    let metadata = oidc_metadata(
+    let (metadata, version) = oidc_metadata(
         e.spec.oidc.as_ref().map(|(stored, _)| stored),
         &e.spec.hosts,
     );
+    // The filter reads the version in the name first (`oidc_core::metadata`).
+    let name = route_name(&e.spec.id, &version);
     e.spec
         .vars
         .iter()
@@ -157,7 +159,7 @@ pub(super) fn envoy_routes(e: &Entry) -> Vec<Route> {
                 add_matcher(&mut m, c);
             }
             let mut route = Route {
-                name: e.spec.id.clone(),
+                name: name.clone(),
                 r#match: Some(m),
                 action: Some(route::Action::Route(action.clone())),
                 metadata: Some(metadata.clone()),
@@ -167,6 +169,12 @@ pub(super) fn envoy_routes(e: &Entry) -> Vec<Route> {
             route
         })
         .collect()
+}
+
+/// The route id in an Envoy route name (the name without the version,
+/// `oidc_core::metadata::route_name`).
+pub(super) fn route_id(name: &str) -> &str {
+    name.rsplit_once(ROUTE_NAME_MARK).map_or(name, |(id, _)| id)
 }
 
 fn string_matcher(t: &Test) -> StringMatcher {
@@ -311,7 +319,7 @@ pub(super) fn method_matcher(methods: &[String]) -> Option<HeaderMatcher> {
 /// A route with `hosts` also carries them, as a JSON list in
 /// `openid-connect.hosts` (the request hosts a login may make its redirect
 /// URI from), and its version covers them.
-pub(super) fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> Metadata {
+pub(super) fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> (Metadata, String) {
     let text = |s: String| PbValue {
         kind: Some(value::Kind::StringValue(s)),
     };
@@ -319,7 +327,7 @@ pub(super) fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> Metadat
         fields: [(k.to_string(), text(v))].into_iter().collect(),
     };
     let mut filter_metadata = std::collections::HashMap::new();
-    match stored {
+    let version = match stored {
         Some(stored) => {
             let config = stored.to_string();
             let mut fields = one(CONFIG_KEY, config.clone());
@@ -334,18 +342,21 @@ pub(super) fn oidc_metadata(stored: Option<&Value>, hosts: &[String]) -> Metadat
             filter_metadata.insert(OIDC_NAMESPACE.to_string(), fields);
             filter_metadata.insert(
                 OIDC_VERSION_NAMESPACE.to_string(),
-                one(VERSION_KEY, version),
+                one(VERSION_KEY, version.clone()),
             );
+            version
         }
         None => {
             filter_metadata.insert(
                 OIDC_VERSION_NAMESPACE.to_string(),
                 one(VERSION_KEY, String::new()),
             );
+            String::new()
         }
-    }
-    Metadata {
+    };
+    let metadata = Metadata {
         filter_metadata,
         ..Default::default()
-    }
+    };
+    (metadata, version)
 }

@@ -90,7 +90,7 @@ fn summary(vh: &VirtualHost) -> Vec<(String, String, String)> {
                 })
                 .collect::<Vec<_>>()
                 .join(",");
-            (r.name.clone(), path, method)
+            (id_of(r).to_string(), path, method)
         })
         .collect()
 }
@@ -206,7 +206,7 @@ fn exact_before_prefix_longer_first_then_priority_then_id() {
             a.cluster_specifier,
             Some(route_action::ClusterSpecifier::Cluster(format!(
                 "route|{}",
-                rt.name
+                id_of(rt)
             )))
         );
         assert_eq!(a.timeout, Some(seconds(60)));
@@ -403,7 +403,7 @@ fn oidc_routes_carry_the_config_text_and_its_version() {
     let oidc = vh
         .routes
         .iter()
-        .find(|r| r.name == "oidc")
+        .find(|r| id_of(r) == "oidc")
         .expect("oidc route");
     let (config, version) = metadata(oidc).expect("metadata");
     // The config text is the stored plugin object.
@@ -411,16 +411,22 @@ fn oidc_routes_carry_the_config_text_and_its_version() {
     assert_eq!(version.len(), 16);
     assert!(version.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(version, config_version(&config));
+    // The version also ends the route's name, where the filter reads it.
+    assert_eq!(oidc.name, oidc_core::metadata::route_name("oidc", &version));
     let open = vh
         .routes
         .iter()
-        .find(|r| r.name == "open")
+        .find(|r| id_of(r) == "open")
         .expect("open route");
     assert_eq!(metadata(open), None);
+    assert_eq!(open.name, "open|oidc=", "an empty version: no plugin");
 
     // Stable across translations; changes with the config.
     let again = run(&routes);
-    let again = vhost(&again, "*").routes.iter().find(|r| r.name == "oidc");
+    let again = vhost(&again, "*")
+        .routes
+        .iter()
+        .find(|r| id_of(r) == "oidc");
     assert_eq!(
         metadata(again.unwrap()),
         Some((config.clone(), version.clone()))
@@ -829,7 +835,7 @@ fn action(r: &Resources, id: &str) -> RouteAction {
         .virtual_hosts
         .iter()
         .flat_map(|v| &v.routes)
-        .find(|rt| rt.name == id)
+        .find(|rt| id_of(rt) == id)
         .unwrap_or_else(|| panic!("no route {id}"));
     match &rt.action {
         Some(route::Action::Route(a)) => a.clone(),
@@ -1318,7 +1324,7 @@ fn vars_alternatives_are_adjacent_routes_with_the_route_matchers() {
     let b = route("/a/*", json!({"127.0.0.1:81": 1}));
     let r = run(&[("a", a), ("b", b)]);
     let routes = &vhost(&r, "*").routes;
-    let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<&str> = routes.iter().map(id_of).collect();
     assert_eq!(names, ["a", "a", "b"]);
     let m0 = routes[0].r#match.as_ref().unwrap();
     let m1 = routes[1].r#match.as_ref().unwrap();
@@ -1369,4 +1375,10 @@ fn vars_alternatives_are_adjacent_routes_with_the_route_matchers() {
     );
     assert!(upgrade(&routes[2]).is_empty());
     assert!(routes[2].r#match.as_ref().unwrap().filter_state.is_empty());
+}
+
+/// A translated route's id: its name without the version
+/// (`oidc_core::metadata::route_name`).
+fn id_of(r: &Route) -> &str {
+    routes::route_id(&r.name)
 }

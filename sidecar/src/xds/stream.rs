@@ -72,6 +72,11 @@ pub(super) struct Sent {
 pub(super) struct TypeState {
     /// Envoy has asked for this type.
     pub(super) requested: bool,
+    /// A request (the first, an ACK or a NACK) not answered yet. As the
+    /// xDS protocol has it, a response answers a request: while Envoy
+    /// applies one, later changes wait and then go as one (a burst of
+    /// writes becomes one push, however many routes there are).
+    pub(super) pending: bool,
     pub(super) names: Option<BTreeSet<String>>,
     pub(super) sent: Option<Sent>,
 }
@@ -141,6 +146,7 @@ impl StreamState {
             }
         };
         t.requested = true;
+        t.pending = true;
         t.names = if kind.wildcard()
             && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"))
         {
@@ -149,6 +155,18 @@ impl StreamState {
             Some(req.resource_names.iter().cloned().collect())
         };
         (Some(kind), received)
+    }
+
+    /// Whether Envoy has been sent the clusters of `snapshot` (or refused
+    /// the last ones sent, or never asked for clusters).
+    fn clusters_sent(&self, snapshot: &Snapshot) -> bool {
+        let t = &self.types[Kind::Clusters.index()];
+        if !t.requested {
+            return true;
+        }
+        t.sent
+            .as_ref()
+            .is_some_and(|s| s.nacked || s.version == snapshot.get(Kind::Clusters).version)
     }
 
     /// Whether Envoy has been sent the endpoints of every `EDS` cluster of
@@ -178,7 +196,7 @@ impl StreamState {
         let mut out = Vec::new();
         for kind in Kind::ALL {
             let t = &self.types[kind.index()];
-            if !t.requested {
+            if !t.requested || !t.pending {
                 continue;
             }
             let current = snapshot.get(kind);
@@ -190,6 +208,12 @@ impl StreamState {
                 if kind == Kind::Routes {
                     self.routes_waiting_since = None;
                 }
+                continue;
+            }
+            // Routes never go before their clusters: while the clusters of
+            // this snapshot wait for Envoy to answer the previous ones, so
+            // do the routes (the answer brings them both).
+            if kind == Kind::Routes && t.sent.is_some() && !self.clusters_sent(snapshot) {
                 continue;
             }
             // The first route configuration of a stream needs no wait:
@@ -206,6 +230,7 @@ impl StreamState {
             self.nonces += 1;
             let nonce = self.nonces.to_string();
             let t = &mut self.types[kind.index()];
+            t.pending = false;
             let resources = current
                 .resources
                 .iter()

@@ -462,3 +462,62 @@ fn nacks_are_masked_with_the_secrets_of_the_typed_configs() {
     assert_eq!(clean("abcdef", 3), "abc...");
     assert_eq!(clean("a\nb\tc", 10), "a b c");
 }
+
+#[test]
+fn a_type_answers_envoys_requests_so_changes_wait_and_routes_never_pass_their_clusters() {
+    let plain = |uri: &str| json!({"uri": uri, "upstream": {"nodes": {"example.com:80": 1}}});
+    let s1 = snap(&[("a", plain("/a"))]);
+    let (mut st, _) = settled(&s1, &[]);
+    let t0 = Instant::now();
+    let s2 = snap(&[("a", plain("/a")), ("b", plain("/b"))]);
+    let out = st.due(&s2, t0);
+    assert_eq!(
+        sent(&out),
+        vec![
+            (
+                "clusters",
+                v(&s2, Kind::Clusters),
+                strs(&["route|a", "route|b"])
+            ),
+            // (no EDS clusters: the endpoints are empty, sent again after
+            // a cluster change)
+            ("endpoints", v(&s2, Kind::Endpoints), strs(&[])),
+            ("routes", v(&s2, Kind::Routes), strs(&["apisix"])),
+        ]
+    );
+    // Two more changes before Envoy answers: nothing goes (not even the
+    // routes, whose new cluster has not been sent).
+    let s3 = snap(&[("a", plain("/a")), ("b", plain("/b")), ("c", plain("/c"))]);
+    assert!(st.due(&s3, t0).is_empty());
+    let s4 = snap(&[
+        ("a", plain("/a")),
+        ("b", plain("/b")),
+        ("c", plain("/c")),
+        ("d", plain("/d")),
+    ]);
+    assert!(st.due(&s4, t0).is_empty());
+    // Envoy ACKs the routes first: they still wait for their clusters.
+    let rds = req(
+        Kind::Routes,
+        &out[2].version_info,
+        &out[2].nonce,
+        &["apisix"],
+    );
+    assert_eq!(st.on_request(&rds, &s4, T_NACK).1, Received::Ack);
+    assert!(st.due(&s4, t0).is_empty());
+    // The clusters' ACK: the latest clusters, then the latest routes, once.
+    let cds = req(Kind::Clusters, &out[0].version_info, &out[0].nonce, &[]);
+    assert_eq!(st.on_request(&cds, &s4, T_NACK).1, Received::Ack);
+    assert_eq!(
+        sent(&st.due(&s4, t0)),
+        vec![
+            (
+                "clusters",
+                v(&s4, Kind::Clusters),
+                strs(&["route|a", "route|b", "route|c", "route|d"])
+            ),
+            ("routes", v(&s4, Kind::Routes), strs(&["apisix"])),
+        ]
+    );
+    assert!(st.due(&s4, t0).is_empty());
+}

@@ -60,6 +60,9 @@ impl Source {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Sent {
     pub(super) version: String,
+    /// The version of the snapshot it was made from (the clusters sent
+    /// with some kept: [`StreamState::clusters_to_send`]).
+    pub(super) of: String,
     /// `None`: everything (wildcard).
     pub(super) names: Option<BTreeSet<String>>,
     pub(super) nonce: String,
@@ -90,6 +93,8 @@ pub(super) struct StreamState {
     pub(super) nonces: u64,
     /// Since when a route configuration waits for endpoints.
     pub(super) routes_waiting_since: Option<Instant>,
+    /// The clusters last sent, by name (what Envoy has).
+    pub(super) clusters: Vec<(String, Any)>,
 }
 
 /// What a request turned out to be.
@@ -166,7 +171,39 @@ impl StreamState {
         }
         t.sent
             .as_ref()
-            .is_some_and(|s| s.nacked || s.version == snapshot.get(Kind::Clusters).version)
+            .is_some_and(|s| s.nacked || s.of == snapshot.get(Kind::Clusters).version)
+    }
+
+    /// The clusters to send for `snapshot`: its own and, while Envoy's
+    /// route configuration is older than the snapshot's, the clusters sent
+    /// before that it no longer has (the old routes may still point at
+    /// them). So a deleted route's cluster goes only after the routes
+    /// without it: make before break, no 503 for a cluster removed under a
+    /// route. Its version is the snapshot's, marked when clusters are kept.
+    fn clusters_to_send(&self, snapshot: &Snapshot) -> (String, Vec<(String, Any)>) {
+        let current = snapshot.get(Kind::Clusters);
+        let routes = &self.types[Kind::Routes.index()];
+        let routes_behind = routes.requested
+            && routes
+                .sent
+                .as_ref()
+                .is_some_and(|s| s.of != snapshot.get(Kind::Routes).version);
+        let mut resources = current.resources.clone();
+        if !routes_behind {
+            return (current.version.clone(), resources);
+        }
+        let names: BTreeSet<&str> = current.resources.iter().map(|(n, _)| n.as_str()).collect();
+        let kept: Vec<&(String, Any)> = self
+            .clusters
+            .iter()
+            .filter(|(n, _)| !names.contains(n.as_str()))
+            .collect();
+        if kept.is_empty() {
+            return (current.version.clone(), resources);
+        }
+        let version = format!("{}+{}", current.version, kept.len());
+        resources.extend(kept.into_iter().cloned());
+        (version, resources)
     }
 
     /// Whether Envoy has been sent the endpoints of every `EDS` cluster of
@@ -200,9 +237,17 @@ impl StreamState {
                 continue;
             }
             let current = snapshot.get(kind);
+            let (version, cds) = match kind {
+                Kind::Clusters => {
+                    let (v, r) = self.clusters_to_send(snapshot);
+                    (v, Some(r))
+                }
+                _ => (current.version.clone(), None),
+            };
+            let t = &self.types[kind.index()];
             let needed = match &t.sent {
                 None => true,
-                Some(s) => s.version != current.version || s.names != t.names,
+                Some(s) => s.version != version || s.names != t.names,
             };
             if !needed {
                 if kind == Kind::Routes {
@@ -231,15 +276,20 @@ impl StreamState {
             let nonce = self.nonces.to_string();
             let t = &mut self.types[kind.index()];
             t.pending = false;
-            let resources = current
-                .resources
-                .iter()
-                .filter(|(name, _)| t.names.as_ref().is_none_or(|n| n.contains(name)))
-                .map(|(_, any)| any.clone())
-                .collect();
+            let resources: Vec<Any> = match &cds {
+                // Clusters are asked for as a whole.
+                Some(all) => all.iter().map(|(_, a)| a.clone()).collect(),
+                None => current
+                    .resources
+                    .iter()
+                    .filter(|(name, _)| t.names.as_ref().is_none_or(|n| n.contains(name)))
+                    .map(|(_, any)| any.clone())
+                    .collect(),
+            };
             let updated = t.sent.is_some();
             t.sent = Some(Sent {
-                version: current.version.clone(),
+                version: version.clone(),
+                of: current.version.clone(),
                 names: t.names.clone(),
                 nonce: nonce.clone(),
                 nacked: false,
@@ -250,8 +300,11 @@ impl StreamState {
             if kind == Kind::Clusters && updated {
                 self.types[Kind::Endpoints.index()].sent = None;
             }
+            if let Some(all) = cds {
+                self.clusters = all;
+            }
             out.push(DiscoveryResponse {
-                version_info: current.version.clone(),
+                version_info: version,
                 resources,
                 type_url: kind.type_url().to_string(),
                 nonce,

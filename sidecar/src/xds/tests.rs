@@ -521,3 +521,40 @@ fn a_type_answers_envoys_requests_so_changes_wait_and_routes_never_pass_their_cl
     );
     assert!(st.due(&s4, t0).is_empty());
 }
+
+#[test]
+fn a_removed_cluster_goes_only_after_the_routes_without_it() {
+    let plain = |uri: &str| json!({"uri": uri, "upstream": {"nodes": {"example.com:80": 1}}});
+    let s1 = snap(&[("a", plain("/a")), ("b", plain("/b"))]);
+    let (mut st, _) = settled(&s1, &[]);
+    let t0 = Instant::now();
+    // Route b deleted: its cluster is kept while Envoy's routes still
+    // point at it.
+    let s2 = snap(&[("a", plain("/a"))]);
+    let out = st.due(&s2, t0);
+    let names: Vec<_> = sent(&out).into_iter().map(|(k, v, n)| (k, v, n)).collect();
+    assert_eq!(names[0].0, "clusters");
+    assert_eq!(names[0].2, strs(&["route|a", "route|b"]), "route|b kept");
+    assert_ne!(names[0].1, v(&s2, Kind::Clusters));
+    assert_eq!(
+        names.last().unwrap().clone(),
+        ("routes", v(&s2, Kind::Routes), strs(&["apisix"]))
+    );
+    // Once Envoy has the routes without b (and answers the clusters), the
+    // clusters go without route|b.
+    for r in &out {
+        let kind = Kind::from_type_url(&r.type_url).unwrap();
+        let names: &[&str] = if kind == Kind::Routes {
+            &["apisix"]
+        } else {
+            &[]
+        };
+        st.on_request(&req(kind, &r.version_info, &r.nonce, names), &s2, T_NACK);
+    }
+    let out = st.due(&s2, t0);
+    assert_eq!(
+        sent(&out)[0],
+        ("clusters", v(&s2, Kind::Clusters), strs(&["route|a"]))
+    );
+    assert!(!sent(&out).iter().any(|(k, _, _)| *k == "routes"));
+}

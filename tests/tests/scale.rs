@@ -97,6 +97,7 @@ fn changes_arrive_whole_and_in_order_with_2000_routes_stored() {
     let dir = TestDir::new("scale_changes_in_order");
     let a = EchoServer::start(dir.path(), "a");
     let b = EchoServer::start(dir.path(), "b");
+    let c = EchoServer::start(dir.path(), "c");
     let node = |e: &EchoServer| json!({"type": "roundrobin", "nodes": {format!("127.0.0.1:{}", e.port): 1}});
 
     // 2,000 routes stored: a quarter name the shared upstream "shared".
@@ -133,8 +134,9 @@ fn changes_arrive_whole_and_in_order_with_2000_routes_stored() {
     let seen = w.finish();
     assert_eq!(seen, ["404", "b"], "GET /new while it was added ({took:?})");
 
-    // A burst of writes to one route, alternating upstreams, last on B:
-    // B wins and stays (an older version arriving late would flip it).
+    // A burst of writes to one route, alternating upstreams A and B, the
+    // last on C: C wins and stays (an older version arriving late would
+    // flip it back).
     put(
         &gw,
         "/apisix/admin/routes/lww",
@@ -143,17 +145,17 @@ fn changes_arrive_whole_and_in_order_with_2000_routes_stored() {
     until(&gw, "/lww", "a", "route lww");
     for k in 0..10 {
         let up = if k % 2 == 0 { node(&b) } else { node(&a) };
-        let up = if k == 9 { node(&b) } else { up };
+        let up = if k == 9 { node(&c) } else { up };
         put(
             &gw,
             "/apisix/admin/routes/lww",
             &json!({"uri": "/lww", "upstream": up, "desc": format!("write {k}")}),
         );
     }
-    until(&gw, "/lww", "b", "the last write to lww");
+    until(&gw, "/lww", "c", "the last write to lww");
     let w = Watch::start(&gw, "/lww");
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(w.finish(), ["b"], "GET /lww after the last write");
+    assert_eq!(w.finish(), ["c"], "GET /lww after the last write");
 
     // The shared upstream moves to B: every route naming it follows, the
     // others stay; no 503 on the way.
@@ -173,7 +175,7 @@ fn changes_arrive_whole_and_in_order_with_2000_routes_stored() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(w.finish(), ["b", "404"], "GET /new while it was deleted");
     assert_eq!(who(&gw, "/s/1"), "a");
-    assert_eq!(who(&gw, "/lww"), "b");
+    assert_eq!(who(&gw, "/lww"), "c");
 
     // Paging at this size answers one page.
     let r = gw.admin("GET", "/apisix/admin/routes?page=2&page_size=500", None);

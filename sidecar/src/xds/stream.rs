@@ -67,6 +67,9 @@ pub(super) struct Sent {
     pub(super) names: Option<BTreeSet<String>>,
     pub(super) nonce: String,
     pub(super) nacked: bool,
+    /// To be sent again though unchanged (endpoints after a cluster
+    /// update). The nonce is kept: Envoy's answer to it still counts.
+    pub(super) resend: bool,
     /// The secrets of the snapshot sent (a NACK may quote its config).
     pub(super) secrets: Arc<Vec<String>>,
 }
@@ -219,7 +222,7 @@ impl StreamState {
             return true;
         }
         match &self.types[Kind::Endpoints.index()].sent {
-            Some(s) if s.version == eds.version => eds
+            Some(s) if s.version == eds.version && !s.resend => eds
                 .resources
                 .iter()
                 .all(|(name, _)| s.names.as_ref().is_none_or(|n| n.contains(name))),
@@ -247,7 +250,7 @@ impl StreamState {
             let t = &self.types[kind.index()];
             let needed = match &t.sent {
                 None => true,
-                Some(s) => s.version != version || s.names != t.names,
+                Some(s) => s.version != version || s.names != t.names || s.resend,
             };
             if !needed {
                 if kind == Kind::Routes {
@@ -293,12 +296,15 @@ impl StreamState {
                 names: t.names.clone(),
                 nonce: nonce.clone(),
                 nacked: false,
+                resend: false,
                 secrets: snapshot.secrets.clone(),
             });
             // An updated EDS cluster warms until it gets its endpoints, even
             // unchanged ones: send them again, after the clusters.
             if kind == Kind::Clusters && updated {
-                self.types[Kind::Endpoints.index()].sent = None;
+                if let Some(s) = &mut self.types[Kind::Endpoints.index()].sent {
+                    s.resend = true;
+                }
             }
             if let Some(all) = cds {
                 self.clusters = all;
@@ -315,6 +321,11 @@ impl StreamState {
             });
         }
         out
+    }
+
+    /// Whether Envoy has a request open (a response may be due).
+    pub(super) fn waiting(&self) -> bool {
+        self.types.iter().any(|t| t.requested && t.pending)
     }
 
     /// When a waiting route configuration must be sent anyway.

@@ -558,3 +558,31 @@ fn a_removed_cluster_goes_only_after_the_routes_without_it() {
     );
     assert!(!sent(&out).iter().any(|(k, _, _)| *k == "routes"));
 }
+
+#[test]
+fn endpoints_due_again_after_a_cluster_update_still_take_the_answer_to_the_last_ones() {
+    let up = |t: &str, port: u16| json!({"uri": "/a/*", "upstream": {"type": t, "nodes": {format!("127.0.0.1:{port}"): 1}}});
+    let s1 = snap(&[("a", up("roundrobin", 8081))]);
+    let (mut st, _) = settled(&s1, &["route|a"]);
+    let t0 = Instant::now();
+    // New endpoints: sent; Envoy has not answered yet when the cluster
+    // changes too.
+    let s2 = snap(&[("a", up("roundrobin", 8082))]);
+    let eds = st.due(&s2, t0);
+    assert_eq!(sent(&eds)[0].0, "endpoints");
+    let s3 = snap(&[("a", up("least_conn", 8082))]);
+    assert_eq!(sent(&st.due(&s3, t0))[0].0, "clusters");
+    // The answer to the endpoints sent before counts, and the endpoints go
+    // again (the updated cluster warms until it gets them).
+    let ack = req(
+        Kind::Endpoints,
+        &eds[0].version_info,
+        &eds[0].nonce,
+        &["route|a"],
+    );
+    assert_eq!(st.on_request(&ack, &s3, T_NACK).1, Received::Ack);
+    assert_eq!(
+        sent(&st.due(&s3, t0)),
+        vec![("endpoints", v(&s3, Kind::Endpoints), strs(&["route|a"]))]
+    );
+}

@@ -11,7 +11,8 @@
 # routes of a demo live in build/demo/routes.json and are removed when the
 # demo starts (DEMO_KEEP_ROUTES=1 keeps them). Ctrl-C stops everything.
 #
-# Ports (environment): PROXY_PORT 9080, ADMIN_PORT 9180, IDP_PORT 8080,
+# Ports (environment): PROXY_PORT 9080, PROXY_HTTPS_PORT 9443 (open once an
+# ssl object is PUT), ADMIN_PORT 9180, IDP_PORT 8080,
 # UPSTREAM_PORT 8090, XDS_PORT 18000, ENVOY_ADMIN_PORT 9901. DEMO_DIR: logs,
 # routes and the Envoy bootstrap (build/demo).
 # OIDC_CLIENT_SECRET: the provider's client secret (a fixed demo value).
@@ -21,6 +22,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 export PROXY_PORT="${PROXY_PORT:-9080}"
+export PROXY_HTTPS_PORT="${PROXY_HTTPS_PORT:-9443}"
 export ADMIN_PORT="${ADMIN_PORT:-9180}"
 # Envoy's own log: warnings and errors (the filter's included) keep the
 # terminal readable; ENVOY_LOG_LEVEL=info shows every login failure too.
@@ -38,13 +40,13 @@ export DATA_FILE="$DEMO_DIR/routes.json"
 say() { printf 'demo: %s\n' "$*" >&2; }
 die() { printf 'demo: ERROR: %s\n' "$*" >&2; exit 1; }
 
-for p in PROXY_PORT ADMIN_PORT IDP_PORT UPSTREAM_PORT; do
+for p in PROXY_PORT PROXY_HTTPS_PORT ADMIN_PORT IDP_PORT UPSTREAM_PORT; do
     v="${!p}"
     [[ "$v" =~ ^[0-9]+$ ]] && (( v > 0 && v < 65536 )) || die "$p=$v is not a port number"
 done
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in PROXY_PORT ADMIN_PORT IDP_PORT UPSTREAM_PORT; do
+for p in PROXY_PORT PROXY_HTTPS_PORT ADMIN_PORT IDP_PORT UPSTREAM_PORT; do
     port_open "${!p}" && die "port ${!p} ($p) is in use: stop what uses it, or set $p to another port"
 done
 

@@ -6,6 +6,8 @@
 #
 # Ports (environment, defaults as APISIX):
 #   PROXY_PORT        9080   Envoy's listener (the gateway)
+#   PROXY_HTTPS_PORT  9443   Envoy's HTTPS listener, open while an ssl
+#                     object exists (/apisix/admin/ssls)
 #   ADMIN_PORT        9180   the Admin API (127.0.0.1)
 #   XDS_PORT          18000  the sidecar's xDS (127.0.0.1)
 #   ENVOY_ADMIN_PORT  9901   Envoy's admin (127.0.0.1)
@@ -31,6 +33,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 PROXY_PORT="${PROXY_PORT:-9080}"
+PROXY_HTTPS_PORT="${PROXY_HTTPS_PORT:-9443}"
 ADMIN_PORT="${ADMIN_PORT:-9180}"
 XDS_PORT="${XDS_PORT:-18000}"
 ENVOY_ADMIN_PORT="${ENVOY_ADMIN_PORT:-9901}"
@@ -45,7 +48,7 @@ ALLOW_LOCAL_UPSTREAMS="${ALLOW_LOCAL_UPSTREAMS:-0}"
 say() { printf 'run: %s\n' "$*" >&2; }
 die() { printf 'run: ERROR: %s\n' "$*" >&2; exit 1; }
 
-for p in PROXY_PORT ADMIN_PORT XDS_PORT ENVOY_ADMIN_PORT; do
+for p in PROXY_PORT PROXY_HTTPS_PORT ADMIN_PORT XDS_PORT ENVOY_ADMIN_PORT; do
     v="${!p}"
     [[ "$v" =~ ^[0-9]+$ ]] && (( v > 0 && v < 65536 )) || die "$p=$v is not a port number"
 done
@@ -108,6 +111,7 @@ say "sidecar: Admin API on 127.0.0.1:$ADMIN_PORT, xDS on 127.0.0.1:$XDS_PORT, ro
     --admin-addr "127.0.0.1:$ADMIN_PORT" \
     --xds-addr "127.0.0.1:$XDS_PORT" \
     --proxy-port "$PROXY_PORT" \
+    --https-port "$PROXY_HTTPS_PORT" \
     --wasm "$WASM" \
     --data "$DATA_FILE" \
     --envoy-admin-addr "127.0.0.1:$ENVOY_ADMIN_PORT" \
@@ -124,7 +128,7 @@ for _ in $(seq 1 200); do
 done
 port_open "$XDS_PORT" || die "the sidecar does not listen on 127.0.0.1:$XDS_PORT after 10 s"
 
-say "envoy: gateway on port $PROXY_PORT, admin on 127.0.0.1:$ENVOY_ADMIN_PORT (bootstrap $BOOTSTRAP)"
+say "envoy: gateway on port $PROXY_PORT (HTTPS on $PROXY_HTTPS_PORT once an ssl exists), admin on 127.0.0.1:$ENVOY_ADMIN_PORT (bootstrap $BOOTSTRAP)"
 "$ENVOY" -c "$BOOTSTRAP" --disable-hot-restart -l "$ENVOY_LOG_LEVEL" &
 ENVOY_PID=$!
 

@@ -299,15 +299,41 @@ impl PluginConfig {
                 "true is not supported: unsigned tokens are never accepted",
             );
         }
-        if r.bool("accept_unsupported_alg") == Some(true) {
+        // APISIX's default is `true` (and up to 3.13 it stored it in every
+        // route): lua-resty-openidc then skips the signature check of an ID
+        // token whose `alg` it cannot verify. Both values are accepted and
+        // neither weakens anything here: every algorithm this gateway
+        // accepts (`token_signing_alg_values_expected`) is one it verifies,
+        // and a token in any other algorithm is refused.
+        let _ = r.bool("accept_unsupported_alg");
+        // Only used to sign `private_key_jwt` client assertions, which are
+        // refused by `*_endpoint_auth_method`; APISIX stores its default 60.
+        let _ = r.uint_min("client_jwt_assertion_expires_in", 1);
+        if r.bool("jwt_verification_cache_ignore") == Some(true) {
             r.error(
-                "accept_unsupported_alg",
-                "true is not supported: a token signed with an unsupported algorithm is refused",
+                "jwt_verification_cache_ignore",
+                "true is not supported: a verified token is kept until it expires (`token_cache_size`)",
             );
         }
         // A nonce is always sent and checked; `use_nonce` is read for
         // compatibility with configurations written for APISIX.
         let _ = r.bool("use_nonce");
+        // APISIX 3.18's PAR (RFC 9126) and DPoP proofs: accepted switched
+        // off (APISIX's default), refused switched on.
+        switched_off(
+            &mut r,
+            "par",
+            "par.",
+            &["endpoint", "endpoint_auth_method"],
+            &[],
+        );
+        switched_off(
+            &mut r,
+            "dpop",
+            "dpop.",
+            &["signing_alg"],
+            &["private_key", "public_jwk"],
+        );
         r.finish(KNOWN_TOP, UNSUPPORTED_TOP);
 
         if client_id.is_none() && !obj.contains_key("client_id") {
@@ -379,8 +405,9 @@ impl PluginConfig {
     }
 }
 
-/// Attributes this project reads (top level).
-const KNOWN_TOP: &[&str] = &[
+/// The attributes this project accepts (top level): what the sidecar's
+/// plugin schema (`GET /apisix/admin/plugins/openid-connect`) names.
+pub const KNOWN_TOP: &[&str] = &[
     "client_id",
     "client_secret",
     "discovery",
@@ -423,27 +450,28 @@ const KNOWN_TOP: &[&str] = &[
     "accept_none_alg",
     "accept_unsupported_alg",
     "use_nonce",
+    "client_jwt_assertion_expires_in",
+    "jwt_verification_cache_ignore",
+    "par",
+    "dpop",
 ];
 
 /// APISIX attributes this project does not implement: refused with
 /// "not supported" rather than silently ignored.
 const UNSUPPORTED_TOP: &[&str] = &[
     "proxy_opts",
-    "par",
-    "dpop",
     "claim_schema",
     "client_rsa_private_key",
     "client_rsa_private_key_id",
-    "client_jwt_assertion_expires_in",
     "client_jwt_assertion_alg",
     "client_jwt_assertion_audience",
     "refresh_session_interval",
-    "jwt_verification_cache_ignore",
     "cache_segment",
     "session_contents",
 ];
 
-const KNOWN_SESSION: &[&str] = &[
+/// The attributes of `session` this project accepts.
+pub const KNOWN_SESSION: &[&str] = &[
     "secret",
     "cookie_name",
     "cookie_path",
@@ -533,6 +561,33 @@ fn parse_session(r: &mut Reader<'_>, obj: &Map<String, Value>) -> Option<Session
         }),
         _ => None,
     }
+}
+
+/// An APISIX feature object (`par`, `dpop`) this gateway does not have:
+/// accepted only with `enabled` absent or `false`, when its `unused`
+/// string attributes ask for nothing; `unsupported` ones (keys) are refused
+/// either way.
+fn switched_off(
+    r: &mut Reader<'_>,
+    field: &str,
+    prefix: &'static str,
+    unused: &[&str],
+    unsupported: &[&str],
+) {
+    let Some(obj) = r.object(field) else {
+        return;
+    };
+    let mut s = Reader::new(obj, prefix);
+    if s.bool("enabled") == Some(true) {
+        s.error("enabled", "true is not supported by this gateway");
+    }
+    for k in unused {
+        let _ = s.string(k);
+    }
+    let mut known = vec!["enabled"];
+    known.extend_from_slice(unused);
+    s.finish(&known, unsupported);
+    r.errors.append(&mut s.errors);
 }
 
 fn parse_claim_validator(r: &mut Reader<'_>) -> ClaimValidator {
@@ -1002,6 +1057,63 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
         assert!(!c.verifies_locally());
     }
 
+    /// The objects APISIX stores (every schema default filled in), from
+    /// its sources at pinned tags: tests/fixtures/apisix/README.md.
+    #[test]
+    fn apisix_stored_defaults_are_accepted() {
+        for (name, text) in [
+            (
+                "3.13",
+                include_str!("../../tests/fixtures/apisix/openid-connect-3.13.json"),
+            ),
+            (
+                "3.18",
+                include_str!("../../tests/fixtures/apisix/openid-connect-3.18.json"),
+            ),
+        ] {
+            let c = PluginConfig::parse_str(text)
+                .unwrap_or_else(|e| panic!("APISIX {name}'s stored config refused: {e}"));
+            assert!(!c.bearer_only && c.session.is_some(), "{name}");
+            assert_eq!(c.timeout, 3);
+        }
+    }
+
+    #[test]
+    fn apisix_defaults_one_by_one() {
+        // Each attribute APISIX fills in, at its default, alone.
+        for (k, v) in [
+            ("accept_unsupported_alg", json!(true)),
+            ("accept_unsupported_alg", json!(false)),
+            ("accept_none_alg", json!(false)),
+            ("client_jwt_assertion_expires_in", json!(60)),
+            ("jwt_verification_cache_ignore", json!(false)),
+            ("use_nonce", json!(false)),
+            ("force_reauthorize", json!(false)),
+            ("introspection_interval", json!(0)),
+            ("ssl_verify", json!(false)),
+            ("use_jwks", json!(false)),
+            ("set_raw_id_token_header", json!(false)),
+        ] {
+            let mut v2 = minimal();
+            v2[k] = v.clone();
+            assert!(PluginConfig::parse(&v2).is_ok(), "{k}: {v}");
+        }
+        // What asks for something this gateway does not do is still
+        // refused, by name.
+        let mut v = minimal();
+        v["jwt_verification_cache_ignore"] = json!(true);
+        v["accept_none_alg"] = json!(true);
+        v["client_jwt_assertion_expires_in"] = json!("60");
+        assert_eq!(
+            fields(v),
+            [
+                "accept_none_alg",
+                "client_jwt_assertion_expires_in",
+                "jwt_verification_cache_ignore"
+            ]
+        );
+    }
+
     #[test]
     fn session_defaults() {
         let mut v = minimal();
@@ -1130,7 +1242,10 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
         v["foo"] = json!(1);
         let e = PluginConfig::parse(&v).unwrap_err().to_string();
         assert!(e.contains("property \"timeout\" must be at least 1"), "{e}");
-        assert!(e.contains("property \"par\" is not supported"), "{e}");
+        assert!(
+            e.contains("property \"par.enabled\" true is not supported"),
+            "{e}"
+        );
         assert!(
             e.contains("property \"foo\" is not a known attribute"),
             "{e}"
@@ -1198,13 +1313,7 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
 
     #[test]
     fn unsupported_apisix_features_are_named() {
-        for k in [
-            "proxy_opts",
-            "par",
-            "dpop",
-            "claim_schema",
-            "client_rsa_private_key",
-        ] {
+        for k in ["proxy_opts", "claim_schema", "client_rsa_private_key"] {
             let mut v = minimal();
             v[k] = json!({});
             let e = errors(v);
@@ -1212,6 +1321,14 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
             assert_eq!(e[0].field, k);
             assert!(e[0].message.contains("not supported"), "{:?}", e[0]);
         }
+        // PAR and DPoP (APISIX 3.18): switched off as APISIX's defaults are.
+        let mut v = minimal();
+        v["par"] = json!({"enabled": false});
+        v["dpop"] = json!({"enabled": false, "signing_alg": "ES256"});
+        assert!(PluginConfig::parse(&v).is_ok());
+        v["par"] = json!({"enabled": true, "endpoint": "https://idp/par"});
+        v["dpop"] = json!({"private_key": "k"});
+        assert_eq!(fields(v), ["par.enabled", "dpop.private_key"]);
         let mut v = minimal();
         v["session"] = json!({"secret": "0123456789abcdef", "storage": "redis", "redis": {}});
         let e = errors(v);

@@ -901,6 +901,38 @@ mod tests {
         assert!(host.notes.iter().any(|n| n == "CacheHit"));
     }
 
+    /// The provider reached on another URL than its issuer (Keycloak on an
+    /// internal address, `KC_HOSTNAME` public): as in APISIX the document
+    /// is used, and tokens are checked against the document's `issuer`,
+    /// not the URL's.
+    #[test]
+    fn tokens_are_checked_against_the_documents_issuer() {
+        const PUBLIC: &str = "https://login.example/realms/quickstart";
+        let r = route(json!({"use_jwks": true}));
+        let doc = json!({"issuer": PUBLIC, "jwks_uri": jwks_url()}).to_string();
+        let run = |iss: &str, host: &mut TestHost| -> Effect {
+            let mut c = claims();
+            c["iss"] = json!(iss);
+            let tok = token(Alg::RS256, Some("rsa-a"), &c);
+            let h = headers(&[("authorization", format!("Bearer {tok}").as_bytes())]);
+            let (mut ex, mut e) = Exchange::begin(&r, &h, host, NOW);
+            while let Effect::Fetch { kind, pending, .. } = e {
+                let body = match kind {
+                    FetchKind::Discovery => doc.clone().into_bytes(),
+                    FetchKind::Jwks => jwks_body(),
+                };
+                e = ex.on_answer(&r, pending, 200, &body, host, NOW);
+            }
+            e
+        };
+        let mut host = TestHost::default();
+        let e = run(PUBLIC, &mut host);
+        assert!(matches!(e, Effect::Allow(_)), "{e:?}");
+        // The issuer the URL stands for is not the provider's: refused.
+        let e = run(ISS, &mut host);
+        assert!(matches!(denied(e), Denial::InvalidToken(_)));
+    }
+
     #[test]
     fn a_refused_document_is_recorded_as_a_failure() {
         let r = route(json!({"use_jwks": true}));
@@ -911,8 +943,8 @@ mod tests {
         let Effect::Fetch { pending, .. } = e else {
             panic!("{e:?}")
         };
-        // Another issuer than the discovery URL's: refused, 503.
-        let foreign = json!({"issuer": "https://evil.example"}).to_string();
+        // A document without an issuer: refused, 503.
+        let foreign = json!({"issuer": ""}).to_string();
         let e = ex.on_answer(&r, pending, 200, foreign.as_bytes(), &mut host, NOW);
         assert!(matches!(denied(e), Denial::ProviderUnavailable(_)));
         let stored = &host.records[&record::key(FetchKind::Discovery, &disc_url())];

@@ -101,8 +101,6 @@ impl Discoverer {
     }
 
     async fn fetch(&self, url: &str, verify: bool) -> Result<Vec<String>, String> {
-        let issuer = discovery::issuer_from_discovery_url(url)
-            .ok_or_else(|| "not a discovery URL".to_string())?;
         let client = if verify {
             &self.verifying
         } else {
@@ -116,7 +114,9 @@ impl Discoverer {
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let body = read_capped(resp, MAX_RESPONSE_BODY).await?;
-        let m = discovery::parse_response(status, &body, &issuer).map_err(|e| e.to_string())?;
+        // The document's issuer need not be the URL's (as in APISIX and
+        // the filter: `oidc_core::discovery::parse_document`).
+        let m = discovery::parse_document(status, &body).map_err(|e| e.to_string())?;
         Ok(endpoint_urls(&m))
     }
 

@@ -11,6 +11,7 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use sidecar::admin::{AdminSettings, AdminState};
+use sidecar::apisix::table::Published;
 use sidecar::apisix::upstream::NodePolicy;
 use sidecar::apisix::{route, secrets};
 use sidecar::store::etcd;
@@ -45,6 +46,11 @@ struct Options {
     /// Port of Envoy's HTTP listener (APISIX's 9080).
     #[arg(long, env = "PROXY_PORT", default_value_t = 9080)]
     proxy_port: u16,
+
+    /// Port of Envoy's HTTPS listener (APISIX's 9443), open while an
+    /// enabled ssl object exists.
+    #[arg(long, env = "PROXY_HTTPS_PORT", default_value_t = 9443)]
+    https_port: u16,
 
     /// The filter module as Envoy will read it.
     #[arg(
@@ -170,6 +176,12 @@ async fn run(o: Options) -> Result<(), String> {
     if o.admin_key.as_deref() == Some("") {
         return Err("--admin-key must not be empty".into());
     }
+    if o.https_port == o.proxy_port {
+        return Err(format!(
+            "--https-port {} is also --proxy-port: give the HTTPS listener its own port",
+            o.https_port
+        ));
+    }
     // The filter's own parser: what passes here, the filter accepts.
     oidc_core::settings::Settings::parse(o.filter_settings.as_bytes())
         .map_err(|e| format!("--filter-settings is not valid filter settings: {e}"))?;
@@ -279,6 +291,7 @@ async fn run(o: Options) -> Result<(), String> {
     let proxy = ProxySettings {
         listen_addr: o.proxy_addr,
         proxy_port: o.proxy_port,
+        https_port: o.https_port,
         wasm_path: wasm,
         filter_settings: o.filter_settings,
         trusted_proxy_hops: o.trusted_proxy_hops,
@@ -290,12 +303,21 @@ async fn run(o: Options) -> Result<(), String> {
     let xds_task = tokio::spawn(xds::serve_on(xds_listener, ads));
 
     let status_for_http = status.clone();
+    let table_for_http = state.subscribe();
+    tokio::spawn(log_not_served(state.subscribe()));
     // `/status` names routes, providers and Envoys: behind the same checks
-    // as the Admin API. `/healthz` says only "ok".
+    // as the Admin API. `/healthz` says only "ok". `not_served`: the stored
+    // routes and upstreams this gateway cannot serve (an etcd written by
+    // APISIX), with the reason.
     let status_route = axum::Router::new().route(
         "/status",
         get(move || {
-            let report = serde_json::to_string_pretty(&status_for_http.report())
+            let mut report = serde_json::to_value(status_for_http.report())
+                .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
+            if let Some(obj) = report.as_object_mut() {
+                obj.insert("not_served".into(), table_for_http.borrow().not_served());
+            }
+            let report = serde_json::to_string_pretty(&report)
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
             async move { ([("content-type", "application/json")], report) }
         }),
@@ -344,6 +366,38 @@ fn warn_about_stored_nodes(set: &store::Stored, nodes: &NodePolicy) {
                 "stored {kind} {id} would be refused now, and is still served: {}",
                 e.message()
             );
+        }
+    }
+}
+
+/// Logs each stored route and upstream this gateway cannot serve, with the
+/// reason, when it appears (at start-up, and when the published set changes:
+/// an etcd shared with APISIX may hold what only APISIX serves).
+async fn log_not_served(mut routes: watch::Receiver<Published>) {
+    let mut logged: std::collections::BTreeSet<(&'static str, String, String)> =
+        std::collections::BTreeSet::new();
+    loop {
+        let now: std::collections::BTreeSet<(&'static str, String, String)> = {
+            let table = routes.borrow_and_update();
+            let routes = table.invalid().iter().map(|(id, r)| ("route", id, r));
+            let upstreams = table
+                .invalid_upstreams()
+                .iter()
+                .map(|(id, r)| ("upstream", id, r));
+            routes
+                .chain(upstreams)
+                .map(|(kind, id, r)| (kind, id.clone(), r.clone()))
+                .collect()
+        };
+        for (kind, id, reason) in now.difference(&logged) {
+            tracing::warn!(
+                %id,
+                "stored {kind} {id:?} is not served by this gateway: {reason}"
+            );
+        }
+        logged = now;
+        if routes.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -85,6 +85,10 @@ function craft(name, kind, nonce) {
   let header = { alg: 'RS256', typ: 'JWT', kid: key.kid };
   switch (kase) {
     case 'iss-mismatch': claims.iss = 'https://evil.example/realms/r'; break;
+    // The issuer a discovery URL on `localhost` stands for, while the
+    // document (served on any host name) names 127.0.0.1's
+    // (tests/tests/apisix_compat.rs).
+    case 'iss-localhost': claims.iss = issuer.replace('//127.0.0.1:', '//localhost:'); break;
     case 'aud-mismatch': claims.aud = 'someone-else'; break;
     case 'expired': claims.exp = t - 3600; claims.iat = t - 7200; break;
     case 'exp-missing': delete claims.exp; break;

@@ -72,6 +72,12 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium session with a fresh
     /// profile in `dir`. Panics (with the chromedriver log) on failure.
     pub fn start(dir: &Path) -> Browser {
+        Browser::start_with(dir, &[])
+    }
+
+    /// [`Browser::start`] with Chromium flags added to [`CHROMIUM_ARGS`]
+    /// (e.g. `--host-resolver-rules=...` for an HTTPS test's host name).
+    pub fn start_with(dir: &Path, extra_args: &[&str]) -> Browser {
         let t0 = Instant::now();
         let chromium = bin("CHROMIUM_BIN", CHROMIUM);
         let chromedriver = bin("CHROMEDRIVER_BIN", CHROMEDRIVER);
@@ -102,6 +108,7 @@ impl Browser {
             .build()
             .expect("tokio runtime");
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
+        args.extend(extra_args.iter().map(|s| s.to_string()));
         args.push(format!("--user-data-dir={}", profile.display()));
         let caps = json!({
             "browserName": "chrome",
@@ -340,6 +347,15 @@ impl Browser {
         self.run("cookies", self.client().get_all_cookies())
             .into_iter()
             .map(|c| (c.name().to_string(), c.value().to_string()))
+            .collect()
+    }
+
+    /// The names of the current page's cookies that have `Secure`.
+    pub fn secure_cookie_names(&self) -> Vec<String> {
+        self.run("cookies", self.client().get_all_cookies())
+            .into_iter()
+            .filter(|c| c.secure() == Some(true))
+            .map(|c| c.name().to_string())
             .collect()
     }
 

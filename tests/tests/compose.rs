@@ -116,9 +116,10 @@ fn compose_file_matches_what_the_tests_run() {
         .iter()
         .any(|(h, c)| c == wasm_arg && h.ends_with("oidc_filter.wasm")));
 
-    // Ports: the README's (gateway 9080, Admin API 9180, Keycloak 8080).
+    // Ports: the README's (gateway 9080, Admin API 9180, Keycloak 8080),
+    // and APISIX's HTTPS port 9443.
     let published = |s: &Value| strings(&s["ports"]);
-    assert_eq!(published(envoy), vec!["9080:9080"]);
+    assert_eq!(published(envoy), vec!["9080:9080", "9443:9443"]);
     assert_eq!(published(sidecar), vec!["127.0.0.1:9180:9180"]);
     assert_eq!(published(kc), vec!["8080:8080"]);
     let readme = read("README.md");
@@ -129,6 +130,7 @@ fn compose_file_matches_what_the_tests_run() {
         );
     }
     assert!(args.contains(&"--proxy-port=9080".to_string()), "{args:?}");
+    assert!(args.contains(&"--https-port=9443".to_string()), "{args:?}");
 
     // Envoy's bootstrap reaches the sidecar's xDS port.
     let (_, xds_port) = arg(&args, "--xds-addr=")

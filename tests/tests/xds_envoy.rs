@@ -384,6 +384,7 @@ async fn envoy_follows_route_changes_without_draining_its_listener() {
         listen_addr: "127.0.0.1".into(),
         // The kernel picks; the test reads it from Envoy's admin.
         proxy_port: 0,
+        https_port: 0,
         wasm_path: wasm,
         filter_settings: "{}".into(),
         trusted_proxy_hops: 0,

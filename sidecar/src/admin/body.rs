@@ -56,15 +56,20 @@ pub(super) fn not_an_object(kind: ResourceKind) -> Refusal {
 }
 
 /// Objects with `plugins` (routes, services, plugin configs, global
-/// rules) get their generated and kept secrets; upstreams and SSL objects
-/// have none there.
+/// rules) get their generated and kept secrets; ssl objects their kept
+/// private keys; upstreams have none.
 pub(super) fn fill_secrets(
     kind: ResourceKind,
     obj: &mut Map<String, Value>,
     stored: Option<&Value>,
 ) -> Result<(), Refusal> {
-    if matches!(kind, ResourceKind::Upstream | ResourceKind::Ssl) {
-        return Ok(());
+    match kind {
+        ResourceKind::Upstream => return Ok(()),
+        ResourceKind::Ssl => {
+            ssl::fill(obj, stored);
+            return Ok(());
+        }
+        _ => {}
     }
     secrets::fill(obj, stored).map_err(|e| match e {
         FillError::Invalid(msg) => Refusal::Bad(msg),
@@ -101,7 +106,7 @@ pub(super) fn users(current: &Stored, kind: ResourceKind, id: &str) -> Vec<(Reso
 }
 
 /// APISIX's refusal to delete what is still used: "can not delete this
-/// upstream, route [1] is still using it now".
+/// upstream, route \[1\] is still using it now".
 pub(super) fn still_used(kind: ResourceKind, users: &[(ResourceKind, String)]) -> Option<Refusal> {
     let (first, _) = users.first()?;
     let named: Vec<String> = users
@@ -191,6 +196,7 @@ pub(super) fn finish(
     obj: Map<String, Value>,
     current: &Stored,
     nodes: &NodePolicy,
+    now: u64,
 ) -> Result<Value, Refusal> {
     // Validated as sent (its `id` must agree with the URL's), stored with
     // the id.
@@ -201,6 +207,18 @@ pub(super) fn finish(
             let merged = merge::effective(&sent, current).map_err(Refusal::Bad)?;
             let spec = RouteSpec::parse(id, &merged, &current.upstreams).map_err(Refusal::Bad)?;
             login_needs_a_host(&spec, &mut e);
+            // Session cookies one route's filter removes, tested by another.
+            let others: Vec<RouteSpec> = current
+                .routes
+                .iter()
+                .filter_map(|(rid, v)| {
+                    let merged = merge::effective(v, current).ok()?;
+                    RouteSpec::parse(rid, &merged, &current.upstreams).ok()
+                })
+                .collect();
+            for why in crate::apisix::vars::session_cookie_clashes(&spec, others.iter()) {
+                e.push("vars", why);
+            }
             if let Some(up) = sent.get("upstream") {
                 nodes.check(up, "upstream.", &mut e);
             }
@@ -215,12 +233,7 @@ pub(super) fn finish(
                 nodes.check(up, "upstream.", &mut e);
             }
         }
-        ResourceKind::Ssl => {
-            return Err(Refusal::Internal(format!(
-                "{} objects cannot be written through this Admin API",
-                kind.name()
-            )))
-        }
+        ResourceKind::Ssl => ssl_checks(id, &sent, current.ssls.get(id), now)?,
     }
     if !e.is_empty() {
         return Err(Refusal::Bad(e.message()));
@@ -229,7 +242,8 @@ pub(super) fn finish(
         return Err(not_an_object(kind));
     };
     let v = Value::Object(with_id(obj, id));
-    if kind != ResourceKind::Route {
+    // Routes do not depend on ssl objects.
+    if !matches!(kind, ResourceKind::Route | ResourceKind::Ssl) {
         let mut next = current.clone();
         kind.of_mut(&mut next).insert(id.to_string(), v.clone());
         routes_stay_valid(kind, current, &next)?;
@@ -243,4 +257,14 @@ pub(super) fn stored_create_time(stored: Option<&Value>, now: u64) -> Value {
         .filter(|t| t.is_u64())
         .cloned()
         .unwrap_or_else(|| Value::from(now))
+}
+
+/// An ssl object: valid ([`SslSpec::parse`]), and no certificate new to
+/// this ssl has expired at `now` (one kept from what is stored is not
+/// checked again, so a PATCH of its labels still works).
+fn ssl_checks(id: &str, sent: &Value, stored: Option<&Value>, now: u64) -> Result<(), Refusal> {
+    let spec = SslSpec::parse(id, sent).map_err(Refusal::Bad)?;
+    let stored = stored.and_then(|v| SslSpec::parse(id, v).ok());
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    spec.check_new(now, stored.as_ref()).map_err(Refusal::Bad)
 }

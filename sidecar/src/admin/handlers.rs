@@ -181,7 +181,7 @@ pub(super) async fn put(
             obj.insert("create_time".into(), stored_create_time(stored, now));
             obj.insert("update_time".into(), Value::from(now));
             let created = stored.is_none();
-            let value = finish(kind, &id, obj, current, &nodes)?;
+            let value = finish(kind, &id, obj, current, &nodes, now)?;
             Ok(Change::Put {
                 kind,
                 created,
@@ -222,7 +222,7 @@ pub(super) async fn post_new(
             obj.insert("create_time".into(), Value::from(now));
             obj.insert("update_time".into(), Value::from(now));
             let id = writer.next_id(kind.of(current), now);
-            let value = finish(kind, &id, obj, current, &nodes)?;
+            let value = finish(kind, &id, obj, current, &nodes, now)?;
             Ok(Change::Put {
                 kind,
                 id,
@@ -321,7 +321,7 @@ async fn patch_with(
             if !sets_update_time {
                 obj.insert("update_time".into(), Value::from(now));
             }
-            let value = finish(kind, &id, obj, current, &nodes)?;
+            let value = finish(kind, &id, obj, current, &nodes, now)?;
             Ok(Change::Put {
                 kind,
                 id,

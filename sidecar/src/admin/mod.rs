@@ -103,6 +103,7 @@ use crate::apisix::merge::{self, names};
 use crate::apisix::route::{id_text, with_id, Errors, RouteSpec};
 use crate::apisix::secrets::{self, FillError};
 use crate::apisix::shared;
+use crate::apisix::ssl::{self, SslSpec};
 use crate::apisix::table::{Published, RouteTable};
 use crate::apisix::upstream::{NodePolicy, Upstream};
 use crate::store::{
@@ -114,6 +115,7 @@ mod body;
 mod commit;
 mod handlers;
 mod merge_patch;
+pub mod probe;
 mod reply;
 
 use access::*;
@@ -234,10 +236,12 @@ pub fn router(state: AdminState, protected: Router) -> Router {
         ResourceKind::Service,
         ResourceKind::PluginConfig,
         ResourceKind::GlobalRule,
+        ResourceKind::Ssl,
     ] {
         r = resource(r, kind);
     }
-    r.with_state(state.clone())
+    r.merge(probe::routes())
+        .with_state(state.clone())
         .merge(protected)
         .layer(middleware::from_fn_with_state(state, access))
 }

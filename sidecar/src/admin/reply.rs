@@ -93,7 +93,12 @@ pub(super) fn entry(
         | ResourceKind::Service
         | ResourceKind::PluginConfig
         | ResourceKind::GlobalRule => secrets::redact(value),
-        ResourceKind::Upstream | ResourceKind::Ssl => value.clone(),
+        ResourceKind::Upstream => value.clone(),
+        ResourceKind::Ssl => {
+            let mut v = value.clone();
+            ssl::redact(&mut v);
+            v
+        }
     };
     let mut e = json!({"key": kind.key(prefix, id), "value": value});
     if let Some(r) = revs {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tower::ServiceExt;
 
 mod shared;
+mod ssl;
 
 const T0: u64 = 1_700_000_000;
 

@@ -8,7 +8,9 @@
 use oidc_core::config::PluginConfig;
 use serde_json::{Map, Value};
 
+use crate::apisix::secrets;
 use crate::apisix::upstream::{parse_timeouts, Timeouts, Upstream};
+use crate::apisix::vars::{self, Disjuncts};
 use crate::store::Upstreams;
 
 /// The plugin this gateway implements.
@@ -33,19 +35,14 @@ const KNOWN: &[&str] = &[
     "status",
     "create_time",
     "update_time",
+    "vars",
+    "remote_addr",
+    "remote_addrs",
+    "enable_websocket",
 ];
 
 /// APISIX route attributes this gateway does not implement (yet).
-const UNSUPPORTED: &[&str] = &[
-    "remote_addr",
-    "remote_addrs",
-    "vars",
-    "filter_func",
-    "script",
-    "service_id",
-    "plugin_config_id",
-    "enable_websocket",
-];
+const UNSUPPORTED: &[&str] = &["filter_func", "script", "service_id", "plugin_config_id"];
 
 const METHODS: &[&str] = &[
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
@@ -83,12 +80,20 @@ pub struct RouteSpec {
     pub priority: i64,
     /// `status: 0` disables the route.
     pub enabled: bool,
-    /// The `openid-connect` config object as stored, and its parsed form.
+    /// The `openid-connect` config object as stored, with its `$env://`
+    /// references resolved (what Envoy's route metadata carries), and its
+    /// parsed form.
     pub oidc: Option<(Value, PluginConfig)>,
     /// The inline `upstream`, or the one `upstream_id` names.
     pub upstream: Upstream,
     /// The route's `timeout`, which overrides the upstream's.
     pub timeout: Option<Timeouts>,
+    /// `vars` as alternatives of Envoy matchers (`[[]]`: no `vars`).
+    pub vars: Disjuncts,
+    /// `remote_addrs` / `remote_addr` (empty: any client).
+    pub remote_addrs: Vec<ipnet::IpNet>,
+    /// `enable_websocket`: upgrades to WebSocket pass on this route.
+    pub enable_websocket: bool,
 }
 
 /// Collects `property "x" ...` errors.
@@ -244,6 +249,37 @@ impl RouteSpec {
             }
         }
 
+        let vars = match obj.get("vars") {
+            None => vec![Vec::new()],
+            Some(v) => vars::parse_vars(v).unwrap_or_else(|why| {
+                e.push("vars", why);
+                vec![Vec::new()]
+            }),
+        };
+        let remote_addrs = match (obj.get("remote_addr"), obj.get("remote_addrs")) {
+            (None, None) => Vec::new(),
+            (Some(_), Some(_)) => {
+                e.push("remote_addr", "and \"remote_addrs\" cannot both be set");
+                Vec::new()
+            }
+            (Some(a), None) => vars::parse_remote_addrs(a, true).unwrap_or_else(|why| {
+                e.push("remote_addr", why);
+                Vec::new()
+            }),
+            (None, Some(a)) => vars::parse_remote_addrs(a, false).unwrap_or_else(|why| {
+                e.push("remote_addrs", why);
+                Vec::new()
+            }),
+        };
+        let enable_websocket = match obj.get("enable_websocket") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                e.push("enable_websocket", "must be a boolean");
+                false
+            }
+        };
+
         let oidc = parse_plugins(obj.get("plugins"), &mut e);
         let timeout = obj
             .get("timeout")
@@ -291,17 +327,30 @@ impl RouteSpec {
         };
 
         match upstream {
-            Some(upstream) if e.is_empty() => Ok(RouteSpec {
-                id: id.to_string(),
-                uris,
-                methods,
-                hosts,
-                priority,
-                enabled,
-                oidc,
-                upstream,
-                timeout,
-            }),
+            Some(upstream) if e.is_empty() => {
+                let spec = RouteSpec {
+                    id: id.to_string(),
+                    uris,
+                    methods,
+                    hosts,
+                    priority,
+                    enabled,
+                    oidc,
+                    upstream,
+                    timeout,
+                    vars,
+                    remote_addrs,
+                    enable_websocket,
+                };
+                for why in vars::session_cookie_clashes(&spec, std::iter::empty()) {
+                    e.push("vars", why);
+                }
+                if e.is_empty() {
+                    Ok(spec)
+                } else {
+                    Err(e.message())
+                }
+            }
             _ => Err(e.message()),
         }
     }
@@ -378,8 +427,17 @@ pub fn parse_plugins(v: Option<&Value>, e: &mut Errors) -> Option<(Value, Plugin
             );
             continue;
         }
-        match PluginConfig::parse(conf) {
-            Ok(c) => out = Some((conf.clone(), c)),
+        let conf = match secrets::resolve_refs(conf, &secrets::process_env) {
+            Ok(resolved) => resolved,
+            Err(errs) => {
+                for (field, why) in errs {
+                    e.push(&format!("plugins.{OIDC_PLUGIN}.{field}"), why);
+                }
+                continue;
+            }
+        };
+        match PluginConfig::parse(&conf) {
+            Ok(c) => out = Some((conf, c)),
             Err(errs) => {
                 for x in errs.0 {
                     e.push(&format!("plugins.{OIDC_PLUGIN}.{}", x.field), &x.message);
@@ -447,7 +505,8 @@ mod tests {
             "uri": "/a",
             "uris": ["/b"],
             "colour": "blue",
-            "vars": [],
+            "vars": [["uri", "==", "/a"]],
+            "script": "x",
             "methods": ["FETCH"],
             "plugins": {"limit-count": {}, "openid-connect": {"client_id": 5}},
             "upstream": {"type": "chash", "key": "server_name", "nodes": {"bad host:80": 1, "ok:80": -1, "ok2:99999": 1}}
@@ -456,7 +515,8 @@ mod tests {
         for want in [
             "property \"uri\" and \"uris\" cannot both be set",
             "property \"colour\" is not allowed",
-            "property \"vars\" is not supported",
+            "property \"vars\" expression [\"uri\",\"==\",\"/a\"] tests the variable \"uri\"",
+            "property \"script\" is not supported",
             "property \"methods\" has an unknown method",
             "property \"plugins.limit-count\" is not a plugin",
             "property \"plugins.openid-connect.client_id\" must be a string",
@@ -511,5 +571,31 @@ mod tests {
         assert!(RouteSpec::parse("auth-with-oidc", &v, &none())
             .unwrap_err()
             .contains("property \"host\""));
+    }
+
+    #[test]
+    fn vars_may_not_test_the_routes_own_session_cookies() {
+        let mut v = quickstart(json!({
+            "client_id": "c",
+            "client_secret": "s",
+            "discovery": "https://idp/.well-known/openid-configuration",
+            "redirect_uri": "https://app/cb",
+            "session": {"secret": "0123456789abcdef", "cookie_name": "sid"}
+        }));
+        for cookie in ["cookie_sid", "cookie_sid_1", "cookie_sid_flow_abc"] {
+            v["vars"] = json!([[cookie, "~~", "."]]);
+            let e = RouteSpec::parse("auth-with-oidc", &v, &none()).unwrap_err();
+            assert!(
+                e.contains("this route's openid-connect filter removes"),
+                "{e}"
+            );
+        }
+        for cookie in ["cookie_sidx", "cookie_xsid", "cookie_session"] {
+            v["vars"] = json!([[cookie, "~~", "."]]);
+            assert!(
+                RouteSpec::parse("auth-with-oidc", &v, &none()).is_ok(),
+                "{cookie}"
+            );
+        }
     }
 }

@@ -13,6 +13,22 @@
 //!   one, or gets a new random one: the APISIX tutorial's bodies have no
 //!   `session` block, and a secret that changed on every write would log
 //!   every user out.
+//! - References, as APISIX resolves them (`apisix/secret.lua`,
+//!   `apisix/core/env.lua`): a secret attribute ([`SECRET_FIELDS`]) that is
+//!   `$env://NAME` (the prefix in any case, `$ENV://` too) is the sidecar's
+//!   environment variable `NAME`; `$env://NAME/key` is the field `key` of
+//!   the JSON object that variable holds. APISIX resolves references in any
+//!   string of a plugin config; here a reference elsewhere is refused (not
+//!   taken literally), and so are the sidecar's own `SIDECAR_*` variables:
+//!   a value is sent to the provider the route names, so whoever may write
+//!   routes may read the variables references can name (docs/security.md). They are resolved when a route is
+//!   validated ([`resolve_refs`]: on every write, and for every published
+//!   table), never stored resolved: the store and `GET` keep the reference
+//!   (which is not redacted: it is not the secret), Envoy's route metadata
+//!   gets the value. An unset variable refuses the route, naming the
+//!   attribute and the variable. `$secret://` references (APISIX's secret
+//!   managers: Vault, AWS, GCP) are refused: they are not supported, and a
+//!   reference is never sent to a provider as if it were the secret.
 
 // The secret attributes of the plugin object: core's list, the fields the
 // parsed config holds as `Secret`s.
@@ -135,17 +151,169 @@ pub fn fill(route: &mut Map<String, Value>, stored: Option<&Value>) -> Result<()
     Ok(())
 }
 
-/// The route as responses show it: its secrets replaced by [`REDACTED`].
+/// The route as responses show it: its secrets replaced by [`REDACTED`]
+/// (a reference such as `$env://NAME` is shown as it is).
 pub fn redact(route: &Value) -> Value {
     let mut out = route.clone();
     if let Some(conf) = out.as_object_mut().and_then(plugin_mut) {
         for path in SECRET_FIELDS {
             if let Some(v) = get_mut(conf, path) {
+                if v.as_str().is_some_and(|s| reference(s).is_some()) {
+                    continue;
+                }
                 *v = Value::String(REDACTED.into());
             }
         }
     }
     out
+}
+
+/// APISIX's prefix of environment references (`core.env.PREFIX`), which
+/// it compares in upper case.
+const ENV_PREFIX: &str = "$ENV://";
+
+/// APISIX's prefix of secret-manager references (`apisix/secret.lua`).
+const SECRET_PREFIX: &str = "$secret://";
+
+/// A reference in a config string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reference<'a> {
+    /// `$env://NAME` or `$env://NAME/key`.
+    Env { name: &'a str, key: Option<&'a str> },
+    /// `$secret://...`.
+    SecretManager,
+}
+
+fn reference(s: &str) -> Option<Reference<'_>> {
+    if s.starts_with(SECRET_PREFIX) {
+        return Some(Reference::SecretManager);
+    }
+    let head = s.get(..ENV_PREFIX.len())?;
+    if !head.eq_ignore_ascii_case(ENV_PREFIX) {
+        return None;
+    }
+    let path = &s[ENV_PREFIX.len()..];
+    Some(match path.split_once('/') {
+        Some((name, key)) => Reference::Env {
+            name,
+            key: Some(key),
+        },
+        None => Reference::Env {
+            name: path,
+            key: None,
+        },
+    })
+}
+
+/// The plugin config with its references resolved (see the module
+/// comment); `env` reads an environment variable. The errors are
+/// `(attribute, message)`, dotted attribute paths within the plugin.
+pub fn resolve_refs(
+    conf: &Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value, Vec<(String, String)>> {
+    let mut out = conf.clone();
+    let mut errors = Vec::new();
+    resolve_in(&mut out, "", env, &mut errors);
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn resolve_in(
+    v: &mut Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<(String, String)>,
+) {
+    let child = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                resolve_in(x, &child(k), env, errors);
+            }
+        }
+        Value::Array(items) => {
+            for (i, x) in items.iter_mut().enumerate() {
+                resolve_in(x, &child(&i.to_string()), env, errors);
+            }
+        }
+        Value::String(s) => match reference(s) {
+            None => {}
+            Some(_) if !SECRET_FIELDS.iter().any(|f| f.join(".") == path) => errors.push((
+                path.to_string(),
+                format!(
+                    "is a reference: references are resolved only in {}",
+                    SECRET_FIELDS
+                        .iter()
+                        .map(|f| f.join("."))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            Some(Reference::SecretManager) => errors.push((
+                path.to_string(),
+                "is a \"$secret://\" reference: secret manager references are not \
+                 supported (use \"$env://NAME\", or the value itself)"
+                    .into(),
+            )),
+            Some(Reference::Env { name, key }) => match lookup(name, key, env) {
+                Ok(value) => *v = value,
+                Err(why) => errors.push((path.to_string(), why)),
+            },
+        },
+        _ => {}
+    }
+}
+
+fn lookup(
+    name: &str,
+    key: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value, String> {
+    if name.is_empty() {
+        return Err("is an \"$env://\" reference without a variable name".into());
+    }
+    if name.starts_with("SIDECAR_") {
+        return Err(format!(
+            "refers to the environment variable {name:?}: the sidecar's own settings \
+             (SIDECAR_*) cannot be referred to"
+        ));
+    }
+    let Some(value) = env(name).filter(|v| !v.is_empty()) else {
+        return Err(format!(
+            "refers to the environment variable {name:?}, which is not set (or empty) \
+             in the sidecar's environment"
+        ));
+    };
+    let Some(key) = key else {
+        return Ok(Value::String(value));
+    };
+    // Never quote the variable's text: it holds the secret.
+    let object: Value = serde_json::from_str(&value).map_err(|_| {
+        format!(
+            "refers to {key:?} in the environment variable {name:?}, which is not a JSON object"
+        )
+    })?;
+    match object.get(key) {
+        Some(x) if !x.is_null() => Ok(x.clone()),
+        _ => Err(format!(
+            "refers to {key:?} in the environment variable {name:?}, whose JSON object has no such field"
+        )),
+    }
+}
+
+/// The sidecar's environment, for [`resolve_refs`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 /// Whether `given` is the configured admin key, in time that does not
@@ -288,5 +456,97 @@ mod tests {
         assert!(!key_matches(key, b"edd1c9f034335f136f87ad84b625c8f"));
         assert!(!key_matches(key, b""));
         assert!(!key_matches("", b""));
+    }
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "OIDC_SECRET" => Some("from-the-env".into()),
+            "OIDC_JSON" => Some(r#"{"secret": "json-secret", "n": 5}"#.into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn env_references_are_resolved_as_apisix_does() {
+        let conf = json!({
+            "client_id": "c",
+            "client_secret": "$Env://OIDC_SECRET",
+            "session": {"secret": "$ENV://OIDC_JSON/secret"},
+            "realm": "plain $env:// text",
+        });
+        let r = resolve_refs(&conf, &env).unwrap();
+        assert_eq!(r["client_secret"], "from-the-env");
+        assert_eq!(r["session"]["secret"], "json-secret");
+        assert_eq!(r["realm"], "plain $env:// text");
+        assert_eq!(r["client_id"], "c");
+    }
+
+    #[test]
+    fn unresolvable_references_are_refused_by_name() {
+        let conf = json!({
+            "client_secret": "$env://NOT_SET",
+            "session": {"secret": "$secret://vault/1/oidc/secret"},
+        });
+        let errs = resolve_refs(&conf, &env).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["client_secret", "session.secret"]);
+        let text = format!("{errs:?}");
+        assert!(text.contains("\\\"NOT_SET\\\", which is not set"), "{text}");
+        assert!(
+            text.contains("secret manager references are not supported"),
+            "{text}"
+        );
+        for bad in [
+            "$env://EMPTY",
+            "$env://OIDC_SECRET/key",
+            "$env://OIDC_JSON/missing",
+            "$env://",
+            "$env://SIDECAR_ADMIN_KEY",
+        ] {
+            let errs = resolve_refs(&json!({ "client_secret": bad }), &env).unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}");
+            // The variable's value is never quoted.
+            assert!(!format!("{errs:?}").contains("from-the-env"), "{errs:?}");
+        }
+        // A reference outside the secret attributes: refused, not taken
+        // literally (APISIX would resolve it; its value could then reach
+        // clients, as `realm` does in `WWW-Authenticate`).
+        let errs = resolve_refs(
+            &json!({"realm": "$env://OIDC_SECRET", "authorization_params": {"x": "$secret://a/b/c"}}),
+            &env,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["authorization_params.x", "realm"]);
+        assert!(errs[1]
+            .1
+            .contains("resolved only in client_secret, session.secret"));
+    }
+
+    #[test]
+    fn references_are_shown_not_redacted() {
+        let route = json!({"plugins": {"openid-connect": {
+            "client_secret": "$env://OIDC_SECRET",
+            "session": {"secret": "0123456789abcdef"}}}});
+        let r = redact(&route);
+        let conf = &r["plugins"]["openid-connect"];
+        assert_eq!(conf["client_secret"], "$env://OIDC_SECRET");
+        assert_eq!(conf["session"]["secret"], REDACTED);
+    }
+
+    #[test]
+    fn a_route_names_the_unset_variable() {
+        let route = json!({"uri": "/a", "upstream": {"nodes": {"192.0.2.1:80": 1}},
+            "plugins": {"openid-connect": {
+                "client_id": "c", "bearer_only": true,
+                "client_secret": "$env://OIDC_COMPAT_TEST_SURELY_UNSET_4d1f",
+                "discovery": "http://127.0.0.1:1/.well-known/openid-configuration"}}});
+        let e =
+            crate::apisix::route::RouteSpec::parse("r", &route, &Default::default()).unwrap_err();
+        assert!(
+            e.contains("property \"plugins.openid-connect.client_secret\" refers to the environment variable \"OIDC_COMPAT_TEST_SURELY_UNSET_4d1f\", which is not set"),
+            "{e}"
+        );
     }
 }

@@ -11,6 +11,8 @@ use oidc_core::config::PluginConfig;
 
 use crate::apisix::merge;
 use crate::apisix::route::RouteSpec;
+use crate::apisix::ssl::SslSpec;
+use crate::apisix::upstream::Upstream;
 use crate::store::Stored;
 
 /// The route table as the Admin API publishes it (cheap to share).
@@ -28,12 +30,19 @@ pub struct RouteTable {
     /// refuses such routes, but an etcd written by something else (or
     /// stored before a rule was added) can still hold one: it is left out.
     invalid: Vec<(String, String)>,
+    /// Stored upstreams that do not validate, with the reason (the routes
+    /// that name one are in `invalid` too).
+    invalid_upstreams: Vec<(String, String)>,
     /// The secret values of the plugin configs, longest first, each also as
     /// it appears inside JSON text: what NACK messages are masked with.
     secrets: Vec<String>,
     /// Login routes whose session cookies overwrite each other
     /// ([`session_clashes`]).
     warnings: Vec<String>,
+    /// The ssl objects that validate, in id order, enabled or not.
+    ssls: Vec<SslSpec>,
+    /// Stored ssl objects that do not validate, with the reason.
+    invalid_ssls: Vec<(String, String)>,
 }
 
 impl RouteTable {
@@ -71,12 +80,10 @@ impl RouteTable {
         let mut invalid = Vec::new();
         for (id, v) in &stored.routes {
             if old.routes.get(id) == Some(v) {
+                // (Routes left out are validated again: why one was left
+                // out may depend on other routes.)
                 if let Ok(i) = self.routes.binary_search_by(|r| r.id.as_str().cmp(id)) {
                     routes.push(self.routes[i].clone());
-                    continue;
-                }
-                if let Some(bad) = self.invalid.iter().find(|(i, _)| i == id) {
-                    invalid.push(bad.clone());
                     continue;
                 }
             }
@@ -89,20 +96,89 @@ impl RouteTable {
         RouteTable::finish(stored, routes, invalid)
     }
 
+    /// What does not depend on one route alone: the routes left out for
+    /// testing another route's session cookie, the upstreams that do not
+    /// validate, the secrets, the warnings, the ssl objects.
     fn finish(
         stored: Stored,
-        routes: Vec<Arc<RouteSpec>>,
-        invalid: Vec<(String, String)>,
+        mut routes: Vec<Arc<RouteSpec>>,
+        mut invalid: Vec<(String, String)>,
     ) -> RouteTable {
+        // Written by something other than the Admin API: a route testing a
+        // session cookie some route's filter removes is left out.
+        let clashing: Vec<(String, String)> = routes
+            .iter()
+            .filter_map(|r| {
+                let why =
+                    crate::apisix::vars::tested_session_cookies(r, routes.iter().map(|r| &**r));
+                (!why.is_empty()).then(|| {
+                    let msg = why
+                        .iter()
+                        .map(|w| format!("property \"vars\" {w}"))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    (r.id.clone(), format!("invalid configuration: {msg}"))
+                })
+            })
+            .collect();
+        routes.retain(|r| !clashing.iter().any(|(id, _)| id == &r.id));
+        invalid.extend(clashing);
+        let invalid_upstreams = stored
+            .upstreams
+            .iter()
+            .filter_map(|(id, v)| {
+                Upstream::parse_resource(id, v)
+                    .err()
+                    .map(|e| (id.clone(), e))
+            })
+            .collect();
         let secrets = secrets_of(&routes);
         let warnings = session_clashes(&routes);
-        RouteTable {
+        let ssls = stored.ssls.clone();
+        let mut table = RouteTable {
             stored,
             routes,
             invalid,
+            invalid_upstreams,
             secrets,
             warnings,
+            ssls: Vec::new(),
+            invalid_ssls: Vec::new(),
+        };
+        table.set_ssls(&ssls);
+        table
+    }
+
+    /// Validates the stored ssl objects (id → object) into the table; their
+    /// private keys join the secrets to mask.
+    pub fn set_ssls(&mut self, ssls: &std::collections::BTreeMap<String, serde_json::Value>) {
+        self.ssls.clear();
+        self.invalid_ssls.clear();
+        for (id, v) in ssls {
+            match SslSpec::parse(id, v) {
+                Ok(spec) => self.ssls.push(spec),
+                Err(e) => self.invalid_ssls.push((id.clone(), e)),
+            }
         }
+        for key in self.ssls.iter().flat_map(|s| s.keys()) {
+            self.secrets.push(key.to_string());
+            if let Ok(quoted) = serde_json::to_string(key) {
+                self.secrets.push(quoted.trim_matches('"').to_string());
+            }
+        }
+        self.secrets
+            .sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        self.secrets.dedup();
+    }
+
+    /// The enabled ssl objects, in id order.
+    pub fn enabled_ssls(&self) -> impl Iterator<Item = &SslSpec> {
+        self.ssls.iter().filter(|s| s.enabled)
+    }
+
+    /// The stored ssl objects left out, with the reason.
+    pub fn invalid_ssls(&self) -> &[(String, String)] {
+        &self.invalid_ssls
     }
 
     /// The stored set this table was built from.
@@ -118,6 +194,25 @@ impl RouteTable {
     /// The stored routes left out, with the reason.
     pub fn invalid(&self) -> &[(String, String)] {
         &self.invalid
+    }
+
+    /// The stored upstreams that do not validate, with the reason.
+    pub fn invalid_upstreams(&self) -> &[(String, String)] {
+        &self.invalid_upstreams
+    }
+
+    /// What this gateway does not serve, for `/status` and the log:
+    /// `{"routes": [{"id", "reason"}], "upstreams": [...]}`.
+    pub fn not_served(&self) -> serde_json::Value {
+        let list = |v: &[(String, String)]| -> Vec<serde_json::Value> {
+            v.iter()
+                .map(|(id, reason)| serde_json::json!({"id": id, "reason": reason}))
+                .collect()
+        };
+        serde_json::json!({
+            "routes": list(&self.invalid),
+            "upstreams": list(&self.invalid_upstreams),
+        })
     }
 
     /// The plugin configs of the valid routes (enabled or not).
@@ -234,6 +329,33 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn upstreams_that_do_not_validate_are_named() {
+        let mut stored = Stored::default();
+        stored.upstreams.insert(
+            "grpc".into(),
+            json!({"id": "grpc", "scheme": "grpc", "nodes": {"192.0.2.1:80": 1}}),
+        );
+        stored.upstreams.insert(
+            "ok".into(),
+            json!({"id": "ok", "hash_on": "vars", "nodes": {"192.0.2.1:80": 1}}),
+        );
+        stored.routes.insert(
+            "uses-grpc".into(),
+            json!({"uri": "/g", "upstream_id": "grpc"}),
+        );
+        let t = RouteTable::build(stored);
+        let n = t.not_served();
+        assert_eq!(n["upstreams"][0]["id"], "grpc");
+        let reason = n["upstreams"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("\"scheme\" \"grpc\" is not supported"),
+            "{reason}"
+        );
+        assert_eq!(n["upstreams"].as_array().unwrap().len(), 1);
+        assert_eq!(n["routes"][0]["id"], "uses-grpc");
+    }
+
     fn route(plugin: serde_json::Value) -> serde_json::Value {
         json!({"uri": "/x", "plugins": {"openid-connect": plugin},
                "upstream": {"nodes": {"192.0.2.1:80": 1}}})
@@ -266,6 +388,8 @@ mod tests {
         assert_eq!(t.plugin_configs().count(), 2);
         assert_eq!(t.invalid().len(), 1);
         assert_eq!(t.invalid()[0].0, "bad");
+        assert_eq!(t.not_served()["routes"][0]["id"], "bad");
+        assert!(t.invalid_upstreams().is_empty());
         // A short secret ("abc") is not masked; one with a quote is, also as
         // JSON text shows it (trimmed of quotes at both ends, as before).
         assert_eq!(
@@ -327,5 +451,29 @@ mod tests {
                 RouteTable::build(t3.stored().clone()).routes[0].upstream
             )
         );
+    }
+
+    #[test]
+    fn a_stored_route_testing_another_routes_session_cookie_is_left_out() {
+        let mut stored = Stored::default();
+        stored.routes.insert(
+            "login".into(),
+            route(json!({"client_id": "c", "client_secret": "s",
+                         "discovery": "https://idp/.well-known/openid-configuration",
+                         "redirect_uri": "https://app/cb",
+                         "session": {"secret": "0123456789abcdef", "cookie_name": "sid"}})),
+        );
+        stored.routes.insert(
+            "tester".into(),
+            json!({"uri": "/x", "vars": [["cookie_sid", "~~", "."]],
+                   "upstream": {"nodes": {"192.0.2.1:80": 1}}}),
+        );
+        let t = RouteTable::build(stored);
+        let enabled: Vec<&str> = t.enabled().map(|r| r.id.as_str()).collect();
+        assert_eq!(enabled, ["login"]);
+        assert_eq!(t.invalid()[0].0, "tester");
+        assert!(t.invalid()[0]
+            .1
+            .contains("route [login]'s openid-connect filter removes"));
     }
 }

@@ -30,15 +30,24 @@ const KNOWN: &[&str] = &[
     "id",
     "create_time",
     "update_time",
+    "keepalive_pool",
 ];
 
 /// APISIX upstream attributes with no Envoy mapping here.
-const UNSUPPORTED: &[&str] = &[
-    "discovery_type",
-    "service_name",
-    "discovery_args",
-    "keepalive_pool",
+const UNSUPPORTED: &[&str] = &["discovery_type", "service_name", "discovery_args"];
+
+/// APISIX's defaults of `keepalive_pool` (`schema_def.lua`): stored in
+/// every upstream that has the object. Envoy keeps its own pool of
+/// upstream connections; these values ask for nothing else, other values
+/// are refused.
+const KEEPALIVE_POOL_DEFAULTS: &[(&str, f64)] = &[
+    ("size", 320.0),
+    ("idle_timeout", 60.0),
+    ("requests", 1000.0),
 ];
+
+/// APISIX's default `checks.active.unhealthy.http_statuses`.
+const UNHEALTHY_STATUSES_DEFAULT: &[u64] = &[429, 404, 500, 501, 502, 503, 504, 505];
 
 /// How requests are spread over the nodes (`type`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +233,9 @@ impl Upstream {
         if verify && !https {
             e.push(&f("tls.verify"), "needs \"scheme\": \"https\"");
         }
+        if let Some(pool) = obj.get("keepalive_pool") {
+            parse_keepalive_pool(pool, &f("keepalive_pool"), e);
+        }
         let balancer = parse_balancer(obj, prefix, e);
         let nodes = parse_nodes(obj.get("nodes"), &f("nodes"), https, e);
         let pass_host = match (
@@ -287,7 +299,7 @@ impl Upstream {
         });
         let check = obj
             .get("checks")
-            .and_then(|c| parse_checks(c, &f("checks"), https, e));
+            .and_then(|c| parse_checks(c, &f("checks"), https, verify, e));
 
         Some(Upstream {
             balancer,
@@ -407,8 +419,11 @@ fn parse_balancer(obj: &Map<String, Value>, prefix: &str, e: &mut Errors) -> Bal
         }
     };
     if t != "chash" {
+        // APISIX (up to 3.13) stores its default `hash_on: "vars"` in
+        // every upstream, whatever the type: that one asks for nothing.
+        let default_hash_on = obj.get("hash_on").and_then(Value::as_str) == Some("vars");
         for k in ["hash_on", "key"] {
-            if obj.contains_key(k) {
+            if obj.contains_key(k) && !(k == "hash_on" && default_hash_on) {
                 e.push(&f(k), "is only used with \"type\": \"chash\"");
             }
         }
@@ -665,7 +680,42 @@ fn parse_array_node(item: &Value, field: &str, e: &mut Errors) -> Option<Node> {
 }
 
 /// `checks`: `active` only.
-fn parse_checks(v: &Value, field: &str, https: bool, e: &mut Errors) -> Option<ActiveCheck> {
+/// `keepalive_pool`: accepted at APISIX's defaults only.
+fn parse_keepalive_pool(v: &Value, field: &str, e: &mut Errors) {
+    let Some(obj) = v.as_object() else {
+        e.push(field, "must be an object");
+        return;
+    };
+    for (k, x) in obj {
+        match KEEPALIVE_POOL_DEFAULTS.iter().find(|(name, _)| name == k) {
+            Some((_, default)) if x.as_f64() == Some(*default) => {}
+            Some((_, default)) => e.push(
+                &format!("{field}.{k}"),
+                format!("is not supported by this gateway other than at APISIX's default {default} (Envoy keeps its own connection pool)"),
+            ),
+            None => e.push(
+                &format!("{field}.{k}"),
+                "is not allowed (additional properties forbidden)",
+            ),
+        }
+    }
+}
+
+/// The value equals APISIX's default (which it stores with every check).
+fn is_default(x: &Value, default: &Value) -> bool {
+    match (x.as_f64(), default.as_f64()) {
+        (Some(a), Some(b)) => a == b,
+        _ => x == default,
+    }
+}
+
+fn parse_checks(
+    v: &Value,
+    field: &str,
+    https: bool,
+    verify: bool,
+    e: &mut Errors,
+) -> Option<ActiveCheck> {
     let Some(obj) = v.as_object() else {
         e.push(field, "must be an object");
         return None;
@@ -716,29 +766,44 @@ fn parse_checks(v: &Value, field: &str, https: bool, e: &mut Errors) -> Option<A
         _ => {}
     }
     let http = kind != CheckKind::Tcp;
-    for k in a.keys() {
+    // APISIX stores every default of `checks.active`, the http-only ones
+    // on tcp checks too: those values are accepted wherever they ask for
+    // nothing this gateway does not do.
+    let default_of = |k: &str| -> Option<Value> {
+        Some(match k {
+            "http_path" => Value::from("/"),
+            "https_verify_certificate" => Value::from(true),
+            "concurrency" => Value::from(10),
+            _ => return None,
+        })
+    };
+    for (k, x) in a {
+        let at_default = default_of(k).is_some_and(|d| is_default(x, &d));
         match k.as_str() {
             "type" | "timeout" | "port" | "healthy" | "unhealthy" => {}
-            "host" | "http_path" | "req_headers" | "https_verify_certificate" if http => {}
-            "host" | "http_path" | "req_headers" | "https_verify_certificate" => {
+            "host" | "http_path" | "req_headers" if http => {}
+            "http_path" | "https_verify_certificate" if !http && at_default => {}
+            "host" | "http_path" | "req_headers" | "https_verify_certificate" if !http => {
                 e.push(&f(k), "applies to http and https checks only")
             }
+            // Envoy verifies a check's certificate as the cluster does.
+            "https_verify_certificate" => match x.as_bool() {
+                None => e.push(&f(k), "must be a boolean"),
+                // On a plain http check there is no certificate; on an
+                // https one the value must say what `tls.verify` says.
+                Some(b) if (kind == CheckKind::Http && b) || (kind == CheckKind::Https && b == verify) => {}
+                Some(_) => e.push(
+                    &f(k),
+                    "is not supported by this gateway other than as \"tls.verify\" says: checks verify the certificate as the upstream does",
+                ),
+            },
+            "concurrency" if at_default => {}
             "concurrency" => e.push(
                 &f(k),
-                "is not supported by this gateway (Envoy checks each node on its own timer)",
+                "is not supported by this gateway other than at APISIX's default 10 (Envoy checks each node on its own timer)",
             ),
             _ => e.push(&f(k), "is not allowed (additional properties forbidden)"),
         }
-    }
-    if let Some(v) = a.get("https_verify_certificate") {
-        // Envoy verifies as the cluster does.
-        e.push(
-            &f("https_verify_certificate"),
-            match v.as_bool() {
-                Some(_) => "is not supported by this gateway: checks verify the certificate as \"tls.verify\" says",
-                None => "must be a boolean",
-            },
-        );
     }
     let timeout = match a.get("timeout") {
         None => 1.0,
@@ -831,10 +896,20 @@ fn parse_checks(v: &Value, field: &str, https: bool, e: &mut Errors) -> Option<A
             },
         }
     };
-    for k in healthy.keys() {
+    let default_statuses = |x: &Value, want: &[u64]| {
+        x.as_array().is_some_and(|items| {
+            let mut got: Vec<u64> = items.iter().filter_map(Value::as_u64).collect();
+            let mut want = want.to_vec();
+            got.sort_unstable();
+            want.sort_unstable();
+            items.len() == got.len() && got == want
+        })
+    };
+    for (k, x) in &healthy {
         match k.as_str() {
             "interval" | "successes" => {}
             "http_statuses" if http => {}
+            "http_statuses" if default_statuses(x, &[200, 302]) => {}
             "http_statuses" => e.push(
                 &f("healthy.http_statuses"),
                 "applies to http and https checks only",
@@ -850,10 +925,18 @@ fn parse_checks(v: &Value, field: &str, https: bool, e: &mut Errors) -> Option<A
     } else {
         "tcp_failures"
     };
-    for k in unhealthy.keys() {
+    for (k, x) in &unhealthy {
         match k.as_str() {
             "interval" => {}
             k if k == failures_key => {}
+            // APISIX's defaults (stored with every check) ask for nothing
+            // Envoy does not do: a node that fails to connect counts toward
+            // the one threshold, every response outside
+            // `healthy.http_statuses` and every timeout count as failures.
+            "http_failures" if !http && is_default(x, &Value::from(5)) => {}
+            "tcp_failures" if http && is_default(x, &Value::from(2)) => {}
+            "timeouts" if is_default(x, &Value::from(3)) => {}
+            "http_statuses" if default_statuses(x, UNHEALTHY_STATUSES_DEFAULT) => {}
             "http_failures" | "tcp_failures" => e.push(
                 &f(&format!("unhealthy.{k}")),
                 format!(
@@ -1360,6 +1443,88 @@ mod tests {
         );
     }
 
+    /// Upstreams as APISIX (up to 3.13) stores them, every schema default
+    /// filled in: tests/fixtures/apisix/README.md.
+    #[test]
+    fn apisix_stored_defaults_are_accepted() {
+        for (name, text) in [
+            (
+                "upstream-3.13",
+                include_str!("../../../tests/fixtures/apisix/upstream-3.13.json"),
+            ),
+            (
+                "upstream-checks-3.13",
+                include_str!("../../../tests/fixtures/apisix/upstream-checks-3.13.json"),
+            ),
+            (
+                "upstream-tcp-checks-3.13",
+                include_str!("../../../tests/fixtures/apisix/upstream-tcp-checks-3.13.json"),
+            ),
+        ] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let id = v["id"].as_str().unwrap().to_string();
+            let u =
+                Upstream::parse_resource(&id, &v).unwrap_or_else(|e| panic!("{name} refused: {e}"));
+            assert_eq!(u.pass_host, PassHost::Pass, "{name}");
+            assert!(!u.https && !u.verify, "{name}");
+        }
+        // `hash_on: "vars"` on each non-chash type; a route's inline one.
+        for t in ["roundrobin", "least_conn", "ewma"] {
+            parse(json!({"type": t, "hash_on": "vars", "nodes": {"a:1": 1}}))
+                .unwrap_or_else(|e| panic!("{t}: {e}"));
+        }
+        // The checks' defaults as APISIX fills them: the values Envoy does
+        // anyway. An https check may say `https_verify_certificate` only
+        // as `tls.verify` does.
+        let checks: Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/apisix/upstream-checks-3.13.json"
+        ))
+        .unwrap();
+        let u = parse(json!({"nodes": {"a:1": 1}, "checks": checks["checks"]})).unwrap();
+        let c = u.check.unwrap();
+        assert_eq!((c.interval, c.successes, c.failures), (1, 2, 5));
+        assert_eq!(c.healthy_statuses, [200, 302]);
+        let https_check = |verify: bool, v: bool| {
+            parse(json!({
+                "scheme": "https", "tls": {"verify": verify}, "nodes": {"a:1": 1},
+                "checks": {"active": {"type": "https", "https_verify_certificate": v}}
+            }))
+        };
+        assert!(https_check(true, true).is_ok());
+        assert!(https_check(false, false).is_ok());
+        let e = https_check(false, true).unwrap_err();
+        assert!(
+            e.contains("\"upstream.checks.active.https_verify_certificate\" is not supported"),
+            "{e}"
+        );
+        // Not the defaults: still refused, by name.
+        for (extra, want) in [
+            (
+                json!({"hash_on": "header"}),
+                "\"upstream.hash_on\" is only used",
+            ),
+            (
+                json!({"keepalive_pool": {"idle_timeout": 61}}),
+                "\"upstream.keepalive_pool.idle_timeout\" is not supported",
+            ),
+            (
+                json!({"checks": {"active": {"unhealthy": {"http_statuses": [429, 404, 500]}}}}),
+                "\"upstream.checks.active.unhealthy.http_statuses\" is not supported",
+            ),
+            (
+                json!({"checks": {"active": {"type": "tcp", "unhealthy": {"http_failures": 4}}}}),
+                "\"upstream.checks.active.unhealthy.http_failures\" is not supported",
+            ),
+        ] {
+            let mut v = json!({"nodes": {"a:1": 1}});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let e = parse(v).unwrap_err();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+    }
+
     #[test]
     fn what_does_not_map_is_refused_by_name() {
         let base = json!({"nodes": {"a:1": 1}});
@@ -1374,7 +1539,7 @@ mod tests {
             ),
             (
                 json!({"keepalive_pool": {"size": 1}}),
-                "\"upstream.keepalive_pool\" is not supported",
+                "\"upstream.keepalive_pool.size\" is not supported",
             ),
             (json!({"colour": 1}), "\"upstream.colour\" is not allowed"),
             (
@@ -1423,7 +1588,7 @@ mod tests {
                 "\"upstream.checks.passive\" is not supported",
             ),
             (
-                json!({"checks": {"active": {"concurrency": 10}}}),
+                json!({"checks": {"active": {"concurrency": 5}}}),
                 "\"upstream.checks.active.concurrency\" is not supported",
             ),
             (
@@ -1439,7 +1604,7 @@ mod tests {
                 "\"upstream.checks.active.unhealthy.http_statuses\" is not supported",
             ),
             (
-                json!({"checks": {"active": {"unhealthy": {"timeouts": 3}}}}),
+                json!({"checks": {"active": {"unhealthy": {"timeouts": 4}}}}),
                 "\"upstream.checks.active.unhealthy.timeouts\" is not supported",
             ),
             (
@@ -1447,7 +1612,7 @@ mod tests {
                 "\"upstream.checks.active.unhealthy.tcp_failures\" is not supported",
             ),
             (
-                json!({"checks": {"active": {"type": "tcp", "http_path": "/"}}}),
+                json!({"checks": {"active": {"type": "tcp", "http_path": "/x"}}}),
                 "\"upstream.checks.active.http_path\" applies to http",
             ),
             (

@@ -4,6 +4,21 @@
 use super::*;
 
 pub(super) fn listener(s: &ProxySettings) -> Listener {
+    Listener {
+        name: LISTENER_NAME.into(),
+        address: Some(socket(&s.listen_addr, s.proxy_port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![remote_addr_filter(), connection_manager(s)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The connection manager of both listeners (HTTP and HTTPS): the same
+/// wasm configuration, so both share the filter's VM, and the same routes
+/// by RDS.
+pub(super) fn connection_manager(s: &ProxySettings) -> Filter {
     let wasm = HttpFilter {
         name: "envoy.filters.http.wasm".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&Wasm {
@@ -66,22 +81,60 @@ pub(super) fn listener(s: &ProxySettings) -> Listener {
             ..Default::default()
         }),
         // The edge: X-Forwarded-* from clients are not trusted beyond the
-        // configured proxy hops, so `:scheme` is the real one.
+        // configured proxy hops, so `:scheme` is the real one (`https` on
+        // the HTTPS listener: session cookies get `Secure`).
         use_remote_address: Some(BoolValue { value: true }),
         xff_num_trusted_hops: s.trusted_proxy_hops,
         ..Default::default()
     };
-    Listener {
-        name: LISTENER_NAME.into(),
-        address: Some(socket(&s.listen_addr, s.proxy_port)),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".into(),
-                config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
-            }],
-            ..Default::default()
-        }],
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
+    }
+}
+
+/// Puts the connection's peer address (an IP, no port) into the filter
+/// state under `REMOTE_ADDR_KEY`, where the routes' `remote_addrs` and
+/// `remote_addr` `vars` match it (`RouteMatch.filter_state`, an
+/// `AddressMatcher`): route selection, so a route whose addresses do not
+/// match falls through to the next one, as in APISIX. It is the TCP peer,
+/// as nginx's `$remote_addr` without `real_ip`: `X-Forwarded-For` never
+/// changes it, whatever `xff_num_trusted_hops` is.
+pub(super) fn remote_addr_filter() -> Filter {
+    use envoy_types::pb::envoy::config::core::v3::{
+        substitution_format_string, SubstitutionFormatString,
+    };
+    use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3::{
+        filter_state_value, FilterStateValue,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::set_filter_state::v3::Config;
+    let value = FilterStateValue {
+        key: Some(filter_state_value::Key::ObjectKey(
+            crate::apisix::vars::REMOTE_ADDR_KEY.into(),
+        )),
+        // Envoy's IP address object: what an `AddressMatcher` reads.
+        factory_key: "envoy.network.ip".into(),
+        value: Some(filter_state_value::Value::FormatString(
+            SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::TextFormatSource(
+                    DataSource {
+                        specifier: Some(data_source::Specifier::InlineString(
+                            "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%".into(),
+                        )),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            },
+        )),
         ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.set_filter_state".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(to_any(&Config {
+            on_new_connection: vec![value],
+            ..Default::default()
+        }))),
     }
 }
 

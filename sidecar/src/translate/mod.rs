@@ -133,12 +133,14 @@ use crate::apisix::upstream::{
 };
 
 mod clusters;
+mod https;
 mod listener;
 mod providers;
 mod routes;
 mod tls;
 
 pub use clusters::*;
+pub use https::{ssl_secret_name, HTTPS_LISTENER_NAME};
 use listener::*;
 use providers::*;
 use routes::*;
@@ -175,6 +177,8 @@ pub struct ProxySettings {
     /// The listener's IP address, e.g. `0.0.0.0` or `127.0.0.1`.
     pub listen_addr: String,
     pub proxy_port: u16,
+    /// The HTTPS listener's port (APISIX's 9443); open while an ssl is.
+    pub https_port: u16,
     /// The filter module, read by Envoy when it creates the listener.
     pub wasm_path: PathBuf,
     /// The wasm filter's configuration (JSON text, e.g. `{}`).
@@ -192,6 +196,8 @@ pub struct Resources {
     pub clusters: Vec<Cluster>,
     /// Endpoints of the `EDS` clusters.
     pub endpoints: Vec<ClusterLoadAssignment>,
+    /// The certificates of the HTTPS listener (SDS).
+    pub secrets: Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>,
     /// Routes and provider URLs left out, with the reason (for logs).
     pub skipped: Vec<Skipped>,
 }
@@ -199,7 +205,7 @@ pub struct Resources {
 /// Something [`translate`] left out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
-    /// `route <id>` or `provider URL <url>`.
+    /// `route <id>`, `provider URL <url>`, `ssl <id>` or `ssl <id> sni <name>`.
     pub what: String,
     pub reason: String,
 }
@@ -252,12 +258,19 @@ pub fn translate(
         endpoints.extend(e);
     }
     clusters.extend(provider_clusters(&specs, extra_provider_urls, &mut skipped));
+    skipped.extend(table.invalid_ssls().iter().map(|(id, reason)| Skipped {
+        what: format!("ssl {id}"),
+        reason: reason.clone(),
+    }));
+    let ssls: Vec<_> = table.enabled_ssls().collect();
+    let (https_listener, secrets) = https::https(s, &ssls, &mut skipped);
 
     Resources {
-        listeners: vec![listener(s)],
+        listeners: std::iter::once(listener(s)).chain(https_listener).collect(),
         route_configs: vec![route_config(&specs)],
         clusters,
         endpoints,
+        secrets,
         skipped,
     }
 }

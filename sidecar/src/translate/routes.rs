@@ -2,6 +2,16 @@
 
 use super::*;
 
+use envoy_types::pb::envoy::config::route::v3::{
+    query_parameter_matcher, CookieMatcher, QueryParameterMatcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    filter_state_matcher, AddressMatcher, FilterStateMatcher,
+};
+use envoy_types::pb::xds::core::v3::CidrRange;
+
+use crate::apisix::vars::{Check, Cond, Source, Test, REMOTE_ADDR_KEY};
+
 /// One (uri, route) pair: one Envoy route.
 #[derive(Clone, Copy)]
 pub(super) struct Entry<'a> {
@@ -100,7 +110,7 @@ pub(super) fn virtual_host(name: &str, domain: &str, entries: &[Entry]) -> Virtu
             let (kind, _, path, _, id) = e.order_key();
             seen.insert((id, kind, path))
         })
-        .map(envoy_route)
+        .flat_map(envoy_routes)
         .collect();
     VirtualHost {
         name: name.into(),
@@ -110,24 +120,164 @@ pub(super) fn virtual_host(name: &str, domain: &str, entries: &[Entry]) -> Virtu
     }
 }
 
-pub(super) fn envoy_route(e: &Entry) -> Route {
+/// The Envoy routes of one (uri, route) pair: one per alternative of its
+/// `vars` (one when it has none), next to each other, so the first that
+/// matches is taken as APISIX takes the route when any alternative holds.
+pub(super) fn envoy_routes(e: &Entry) -> Vec<Route> {
     let path_specifier = match e.uri {
         UriMatch::Exact(p) => route_match::PathSpecifier::Path(p.clone()),
         UriMatch::Prefix(p) => route_match::PathSpecifier::Prefix(p.clone()),
     };
-    Route {
-        name: e.spec.id.clone(),
-        r#match: Some(RouteMatch {
-            path_specifier: Some(path_specifier),
-            headers: method_matcher(&e.spec.methods).into_iter().collect(),
+    let mut action = route_action(e.spec);
+    if e.spec.enable_websocket {
+        action.upgrade_configs = vec![route_action::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            enabled: Some(BoolValue { value: true }),
+            ..Default::default()
+        }];
+    }
+    let metadata = oidc_metadata(
+        e.spec.oidc.as_ref().map(|(stored, _)| stored),
+        &e.spec.hosts,
+    );
+    e.spec
+        .vars
+        .iter()
+        .map(|conds| {
+            let mut m = RouteMatch {
+                path_specifier: Some(path_specifier.clone()),
+                headers: method_matcher(&e.spec.methods).into_iter().collect(),
+                ..Default::default()
+            };
+            if !e.spec.remote_addrs.is_empty() {
+                m.filter_state
+                    .push(remote_addr_matcher(&e.spec.remote_addrs, false));
+            }
+            for c in conds {
+                add_matcher(&mut m, c);
+            }
+            Route {
+                name: e.spec.id.clone(),
+                r#match: Some(m),
+                action: Some(route::Action::Route(action.clone())),
+                metadata: Some(metadata.clone()),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn string_matcher(t: &Test) -> StringMatcher {
+    let pattern = match t {
+        Test::Exact(s) => string_matcher::MatchPattern::Exact(s.clone()),
+        Test::Regex(r) => string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+            regex: r.clone(),
             ..Default::default()
         }),
-        action: Some(route::Action::Route(route_action(e.spec))),
-        metadata: Some(oidc_metadata(
-            e.spec.oidc.as_ref().map(|(stored, _)| stored),
-            &e.spec.hosts,
-        )),
+        // Not used: `add_matcher` makes addresses filter-state matchers.
+        Test::Cidrs(_) => string_matcher::MatchPattern::Exact(String::new()),
+    };
+    StringMatcher {
+        match_pattern: Some(pattern),
         ..Default::default()
+    }
+}
+
+/// The filter-state matcher on the downstream address (see
+/// [`REMOTE_ADDR_KEY`] and the listener's `set_filter_state`).
+pub(super) fn remote_addr_matcher(nets: &[ipnet::IpNet], invert: bool) -> FilterStateMatcher {
+    FilterStateMatcher {
+        key: REMOTE_ADDR_KEY.into(),
+        matcher: Some(filter_state_matcher::Matcher::AddressMatch(
+            AddressMatcher {
+                ranges: nets
+                    .iter()
+                    .map(|n| CidrRange {
+                        address_prefix: n.network().to_string(),
+                        prefix_len: Some(UInt32Value {
+                            value: u32::from(n.prefix_len()),
+                        }),
+                    })
+                    .collect(),
+                invert_match: invert,
+            },
+        )),
+    }
+}
+
+/// A matcher no request passes: a filter-state key nothing sets.
+fn unmatchable() -> FilterStateMatcher {
+    FilterStateMatcher {
+        key: "apisix.unmatchable".into(),
+        matcher: Some(filter_state_matcher::Matcher::StringMatch(string_matcher(
+            &Test::Exact(String::new()),
+        ))),
+    }
+}
+
+/// One `vars` condition as one matcher of `m`.
+fn add_matcher(m: &mut RouteMatch, c: &Cond) {
+    use header_matcher::HeaderMatchSpecifier;
+    let cidrs = matches!(
+        &c.check,
+        Check::Is(Test::Cidrs(_)) | Check::Not(Test::Cidrs(_)) | Check::PresentNot(Test::Cidrs(_))
+    );
+    match (&c.source, &c.check) {
+        // `vars` makes addresses only for `remote_addr`.
+        (Source::Query(_) | Source::Header(_) | Source::Cookie(_), _) if cidrs => {
+            m.filter_state.push(unmatchable())
+        }
+        (Source::RemoteAddr, Check::Is(Test::Cidrs(nets))) => {
+            m.filter_state.push(remote_addr_matcher(nets, false))
+        }
+        (Source::RemoteAddr, Check::Not(Test::Cidrs(nets))) => {
+            m.filter_state.push(remote_addr_matcher(nets, true))
+        }
+        (Source::Query(name), Check::Is(t)) => m.query_parameters.push(QueryParameterMatcher {
+            name: name.clone(),
+            query_parameter_match_specifier: Some(
+                query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(string_matcher(
+                    t,
+                )),
+            ),
+        }),
+        (Source::Cookie(name), Check::Is(t) | Check::Not(t)) => m.cookies.push(CookieMatcher {
+            name: name.clone(),
+            string_match: Some(string_matcher(t)),
+            invert_match: matches!(c.check, Check::Not(_)),
+        }),
+        (Source::Header(name), check) => {
+            let (spec, invert, missing_empty) = match check {
+                Check::Is(t) => (
+                    HeaderMatchSpecifier::StringMatch(string_matcher(t)),
+                    false,
+                    false,
+                ),
+                // Only for tests that the empty value fails (`vars` splits
+                // the others into `Absent` and `PresentNot`).
+                Check::Not(t) => (
+                    HeaderMatchSpecifier::StringMatch(string_matcher(t)),
+                    true,
+                    true,
+                ),
+                Check::PresentNot(t) => (
+                    HeaderMatchSpecifier::StringMatch(string_matcher(t)),
+                    true,
+                    false,
+                ),
+                Check::Absent => (HeaderMatchSpecifier::PresentMatch(false), false, false),
+            };
+            m.headers.push(HeaderMatcher {
+                name: name.clone(),
+                header_match_specifier: Some(spec),
+                invert_match: invert,
+                treat_missing_header_as_empty: missing_empty,
+            });
+        }
+        // `vars` does not make these (negated query tests, address tests
+        // elsewhere); a route that cannot match is safer than one that
+        // matches more.
+        _ => m.filter_state.push(unmatchable()),
     }
 }
 

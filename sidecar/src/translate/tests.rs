@@ -1,5 +1,6 @@
 use super::*;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::r#type::matcher::v3::filter_state_matcher;
 use prost::Message;
 use serde_json::json;
 
@@ -9,6 +10,7 @@ fn settings() -> ProxySettings {
     ProxySettings {
         listen_addr: "127.0.0.1".into(),
         proxy_port: 9080,
+        https_port: 9443,
         wasm_path: PathBuf::from("/opt/oidc_filter.wasm"),
         filter_settings: r#"{"token_cache_size":16}"#.into(),
         trusted_proxy_hops: 0,
@@ -723,7 +725,40 @@ fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
     let l = &r.listeners[0];
     assert_eq!(l.name, LISTENER_NAME);
     assert_eq!(l.address, Some(socket("127.0.0.1", 9080)));
-    let f = &l.filter_chains[0].filters[0];
+    // First the client address for `remote_addrs` (route-independent):
+    // the TCP peer's IP as Envoy's IP object, which address matchers read.
+    let sfs = &l.filter_chains[0].filters[0];
+    assert_eq!(sfs.name, "envoy.filters.network.set_filter_state");
+    {
+        use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+        use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3::filter_state_value;
+        use envoy_types::pb::envoy::extensions::filters::network::set_filter_state::v3::Config;
+        let Some(filter::ConfigType::TypedConfig(any)) = &sfs.config_type else {
+            panic!("{sfs:?}")
+        };
+        let c: Config = decode(any);
+        let v = &c.on_new_connection[0];
+        assert_eq!(
+            v.key,
+            Some(filter_state_value::Key::ObjectKey(
+                crate::apisix::vars::REMOTE_ADDR_KEY.into()
+            ))
+        );
+        assert_eq!(v.factory_key, "envoy.network.ip");
+        let Some(filter_state_value::Value::FormatString(f)) = &v.value else {
+            panic!("{v:?}")
+        };
+        let Some(Format::TextFormatSource(src)) = &f.format else {
+            panic!("{f:?}")
+        };
+        assert_eq!(
+            src.specifier,
+            Some(data_source::Specifier::InlineString(
+                "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%".into()
+            ))
+        );
+    }
+    let f = &l.filter_chains[0].filters[1];
     assert_eq!(f.name, "envoy.filters.network.http_connection_manager");
     let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
         panic!("{f:?}")
@@ -1257,4 +1292,76 @@ fn routes_with_upstream_id_use_the_named_upstream() {
         cluster(&r, "route|a").lb_policy,
         cluster::LbPolicy::RoundRobin as i32
     );
+}
+
+#[test]
+fn vars_alternatives_are_adjacent_routes_with_the_route_matchers() {
+    let mut a = route("/a/*", json!({"127.0.0.1:80": 1}));
+    a["priority"] = json!(5);
+    a["methods"] = json!(["GET"]);
+    a["vars"] = json!([
+        "OR",
+        ["arg_v", "==", "1"],
+        [
+            "AND",
+            ["http_x_k", "~~", "^k"],
+            ["cookie_c", "!", "==", "z"]
+        ]
+    ]);
+    a["remote_addrs"] = json!(["10.0.0.0/8", "::1"]);
+    a["enable_websocket"] = json!(true);
+    let b = route("/a/*", json!({"127.0.0.1:81": 1}));
+    let r = run(&[("a", a), ("b", b)]);
+    let routes = &vhost(&r, "*").routes;
+    let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["a", "a", "b"]);
+    let m0 = routes[0].r#match.as_ref().unwrap();
+    let m1 = routes[1].r#match.as_ref().unwrap();
+    // Each alternative keeps the methods and the addresses.
+    for m in [m0, m1] {
+        assert_eq!(m.headers[0].name, ":method");
+        let Some(filter_state_matcher::Matcher::AddressMatch(am)) = &m.filter_state[0].matcher
+        else {
+            panic!("{m:?}")
+        };
+        assert_eq!(m.filter_state[0].key, crate::apisix::vars::REMOTE_ADDR_KEY);
+        let ranges: Vec<(String, u32)> = am
+            .ranges
+            .iter()
+            .map(|c| (c.address_prefix.clone(), c.prefix_len.unwrap().value))
+            .collect();
+        assert_eq!(
+            ranges,
+            [("10.0.0.0".to_string(), 8), ("::1".to_string(), 128)]
+        );
+        assert!(!am.invert_match);
+    }
+    assert_eq!(m0.query_parameters[0].name, "v");
+    assert_eq!(m1.headers[1].name, "x-k");
+    assert_eq!(
+        m1.headers[1].header_match_specifier,
+        Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: ".*(?:^k).*".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }
+        ))
+    );
+    assert_eq!(m1.cookies[0].name, "c");
+    assert!(m1.cookies[0].invert_match);
+    // WebSocket upgrades only where enable_websocket is set.
+    let upgrade = |r: &Route| match &r.action {
+        Some(route::Action::Route(a)) => a.upgrade_configs.clone(),
+        _ => panic!(),
+    };
+    assert_eq!(upgrade(&routes[0])[0].upgrade_type, "websocket");
+    assert_eq!(
+        upgrade(&routes[0])[0].enabled,
+        Some(BoolValue { value: true })
+    );
+    assert!(upgrade(&routes[2]).is_empty());
+    assert!(routes[2].r#match.as_ref().unwrap().filter_state.is_empty());
 }

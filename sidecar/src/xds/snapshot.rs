@@ -8,14 +8,18 @@ use super::*;
 pub enum Kind {
     Clusters,
     Endpoints,
+    /// The HTTPS listener's certificates (SDS): before the listener that
+    /// names them.
+    Secrets,
     Listeners,
     Routes,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Clusters,
         Kind::Endpoints,
+        Kind::Secrets,
         Kind::Listeners,
         Kind::Routes,
     ];
@@ -24,6 +28,7 @@ impl Kind {
         match self {
             Kind::Clusters => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             Kind::Endpoints => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Kind::Secrets => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
             Kind::Listeners => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Kind::Routes => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
         }
@@ -38,6 +43,7 @@ impl Kind {
         match self {
             Kind::Clusters => "clusters",
             Kind::Endpoints => "endpoints",
+            Kind::Secrets => "secrets",
             Kind::Listeners => "listeners",
             Kind::Routes => "routes",
         }
@@ -63,7 +69,7 @@ pub struct TypeSnapshot {
 /// Everything served for one route set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
-    pub(super) types: [TypeSnapshot; 4],
+    pub(super) types: [TypeSnapshot; 5],
     /// Secret values of the plugin configs, masked in NACK messages.
     pub(super) secrets: Arc<Vec<String>>,
 }
@@ -85,6 +91,10 @@ impl Snapshot {
             .endpoints
             .iter()
             .map(|e| (e.cluster_name.clone(), to_any(e), e.encode_to_vec()));
+        let sds = r
+            .secrets
+            .iter()
+            .map(|x| (x.name.clone(), to_any(x), x.encode_to_vec()));
         let listeners = r
             .listeners
             .iter()
@@ -108,6 +118,7 @@ impl Snapshot {
             types: [
                 typed(clusters.collect()),
                 typed(endpoints.collect()),
+                typed(sds.collect()),
                 typed(listeners.collect()),
                 typed(routes_.collect()),
             ],
@@ -120,10 +131,13 @@ impl Snapshot {
         &self.types[kind.index()]
     }
 
-    /// Type name → version.
+    /// Type name → version. `secrets` only while there is one: Envoy asks
+    /// for certificates only when a listener names them, so a gateway
+    /// without ssls would otherwise never have ACKed every version.
     pub fn versions(&self) -> BTreeMap<String, String> {
         Kind::ALL
             .into_iter()
+            .filter(|k| *k != Kind::Secrets || !self.get(*k).resources.is_empty())
             .map(|k| (k.name().to_string(), self.get(k).version.clone()))
             .collect()
     }

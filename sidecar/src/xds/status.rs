@@ -12,7 +12,7 @@ pub struct XdsStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StatusReport {
     /// Versions of the latest snapshot, by type (`clusters`, `endpoints`,
-    /// `listeners`, `routes`).
+    /// `listeners`, `routes`, and `secrets` while an ssl is served).
     pub versions: BTreeMap<String, String>,
     /// What the latest translation left out (`route x: reason`).
     pub skipped: Vec<String>,

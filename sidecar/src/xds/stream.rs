@@ -92,7 +92,7 @@ pub(super) struct TypeState {
 pub(super) struct StreamState {
     pub(super) id: u64,
     pub(super) node: String,
-    pub(super) types: [TypeState; 4],
+    pub(super) types: [TypeState; 5],
     pub(super) nonces: u64,
     /// Since when a route configuration waits for endpoints.
     pub(super) routes_waiting_since: Option<Instant>,

@@ -15,6 +15,7 @@ fn settings() -> ProxySettings {
     ProxySettings {
         listen_addr: "127.0.0.1".into(),
         proxy_port: 9080,
+        https_port: 9443,
         wasm_path: PathBuf::from("/opt/oidc_filter.wasm"),
         filter_settings: "{}".into(),
         trusted_proxy_hops: 0,
@@ -51,7 +52,7 @@ fn snap(list: &[(&str, Value)]) -> Snapshot {
     s
 }
 
-fn versions(s: &Snapshot) -> [String; 4] {
+fn versions(s: &Snapshot) -> [String; 5] {
     Kind::ALL.map(|k| s.get(k).version.clone())
 }
 
@@ -111,6 +112,11 @@ fn resource_name(kind: Kind, a: &Any) -> String {
         Kind::Clusters => Cluster::decode(v).unwrap().name,
         Kind::Endpoints => ClusterLoadAssignment::decode(v).unwrap().cluster_name,
         Kind::Listeners => Listener::decode(v).unwrap().name,
+        Kind::Secrets => {
+            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(v)
+                .unwrap()
+                .name
+        }
         Kind::Routes => RouteConfiguration::decode(v).unwrap().name,
     }
 }

@@ -538,7 +538,7 @@ fn a_removed_cluster_goes_only_after_the_routes_without_it() {
     // point at it.
     let s2 = snap(&[("a", plain("/a"))]);
     let out = st.due(&s2, t0);
-    let names: Vec<_> = sent(&out).into_iter().map(|(k, v, n)| (k, v, n)).collect();
+    let names: Vec<_> = sent(&out);
     assert_eq!(names[0].0, "clusters");
     assert_eq!(names[0].2, strs(&["route|a", "route|b"]), "route|b kept");
     assert_ne!(names[0].1, v(&s2, Kind::Clusters));

@@ -117,8 +117,16 @@ fn changes_arrive_whole_and_in_order_with_2000_routes_stored() {
     std::fs::write(dir.path().join("routes.json"), stored.to_string()).unwrap();
     let started = Instant::now();
     let gw = Gateway::start(dir.path(), &[]);
-    until(&gw, &format!("/s/{}", ROUTES - 1), "a", "the last stored route");
-    eprintln!("{ROUTES} stored routes served after {:?}", started.elapsed());
+    until(
+        &gw,
+        &format!("/s/{}", ROUTES - 1),
+        "a",
+        "the last stored route",
+    );
+    eprintln!(
+        "{ROUTES} stored routes served after {:?}",
+        started.elapsed()
+    );
 
     // A new route with a new upstream: 404 until it arrives, then B; never
     // a 503 (the route before its cluster or endpoints).

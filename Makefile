@@ -28,8 +28,11 @@ wasm: setup-build
 	$(CARGO) build -p oidc-filter --target $(WASM_TARGET) --profile wasm
 	@ls -l $(WASM)
 
+# The debug build is what the integration tests start; the release build is
+# what `make run`, `make demo` and `make bench` start (scripts/run.sh).
 sidecar: setup-build
 	$(CARGO) build -p sidecar
+	$(CARGO) build --release -p sidecar
 
 ## run: the gateway alone (sidecar + Envoy) in the foreground; Ctrl-C stops it
 run: setup build
@@ -54,12 +57,14 @@ test-integration: build
 test-keycloak: setup build
 	$(CARGO) test -p integration-tests --test keycloak
 
-## bench: the filter against no filter, a no-op wasm filter and jwt_authn; writes bench/RESULTS.md
+## bench: the filter against no filter, a no-op wasm filter and jwt_authn, then the control plane
+## at 100 and 1,000 routes (CONTROL_PLANE_ARGS="--counts 100,1000,10000"); writes bench/RESULTS.md
 bench: setup build
 	$(CARGO) build -p noop-filter -p verify-bench --target $(WASM_TARGET) --profile wasm
 	@command -v wrk >/dev/null || (echo "bench: apt-get install wrk" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
 	@command -v valgrind >/dev/null || (echo "bench: apt-get install valgrind" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null)
 	python3 bench/bench.py $(BENCH_ARGS)
+	python3 bench/control_plane.py $(CONTROL_PLANE_ARGS)
 
 ## fuzz: every fuzz target for FUZZ_SECONDS (600) each, serially (nightly + cargo-fuzz); writes fuzz/RESULTS.md
 fuzz:

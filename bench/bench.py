@@ -797,7 +797,8 @@ def measure_memory(args, work, filters, route_, values, commands):
         envoy.stop()
 
 
-SIDECAR = ROOT / "target/debug/sidecar"
+# The release build (`make build`), as `make run` starts it.
+SIDECAR = ROOT / "target/release/sidecar"
 
 
 def admin_call(port, method, path, body=None):

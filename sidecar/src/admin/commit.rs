@@ -123,7 +123,7 @@ impl AdminState {
                 if *published.stored() == seen.data {
                     return false;
                 }
-                *published = Arc::new(RouteTable::build(seen.data.clone()));
+                *published = Arc::new(published.update(seen.data.clone()));
                 true
             });
         }
@@ -179,9 +179,8 @@ impl AdminState {
                     Ok(Written::Saved) => {
                         let next = Versioned::unversioned(next);
                         inner.known.send_replace(Arc::new(next.clone()));
-                        inner
-                            .tx
-                            .send_replace(Arc::new(RouteTable::build(next.data)));
+                        let table = inner.tx.borrow().update(next.data);
+                        inner.tx.send_replace(Arc::new(table));
                         None
                     }
                     Ok(Written::At { revision }) => {

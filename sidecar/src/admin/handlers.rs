@@ -2,14 +2,118 @@
 
 use super::*;
 
-pub(super) async fn list(State(s): State<AdminState>, kind: ResourceKind) -> Response {
+/// `GET /apisix/admin/<kind>` as APISIX 3.x answers it (`v3_adapter.lua`):
+/// the filters `name` (a regex searched in `name`), `label` (a key of
+/// `labels`) and `uri` (a regex searched in `uri` or any of `uris`) keep
+/// the objects matching all of those given; `total` counts them; then, when
+/// both `page` and `page_size` are given (`page_size` 10 to 500, else 400;
+/// `page` below 1 is 1), one page of them, oldest first (`createdIndex`,
+/// here also `create_time`, then id).
+pub(super) async fn list(
+    State(s): State<AdminState>,
+    kind: ResourceKind,
+    uri: axum::http::Uri,
+) -> Result<Response, Refusal> {
+    let query = ListQuery::parse(uri.query().unwrap_or(""))?;
     let known = s.known();
-    let list: Vec<Value> = kind
+    let mut items: Vec<(&String, &Value)> = kind
         .of(&known.data)
         .iter()
+        .filter(|(_, v)| query.keeps(v))
+        .collect();
+    let total = items.len();
+    if let Some((page, size)) = query.page {
+        // Stable: equal keys stay in id order.
+        items.sort_by_key(|(id, v)| {
+            (
+                known.revs_of(kind, id).map(|r| r.created),
+                v.get("create_time").and_then(Value::as_u64),
+            )
+        });
+        let from = usize::try_from((page - 1).saturating_mul(size)).unwrap_or(usize::MAX);
+        items = items.into_iter().skip(from).take(size as usize).collect();
+    }
+    let list: Vec<Value> = items
+        .into_iter()
         .map(|(id, v)| entry(&s.inner.prefix, kind, id, v, known.revs_of(kind, id)))
         .collect();
-    reply(StatusCode::OK, json!({"total": list.len(), "list": list}))
+    Ok(reply(StatusCode::OK, json!({"total": total, "list": list})))
+}
+
+/// The query of a list call.
+#[derive(Debug, Default)]
+pub(super) struct ListQuery {
+    name: Option<regex::Regex>,
+    label: Option<String>,
+    uri: Option<regex::Regex>,
+    /// Page (from 1) and page size.
+    page: Option<(u64, u64)>,
+    /// A filter whose regex does not compile matches nothing (as APISIX's
+    /// `ngx.re.find` failing).
+    nothing: bool,
+}
+
+/// APISIX's bounds of `page_size`.
+pub(super) const PAGE_SIZES: std::ops::RangeInclusive<u64> = 10..=500;
+
+impl ListQuery {
+    pub(super) fn parse(query: &str) -> Result<ListQuery, Refusal> {
+        let mut q = ListQuery::default();
+        let (mut page, mut size) = (None, None);
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let regex = |v: &str| regex::RegexBuilder::new(v).size_limit(1 << 20).build().ok();
+            match &*k {
+                "name" => {
+                    q.name = regex(&v);
+                    q.nothing |= q.name.is_none();
+                }
+                "uri" => {
+                    q.uri = regex(&v);
+                    q.nothing |= q.uri.is_none();
+                }
+                "label" => q.label = Some(v.into_owned()),
+                // Not a number: as if not given (APISIX's `tonumber`).
+                "page" => page = v.trim().parse::<i64>().ok(),
+                "page_size" => size = v.trim().parse::<i64>().ok(),
+                _ => {}
+            }
+        }
+        if let (Some(page), Some(size)) = (page, size) {
+            let size = u64::try_from(size)
+                .ok()
+                .filter(|s| PAGE_SIZES.contains(s))
+                .ok_or_else(|| bad("page_size must be between 10 and 500"))?;
+            q.page = Some((u64::try_from(page).unwrap_or(0).max(1), size));
+        }
+        Ok(q)
+    }
+
+    fn keeps(&self, v: &Value) -> bool {
+        if self.nothing {
+            return false;
+        }
+        let text = |field: &str| v.get(field).and_then(Value::as_str);
+        if let Some(re) = &self.name {
+            if !text("name").is_some_and(|n| re.is_match(n)) {
+                return false;
+            }
+        }
+        if let Some(label) = &self.label {
+            let labels = v.get("labels").and_then(Value::as_object);
+            if !labels.is_some_and(|l| l.contains_key(label)) {
+                return false;
+            }
+        }
+        if let Some(re) = &self.uri {
+            let uris = v.get("uris").and_then(Value::as_array);
+            let any = text("uri").is_some_and(|u| re.is_match(u))
+                || uris.is_some_and(|l| l.iter().filter_map(Value::as_str).any(|u| re.is_match(u)));
+            if !any {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 pub(super) async fn get_one(

@@ -198,7 +198,7 @@ fn resource(router: Router<AdminState>, kind: ResourceKind) -> Router<AdminState
     router
         .route(
             &base,
-            get(move |s: State<AdminState>| list(s, kind))
+            get(move |s: State<AdminState>, uri: axum::http::Uri| list(s, kind, uri))
                 .put(move |s: State<AdminState>, body: Body| put_in_body(s, kind, body))
                 .post(move |s: State<AdminState>, body: Body| post_new(s, kind, body)),
         )

@@ -2211,3 +2211,92 @@ async fn observe_takes_only_later_revisions() {
     assert!(!rx.has_changed().unwrap());
     assert_eq!(state.known().revision, 6);
 }
+
+#[tokio::test]
+async fn lists_filter_and_page_as_apisix_3() {
+    let api = Api::new().await;
+    // 25 routes created one second apart, ids in the reverse order of
+    // creation (pages go oldest first, not by id).
+    for i in 0..25u64 {
+        api.now.store(T0 + i, Ordering::SeqCst);
+        let mut r = json!({"uri": format!("/r/{i}"), "name": format!("route-{i}"),
+                           "upstream": {"nodes": {"192.0.2.1:80": 1}}});
+        if i % 5 == 0 {
+            r["labels"] = json!({"team": "a"});
+        }
+        if i == 7 {
+            r = json!({"uris": ["/x", "/seven/*"], "upstream": {"nodes": {"192.0.2.1:80": 1}}});
+        }
+        let a = api
+            .put(&format!("/apisix/admin/routes/{}", 100 - i), &r)
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+    let get = |q: &str| {
+        let uri = format!("/apisix/admin/routes{q}");
+        let api = &api;
+        async move { api.call("GET", &uri, None).await }
+    };
+    let ids = |a: &Answer| -> Vec<String> {
+        a.body["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["value"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // No query: everything, by id.
+    let a = get("").await;
+    assert_eq!((a.body["total"].clone(), ids(&a).len()), (json!(25), 25));
+    assert_eq!(ids(&a)[0], "100");
+
+    // Pages: oldest first; total counts all; past the end is empty.
+    let a = get("?page=1&page_size=10").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["total"], 25);
+    assert_eq!(
+        ids(&a),
+        (0..10).map(|i| (100 - i).to_string()).collect::<Vec<_>>()
+    );
+    let a = get("?page=3&page_size=10").await;
+    assert_eq!(ids(&a), ["80", "79", "78", "77", "76"]);
+    assert!(ids(&get("?page=4&page_size=10").await).is_empty());
+    // page below 1 is 1; only one of the two: no paging.
+    assert_eq!(ids(&get("?page=0&page_size=10").await)[0], "100");
+    assert_eq!(ids(&get("?page=2").await).len(), 25);
+    for bad_size in ["9", "501", "-1"] {
+        let a = get(&format!("?page=1&page_size={bad_size}")).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad_size}");
+        assert!(a
+            .body
+            .to_string()
+            .contains("page_size must be between 10 and 500"));
+    }
+
+    // Filters: name and uri are regexes (uri also searches `uris`), label
+    // a key of `labels`; total counts what they keep; they combine.
+    let a = get("?name=route-1").await;
+    assert_eq!(a.body["total"], 11, "route-1 and route-10..19");
+    let a = get("?name=%5Eroute-2%5Cd%24").await;
+    assert_eq!(ids(&a), ["76", "77", "78", "79", "80"]);
+    let a = get("?uri=seven").await;
+    assert_eq!(ids(&a), ["93"]);
+    let a = get("?label=team").await;
+    assert_eq!(a.body["total"], 5);
+    assert!(
+        ids(&get("?label=a").await).is_empty(),
+        "a label's key, not its value"
+    );
+    let a = get("?label=team&name=route-1&page=1&page_size=10").await;
+    assert_eq!(
+        (a.body["total"].clone(), ids(&a)),
+        (json!(2), vec!["90".to_string(), "85".into()])
+    );
+    // A regex that does not compile matches nothing (APISIX's re.find
+    // failing).
+    let a = get("?name=%28").await;
+    assert_eq!(
+        (a.status, a.body["total"].clone()),
+        (StatusCode::OK, json!(0))
+    );
+}

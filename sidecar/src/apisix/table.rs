@@ -23,8 +23,9 @@ pub type Published = Arc<RouteTable>;
 pub struct RouteTable {
     /// What it was built from (compared to tell whether a set changed).
     stored: Stored,
-    /// The routes that validate, in id order, enabled or not.
-    routes: Vec<RouteSpec>,
+    /// The routes that validate, in id order, enabled or not (shared with
+    /// the next table when they have not changed: [`RouteTable::update`]).
+    routes: Vec<Arc<RouteSpec>>,
     /// Stored routes that do not validate, with the reason. The Admin API
     /// refuses such routes, but an etcd written by something else (or
     /// stored before a rule was added) can still hold one: it is left out.
@@ -54,16 +55,65 @@ impl RouteTable {
         for (id, v) in &stored.routes {
             let merged = merge::effective(v, &stored);
             match merged.and_then(|m| RouteSpec::parse(id, &m, &stored.upstreams)) {
-                Ok(spec) => routes.push(spec),
+                Ok(spec) => routes.push(Arc::new(spec)),
                 Err(e) => invalid.push((id.clone(), e)),
             }
         }
+        RouteTable::finish(stored, routes, invalid)
+    }
+
+    /// [`RouteTable::build`] for `stored`, the next set after this table's:
+    /// when the upstreams, services, plugin configs and global rules are
+    /// the same, a route whose stored JSON is the same is taken from this
+    /// table as it is, not validated again. So a write that changes one
+    /// route validates one route, whatever the route count.
+    pub fn update(&self, stored: Stored) -> RouteTable {
+        let old = &self.stored;
+        if old.upstreams != stored.upstreams
+            || old.services != stored.services
+            || old.plugin_configs != stored.plugin_configs
+            || old.global_rules != stored.global_rules
+        {
+            return RouteTable::build(stored);
+        }
+        let mut routes = Vec::with_capacity(stored.routes.len());
+        let mut invalid = Vec::new();
+        for (id, v) in &stored.routes {
+            if old.routes.get(id) == Some(v) {
+                // (Routes left out are validated again: why one was left
+                // out may depend on other routes.)
+                if let Ok(i) = self.routes.binary_search_by(|r| r.id.as_str().cmp(id)) {
+                    routes.push(self.routes[i].clone());
+                    continue;
+                }
+            }
+            let merged = merge::effective(v, &stored);
+            match merged.and_then(|m| RouteSpec::parse(id, &m, &stored.upstreams)) {
+                Ok(spec) => routes.push(Arc::new(spec)),
+                Err(e) => invalid.push((id.clone(), e)),
+            }
+        }
+        RouteTable::finish(stored, routes, invalid)
+    }
+
+    /// What does not depend on one route alone: the routes left out for
+    /// testing another route's session cookie, the upstreams that do not
+    /// validate, the secrets, the warnings, the ssl objects.
+    fn finish(
+        stored: Stored,
+        mut routes: Vec<Arc<RouteSpec>>,
+        mut invalid: Vec<(String, String)>,
+    ) -> RouteTable {
         // Written by something other than the Admin API: a route testing a
         // session cookie some route's filter removes is left out.
+        // Only routes that test a cookie at all are checked against the
+        // others (else this is routes², at every write).
         let clashing: Vec<(String, String)> = routes
             .iter()
+            .filter(|r| crate::apisix::vars::cookie_names(&r.vars).next().is_some())
             .filter_map(|r| {
-                let why = crate::apisix::vars::tested_session_cookies(r, routes.iter());
+                let why =
+                    crate::apisix::vars::tested_session_cookies(r, routes.iter().map(|r| &**r));
                 (!why.is_empty()).then(|| {
                     let msg = why
                         .iter()
@@ -141,7 +191,7 @@ impl RouteTable {
 
     /// The enabled routes, in id order.
     pub fn enabled(&self) -> impl Iterator<Item = &RouteSpec> {
-        self.routes.iter().filter(|r| r.enabled)
+        self.routes.iter().map(|r| &**r).filter(|r| r.enabled)
     }
 
     /// The stored routes left out, with the reason.
@@ -190,7 +240,7 @@ impl RouteTable {
 /// Every route's secret values (at least 4 characters: shorter ones would
 /// mask ordinary text), also as they appear inside JSON text; longest
 /// first, so that a secret containing another is masked whole.
-fn secrets_of(routes: &[RouteSpec]) -> Vec<String> {
+fn secrets_of(routes: &[Arc<RouteSpec>]) -> Vec<String> {
     let mut out = BTreeSet::new();
     for route in routes {
         let Some((_, config)) = &route.oidc else {
@@ -221,7 +271,7 @@ fn secrets_of(routes: &[RouteSpec]) -> Vec<String> {
 /// route replaces the other's cookie, which the other cannot open, so the
 /// browser is sent to log in again. Routes sharing one config (one service
 /// or plugin config) share their session and do not clash.
-pub fn session_clashes(routes: &[RouteSpec]) -> Vec<String> {
+pub fn session_clashes(routes: &[Arc<RouteSpec>]) -> Vec<String> {
     struct Login<'a> {
         id: &'a str,
         hosts: Vec<&'a str>,
@@ -352,6 +402,57 @@ mod tests {
                 "client-\\\"secret\\",
                 "client-\"secret\""
             ]
+        );
+    }
+
+    #[test]
+    fn an_update_validates_only_what_changed() {
+        let plain = |uri: &str| json!({"uri": uri, "upstream_id": "u"});
+        let mut stored = Stored::default();
+        stored
+            .upstreams
+            .insert("u".into(), json!({"nodes": {"192.0.2.1:80": 1}}));
+        stored.routes.insert("a".into(), plain("/a"));
+        stored.routes.insert("b".into(), plain("/b"));
+        stored
+            .routes
+            .insert("bad".into(), json!({"uri": "no-slash"}));
+        let t1 = RouteTable::build(stored.clone());
+
+        // One route changed, one added: the others are the same objects.
+        stored.routes.insert("b".into(), plain("/b2"));
+        stored.routes.insert("c".into(), plain("/c"));
+        let t2 = t1.update(stored.clone());
+        assert!(Arc::ptr_eq(&t1.routes[0], &t2.routes[0]));
+        assert_eq!(t2.routes[1].id, "b");
+        assert!(!Arc::ptr_eq(&t1.routes[1], &t2.routes[1]));
+        assert_eq!(t2.invalid(), t1.invalid());
+        // The same as a table built from scratch.
+        let fresh = RouteTable::build(stored.clone());
+        let ids = |t: &RouteTable| -> Vec<(String, String)> {
+            t.routes
+                .iter()
+                .map(|r| (r.id.clone(), format!("{:?}", r.uris)))
+                .collect()
+        };
+        assert_eq!(ids(&t2), ids(&fresh));
+        assert_eq!(t2.stored(), fresh.stored());
+
+        // A deleted route is gone; a changed upstream validates every route
+        // again (they resolve it).
+        stored.routes.remove("a");
+        stored
+            .upstreams
+            .insert("u".into(), json!({"nodes": {"192.0.2.2:80": 1}}));
+        let t3 = t2.update(stored.clone());
+        assert_eq!(ids(&t3), ids(&RouteTable::build(stored)));
+        assert!(!Arc::ptr_eq(&t2.routes[1], &t3.routes[0]));
+        assert_eq!(
+            format!("{:?}", t3.routes[0].upstream),
+            format!(
+                "{:?}",
+                RouteTable::build(t3.stored().clone()).routes[0].upstream
+            )
         );
     }
 

@@ -88,6 +88,10 @@ pub(super) async fn run_stream(
     let mut st = StreamState::new(id);
     let mut snapshot = source.current();
     let (mut routes_open, mut providers_open) = (true, true);
+    // A change seen but not built yet: the snapshot is built only when
+    // Envoy has a request open (so the writes made while Envoy applies a
+    // push cost one build, not one each).
+    let mut stale = false;
     tracing::info!(stream = id, peer = ?peer, "Envoy connected");
     loop {
         let deadline = st.deadline();
@@ -113,14 +117,18 @@ pub(super) async fn run_stream(
                 }
             },
             changed = source.routes.changed(), if routes_open => match changed {
-                Ok(()) => snapshot = source.current(),
+                Ok(()) => stale = true,
                 Err(_) => routes_open = false,
             },
             changed = source.providers.changed(), if providers_open => match changed {
-                Ok(()) => snapshot = source.current(),
+                Ok(()) => stale = true,
                 Err(_) => providers_open = false,
             },
             () = sleep_until(deadline), if deadline.is_some() => {}
+        }
+        if stale && st.waiting() {
+            snapshot = source.current();
+            stale = false;
         }
         for resp in st.due(&snapshot, Instant::now()) {
             tracing::debug!(stream = id, node = %st.node, type_url = %resp.type_url,

@@ -60,10 +60,16 @@ impl Source {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Sent {
     pub(super) version: String,
+    /// The version of the snapshot it was made from (the clusters sent
+    /// with some kept: [`StreamState::clusters_to_send`]).
+    pub(super) of: String,
     /// `None`: everything (wildcard).
     pub(super) names: Option<BTreeSet<String>>,
     pub(super) nonce: String,
     pub(super) nacked: bool,
+    /// To be sent again though unchanged (endpoints after a cluster
+    /// update). The nonce is kept: Envoy's answer to it still counts.
+    pub(super) resend: bool,
     /// The secrets of the snapshot sent (a NACK may quote its config).
     pub(super) secrets: Arc<Vec<String>>,
 }
@@ -72,6 +78,11 @@ pub(super) struct Sent {
 pub(super) struct TypeState {
     /// Envoy has asked for this type.
     pub(super) requested: bool,
+    /// A request (the first, an ACK or a NACK) not answered yet. As the
+    /// xDS protocol has it, a response answers a request: while Envoy
+    /// applies one, later changes wait and then go as one (a burst of
+    /// writes becomes one push, however many routes there are).
+    pub(super) pending: bool,
     pub(super) names: Option<BTreeSet<String>>,
     pub(super) sent: Option<Sent>,
 }
@@ -85,6 +96,8 @@ pub(super) struct StreamState {
     pub(super) nonces: u64,
     /// Since when a route configuration waits for endpoints.
     pub(super) routes_waiting_since: Option<Instant>,
+    /// The clusters last sent, by name (what Envoy has).
+    pub(super) clusters: Vec<(String, Any)>,
 }
 
 /// What a request turned out to be.
@@ -141,6 +154,7 @@ impl StreamState {
             }
         };
         t.requested = true;
+        t.pending = true;
         t.names = if kind.wildcard()
             && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"))
         {
@@ -149,6 +163,50 @@ impl StreamState {
             Some(req.resource_names.iter().cloned().collect())
         };
         (Some(kind), received)
+    }
+
+    /// Whether Envoy has been sent the clusters of `snapshot` (or refused
+    /// the last ones sent, or never asked for clusters).
+    fn clusters_sent(&self, snapshot: &Snapshot) -> bool {
+        let t = &self.types[Kind::Clusters.index()];
+        if !t.requested {
+            return true;
+        }
+        t.sent
+            .as_ref()
+            .is_some_and(|s| s.nacked || s.of == snapshot.get(Kind::Clusters).version)
+    }
+
+    /// The clusters to send for `snapshot`: its own and, while Envoy's
+    /// route configuration is older than the snapshot's, the clusters sent
+    /// before that it no longer has (the old routes may still point at
+    /// them). So a deleted route's cluster goes only after the routes
+    /// without it: make before break, no 503 for a cluster removed under a
+    /// route. Its version is the snapshot's, marked when clusters are kept.
+    fn clusters_to_send(&self, snapshot: &Snapshot) -> (String, Vec<(String, Any)>) {
+        let current = snapshot.get(Kind::Clusters);
+        let routes = &self.types[Kind::Routes.index()];
+        let routes_behind = routes.requested
+            && routes
+                .sent
+                .as_ref()
+                .is_some_and(|s| s.of != snapshot.get(Kind::Routes).version);
+        let mut resources = current.resources.clone();
+        if !routes_behind {
+            return (current.version.clone(), resources);
+        }
+        let names: BTreeSet<&str> = current.resources.iter().map(|(n, _)| n.as_str()).collect();
+        let kept: Vec<&(String, Any)> = self
+            .clusters
+            .iter()
+            .filter(|(n, _)| !names.contains(n.as_str()))
+            .collect();
+        if kept.is_empty() {
+            return (current.version.clone(), resources);
+        }
+        let version = format!("{}+{}", current.version, kept.len());
+        resources.extend(kept.into_iter().cloned());
+        (version, resources)
     }
 
     /// Whether Envoy has been sent the endpoints of every `EDS` cluster of
@@ -164,7 +222,7 @@ impl StreamState {
             return true;
         }
         match &self.types[Kind::Endpoints.index()].sent {
-            Some(s) if s.version == eds.version => eds
+            Some(s) if s.version == eds.version && !s.resend => eds
                 .resources
                 .iter()
                 .all(|(name, _)| s.names.as_ref().is_none_or(|n| n.contains(name))),
@@ -178,18 +236,32 @@ impl StreamState {
         let mut out = Vec::new();
         for kind in Kind::ALL {
             let t = &self.types[kind.index()];
-            if !t.requested {
+            if !t.requested || !t.pending {
                 continue;
             }
             let current = snapshot.get(kind);
+            let (version, cds) = match kind {
+                Kind::Clusters => {
+                    let (v, r) = self.clusters_to_send(snapshot);
+                    (v, Some(r))
+                }
+                _ => (current.version.clone(), None),
+            };
+            let t = &self.types[kind.index()];
             let needed = match &t.sent {
                 None => true,
-                Some(s) => s.version != current.version || s.names != t.names,
+                Some(s) => s.version != version || s.names != t.names || s.resend,
             };
             if !needed {
                 if kind == Kind::Routes {
                     self.routes_waiting_since = None;
                 }
+                continue;
+            }
+            // Routes never go before their clusters: while the clusters of
+            // this snapshot wait for Envoy to answer the previous ones, so
+            // do the routes (the answer brings them both).
+            if kind == Kind::Routes && t.sent.is_some() && !self.clusters_sent(snapshot) {
                 continue;
             }
             // The first route configuration of a stream needs no wait:
@@ -206,27 +278,39 @@ impl StreamState {
             self.nonces += 1;
             let nonce = self.nonces.to_string();
             let t = &mut self.types[kind.index()];
-            let resources = current
-                .resources
-                .iter()
-                .filter(|(name, _)| t.names.as_ref().is_none_or(|n| n.contains(name)))
-                .map(|(_, any)| any.clone())
-                .collect();
+            t.pending = false;
+            let resources: Vec<Any> = match &cds {
+                // Clusters are asked for as a whole.
+                Some(all) => all.iter().map(|(_, a)| a.clone()).collect(),
+                None => current
+                    .resources
+                    .iter()
+                    .filter(|(name, _)| t.names.as_ref().is_none_or(|n| n.contains(name)))
+                    .map(|(_, any)| any.clone())
+                    .collect(),
+            };
             let updated = t.sent.is_some();
             t.sent = Some(Sent {
-                version: current.version.clone(),
+                version: version.clone(),
+                of: current.version.clone(),
                 names: t.names.clone(),
                 nonce: nonce.clone(),
                 nacked: false,
+                resend: false,
                 secrets: snapshot.secrets.clone(),
             });
             // An updated EDS cluster warms until it gets its endpoints, even
             // unchanged ones: send them again, after the clusters.
             if kind == Kind::Clusters && updated {
-                self.types[Kind::Endpoints.index()].sent = None;
+                if let Some(s) = &mut self.types[Kind::Endpoints.index()].sent {
+                    s.resend = true;
+                }
+            }
+            if let Some(all) = cds {
+                self.clusters = all;
             }
             out.push(DiscoveryResponse {
-                version_info: current.version.clone(),
+                version_info: version,
                 resources,
                 type_url: kind.type_url().to_string(),
                 nonce,
@@ -237,6 +321,11 @@ impl StreamState {
             });
         }
         out
+    }
+
+    /// Whether Envoy has a request open (a response may be due).
+    pub(super) fn waiting(&self) -> bool {
+        self.types.iter().any(|t| t.requested && t.pending)
     }
 
     /// When a waiting route configuration must be sent anyway.

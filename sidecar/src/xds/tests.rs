@@ -468,3 +468,127 @@ fn nacks_are_masked_with_the_secrets_of_the_typed_configs() {
     assert_eq!(clean("abcdef", 3), "abc...");
     assert_eq!(clean("a\nb\tc", 10), "a b c");
 }
+
+#[test]
+fn a_type_answers_envoys_requests_so_changes_wait_and_routes_never_pass_their_clusters() {
+    let plain = |uri: &str| json!({"uri": uri, "upstream": {"nodes": {"example.com:80": 1}}});
+    let s1 = snap(&[("a", plain("/a"))]);
+    let (mut st, _) = settled(&s1, &[]);
+    let t0 = Instant::now();
+    let s2 = snap(&[("a", plain("/a")), ("b", plain("/b"))]);
+    let out = st.due(&s2, t0);
+    assert_eq!(
+        sent(&out),
+        vec![
+            (
+                "clusters",
+                v(&s2, Kind::Clusters),
+                strs(&["route|a", "route|b"])
+            ),
+            // (no EDS clusters: the endpoints are empty, sent again after
+            // a cluster change)
+            ("endpoints", v(&s2, Kind::Endpoints), strs(&[])),
+            ("routes", v(&s2, Kind::Routes), strs(&["apisix"])),
+        ]
+    );
+    // Two more changes before Envoy answers: nothing goes (not even the
+    // routes, whose new cluster has not been sent).
+    let s3 = snap(&[("a", plain("/a")), ("b", plain("/b")), ("c", plain("/c"))]);
+    assert!(st.due(&s3, t0).is_empty());
+    let s4 = snap(&[
+        ("a", plain("/a")),
+        ("b", plain("/b")),
+        ("c", plain("/c")),
+        ("d", plain("/d")),
+    ]);
+    assert!(st.due(&s4, t0).is_empty());
+    // Envoy ACKs the routes first: they still wait for their clusters.
+    let rds = req(
+        Kind::Routes,
+        &out[2].version_info,
+        &out[2].nonce,
+        &["apisix"],
+    );
+    assert_eq!(st.on_request(&rds, &s4, T_NACK).1, Received::Ack);
+    assert!(st.due(&s4, t0).is_empty());
+    // The clusters' ACK: the latest clusters, then the latest routes, once.
+    let cds = req(Kind::Clusters, &out[0].version_info, &out[0].nonce, &[]);
+    assert_eq!(st.on_request(&cds, &s4, T_NACK).1, Received::Ack);
+    assert_eq!(
+        sent(&st.due(&s4, t0)),
+        vec![
+            (
+                "clusters",
+                v(&s4, Kind::Clusters),
+                strs(&["route|a", "route|b", "route|c", "route|d"])
+            ),
+            ("routes", v(&s4, Kind::Routes), strs(&["apisix"])),
+        ]
+    );
+    assert!(st.due(&s4, t0).is_empty());
+}
+
+#[test]
+fn a_removed_cluster_goes_only_after_the_routes_without_it() {
+    let plain = |uri: &str| json!({"uri": uri, "upstream": {"nodes": {"example.com:80": 1}}});
+    let s1 = snap(&[("a", plain("/a")), ("b", plain("/b"))]);
+    let (mut st, _) = settled(&s1, &[]);
+    let t0 = Instant::now();
+    // Route b deleted: its cluster is kept while Envoy's routes still
+    // point at it.
+    let s2 = snap(&[("a", plain("/a"))]);
+    let out = st.due(&s2, t0);
+    let names: Vec<_> = sent(&out);
+    assert_eq!(names[0].0, "clusters");
+    assert_eq!(names[0].2, strs(&["route|a", "route|b"]), "route|b kept");
+    assert_ne!(names[0].1, v(&s2, Kind::Clusters));
+    assert_eq!(
+        names.last().unwrap().clone(),
+        ("routes", v(&s2, Kind::Routes), strs(&["apisix"]))
+    );
+    // Once Envoy has the routes without b (and answers the clusters), the
+    // clusters go without route|b.
+    for r in &out {
+        let kind = Kind::from_type_url(&r.type_url).unwrap();
+        let names: &[&str] = if kind == Kind::Routes {
+            &["apisix"]
+        } else {
+            &[]
+        };
+        st.on_request(&req(kind, &r.version_info, &r.nonce, names), &s2, T_NACK);
+    }
+    let out = st.due(&s2, t0);
+    assert_eq!(
+        sent(&out)[0],
+        ("clusters", v(&s2, Kind::Clusters), strs(&["route|a"]))
+    );
+    assert!(!sent(&out).iter().any(|(k, _, _)| *k == "routes"));
+}
+
+#[test]
+fn endpoints_due_again_after_a_cluster_update_still_take_the_answer_to_the_last_ones() {
+    let up = |t: &str, port: u16| json!({"uri": "/a/*", "upstream": {"type": t, "nodes": {format!("127.0.0.1:{port}"): 1}}});
+    let s1 = snap(&[("a", up("roundrobin", 8081))]);
+    let (mut st, _) = settled(&s1, &["route|a"]);
+    let t0 = Instant::now();
+    // New endpoints: sent; Envoy has not answered yet when the cluster
+    // changes too.
+    let s2 = snap(&[("a", up("roundrobin", 8082))]);
+    let eds = st.due(&s2, t0);
+    assert_eq!(sent(&eds)[0].0, "endpoints");
+    let s3 = snap(&[("a", up("least_conn", 8082))]);
+    assert_eq!(sent(&st.due(&s3, t0))[0].0, "clusters");
+    // The answer to the endpoints sent before counts, and the endpoints go
+    // again (the updated cluster warms until it gets them).
+    let ack = req(
+        Kind::Endpoints,
+        &eds[0].version_info,
+        &eds[0].nonce,
+        &["route|a"],
+    );
+    assert_eq!(st.on_request(&ack, &s3, T_NACK).1, Received::Ack);
+    assert_eq!(
+        sent(&st.due(&s3, t0)),
+        vec![("endpoints", v(&s3, Kind::Endpoints), strs(&["route|a"]))]
+    );
+}

@@ -1,0 +1,194 @@
+//! The control plane with many routes stored (issue 20): the sidecar starts
+//! with 2,000 routes, and changes made through the Admin API still reach
+//! the real Envoy whole and in order: a new route with its new upstream
+//! (never a request answered 503 because the route came before its
+//! cluster), a burst of writes to one route (the last one wins, and stays),
+//! a change to an upstream many routes share, a delete.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use integration_tests::echo::EchoServer;
+use integration_tests::gateway::Gateway;
+use integration_tests::{get, wait_for, TestDir};
+use serde_json::{json, Value};
+
+/// Routes stored before the sidecar starts.
+const ROUTES: usize = 2_000;
+
+fn put(gw: &Gateway, path: &str, body: &Value) {
+    let r = gw.admin("PUT", path, Some(&body.to_string()));
+    assert!(
+        r.status == 201 || r.status == 200,
+        "{path}: {} {}",
+        r.status,
+        r.body
+    );
+}
+
+/// Who answered (the echo server's name), or the status when it was not
+/// an echo server.
+fn who(gw: &Gateway, path: &str) -> String {
+    match get(&gw.url(path), &[]) {
+        Ok(r) if r.status == 200 => r.json()["name"].as_str().unwrap_or("?").to_string(),
+        Ok(r) => r.status.to_string(),
+        Err(e) => format!("error {e}"),
+    }
+}
+
+/// Polls `path` in a thread until stopped; every answer, in order, with
+/// repeats collapsed.
+struct Watch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    fn start(gw: &Gateway, path: &str) -> Watch {
+        let url = gw.url(path);
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (s, v) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let answer = match get(&url, &[]) {
+                    Ok(r) if r.status == 200 => {
+                        r.json()["name"].as_str().unwrap_or("?").to_string()
+                    }
+                    Ok(r) => r.status.to_string(),
+                    Err(e) => format!("error {e}"),
+                };
+                let mut v = v.lock().unwrap();
+                if v.last() != Some(&answer) {
+                    v.push(answer);
+                }
+                drop(v);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Watch {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn until(gw: &Gateway, path: &str, want: &str, what: &str) -> Duration {
+    let start = Instant::now();
+    wait_for(what, Duration::from_secs(20), || {
+        (who(gw, path) == want).then_some(())
+    });
+    start.elapsed()
+}
+
+#[test]
+fn changes_arrive_whole_and_in_order_with_2000_routes_stored() {
+    let dir = TestDir::new("scale_changes_in_order");
+    let a = EchoServer::start(dir.path(), "a");
+    let b = EchoServer::start(dir.path(), "b");
+    let c = EchoServer::start(dir.path(), "c");
+    let node = |e: &EchoServer| json!({"type": "roundrobin", "nodes": {format!("127.0.0.1:{}", e.port): 1}});
+
+    // 2,000 routes stored: a quarter name the shared upstream "shared".
+    let mut routes = serde_json::Map::new();
+    for i in 0..ROUTES {
+        let mut r = json!({"id": format!("s{i}"), "uri": format!("/s/{i}")});
+        if i % 4 == 0 {
+            r["upstream_id"] = json!("shared");
+        } else {
+            r["upstream"] = node(&a);
+        }
+        routes.insert(format!("s{i}"), r);
+    }
+    let mut shared = node(&a);
+    shared["id"] = json!("shared");
+    let stored = json!({"routes": routes, "upstreams": {"shared": shared}});
+    std::fs::write(dir.path().join("routes.json"), stored.to_string()).unwrap();
+    let started = Instant::now();
+    let gw = Gateway::start(dir.path(), &[]);
+    until(
+        &gw,
+        &format!("/s/{}", ROUTES - 1),
+        "a",
+        "the last stored route",
+    );
+    eprintln!(
+        "{ROUTES} stored routes served after {:?}",
+        started.elapsed()
+    );
+
+    // A new route with a new upstream: 404 until it arrives, then B; never
+    // a 503 (the route before its cluster or endpoints).
+    let w = Watch::start(&gw, "/new");
+    put(&gw, "/apisix/admin/upstreams/ub", &node(&b));
+    put(
+        &gw,
+        "/apisix/admin/routes/new",
+        &json!({"uri": "/new", "upstream_id": "ub"}),
+    );
+    let took = until(&gw, "/new", "b", "the new route");
+    std::thread::sleep(Duration::from_millis(100));
+    let seen = w.finish();
+    assert_eq!(seen, ["404", "b"], "GET /new while it was added ({took:?})");
+
+    // A burst of writes to one route, alternating upstreams A and B, the
+    // last on C: C wins and stays (an older version arriving late would
+    // flip it back).
+    put(
+        &gw,
+        "/apisix/admin/routes/lww",
+        &json!({"uri": "/lww", "upstream": node(&a)}),
+    );
+    until(&gw, "/lww", "a", "route lww");
+    for k in 0..10 {
+        let up = if k % 2 == 0 { node(&b) } else { node(&a) };
+        let up = if k == 9 { node(&c) } else { up };
+        put(
+            &gw,
+            "/apisix/admin/routes/lww",
+            &json!({"uri": "/lww", "upstream": up, "desc": format!("write {k}")}),
+        );
+    }
+    until(&gw, "/lww", "c", "the last write to lww");
+    let w = Watch::start(&gw, "/lww");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(w.finish(), ["c"], "GET /lww after the last write");
+
+    // The shared upstream moves to B: every route naming it follows, the
+    // others stay; no 503 on the way.
+    let w = Watch::start(&gw, "/s/0");
+    put(&gw, "/apisix/admin/upstreams/shared", &node(&b));
+    until(&gw, "/s/0", "b", "a route on the shared upstream");
+    let seen = w.finish();
+    assert_eq!(seen, ["a", "b"], "GET /s/0 while its upstream changed");
+    assert_eq!(who(&gw, &format!("/s/{}", ROUTES - 4)), "b");
+    assert_eq!(who(&gw, &format!("/s/{}", ROUTES - 1)), "a");
+
+    // A delete: B until it is gone, then 404; the others stay.
+    let w = Watch::start(&gw, "/new");
+    let r = gw.admin("DELETE", "/apisix/admin/routes/new", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    until(&gw, "/new", "404", "the deleted route gone");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(w.finish(), ["b", "404"], "GET /new while it was deleted");
+    assert_eq!(who(&gw, "/s/1"), "a");
+    assert_eq!(who(&gw, "/lww"), "c");
+
+    // Paging at this size answers one page.
+    let r = gw.admin("GET", "/apisix/admin/routes?page=2&page_size=500", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["total"], ROUTES + 1);
+    assert_eq!(body["list"].as_array().map(Vec::len), Some(500));
+}

@@ -121,8 +121,8 @@ use oidc_core::config::PluginConfig;
 use oidc_core::http::Target;
 // The route-metadata contract shared with the filter.
 use oidc_core::metadata::{
-    config_version, route_name, CONFIG_KEY, ROUTE_NAME_MARK, HOSTS_KEY, NAMESPACE as OIDC_NAMESPACE, VERSION_KEY,
-    VERSION_NAMESPACE as OIDC_VERSION_NAMESPACE,
+    config_version, route_name, CONFIG_KEY, HOSTS_KEY, NAMESPACE as OIDC_NAMESPACE,
+    ROUTE_NAME_MARK, VERSION_KEY, VERSION_NAMESPACE as OIDC_VERSION_NAMESPACE,
 };
 use serde_json::Value;
 

@@ -1024,6 +1024,25 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
         errors(v).into_iter().map(|e| e.field).collect()
     }
 
+    /// Host names are ASCII (the filter carries no Unicode tables to keep
+    /// the module small): an internationalised name is refused, naming the
+    /// field; its punycode form is accepted.
+    #[test]
+    fn internationalised_host_names_are_written_in_punycode() {
+        let mut v = minimal();
+        v["discovery"] = json!("http://bücher.example/realms/x/.well-known/openid-configuration");
+        let e = errors(v);
+        assert_eq!(e[0].field, "discovery");
+        assert!(
+            e[0].message.starts_with("must be an http or https URL"),
+            "{e:?}"
+        );
+        let mut v = minimal();
+        v["discovery"] =
+            json!("http://xn--bcher-kva.example/realms/x/.well-known/openid-configuration");
+        assert!(PluginConfig::parse(&v).is_ok());
+    }
+
     #[test]
     fn defaults_match_apisix() {
         let c = PluginConfig::parse(&minimal()).unwrap();

@@ -9,7 +9,7 @@ WASM := target/$(WASM_TARGET)/wasm/oidc_filter.wasm
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
 
-.PHONY: all setup setup-build msrv build wasm sidecar run demo test test-unit test-integration test-keycloak bench fuzz lint fmt clean
+.PHONY: all setup setup-build msrv build wasm sidecar sidecar-release run demo test test-unit test-integration test-keycloak bench fuzz lint fmt clean
 
 all: build
 
@@ -28,20 +28,23 @@ wasm: setup-build
 	$(CARGO) build -p oidc-filter --target $(WASM_TARGET) --profile wasm
 	@ls -l $(WASM)
 
-# The debug build is what the integration tests start; the release build is
-# what `make run`, `make demo` and `make bench` start (scripts/run.sh).
+# The debug build is what the integration tests start (`make test` builds
+# only it); the release build is what `make run`, `make demo` and `make bench`
+# start (scripts/run.sh prefers it).
 sidecar: setup-build
 	$(CARGO) build -p sidecar
+
+sidecar-release: setup-build
 	$(CARGO) build --release -p sidecar
 
 ## run: the gateway alone (sidecar + Envoy) in the foreground; Ctrl-C stops it
-run: setup build
+run: setup build sidecar-release
 	@bash scripts/run.sh
 
 ## demo: the tutorial's whole stack (gateway, local OpenID provider, httpbin); Ctrl-C stops it
 # (Keycloak is for the tests only: not fetched for the demo or run.)
 demo run bench: export WITH_KEYCLOAK := 0
-demo: setup build
+demo: setup build sidecar-release
 	@bash scripts/demo.sh
 
 ## test: install, build, lint and run every test
@@ -59,7 +62,7 @@ test-keycloak: setup build
 
 ## bench: the filter against no filter, a no-op wasm filter and jwt_authn, then the control plane
 ## at 100 and 1,000 routes (CONTROL_PLANE_ARGS="--counts 100,1000,10000"); writes bench/RESULTS.md
-bench: setup build
+bench: setup build sidecar-release
 	$(CARGO) build -p noop-filter -p verify-bench --target $(WASM_TARGET) --profile wasm
 	@command -v wrk >/dev/null || (echo "bench: apt-get install wrk" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
 	@command -v valgrind >/dev/null || (echo "bench: apt-get install valgrind" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null)

@@ -231,6 +231,49 @@ pub fn rotation(jwks: &Fetched<Jwks>, p: &ProviderState<'_>, now: u64) -> Rotati
     }
 }
 
+/// The longest lead of a background refresh: a document is fetched again
+/// this long (or a quarter of its lifetime, if shorter) before it expires.
+pub const REFRESH_AHEAD: u64 = 60;
+
+/// The documents of a provider a background refresh should fetch at
+/// `now` (`jwks_ttl`: the route's `jwk_expires_in`): those fetched before
+/// that expire within their lead ([`REFRESH_AHEAD`]) or have expired, and
+/// whose last call did not fail within `retry_after_failure`. A document
+/// never fetched is left to the first request that needs it (so a JWKS
+/// nobody uses is not fetched). The caller still claims each fetch
+/// ([`fetch_in_flight`]), so one worker fetches.
+pub fn refresh_due(
+    discovery_url: &str,
+    docs: &Documents,
+    jwks_ttl: u64,
+    intervals: Intervals,
+    now: u64,
+) -> Vec<(FetchKind, String)> {
+    fn due<T>(k: &Known<T>, ttl: u64, retry_after: u64, now: u64) -> bool {
+        let Some(doc) = &k.doc else {
+            return false;
+        };
+        if k.failed_at
+            .is_some_and(|t| now < t.saturating_add(retry_after))
+        {
+            return false;
+        }
+        let lead = (ttl / 4).min(REFRESH_AHEAD);
+        now.saturating_add(lead) >= doc.fetched_at.saturating_add(ttl)
+    }
+    let retry = intervals.retry_after_failure;
+    let mut out = Vec::new();
+    if due(&docs.discovery, DISCOVERY_TTL, retry, now) {
+        out.push((FetchKind::Discovery, discovery_url.to_string()));
+    }
+    if let (Some(jwks), Some(uri)) = (&docs.jwks, &docs.jwks_uri) {
+        if due(jwks, jwks_ttl, retry, now) {
+            out.push((FetchKind::Jwks, uri.clone()));
+        }
+    }
+    out
+}
+
 /// A provider document to fetch: the GET for `url`.
 #[derive(Debug)]
 pub struct Need {
@@ -348,6 +391,79 @@ pub mod record {
 mod tests {
     use super::*;
     use crate::jwt::tests::{provider_keys, NOW};
+
+    /// A provider's documents as fetched at `discovery_at` / `jwks_at`,
+    /// with the JWKS at `j` and its last failure.
+    fn docs(
+        discovery_at: Option<u64>,
+        jwks_at: Option<u64>,
+        jwks_failed: Option<u64>,
+    ) -> Documents {
+        let known = |at: Option<u64>| Known {
+            doc: at.map(|fetched_at| {
+                Rc::new(Fetched {
+                    value: ProviderMetadata::default(),
+                    fetched_at,
+                })
+            }),
+            failed_at: None,
+        };
+        Documents {
+            discovery: known(discovery_at),
+            jwks_uri: Some("https://idp.example/jwks".into()),
+            jwks: Some(Known {
+                doc: jwks_at.map(|fetched_at| {
+                    Rc::new(Fetched {
+                        value: provider_keys(),
+                        fetched_at,
+                    })
+                }),
+                failed_at: jwks_failed,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_background_refresh_comes_before_expiry_and_only_for_what_was_fetched() {
+        let i = Intervals::default();
+        let due = |d: &Documents, now| {
+            refresh_due("https://idp.example/d", d, 600, i, now)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        // JWKS lifetime 600 s: the lead is 60 s (a quarter would be 150).
+        let d = docs(Some(NOW), Some(NOW), None);
+        assert!(due(&d, NOW + 539).is_empty());
+        assert_eq!(due(&d, NOW + 540), [FetchKind::Jwks]);
+        assert_eq!(
+            due(&d, NOW + 900),
+            [FetchKind::Jwks],
+            "expired: still refreshed"
+        );
+        // The discovery document's lifetime is a day.
+        assert_eq!(
+            due(&d, NOW + DISCOVERY_TTL - 60),
+            [FetchKind::Discovery, FetchKind::Jwks]
+        );
+        // Never fetched: left to the first request that needs it.
+        assert!(due(&docs(None, None, None), NOW + 10 * DISCOVERY_TTL).is_empty());
+        // A failed call: not again until the retry pause has passed.
+        let failed = docs(Some(NOW), Some(NOW), Some(NOW + 600));
+        assert!(due(&failed, NOW + 600 + i.retry_after_failure - 1).is_empty());
+        assert_eq!(
+            due(&failed, NOW + 600 + i.retry_after_failure),
+            [FetchKind::Jwks]
+        );
+        // A short lifetime: a quarter of it.
+        let short = refresh_due("https://idp.example/d", &d, 8, i, NOW + 6);
+        assert_eq!(short.len(), 1);
+        assert_eq!(
+            short[0],
+            (FetchKind::Jwks, "https://idp.example/jwks".to_string())
+        );
+        assert!(refresh_due("https://idp.example/d", &d, 8, i, NOW + 5).is_empty());
+    }
 
     #[test]
     fn records_round_trip_and_a_failure_keeps_the_last_good_body() {

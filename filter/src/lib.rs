@@ -1,7 +1,8 @@
 //! The proxy-wasm adapter: turns Envoy callbacks into inputs for the
 //! sans-IO core (`oidc-core`) and carries out what the core decides.
 //!
-//! - [`Root`] reads the listener-level settings and owns the per-VM state.
+//! - [`Root`] reads the listener-level settings, owns the per-VM state and,
+//!   on a one-second tick, refreshes provider documents before they expire.
 //! - [`request::Request`] handles one HTTP request.
 //! - [`host`] answers what the core's request loop asks of the host.
 //! - [`store`] keeps provider documents in shared data (one copy for all
@@ -19,24 +20,132 @@ mod revoked;
 mod store;
 mod vm;
 
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
 use crate::vm::Vm;
+use oidc_core::http::MAX_RESPONSE_BODY;
+use oidc_core::provider::{self, record, FetchKind};
 use oidc_core::settings::Settings;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { vm: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root {
+            vm: None,
+            refreshing: HashMap::new(),
+        })
+    });
 }}
+
+/// How often the root context looks for provider documents to refresh.
+const REFRESH_TICK: Duration = Duration::from_secs(1);
 
 struct Root {
     vm: Option<Rc<Vm>>,
+    /// Background refreshes in flight: call token → (document, its URL,
+    /// the "fetching since" marker this worker claimed).
+    refreshing: HashMap<u32, (FetchKind, String, u64)>,
 }
 
-impl Context for Root {}
+impl Root {
+    fn now(&self) -> u64 {
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    /// Fetches, ahead of their expiry, the documents of the providers this
+    /// VM's routes use (`provider::refresh_due`), so that no request waits
+    /// for them; one worker fetches each (the shared "fetching since"
+    /// marker).
+    fn refresh(&mut self, vm: &Vm) {
+        let now = self.now();
+        for (discovery, jwks_ttl, timeout) in vm.providers() {
+            let docs = vm.store.documents(&discovery);
+            for (kind, url) in provider::refresh_due(&discovery, &docs, jwks_ttl, vm.intervals, now)
+            {
+                if !vm.store.claim(kind, &url, timeout, now) {
+                    continue;
+                }
+                let req = match provider::fetch(kind, &url) {
+                    Ok(need) => need.req,
+                    Err(why) => {
+                        log::warn!("openid-connect: cannot refresh {url:?}: {why:?}");
+                        vm.store.release(kind, &url, now);
+                        continue;
+                    }
+                };
+                let mut headers: Vec<(&str, &str)> = vec![
+                    (":method", req.method),
+                    (":path", &req.path),
+                    (":authority", &req.authority),
+                ];
+                headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let t = Duration::from_secs(timeout);
+                match self.dispatch_http_call(&req.cluster, headers, None, vec![], t) {
+                    Ok(token) => {
+                        vm.metrics.refresh(kind == FetchKind::Jwks);
+                        self.refreshing.insert(token, (kind, url, now));
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "openid-connect: cannot call cluster {:?} ({e:?}); is it defined?",
+                            req.cluster
+                        );
+                        vm.store.release(kind, &url, now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize, _: usize) {
+        let Some((kind, url, since)) = self.refreshing.remove(&token) else {
+            return;
+        };
+        let Some(vm) = self.vm.clone() else {
+            return;
+        };
+        vm.store.release(kind, &url, since);
+        // As a request's fetch: no headers means no answer; a body over
+        // the cap is not read (see request.rs).
+        let ok = headers > 0 && body_size <= MAX_RESPONSE_BODY;
+        let status = if ok {
+            self.get_http_call_response_header_bytes(":status")
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let body = if ok && body_size > 0 {
+            self.get_http_call_response_body(0, body_size)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let now = self.now();
+        match provider::check_answer(kind, &url, status, &body) {
+            Ok(()) => vm.store.write(kind, &url, &record::fetched(now, &body)),
+            Err(why) => {
+                // The cached copy stays in use (stale) until the retry
+                // pause has passed; then a request or the next tick tries.
+                log::warn!("openid-connect: refreshing {url:?} failed: {why:?}");
+                vm.metrics.provider_failure();
+                let old = vm.store.read(kind, &url);
+                vm.store
+                    .write(kind, &url, &record::failed(old.as_deref(), now));
+            }
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -44,12 +153,19 @@ impl RootContext for Root {
         match Settings::parse(&raw) {
             Ok(settings) => {
                 self.vm = Some(Rc::new(Vm::new(settings)));
+                self.set_tick_period(REFRESH_TICK);
                 true
             }
             Err(e) => {
                 log::error!("openid-connect: invalid filter configuration: {e}");
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(vm) = self.vm.clone() {
+            self.refresh(&vm);
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Metrics {
     fetch_discovery: Option<u32>,
     fetch_jwks: Option<u32>,
     fetch_held: Option<u32>,
+    refresh_discovery: Option<u32>,
+    refresh_jwks: Option<u32>,
     unknown_kid_remembered: Option<u32>,
     refusal_remembered: Option<u32>,
     body_too_large: Option<u32>,
@@ -55,6 +57,8 @@ impl Metrics {
             fetch_discovery: counter("provider.fetch.discovery"),
             fetch_jwks: counter("provider.fetch.jwks"),
             fetch_held: counter("provider.fetch.held"),
+            refresh_discovery: counter("provider.refresh.discovery"),
+            refresh_jwks: counter("provider.refresh.jwks"),
             unknown_kid_remembered: counter("provider.unknown_kid_remembered"),
             refusal_remembered: counter("introspection.refusal_remembered"),
             body_too_large: counter("provider.body_too_large"),
@@ -99,6 +103,15 @@ impl Metrics {
             self.fetch_jwks
         } else {
             self.fetch_discovery
+        })
+    }
+    /// A background refresh dispatched (not counted in `calls`, which are
+    /// the calls requests made).
+    pub fn refresh(&self, jwks: bool) {
+        bump(if jwks {
+            self.refresh_jwks
+        } else {
+            self.refresh_discovery
         })
     }
     /// A fetch not made: another request was fetching that document.

@@ -178,6 +178,24 @@ impl Vm {
         self.refused.borrow_mut().put(key, until);
     }
 
+    /// The providers of the routes this VM has seen, for the background
+    /// refresh: discovery URL → (the shortest `jwk_expires_in`, the longest
+    /// `timeout`) among their routes.
+    pub fn providers(&self) -> Vec<(String, u64, u64)> {
+        let mut out: HashMap<String, (u64, u64)> = HashMap::new();
+        for e in self.routes.borrow().values() {
+            if let Ok(r) = &e.route {
+                let c = &r.config;
+                let p = out
+                    .entry(c.discovery.clone())
+                    .or_insert((c.jwk_expires_in, c.timeout));
+                p.0 = p.0.min(c.jwk_expires_in);
+                p.1 = p.1.max(c.timeout);
+            }
+        }
+        out.into_iter().map(|(d, (ttl, t))| (d, ttl, t)).collect()
+    }
+
     /// Opens a sealed session value of route `route_id`, remembering what
     /// it opened: decrypting and parsing a cookie costs more than a copy.
     /// The key includes the route, so a value opened for one route (and its

@@ -345,3 +345,60 @@ fn a_provider_cluster_overflow_is_a_503() {
     );
     assert!(overflow > 0, "Envoy's circuit breaker tripped");
 }
+
+/// Provider documents are refreshed in the background, before they
+/// expire, so no request waits for them: with `jwk_expires_in: 4` the JWKS
+/// is fetched again every ~3 s while no request comes, by one worker of
+/// two, and a request after its lifetime finds it fresh (no fetch in the
+/// request's path). A document no request has needed is not fetched.
+#[test]
+fn provider_documents_are_refreshed_before_they_expire() {
+    let dir = TestDir::new("abuse_background_refresh");
+    let provider = Provider::start(dir.path(), ProviderOptions::default());
+    let (www, _www) = integration_tests::static_server(&dir, "app");
+    let config = EnvoyConfig::default()
+        .concurrency(2)
+        .filter_settings(FAST_PROVIDER_RULES)
+        .cluster(provider.cluster())
+        .upstream("app", www)
+        .route(
+            Route::protected(
+                "/jwks/",
+                "app",
+                provider_plugin(&provider, json!({"use_jwks": true, "jwk_expires_in": 4})),
+            )
+            .prefix_rewrite("/"),
+        );
+    let envoy = Envoy::start(dir.path(), &config);
+    let real = provider.client_credentials_token();
+    assert_eq!(status(&envoy, "/jwks/who", &real), 200);
+    let fetched = stat(&envoy, "provider.fetch.jwks");
+    assert!(fetched >= 1, "the first request fetched the JWKS");
+
+    // No requests for 10 s: the JWKS (lifetime 4 s, lead 1 s) is fetched
+    // again about every 3 s, by one worker at a time.
+    let before = provider_requests(&envoy, provider.port);
+    std::thread::sleep(Duration::from_secs(10));
+    let refreshed = stat(&envoy, "provider.refresh.jwks");
+    let calls = provider_requests(&envoy, provider.port) - before;
+    assert!(
+        (2..=5).contains(&refreshed),
+        "{refreshed} background JWKS fetches in 10 s (expected ~3)"
+    );
+    assert_eq!(calls, refreshed, "every provider call was a refresh");
+    assert_eq!(
+        stat(&envoy, "provider.refresh.discovery"),
+        0,
+        "the discovery document lives a day"
+    );
+
+    // Requests long after the first JWKS expired: none fetches.
+    for _ in 0..4 {
+        assert_eq!(status(&envoy, "/jwks/who", &real), 200);
+    }
+    assert_eq!(
+        stat(&envoy, "provider.fetch.jwks"),
+        fetched,
+        "no request waited for the JWKS"
+    );
+}

@@ -78,13 +78,16 @@ trap stop EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Up to 90 s: on a loaded machine node takes a while to load oidc-provider
+# (30 s was once too short while other builds ran).
 wait_port() { # name port pid log
-    for _ in $(seq 1 600); do
+    local deadline=$((SECONDS + 90))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         port_open "$2" && return 0
         kill -0 "$3" 2>/dev/null || die "$1 exited at start (see $4)"
         sleep 0.05
     done
-    die "$1 does not listen on 127.0.0.1:$2 after 30 s (see $4)"
+    die "$1 does not listen on 127.0.0.1:$2 after 90 s (see $4)"
 }
 
 ISSUER="http://127.0.0.1:$IDP_PORT/realms/quickstart-realm"

@@ -132,7 +132,7 @@ fn the_readme_tutorial_works_against_make_demo() {
         .env("DEMO_DIR", dir.path().join("demo"))
         .env("SIDECAR", sidecar_bin());
     let mut demo = Proc::spawn("demo", dir.path(), cmd);
-    let banner = wait_for("make demo's stack", Duration::from_secs(60), || {
+    let banner = wait_for("make demo's stack", Duration::from_secs(120), || {
         demo.assert_running();
         let log = std::fs::read_to_string(demo.log_path()).unwrap_or_default();
         log.contains("Ctrl-C stops everything.").then_some(log)

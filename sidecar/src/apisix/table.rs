@@ -4,7 +4,7 @@
 //! discovery of provider endpoints and the xDS server read it instead of
 //! parsing the stored JSON again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use oidc_core::config::PluginConfig;
@@ -298,33 +298,56 @@ pub fn session_clashes(routes: &[Arc<RouteSpec>]) -> Vec<String> {
         let a = a.trim_end_matches('/');
         b.trim_end_matches('/') == a || b.starts_with(&format!("{a}/"))
     };
+    // Only logins that share a cookie name can clash, and only if their
+    // configs differ: grouped first, so the usual case (one config, or one
+    // cookie name per config) costs one pass. The list is capped: with
+    // thousands of distinct login configs on one cookie, every pair would
+    // clash, and `/status` would carry millions of lines.
+    let mut by_name: BTreeMap<&str, Vec<&Login<'_>>> = BTreeMap::new();
+    for l in &logins {
+        by_name.entry(l.name).or_default().push(l);
+    }
     let mut out = Vec::new();
-    for (i, a) in logins.iter().enumerate() {
-        for b in &logins[i + 1..] {
-            if a.name != b.name || a.who == b.who {
-                continue;
-            }
-            if !(within(a.path, b.path) || within(b.path, a.path)) {
-                continue;
-            }
-            let host = match (a.hosts.is_empty(), b.hosts.is_empty()) {
-                (true, true) => Some("any host"),
-                (true, false) => b.hosts.first().copied(),
-                (false, true) => a.hosts.first().copied(),
-                (false, false) => a.hosts.iter().find(|h| b.hosts.contains(h)).copied(),
-            };
-            if let Some(host) = host {
-                out.push(format!(
+    for group in by_name.values() {
+        if group.iter().all(|l| l.who == group[0].who) {
+            continue;
+        }
+        for (i, a) in group.iter().enumerate() {
+            for b in &group[i + 1..] {
+                if a.who == b.who {
+                    continue;
+                }
+                if out.len() == MAX_CLASH_WARNINGS {
+                    out.push(format!(
+                    "more login routes clash; only the first {MAX_CLASH_WARNINGS} pairs are listed"
+                ));
+                    return out;
+                }
+                if !(within(a.path, b.path) || within(b.path, a.path)) {
+                    continue;
+                }
+                let host = match (a.hosts.is_empty(), b.hosts.is_empty()) {
+                    (true, true) => Some("any host"),
+                    (true, false) => b.hosts.first().copied(),
+                    (false, true) => a.hosts.first().copied(),
+                    (false, false) => a.hosts.iter().find(|h| b.hosts.contains(h)).copied(),
+                };
+                if let Some(host) = host {
+                    out.push(format!(
                     "routes [{}] and [{}] both log in on {host:?} with the session cookie {:?} \
                      (paths {:?}, {:?}) but different openid-connect configs: a login on one \
                      ends the other's session; give one of them its own session.cookie_name",
                     a.id, b.id, a.name, a.path, b.path
                 ));
+                }
             }
         }
     }
     out
 }
+
+/// The most session-clash warnings `/status` lists.
+const MAX_CLASH_WARNINGS: usize = 100;
 
 #[cfg(test)]
 mod tests {
@@ -362,6 +385,35 @@ mod tests {
     fn route(plugin: serde_json::Value) -> serde_json::Value {
         json!({"uri": "/x", "plugins": {"openid-connect": plugin},
                "upstream": {"nodes": {"192.0.2.1:80": 1}}})
+    }
+
+    /// Many login routes: one shared config is no clash at all; hundreds
+    /// of different configs on one cookie list at most 100 pairs and say
+    /// there are more (every pair clashes: the list would be quadratic).
+    #[test]
+    fn session_clash_warnings_are_grouped_and_capped() {
+        let login = |client: &str, secret: &str| {
+            route(json!({"client_id": client, "client_secret": "s",
+                         "discovery": "https://idp/.well-known/openid-configuration",
+                         "redirect_uri": "https://app/cb",
+                         "session": {"secret": secret}}))
+        };
+        let mut shared = Stored::default();
+        for i in 0..300 {
+            shared
+                .routes
+                .insert(format!("r{i}"), login("c", "0123456789abcdef"));
+        }
+        assert!(RouteTable::build(shared).warnings().is_empty());
+        let mut distinct = Stored::default();
+        for i in 0..300 {
+            distinct
+                .routes
+                .insert(format!("r{i}"), login(&format!("c{i}"), "0123456789abcdef"));
+        }
+        let w = RouteTable::build(distinct).warnings().to_vec();
+        assert_eq!(w.len(), 101);
+        assert!(w[100].contains("only the first 100 pairs"), "{}", w[100]);
     }
 
     #[test]

@@ -138,7 +138,7 @@ fn changes_arrive_whole_and_in_order_with_2000_routes_stored() {
         &json!({"uri": "/new", "upstream_id": "ub"}),
     );
     let took = until(&gw, "/new", "b", "the new route");
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
     let seen = w.finish();
     assert_eq!(seen, ["404", "b"], "GET /new while it was added ({took:?})");
 
@@ -170,6 +170,8 @@ fn changes_arrive_whole_and_in_order_with_2000_routes_stored() {
     let w = Watch::start(&gw, "/s/0");
     put(&gw, "/apisix/admin/upstreams/shared", &node(&b));
     until(&gw, "/s/0", "b", "a route on the shared upstream");
+    // Let the watcher sample the new state too (it polls on its own).
+    std::thread::sleep(Duration::from_millis(300));
     let seen = w.finish();
     assert_eq!(seen, ["a", "b"], "GET /s/0 while its upstream changed");
     assert_eq!(who(&gw, &format!("/s/{}", ROUTES - 4)), "b");
@@ -180,7 +182,7 @@ fn changes_arrive_whole_and_in_order_with_2000_routes_stored() {
     let r = gw.admin("DELETE", "/apisix/admin/routes/new", None);
     assert_eq!(r.status, 200, "{}", r.body);
     until(&gw, "/new", "404", "the deleted route gone");
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(w.finish(), ["b", "404"], "GET /new while it was deleted");
     assert_eq!(who(&gw, "/s/1"), "a");
     assert_eq!(who(&gw, "/lww"), "c");

@@ -396,10 +396,25 @@ impl Pattern {
         Ok(Pattern { start, end, pieces })
     }
 
-    /// Unanchored search, as ECMA-262 `pattern`: each `.*` matches any
-    /// text, so pieces are found leftmost in order, the first at the start
-    /// when `^`, the last at the end when `$`.
+    /// Unanchored search, as ECMA-262 `pattern` (and APISIX's PCRE): `.`
+    /// matches no line terminator, so with a `.*` the whole match lies on
+    /// one line (the first when `^`, the last when `$`: neither is
+    /// multiline); within a line, each `.*` matches any text.
     fn matches(&self, s: &str) -> bool {
+        if self.pieces.len() == 1 {
+            return self.matches_within(s);
+        }
+        let lines: Vec<&str> = s.split(['\n', '\r', '\u{2028}', '\u{2029}']).collect();
+        let last = lines.len() - 1;
+        lines.iter().enumerate().any(|(i, line)| {
+            (!self.start || i == 0) && (!self.end || i == last) && self.matches_within(line)
+        })
+    }
+
+    /// [`Pattern::matches`] on text where `.*` may match anything: pieces
+    /// are found leftmost in order, the first at the start when `^`, the
+    /// last at the end when `$`.
+    fn matches_within(&self, s: &str) -> bool {
         let n = self.pieces.len();
         let mut rest = s;
         for (i, piece) in self.pieces.iter().enumerate() {
@@ -736,6 +751,15 @@ mod tests {
             ("x.*y", vec!["xy", "1x2y3"], vec!["yx"]),
             ("", vec!["", "a"], vec![]),
             ("^ab.*ab$", vec!["abab", "abxab"], vec!["ab"]),
+            // `.` matches no line terminator (ECMA-262, PCRE): a `.*` match
+            // stays on one line; `^` and `$` are not multiline.
+            (
+                "^a.*b$",
+                vec!["a b"],
+                vec!["a\nb", "a\r\nb", "a\u{2028}b", "a\nab", "ab\nab"],
+            ),
+            ("a.*b", vec!["x\na b", "a\nab"], vec!["a\nb"]),
+            ("admin", vec!["x\nadmin"], vec![]),
         ];
         for (p, pass, fail) in cases {
             let s = schema(json!({"pattern": p}));

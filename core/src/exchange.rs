@@ -369,21 +369,7 @@ impl Exchange {
     ) -> Effect {
         match pending.0 {
             Waiting::Document { kind, url, since } => {
-                if let Some(since) = since {
-                    host.release(kind, &url, since);
-                }
-                match provider::check_answer(kind, &url, status, body) {
-                    Ok(()) => host.write_document(kind, &url, &record::fetched(now, body)),
-                    Err(why) => {
-                        host.note(Note::DocumentFailed {
-                            kind,
-                            url: &url,
-                            why: &why,
-                        });
-                        let old = host.read_document(kind, &url);
-                        host.write_document(kind, &url, &record::failed(old.as_deref(), now));
-                    }
-                }
+                record_document(host, kind, &url, since, status, body, now);
                 self.run(route, host, now)
             }
             Waiting::Answer => {
@@ -661,6 +647,36 @@ fn browser_flow(login: &LoginRoute<'_>, headers: &Headers, host: &mut dyn Host, 
         host.revoke(r, now);
     }
     flow
+}
+
+/// Records a provider document call's answer (a request's, or the
+/// background refresh's): releases the "fetching since" marker claimed at
+/// `since`, stores the body if it checks out, else notes the failure and
+/// keeps the last good copy with the failure's time.
+pub fn record_document(
+    host: &mut dyn Host,
+    kind: FetchKind,
+    url: &str,
+    since: Option<u64>,
+    status: u16,
+    body: &[u8],
+    now: u64,
+) {
+    if let Some(since) = since {
+        host.release(kind, url, since);
+    }
+    match provider::check_answer(kind, url, status, body) {
+        Ok(()) => host.write_document(kind, url, &record::fetched(now, body)),
+        Err(why) => {
+            host.note(Note::DocumentFailed {
+                kind,
+                url,
+                why: &why,
+            });
+            let old = host.read_document(kind, url);
+            host.write_document(kind, url, &record::failed(old.as_deref(), now));
+        }
+    }
 }
 
 /// What the flow leaves for the host: a refused refresh (a note), a session

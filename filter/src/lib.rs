@@ -13,6 +13,7 @@
 // (`make lint` builds them with the private items).
 #![allow(rustdoc::private_intra_doc_links)]
 
+mod call;
 mod host;
 mod metrics;
 mod request;
@@ -27,9 +28,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
+use crate::host::HostCalls;
 use crate::vm::Vm;
-use oidc_core::http::MAX_RESPONSE_BODY;
-use oidc_core::provider::{self, record, FetchKind};
+use oidc_core::exchange;
+use oidc_core::provider::{self, FetchKind};
 use oidc_core::settings::Settings;
 
 proxy_wasm::main! {{
@@ -81,14 +83,7 @@ impl Root {
                         continue;
                     }
                 };
-                let mut headers: Vec<(&str, &str)> = vec![
-                    (":method", req.method),
-                    (":path", &req.path),
-                    (":authority", &req.authority),
-                ];
-                headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                let t = Duration::from_secs(timeout);
-                match self.dispatch_http_call(&req.cluster, headers, None, vec![], t) {
+                match call::dispatch(self, &req, Duration::from_secs(timeout)) {
                     Ok(token) => {
                         vm.metrics.refresh(kind == FetchKind::Jwks);
                         self.refreshing.insert(token, (kind, url, now));
@@ -114,36 +109,22 @@ impl Context for Root {
         let Some(vm) = self.vm.clone() else {
             return;
         };
-        vm.store.release(kind, &url, since);
-        // As a request's fetch: no headers means no answer; a body over
-        // the cap is not read (see request.rs).
-        let ok = headers > 0 && body_size <= MAX_RESPONSE_BODY;
-        let status = if ok {
-            self.get_http_call_response_header_bytes(":status")
-                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
-                .unwrap_or(0)
-        } else {
-            0
+        let (status, body) = call::answer(self, &vm.metrics, headers, body_size);
+        // Recorded as a request's fetch is; a failure keeps the cached copy
+        // in use until the retry pause has passed.
+        let mut host = HostCalls {
+            vm: &vm,
+            route_id: 0,
         };
-        let body = if ok && body_size > 0 {
-            self.get_http_call_response_body(0, body_size)
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let now = self.now();
-        match provider::check_answer(kind, &url, status, &body) {
-            Ok(()) => vm.store.write(kind, &url, &record::fetched(now, &body)),
-            Err(why) => {
-                // The cached copy stays in use (stale) until the retry
-                // pause has passed; then a request or the next tick tries.
-                log::warn!("openid-connect: refreshing {url:?} failed: {why:?}");
-                vm.metrics.provider_failure();
-                let old = vm.store.read(kind, &url);
-                vm.store
-                    .write(kind, &url, &record::failed(old.as_deref(), now));
-            }
-        }
+        exchange::record_document(
+            &mut host,
+            kind,
+            &url,
+            Some(since),
+            status,
+            &body,
+            self.now(),
+        );
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use oidc_core::browser::Event;
 use oidc_core::exchange::{self, Effect, Exchange, Pending, DEFAULT_REALM};
-use oidc_core::http::{HttpRequest, MAX_RESPONSE_BODY};
+use oidc_core::http::HttpRequest;
 use oidc_core::metadata::{
     version_in_route_name, CONFIG_KEY, HOSTS_KEY, NAMESPACE, VERSION_KEY, VERSION_NAMESPACE,
 };
@@ -19,6 +19,7 @@ use oidc_core::route::Route;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use crate::call;
 use crate::host::HostCalls;
 use crate::vm::Vm;
 
@@ -170,15 +171,9 @@ impl Request {
             // request with nothing to wait for is refused, not passed.
             return self.send(&Denial::BadRouteConfig(String::new()).reply(DEFAULT_REALM));
         };
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", req.method),
-            (":path", &req.path),
-            (":authority", &req.authority),
-        ];
-        headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let timeout = Duration::from_secs(active.route.config.timeout);
         self.vm.metrics.provider_call();
-        match self.dispatch_http_call(&req.cluster, headers, req.body.as_deref(), vec![], timeout) {
+        match call::dispatch(self, &req, timeout) {
             Ok(_) => {
                 if let Some(active) = self.active.as_mut() {
                     active.pending = Some(pending);
@@ -244,34 +239,7 @@ impl Request {
 
 impl Context for Request {
     fn on_http_call_response(&mut self, _token: u32, headers: usize, body_size: usize, _: usize) {
-        // A call that failed without a response (connection reset, stream
-        // error) arrives with no headers; asking for them then makes the
-        // host answer BadArgument, which the SDK turns into a panic that
-        // would take the whole VM down. Status 0 means "no answer".
-        // A body over the cap is not read: the call counts as failed
-        // (status 0), like one that got no answer.
-        let too_big = body_size > MAX_RESPONSE_BODY;
-        if too_big {
-            log::warn!(
-                "openid-connect: a provider answer of {body_size} bytes is over the \
-                 {MAX_RESPONSE_BODY}-byte cap; the call counts as failed"
-            );
-            // (Counted as a failure where the core handles status 0.)
-            self.vm.metrics.body_too_large();
-        }
-        let status = if headers == 0 || too_big {
-            0
-        } else {
-            self.get_http_call_response_header_bytes(":status")
-                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
-                .unwrap_or(0)
-        };
-        let body = if headers == 0 || body_size == 0 || too_big {
-            Vec::new()
-        } else {
-            self.get_http_call_response_body(0, body_size)
-                .unwrap_or_default()
-        };
+        let (status, body) = call::answer(self, &self.vm.metrics, headers, body_size);
         let now = self.now();
         let vm = self.vm.clone();
         let Some(active) = self.active.as_mut() else {

@@ -75,11 +75,19 @@ struct Stack {
 }
 
 fn stack() -> Stack {
+    stack_with(&[])
+}
+
+/// [`stack`], the sidecar started with `extra` flags too.
+fn stack_with(extra: &[&str]) -> Stack {
     let dir = TestDir::for_current_test();
     let provider = Provider::start(dir.path(), ProviderOptions::default());
     let httpbin = Httpbin::start(dir.path());
     let https_port = free_port();
-    let gw = Gateway::start(dir.path(), &["--https-port", &https_port.to_string()]);
+    let https = https_port.to_string();
+    let mut args = vec!["--https-port", https.as_str()];
+    args.extend_from_slice(extra);
+    let gw = Gateway::start(dir.path(), &args);
     let upstream =
         json!({"type": "roundrobin", "nodes": {format!("127.0.0.1:{}", httpbin.port): 1}});
     Stack {
@@ -393,6 +401,40 @@ fn ip_restriction_runs_before_the_login_and_ignores_x_forwarded_for() {
             "plugins.ip-restriction.response_code\" is not supported",
         ],
     );
+}
+
+/// Behind a trusted proxy hop (Envoy then takes the client's address from
+/// `X-Forwarded-For`), ip-restriction still tests the connection's peer,
+/// the address `remote_addrs` and `vars` test too (nginx's `$remote_addr`
+/// without `real_ip`): a client that connects directly cannot choose its
+/// address with a header.
+#[test]
+fn ip_restriction_tests_the_peer_even_with_trusted_proxy_hops() {
+    let s = stack_with(&["--trusted-proxy-hops", "1"]);
+    let gw = &s.gw;
+    put(
+        gw,
+        "/apisix/admin/routes/deny",
+        &json!({"uri": "/anything/deny/*",
+                "plugins": {"ip-restriction": {"blacklist": ["127.0.0.0/24"]}},
+                "upstream": s.upstream}),
+    );
+    put(
+        gw,
+        "/apisix/admin/routes/allow",
+        &json!({"uri": "/anything/allow/*",
+                "plugins": {"ip-restriction": {"whitelist": ["10.0.0.0/8"]}},
+                "upstream": s.upstream}),
+    );
+    for xff in ["", "10.1.2.3", "10.1.2.3, 10.9.9.9"] {
+        let h: Vec<(&str, &str)> = if xff.is_empty() {
+            vec![]
+        } else {
+            vec![("x-forwarded-for", xff)]
+        };
+        serves(gw, "/anything/deny/x", &h, 403);
+        serves(gw, "/anything/allow/x", &h, 403);
+    }
 }
 
 #[test]

@@ -214,8 +214,12 @@ fn ip_restriction(r: &IpRestriction, route: &mut Route) {
     let ids = r
         .cidrs
         .iter()
+        // The connection's peer, as the routes' `remote_addrs` and `vars`
+        // test it (listener.rs): not `remote_ip`, which Envoy takes from
+        // `X-Forwarded-For` when proxy hops are trusted, so a client that
+        // connects directly could choose its address with a header.
         .map(|(addr, len)| Principal {
-            identifier: Some(principal::Identifier::RemoteIp(CidrRange {
+            identifier: Some(principal::Identifier::DirectRemoteIp(CidrRange {
                 address_prefix: addr.to_string(),
                 prefix_len: Some(UInt32Value {
                     value: u32::from(*len),

@@ -181,13 +181,21 @@ pub(super) fn clean(s: &str, max: usize) -> String {
 }
 
 /// The bytes a route configuration's version is computed from: its
-/// encoding without route metadata, followed by each route's metadata with
-/// map keys sorted (prost encodes maps in `HashMap` order).
+/// encoding without route metadata and per-filter configs, followed by
+/// them with map keys sorted (prost encodes maps in `HashMap` order, so a
+/// route with two per-filter configs, CORS and RBAC, would otherwise get a
+/// new version on every translation).
 pub(super) fn canonical_route_config(rc: &RouteConfiguration) -> Vec<u8> {
     let mut stripped = rc.clone();
     let mut tail = Vec::new();
+    canonical_typed(
+        &mut tail,
+        std::mem::take(&mut stripped.typed_per_filter_config),
+    );
     for vh in &mut stripped.virtual_hosts {
+        canonical_typed(&mut tail, std::mem::take(&mut vh.typed_per_filter_config));
         for r in &mut vh.routes {
+            canonical_typed(&mut tail, std::mem::take(&mut r.typed_per_filter_config));
             match r.metadata.take() {
                 None => tail.push(b'-'),
                 Some(md) => {
@@ -209,6 +217,16 @@ pub(super) fn canonical_route_config(rc: &RouteConfiguration) -> Vec<u8> {
     let mut out = stripped.encode_to_vec();
     out.extend_from_slice(&tail);
     out
+}
+
+/// A per-filter config map, keys sorted.
+fn canonical_typed(out: &mut Vec<u8>, map: std::collections::HashMap<String, Any>) {
+    out.push(b't');
+    let sorted: BTreeMap<String, Any> = map.into_iter().collect();
+    for (name, any) in sorted {
+        canonical_bytes(out, name.as_bytes());
+        canonical_bytes(out, &any.encode_to_vec());
+    }
 }
 
 pub(super) fn canonical_bytes(out: &mut Vec<u8>, b: &[u8]) {

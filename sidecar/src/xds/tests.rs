@@ -143,6 +143,16 @@ fn versions_are_stable_and_change_per_type() {
     for k in Kind::ALL {
         assert_eq!(s1.get(k).version.len(), 16);
     }
+    // So are the per-filter configs: a route with cors and ip-restriction
+    // has two, in a HashMap.
+    let mut both = oidc_route("/p/*", json!({"127.0.0.1:8085": 1}));
+    both["plugins"]["cors"] = json!({"allow_origins": "https://app.example"});
+    both["plugins"]["ip-restriction"] = json!({"whitelist": ["10.0.0.0/8"]});
+    let with_plugins = [base[0].clone(), ("p", both)];
+    let p1 = versions(&snap(&with_plugins));
+    for _ in 0..20 {
+        assert_eq!(versions(&snap(&with_plugins)), p1);
+    }
 
     // New weights of IP nodes: endpoints only.
     let s2 = snap(&[

@@ -273,14 +273,15 @@ fn check_regex(pattern: &str, replacement: &str) -> Result<(), String> {
             "replacement {replacement:?}: \"$\" must be followed by a group number (1-8) or \"$\""
         )
     })?;
-    for n in group_refs(replacement) {
+    let (refs, text) = refs_and_text(replacement);
+    for n in refs {
         if n > groups {
             return Err(format!(
                 "replacement {replacement:?} names group ${n}, which the pattern does not have"
             ));
         }
     }
-    if !valid_path(&replacement.replace('$', "")) || replacement.contains('?') {
+    if !valid_path(&text) || text.contains('?') {
         return Err(format!(
             "replacement {replacement:?} is not supported with a query or characters outside a URL path"
         ));
@@ -288,30 +289,35 @@ fn check_regex(pattern: &str, replacement: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn group_refs(r: &str) -> Vec<usize> {
-    let mut out = Vec::new();
-    let b = r.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'$' {
-            if b.get(i + 1) == Some(&b'$') {
-                i += 2;
-                continue;
-            }
-            let braced = b.get(i + 1) == Some(&b'{');
-            let start = i + 1 + usize::from(braced);
-            let end = (start..b.len())
-                .find(|&j| !b[j].is_ascii_digit())
-                .unwrap_or(b.len());
-            if let Ok(n) = r[start..end].parse() {
-                out.push(n);
-            }
-            i = end + usize::from(braced);
-        } else {
-            i += 1;
+/// A replacement's group references (`$n`, `${n}`) and its literal text
+/// without them (`$$` is a literal `$`).
+fn refs_and_text(r: &str) -> (Vec<usize>, String) {
+    let mut refs = Vec::new();
+    let mut text = String::new();
+    let mut rest = r;
+    while let Some(at) = rest.find('$') {
+        text.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(more) = after.strip_prefix('$') {
+            text.push('$');
+            rest = more;
+            continue;
         }
+        let (digits_from, braced) = match after.strip_prefix('{') {
+            Some(a) => (a, true),
+            None => (after, false),
+        };
+        let len = digits_from
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(digits_from.len());
+        if let Ok(n) = digits_from[..len].parse() {
+            refs.push(n);
+        }
+        let skip = len + usize::from(braced && digits_from[len..].starts_with('}'));
+        rest = &digits_from[skip..];
     }
-    out
+    text.push_str(rest);
+    (refs, text)
 }
 
 /// ngx.re.sub's replacement as an RE2 rewrite string, its group numbers

@@ -42,6 +42,11 @@ fn proxy_rewrite_takes_apisix_forms() {
         })
     );
     assert_eq!(p.set, vec![("X-Api".to_string(), "1".to_string())]);
+    // The braced form APISIX documents, and `$$`.
+    for r in ["/x/${1}", "/x/${1}-$2", "/cost$$/$1"] {
+        rewrite(json!({"regex_uri": ["^/a/(.*)/(.*)", r]}))
+            .unwrap_or_else(|e| panic!("{r}: {e:?}"));
+    }
     // uri wins over regex_uri, as in APISIX.
     let p =
         rewrite(json!({"uri": "/x", "regex_uri": ["a", "b"], "host": "h.example:8080"})).unwrap();

@@ -46,12 +46,12 @@ pub fn effective(route: &Value, stored: &Stored) -> Result<Value, String> {
     let mut e = Errors::new();
     if let Some(pc) = out.remove("plugin_config_id") {
         if let Some(pc) = named(&pc, "plugin_config_id", &stored.plugin_configs, &mut e) {
-            add_plugins(&mut out, pc.get("plugins"));
+            add_plugins(&mut out, pc.get("plugins"), "plugin_config_id", &mut e);
         }
     }
     if let Some(sid) = out.remove("service_id") {
         if let Some(service) = named(&sid, "service_id", &stored.services, &mut e) {
-            merge_service(&mut out, service);
+            merge_service(&mut out, service, &mut e);
         }
     }
     add_global_rules(&mut out, &stored.global_rules, &mut e);
@@ -96,10 +96,18 @@ pub fn named<'a>(
     found
 }
 
-/// Adds the plugins of `from` that `out` does not set itself.
-fn add_plugins(out: &mut Map<String, Value>, from: Option<&Value>) {
-    let Some(Value::Object(from)) = from else {
-        return;
+/// Adds the plugins of `from` that `out` does not set itself. A `plugins`
+/// that is not an object (an etcd written by something else: the Admin API
+/// refuses it) is an error, never skipped: skipping it would serve the
+/// route without the plugins, `openid-connect` among them.
+fn add_plugins(out: &mut Map<String, Value>, from: Option<&Value>, field: &str, e: &mut Errors) {
+    let from = match from {
+        None | Some(Value::Null) => return,
+        Some(Value::Object(from)) => from,
+        Some(_) => {
+            e.push(field, "names an object whose \"plugins\" is not an object");
+            return;
+        }
     };
     if from.is_empty() {
         return;
@@ -118,8 +126,8 @@ fn add_plugins(out: &mut Map<String, Value>, from: Option<&Value>) {
     }
 }
 
-fn merge_service(out: &mut Map<String, Value>, service: &Value) {
-    add_plugins(out, service.get("plugins"));
+fn merge_service(out: &mut Map<String, Value>, service: &Value, e: &mut Errors) {
+    add_plugins(out, service.get("plugins"), "service_id", e);
     if !out.contains_key("upstream") && !out.contains_key("upstream_id") {
         for k in ["upstream", "upstream_id"] {
             if let Some(v) = service.get(k) {
@@ -143,8 +151,17 @@ fn add_global_rules(out: &mut Map<String, Value>, rules: &Objects, e: &mut Error
     // Which global rule set each plugin (rules in id order).
     let mut set_by: Vec<(&str, &str, &Value)> = Vec::new();
     for (gid, rule) in rules {
-        let Some(Value::Object(plugins)) = rule.get("plugins") else {
-            continue;
+        let plugins = match rule.get("plugins") {
+            Some(Value::Object(plugins)) => plugins,
+            None | Some(Value::Null) => continue,
+            // Refused rather than skipped (see `add_plugins`).
+            Some(_) => {
+                e.push(
+                    "plugins",
+                    format!("global rule [{gid}] has a \"plugins\" that is not an object"),
+                );
+                continue;
+            }
         };
         for (name, conf) in plugins {
             if let Some((_, first, _)) = set_by.iter().find(|(n, _, _)| n == name) {
@@ -223,6 +240,32 @@ mod tests {
         let r = json!({"id": "r", "uri": "/a", "upstream_id": "u"});
         assert_eq!(effective(&r, &stored()).unwrap(), r);
         assert_eq!(effective(&json!(5), &stored()).unwrap(), json!(5));
+    }
+
+    /// A shared object whose `plugins` is not an object (written straight
+    /// into etcd) refuses the routes using it: skipping it would serve them
+    /// without its `openid-connect`.
+    #[test]
+    fn plugins_that_are_not_an_object_refuse_the_route() {
+        let mut s = stored();
+        s.services.insert(
+            "odd".into(),
+            json!({"id": "odd", "plugins": ["openid-connect"]}),
+        );
+        s.plugin_configs
+            .insert("odd".into(), json!({"id": "odd", "plugins": "x"}));
+        for r in [
+            json!({"id": "r", "uri": "/a", "service_id": "odd"}),
+            json!({"id": "r", "uri": "/a", "plugin_config_id": "odd"}),
+        ] {
+            let e = effective(&r, &s).unwrap_err();
+            assert!(e.contains("\"plugins\" is not an object"), "{e}");
+        }
+        let mut g = stored();
+        g.global_rules
+            .insert("1".into(), json!({"id": "1", "plugins": 7}));
+        let e = effective(&json!({"id": "r", "uri": "/a"}), &g).unwrap_err();
+        assert!(e.contains("global rule [1]"), "{e}");
     }
 
     #[test]

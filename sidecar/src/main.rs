@@ -148,6 +148,13 @@ struct Options {
     )]
     allow_local_upstreams: bool,
 
+    /// Environment variables that `$env://NAME` references in routes may
+    /// name: names or prefixes ending in `*`, comma-separated or repeated
+    /// (`*`: every variable, as APISIX). None by default: a reference sends
+    /// the variable to the provider the route names. `SIDECAR_*` never.
+    #[arg(long = "env-allow", env = "SIDECAR_ENV_ALLOW", value_name = "NAMES")]
+    env_allow: Vec<String>,
+
     /// Client networks allowed on the Admin API (CIDR; repeat the option).
     /// Default: 127.0.0.0/24, as APISIX.
     #[arg(long = "allow", value_name = "CIDR")]
@@ -173,6 +180,9 @@ async fn main() {
 }
 
 async fn run(o: Options) -> Result<(), String> {
+    sidecar::apisix::secrets::set_env_allow(sidecar::apisix::secrets::EnvAllow::parse(
+        &o.env_allow,
+    )?)?;
     if o.admin_key.as_deref() == Some("") {
         return Err("--admin-key must not be empty".into());
     }

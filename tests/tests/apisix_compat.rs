@@ -298,7 +298,7 @@ fn env_references_reach_the_provider_and_secret_managers_are_refused() {
     let dir = TestDir::for_current_test();
     let httpbin = Httpbin::start(dir.path());
     let provider = Provider::start(dir.path(), ProviderOptions::default());
-    let gw = Gateway::start(dir.path(), &[]);
+    let gw = Gateway::start(dir.path(), &["--env-allow", "OIDC_COMPAT_*"]);
     let node = format!("127.0.0.1:{}", httpbin.port);
     let route = |secret: &str| {
         json!({
@@ -344,6 +344,25 @@ fn env_references_reach_the_provider_and_secret_managers_are_refused() {
         status_with(&gw.url("/anything/x"), &format!("Bearer {revoked}")),
         401
     );
+
+    // A variable the operator did not expose: refused, set or not, with
+    // the same text (a route writer learns nothing about the environment).
+    std::env::set_var("OIDC_NOT_EXPOSED_SET", "some value");
+    let texts: Vec<String> = ["OIDC_NOT_EXPOSED_SET", "OIDC_NOT_EXPOSED_UNSET"]
+        .iter()
+        .map(|name| {
+            let r = gw.admin(
+                "PUT",
+                "/apisix/admin/routes/hidden",
+                Some(&route(&format!("$env://{name}")).to_string()),
+            );
+            assert_eq!(r.status, 400, "{}", r.body);
+            assert!(r.body.contains("does not expose"), "{}", r.body);
+            assert!(!r.body.contains("some value"), "{}", r.body);
+            r.body.replace(name, "NAME")
+        })
+        .collect();
+    assert_eq!(texts[0], texts[1]);
 
     // An unset variable, a secret manager: 400, naming field and reference.
     let r = gw.admin(

@@ -21,7 +21,11 @@
 //!   string of a plugin config; here a reference elsewhere is refused (not
 //!   taken literally), and so are the sidecar's own `SIDECAR_*` variables:
 //!   a value is sent to the provider the route names, so whoever may write
-//!   routes may read the variables references can name (docs/security.md). They are resolved when a route is
+//!   routes may read the variables references can name (docs/security.md).
+//!   So, unlike APISIX, only the variables the operator exposes are
+//!   resolved ([`EnvAllow`], `--env-allow NAME,PREFIX*`; none by default,
+//!   as nginx's `env` directive): any other name is refused with the same
+//!   text whether it is set or not. They are resolved when a route is
 //!   validated ([`resolve_refs`]: on every write, and for every published
 //!   table), never stored resolved: the store and `GET` keep the reference
 //!   (which is not redacted: it is not the secret), Envoy's route metadata
@@ -210,7 +214,7 @@ fn reference(s: &str) -> Option<Reference<'_>> {
 /// `(attribute, message)`, dotted attribute paths within the plugin.
 pub fn resolve_refs(
     conf: &Value,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> EnvLookup,
 ) -> Result<Value, Vec<(String, String)>> {
     let mut out = conf.clone();
     let mut errors = Vec::new();
@@ -225,7 +229,7 @@ pub fn resolve_refs(
 fn resolve_in(
     v: &mut Value,
     path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> EnvLookup,
     errors: &mut Vec<(String, String)>,
 ) {
     let child = |k: &str| {
@@ -274,11 +278,7 @@ fn resolve_in(
     }
 }
 
-fn lookup(
-    name: &str,
-    key: Option<&str>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Value, String> {
+fn lookup(name: &str, key: Option<&str>, env: &dyn Fn(&str) -> EnvLookup) -> Result<Value, String> {
     if name.is_empty() {
         return Err("is an \"$env://\" reference without a variable name".into());
     }
@@ -288,11 +288,20 @@ fn lookup(
              (SIDECAR_*) cannot be referred to"
         ));
     }
-    let Some(value) = env(name).filter(|v| !v.is_empty()) else {
-        return Err(format!(
-            "refers to the environment variable {name:?}, which is not set (or empty) \
-             in the sidecar's environment"
-        ));
+    let value = match env(name) {
+        EnvLookup::Value(v) if !v.is_empty() => v,
+        EnvLookup::Value(_) | EnvLookup::Unset => {
+            return Err(format!(
+                "refers to the environment variable {name:?}, which is not set (or empty) \
+                 in the sidecar's environment"
+            ))
+        }
+        EnvLookup::NotExposed => {
+            return Err(format!(
+                "refers to the environment variable {name:?}, which the sidecar does not \
+                 expose to routes (start it with --env-allow {name}, or SIDECAR_ENV_ALLOW)"
+            ))
+        }
     };
     let Some(key) = key else {
         return Ok(Value::String(value));
@@ -311,9 +320,68 @@ fn lookup(
     }
 }
 
-/// The sidecar's environment, for [`resolve_refs`].
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+/// What a reference's variable is, for [`resolve_refs`].
+#[derive(PartialEq, Eq)]
+pub enum EnvLookup {
+    Value(String),
+    /// Exposed, but not set.
+    Unset,
+    /// Not in the operator's allow-list: whether it is set is not said.
+    NotExposed,
+}
+
+/// The environment variables references may name: exact names and
+/// prefixes (`OIDC_*`); `*` alone is every variable (APISIX's behaviour).
+/// `SIDECAR_*` stays refused whatever the list says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvAllow(Vec<String>);
+
+impl EnvAllow {
+    /// From `--env-allow` values, each a comma-separated list; every item
+    /// is a variable name (`[A-Za-z0-9_]`), optionally ending in `*`.
+    pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<EnvAllow, String> {
+        let mut out = Vec::new();
+        for item in values.iter().flat_map(|v| v.as_ref().split(',')) {
+            let item = item.trim();
+            let name = item.strip_suffix('*').unwrap_or(item);
+            if item.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!(
+                    "--env-allow: {item:?} is not a variable name or a prefix ending in '*'"
+                ));
+            }
+            out.push(item.to_string());
+        }
+        Ok(EnvAllow(out))
+    }
+
+    pub fn allows(&self, name: &str) -> bool {
+        self.0.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => p == name,
+        })
+    }
+}
+
+static ENV_ALLOW: std::sync::OnceLock<EnvAllow> = std::sync::OnceLock::new();
+
+/// Sets the process's allow-list once, at start-up (`main.rs`); unset, no
+/// variable is exposed.
+pub fn set_env_allow(allow: EnvAllow) -> Result<(), String> {
+    ENV_ALLOW
+        .set(allow)
+        .map_err(|_| "the --env-allow list is set once".to_string())
+}
+
+/// The sidecar's environment as the operator exposes it, for
+/// [`resolve_refs`].
+pub fn process_env(name: &str) -> EnvLookup {
+    if !ENV_ALLOW.get().is_some_and(|a| a.allows(name)) {
+        return EnvLookup::NotExposed;
+    }
+    match std::env::var(name) {
+        Ok(v) => EnvLookup::Value(v),
+        Err(_) => EnvLookup::Unset,
+    }
 }
 
 /// Whether `given` is the configured admin key, in time that does not
@@ -458,13 +526,49 @@ mod tests {
         assert!(!key_matches("", b""));
     }
 
-    fn env(name: &str) -> Option<String> {
+    fn env(name: &str) -> EnvLookup {
         match name {
-            "OIDC_SECRET" => Some("from-the-env".into()),
-            "OIDC_JSON" => Some(r#"{"secret": "json-secret", "n": 5}"#.into()),
-            "EMPTY" => Some(String::new()),
-            _ => None,
+            "OIDC_SECRET" => EnvLookup::Value("from-the-env".into()),
+            "OIDC_JSON" => EnvLookup::Value(r#"{"secret": "json-secret", "n": 5}"#.into()),
+            "EMPTY" => EnvLookup::Value(String::new()),
+            "HIDDEN" => EnvLookup::NotExposed,
+            _ => EnvLookup::Unset,
         }
+    }
+
+    #[test]
+    fn only_exposed_variables_resolve_and_the_refusal_does_not_say_if_it_is_set() {
+        let errs = resolve_refs(&json!({"client_secret": "$env://HIDDEN"}), &env).unwrap_err();
+        assert_eq!(errs[0].0, "client_secret");
+        assert!(errs[0].1.contains("does not expose"), "{errs:?}");
+        assert!(errs[0].1.contains("--env-allow HIDDEN"), "{errs:?}");
+
+        let allow = EnvAllow::parse(&["OIDC_SECRET, APP_*", "X"]).unwrap();
+        assert!(allow.allows("OIDC_SECRET"));
+        assert!(allow.allows("APP_"));
+        assert!(allow.allows("APP_CLIENT_SECRET"));
+        assert!(allow.allows("X"));
+        assert!(!allow.allows("OIDC_SECRET2"));
+        assert!(!allow.allows("XY"));
+        assert!(!allow.allows("PATH"));
+        assert!(!EnvAllow::default().allows("PATH"));
+        assert!(EnvAllow::parse(&["*"]).unwrap().allows("HOME"));
+        for bad in ["", "A,,B", "A-B", "*A", "A**", "$env://A"] {
+            assert!(EnvAllow::parse(&[bad]).is_err(), "{bad:?}");
+        }
+        // `*` exposes everything but the sidecar's own settings.
+        let everything = |n: &str| {
+            if EnvAllow::parse(&["*"]).unwrap().allows(n) {
+                EnvLookup::Value("v".into())
+            } else {
+                EnvLookup::NotExposed
+            }
+        };
+        assert!(resolve_refs(
+            &json!({"client_secret": "$env://SIDECAR_ADMIN_KEY"}),
+            &everything
+        )
+        .is_err());
     }
 
     #[test]
@@ -536,7 +640,7 @@ mod tests {
     }
 
     #[test]
-    fn a_route_names_the_unset_variable() {
+    fn a_route_names_the_variable_it_cannot_use() {
         let route = json!({"uri": "/a", "upstream": {"nodes": {"192.0.2.1:80": 1}},
             "plugins": {"openid-connect": {
                 "client_id": "c", "bearer_only": true,
@@ -545,7 +649,7 @@ mod tests {
         let e =
             crate::apisix::route::RouteSpec::parse("r", &route, &Default::default()).unwrap_err();
         assert!(
-            e.contains("property \"plugins.openid-connect.client_secret\" refers to the environment variable \"OIDC_COMPAT_TEST_SURELY_UNSET_4d1f\", which is not set"),
+            e.contains("property \"plugins.openid-connect.client_secret\" refers to the environment variable \"OIDC_COMPAT_TEST_SURELY_UNSET_4d1f\", which the sidecar does not expose"),
             "{e}"
         );
     }

@@ -401,3 +401,76 @@ fn vars_on_a_session_cookie_the_filter_removes_are_refused() {
         (who(&gw, "/who", &[("cookie", "sid=x")]) == "a").then_some(())
     });
 }
+
+/// The same for `Authorization`: a login route with
+/// `access_token_in_authorization_header` adds it to a browser's request,
+/// and Envoy would then choose the route again: a route testing
+/// `http_authorization` (say, a stricter bearer route for API clients,
+/// with a higher priority) would get the request without its own checks.
+#[test]
+fn vars_on_an_authorization_a_login_filter_sets_are_refused() {
+    let dir = TestDir::new("matching_authorization");
+    let (a, _pa) = static_server(&dir, "a");
+    let (b, _pb) = static_server(&dir, "b");
+    let provider = Provider::start(dir.path(), ProviderOptions::default());
+    let gw = Gateway::start(dir.path(), &[]);
+    let oidc = |extra: Value| {
+        let mut c = json!({
+            "client_id": provider.client_id(),
+            "client_secret": provider.client_secret(),
+            "discovery": provider.discovery_url(),
+            "access_token_in_authorization_header": true,
+        });
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"openid-connect": c})
+    };
+    let web = json!({"uri": "/who", "plugins": oidc(json!({"redirect_uri": "http://localhost:9080/cb"})),
+        "upstream": {"nodes": {format!("127.0.0.1:{b}"): 1}}});
+    let api = json!({"uri": "/who", "priority": 10,
+        "vars": [["http_authorization", "~~", "^Bearer "]],
+        "plugins": oidc(json!({"bearer_only": true, "use_jwks": true,
+            "required_scopes": ["admin"]})),
+        "upstream": {"nodes": {format!("127.0.0.1:{a}"): 1}}});
+    put(&gw, "/apisix/admin/routes/web", &web);
+    let r = gw.admin("PUT", "/apisix/admin/routes/api", Some(&api.to_string()));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let msg = error_msg(&r);
+    assert!(
+        msg.contains("property \"vars\" tests \"http_authorization\"")
+            && msg.contains("route [web]'s openid-connect filter sets"),
+        "{msg}"
+    );
+    assert_eq!(
+        gw.admin("GET", "/apisix/admin/routes/api", None).status,
+        404
+    );
+
+    // The other way round: the tester first, then the login route.
+    gw.admin("DELETE", "/apisix/admin/routes/web", None);
+    put(&gw, "/apisix/admin/routes/api", &api);
+    let r = gw.admin("PUT", "/apisix/admin/routes/web", Some(&web.to_string()));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        error_msg(&r).contains("route [api] tests \"http_authorization\""),
+        "{}",
+        r.body
+    );
+    // A login route that keeps the token in X-Access-Token changes no
+    // Authorization: accepted next to the tester, and an API client's
+    // request still reaches the bearer route (refused without the scope:
+    // neither upstream answers).
+    let mut web_x = web.clone();
+    web_x["plugins"]["openid-connect"]["access_token_in_authorization_header"] = json!(false);
+    put(&gw, "/apisix/admin/routes/web", &web_x);
+    let token = provider.client_credentials_token();
+    wait_for("the bearer route", Duration::from_secs(10), || {
+        let r = integration_tests::http::get(
+            &gw.url("/who"),
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .ok()?;
+        (r.status == 403).then_some(())
+    });
+}

@@ -105,12 +105,13 @@ impl RouteTable {
         mut invalid: Vec<(String, String)>,
     ) -> RouteTable {
         // Written by something other than the Admin API: a route testing a
-        // session cookie some route's filter removes is left out.
-        // Only routes that test a cookie at all are checked against the
+        // session cookie some route's filter removes, or the Authorization
+        // one sets, is left out.
+        // Only routes that test a cookie or Authorization are checked against the
         // others (else this is routes², at every write).
         let clashing: Vec<(String, String)> = routes
             .iter()
-            .filter(|r| crate::apisix::vars::cookie_names(&r.vars).next().is_some())
+            .filter(|r| crate::apisix::vars::tests_filter_changes(&r.vars))
             .filter_map(|r| {
                 let why =
                     crate::apisix::vars::tested_session_cookies(r, routes.iter().map(|r| &**r));

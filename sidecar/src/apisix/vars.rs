@@ -387,6 +387,20 @@ pub fn cookie_names(d: &Disjuncts) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Whether `vars` tests the `Authorization` header.
+fn tests_authorization(d: &Disjuncts) -> bool {
+    d.iter()
+        .flatten()
+        .any(|c| matches!(&c.source, Source::Header(h) if h == "authorization"))
+}
+
+/// Whether `vars` tests something some route's openid-connect filter may
+/// change (a cookie, `Authorization`): only such routes need the check
+/// against the others.
+pub fn tests_filter_changes(d: &Disjuncts) -> bool {
+    cookie_names(d).next().is_some() || tests_authorization(d)
+}
+
 /// The session cookie name of a route's openid-connect config (the one
 /// whose cookies the filter removes before forwarding), if it has one.
 pub fn session_cookie(spec: &RouteSpec) -> Option<&str> {
@@ -394,10 +408,22 @@ pub fn session_cookie(spec: &RouteSpec) -> Option<&str> {
     c.session.as_ref().map(|s| s.cookie_name.as_str())
 }
 
+/// Whether a route's filter puts the session's access token into
+/// `Authorization` (a login route with `access_token_in_authorization_header`):
+/// a browser request without the header gets one. (On the bearer side it
+/// writes back the `Bearer` token the request came with.)
+fn sets_authorization(spec: &RouteSpec) -> bool {
+    spec.oidc.as_ref().is_some_and(|(_, c)| {
+        c.session.is_some() && c.set_access_token_header && c.access_token_in_authorization_header
+    })
+}
+
 /// Why `spec` cannot be stored next to `others`: one of them tests, in
-/// `vars`, a cookie that another's openid-connect filter removes from the
-/// request (its session cookie `name`, `name_<n>` chunks, `name_flow_*`).
-/// The route would be chosen again without it after the filter ran.
+/// `vars`, a request header that another's openid-connect filter changes:
+/// a cookie it removes (its session cookie `name`, `name_<n>` chunks,
+/// `name_flow_*`) or the `Authorization` it sets. Envoy chooses the route
+/// again after the filter changed the headers, so the request could land
+/// on a route whose checks never ran.
 pub fn session_cookie_clashes<'a>(
     spec: &RouteSpec,
     others: impl Iterator<Item = &'a RouteSpec>,
@@ -410,8 +436,8 @@ pub fn session_cookie_clashes<'a>(
     out
 }
 
-/// The same, only for the cookies `spec` itself tests (a stored set that
-/// did not come through the Admin API: the route that tests is left out).
+/// The same, only for what `spec` itself tests (a stored set that did not
+/// come through the Admin API: the route that tests is left out).
 pub fn tested_session_cookies<'a>(
     spec: &RouteSpec,
     all: impl Iterator<Item = &'a RouteSpec>,
@@ -420,30 +446,42 @@ pub fn tested_session_cookies<'a>(
         .collect()
 }
 
-/// The cookies `tester` tests that `owner`'s filter removes, as errors of
-/// route `subject`.
+/// What `tester` tests that `owner`'s filter changes, as errors of route
+/// `subject`.
 fn clashes(subject: &str, tester: &RouteSpec, owner: &RouteSpec) -> Vec<String> {
-    let Some(session) = session_cookie(owner) else {
-        return Vec::new();
+    let whose = if tester.id == owner.id || owner.id == subject {
+        "this route's".to_string()
+    } else {
+        format!("route [{}]'s", owner.id)
     };
-    cookie_names(&tester.vars)
-        .filter(|cookie| oidc_core::session::is_ours(session, cookie))
-        .map(|cookie| {
-            let whose = if tester.id == owner.id || owner.id == subject {
-                "this route's".to_string()
-            } else {
-                format!("route [{}]'s", owner.id)
-            };
-            let what = if tester.id == subject {
-                format!("tests \"cookie_{cookie}\"")
-            } else {
-                format!("route [{}] tests \"cookie_{cookie}\"", tester.id)
-            };
-            format!(
-                "{what}, a cookie {whose} openid-connect filter removes before the request goes on: Envoy would choose the route again without it"
-            )
-        })
-        .collect()
+    let what = |var: &str| {
+        if tester.id == subject {
+            format!("tests \"{var}\"")
+        } else {
+            format!("route [{}] tests \"{var}\"", tester.id)
+        }
+    };
+    let mut out = Vec::new();
+    if sets_authorization(owner) && tests_authorization(&tester.vars) {
+        out.push(format!(
+            "{}, a header {whose} openid-connect filter sets (access_token_in_authorization_header) before the request goes on: Envoy would choose the route again with it",
+            what("http_authorization")
+        ));
+    }
+    let Some(session) = session_cookie(owner) else {
+        return out;
+    };
+    out.extend(
+        cookie_names(&tester.vars)
+            .filter(|cookie| oidc_core::session::is_ours(session, cookie))
+            .map(|cookie| {
+                format!(
+                    "{}, a cookie {whose} openid-connect filter removes before the request goes on: Envoy would choose the route again without it",
+                    what(&format!("cookie_{cookie}"))
+                )
+            }),
+    );
+    out
 }
 
 /// An IP or CIDR (v4 or v6), host bits cleared.

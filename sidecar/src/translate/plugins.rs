@@ -218,11 +218,11 @@ fn ip_restriction(r: &IpRestriction, route: &mut Route) {
         // test it (listener.rs): not `remote_ip`, which Envoy takes from
         // `X-Forwarded-For` when proxy hops are trusted, so a client that
         // connects directly could choose its address with a header.
-        .map(|(addr, len)| Principal {
+        .map(|net| Principal {
             identifier: Some(principal::Identifier::DirectRemoteIp(CidrRange {
-                address_prefix: addr.to_string(),
+                address_prefix: net.network().to_string(),
                 prefix_len: Some(UInt32Value {
-                    value: u32::from(*len),
+                    value: u32::from(net.prefix_len()),
                 }),
             })),
         })

@@ -5,16 +5,15 @@
 //!
 //! - `whitelist` / `blacklist` (or `allowlist` / `denylist`): IPv4/IPv6
 //!   addresses and CIDRs; exactly one of them.
-//! - The client address is Envoy's remote address: the connection's,
-//!   or the one `--trusted-proxy-hops` lets X-Forwarded-For give (APISIX's
-//!   `remote_addr` behind its `real_ip` settings); a client's own
-//!   X-Forwarded-For does not count.
+//! - The client address is the connection's peer (RBAC
+//!   `direct_remote_ip`), as `remote_addrs` and `vars` test it: never one
+//!   X-Forwarded-For gives, even with `--trusted-proxy-hops` (a client
+//!   connecting directly would choose its address with a header).
 //! - A refused request gets 403 `{"message": <message>}` (default "Your IP
 //!   address is not allowed").
 //! - `response_code` other than 403: refused.
 
-use std::net::IpAddr;
-
+use ipnet::IpNet;
 use serde_json::Value;
 
 use super::{object, unknown};
@@ -36,8 +35,8 @@ const KNOWN: &[&str] = &[
 pub struct IpRestriction {
     /// True: only `cidrs` pass; false: `cidrs` are refused.
     pub allow: bool,
-    /// (network address, prefix length).
-    pub cidrs: Vec<(IpAddr, u8)>,
+    /// Host bits cleared.
+    pub cidrs: Vec<IpNet>,
     pub message: String,
 }
 
@@ -66,11 +65,9 @@ impl IpRestriction {
             ),
             Some(items) => {
                 for item in items {
-                    match item.as_str().and_then(cidr) {
-                        Some(c) => cidrs.push(c),
-                        None => {
-                            e.push(&field(list), format!("{item} is not an IP address or CIDR"))
-                        }
+                    match item.as_str().map(crate::apisix::vars::cidr) {
+                        Some(Ok(c)) => cidrs.push(c),
+                        _ => e.push(&field(list), format!("{item} is not an IP address or CIDR")),
                     }
                 }
             }
@@ -101,20 +98,4 @@ impl IpRestriction {
             message,
         })
     }
-}
-
-/// `1.2.3.4`, `1.2.3.0/24`, `::1`, `2001:db8::/32` → (address, prefix).
-fn cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let addr: IpAddr = addr.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        None => max,
-        Some(l) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => l.parse().ok()?,
-        Some(_) => return None,
-    };
-    (len <= max).then_some((addr, len))
 }

@@ -183,7 +183,8 @@ fn ip_restriction_takes_apisix_forms_and_refuses_by_name() {
     let r =
         parse(json!({"whitelist": ["127.0.0.1", "113.74.26.106/24", "2001:db8::/32"]})).unwrap();
     assert!(r.allow);
-    assert_eq!(r.cidrs.len(), 3);
+    let nets: Vec<String> = r.cidrs.iter().map(|n| n.to_string()).collect();
+    assert_eq!(nets, ["127.0.0.1/32", "113.74.26.0/24", "2001:db8::/32"]);
     assert_eq!(r.message, ip_restriction::DEFAULT_MESSAGE);
     let r = parse(json!({"denylist": ["::1"], "message": "no", "response_code": 403})).unwrap();
     assert!(!r.allow);

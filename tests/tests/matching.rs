@@ -402,8 +402,9 @@ fn vars_on_a_session_cookie_the_filter_removes_are_refused() {
     });
 }
 
-/// The same for `Authorization`: a login route with
-/// `access_token_in_authorization_header` adds it to a browser's request,
+/// The same for `Authorization`: a route with
+/// `access_token_in_authorization_header` adds it to a browser's request
+/// (or a bearer request with `X-Access-Token`),
 /// and Envoy would then choose the route again: a route testing
 /// `http_authorization` (say, a stricter bearer route for API clients,
 /// with a higher priority) would get the request without its own checks.
@@ -419,14 +420,14 @@ fn vars_on_an_authorization_a_login_filter_sets_are_refused() {
             "client_id": provider.client_id(),
             "client_secret": provider.client_secret(),
             "discovery": provider.discovery_url(),
-            "access_token_in_authorization_header": true,
         });
         c.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         json!({"openid-connect": c})
     };
-    let web = json!({"uri": "/who", "plugins": oidc(json!({"redirect_uri": "http://localhost:9080/cb"})),
+    let web = json!({"uri": "/who", "plugins": oidc(json!({"redirect_uri": "http://localhost:9080/cb",
+            "access_token_in_authorization_header": true})),
         "upstream": {"nodes": {format!("127.0.0.1:{b}"): 1}}});
     let api = json!({"uri": "/who", "priority": 10,
         "vars": [["http_authorization", "~~", "^Bearer "]],
@@ -454,6 +455,22 @@ fn vars_on_an_authorization_a_login_filter_sets_are_refused() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(
         error_msg(&r).contains("route [api] tests \"http_authorization\""),
+        "{}",
+        r.body
+    );
+    // A bearer route that puts the token in Authorization adds the header
+    // to a request whose token came in X-Access-Token: it may not test it
+    // either.
+    let mut api_sets = api.clone();
+    api_sets["plugins"]["openid-connect"]["access_token_in_authorization_header"] = json!(true);
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes/api",
+        Some(&api_sets.to_string()),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        error_msg(&r).contains("this route's openid-connect filter sets"),
         "{}",
         r.body
     );

@@ -408,14 +408,14 @@ pub fn session_cookie(spec: &RouteSpec) -> Option<&str> {
     c.session.as_ref().map(|s| s.cookie_name.as_str())
 }
 
-/// Whether a route's filter puts the session's access token into
-/// `Authorization` (a login route with `access_token_in_authorization_header`):
-/// a browser request without the header gets one. (On the bearer side it
-/// writes back the `Bearer` token the request came with.)
+/// Whether a route's filter may put the access token into `Authorization`
+/// (`access_token_in_authorization_header`): a browser request with a
+/// session gets one, and so does a bearer request whose token came in
+/// `X-Access-Token`.
 fn sets_authorization(spec: &RouteSpec) -> bool {
-    spec.oidc.as_ref().is_some_and(|(_, c)| {
-        c.session.is_some() && c.set_access_token_header && c.access_token_in_authorization_header
-    })
+    spec.oidc
+        .as_ref()
+        .is_some_and(|(_, c)| c.set_access_token_header && c.access_token_in_authorization_header)
 }
 
 /// Why `spec` cannot be stored next to `others`: one of them tests, in

@@ -158,7 +158,10 @@ fn admin_api_probes_answer_as_apisix() {
             "redirect",
             "ip-restriction",
             "cors",
-            "response-rewrite"
+            "response-rewrite",
+            "limit-count",
+            "limit-req",
+            "prometheus"
         ])
     );
     let r = gw.admin("GET", "/apisix/admin/plugins/list?subsystem=stream", None);

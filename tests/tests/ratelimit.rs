@@ -393,6 +393,28 @@ fn limits_refuse_by_name_what_envoy_cannot_do() {
     for p in ["limit-count", "limit-req", "prometheus"] {
         assert!(list.as_array().unwrap().contains(&json!(p)), "{list}");
     }
+    // Every plugin listed has its schema, at both of APISIX's paths.
+    for p in list.as_array().unwrap() {
+        let p = p.as_str().unwrap();
+        for path in [
+            format!("/apisix/admin/plugins/{p}"),
+            format!("/apisix/admin/schema/plugins/{p}"),
+        ] {
+            let r = gw.admin("GET", &path, None);
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            assert_eq!(r.json()["type"], "object", "{path}");
+        }
+    }
+    let schema = gw
+        .admin("GET", "/apisix/admin/plugins/limit-count", None)
+        .json();
+    assert_eq!(schema["properties"]["rejected_code"]["default"], 503);
+    assert!(
+        schema["properties"].get("group").is_none(),
+        "refused: not offered"
+    );
+    let r = gw.admin("GET", "/apisix/admin/plugins/limit-conn", None);
+    assert_eq!(r.status, 404);
     let route = |plugins: Value| json!({"uri": "/x", "upstream": s.upstream, "plugins": plugins});
     let r = admin(
         gw,

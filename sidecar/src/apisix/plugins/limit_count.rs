@@ -65,7 +65,7 @@ pub(crate) const REDIS: &[&str] = &[
     "sentinel_password",
 ];
 
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "count",
     "time_window",
     "window_type",

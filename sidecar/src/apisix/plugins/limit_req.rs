@@ -22,7 +22,7 @@ use crate::apisix::route::Errors;
 
 pub const NAME: &str = "limit-req";
 
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "rate",
     "burst",
     "key",

@@ -38,6 +38,23 @@ pub const SUPPORTED: &[&str] = &[
     prometheus::NAME,
 ];
 
+/// The attributes plugin `name` (not `openid-connect`) knows, refused ones
+/// included (the Admin API's schemas offer a subset).
+pub fn known(name: &str) -> Option<Vec<&'static str>> {
+    let with_redis = |k: &[&'static str]| [k, limit_count::REDIS].concat();
+    Some(match name {
+        proxy_rewrite::NAME => proxy_rewrite::KNOWN.to_vec(),
+        redirect::NAME => redirect::KNOWN.to_vec(),
+        ip_restriction::NAME => ip_restriction::KNOWN.to_vec(),
+        cors::NAME => cors::KNOWN.to_vec(),
+        response_rewrite::NAME => response_rewrite::KNOWN.to_vec(),
+        limit_count::NAME => with_redis(limit_count::KNOWN),
+        limit_req::NAME => with_redis(limit_req::KNOWN),
+        prometheus::NAME => prometheus::KNOWN.to_vec(),
+        _ => return None,
+    })
+}
+
 /// The plugins of a route other than `openid-connect`, validated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plugins {

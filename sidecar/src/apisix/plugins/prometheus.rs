@@ -16,6 +16,8 @@ use crate::apisix::route::Errors;
 
 pub const NAME: &str = "prometheus";
 
+pub const KNOWN: &[&str] = &["prefer_name"];
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Prometheus {
     pub prefer_name: bool,
@@ -27,7 +29,7 @@ impl Prometheus {
     pub fn parse(conf: &Value, at: &str, e: &mut Errors) -> Option<Prometheus> {
         let before = e.len();
         let obj = object(conf, at, e)?;
-        unknown(obj, &["prefer_name"], at, e);
+        unknown(obj, KNOWN, at, e);
         let prefer_name = flag(obj, "prefer_name", false, at, e);
         (e.len() == before).then_some(Prometheus {
             prefer_name,

@@ -62,6 +62,17 @@ impl Gateway {
     /// [`Gateway::start`] without `--allow-local-upstreams`: the sidecar
     /// refuses upstream nodes on loopback and link-local addresses.
     pub fn start_strict(dir: &Path, extra_args: &[&str]) -> Gateway {
+        Gateway::start_strict_with(dir, extra_args, 1)
+    }
+
+    /// [`Gateway::start`] with Envoy running `concurrency` worker threads.
+    pub fn start_concurrent(dir: &Path, extra_args: &[&str], concurrency: u32) -> Gateway {
+        let mut args = vec!["--allow-local-upstreams"];
+        args.extend_from_slice(extra_args);
+        Gateway::start_strict_with(dir, &args, concurrency)
+    }
+
+    fn start_strict_with(dir: &Path, extra_args: &[&str], concurrency: u32) -> Gateway {
         let proxy_port = free_port();
         let admin_port = free_port();
         let xds_port = free_port();
@@ -95,7 +106,7 @@ impl Gateway {
         cmd.arg("-c").arg(&bootstrap_file).args([
             "--disable-hot-restart",
             "--concurrency",
-            "1",
+            &concurrency.to_string(),
             "-l",
             "info",
         ]);

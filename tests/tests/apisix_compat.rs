@@ -158,7 +158,10 @@ fn admin_api_probes_answer_as_apisix() {
             "redirect",
             "ip-restriction",
             "cors",
-            "response-rewrite"
+            "response-rewrite",
+            "limit-count",
+            "limit-req",
+            "prometheus"
         ])
     );
     let r = gw.admin("GET", "/apisix/admin/plugins/list?subsystem=stream", None);
@@ -176,7 +179,7 @@ fn admin_api_probes_answer_as_apisix() {
         // Only what is accepted: refused attributes are not offered.
         assert!(schema["properties"].get("proxy_opts").is_none());
     }
-    let r = gw.admin("GET", "/apisix/admin/plugins/limit-count", None);
+    let r = gw.admin("GET", "/apisix/admin/plugins/key-auth", None);
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error_msg"], "plugin not found in subsystem http");
 }
@@ -223,10 +226,8 @@ fn an_etcd_written_by_apisix_is_served_and_what_is_not_is_named() {
         "/apisix/routes/2",
         &json!({"id": "2", "uri": "/limited/*", "priority": 0, "status": 1,
                 "create_time": 1765000000, "update_time": 1765000000,
-                "plugins": {"limit-count": {"count": 2, "time_window": 60,
-                    "key": "remote_addr", "key_type": "var", "policy": "local",
-                    "rejected_code": 503, "show_limit_quota_header": true,
-                    "allow_degradation": false}},
+                "plugins": {"key-auth": {"header": "apikey", "query": "apikey",
+                    "hide_credentials": false}},
                 "upstream_id": "1"}),
     );
     etcd.put(
@@ -265,7 +266,7 @@ fn an_etcd_written_by_apisix_is_served_and_what_is_not_is_named() {
         route2["reason"]
             .as_str()
             .unwrap()
-            .contains("\"plugins.limit-count\" is not a plugin this gateway has"),
+            .contains("\"plugins.key-auth\" is not a plugin this gateway has"),
         "{route2}"
     );
     let grpc = not_served["upstreams"]

@@ -723,8 +723,8 @@ async fn bad_bodies_are_refused_by_name_and_change_nothing() {
             "property \"upstream.nodes.httpbin.org:80\" weight must not be negative",
         ),
         (
-            with(json!({"plugins": {"limit-count": {"count": 1}}})),
-            "property \"plugins.limit-count\" is not a plugin",
+            with(json!({"plugins": {"key-auth": {"count": 1}}})),
+            "property \"plugins.key-auth\" is not a plugin",
         ),
         (
             with(json!({"plugins": {"openid-connect": {"bearer_only": "yes"}}})),

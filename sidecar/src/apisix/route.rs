@@ -285,6 +285,17 @@ impl RouteSpec {
 
         let mut plugins = Plugins::default();
         let oidc = parse_all_plugins(obj.get("plugins"), &mut e, &mut plugins);
+        if let Some(p) = &mut plugins.prometheus {
+            // APISIX's `route` label: the id, or the name with `prefer_name`.
+            let name = obj
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty());
+            p.label = match name {
+                Some(n) if p.prefer_name => n.to_string(),
+                _ => id.to_string(),
+            };
+        }
         let timeout = obj
             .get("timeout")
             .and_then(|t| parse_timeouts(t, "timeout", &mut e));
@@ -433,6 +444,7 @@ pub fn parse_all_plugins(
         }
     };
     let mut out = None;
+    let before = e.len();
     for (name, conf) in plugins {
         if name != OIDC_PLUGIN {
             if others.add(name, conf, e) {
@@ -461,6 +473,9 @@ pub fn parse_all_plugins(
                 }
             }
         }
+    }
+    if e.len() == before {
+        others.check(e);
     }
     out
 }
@@ -525,7 +540,7 @@ mod tests {
             "vars": [["uri", "==", "/a"]],
             "script": "x",
             "methods": ["FETCH"],
-            "plugins": {"limit-count": {}, "openid-connect": {"client_id": 5}},
+            "plugins": {"key-auth": {}, "openid-connect": {"client_id": 5}},
             "upstream": {"type": "chash", "key": "server_name", "nodes": {"bad host:80": 1, "ok:80": -1, "ok2:99999": 1}}
         });
         let e = RouteSpec::parse("x", &v, &none()).unwrap_err();
@@ -535,7 +550,7 @@ mod tests {
             "property \"vars\" expression [\"uri\",\"==\",\"/a\"] tests the variable \"uri\"",
             "property \"script\" is not supported",
             "property \"methods\" has an unknown method",
-            "property \"plugins.limit-count\" is not a plugin",
+            "property \"plugins.key-auth\" is not a plugin",
             "property \"plugins.openid-connect.client_id\" must be a string",
             "property \"plugins.openid-connect.discovery\" is required",
             "property \"upstream.key\" \"server_name\" is not supported",

@@ -204,7 +204,7 @@ mod tests {
     fn service_errors_name_the_attribute() {
         let s = json!({"id": "t", "script": "x", "colour": 1, "upstream_id": "nope",
                        "upstream": {"nodes": {}}, "hosts": [], "enable_websocket": "yes",
-                       "plugins": {"limit-count": {}, "openid-connect": {"client_id": 5}}});
+                       "plugins": {"key-auth": {}, "openid-connect": {"client_id": 5}}});
         let e = check(ResourceKind::Service, "s", &s, &stored()).unwrap_err();
         for want in [
             "property \"script\" is not supported",
@@ -213,7 +213,7 @@ mod tests {
             "property \"upstream\" and \"upstream_id\" cannot both be set",
             "property \"hosts\" must be a non-empty array",
             "property \"enable_websocket\" must be a boolean",
-            "property \"plugins.limit-count\" is not a plugin",
+            "property \"plugins.key-auth\" is not a plugin",
             "property \"plugins.openid-connect.client_id\" must be a string",
         ] {
             assert!(e.contains(want), "missing {want:?} in {e}");

@@ -1,6 +1,6 @@
 //! The one listener: HTTP connection manager, the CORS and RBAC filters (cors,
-//! ip-restriction), the wasm
-//! filter, the router.
+//! ip-restriction), the wasm filter, the local rate limit filters
+//! (limit-count, limit-req), the router.
 //! It does not depend on the routes, so Envoy never drains it.
 
 use super::*;
@@ -64,10 +64,14 @@ pub(super) fn connection_manager(s: &ProxySettings) -> Filter {
         // CORS, then RBAC, before the wasm filter: a preflight is answered
         // and ip-restriction refuses before any login (`plugins.rs`);
         // without a route policy both let the request pass.
+        // The limits after the login (APISIX counts what the login let
+        // through), limit-count before limit-req (`limits.rs`).
         http_filters: vec![
             super::plugins::cors_filter(),
             super::plugins::rbac_filter(),
             wasm,
+            super::limits::limit_filter(super::limits::LIMIT_COUNT_FILTER, "limit_count"),
+            super::limits::limit_filter(super::limits::LIMIT_REQ_FILTER, "limit_req"),
             router,
         ],
         local_reply_config: Some(super::plugins::local_replies()),

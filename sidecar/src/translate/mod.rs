@@ -134,6 +134,7 @@ use crate::apisix::upstream::{
 
 mod clusters;
 mod https;
+mod limits;
 mod listener;
 mod plugins;
 mod providers;

@@ -197,15 +197,17 @@ pub(super) fn local_replies() -> LocalReplyConfig {
         .into_iter()
         .collect(),
     };
-    LocalReplyConfig {
-        mappers: vec![ResponseMapper {
-            filter: Some(denied),
-            body_format_override: Some(SubstitutionFormatString {
-                format: Some(substitution_format_string::Format::JsonFormat(body)),
-                ..Default::default()
-            }),
+    let mut mappers = vec![ResponseMapper {
+        filter: Some(denied),
+        body_format_override: Some(SubstitutionFormatString {
+            format: Some(substitution_format_string::Format::JsonFormat(body)),
             ..Default::default()
-        }],
+        }),
+        ..Default::default()
+    }];
+    mappers.extend(super::limits::limit_replies());
+    LocalReplyConfig {
+        mappers,
         ..Default::default()
     }
 }
@@ -381,8 +383,20 @@ fn to_https(r: &Route, https_port: u16, get_or_head: bool) -> Route {
             ..Default::default()
         })),
         metadata: Some(metadata),
-        // ip-restriction still comes first (APISIX: 3000 before 900).
-        typed_per_filter_config: r.typed_per_filter_config.clone(),
+        // ip-restriction still comes first (APISIX: 3000 before 900); the
+        // limits come after the redirect (APISIX: access after rewrite).
+        typed_per_filter_config: r
+            .typed_per_filter_config
+            .iter()
+            .filter(|(k, _)| {
+                ![
+                    super::limits::LIMIT_COUNT_FILTER,
+                    super::limits::LIMIT_REQ_FILTER,
+                ]
+                .contains(&k.as_str())
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         ..Default::default()
     }
 }

@@ -166,6 +166,7 @@ pub(super) fn envoy_routes(e: &Entry) -> Vec<Route> {
                 ..Default::default()
             };
             super::plugins::apply(e.spec, &mut route);
+            super::limits::apply(e.spec, &mut route);
             route
         })
         .collect()

@@ -804,6 +804,8 @@ fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
             "envoy.filters.http.cors",
             "envoy.filters.http.rbac",
             "envoy.filters.http.wasm",
+            "apisix.limit-count",
+            "apisix.limit-req",
             "envoy.filters.http.router"
         ]
     );
@@ -1381,4 +1383,95 @@ fn vars_alternatives_are_adjacent_routes_with_the_route_matchers() {
 /// (`oidc_core::metadata::route_name`).
 fn id_of(r: &Route) -> &str {
     routes::route_id(&r.name)
+}
+
+#[test]
+fn limits_are_per_route_buckets_per_client_and_prometheus_a_stat_prefix() {
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use limits::{LIMIT_COUNT_FILTER, LIMIT_NAMESPACE, LIMIT_REQ_FILTER};
+    let mut counted = route("/c/*", json!({"127.0.0.1:8090": 1}));
+    counted["name"] = json!("my api.v1");
+    counted["plugins"] = json!({
+        "limit-count": {"count": 3, "time_window": 60, "rejected_code": 429,
+                        "rejected_msg": "slow"},
+        "limit-req": {"rate": 2.5, "burst": 1, "key": "remote_addr"},
+        "prometheus": {"prefer_name": true},
+    });
+    let mut constant = route("/k/*", json!({"127.0.0.1:8090": 1}));
+    constant["plugins"] = json!({
+        "limit-count": {"count": 1, "time_window": 1, "key_type": "constant", "key": "k",
+                        "show_limit_quota_header": false},
+        "prometheus": {},
+    });
+    let mut redirected = route("/r/*", json!({"127.0.0.1:8090": 1}));
+    redirected["plugins"] = json!({
+        "limit-count": {"count": 1, "time_window": 1},
+        "redirect": {"uri": "/elsewhere"},
+    });
+    let r = run(&[("c", counted), ("k", constant), ("r", redirected)]);
+    let routes = &vhost(&r, "*").routes;
+    let by = |id: &str| {
+        routes
+            .iter()
+            .find(|x| routes::route_id(&x.name) == id)
+            .unwrap()
+    };
+    let c = by("c");
+    assert_eq!(c.stat_prefix, "my_api_v1");
+    let lc: LocalRateLimit = decode(&c.typed_per_filter_config[LIMIT_COUNT_FILTER]);
+    let b = lc.token_bucket.as_ref().unwrap();
+    assert_eq!(b.max_tokens, 3);
+    assert_eq!(b.tokens_per_fill.as_ref().unwrap().value, 3);
+    assert_eq!(b.fill_interval.as_ref().unwrap().seconds, 60);
+    assert_eq!(lc.status.as_ref().unwrap().code, 429);
+    assert_eq!(lc.enable_x_ratelimit_headers, 1);
+    // One bucket per client address, from the filter state the listener
+    // sets (the peer, not X-Forwarded-For).
+    assert_eq!(lc.descriptors.len(), 1);
+    assert_eq!(lc.descriptors[0].entries[0].value, "");
+    assert_eq!(lc.max_dynamic_descriptors.as_ref().unwrap().value, 10_000);
+    assert_eq!(
+        lc.always_consume_default_token_bucket,
+        Some(BoolValue { value: false })
+    );
+    {
+        use envoy_types::pb::envoy::config::route::v3::rate_limit::action::ActionSpecifier;
+        use envoy_types::pb::envoy::extensions::rate_limit_descriptors::expr::v3::{
+            descriptor::ExprSpecifier, Descriptor,
+        };
+        let Some(ActionSpecifier::Extension(ext)) = &lc.rate_limits[0].actions[0].action_specifier
+        else {
+            panic!("{:?}", lc.rate_limits)
+        };
+        let d: Descriptor = decode(ext.typed_config.as_ref().unwrap());
+        assert_eq!(
+            d.expr_specifier,
+            Some(ExprSpecifier::Text(
+                "filter_state['apisix.remote_addr']".into()
+            ))
+        );
+    }
+    let lr: LocalRateLimit = decode(&c.typed_per_filter_config[LIMIT_REQ_FILTER]);
+    let b = lr.token_bucket.as_ref().unwrap();
+    assert_eq!(b.max_tokens, 2);
+    assert_eq!(b.tokens_per_fill.as_ref().unwrap().value, 2500);
+    assert_eq!(b.fill_interval.as_ref().unwrap().seconds, 1000);
+    assert_eq!(lr.status.as_ref().unwrap().code, 503);
+    let meta = &c.metadata.as_ref().unwrap().filter_metadata[LIMIT_NAMESPACE];
+    assert_eq!(
+        meta.fields["count_msg"].kind,
+        Some(value::Kind::StringValue("slow".into()))
+    );
+    assert!(!meta.fields.contains_key("req_msg"));
+
+    let k = by("k");
+    assert_eq!(k.stat_prefix, "k");
+    let lk: LocalRateLimit = decode(&k.typed_per_filter_config[LIMIT_COUNT_FILTER]);
+    assert!(lk.descriptors.is_empty() && lk.rate_limits.is_empty());
+    assert_eq!(lk.enable_x_ratelimit_headers, 0);
+    assert!(!k.typed_per_filter_config.contains_key(LIMIT_REQ_FILTER));
+
+    // APISIX's redirect answers before any limit counts.
+    assert!(by("r").typed_per_filter_config.is_empty());
+    assert_eq!(by("r").stat_prefix, "");
 }

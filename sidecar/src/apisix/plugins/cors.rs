@@ -22,7 +22,7 @@ use crate::apisix::route::Errors;
 
 pub const NAME: &str = "cors";
 
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "allow_origins",
     "allow_methods",
     "allow_headers",

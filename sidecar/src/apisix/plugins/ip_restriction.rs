@@ -22,7 +22,7 @@ use crate::apisix::route::Errors;
 pub const NAME: &str = "ip-restriction";
 pub const DEFAULT_MESSAGE: &str = "Your IP address is not allowed";
 
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "whitelist",
     "blacklist",
     "allowlist",

@@ -9,12 +9,18 @@ use crate::apisix::route::{Errors, OIDC_PLUGIN};
 
 pub mod cors;
 pub mod ip_restriction;
+pub mod limit_count;
+pub mod limit_req;
+pub mod prometheus;
 pub mod proxy_rewrite;
 pub mod redirect;
 pub mod response_rewrite;
 
 pub use cors::Cors;
 pub use ip_restriction::IpRestriction;
+pub use limit_count::LimitCount;
+pub use limit_req::LimitReq;
+pub use prometheus::Prometheus;
 pub use proxy_rewrite::ProxyRewrite;
 pub use redirect::Redirect;
 pub use response_rewrite::ResponseRewrite;
@@ -27,7 +33,27 @@ pub const SUPPORTED: &[&str] = &[
     ip_restriction::NAME,
     cors::NAME,
     response_rewrite::NAME,
+    limit_count::NAME,
+    limit_req::NAME,
+    prometheus::NAME,
 ];
+
+/// The attributes plugin `name` (not `openid-connect`) knows, refused ones
+/// included (the Admin API's schemas offer a subset).
+pub fn known(name: &str) -> Option<Vec<&'static str>> {
+    let with_redis = |k: &[&'static str]| [k, limit_count::REDIS].concat();
+    Some(match name {
+        proxy_rewrite::NAME => proxy_rewrite::KNOWN.to_vec(),
+        redirect::NAME => redirect::KNOWN.to_vec(),
+        ip_restriction::NAME => ip_restriction::KNOWN.to_vec(),
+        cors::NAME => cors::KNOWN.to_vec(),
+        response_rewrite::NAME => response_rewrite::KNOWN.to_vec(),
+        limit_count::NAME => with_redis(limit_count::KNOWN),
+        limit_req::NAME => with_redis(limit_req::KNOWN),
+        prometheus::NAME => prometheus::KNOWN.to_vec(),
+        _ => return None,
+    })
+}
 
 /// The plugins of a route other than `openid-connect`, validated.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -37,6 +63,9 @@ pub struct Plugins {
     pub ip_restriction: Option<IpRestriction>,
     pub cors: Option<Cors>,
     pub response_rewrite: Option<ResponseRewrite>,
+    pub limit_count: Option<LimitCount>,
+    pub limit_req: Option<LimitReq>,
+    pub prometheus: Option<Prometheus>,
 }
 
 impl Plugins {
@@ -50,9 +79,30 @@ impl Plugins {
             ip_restriction::NAME => self.ip_restriction = IpRestriction::parse(conf, &at, e),
             cors::NAME => self.cors = Cors::parse(conf, &at, e),
             response_rewrite::NAME => self.response_rewrite = ResponseRewrite::parse(conf, &at, e),
+            limit_count::NAME => self.limit_count = LimitCount::parse(conf, &at, e),
+            limit_req::NAME => self.limit_req = LimitReq::parse(conf, &at, e),
+            prometheus::NAME => self.prometheus = Prometheus::parse(conf, &at, e),
             _ => return false,
         }
         true
+    }
+
+    /// What holds between plugins, once all are added: a refusal by
+    /// `limit-count` and one by `limit-req` are told apart by their status
+    /// code only (Envoy's local replies carry no more), so with the same
+    /// `rejected_code` they must have the same `rejected_msg`.
+    pub fn check(&self, e: &mut Errors) {
+        if let (Some(c), Some(r)) = (&self.limit_count, &self.limit_req) {
+            if c.rejected_code == r.rejected_code && c.rejected_msg != r.rejected_msg {
+                e.push(
+                    &format!("plugins.{}.rejected_msg", limit_req::NAME),
+                    format!(
+                        "is not supported when it differs from {}'s with the same rejected_code",
+                        limit_count::NAME
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use crate::apisix::route::Errors;
 
 pub const NAME: &str = "proxy-rewrite";
 
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "uri",
     "regex_uri",
     "host",

@@ -19,7 +19,7 @@ use crate::apisix::route::Errors;
 
 pub const NAME: &str = "redirect";
 
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "ret_code",
     "uri",
     "regex_uri",

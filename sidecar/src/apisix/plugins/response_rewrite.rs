@@ -14,7 +14,7 @@ use crate::apisix::route::Errors;
 
 pub const NAME: &str = "response-rewrite";
 
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "headers",
     "status_code",
     "body",

@@ -269,3 +269,204 @@ fn cors_takes_apisix_forms_and_refuses_by_name() {
         assert!(err.contains(want), "{conf}: {err}");
     }
 }
+
+fn limit_count(v: Value) -> Result<LimitCount, String> {
+    let mut e = Errors::new();
+    LimitCount::parse(&v, "plugins.limit-count", &mut e).ok_or_else(|| e.message())
+}
+
+fn limit_req(v: Value) -> Result<LimitReq, String> {
+    let mut e = Errors::new();
+    LimitReq::parse(&v, "plugins.limit-req", &mut e).ok_or_else(|| e.message())
+}
+
+#[test]
+fn limit_count_takes_apisix_docs_bodies_and_defaults() {
+    // APISIX's docs: "Apply Rate Limiting by Remote Address".
+    let c = limit_count(json!({"count": 1, "time_window": 30, "rejected_code": 429,
+        "key_type": "var", "key": "remote_addr", "policy": "local"}))
+    .unwrap();
+    assert_eq!(
+        c,
+        LimitCount {
+            count: 1,
+            time_window: 30,
+            per_client: true,
+            rejected_code: 429,
+            rejected_msg: None,
+            show_limit_quota_header: true,
+        }
+    );
+    // What APISIX ≤ 3.13 stored with its defaults filled in.
+    let c = limit_count(json!({"count": 2, "time_window": 60, "key": "remote_addr",
+        "key_type": "var", "policy": "local", "rejected_code": 503,
+        "show_limit_quota_header": true, "allow_degradation": false,
+        "window_type": "fixed", "sync_interval": -1}))
+    .unwrap();
+    assert_eq!((c.count, c.rejected_code, c.per_client), (2, 503, true));
+    let c = limit_count(json!({"count": 5, "time_window": 1, "key_type": "constant",
+        "key": "x", "rejected_msg": "slow down", "show_limit_quota_header": false}))
+    .unwrap();
+    assert!(!c.per_client && !c.show_limit_quota_header);
+    assert_eq!(c.rejected_msg.as_deref(), Some("slow down"));
+    assert!(
+        limit_count(
+            json!({"count": 1, "time_window": 1, "key_type": "var_combination",
+        "key": "$remote_addr"})
+        )
+        .unwrap()
+        .per_client
+    );
+}
+
+#[test]
+fn limit_count_refuses_by_name() {
+    let cases = [
+        (
+            json!({"count": 1, "time_window": 1, "policy": "redis", "redis_host": "127.0.0.1"}),
+            "plugins.limit-count.policy\" \"redis\" is not supported: cluster-wide counting is not supported",
+        ),
+        (
+            json!({"count": 1, "time_window": 1, "policy": "redis-cluster",
+                   "redis_cluster_nodes": ["a:1", "b:2"], "redis_cluster_name": "c"}),
+            "cluster-wide counting is not supported",
+        ),
+        (
+            json!({"count": 1, "time_window": 30, "group": "srv1"}),
+            "plugins.limit-count.group\" is not supported",
+        ),
+        (
+            json!({"rules": [{"count": 1, "time_window": 1, "key": "$remote_addr"}]}),
+            "plugins.limit-count.rules\" is not supported",
+        ),
+        (
+            json!({"count": 1, "time_window": 1, "key_type": "var_combination",
+                   "key": "$remote_addr $consumer_name"}),
+            "plugins.limit-count.key\" \"$remote_addr $consumer_name\" is not supported",
+        ),
+        (
+            json!({"count": 1, "time_window": 1, "key": "http_x_forwarded_for"}),
+            "plugins.limit-count.key\" \"http_x_forwarded_for\" is not supported",
+        ),
+        (
+            json!({"count": "$arg_n", "time_window": 1}),
+            "plugins.limit-count.count\" is not supported as an expression",
+        ),
+        (
+            json!({"count": 1, "time_window": 1, "rejected_code": 200}),
+            "plugins.limit-count.rejected_code\" is not supported below 400",
+        ),
+        (
+            json!({"count": 0, "time_window": 1}),
+            "plugins.limit-count.count\" must be an integer greater than 0",
+        ),
+        (json!({"count": 1}), "plugins.limit-count.time_window\" is required"),
+        (
+            json!({"count": 1, "time_window": 1, "_meta": {"disable": true}}),
+            "plugins.limit-count._meta\" is not supported",
+        ),
+        (
+            json!({"count": 1, "time_window": 1, "nope": 1}),
+            "plugins.limit-count.nope\" is not an attribute",
+        ),
+    ];
+    for (v, want) in cases {
+        let msg = limit_count(v.clone()).unwrap_err();
+        assert!(msg.contains(want), "{v}: {msg}");
+    }
+}
+
+#[test]
+fn limit_req_takes_apisix_docs_bodies_and_refuses_by_name() {
+    // APISIX's docs: "Apply Rate Limiting by Remote Address".
+    let r = limit_req(json!({"rate": 1, "burst": 0, "key": "remote_addr",
+        "key_type": "var", "rejected_code": 429, "nodelay": true}))
+    .unwrap();
+    assert_eq!(
+        r,
+        LimitReq {
+            rate: 1.0,
+            max_tokens: 1,
+            per_client: true,
+            rejected_code: 429,
+            rejected_msg: None,
+        }
+    );
+    // nodelay: false (the default) is accepted; a fractional burst floors.
+    let r = limit_req(json!({"rate": 0.5, "burst": 2.5, "key": "remote_addr",
+        "allow_degradation": true, "policy": "local", "rejected_msg": "busy"}))
+    .unwrap();
+    assert_eq!((r.rate, r.max_tokens), (0.5, 3));
+    for (v, want) in [
+        (
+            json!({"rate": 1, "burst": 1}),
+            "plugins.limit-req.key\" is required",
+        ),
+        (
+            json!({"rate": 1, "burst": 1, "key": "consumer_name"}),
+            "plugins.limit-req.key\" \"consumer_name\" is not supported",
+        ),
+        (
+            json!({"rate": 1, "burst": 1, "key": "remote_addr", "key_type": "constant"}),
+            "plugins.limit-req.key_type\" must be",
+        ),
+        (
+            json!({"rate": 1, "burst": 1, "key": "remote_addr", "policy": "redis",
+                   "redis_host": "r"}),
+            "cluster-wide counting is not supported",
+        ),
+        (
+            json!({"rate": 0, "burst": 1, "key": "remote_addr"}),
+            "plugins.limit-req.rate\" must be a number greater than 0",
+        ),
+        (
+            json!({"rate": 1, "burst": -1, "key": "remote_addr"}),
+            "plugins.limit-req.burst\" must be a number from 0",
+        ),
+    ] {
+        let msg = limit_req(v.clone()).unwrap_err();
+        assert!(msg.contains(want), "{v}: {msg}");
+    }
+}
+
+#[test]
+fn two_limits_with_one_code_need_one_message() {
+    let mut p = Plugins::default();
+    let mut e = Errors::new();
+    p.add(
+        "limit-count",
+        &json!({"count": 1, "time_window": 1, "rejected_msg": "a"}),
+        &mut e,
+    );
+    p.add(
+        "limit-req",
+        &json!({"rate": 1, "burst": 1, "key": "remote_addr"}),
+        &mut e,
+    );
+    p.check(&mut e);
+    assert!(
+        e.message()
+            .contains("plugins.limit-req.rejected_msg\" is not supported when it differs"),
+        "{}",
+        e.message()
+    );
+    // Different codes tell the two apart.
+    let mut e = Errors::new();
+    p.add(
+        "limit-req",
+        &json!({"rate": 1, "burst": 1, "key": "remote_addr", "rejected_code": 429}),
+        &mut e,
+    );
+    p.check(&mut e);
+    assert!(e.is_empty(), "{}", e.message());
+}
+
+#[test]
+fn prometheus_takes_prefer_name() {
+    let mut e = Errors::new();
+    let p = Prometheus::parse(&json!({"prefer_name": true}), "plugins.prometheus", &mut e).unwrap();
+    assert!(p.prefer_name);
+    assert!(Prometheus::parse(&json!({}), "plugins.prometheus", &mut e).is_some());
+    assert!(Prometheus::parse(&json!({"x": 1}), "plugins.prometheus", &mut e).is_none());
+    assert_eq!(prometheus::stat_label("a.b c/é-_1"), "a_b_c__-_1");
+}

@@ -146,15 +146,32 @@ pub(super) fn check_route(id: &str, route: &Value, stored: &Stored) -> Result<Ro
     }
 }
 
-/// Refuses a change to anything routes use (`next` is the stored set
-/// after it) that would make a route that is valid now invalid, naming the
-/// route and why.
+/// Refuses a change to the object `id` of `kind`, which routes use (`next`
+/// is the stored set after it), that would make a route that is valid now
+/// invalid, naming the route and why. Only the routes that take the object
+/// in are checked (every route for a global rule).
 pub(super) fn routes_stay_valid(
     kind: ResourceKind,
+    id: &str,
     current: &Stored,
     next: &Stored,
 ) -> Result<(), Refusal> {
+    let takes_in = |r: &Value, set: &Stored| match kind {
+        ResourceKind::Upstream => {
+            names(r, "upstream_id", id)
+                || r.get("service_id")
+                    .and_then(id_text)
+                    .and_then(|sid| set.services.get(&sid))
+                    .is_some_and(|s| names(s, "upstream_id", id))
+        }
+        ResourceKind::Service => names(r, "service_id", id),
+        ResourceKind::PluginConfig => names(r, "plugin_config_id", id),
+        _ => true,
+    };
     for (rid, r) in &next.routes {
+        if !takes_in(r, next) && !takes_in(r, current) {
+            continue;
+        }
         if let Err(e) = check_route(rid, r, next) {
             if check_route(rid, r, current).is_ok() {
                 return Err(bad(format!(
@@ -195,6 +212,7 @@ pub(super) fn finish(
     id: &str,
     obj: Map<String, Value>,
     current: &Stored,
+    table: &RouteTable,
     nodes: &NodePolicy,
     now: u64,
 ) -> Result<Value, Refusal> {
@@ -207,16 +225,10 @@ pub(super) fn finish(
             let merged = merge::effective(&sent, current).map_err(Refusal::Bad)?;
             let spec = RouteSpec::parse(id, &merged, &current.upstreams).map_err(Refusal::Bad)?;
             login_needs_a_host(&spec, &mut e);
-            // Session cookies one route's filter removes, tested by another.
-            let others: Vec<RouteSpec> = current
-                .routes
-                .iter()
-                .filter_map(|(rid, v)| {
-                    let merged = merge::effective(v, current).ok()?;
-                    RouteSpec::parse(rid, &merged, &current.upstreams).ok()
-                })
-                .collect();
-            for why in crate::apisix::vars::session_cookie_clashes(&spec, others.iter()) {
+            // Session cookies one route's filter removes, tested by another
+            // (the others as validated in the table of `current`).
+            let others = table.all().filter(|r| r.id != id);
+            for why in crate::apisix::vars::session_cookie_clashes(&spec, others) {
                 e.push("vars", why);
             }
             if let Some(up) = sent.get("upstream") {
@@ -246,7 +258,7 @@ pub(super) fn finish(
     if !matches!(kind, ResourceKind::Route | ResourceKind::Ssl) {
         let mut next = current.clone();
         kind.of_mut(&mut next).insert(id.to_string(), v.clone());
-        routes_stay_valid(kind, current, &next)?;
+        routes_stay_valid(kind, id, current, &next)?;
     }
     Ok(v)
 }

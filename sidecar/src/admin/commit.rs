@@ -39,7 +39,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn next_id(&mut self, taken: &BTreeMap<String, Value>, now: u64) -> String {
+    pub(super) fn next_id(&mut self, taken: &crate::store::Objects, now: u64) -> String {
         let mut n = (u128::from(now) * 1_000_000_000).max(self.last_id + 1);
         while taken.contains_key(&format!("{n:020}")) {
             n += 1;
@@ -139,7 +139,7 @@ impl AdminState {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Runs `decide` on what is known under the writer lock; on `Ok`
+    /// Runs `decide` on what is known (and its routes, validated) under the writer lock; on `Ok`
     /// writes the result, then publishes it. Nothing changes on `Err` or
     /// when the write fails. When the store says the write's guards no
     /// longer hold (another sidecar wrote in between), `decide` runs again
@@ -147,7 +147,9 @@ impl AdminState {
     /// turns the result into the Admin API's answer.
     pub(super) async fn commit<F>(&self, mut decide: F) -> Result<Committed, CommitError>
     where
-        F: FnMut(&Versioned, &mut Writer, u64) -> Result<Change, Refusal> + Send + 'static,
+        F: FnMut(&Versioned, &RouteTable, &mut Writer, u64) -> Result<Change, Refusal>
+            + Send
+            + 'static,
     {
         let state = self.clone();
         // A task of its own: a client that goes away mid-write must not
@@ -158,7 +160,17 @@ impl AdminState {
             let mut current = state.known();
             for _ in 0..MAX_ATTEMPTS {
                 let now = (inner.clock)();
-                let change = decide(&current, &mut writer, now).map_err(CommitError::Refused)?;
+                // The routes of `current`, validated: the published table
+                // when it is of `current` (the two maps share their nodes,
+                // so this compares pointers), else that table updated.
+                let table = inner.tx.borrow().clone();
+                let table = if *table.stored() == current.data {
+                    table
+                } else {
+                    Arc::new(table.update(current.data.clone()))
+                };
+                let change =
+                    decide(&current, &table, &mut writer, now).map_err(CommitError::Refused)?;
                 let write = change.write(&current);
                 let mut next = current.data.clone();
                 match &write.value {
@@ -179,8 +191,8 @@ impl AdminState {
                     Ok(Written::Saved) => {
                         let next = Versioned::unversioned(next);
                         inner.known.send_replace(Arc::new(next.clone()));
-                        let table = inner.tx.borrow().update(next.data);
-                        inner.tx.send_replace(Arc::new(table));
+                        let next = table.update(next.data);
+                        inner.tx.send_replace(Arc::new(next));
                         None
                     }
                     Ok(Written::At { revision }) => {

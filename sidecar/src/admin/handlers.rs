@@ -172,7 +172,7 @@ pub(super) async fn put(
 ) -> Response {
     let nodes = s.inner.settings.nodes.clone();
     s.answer(
-        s.commit(move |current, _, now| {
+        s.commit(move |current, table, _, now| {
             let current = &current.data;
             let mut obj = obj.clone();
             let id = id.clone();
@@ -181,7 +181,7 @@ pub(super) async fn put(
             obj.insert("create_time".into(), stored_create_time(stored, now));
             obj.insert("update_time".into(), Value::from(now));
             let created = stored.is_none();
-            let value = finish(kind, &id, obj, current, &nodes, now)?;
+            let value = finish(kind, &id, obj, current, table, &nodes, now)?;
             Ok(Change::Put {
                 kind,
                 created,
@@ -215,14 +215,14 @@ pub(super) async fn post_new(
     }
     let nodes = s.inner.settings.nodes.clone();
     Ok(s.answer(
-        s.commit(move |current, writer, now| {
+        s.commit(move |current, table, writer, now| {
             let current = &current.data;
             let mut obj = obj.clone();
             fill_secrets(kind, &mut obj, None)?;
             obj.insert("create_time".into(), Value::from(now));
             obj.insert("update_time".into(), Value::from(now));
             let id = writer.next_id(kind.of(current), now);
-            let value = finish(kind, &id, obj, current, &nodes, now)?;
+            let value = finish(kind, &id, obj, current, table, &nodes, now)?;
             Ok(Change::Put {
                 kind,
                 id,
@@ -305,7 +305,7 @@ async fn patch_with(
 ) -> Response {
     let nodes = s.inner.settings.nodes.clone();
     s.answer(
-        s.commit(move |current, _, now| {
+        s.commit(move |current, table, _, now| {
             let current = &current.data;
             let id = id.clone();
             let stored = kind.of(current).get(&id).ok_or(Refusal::NotFound)?;
@@ -321,7 +321,7 @@ async fn patch_with(
             if !sets_update_time {
                 obj.insert("update_time".into(), Value::from(now));
             }
-            let value = finish(kind, &id, obj, current, &nodes, now)?;
+            let value = finish(kind, &id, obj, current, table, &nodes, now)?;
             Ok(Change::Put {
                 kind,
                 id,
@@ -340,7 +340,7 @@ pub(super) async fn delete_at_id(
 ) -> Result<Response, Refusal> {
     let id = path_id(kind, id)?;
     Ok(s.answer(
-        s.commit(move |current, _, _| {
+        s.commit(move |current, _, _, _| {
             let current = &current.data;
             let id = id.clone();
             if !kind.of(current).contains_key(&id) {

@@ -83,7 +83,6 @@
 //! more than the last generated id if that is larger. So they sort in
 //! creation order and are not given out again after a delete or a restart.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -34,8 +34,15 @@ pub struct RouteTable {
     /// that name one are in `invalid` too).
     invalid_upstreams: Vec<(String, String)>,
     /// The secret values of the plugin configs, longest first, each also as
-    /// it appears inside JSON text: what NACK messages are masked with.
-    secrets: Vec<String>,
+    /// it appears inside JSON text, and the ssls' private keys: what NACK
+    /// messages are masked with.
+    secrets: Arc<Vec<String>>,
+    /// How many of `routes` have each secret value (of `secrets`): kept up
+    /// to date per changed route, so `secrets` is made again only when a
+    /// value comes or goes.
+    route_secrets: imbl::OrdMap<String, usize>,
+    /// The private keys of the valid ssls (in `secrets` too).
+    ssl_secrets: Vec<String>,
     /// Login routes whose session cookies overwrite each other
     /// ([`session_clashes`]).
     warnings: Vec<String>,
@@ -53,20 +60,45 @@ impl RouteTable {
         let mut routes = Vec::new();
         let mut invalid = Vec::new();
         for (id, v) in &stored.routes {
-            let merged = merge::effective(v, &stored);
-            match merged.and_then(|m| RouteSpec::parse(id, &m, &stored.upstreams)) {
+            match parse_route(id, v, &stored) {
                 Ok(spec) => routes.push(Arc::new(spec)),
                 Err(e) => invalid.push((id.clone(), e)),
             }
         }
-        RouteTable::finish(stored, routes, invalid)
+        let mut route_secrets = imbl::OrdMap::new();
+        for r in &routes {
+            count_secrets(&mut route_secrets, r, true);
+        }
+        let invalid_upstreams = stored
+            .upstreams
+            .iter()
+            .filter_map(|(id, v)| {
+                Upstream::parse_resource(id, v)
+                    .err()
+                    .map(|e| (id.clone(), e))
+            })
+            .collect();
+        let mut table = RouteTable {
+            stored,
+            routes,
+            invalid,
+            invalid_upstreams,
+            route_secrets,
+            ..RouteTable::default()
+        };
+        let ssls = table.stored.ssls.clone();
+        table.set_ssls(&ssls);
+        table.finish(true, None);
+        table
     }
 
     /// [`RouteTable::build`] for `stored`, the next set after this table's:
     /// when the upstreams, services, plugin configs and global rules are
-    /// the same, a route whose stored JSON is the same is taken from this
-    /// table as it is, not validated again. So a write that changes one
-    /// route validates one route, whatever the route count.
+    /// the same, only the routes whose stored JSON changed (found by
+    /// comparing the two persistent maps, which skips what they share) and
+    /// the routes left out before are validated again; the others'
+    /// `Arc<RouteSpec>` are shared with this table. So a write that changes
+    /// one route validates one route, whatever the route count.
     pub fn update(&self, stored: Stored) -> RouteTable {
         let old = &self.stored;
         if old.upstreams != stored.upstreams
@@ -76,39 +108,87 @@ impl RouteTable {
         {
             return RouteTable::build(stored);
         }
-        let mut routes = Vec::with_capacity(stored.routes.len());
+        let mut ids: BTreeSet<String> = old
+            .routes
+            .diff(&stored.routes)
+            .map(|d| match d {
+                imbl::ordmap::DiffItem::Add(k, _)
+                | imbl::ordmap::DiffItem::Remove(k, _)
+                | imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k.clone(),
+            })
+            .collect();
+        // Routes left out are validated again: why one was left out may
+        // depend on other routes.
+        ids.extend(
+            self.invalid
+                .iter()
+                .filter(|(id, _)| stored.routes.contains_key(id))
+                .map(|(id, _)| id.clone()),
+        );
+        let mut route_secrets = self.route_secrets.clone();
+        let mut logins_changed = false;
+        let mut secrets_changed = false;
+        let mut fresh = Vec::new();
         let mut invalid = Vec::new();
-        for (id, v) in &stored.routes {
-            if old.routes.get(id) == Some(v) {
-                // (Routes left out are validated again: why one was left
-                // out may depend on other routes.)
-                if let Ok(i) = self.routes.binary_search_by(|r| r.id.as_str().cmp(id)) {
-                    routes.push(self.routes[i].clone());
-                    continue;
-                }
+        for id in &ids {
+            if let Ok(i) = self.routes.binary_search_by(|r| r.id.as_str().cmp(id)) {
+                secrets_changed |= count_secrets(&mut route_secrets, &self.routes[i], false);
+                logins_changed |= is_login(&self.routes[i]);
             }
-            let merged = merge::effective(v, &stored);
-            match merged.and_then(|m| RouteSpec::parse(id, &m, &stored.upstreams)) {
-                Ok(spec) => routes.push(Arc::new(spec)),
+            let Some(v) = stored.routes.get(id) else {
+                continue;
+            };
+            match parse_route(id, v, &stored) {
+                Ok(spec) => {
+                    secrets_changed |= count_secrets(&mut route_secrets, &spec, true);
+                    logins_changed |= is_login(&spec);
+                    fresh.push(Arc::new(spec));
+                }
                 Err(e) => invalid.push((id.clone(), e)),
             }
         }
-        RouteTable::finish(stored, routes, invalid)
+        // Both in id order: merged.
+        let mut routes = Vec::with_capacity(self.routes.len() + fresh.len());
+        let mut fresh = fresh.into_iter().peekable();
+        for r in self.routes.iter().filter(|r| !ids.contains(&r.id)) {
+            while let Some(f) = fresh.next_if(|f| f.id < r.id) {
+                routes.push(f);
+            }
+            routes.push(r.clone());
+        }
+        routes.extend(fresh);
+        let mut table = RouteTable {
+            routes,
+            invalid,
+            invalid_upstreams: self.invalid_upstreams.clone(),
+            route_secrets,
+            warnings: self.warnings.clone(),
+            ..RouteTable::default()
+        };
+        if old.ssls == stored.ssls {
+            table.ssls = self.ssls.clone();
+            table.invalid_ssls = self.invalid_ssls.clone();
+            table.ssl_secrets = self.ssl_secrets.clone();
+        } else {
+            table.set_ssls(&stored.ssls);
+        }
+        table.stored = stored;
+        let same_secrets = !secrets_changed && table.ssl_secrets == self.ssl_secrets;
+        table.finish(logins_changed, same_secrets.then_some(&self.secrets));
+        table
     }
 
     /// What does not depend on one route alone: the routes left out for
-    /// testing another route's session cookie, the upstreams that do not
-    /// validate, the secrets, the warnings, the ssl objects.
-    fn finish(
-        stored: Stored,
-        mut routes: Vec<Arc<RouteSpec>>,
-        mut invalid: Vec<(String, String)>,
-    ) -> RouteTable {
+    /// testing another route's session cookie, the secrets (`secrets`:
+    /// the list when the values are those of the table before) and (when
+    /// `logins` may have changed) the warnings.
+    fn finish(&mut self, logins: bool, secrets: Option<&Arc<Vec<String>>>) {
         // Written by something other than the Admin API: a route testing a
         // session cookie some route's filter removes, or the Authorization
         // one sets, is left out.
         // Only routes that test a cookie or Authorization are checked against the
         // others (else this is routes², at every write).
+        let routes = &self.routes;
         let clashing: Vec<(String, String)> = routes
             .iter()
             .filter(|r| crate::apisix::vars::tests_filter_changes(&r.vars))
@@ -125,39 +205,53 @@ impl RouteTable {
                 })
             })
             .collect();
-        routes.retain(|r| !clashing.iter().any(|(id, _)| id == &r.id));
-        invalid.extend(clashing);
-        let invalid_upstreams = stored
-            .upstreams
-            .iter()
-            .filter_map(|(id, v)| {
-                Upstream::parse_resource(id, v)
-                    .err()
-                    .map(|e| (id.clone(), e))
-            })
+        let mut secrets = secrets;
+        let mut logins = logins;
+        if !clashing.is_empty() {
+            let route_secrets = &mut self.route_secrets;
+            let mut changed = false;
+            self.routes.retain(|r| {
+                let out = clashing.iter().any(|(id, _)| id == &r.id);
+                if out {
+                    changed |= count_secrets(route_secrets, r, false);
+                }
+                !out
+            });
+            self.invalid.extend(clashing);
+            logins = true;
+            if changed {
+                secrets = None;
+            }
+        }
+        if let Some(same) = secrets {
+            self.secrets = same.clone();
+        } else {
+            self.make_secrets();
+        }
+        if logins {
+            self.warnings = session_clashes(&self.routes);
+        }
+    }
+
+    /// The secrets list from the routes' and the ssls' values.
+    fn make_secrets(&mut self) {
+        let mut secrets: Vec<String> = self
+            .route_secrets
+            .keys()
+            .chain(self.ssl_secrets.iter())
+            .cloned()
             .collect();
-        let secrets = secrets_of(&routes);
-        let warnings = session_clashes(&routes);
-        let ssls = stored.ssls.clone();
-        let mut table = RouteTable {
-            stored,
-            routes,
-            invalid,
-            invalid_upstreams,
-            secrets,
-            warnings,
-            ssls: Vec::new(),
-            invalid_ssls: Vec::new(),
-        };
-        table.set_ssls(&ssls);
-        table
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        secrets.dedup();
+        self.secrets = Arc::new(secrets);
     }
 
     /// Validates the stored ssl objects (id → object) into the table; their
-    /// private keys join the secrets to mask.
-    pub fn set_ssls(&mut self, ssls: &std::collections::BTreeMap<String, serde_json::Value>) {
+    /// private keys are secrets to mask.
+    fn set_ssls(&mut self, ssls: &crate::store::Objects) {
         self.ssls.clear();
         self.invalid_ssls.clear();
+        self.ssl_secrets.clear();
         for (id, v) in ssls {
             match SslSpec::parse(id, v) {
                 Ok(spec) => self.ssls.push(spec),
@@ -165,14 +259,11 @@ impl RouteTable {
             }
         }
         for key in self.ssls.iter().flat_map(|s| s.keys()) {
-            self.secrets.push(key.to_string());
+            self.ssl_secrets.push(key.to_string());
             if let Ok(quoted) = serde_json::to_string(key) {
-                self.secrets.push(quoted.trim_matches('"').to_string());
+                self.ssl_secrets.push(quoted.trim_matches('"').to_string());
             }
         }
-        self.secrets
-            .sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-        self.secrets.dedup();
     }
 
     /// The enabled ssl objects, in id order.
@@ -188,6 +279,11 @@ impl RouteTable {
     /// The stored set this table was built from.
     pub fn stored(&self) -> &Stored {
         &self.stored
+    }
+
+    /// The routes that validate, enabled or not, in id order.
+    pub fn all(&self) -> impl Iterator<Item = &RouteSpec> {
+        self.routes.iter().map(|r| &**r)
     }
 
     /// The enabled routes, in id order.
@@ -231,6 +327,11 @@ impl RouteTable {
         &self.secrets
     }
 
+    /// [`RouteTable::secrets`], shared.
+    pub fn secrets_shared(&self) -> Arc<Vec<String>> {
+        self.secrets.clone()
+    }
+
     /// What is valid but likely a mistake: login routes whose session
     /// cookies overwrite each other ([`session_clashes`]).
     pub fn warnings(&self) -> &[String] {
@@ -238,29 +339,49 @@ impl RouteTable {
     }
 }
 
-/// Every route's secret values (at least 4 characters: shorter ones would
-/// mask ordinary text), also as they appear inside JSON text; longest
-/// first, so that a secret containing another is masked whole.
-fn secrets_of(routes: &[Arc<RouteSpec>]) -> Vec<String> {
-    let mut out = BTreeSet::new();
-    for route in routes {
-        let Some((_, config)) = &route.oidc else {
+/// A route as it runs: merged with what it names, then validated.
+fn parse_route(id: &str, v: &serde_json::Value, stored: &Stored) -> Result<RouteSpec, String> {
+    merge::effective(v, stored).and_then(|m| RouteSpec::parse(id, &m, &stored.upstreams))
+}
+
+/// A route's secret values (at least 4 characters: shorter ones would
+/// mask ordinary text), also as they appear inside JSON text, counted in
+/// (`add`) or out of `counts`; whether a value came or went.
+fn count_secrets(counts: &mut imbl::OrdMap<String, usize>, route: &RouteSpec, add: bool) -> bool {
+    let Some((_, config)) = &route.oidc else {
+        return false;
+    };
+    let mut values = BTreeSet::new();
+    for s in config.secrets() {
+        let s = s.expose();
+        if s.len() < 4 {
             continue;
-        };
-        for s in config.secrets() {
-            let s = s.expose();
-            if s.len() < 4 {
-                continue;
-            }
-            out.insert(s.to_string());
-            if let Ok(quoted) = serde_json::to_string(s) {
-                out.insert(quoted.trim_matches('"').to_string());
+        }
+        values.insert(s.to_string());
+        if let Ok(quoted) = serde_json::to_string(s) {
+            values.insert(quoted.trim_matches('"').to_string());
+        }
+    }
+    let mut changed = false;
+    for v in values {
+        if add {
+            let n = counts.entry(v).or_insert(0);
+            *n += 1;
+            changed |= *n == 1;
+        } else if let Some(n) = counts.get_mut(&v) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&v);
+                changed = true;
             }
         }
     }
-    let mut v: Vec<String> = out.into_iter().collect();
-    v.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-    v
+    changed
+}
+
+/// An enabled login route (what [`session_clashes`] looks at).
+fn is_login(r: &RouteSpec) -> bool {
+    r.enabled && r.oidc.as_ref().is_some_and(|(_, c)| !c.bearer_only)
 }
 
 /// Enabled login routes (`bearer_only` false) with different
@@ -507,6 +628,61 @@ mod tests {
                 RouteTable::build(t3.stored().clone()).routes[0].upstream
             )
         );
+    }
+
+    /// A table updated write by write is the table built from scratch:
+    /// routes, left-out routes, secrets (counted per route: a value shared
+    /// by two routes stays until both are gone) and session-clash warnings.
+    #[test]
+    fn updates_give_what_a_build_gives() {
+        let oidc = |client: &str, secret: &str, login: bool| {
+            let mut p = json!({"client_id": client, "client_secret": secret,
+                               "discovery": "https://idp/.well-known/openid-configuration",
+                               "bearer_only": !login});
+            if login {
+                p["redirect_uri"] = json!("https://app/cb");
+                p["session"] = json!({"secret": format!("{secret}-0123456789abcdef")});
+            }
+            route(p)
+        };
+        let same = |a: &RouteTable, b: &RouteTable| {
+            let ids = |t: &RouteTable| t.all().map(|r| r.id.clone()).collect::<Vec<_>>();
+            assert_eq!(ids(a), ids(b));
+            assert_eq!(a.invalid(), b.invalid());
+            assert_eq!(a.secrets(), b.secrets());
+            assert_eq!(a.warnings(), b.warnings());
+            assert_eq!(a.stored(), b.stored());
+        };
+        let mut stored = Stored::default();
+        let mut t = RouteTable::build(stored.clone());
+        let steps: Vec<(&str, Option<serde_json::Value>)> = vec![
+            ("a", Some(oidc("ca", "secret-a", false))),
+            ("b", Some(oidc("cb", "secret-shared", false))),
+            ("c", Some(oidc("cc", "secret-shared", false))),
+            ("bad", Some(json!({"uri": "no-slash"}))),
+            ("l1", Some(oidc("l1", "secret-l1", true))),
+            ("l2", Some(oidc("l2", "secret-l2", true))),
+            ("b", None),
+            ("a", Some(oidc("ca", "secret-a2", false))),
+            ("l1", None),
+            ("c", None),
+            (
+                "bad",
+                Some(json!({"uri": "/now-good", "upstream": {"nodes": {"192.0.2.1:80": 1}}})),
+            ),
+        ];
+        for (id, v) in steps {
+            match v {
+                Some(v) => stored.routes.insert(id.into(), v),
+                None => stored.routes.remove(id),
+            };
+            let next = t.update(stored.clone());
+            same(&next, &RouteTable::build(stored.clone()));
+            t = next;
+        }
+        assert!(t.secrets().iter().any(|s| s == "secret-a2"));
+        assert!(!t.secrets().iter().any(|s| s == "secret-a"));
+        assert!(!t.secrets().iter().any(|s| s == "secret-shared"));
     }
 
     #[test]

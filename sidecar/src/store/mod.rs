@@ -17,8 +17,10 @@
 //! [`ResourceKind`], named by its [`ResourceKind::plural`]): the stored
 //! objects (with `id`, `create_time`, `update_time` and the real secrets,
 //! so it is created with mode 0600). A file without one of the members but
-//! `"routes"` (written before that kind existed) loads with none of it. It is replaced as a whole on every write,
-//! atomically: a crash leaves the old file or the new one, never a mix. A
+//! `"routes"` (written before that kind existed) loads with none of it. It is
+//! the snapshot: a write appends one line to the log beside it (`file.rs`),
+//! which is folded into it, replaced atomically (a crash leaves the old
+//! file or the new one, never a mix), at load and when the log is long. A
 //! missing file is an empty set; a file that cannot be read as that shape
 //! is an error, never an empty set (that would lose every route on the
 //! next write).
@@ -39,14 +41,18 @@ mod file;
 
 pub use file::*;
 
+/// Id → stored object, for any kind: a persistent map (`imbl`), so the
+/// next set after a write shares every object but the one written with the
+/// set before it (a clone is O(1), a put or delete O(log n): a write costs
+/// the same at any size), and two sets that share a subtree compare it by
+/// pointer.
+pub type Objects = imbl::OrdMap<String, Value>;
+
 /// Route id → stored route object.
-pub type Routes = BTreeMap<String, Value>;
+pub type Routes = Objects;
 
 /// Upstream id → stored upstream object.
-pub type Upstreams = BTreeMap<String, Value>;
-
-/// Id → stored object, for any kind.
-pub type Objects = BTreeMap<String, Value>;
+pub type Upstreams = Objects;
 
 /// Everything the Admin API stores, one id → object map per
 /// [`ResourceKind`].
@@ -126,7 +132,7 @@ impl ResourceKind {
         format!("{prefix}/{}/{id}", self.plural())
     }
 
-    pub fn of(self, s: &Stored) -> &BTreeMap<String, Value> {
+    pub fn of(self, s: &Stored) -> &Objects {
         match self {
             ResourceKind::Route => &s.routes,
             ResourceKind::Upstream => &s.upstreams,
@@ -137,7 +143,7 @@ impl ResourceKind {
         }
     }
 
-    pub fn of_mut(self, s: &mut Stored) -> &mut BTreeMap<String, Value> {
+    pub fn of_mut(self, s: &mut Stored) -> &mut Objects {
         match self {
             ResourceKind::Route => &mut s.routes,
             ResourceKind::Upstream => &mut s.upstreams,
@@ -644,11 +650,15 @@ mod tests {
     #[tokio::test]
     async fn the_file_store_through_the_trait() {
         let dir = tempfile::tempdir().unwrap();
-        let s = FileStore::new(dir.path().join("routes.json"));
+        let path = dir.path().join("routes.json");
+        let s = FileStore::new(&path);
+        s.replace(&sample()).unwrap();
+        let mut next = sample();
+        next.routes["a"]["uri"] = json!("/a2");
         let w = Write {
             kind: ResourceKind::Route,
             id: "a".into(),
-            value: Some(sample().routes["a"].clone()),
+            value: Some(next.routes["a"].clone()),
             // Ignored: one process, one writer.
             guards: vec![Guard::Unchanged {
                 kind: ResourceKind::Route,
@@ -656,12 +666,160 @@ mod tests {
                 modified: 7,
             }],
         };
-        assert_eq!(s.write(&w, &sample()).await.unwrap(), Written::Saved);
-        let loaded = s.load().await.unwrap();
-        assert_eq!(loaded, Versioned::unversioned(sample()));
+        assert_eq!(s.write(&w, &next).await.unwrap(), Written::Saved);
+        // In the log, not in the snapshot.
+        assert_eq!(FileStore::new(&path).read_snapshot().unwrap(), sample());
+        let loaded = FileStore::new(&path).load().await.unwrap();
+        assert_eq!(loaded, Versioned::unversioned(next.clone()));
         assert_eq!(loaded.revision, 0);
         assert!(loaded.revs.is_empty());
         assert_eq!(s.prefix(), "/apisix");
+        // Loading folded the log into the snapshot.
+        assert_eq!(FileStore::new(&path).read_snapshot().unwrap(), next);
+        assert_eq!(fs::metadata(s.log_path()).unwrap().len(), 0);
+    }
+
+    /// Writes as the Admin API makes them: `next` is the set before plus
+    /// the write.
+    async fn put(s: &FileStore, set: &mut Stored, kind: ResourceKind, id: &str, v: Option<Value>) {
+        match &v {
+            Some(v) => kind.of_mut(set).insert(id.to_string(), v.clone()),
+            None => kind.of_mut(set).remove(id),
+        };
+        let w = Write {
+            kind,
+            id: id.into(),
+            value: v,
+            guards: vec![],
+        };
+        assert_eq!(s.write(&w, set).await.unwrap(), Written::Saved);
+    }
+
+    /// The log: one line per write, puts and deletes of every kind replayed
+    /// in order on the snapshot, folded after `compact_after` lines; a
+    /// cut-off last line (a crash in the middle of an append) is ignored
+    /// and cut off at load; a bad line before the last is an error; the
+    /// log is private.
+    #[tokio::test]
+    async fn writes_go_to_a_log_replayed_on_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.json");
+        let s = FileStore::new(&path).compact_after(5);
+        let mut set = Stored::default();
+        put(
+            &s,
+            &mut set,
+            ResourceKind::Upstream,
+            "u",
+            Some(json!({"id": "u", "nodes": {}})),
+        )
+        .await;
+        put(
+            &s,
+            &mut set,
+            ResourceKind::Route,
+            "a",
+            Some(json!({"id": "a", "uri": "/a"})),
+        )
+        .await;
+        put(
+            &s,
+            &mut set,
+            ResourceKind::Route,
+            "b",
+            Some(json!({"id": "b", "uri": "/b"})),
+        )
+        .await;
+        put(&s, &mut set, ResourceKind::Route, "a", None).await;
+        assert!(!path.exists(), "no snapshot before the fold");
+        let log = fs::read_to_string(s.log_path()).unwrap();
+        assert_eq!(log.lines().count(), 4, "{log}");
+        assert!(log.ends_with("\"value\":null}\n"), "{log}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(s.log_path()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert_eq!(FileStore::new(&path).read().unwrap(), set);
+        // The fifth write folds: the snapshot has everything, the log
+        // nothing.
+        put(
+            &s,
+            &mut set,
+            ResourceKind::Ssl,
+            "x",
+            Some(json!({"id": "x"})),
+        )
+        .await;
+        assert_eq!(fs::metadata(s.log_path()).unwrap().len(), 0);
+        assert_eq!(FileStore::new(&path).read_snapshot().unwrap(), set);
+        put(
+            &s,
+            &mut set,
+            ResourceKind::Route,
+            "c",
+            Some(json!({"id": "c", "uri": "/c"})),
+        )
+        .await;
+
+        // A crash in the middle of an append: that write was never
+        // acknowledged and is not there; the rest is.
+        let mut f = OpenOptions::new().append(true).open(s.log_path()).unwrap();
+        f.write_all(br#"{"kind":"routes","id":"d","value":{"id":"d","ur"#)
+            .unwrap();
+        drop(f);
+        let again = FileStore::new(&path);
+        let loaded = again.load().await.unwrap();
+        assert_eq!(loaded.data, set);
+        // Folded and cut off at load: the next write appends after it.
+        assert_eq!(fs::metadata(again.log_path()).unwrap().len(), 0);
+        put(
+            &again,
+            &mut set,
+            ResourceKind::Route,
+            "e",
+            Some(json!({"id": "e", "uri": "/e"})),
+        )
+        .await;
+        assert_eq!(FileStore::new(&path).read().unwrap(), set);
+
+        // A line that does not read, not the last: an error, not a shorter
+        // set.
+        let mut f = OpenOptions::new().append(true).open(s.log_path()).unwrap();
+        f.write_all(b"{\"kind\":\"routes\",\"id\":\"f\"}\n")
+            .unwrap();
+        f.write_all(b"{\"kind\":\"routes\",\"id\":\"e\",\"value\":null}\n")
+            .unwrap();
+        drop(f);
+        let e = FileStore::new(&path).read().unwrap_err();
+        assert!(e.to_string().contains("routes.json.log"), "{e}");
+        assert!(e.to_string().contains("line 2: no \"value\""), "{e}");
+    }
+
+    /// A store written by the one-file format (every write replaced the
+    /// file) loads as it is, and writes go on in the log.
+    #[tokio::test]
+    async fn a_file_of_the_one_file_format_loads_and_takes_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.json");
+        let mut doc = serde_json::Map::new();
+        for k in ResourceKind::ALL {
+            let objects: serde_json::Map<String, Value> = k
+                .of(&sample())
+                .iter()
+                .map(|(i, v)| (i.clone(), v.clone()))
+                .collect();
+            doc.insert(k.plural().into(), Value::Object(objects));
+        }
+        fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        let s = FileStore::new(&path);
+        let mut set = s.load().await.unwrap().data;
+        assert_eq!(set, sample());
+        assert!(!s.log_path().exists(), "nothing to fold");
+        put(&s, &mut set, ResourceKind::Route, "b", None).await;
+        assert_eq!(FileStore::new(&path).read().unwrap(), set);
+        assert_eq!(FileStore::new(&path).read_snapshot().unwrap(), sample());
     }
 
     #[test]

@@ -26,14 +26,14 @@ fn ssl(snis: &[&str]) -> Value {
 }
 
 fn run(ssls: &[(&str, &Value)]) -> Resources {
-    let mut table = RouteTable::build(Default::default());
-    table.set_ssls(
-        &ssls
+    let stored = crate::store::Stored {
+        ssls: ssls
             .iter()
             .map(|(id, v)| (id.to_string(), (*v).clone()))
             .collect(),
-    );
-    translate(&table, &settings(), &[])
+        ..Default::default()
+    };
+    translate(&RouteTable::build(stored), &settings(), &[])
 }
 
 fn https_listener(r: &Resources) -> &Listener {

@@ -122,7 +122,7 @@ impl Snapshot {
                 typed(listeners.collect()),
                 typed(routes_.collect()),
             ],
-            secrets: Arc::new(table.secrets().to_vec()),
+            secrets: table.secrets_shared(),
         };
         (snapshot, r.skipped)
     }

@@ -36,7 +36,7 @@ fn oidc_route(uri: &str, nodes: Value) -> Value {
     })
 }
 
-fn routes(list: &[(&str, Value)]) -> BTreeMap<String, Value> {
+fn routes(list: &[(&str, Value)]) -> crate::store::Routes {
     list.iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect()

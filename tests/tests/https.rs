@@ -317,18 +317,17 @@ impl XdsEnvoy {
 }
 
 fn table(routes: &[(&str, Value)], ssls: &[(&str, Value)]) -> Published {
-    let mut t = RouteTable::build(Stored::with_routes(
+    let mut stored = Stored::with_routes(
         routes
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
-    ));
-    t.set_ssls(
-        &ssls
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
     );
+    stored.ssls = ssls
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let t = RouteTable::build(stored);
     assert!(t.invalid_ssls().is_empty(), "{:?}", t.invalid_ssls());
     Arc::new(t)
 }

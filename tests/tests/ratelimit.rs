@@ -440,7 +440,23 @@ fn limits_refuse_by_name_what_envoy_cannot_do() {
                     "rejected_code": 429, "policy": "local", "group": "srv1"}},
                 "upstream": s.upstream}),
     );
-    refused(&r, &["plugins.limit-count.group\" is not supported"]);
+    refused(
+        &r,
+        &[
+            "plugins.limit-count.group\" is not supported",
+            "plugins.limit-count\" is not supported on a service: APISIX counts the requests of all its routes together",
+        ],
+    );
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/global_rules/1",
+        &json!({"plugins": {"limit-req": {"rate": 1, "burst": 0, "key": "remote_addr"}}}),
+    );
+    refused(
+        &r,
+        &["plugins.limit-req\" is not supported on a global rule"],
+    );
     let r = admin(
         gw,
         "PUT",

@@ -283,6 +283,19 @@ fn limit_count_is_shared_by_envoys_worker_threads() {
     );
     assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
     assert!(statuses[3..].iter().all(|c| *c == 503), "{statuses:?}");
+
+    // A known difference from APISIX (which keys counters by the plugin's
+    // config version): Envoy builds the per-route buckets with the route
+    // table, so any route change starts every count over.
+    put(
+        gw,
+        "/apisix/admin/routes/other",
+        &json!({"uri": "/anything/other", "upstream": s.upstream}),
+    );
+    wait_for("the new route", Duration::from_secs(10), || {
+        (hit(gw, "/anything/other", &[]).status == 200).then_some(())
+    });
+    assert_eq!(hit(gw, "/anything/lc/x", &[]).status, 200, "counted anew");
 }
 
 /// APISIX's docs bodies for limit-req: `rate` per second with `burst`

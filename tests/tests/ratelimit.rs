@@ -494,3 +494,64 @@ fn limits_refuse_by_name_what_envoy_cannot_do() {
     );
     refused(&r, &["plugins.prometheus.prefer_name\" must be a boolean"]);
 }
+
+/// What APISIX answers before its access phase is not counted here either:
+/// CORS preflights (cors, rewrite phase), login redirects of browser
+/// navigations (openid-connect, rewrite phase), ip-restriction refusals
+/// (priority 3000); the request that reaches the limit is.
+#[test]
+fn preflights_login_redirects_and_ip_refusals_are_not_counted() {
+    let s = stack(1, &[]);
+    let gw = &s.gw;
+    let limit = json!({"count": 1, "time_window": 60});
+    put(
+        gw,
+        "/apisix/admin/routes/web",
+        &json!({"uri": "/anything/web/*",
+                "plugins": {
+                    "cors": {"allow_origins": "http://app.example"},
+                    "openid-connect": oidc(&s.provider.discovery_url(), json!({
+                        "bearer_only": false,
+                        "redirect_uri": format!("http://localhost:{}/anything/web/callback", gw.proxy_port)})),
+                    "limit-count": limit},
+                "upstream": s.upstream}),
+    );
+    put(
+        gw,
+        "/apisix/admin/routes/deny",
+        &json!({"uri": "/anything/deny/*",
+                "plugins": {"ip-restriction": {"blacklist": ["127.0.0.1"]},
+                            "limit-count": {"count": 1, "time_window": 60,
+                                            "key_type": "constant", "key": "all"}},
+                "upstream": s.upstream}),
+    );
+    settle(&s);
+    for _ in 0..3 {
+        let r = integration_tests::http::request(
+            "OPTIONS",
+            &gw.url("/anything/web/x"),
+            &[
+                ("origin", "http://app.example"),
+                ("access-control-request-method", "POST"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.headers);
+        assert_eq!(quota(&r), (None, None));
+        let r = hit(gw, "/anything/web/x", &[("accept", "text/html")]);
+        assert_eq!(r.status, 302, "{}", r.body);
+        assert_eq!(quota(&r), (None, None), "{:?}", r.headers);
+        assert_eq!(hit(gw, "/anything/deny/x", &[]).status, 403);
+    }
+    // The deny route's one count (for every client) is untouched by the
+    // refusals: another client passes once.
+    assert_eq!(
+        get_from(gw, "127.0.0.2", "/anything/deny/x", &[]).status,
+        200
+    );
+    assert_eq!(
+        get_from(gw, "127.0.0.2", "/anything/deny/x", &[]).status,
+        503
+    );
+}

@@ -300,7 +300,8 @@ fn limit_count_is_shared_by_envoys_worker_threads() {
 
 /// APISIX's docs bodies for limit-req: `rate` per second with `burst`
 /// more at once (Envoy passes the burst undelayed, as `nodelay`); after
-/// `1 / rate` seconds one more passes; per client address.
+/// `1 / rate` seconds one more passes; per client address. (Slow rates,
+/// so a slow machine does not refill the bucket between requests.)
 #[test]
 fn limit_req_rate_and_burst_per_client() {
     let s = stack(1, &[]);
@@ -321,10 +322,10 @@ fn limit_req_rate_and_burst_per_client() {
         "/apisix/admin/routes/burst",
         &json!({"uri": "/anything/burst/*",
                 "plugins": {
-                    "limit-req": {"rate": 1, "burst": 1, "key": "remote_addr",
+                    "limit-req": {"rate": 0.5, "burst": 1, "key": "remote_addr",
                                   "rejected_code": 429, "policy": "local",
                                   "rejected_msg": "wait"},
-                    "limit-count": {"count": 100, "time_window": 60}},
+                    "limit-count": {"count": 100, "time_window": 6000}},
                 "upstream": s.upstream}),
     );
     settle(&s);
@@ -343,7 +344,7 @@ fn limit_req_rate_and_burst_per_client() {
     assert_eq!(r.json(), json!({"error_msg": "wait"}));
     // limit-count ran first and counted all four (APISIX: 1002 before 1001).
     assert_eq!(quota(&r), (Some("100"), Some("96")));
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(hit(gw, "/anything/burst/x", &[]).status, 200, "refilled");
     assert_eq!(hit(gw, "/anything/burst/x", &[]).status, 429);
 }

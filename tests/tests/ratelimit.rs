@@ -487,6 +487,18 @@ fn limits_refuse_by_name_what_envoy_cannot_do() {
             "plugins.limit-count.rejected_code\" is not supported below 400",
         ],
     );
+    // Envoy's StatusCode has no 499: Envoy would refuse (NACK) the whole
+    // route table, so the Admin API refuses the route.
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/routes/bad",
+        &route(json!({"limit-count": {"count": 1, "time_window": 1, "rejected_code": 499}})),
+    );
+    refused(
+        &r,
+        &["plugins.limit-count.rejected_code\" is not supported: Envoy answers a refusal with"],
+    );
     let r = admin(
         gw,
         "PUT",

@@ -362,6 +362,10 @@ fn limit_count_refuses_by_name() {
             "plugins.limit-count.rejected_code\" is not supported below 400",
         ),
         (
+            json!({"count": 1, "time_window": 1, "rejected_code": 499}),
+            "plugins.limit-count.rejected_code\" is not supported: Envoy answers a refusal with 400-417",
+        ),
+        (
             json!({"count": 0, "time_window": 1}),
             "plugins.limit-count.count\" must be an integer greater than 0",
         ),

@@ -283,11 +283,25 @@ fn limit_count_is_shared_by_envoys_worker_threads() {
     );
     assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
     assert!(statuses[3..].iter().all(|c| *c == 503), "{statuses:?}");
+
+    // A known difference from APISIX (which keys counters by the plugin's
+    // config version): Envoy builds the per-route buckets with the route
+    // table, so any route change starts every count over.
+    put(
+        gw,
+        "/apisix/admin/routes/other",
+        &json!({"uri": "/anything/other", "upstream": s.upstream}),
+    );
+    wait_for("the new route", Duration::from_secs(10), || {
+        (hit(gw, "/anything/other", &[]).status == 200).then_some(())
+    });
+    assert_eq!(hit(gw, "/anything/lc/x", &[]).status, 200, "counted anew");
 }
 
 /// APISIX's docs bodies for limit-req: `rate` per second with `burst`
 /// more at once (Envoy passes the burst undelayed, as `nodelay`); after
-/// `1 / rate` seconds one more passes; per client address.
+/// `1 / rate` seconds one more passes; per client address. (Slow rates,
+/// so a slow machine does not refill the bucket between requests.)
 #[test]
 fn limit_req_rate_and_burst_per_client() {
     let s = stack(1, &[]);
@@ -308,10 +322,10 @@ fn limit_req_rate_and_burst_per_client() {
         "/apisix/admin/routes/burst",
         &json!({"uri": "/anything/burst/*",
                 "plugins": {
-                    "limit-req": {"rate": 1, "burst": 1, "key": "remote_addr",
+                    "limit-req": {"rate": 0.5, "burst": 1, "key": "remote_addr",
                                   "rejected_code": 429, "policy": "local",
                                   "rejected_msg": "wait"},
-                    "limit-count": {"count": 100, "time_window": 60}},
+                    "limit-count": {"count": 100, "time_window": 6000}},
                 "upstream": s.upstream}),
     );
     settle(&s);
@@ -330,7 +344,7 @@ fn limit_req_rate_and_burst_per_client() {
     assert_eq!(r.json(), json!({"error_msg": "wait"}));
     // limit-count ran first and counted all four (APISIX: 1002 before 1001).
     assert_eq!(quota(&r), (Some("100"), Some("96")));
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(hit(gw, "/anything/burst/x", &[]).status, 200, "refilled");
     assert_eq!(hit(gw, "/anything/burst/x", &[]).status, 429);
 }
@@ -440,7 +454,23 @@ fn limits_refuse_by_name_what_envoy_cannot_do() {
                     "rejected_code": 429, "policy": "local", "group": "srv1"}},
                 "upstream": s.upstream}),
     );
-    refused(&r, &["plugins.limit-count.group\" is not supported"]);
+    refused(
+        &r,
+        &[
+            "plugins.limit-count.group\" is not supported",
+            "plugins.limit-count\" is not supported on a service: APISIX counts the requests of all its routes together",
+        ],
+    );
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/global_rules/1",
+        &json!({"plugins": {"limit-req": {"rate": 1, "burst": 0, "key": "remote_addr"}}}),
+    );
+    refused(
+        &r,
+        &["plugins.limit-req\" is not supported on a global rule"],
+    );
     let r = admin(
         gw,
         "PUT",
@@ -457,6 +487,18 @@ fn limits_refuse_by_name_what_envoy_cannot_do() {
             "plugins.limit-count.rejected_code\" is not supported below 400",
         ],
     );
+    // Envoy's StatusCode has no 499: Envoy would refuse (NACK) the whole
+    // route table, so the Admin API refuses the route.
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/routes/bad",
+        &route(json!({"limit-count": {"count": 1, "time_window": 1, "rejected_code": 499}})),
+    );
+    refused(
+        &r,
+        &["plugins.limit-count.rejected_code\" is not supported: Envoy answers a refusal with"],
+    );
     let r = admin(
         gw,
         "PUT",
@@ -464,4 +506,65 @@ fn limits_refuse_by_name_what_envoy_cannot_do() {
         &route(json!({"prometheus": {"prefer_name": "yes"}})),
     );
     refused(&r, &["plugins.prometheus.prefer_name\" must be a boolean"]);
+}
+
+/// What APISIX answers before its access phase is not counted here either:
+/// CORS preflights (cors, rewrite phase), login redirects of browser
+/// navigations (openid-connect, rewrite phase), ip-restriction refusals
+/// (priority 3000); the request that reaches the limit is.
+#[test]
+fn preflights_login_redirects_and_ip_refusals_are_not_counted() {
+    let s = stack(1, &[]);
+    let gw = &s.gw;
+    let limit = json!({"count": 1, "time_window": 60});
+    put(
+        gw,
+        "/apisix/admin/routes/web",
+        &json!({"uri": "/anything/web/*",
+                "plugins": {
+                    "cors": {"allow_origins": "http://app.example"},
+                    "openid-connect": oidc(&s.provider.discovery_url(), json!({
+                        "bearer_only": false,
+                        "redirect_uri": format!("http://localhost:{}/anything/web/callback", gw.proxy_port)})),
+                    "limit-count": limit},
+                "upstream": s.upstream}),
+    );
+    put(
+        gw,
+        "/apisix/admin/routes/deny",
+        &json!({"uri": "/anything/deny/*",
+                "plugins": {"ip-restriction": {"blacklist": ["127.0.0.1"]},
+                            "limit-count": {"count": 1, "time_window": 60,
+                                            "key_type": "constant", "key": "all"}},
+                "upstream": s.upstream}),
+    );
+    settle(&s);
+    for _ in 0..3 {
+        let r = integration_tests::http::request(
+            "OPTIONS",
+            &gw.url("/anything/web/x"),
+            &[
+                ("origin", "http://app.example"),
+                ("access-control-request-method", "POST"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.headers);
+        assert_eq!(quota(&r), (None, None));
+        let r = hit(gw, "/anything/web/x", &[("accept", "text/html")]);
+        assert_eq!(r.status, 302, "{}", r.body);
+        assert_eq!(quota(&r), (None, None), "{:?}", r.headers);
+        assert_eq!(hit(gw, "/anything/deny/x", &[]).status, 403);
+    }
+    // The deny route's one count (for every client) is untouched by the
+    // refusals: another client passes once.
+    assert_eq!(
+        get_from(gw, "127.0.0.2", "/anything/deny/x", &[]).status,
+        200
+    );
+    assert_eq!(
+        get_from(gw, "127.0.0.2", "/anything/deny/x", &[]).status,
+        503
+    );
 }

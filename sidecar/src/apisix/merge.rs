@@ -121,9 +121,31 @@ fn add_plugins(out: &mut Map<String, Value>, from: Option<&Value>, field: &str, 
     };
     for (name, conf) in from {
         if !plugins.contains_key(name) {
+            if shared_limit(name, field, e) {
+                continue;
+            }
             plugins.insert(name.clone(), conf.clone());
         }
     }
+}
+
+/// A limit plugin taken in from a shared object is refused (`field` names
+/// it): APISIX counts the requests of all the routes using the object
+/// together, Envoy's buckets are per route. (An object written through the
+/// Admin API is refused there; this catches one found in etcd.)
+fn shared_limit(name: &str, field: &str, e: &mut Errors) -> bool {
+    use crate::apisix::plugins::{limit_count, limit_req};
+    let limit = name == limit_count::NAME || name == limit_req::NAME;
+    if limit {
+        e.push(
+            &format!("plugins.{name}"),
+            format!(
+                "is not supported from a shared object ({field}): APISIX counts the requests of \
+                 all its routes together, this gateway counts each route on its own"
+            ),
+        );
+    }
+    limit
 }
 
 fn merge_service(out: &mut Map<String, Value>, service: &Value, e: &mut Errors) {
@@ -196,7 +218,7 @@ fn add_global_rules(out: &mut Map<String, Value>, rules: &Objects, e: &mut Error
                      per route; remove one of them"
                 ),
             );
-        } else {
+        } else if !shared_limit(name, &format!("global rule [{gid}]"), e) {
             plugins.insert(name.to_string(), conf.clone());
         }
     }
@@ -266,6 +288,46 @@ mod tests {
             .insert("1".into(), json!({"id": "1", "plugins": 7}));
         let e = effective(&json!({"id": "r", "uri": "/a"}), &g).unwrap_err();
         assert!(e.contains("global rule [1]"), "{e}");
+    }
+
+    /// A limit from a shared object (found in etcd: the Admin API refuses
+    /// it) refuses the route: APISIX would count all the object's routes
+    /// together. The route's own limit, overriding it, is fine.
+    #[test]
+    fn limits_from_shared_objects_refuse_the_route() {
+        let mut s = stored();
+        let limit = json!({"count": 1, "time_window": 30});
+        s.services.insert(
+            "lim".into(),
+            json!({"id": "lim", "plugins": {"limit-count": limit}}),
+        );
+        s.plugin_configs.insert(
+            "lim".into(),
+            json!({"id": "lim", "plugins": {"limit-req": {"rate": 1, "burst": 0, "key": "remote_addr"}}}),
+        );
+        for (r, want) in [
+            (
+                json!({"id": "r", "uri": "/a", "service_id": "lim"}),
+                "\"plugins.limit-count\" is not supported from a shared object (service_id)",
+            ),
+            (
+                json!({"id": "r", "uri": "/a", "plugin_config_id": "lim"}),
+                "\"plugins.limit-req\" is not supported from a shared object (plugin_config_id)",
+            ),
+        ] {
+            let e = effective(&r, &s).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+        let own = json!({"id": "r", "uri": "/a", "service_id": "lim",
+                         "plugins": {"limit-count": {"count": 2, "time_window": 1}}});
+        assert!(effective(&own, &s).is_ok());
+        let mut g = stored();
+        g.global_rules.insert(
+            "1".into(),
+            json!({"id": "1", "plugins": {"limit-count": limit}}),
+        );
+        let e = effective(&json!({"id": "r", "uri": "/a"}), &g).unwrap_err();
+        assert!(e.contains("shared object (global rule [1])"), "{e}");
     }
 
     #[test]

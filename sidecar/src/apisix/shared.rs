@@ -7,6 +7,7 @@
 use serde_json::Value;
 
 use crate::apisix::merge::named;
+use crate::apisix::plugins::{limit_count, limit_req};
 use crate::apisix::route::{check_id, id_text, parse_plugins, valid_host_pattern, Errors};
 use crate::apisix::upstream::Upstream;
 use crate::store::{ResourceKind, Stored};
@@ -67,6 +68,24 @@ pub fn check(kind: ResourceKind, id: &str, v: &Value, stored: &Stored) -> Result
         e.push("plugins", "is required");
     }
     parse_plugins(obj.get("plugins"), &mut e);
+    // APISIX keys a limit's counters by the object that carries the plugin
+    // (`_meta.parent`): a service's, plugin config's or global rule's
+    // routes count together. Envoy's buckets are per route.
+    for limit in [limit_count::NAME, limit_req::NAME] {
+        if obj
+            .get("plugins")
+            .and_then(Value::as_object)
+            .is_some_and(|p| p.contains_key(limit))
+        {
+            e.push(
+                &format!("plugins.{limit}"),
+                format!(
+                    "is not supported on a {}: APISIX counts the requests of all its routes together, this gateway counts each route on its own (set it on the routes)",
+                    kind.name()
+                ),
+            );
+        }
+    }
     for field in ["name", "desc"] {
         if obj.get(field).is_some_and(|x| !x.is_string()) {
             e.push(field, "must be a string");
@@ -198,6 +217,28 @@ mod tests {
             &stored(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn limits_on_shared_objects_are_refused_as_apisix_counts_their_routes_together() {
+        let plugins = json!({"limit-count": {"count": 1, "time_window": 30},
+                             "limit-req": {"rate": 1, "burst": 0, "key": "remote_addr"},
+                             "prometheus": {}});
+        for kind in [
+            ResourceKind::Service,
+            ResourceKind::PluginConfig,
+            ResourceKind::GlobalRule,
+        ] {
+            let e = check(kind, "s", &json!({"plugins": plugins}), &stored()).unwrap_err();
+            for limit in ["limit-count", "limit-req"] {
+                let want = format!(
+                    "property \"plugins.{limit}\" is not supported on a {}: APISIX counts",
+                    kind.name()
+                );
+                assert!(e.contains(&want), "missing {want:?} in {e}");
+            }
+            assert!(!e.contains("prometheus"), "{e}");
+        }
     }
 
     #[test]

@@ -1474,4 +1474,31 @@ fn limits_are_per_route_buckets_per_client_and_prometheus_a_stat_prefix() {
     // APISIX's redirect answers before any limit counts.
     assert!(by("r").typed_per_filter_config.is_empty());
     assert_eq!(by("r").stat_prefix, "");
+
+    // http_to_https: the redirect routes in front keep ip-restriction's
+    // policy but not the limits; the route itself has them.
+    let mut h = route("/h/*", json!({"127.0.0.1:8090": 1}));
+    h["plugins"] = json!({
+        "redirect": {"http_to_https": true},
+        "ip-restriction": {"whitelist": ["10.0.0.0/8"]},
+        "limit-count": {"count": 1, "time_window": 1},
+    });
+    let r = run(&[("h", h)]);
+    let routes = &vhost(&r, "*").routes;
+    assert_eq!(routes.len(), 3);
+    for (i, x) in routes.iter().enumerate() {
+        let keys: BTreeSet<&str> = x
+            .typed_per_filter_config
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let redirect = matches!(x.action, Some(route::Action::Redirect(_)));
+        assert_eq!(redirect, i < 2, "{i}");
+        let want: BTreeSet<&str> = if redirect {
+            [plugins::RBAC_FILTER].into()
+        } else {
+            [plugins::RBAC_FILTER, LIMIT_COUNT_FILTER].into()
+        };
+        assert_eq!(keys, want, "{i}");
+    }
 }

@@ -148,6 +148,14 @@ fn versions_are_stable_and_change_per_type() {
     let mut both = oidc_route("/p/*", json!({"127.0.0.1:8085": 1}));
     both["plugins"]["cors"] = json!({"allow_origins": "https://app.example"});
     both["plugins"]["ip-restriction"] = json!({"whitelist": ["10.0.0.0/8"]});
+    // ... and the limits, with their messages in a route-metadata struct
+    // (a version that changed on every build would push the route table
+    // again, and every push starts Envoy's rate-limit counts over).
+    both["plugins"]["limit-count"] =
+        json!({"count": 2, "time_window": 60, "rejected_code": 429, "rejected_msg": "a"});
+    both["plugins"]["limit-req"] =
+        json!({"rate": 1, "burst": 1, "key": "remote_addr", "rejected_msg": "b"});
+    both["plugins"]["prometheus"] = json!({});
     let with_plugins = [base[0].clone(), ("p", both)];
     let p1 = versions(&snap(&with_plugins));
     for _ in 0..20 {

@@ -20,7 +20,9 @@
 //!   route change). `policy` `redis`, `redis-cluster`, `redis-sentinel`
 //!   (cluster-wide counting), `group` (a count shared by routes), `rules`
 //!   and `count`/`time_window` as expressions are refused.
-//! - `rejected_code` (default 503, 400 to 599), `rejected_msg` (the body
+//! - `rejected_code` (default 503; 400 to 599 as Envoy's status codes
+//!   define them: 418-420, 425, 427, 430, 432-499, 509, 512-599 refused),
+//!   `rejected_msg` (the body
 //!   `{"error_msg": ...}`), `show_limit_quota_header` (default true:
 //!   `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`, the
 //!   seconds until the next request is allowed).
@@ -252,6 +254,13 @@ pub(crate) fn flag(
     }
 }
 
+/// The 4xx and 5xx codes of Envoy's `type.v3.StatusCode` (a local rate
+/// limit's `status` must be one of them).
+const ENVOY_CODES: &[u64] = &[
+    400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421,
+    422, 423, 424, 426, 428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
+];
+
 /// `rejected_code` and `rejected_msg`, as both limit plugins take them.
 pub(crate) struct Rejection {
     pub code: u16,
@@ -263,7 +272,16 @@ impl Rejection {
         let code = match obj.get("rejected_code") {
             None => 503,
             Some(v) => match v.as_u64() {
-                Some(c @ 400..=599) => c as u16,
+                Some(c) if ENVOY_CODES.contains(&c) => c as u16,
+                Some(400..=599) => {
+                    // Envoy refuses (NACKs, with the whole route table) a
+                    // status its `StatusCode` enum does not define.
+                    e.push(
+                        &format!("{at}.rejected_code"),
+                        "is not supported: Envoy answers a refusal with 400-417, 421-424, 426, 428, 429, 431, 500-508, 510 or 511",
+                    );
+                    503
+                }
                 Some(200..=399) => {
                     e.push(
                         &format!("{at}.rejected_code"),

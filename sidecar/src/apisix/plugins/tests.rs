@@ -317,6 +317,12 @@ fn limit_count_takes_apisix_docs_bodies_and_defaults() {
         .unwrap()
         .per_client
     );
+    // APISIX's docs: "Apply Sliding Window Rate Limiting" (a token bucket
+    // here, like the fixed window).
+    let c = limit_count(json!({"count": 10, "time_window": 60, "rejected_code": 429,
+        "key": "remote_addr", "window_type": "sliding"}))
+    .unwrap();
+    assert_eq!((c.count, c.time_window, c.per_client), (10, 60, true));
 }
 
 #[test]
@@ -355,6 +361,10 @@ fn limit_count_refuses_by_name() {
         (
             json!({"count": 1, "time_window": 1, "rejected_code": 200}),
             "plugins.limit-count.rejected_code\" is not supported below 400",
+        ),
+        (
+            json!({"count": 1, "time_window": 1, "rejected_code": 499}),
+            "plugins.limit-count.rejected_code\" is not supported: Envoy answers a refusal with 400-417",
         ),
         (
             json!({"count": 0, "time_window": 1}),

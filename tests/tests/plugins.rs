@@ -565,7 +565,7 @@ fn response_rewrite_headers_after_the_token_check() {
         &json!({"uri": "/response-headers",
                 "plugins": {"response-rewrite": {"headers": {
                                 "set": {"X-Server-id": 3, "X-Server-status": "on"},
-                                "add": {"X-Up": "2"},
+                                "add": ["X-Up: 2", "X-Up:3"],
                                 "remove": ["X-Gone"]}},
                             "openid-connect": oidc(&s.provider.discovery_url(), json!({"bearer_only": true}))},
                 "upstream": s.upstream}),
@@ -586,7 +586,7 @@ fn response_rewrite_headers_after_the_token_check() {
         .filter(|(k, _)| k.eq_ignore_ascii_case("x-up"))
         .map(|(_, v)| v.as_str())
         .collect();
-    assert_eq!(ups, ["1", "2"], "{:?}", r.headers);
+    assert_eq!(ups, ["1", "2", "3"], "{:?}", r.headers);
     assert!(r.header("x-gone").is_none(), "{:?}", r.headers);
 
     let r = admin(
@@ -604,5 +604,33 @@ fn response_rewrite_headers_after_the_token_check() {
             "plugins.response-rewrite.status_code\" is not supported",
             "plugins.response-rewrite.headers.X-A\" is not supported with nginx variables",
         ],
+    );
+    // `add` is APISIX's array of lines (proxy-rewrite's object form is
+    // refused here), and a value may not hold a colon, as in APISIX.
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/routes/bad",
+        &json!({"uri": "/bad", "upstream": s.upstream, "plugins": {"response-rewrite": {
+            "headers": {"add": {"X-Up": "2"}}}}}),
+    );
+    refused(
+        &r,
+        &["plugins.response-rewrite.headers.add\" must be a non-empty array of \"Name: value\" strings"],
+    );
+    let r = admin(
+        gw,
+        "PUT",
+        "/apisix/admin/routes/bad",
+        &json!({"uri": "/bad", "upstream": s.upstream, "plugins": {"response-rewrite": {
+            "headers": {"add": ["Link: <http://x>"]}}}}),
+    );
+    refused(
+        &r,
+        &["plugins.response-rewrite.headers.add\" \"Link: <http://x>\" is not a \"Name: value\" string"],
+    );
+    assert_eq!(
+        gw.admin("GET", "/apisix/admin/routes/bad", None).status,
+        404
     );
 }

@@ -143,13 +143,28 @@ impl ProxyRewrite {
             }
         }
         if let Some(h) = obj.get("headers") {
-            parse_headers(h, &field("headers"), &mut out, e);
+            parse_headers(h, &field("headers"), AddForm::Object, &mut out, e);
         }
         (e.len() == before).then_some(out)
     }
 }
 
-pub(crate) fn parse_headers(h: &Value, at: &str, out: &mut ProxyRewrite, e: &mut Errors) {
+/// How a plugin writes `headers.add`: `proxy-rewrite` as an object of
+/// names to values, `response-rewrite` as an array of `"Name: value"`
+/// lines (which may repeat a name, as `Set-Cookie`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AddForm {
+    Object,
+    Lines,
+}
+
+pub(crate) fn parse_headers(
+    h: &Value,
+    at: &str,
+    add_form: AddForm,
+    out: &mut ProxyRewrite,
+    e: &mut Errors,
+) {
     let Some(obj) = h.as_object().filter(|o| !o.is_empty()) else {
         e.push(at, "must be a non-empty object");
         return;
@@ -157,7 +172,10 @@ pub(crate) fn parse_headers(h: &Value, at: &str, out: &mut ProxyRewrite, e: &mut
     let ops = ["add", "set", "remove"];
     if obj.keys().all(|k| ops.contains(&k.as_str())) {
         if let Some(a) = obj.get("add") {
-            out.add = header_map(a, &format!("{at}.add"), e);
+            out.add = match add_form {
+                AddForm::Object => header_map(a, &format!("{at}.add"), e),
+                AddForm::Lines => header_lines(a, &format!("{at}.add"), e),
+            };
         }
         if let Some(s) = obj.get("set") {
             out.set = header_map(s, &format!("{at}.set"), e);
@@ -204,8 +222,46 @@ fn header_map(v: &Value, at: &str, e: &mut Errors) -> Vec<(String, String)> {
         e.push(at, "must be a non-empty object of header names to values");
         return Vec::new();
     };
+    checked_headers(m.iter().map(|(n, v)| (n.as_str(), v)), at, e)
+}
+
+/// `response-rewrite`'s `add`: `["Name: value", ...]`, read as APISIX
+/// reads each line (`^([^:\s]+)\s*:\s*([^:]+)$`: no colon in the value).
+fn header_lines(v: &Value, at: &str, e: &mut Errors) -> Vec<(String, String)> {
+    let Some(items) = v.as_array().filter(|a| !a.is_empty()) else {
+        e.push(at, "must be a non-empty array of \"Name: value\" strings");
+        return Vec::new();
+    };
+    let mut pairs = Vec::new();
+    for item in items {
+        let line = item.as_str().and_then(|l| {
+            let (name, value) = l.split_once(':')?;
+            let name = name.trim_end();
+            let value = value.trim_start();
+            (!name.is_empty()
+                && !name.contains(char::is_whitespace)
+                && !value.is_empty()
+                && !value.contains(':'))
+            .then(|| (name, Value::String(value.to_string())))
+        });
+        match line {
+            Some(pair) => pairs.push(pair),
+            None => e.push(
+                at,
+                format!("{item} is not a \"Name: value\" string (no ':' in the value)"),
+            ),
+        }
+    }
+    checked_headers(pairs.iter().map(|(n, v)| (*n, v)), at, e)
+}
+
+fn checked_headers<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a Value)>,
+    at: &str,
+    e: &mut Errors,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for (name, value) in m {
+    for (name, value) in pairs {
         let here = format!("{at}.{name}");
         let value = match value {
             Value::String(s) => s.clone(),
@@ -229,7 +285,7 @@ fn header_map(v: &Value, at: &str, e: &mut Errors) -> Vec<(String, String)> {
         } else if has_variable(&value) {
             e.push(&here, "is not supported with nginx variables ($name)");
         } else {
-            out.push((name.clone(), value));
+            out.push((name.to_string(), value));
         }
     }
     out

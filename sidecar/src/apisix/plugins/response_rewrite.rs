@@ -2,13 +2,16 @@
 //! (`response_headers_to_add` / `_remove`).
 //!
 //! - `headers`: `{add, set, remove}` or the older flat map (= `set`), with
-//!   literal values, as `proxy-rewrite`'s.
+//!   literal values, as `proxy-rewrite`'s, except that `add` is APISIX's
+//!   array of `"Name: value"` lines.
+//! - `max_resp_body_size` (3.14+, stored with its default): accepted; it
+//!   bounds the body filters, which are refused.
 //! - `status_code`, `body`, `body_base64`, `filters`, `vars`: refused (no
 //!   per-route Envoy mapping here).
 
 use serde_json::Value;
 
-use super::proxy_rewrite::{parse_headers, ProxyRewrite};
+use super::proxy_rewrite::{parse_headers, AddForm, ProxyRewrite};
 use super::{object, unknown};
 use crate::apisix::route::Errors;
 
@@ -16,6 +19,7 @@ pub const NAME: &str = "response-rewrite";
 
 pub const KNOWN: &[&str] = &[
     "headers",
+    "max_resp_body_size",
     "status_code",
     "body",
     "body_base64",
@@ -40,13 +44,21 @@ impl ResponseRewrite {
                 e.push(&format!("{at}.{f}"), "is not supported");
             }
         }
+        match obj.get("max_resp_body_size") {
+            None => {}
+            Some(v) if v.as_u64().is_some_and(|n| n >= 1) => {}
+            Some(_) => e.push(
+                &format!("{at}.max_resp_body_size"),
+                "must be an integer of at least 1",
+            ),
+        }
         match obj.get("body_base64") {
             None | Some(Value::Bool(false)) => {}
             Some(_) => e.push(&format!("{at}.body_base64"), "is not supported"),
         }
         let mut h = ProxyRewrite::default();
         match obj.get("headers") {
-            Some(v) => parse_headers(v, &format!("{at}.headers"), &mut h, e),
+            Some(v) => parse_headers(v, &format!("{at}.headers"), AddForm::Lines, &mut h, e),
             None => e.push(
                 &format!("{at}.headers"),
                 "is required (the only attribute supported)",

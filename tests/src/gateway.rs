@@ -49,6 +49,25 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The stored set as the sidecar would load it from its file store
+    /// (the snapshot with the appended writes of its log folded in).
+    pub fn stored(&self) -> Result<sidecar::store::Stored, String> {
+        sidecar::store::FileStore::new(&self.data_file)
+            .read()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every byte the file store holds (snapshot and log), for checks of
+    /// what never reaches the disk.
+    pub fn stored_text(&self) -> String {
+        let log = sidecar::store::FileStore::new(&self.data_file).log_path();
+        [self.data_file.clone(), log]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Starts the sidecar (waits for `/healthz`), then Envoy (waits for its
     /// listener). `extra_args` go to the sidecar, after the harness's own:
     /// the ports, Envoy's admin address (`--envoy-admin-addr`) and

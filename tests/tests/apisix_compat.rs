@@ -327,7 +327,7 @@ fn env_references_reach_the_provider_and_secret_managers_are_refused() {
         shown["value"]["plugins"]["openid-connect"]["client_secret"],
         "$env://OIDC_COMPAT_CLIENT_SECRET"
     );
-    let stored = std::fs::read_to_string(&gw.data_file).unwrap();
+    let stored = gw.stored_text();
     assert!(stored.contains("$env://OIDC_COMPAT_CLIENT_SECRET"));
     assert!(!stored.contains(DEFAULT_CLIENT_SECRET));
 

@@ -251,12 +251,12 @@ fn tutorial_flows_against_keycloak() {
 
     // No token, secret or cookie value in any log line of ours (Envoy with
     // the filter at info level, the sidecar).
-    let stored = std::fs::read_to_string(&gw.data_file).expect("the route store");
-    let stored: serde_json::Value = serde_json::from_str(&stored).expect("the store is JSON");
-    let session_secret = stored["routes"]["auth-with-oidc"]["plugins"]["openid-connect"]["session"]
-        ["secret"]
-        .as_str()
-        .map(str::to_string);
+    let stored = gw.stored().expect("the route store");
+    let session_secret = stored.routes.get("auth-with-oidc").and_then(|r| {
+        r["plugins"]["openid-connect"]["session"]["secret"]
+            .as_str()
+            .map(str::to_string)
+    });
     assert!(
         session_secret.is_some(),
         "a generated session secret is stored"

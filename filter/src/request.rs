@@ -166,10 +166,15 @@ impl Request {
             }
             Effect::Call(req, pending) => self.dispatch(req, pending),
             Effect::ReadBody { limit } => {
-                // Envoy buffers the body while `on_http_request_body`
-                // answers `Pause`.
+                // The headers must go on for the body to come to this
+                // filter: Envoy's proxy-wasm turns a `Pause` of the
+                // headers into "stop all iteration", body callbacks
+                // included. The router may then open the upstream request,
+                // but the body stays here (`on_http_request_body` answers
+                // `Pause` until the end, then a local reply), so the
+                // upstream never sees the token and its request is reset.
                 self.body_limit = Some(limit);
-                Action::Pause
+                Action::Continue
             }
         }
     }

@@ -547,6 +547,14 @@ const configuration = {
     frontchannel_logout_supported: false,
   },
   clientBasedCORS: () => true,
+  // oidc-provider refuses to call loopback addresses (SSRF protection);
+  // the gateway under test listens on 127.0.0.1.
+  ...(BACKCHANNEL_LOGOUT_URI ? {
+    fetch: (url, options) => {
+      const { dispatcher: _ssrfGuard, ...rest } = options;
+      return fetch(url, rest);
+    },
+  } : {}),
   renderError: async (ctx, out) => {
     ctx.type = 'html';
     ctx.body = page('We are sorry...', `<p id="kc-error-message">${escapeHtml(out.error)}: ${escapeHtml(out.error_description)}</p>`);

@@ -1,7 +1,7 @@
-//! OpenID Connect Back-Channel Logout 1.0 through the real gateway (sidecar
-//! + Envoy with the filter) and the real test provider, which POSTs logout
-//! tokens to the route's `backchannel_logout_path` when a session ends at
-//! its end-session endpoint (`BACKCHANNEL_LOGOUT_URI`).
+//! OpenID Connect Back-Channel Logout 1.0 through the real gateway (the
+//! sidecar and Envoy with the filter) and the real test provider, which
+//! POSTs logout tokens to the route's `backchannel_logout_path` when a
+//! session ends at its end-session endpoint (`BACKCHANNEL_LOGOUT_URI`).
 //!
 //! The provider signs with a key the test gives it (`KEY_FILE`), so the
 //! test can also sign logout tokens as the provider would, each with one
@@ -408,12 +408,4 @@ fn ending_the_provider_session_ends_the_gateway_session() {
     // The browser, with that cookie, is sent to log in again.
     browser.goto(&local("/anything/test"));
     browser.wait_for_element("#kc-form-login", WAIT);
-}
-
-#[test]
-#[ignore]
-fn scratch_hold() {
-    let s = Stack::start(true);
-    eprintln!("PROXY {} ADMIN {}", s.gw.proxy_port, s.gw.url("/"));
-    std::thread::sleep(Duration::from_secs(400));
 }

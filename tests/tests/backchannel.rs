@@ -342,6 +342,21 @@ fn logout_tokens_are_checked_and_end_only_what_they_name() {
     );
     assert_eq!(s.stat("backchannel.logout"), 2);
     assert!(s.stat("session.backchannel_refused") >= 2);
+    // The route's upstream never saw a back-channel request (the sidecar
+    // routes them to its sink while the filter holds the body).
+    let log = std::fs::read_to_string(s.dir.path().join("httpbin.log")).unwrap();
+    assert!(log.contains("GET /anything/test"), "{log}");
+    assert!(!log.contains(BCL_PATH), "the upstream saw: {log}");
+    assert!(
+        s.gw.envoy_stat(&format!(
+            "cluster.{}.upstream_rq_total",
+            sidecar_sink_cluster()
+        )) > 0
+    );
+}
+
+fn sidecar_sink_cluster() -> &'static str {
+    sidecar::translate::BACKCHANNEL_SINK_CLUSTER
 }
 
 /// The whole road with a real browser: two logins at the provider (two

@@ -139,6 +139,12 @@ pub trait Host: Entropy {
     fn revoke(&mut self, r: Revocation, now: u64) {
         let _ = (r, now);
     }
+    /// The keys a back-channel logout can name the session by
+    /// ([`subjects::keys_of`]: two SHA-256s; a host may keep them by
+    /// session id, made at login and never reused).
+    fn subject_keys(&mut self, s: &Session) -> Vec<[u8; 16]> {
+        subjects::keys_of(s).collect()
+    }
     /// Whether a back-channel logout ended the sessions with `key` made at
     /// or before `created_at` ([`subjects`]).
     fn logged_out(&mut self, key: &[u8; 16], created_at: u64, now: u64) -> bool {
@@ -747,7 +753,8 @@ fn browser_flow(login: &LoginRoute<'_>, headers: &Headers, host: &mut dyn Host, 
             return Err(SessionError::Revoked);
         }
         // Nor is one the provider ended (back-channel logout).
-        if subjects::keys_of(&s).any(|k| host.logged_out(&k, s.created_at, now)) {
+        let keys = host.subject_keys(&s);
+        if keys.iter().any(|k| host.logged_out(k, s.created_at, now)) {
             host.note(Note::LoggedOutSessionRefused);
             return Err(SessionError::Revoked);
         }

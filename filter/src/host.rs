@@ -100,6 +100,9 @@ impl Host for HostCalls<'_> {
             }
         }
     }
+    fn subject_keys(&mut self, s: &Session) -> Vec<[u8; 16]> {
+        self.vm.subject_keys(s).to_vec()
+    }
     fn logged_out(&mut self, key: &[u8; 16], created_at: u64, now: u64) -> bool {
         revoked::logged_out(key, created_at, now)
     }

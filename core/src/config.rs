@@ -1040,6 +1040,32 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
         errors(v).into_iter().map(|e| e.field).collect()
     }
 
+    /// `backchannel_logout_path` (an extension): unset by default; a path
+    /// without query, not the `logout_path`.
+    #[test]
+    fn backchannel_logout_path() {
+        let c = PluginConfig::parse(&minimal()).unwrap();
+        assert_eq!(c.backchannel_logout_path, None);
+        let mut v = minimal();
+        v["backchannel_logout_path"] = json!("/app/backchannel-logout");
+        let c = PluginConfig::parse(&v).unwrap();
+        assert_eq!(
+            c.backchannel_logout_path.as_deref(),
+            Some("/app/backchannel-logout")
+        );
+        for bad in [
+            json!("app/bcl"),
+            json!("/bcl?x=1"),
+            json!("/logout"),
+            json!(5),
+            json!("http://idp/bcl"),
+        ] {
+            let mut v = minimal();
+            v["backchannel_logout_path"] = bad.clone();
+            assert_eq!(fields(v), ["backchannel_logout_path"], "{bad}");
+        }
+    }
+
     /// Host names are ASCII (the filter carries no Unicode tables to keep
     /// the module small): an internationalised name is refused, naming the
     /// field; its punycode form is accepted.

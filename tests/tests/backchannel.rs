@@ -366,7 +366,18 @@ fn sidecar_sink_cluster() -> &'static str {
 /// browser a new login), the first session's cookie still works.
 #[test]
 fn ending_the_provider_session_ends_the_gateway_session() {
-    let s = Stack::start(true);
+    provider_logout(true);
+}
+
+/// The same with a provider whose logout tokens name the user only
+/// (`sub`, no `sid`): both of the user's sessions end.
+#[test]
+fn a_logout_token_without_sid_ends_every_session_of_the_user() {
+    provider_logout(false);
+}
+
+fn provider_logout(session_required: bool) {
+    let s = Stack::start(session_required);
     let browser = Browser::start(s.dir.path());
     let local = |path: &str| format!("http://localhost:{}{path}", s.gw.proxy_port);
     let login = || {
@@ -419,7 +430,11 @@ fn ending_the_provider_session_ends_the_gateway_session() {
         !s.signed_in(&second),
         "the ended session's cookie is refused"
     );
-    assert!(s.signed_in(&first), "the other provider session's is not");
+    assert_eq!(
+        s.signed_in(&first),
+        session_required,
+        "the other provider session's ends only with a `sub`-only token"
+    );
     // The browser, with that cookie, is sent to log in again.
     browser.goto(&local("/anything/test"));
     browser.wait_for_element("#kc-form-login", WAIT);

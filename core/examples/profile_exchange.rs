@@ -83,6 +83,7 @@ fn main() -> Result<(), String> {
             Effect::Forward(_) => "forward".into(),
             Effect::Fetch { .. } => "fetch".into(),
             Effect::Call(..) => "call".into(),
+            Effect::ReadBody { .. } => "read body".into(),
         };
         *kinds.entry(k).or_insert(0) += 1;
     }

@@ -123,6 +123,11 @@ pub enum Event {
     /// Refused for this reason (a bearer request, a call budget spent, an
     /// identity header Envoy would refuse, a provider without a cluster).
     Denied(Denial),
+    /// A back-channel logout token was accepted: its sessions are ended.
+    BackchannelLogout,
+    /// A back-channel logout request was refused (400; the reason is safe
+    /// to log).
+    BackchannelRefused(String),
 }
 
 impl Event {
@@ -130,6 +135,8 @@ impl Event {
     pub fn reason(&self) -> Option<DenialReason> {
         match self {
             Event::HostCorrected | Event::LoginStarted | Event::LoggedIn | Event::LoggedOut => None,
+            Event::BackchannelLogout => None,
+            Event::BackchannelRefused(_) => Some(DenialReason::BadRequest),
             Event::LoginFailed(_) => None,
             Event::Unauthenticated => Some(DenialReason::Unauthenticated),
             Event::Forbidden => Some(DenialReason::InsufficientScope),
@@ -1201,6 +1208,7 @@ mod tests {
                     Effect::Reply(reply, event) => return Step::Respond(reply, event),
                     Effect::Forward(f) => return Step::Forward(f),
                     Effect::Allow(a) => panic!("a browser request allowed as a bearer: {a:?}"),
+                    Effect::ReadBody { .. } => panic!("a browser request asked for its body"),
                 };
             }
             panic!("the flow does not end");

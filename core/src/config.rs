@@ -158,6 +158,9 @@ pub struct PluginConfig {
     pub realm: String,
     pub bearer_only: bool,
     pub logout_path: String,
+    /// Where the provider POSTs back-channel logout tokens (OpenID Connect
+    /// Back-Channel Logout 1.0; an extension, unset by default).
+    pub backchannel_logout_path: Option<String>,
     pub post_logout_redirect_uri: Option<String>,
     pub redirect_uri: Option<String>,
     /// Timeout of each provider call, in seconds.
@@ -254,6 +257,17 @@ impl PluginConfig {
         let realm = r.string("realm").unwrap_or_else(|| "apisix".into());
         let bearer_only = r.bool("bearer_only").unwrap_or(false);
         let logout_path = r.string("logout_path").unwrap_or_else(|| "/logout".into());
+        let backchannel_logout_path = r.string("backchannel_logout_path");
+        if let Some(p) = &backchannel_logout_path {
+            if !p.starts_with('/') || p.contains(['?', '#']) {
+                r.error(
+                    "backchannel_logout_path",
+                    "must be a path starting with '/', without query",
+                );
+            } else if *p == logout_path {
+                r.error("backchannel_logout_path", "must differ from logout_path");
+            }
+        }
         let post_logout_redirect_uri = r.url_or_path("post_logout_redirect_uri");
         let redirect_uri = r.url_or_path("redirect_uri");
         let timeout = r.uint_min("timeout", 1).unwrap_or(3);
@@ -381,6 +395,7 @@ impl PluginConfig {
                 realm,
                 bearer_only,
                 logout_path,
+                backchannel_logout_path,
                 post_logout_redirect_uri,
                 redirect_uri,
                 timeout,
@@ -430,6 +445,7 @@ pub const KNOWN_TOP: &[&str] = &[
     "realm",
     "bearer_only",
     "logout_path",
+    "backchannel_logout_path",
     "post_logout_redirect_uri",
     "redirect_uri",
     "timeout",
@@ -1022,6 +1038,32 @@ Rg5PNlNU+hQuVXDcI6L8YVaBadvQF/tSb3WkBY9a4QbTCHYKOxaH1Pvk/w==
 
     fn fields(v: Value) -> Vec<String> {
         errors(v).into_iter().map(|e| e.field).collect()
+    }
+
+    /// `backchannel_logout_path` (an extension): unset by default; a path
+    /// without query, not the `logout_path`.
+    #[test]
+    fn backchannel_logout_path() {
+        let c = PluginConfig::parse(&minimal()).unwrap();
+        assert_eq!(c.backchannel_logout_path, None);
+        let mut v = minimal();
+        v["backchannel_logout_path"] = json!("/app/backchannel-logout");
+        let c = PluginConfig::parse(&v).unwrap();
+        assert_eq!(
+            c.backchannel_logout_path.as_deref(),
+            Some("/app/backchannel-logout")
+        );
+        for bad in [
+            json!("app/bcl"),
+            json!("/bcl?x=1"),
+            json!("/logout"),
+            json!(5),
+            json!("http://idp/bcl"),
+        ] {
+            let mut v = minimal();
+            v["backchannel_logout_path"] = bad.clone();
+            assert_eq!(fields(v), ["backchannel_logout_path"], "{bad}");
+        }
     }
 
     /// Host names are ASCII (the filter carries no Unicode tables to keep

@@ -17,13 +17,14 @@
 
 use std::rc::Rc;
 
+use crate::backchannel;
 use crate::bearer::{self, Allowed, Decision};
 use crate::browser::{BrowserRequest, Entropy, Event, Flow, Forward, Step};
 use crate::http::HttpRequest;
 use crate::login::LoginRoute;
 use crate::provider::{self, record, Documents, FetchKind, Intervals};
 use crate::reply::{Denial, Reply};
-use crate::revocation::Revocation;
+use crate::revocation::{subjects, Revocation};
 use crate::route::Route;
 use crate::session::{self, Session, SessionError, SessionId, SessionKey};
 
@@ -138,6 +139,28 @@ pub trait Host: Entropy {
     fn revoke(&mut self, r: Revocation, now: u64) {
         let _ = (r, now);
     }
+    /// The keys a back-channel logout can name the session by
+    /// ([`subjects::keys_of`]: two SHA-256s; a host may keep them by
+    /// session id, made at login and never reused).
+    fn subject_keys(&mut self, s: &Session) -> Vec<[u8; 16]> {
+        subjects::keys_of(s).collect()
+    }
+    /// Whether a back-channel logout ended the sessions with `key` made at
+    /// or before `created_at` ([`subjects`]).
+    fn logged_out(&mut self, key: &[u8; 16], created_at: u64, now: u64) -> bool {
+        let _ = (key, created_at, now);
+        false
+    }
+    /// Puts a back-channel logout on its deny-list.
+    fn log_out(&mut self, r: subjects::Revocation, now: u64) {
+        let _ = (r, now);
+    }
+    /// Remembers a logout token's `jti` key until `until`: `false` when it
+    /// is already remembered (a replay).
+    fn first_use(&mut self, jti: [u8; 16], until: u64, now: u64) -> bool {
+        let _ = (jti, until, now);
+        true
+    }
     /// The session opened from cookie `value` was saved again (touched,
     /// renewed or refreshed) and sent to the client: a cache of opened
     /// sessions ([`Host::unseal`]) should answer `session` for `value`
@@ -180,6 +203,8 @@ pub enum Note<'a> {
     RefreshRefused(&'a str),
     /// A request came with a session that had logged out.
     RevokedSessionRefused,
+    /// A request came with a session a back-channel logout ended.
+    LoggedOutSessionRefused,
 }
 
 /// What the caller does next.
@@ -203,6 +228,10 @@ pub enum Effect {
     /// Make this provider call; hand the answer to
     /// [`Exchange::on_answer`] with the [`Pending`].
     Call(Box<HttpRequest>, Pending),
+    /// A back-channel logout request: read its body, at most `limit`
+    /// bytes (more: answer [`backchannel::refused`]), and hand it to
+    /// [`Exchange::on_body`].
+    ReadBody { limit: usize },
 }
 
 /// What a provider call's answer is for: only the effect that made the
@@ -244,6 +273,8 @@ enum Side {
     },
     /// A browser request on a login route.
     Browser(Box<Flow>),
+    /// A back-channel logout request (`None`: its body is awaited).
+    Backchannel(Option<String>),
     /// Decided at once.
     Done,
 }
@@ -284,6 +315,27 @@ impl Exchange {
         };
         let c = &route.config;
         let done = |effect| (Exchange::new(Side::Done), effect);
+        // The provider's back-channel logout, before anything else.
+        let text = |name| header(name).ok().flatten();
+        match backchannel::start(
+            route,
+            text(":method").as_deref(),
+            text(":path").as_deref(),
+            text("content-type").as_deref(),
+        ) {
+            backchannel::Start::NotHere => {}
+            backchannel::Start::Refuse(reply, why) => {
+                return done(Effect::Reply(reply, Event::BackchannelRefused(why)))
+            }
+            backchannel::Start::ReadBody => {
+                return (
+                    Exchange::new(Side::Backchannel(None)),
+                    Effect::ReadBody {
+                        limit: backchannel::MAX_BODY,
+                    },
+                )
+            }
+        }
         let token = if c.checks_bearer_tokens() {
             // The client's X-Access-Token may carry the token (as in APISIX).
             let x_access_token = header("x-access-token").ok().flatten();
@@ -356,6 +408,42 @@ impl Exchange {
         }
     }
 
+    /// The body of a back-channel logout request (a `ReadBody` effect):
+    /// the next effect.
+    pub fn on_body(&mut self, route: &Route, body: &[u8], host: &mut dyn Host, now: u64) -> Effect {
+        if !matches!(self.side, Side::Backchannel(None)) {
+            return backchannel_refused("no request body was expected".into());
+        }
+        match backchannel::logout_token(body) {
+            Ok(token) => {
+                self.side = Side::Backchannel(Some(token));
+                self.run(route, host, now)
+            }
+            Err(why) => {
+                self.side = Side::Done;
+                backchannel_refused(why)
+            }
+        }
+    }
+
+    /// A verified logout token: refused if its `jti` was seen, else its
+    /// sessions are put on the deny-list.
+    fn logged_out(
+        &mut self,
+        route: &Route,
+        logout: backchannel::Logout,
+        host: &mut dyn Host,
+        now: u64,
+    ) -> Effect {
+        self.side = Side::Done;
+        let (jti, until) = logout.replay_key(route);
+        if !host.first_use(jti, until, now) {
+            return backchannel_refused("the logout token was used before".into());
+        }
+        host.log_out(logout.revocation(route, now), now);
+        Effect::Reply(backchannel::accepted(), Event::BackchannelLogout)
+    }
+
     /// The answer (status 0: none came) to the call of a `Fetch` or `Call`
     /// effect: the next effect.
     pub fn on_answer(
@@ -409,7 +497,7 @@ impl Exchange {
                             Err(effect) => self.finish(route, effect, host),
                         }
                     }
-                    Side::Done => deny(
+                    Side::Done | Side::Backchannel(_) => deny(
                         Denial::ProviderUnavailable("an answer after the decision".into()),
                         &route.config.realm,
                     ),
@@ -503,7 +591,30 @@ impl Exchange {
                     Err(effect) => Err(self.finish(route, effect, host)),
                 }
             }
-            Side::Done => Err(deny(
+            Side::Backchannel(Some(token)) => {
+                state.discovery_in_flight = self.held_discovery;
+                state.jwks_in_flight = self.held_jwks;
+                match backchannel::decide(route, token, &state, now) {
+                    backchannel::Decision::Fetch(kind, url, req) => {
+                        Ok(provider::Need { kind, url, req })
+                    }
+                    backchannel::Decision::Verified(logout) => {
+                        Err(self.logged_out(route, logout, host, now))
+                    }
+                    backchannel::Decision::Refused(why) => {
+                        self.side = Side::Done;
+                        Err(backchannel_refused(why))
+                    }
+                    backchannel::Decision::Unavailable(why) => {
+                        self.side = Side::Done;
+                        Err(Effect::Reply(
+                            Denial::ProviderUnavailable(why.clone()).reply(&route.config.realm),
+                            Event::ProviderUnavailable(why),
+                        ))
+                    }
+                }
+            }
+            Side::Done | Side::Backchannel(None) => Err(deny(
                 Denial::ProviderUnavailable("a request asked again after its decision".into()),
                 &route.config.realm,
             )),
@@ -641,6 +752,12 @@ fn browser_flow(login: &LoginRoute<'_>, headers: &Headers, host: &mut dyn Host, 
             host.note(Note::RevokedSessionRefused);
             return Err(SessionError::Revoked);
         }
+        // Nor is one the provider ended (back-channel logout).
+        let keys = host.subject_keys(&s);
+        if keys.iter().any(|k| host.logged_out(k, s.created_at, now)) {
+            host.note(Note::LoggedOutSessionRefused);
+            return Err(SessionError::Revoked);
+        }
         Ok(s)
     });
     if let Some(r) = flow.take_revocation() {
@@ -711,6 +828,10 @@ fn not_a_login_route() -> Effect {
     )
 }
 
+fn backchannel_refused(why: String) -> Effect {
+    Effect::Reply(backchannel::refused(&why), Event::BackchannelRefused(why))
+}
+
 fn deny(denial: Denial, realm: &str) -> Effect {
     Effect::Reply(denial.reply(realm), Event::Denied(denial))
 }
@@ -758,6 +879,9 @@ mod tests {
         notes: Vec<String>,
         /// Opened sessions by cookie value, as the filter's cache keeps them.
         sessions: HashMap<String, Session>,
+        /// The back-channel deny-list and the replay memory, as shard
+        /// values (the filter's shared data).
+        shards: HashMap<String, Vec<u8>>,
     }
 
     impl Entropy for TestHost {
@@ -839,6 +963,29 @@ mod tests {
         }
         fn resealed(&mut self, value: String, session: Session) {
             self.sessions.insert(value, session);
+        }
+        fn logged_out(&mut self, key: &[u8; 16], created_at: u64, now: u64) -> bool {
+            let shard = self.shards.get(&subjects::shard_key(key));
+            shard.is_some_and(|v| subjects::is_revoked(v, key, created_at, now))
+        }
+        fn log_out(&mut self, r: subjects::Revocation, now: u64) {
+            let k = subjects::shard_key(&r.key);
+            let old = self.shards.get(&k).cloned().unwrap_or_default();
+            self.shards.insert(k, subjects::insert(&old, r, now).value);
+        }
+        fn first_use(&mut self, jti: [u8; 16], until: u64, now: u64) -> bool {
+            let k = subjects::jti_shard_key(&jti);
+            let old = self.shards.get(&k).cloned().unwrap_or_default();
+            if subjects::contains(&old, &jti, now) {
+                return false;
+            }
+            let r = subjects::Revocation {
+                key: jti,
+                since: now,
+                until,
+            };
+            self.shards.insert(k, subjects::insert(&old, r, now).value);
+            true
         }
     }
 
@@ -942,6 +1089,115 @@ mod tests {
         fn release(&mut self, k: FetchKind, u: &str, since: u64) {
             self.0.release(k, u, since)
         }
+    }
+
+    /// A back-channel logout through the exchange: the body is read, the
+    /// documents fetched, the token verified; the session it names is
+    /// refused from then on, another user's is not, a replay is refused,
+    /// and the same user's next login works.
+    #[test]
+    fn backchannel_logout_ends_the_named_sessions() {
+        let r = route(json!({
+            "bearer_only": false,
+            "redirect_uri": "http://localhost/cb",
+            "backchannel_logout_path": "/bcl",
+            "session": {"secret": "0123456789abcdef0123"},
+        }));
+        let key = r.session_key.as_ref().unwrap();
+        let cookie_of = |sub: &str, sid: &str, at: u64| {
+            let mut s = Session::new(crate::secret::Secret::new(String::from("at")), at);
+            s.id = SessionId([sub.len() as u8; 16]);
+            s.access_expires_at = Some(NOW + 3600);
+            s.id_claims = json!({"iss": ISS, "sub": sub, "sid": sid})
+                .as_object()
+                .cloned()
+                .unwrap();
+            let pairs = session::encode(&s, key, "session", [1; 12]);
+            let c: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            headers(&[
+                (":authority", b"localhost"),
+                (":path", b"/"),
+                ("accept", b"application/json"),
+                ("cookie", c.join("; ").as_bytes()),
+            ])
+        };
+        let passes = |host: &mut TestHost, req: &Vec<(String, Vec<u8>)>, now| match Exchange::begin(
+            &r, req, host, now,
+        )
+        .1
+        {
+            Effect::Forward(f) => f.signed_in,
+            Effect::Reply(reply, Event::Unauthenticated) => {
+                assert_eq!(reply.status, 401);
+                false
+            }
+            other => panic!("{other:?}"),
+        };
+        let post = headers(&[
+            (":method", b"POST"),
+            (":path", b"/bcl"),
+            ("content-type", b"application/x-www-form-urlencoded"),
+        ]);
+        let logout = |host: &mut TestHost, claims: &Value, now| -> Reply {
+            let (mut ex, e) = Exchange::begin(&r, &post, host, now);
+            assert!(matches!(e, Effect::ReadBody { .. }), "{e:?}");
+            let tok = token(Alg::RS256, Some("rsa-a"), claims);
+            let mut e = ex.on_body(&r, format!("logout_token={tok}").as_bytes(), host, now);
+            loop {
+                e = match e {
+                    Effect::Fetch { kind, pending, .. } => {
+                        let body = match kind {
+                            FetchKind::Discovery => discovery_body(),
+                            FetchKind::Jwks => jwks_body(),
+                        };
+                        ex.on_answer(&r, pending, 200, &body, host, now)
+                    }
+                    Effect::Reply(reply, _) => return reply,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let alice = cookie_of("alice", "s-a", NOW - 100);
+        let alice_new = cookie_of("alice", "s-a2", NOW + 10);
+        let bob = cookie_of("bob", "s-b", NOW - 100);
+        let mut host = TestHost::default();
+        assert!(passes(&mut host, &alice, NOW));
+        let c = json!({"iss": ISS, "aud": CLIENT, "iat": NOW, "jti": "j-1", "sid": "s-a",
+            "sub": "alice", "events": {backchannel::EVENT: {}}});
+        let reply = logout(&mut host, &c, NOW);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(!passes(&mut host, &alice, NOW + 1), "alice's session ended");
+        assert!(host.notes.iter().any(|n| n == "LoggedOutSessionRefused"));
+        assert!(passes(&mut host, &bob, NOW + 1), "bob's did not");
+        // Replayed: refused.
+        let reply = logout(&mut host, &c, NOW + 2);
+        assert_eq!(reply.status, 400);
+        assert!(reply.body.contains("used before"));
+        // Only `sub`: every session of alice made until then; a later
+        // login is a new session.
+        let c = json!({"iss": ISS, "aud": CLIENT, "iat": NOW + 5, "jti": "j-2", "sub": "alice",
+            "events": {backchannel::EVENT: {}}});
+        assert!(passes(&mut host, &alice_new, NOW + 10));
+        assert_eq!(logout(&mut host, &c, NOW + 5).status, 200);
+        assert!(passes(&mut host, &alice_new, NOW + 11));
+        let alice_other = cookie_of("alice", "s-a3", NOW - 50);
+        assert!(!passes(&mut host, &alice_other, NOW + 11));
+        // A GET on the path, a body without a token.
+        let get = headers(&[(":method", b"GET"), (":path", b"/bcl")]);
+        match Exchange::begin(&r, &get, &mut host, NOW).1 {
+            Effect::Reply(reply, Event::BackchannelRefused(_)) => assert_eq!(reply.status, 405),
+            other => panic!("{other:?}"),
+        }
+        let (mut ex, _) = Exchange::begin(&r, &post, &mut host, NOW);
+        match ex.on_body(&r, b"token=x", &mut host, NOW) {
+            Effect::Reply(reply, Event::BackchannelRefused(_)) => assert_eq!(reply.status, 400),
+            other => panic!("{other:?}"),
+        }
+        // A forged token (nonce, no events: an ID token).
+        let id_token = json!({"iss": ISS, "aud": CLIENT, "iat": NOW, "exp": NOW + 60,
+            "sub": "bob", "nonce": "n", "sid": "s-b", "jti": "j-3"});
+        assert_eq!(logout(&mut host, &id_token, NOW).status, 400);
+        assert!(passes(&mut host, &bob, NOW + 1));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Nothing here does I/O, reads a clock or draws randomness: the caller
 //! passes time and random bytes in, and gets decisions and effects out.
 
+pub mod backchannel;
 pub mod bearer;
 pub mod browser;
 pub mod callback;

@@ -109,6 +109,240 @@ pub fn insert(shard: &[u8], r: Revocation, now: u64) -> Inserted {
     Inserted { value, evicted }
 }
 
+/// Back-channel logout: sessions ended by the provider, named by
+/// `(iss, sid)` or, when the logout token has no `sid`, by `(iss, sub)`
+/// (every session of that user). A second table in the same shape, with
+/// its own shards (`openid-connect|logout|<2 hex>`) so that neither list
+/// can push the other's entries out, and one more field: the revocation's
+/// time (`since`). Only sessions made at or before it are refused: the
+/// user who logs in again after a back-channel logout (same `sub`) gets a
+/// working session.
+///
+/// ```text
+/// entry = SHA-256(kind ‖ 0 ‖ iss ‖ 0 ‖ value)[..16] ‖ until (u64 LE) ‖ since (u64 LE)
+/// ```
+pub mod subjects {
+    use sha2::{Digest as _, Sha256};
+
+    use crate::session::Session;
+
+    /// Entries per shard (8192 in all, as the session-id list).
+    pub const SHARD_CAPACITY: usize = super::SHARD_CAPACITY;
+    const ENTRY: usize = 16 + 8 + 8;
+
+    /// What a revocation names.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        /// One provider session (`sid`): the sessions made from it.
+        Sid,
+        /// A user (`sub`): all of that user's sessions.
+        Sub,
+        /// A logout token's `jti`: the replay memory ([`jti_shard_key`]).
+        Jti,
+    }
+
+    /// The key of `(iss, value)`: 16 bytes of a SHA-256 (the list never
+    /// holds the identifiers themselves).
+    pub fn key(kind: Kind, iss: &str, value: &str) -> [u8; 16] {
+        let mut h = Sha256::new();
+        h.update(match kind {
+            Kind::Sid => b"sid",
+            Kind::Sub => b"sub",
+            Kind::Jti => b"jti",
+        });
+        h.update([0]);
+        h.update(iss.as_bytes());
+        h.update([0]);
+        h.update(value.as_bytes());
+        let d = h.finalize();
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&d[..16]);
+        k
+    }
+
+    /// The keys a session can be revoked by: its ID token's `(iss, sid)`
+    /// and `(iss, sub)`, when it has them.
+    pub fn keys_of(s: &Session) -> impl Iterator<Item = [u8; 16]> + '_ {
+        let claim = |n: &str| s.id_claims.get(n).and_then(serde_json::Value::as_str);
+        let iss = claim("iss");
+        [(Kind::Sid, claim("sid")), (Kind::Sub, claim("sub"))]
+            .into_iter()
+            .filter_map(move |(kind, v)| Some(key(kind, iss?, v?)))
+    }
+
+    /// The shared-data key of the shard holding `key`.
+    pub fn shard_key(key: &[u8; 16]) -> String {
+        format!("openid-connect|logout|{:02x}", key[0])
+    }
+
+    /// The shared-data key of the replay memory's shard holding `key` (a
+    /// [`Kind::Jti`] key; same entry format, `since` unused).
+    pub fn jti_shard_key(key: &[u8; 16]) -> String {
+        format!("openid-connect|jti|{:02x}", key[0])
+    }
+
+    /// A back-channel revocation: sessions with `key` made at or before
+    /// `since` are refused until `until`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Revocation {
+        pub key: [u8; 16],
+        pub since: u64,
+        pub until: u64,
+    }
+
+    fn entries(shard: &[u8]) -> impl Iterator<Item = Revocation> + '_ {
+        shard.chunks_exact(ENTRY).map(|e| {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&e[..16]);
+            let num = |r: &[u8]| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(r);
+                u64::from_le_bytes(b)
+            };
+            Revocation {
+                key,
+                until: num(&e[16..24]),
+                since: num(&e[24..32]),
+            }
+        })
+    }
+
+    /// Whether a session with `key`, made at `created_at`, is revoked at
+    /// `now` by an entry of the shard value.
+    pub fn is_revoked(shard: &[u8], key: &[u8; 16], created_at: u64, now: u64) -> bool {
+        entries(shard).any(|r| r.key == *key && now <= r.until && created_at <= r.since)
+    }
+
+    /// Whether the shard value holds `key`, unexpired at `now`.
+    pub fn contains(shard: &[u8], key: &[u8; 16], now: u64) -> bool {
+        entries(shard).any(|r| r.key == *key && now <= r.until)
+    }
+
+    /// The shard value with `r` added: expired entries dropped, an entry
+    /// for the same key merged (the later `since` and `until` kept), at
+    /// most [`SHARD_CAPACITY`] entries (the one that expires first goes).
+    pub fn insert(shard: &[u8], r: Revocation, now: u64) -> super::Inserted {
+        let mut merged = r;
+        for old in entries(shard).filter(|o| o.key == r.key && now <= o.until) {
+            merged.since = merged.since.max(old.since);
+            merged.until = merged.until.max(old.until);
+        }
+        let mut list: Vec<Revocation> = entries(shard)
+            .filter(|o| now <= o.until && o.key != r.key)
+            .collect();
+        list.push(merged);
+        let mut evicted = false;
+        while list.len() > SHARD_CAPACITY {
+            let Some((first, _)) = list.iter().enumerate().min_by_key(|(_, o)| o.until) else {
+                break;
+            };
+            list.remove(first);
+            evicted = true;
+        }
+        let mut value = Vec::with_capacity(list.len() * ENTRY);
+        for e in list {
+            value.extend_from_slice(&e.key);
+            value.extend_from_slice(&e.until.to_le_bytes());
+            value.extend_from_slice(&e.since.to_le_bytes());
+        }
+        super::Inserted { value, evicted }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use serde_json::json;
+
+        const NOW: u64 = 1_700_000_000;
+
+        #[test]
+        fn sessions_made_before_the_revocation_only() {
+            let k = key(Kind::Sub, "https://idp", "alice");
+            let r = Revocation {
+                key: k,
+                since: NOW,
+                until: NOW + 100,
+            };
+            let v = insert(&[], r, NOW).value;
+            assert!(is_revoked(&v, &k, NOW - 50, NOW + 1));
+            assert!(is_revoked(&v, &k, NOW, NOW + 100));
+            // A login after the logout is a new session.
+            assert!(!is_revoked(&v, &k, NOW + 1, NOW + 2));
+            // Until the end only.
+            assert!(!is_revoked(&v, &k, NOW - 50, NOW + 101));
+            assert!(!is_revoked(
+                &v,
+                &key(Kind::Sid, "https://idp", "alice"),
+                0,
+                NOW
+            ));
+            assert!(!is_revoked(
+                &v,
+                &key(Kind::Sub, "https://other", "alice"),
+                0,
+                NOW
+            ));
+            assert!(contains(&v, &k, NOW));
+            assert_eq!(shard_key(&k), format!("openid-connect|logout|{:02x}", k[0]));
+            // A later revocation of the same key moves `since` and `until`.
+            let later = Revocation {
+                key: k,
+                since: NOW + 10,
+                until: NOW + 50,
+            };
+            let v = insert(&v, later, NOW + 10).value;
+            assert_eq!(v.len(), ENTRY);
+            assert!(is_revoked(&v, &k, NOW + 5, NOW + 100));
+        }
+
+        #[test]
+        fn bounded_and_garbage_safe() {
+            let mut v = Vec::new();
+            let mut evictions = 0;
+            for m in 0..(SHARD_CAPACITY as u64 + 5) {
+                let mut k = [m as u8; 16];
+                k[0] = 7;
+                let r = Revocation {
+                    key: k,
+                    since: NOW,
+                    until: NOW + 1000 + m,
+                };
+                let ins = insert(&v, r, NOW);
+                evictions += usize::from(ins.evicted);
+                v = ins.value;
+            }
+            assert_eq!(v.len(), SHARD_CAPACITY * ENTRY);
+            assert_eq!(evictions, 5);
+            let mut first = [0u8; 16];
+            first[0] = 7;
+            assert!(!contains(&v, &first, NOW));
+            assert!(!is_revoked(&[1, 2, 3], &first, 0, NOW));
+        }
+
+        #[test]
+        fn a_session_is_named_by_its_sid_and_sub() {
+            let mut s = Session::new(crate::secret::Secret::new("t"), NOW);
+            assert_eq!(keys_of(&s).count(), 0);
+            s.id_claims = json!({"iss": "https://idp", "sub": "alice", "sid": "s-1"})
+                .as_object()
+                .cloned()
+                .unwrap();
+            let keys: Vec<_> = keys_of(&s).collect();
+            assert_eq!(
+                keys,
+                vec![
+                    key(Kind::Sid, "https://idp", "s-1"),
+                    key(Kind::Sub, "https://idp", "alice")
+                ]
+            );
+            s.id_claims.remove("sid");
+            assert_eq!(keys_of(&s).count(), 1);
+            s.id_claims.remove("iss");
+            assert_eq!(keys_of(&s).count(), 0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use oidc_core::bearer::Allowed;
 use oidc_core::browser::Entropy;
 use oidc_core::exchange::{Host, Note};
 use oidc_core::provider::{Documents, FetchKind, Intervals};
-use oidc_core::revocation::Revocation;
+use oidc_core::revocation::{subjects, Revocation};
 use oidc_core::session::{Session, SessionError, SessionId, SessionKey};
 
 use crate::revoked;
@@ -100,6 +100,29 @@ impl Host for HostCalls<'_> {
             }
         }
     }
+    fn subject_keys(&mut self, s: &Session) -> Vec<[u8; 16]> {
+        self.vm.subject_keys(s).to_vec()
+    }
+    fn logged_out(&mut self, key: &[u8; 16], created_at: u64, now: u64) -> bool {
+        revoked::logged_out(key, created_at, now)
+    }
+    fn log_out(&mut self, r: subjects::Revocation, now: u64) {
+        let m = &self.vm.metrics;
+        match revoked::log_out(r, now) {
+            revoked::Outcome::Stored { evicted } => {
+                if evicted {
+                    m.session_revocation_evicted();
+                }
+            }
+            revoked::Outcome::Failed => {
+                log::warn!("openid-connect: cannot record a back-channel logout on the deny-list");
+                m.session_revocation_failed();
+            }
+        }
+    }
+    fn first_use(&mut self, jti: [u8; 16], until: u64, now: u64) -> bool {
+        revoked::first_use(jti, until, now)
+    }
     fn note(&mut self, note: Note<'_>) {
         let m = &self.vm.metrics;
         match note {
@@ -118,6 +141,7 @@ impl Host for HostCalls<'_> {
                 m.session_refresh_refused();
             }
             Note::RevokedSessionRefused => m.session_revoked_refused(),
+            Note::LoggedOutSessionRefused => m.session_backchannel_refused(),
         }
     }
 }

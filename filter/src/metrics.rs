@@ -32,6 +32,9 @@ pub struct Metrics {
     session_revocation_evicted: Option<u32>,
     session_revocation_failed: Option<u32>,
     logout: Option<u32>,
+    backchannel_logout: Option<u32>,
+    backchannel_refused: Option<u32>,
+    session_backchannel_refused: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -72,7 +75,22 @@ impl Metrics {
             session_revocation_evicted: counter("session.revocation_evicted"),
             session_revocation_failed: counter("session.revocation_failed"),
             logout: counter("logout"),
+            backchannel_logout: counter("backchannel.logout"),
+            backchannel_refused: counter("backchannel.refused"),
+            session_backchannel_refused: counter("session.backchannel_refused"),
         }
+    }
+
+    pub fn backchannel_logout(&self) {
+        bump(self.backchannel_logout)
+    }
+
+    pub fn backchannel_refused(&self) {
+        bump(self.backchannel_refused)
+    }
+
+    pub fn session_backchannel_refused(&self) {
+        bump(self.session_backchannel_refused)
     }
 
     pub fn allowed(&self) {

@@ -63,6 +63,9 @@ pub struct Request {
     active: Option<Active>,
     /// `Set-Cookie` values for the upstream's response.
     set_cookies: Vec<String>,
+    /// A back-channel logout request's body is awaited (at most this many
+    /// bytes).
+    body_limit: Option<usize>,
 }
 
 /// A request waiting for a provider call's answer.
@@ -80,6 +83,7 @@ impl Request {
             vm,
             active: None,
             set_cookies: Vec::new(),
+            body_limit: None,
         }
     }
 
@@ -161,7 +165,33 @@ impl Request {
                 self.dispatch(req, pending)
             }
             Effect::Call(req, pending) => self.dispatch(req, pending),
+            Effect::ReadBody { limit } => {
+                // The headers must go on for the body to come to this
+                // filter: Envoy's proxy-wasm turns a `Pause` of the
+                // headers into "stop all iteration", body callbacks
+                // included. The router may then open the upstream request,
+                // but the body stays here (`on_http_request_body` answers
+                // `Pause` until the end, then a local reply), so the
+                // upstream never sees the token and its request is reset.
+                self.body_limit = Some(limit);
+                Action::Continue
+            }
         }
+    }
+
+    /// The body of a back-channel logout request, given to the core.
+    fn body_read(&mut self, body: &[u8]) -> Action {
+        let now = self.now();
+        let vm = self.vm.clone();
+        let Some(active) = self.active.as_mut() else {
+            return Action::Continue;
+        };
+        let mut host = HostCalls {
+            vm: &vm,
+            route_id: active.route_id,
+        };
+        let effect = active.exchange.on_body(&active.route, body, &mut host, now);
+        self.apply(effect)
     }
 
     /// Makes the provider call of a `Fetch` or `Call` effect.
@@ -219,6 +249,11 @@ impl Request {
                 log::warn!("openid-connect: identity provider unavailable: {why:?}");
             }
             Event::LoggedOut => m.logout(),
+            Event::BackchannelLogout => m.backchannel_logout(),
+            Event::BackchannelRefused(why) => {
+                log::info!("openid-connect: back-channel logout refused: {why:?}");
+                m.backchannel_refused();
+            }
             Event::Misconfigured(why) => log::error!("openid-connect: {why:?}"),
             // The client got a generic text; the details are logged here.
             Event::Denied(denial) => match (denial, denial.detail()) {
@@ -263,7 +298,45 @@ impl Context for Request {
 }
 
 impl HttpContext for Request {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        let action = self.request_headers(num_headers);
+        if self.body_limit.is_some() && end_of_stream {
+            // A POST without a body: no body callback will come.
+            self.body_limit = None;
+            return self.body_read(&[]);
+        }
+        action
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(limit) = self.body_limit else {
+            return Action::Continue;
+        };
+        if body_size > limit {
+            self.body_limit = None;
+            self.active = None;
+            let why = "the request body is too large";
+            self.record(&Event::BackchannelRefused(why.into()));
+            return self.send(&oidc_core::backchannel::refused(why));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.body_limit = None;
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        self.body_read(&body)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for cookie in std::mem::take(&mut self.set_cookies) {
+            self.add_http_response_header("set-cookie", &cookie);
+        }
+        Action::Continue
+    }
+}
+
+impl Request {
+    fn request_headers(&mut self, _num_headers: usize) -> Action {
         // Routes without the plugin (an empty version, or no version at
         // all) pass untouched.
         let version = match self.version() {
@@ -307,12 +380,5 @@ impl HttpContext for Request {
             pending: None,
         });
         self.apply(effect)
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for cookie in std::mem::take(&mut self.set_cookies) {
-            self.add_http_response_header("set-cookie", &cookie);
-        }
-        Action::Continue
     }
 }

@@ -2,7 +2,7 @@
 //! worker VMs of an Envoy): the glue around `oidc_core::revocation`, which
 //! holds the format and the rules.
 
-use oidc_core::revocation::{self, Revocation};
+use oidc_core::revocation::{self, subjects, Revocation};
 use oidc_core::session::SessionId;
 use proxy_wasm::hostcalls;
 
@@ -41,4 +41,60 @@ pub fn is_revoked(id: &SessionId, now: u64) -> bool {
         Ok((Some(v), _)) => revocation::is_revoked(&v, id, now),
         _ => false,
     }
+}
+
+/// Whether a back-channel logout ended the sessions with `key` made at or
+/// before `created_at` (on this Envoy).
+pub fn logged_out(key: &[u8; 16], created_at: u64, now: u64) -> bool {
+    match hostcalls::get_shared_data(&subjects::shard_key(key)) {
+        Ok((Some(v), _)) => subjects::is_revoked(&v, key, created_at, now),
+        _ => false,
+    }
+}
+
+/// Puts a back-channel revocation on its list (as [`revoke`]).
+pub fn log_out(r: subjects::Revocation, now: u64) -> Outcome {
+    let key = subjects::shard_key(&r.key);
+    insert(&key, r, now, false).0
+}
+
+/// Remembers a logout token's `jti` key: `false` when it is already
+/// remembered (a replay). The check and the write are one
+/// compare-and-swap, so two workers given the same token accept it once.
+/// A memory that cannot be written refuses nothing.
+pub fn first_use(jti: [u8; 16], until: u64, now: u64) -> bool {
+    let key = subjects::jti_shard_key(&jti);
+    let r = subjects::Revocation {
+        key: jti,
+        since: now,
+        until,
+    };
+    !insert(&key, r, now, true).1
+}
+
+/// CAS-inserts `r` into the shard at `key`; with `unless_present`, stops
+/// (`true`) when the key is already there.
+fn insert(key: &str, r: subjects::Revocation, now: u64, unless_present: bool) -> (Outcome, bool) {
+    for _ in 0..TRIES {
+        let (old, cas) = hostcalls::get_shared_data(key).unwrap_or((None, None));
+        let old = old.unwrap_or_default();
+        if unless_present && subjects::contains(&old, &r.key, now) {
+            return (Outcome::Failed, true);
+        }
+        let new = subjects::insert(&old, r, now);
+        if hostcalls::set_shared_data(key, Some(&new.value), cas).is_err() {
+            continue;
+        }
+        if let Ok((Some(v), _)) = hostcalls::get_shared_data(key) {
+            if subjects::contains(&v, &r.key, now) {
+                return (
+                    Outcome::Stored {
+                        evicted: new.evicted,
+                    },
+                    false,
+                );
+            }
+        }
+    }
+    (Outcome::Failed, false)
 }

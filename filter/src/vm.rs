@@ -8,7 +8,7 @@ use std::rc::Rc;
 use lru::LruCache;
 use oidc_core::bearer::Allowed;
 use oidc_core::route::Route;
-use oidc_core::session::{self, Session, SessionError, SessionKey};
+use oidc_core::session::{self, Session, SessionError, SessionId, SessionKey};
 
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -23,6 +23,8 @@ const MAX_ROUTE_VERSIONS: usize = 1024;
 const UNKNOWN_KIDS: usize = 1024;
 /// Tokens the introspection endpoint refused, remembered per VM.
 const REFUSED_TOKENS: usize = 4096;
+/// Sessions whose back-channel keys are kept, per VM.
+const SUBJECT_KEYS: usize = 4096;
 
 /// One route config version, parsed once per VM.
 pub struct RouteEntry {
@@ -46,6 +48,10 @@ pub struct Vm {
     unknown_kids: RefCell<LruCache<(String, String), u64>>,
     /// (route id, SHA-256 of a token) → until when it is refused unasked.
     refused: RefCell<LruCache<(u64, [u8; 32]), u64>>,
+    /// Session id → the keys a back-channel logout names it by
+    /// (`oidc_core::revocation::subjects::keys_of`: two SHA-256s, ~7k
+    /// instructions each in the VM, saved per request).
+    subject_keys: RefCell<LruCache<SessionId, Rc<[[u8; 16]]>>>,
     pub store: Store,
     pub metrics: Metrics,
     /// The wall-clock rules' intervals (listener settings).
@@ -67,6 +73,7 @@ impl Vm {
                 .map(|n| RefCell::new(LruCache::new(n))),
             unknown_kids: RefCell::new(LruCache::new(bounded(UNKNOWN_KIDS))),
             refused: RefCell::new(LruCache::new(bounded(REFUSED_TOKENS))),
+            subject_keys: RefCell::new(LruCache::new(bounded(SUBJECT_KEYS))),
             store: Store::default(),
             metrics: Metrics::define(),
             intervals: settings.intervals(),
@@ -114,6 +121,19 @@ impl Vm {
         }
         routes.insert(version.to_string(), entry.clone());
         entry
+    }
+
+    /// The back-channel keys of `s`, computed once per session id (made at
+    /// login, random; a refresh keeps the `iss` and `sub`, and providers
+    /// keep the `sid` of their session).
+    pub fn subject_keys(&self, s: &Session) -> Rc<[[u8; 16]]> {
+        let mut cache = self.subject_keys.borrow_mut();
+        if let Some(k) = cache.get(&s.id) {
+            return k.clone();
+        }
+        let keys: Rc<[[u8; 16]]> = oidc_core::revocation::subjects::keys_of(s).collect();
+        cache.put(s.id, keys.clone());
+        keys
     }
 
     pub fn cached_token(&self, key: &(u64, String), now: u64) -> Option<Rc<Allowed>> {

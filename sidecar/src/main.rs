@@ -297,6 +297,14 @@ async fn run(o: Options) -> Result<(), String> {
         Duration::from_secs(o.discovery_timeout),
     ));
 
+    // The back-channel sink, on the xDS address's host (Envoy reaches it).
+    let sink = tokio::net::TcpListener::bind((o.xds_addr.ip(), 0))
+        .await
+        .and_then(|l| Ok((l.local_addr()?, l)))
+        .map_err(|e| format!("cannot listen for the back-channel sink: {e}"))?;
+    let backchannel_sink = Some(sink.0);
+    tokio::spawn(sidecar::sink::run(sink.1));
+
     let status = XdsStatus::new();
     let proxy = ProxySettings {
         listen_addr: o.proxy_addr,
@@ -305,6 +313,7 @@ async fn run(o: Options) -> Result<(), String> {
         wasm_path: wasm,
         filter_settings: o.filter_settings,
         trusted_proxy_hops: o.trusted_proxy_hops,
+        backchannel_sink,
     };
     let xds_listener = tokio::net::TcpListener::bind(o.xds_addr)
         .await

@@ -26,6 +26,12 @@
 //                     refused at the authorization endpoint, except that a
 //                     loopback one (localhost, 127.0.0.1, [::1]) may come
 //                     on any port (RFC 8252 7.3): tests run on free ports.
+//   BACKCHANNEL_LOGOUT_URI  optional; the client's back-channel logout URI:
+//                     turns on OpenID Connect Back-Channel Logout (discovery
+//                     says so, ID tokens carry `sid`, ending a session at
+//                     the end-session endpoint POSTs a logout token there)
+//   BACKCHANNEL_LOGOUT_SESSION_REQUIRED  `false`: logout tokens carry `sub`
+//                     only (default: `sid` too)
 //
 // Prints `ready <issuer>` on stdout once listening. Never logs tokens,
 // secrets or passwords.
@@ -62,6 +68,12 @@ if (!Number.isInteger(EXTRA_ROLES) || EXTRA_ROLES > 10_000) {
   fail('EXTRA_ROLES must be a whole number from 0 to 10000');
 }
 
+// OpenID Connect Back-Channel Logout: when set, the client's
+// backchannel_logout_uri (and the feature, and `sid` in ID tokens); the
+// logout token names the session (`sid`) unless
+// BACKCHANNEL_LOGOUT_SESSION_REQUIRED is `false` (then `sub` only).
+const BACKCHANNEL_LOGOUT_URI = process.env.BACKCHANNEL_LOGOUT_URI || '';
+const BACKCHANNEL_LOGOUT_SESSION_REQUIRED = process.env.BACKCHANNEL_LOGOUT_SESSION_REQUIRED !== 'false';
 const REDIRECT_URIS = (process.env.REDIRECT_URIS || 'http://localhost:9080/anything/callback')
   .split(/\s+/).filter(Boolean);
 for (const u of REDIRECT_URIS) {
@@ -411,6 +423,10 @@ const configuration = {
     response_types: ['code'],
     token_endpoint_auth_method: 'client_secret_basic', // client_secret_post works too
     scope: SCOPES.join(' '),
+    ...(BACKCHANNEL_LOGOUT_URI ? {
+      backchannel_logout_uri: BACKCHANNEL_LOGOUT_URI,
+      backchannel_logout_session_required: BACKCHANNEL_LOGOUT_SESSION_REQUIRED,
+    } : {}),
   }],
   clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
   allowOmittingSingleRegisteredRedirectUri: false,
@@ -452,6 +468,7 @@ const configuration = {
       },
     },
     userinfo: { enabled: true },
+    backchannelLogout: { enabled: Boolean(BACKCHANNEL_LOGOUT_URI) },
     rpInitiatedLogout: {
       enabled: true,
       // Only reached if the no-click logout below did not apply.
@@ -526,10 +543,18 @@ const configuration = {
   discovery: {
     introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
     revocation_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
-    backchannel_logout_supported: false,
+    backchannel_logout_supported: Boolean(BACKCHANNEL_LOGOUT_URI),
     frontchannel_logout_supported: false,
   },
   clientBasedCORS: () => true,
+  // oidc-provider refuses to call loopback addresses (SSRF protection);
+  // the gateway under test listens on 127.0.0.1.
+  ...(BACKCHANNEL_LOGOUT_URI ? {
+    fetch: (url, options) => {
+      const { dispatcher: _ssrfGuard, ...rest } = options;
+      return fetch(url, rest);
+    },
+  } : {}),
   renderError: async (ctx, out) => {
     ctx.type = 'html';
     ctx.body = page('We are sorry...', `<p id="kc-error-message">${escapeHtml(out.error)}: ${escapeHtml(out.error_description)}</p>`);
@@ -755,6 +780,20 @@ provider.use(async (ctx, next) => {
   // checked), end the session here and redirect.
   if (path === ROUTES.end_session && ctx.status === 200 && ctx.oidc?.route === 'end_session') {
     const { session, params } = ctx.oidc;
+    if (BACKCHANNEL_LOGOUT_URI && session.accountId) {
+      // As oidc-provider's own end-session confirmation does: a logout
+      // token to each client of the session that has a back-channel URI,
+      // before the redirect (so a test sees its effect right after).
+      for (const clientId of Object.keys(session.authorizations ?? {})) {
+        const client = await provider.Client.find(clientId);
+        if (client?.backchannelLogoutUri) {
+          await client.backchannelLogout(session.accountId, session.sidFor(clientId)).then(
+            () => process.stderr.write(`back-channel logout sent to ${clientId}\n`),
+            (err) => process.stderr.write(`back-channel logout to ${clientId} failed: ${err.message}\n`),
+          );
+        }
+      }
+    }
     if (session.accountId) {
       const grantIds = Object.values(session.authorizations ?? {}).map((a) => a.grantId).filter(Boolean);
       for (const grantId of grantIds) {

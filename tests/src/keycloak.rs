@@ -20,6 +20,10 @@ pub const KEYCLOAK_VERSION: &str = "26.7.3";
 pub const REALM_FILE: &str = "keycloak/quickstart-realm-realm.json";
 /// The confidential client's secret in that realm file.
 pub const CLIENT_SECRET: &str = "quickstart-client-secret-0123456789";
+/// The master realm's admin (`KC_BOOTSTRAP_ADMIN_*`), for tests that use
+/// the admin API (a loopback Keycloak with an in-memory database).
+pub const ADMIN_USER: &str = "test-admin";
+pub const ADMIN_PASSWORD: &str = "test-admin-password-0123456789";
 
 /// Where `scripts/keycloak.sh` unpacks the distribution.
 pub fn keycloak_home() -> PathBuf {
@@ -70,6 +74,8 @@ impl Keycloak {
             // Keycloak's management interface (9000 by default) is not
             // used; keep it off a fixed port.
             .env("KC_HTTP_MANAGEMENT_PORT", free_port().to_string())
+            .env("KC_BOOTSTRAP_ADMIN_USERNAME", ADMIN_USER)
+            .env("KC_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .current_dir(dir);
         let started = Instant::now();
         let mut proc = Proc::spawn("keycloak", dir, cmd);
@@ -124,6 +130,48 @@ impl Keycloak {
         let r = crate::http::post_form(&self.token_url(), &form, None).expect("Keycloak answers");
         assert_eq!(r.status, 200, "Keycloak's token endpoint: {}", r.body);
         r.json()
+    }
+
+    /// An access token of the master realm's admin (`admin-cli`).
+    pub fn admin_token(&self) -> String {
+        let url = format!(
+            "http://127.0.0.1:{}/realms/master/protocol/openid-connect/token",
+            self.port
+        );
+        let form = [
+            ("grant_type", "password"),
+            ("client_id", "admin-cli"),
+            ("username", ADMIN_USER),
+            ("password", ADMIN_PASSWORD),
+        ];
+        let r = crate::http::post_form(&url, &form, None).expect("Keycloak answers");
+        assert_eq!(r.status, 200, "the admin's token: {}", r.body);
+        r.json()["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
+    }
+
+    /// A call to the admin API of the quickstart realm (`path` after
+    /// `/admin/realms/quickstart-realm`) with a JSON body.
+    pub fn admin(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> crate::Response {
+        let url = format!(
+            "http://127.0.0.1:{}/admin/realms/quickstart-realm{path}",
+            self.port
+        );
+        let auth = format!("Bearer {token}");
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        crate::http::request(method, &url, &headers, body.map(|b| b.to_string().into()))
+            .expect("Keycloak answers")
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -274,6 +274,7 @@ impl XdsEnvoy {
             wasm_path: wasm_path(),
             filter_settings: "{}".into(),
             trusted_proxy_hops: 0,
+            backchannel_sink: None,
         };
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

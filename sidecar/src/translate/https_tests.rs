@@ -13,6 +13,7 @@ fn settings() -> ProxySettings {
         wasm_path: PathBuf::from("/opt/oidc_filter.wasm"),
         filter_settings: "{}".into(),
         trusted_proxy_hops: 0,
+        backchannel_sink: None,
     }
 }
 

@@ -188,7 +188,20 @@ pub struct ProxySettings {
     /// Envoy's `xff_num_trusted_hops` (Envoy is the edge:
     /// `use_remote_address`).
     pub trusted_proxy_hops: u32,
+    /// The sidecar's back-channel sink ([`BACKCHANNEL_SINK_CLUSTER`]):
+    /// where Envoy's router sends a back-channel logout request while the
+    /// filter holds its body, so that the route's upstream never sees it.
+    /// `None`: no sink routes (the upstream gets the request's headers).
+    pub backchannel_sink: Option<std::net::SocketAddr>,
 }
+
+/// The cluster of the sidecar's back-channel sink: a listener that accepts
+/// connections and never answers. The filter answers every back-channel
+/// logout request itself; Envoy's proxy-wasm must let the headers go on
+/// to the router for the body to reach the filter (a paused header phase
+/// stops the body callbacks too), so the router opens a request, to this
+/// cluster, reset when the filter answers.
+pub const BACKCHANNEL_SINK_CLUSTER: &str = "oidc|backchannel-sink";
 
 /// Envoy's resources for one route set.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -210,6 +223,24 @@ pub struct Skipped {
     /// `route <id>`, `provider URL <url>`, `ssl <id>` or `ssl <id> sni <name>`.
     pub what: String,
     pub reason: String,
+}
+
+/// The sink cluster ([`BACKCHANNEL_SINK_CLUSTER`]).
+fn sink_cluster(addr: std::net::SocketAddr) -> Cluster {
+    let name = BACKCHANNEL_SINK_CLUSTER.to_string();
+    Cluster {
+        name: name.clone(),
+        connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECS)),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        load_assignment: Some(load_assignment(
+            &name,
+            &[(addr.ip().to_string(), addr.port(), 1)],
+        )),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        ..Default::default()
+    }
 }
 
 /// The upstream cluster of route `id`.
@@ -268,6 +299,11 @@ pub fn translate(
     let (https_listener, secrets) = https::https(s, &ssls, &mut skipped);
 
     let mut rc = route_config(&specs);
+    if let Some(sink) = s.backchannel_sink {
+        if backchannel_sinks(&mut rc, &specs) {
+            clusters.push(sink_cluster(sink));
+        }
+    }
     plugins::expand(&mut rc, &specs, s.https_port);
     Resources {
         listeners: std::iter::once(listener(s)).chain(https_listener).collect(),

@@ -172,6 +172,55 @@ pub(super) fn envoy_routes(e: &Entry) -> Vec<Route> {
         .collect()
 }
 
+/// For each route with a `backchannel_logout_path` (an extension of the
+/// `openid-connect` plugin), an Envoy route for exactly that path, put
+/// before the first of its routes that would take the path (so a more
+/// specific route keeps it, as in APISIX): the same name, metadata,
+/// matchers and plugins, but the router's request goes to the sink
+/// ([`BACKCHANNEL_SINK_CLUSTER`]), never to the upstream. `true` when one
+/// was added.
+pub(super) fn backchannel_sinks(rc: &mut RouteConfiguration, specs: &[&RouteSpec]) -> bool {
+    let paths: BTreeMap<&str, &str> = specs
+        .iter()
+        .filter_map(|s| {
+            let p = s.oidc.as_ref()?.1.backchannel_logout_path.as_deref()?;
+            Some((s.id.as_str(), p))
+        })
+        .collect();
+    let mut added = false;
+    for vh in &mut rc.virtual_hosts {
+        let mut done = BTreeSet::new();
+        let routes = std::mem::take(&mut vh.routes);
+        for r in routes {
+            let id = route_id(&r.name);
+            if let Some(&path) = paths.get(id) {
+                let takes = match r.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
+                    Some(route_match::PathSpecifier::Path(p)) => p == path,
+                    Some(route_match::PathSpecifier::Prefix(p)) => path.starts_with(p.as_str()),
+                    _ => false,
+                };
+                if takes && done.insert(id.to_string()) {
+                    let mut sink = r.clone();
+                    if let Some(m) = sink.r#match.as_mut() {
+                        m.path_specifier = Some(route_match::PathSpecifier::Path(path.into()));
+                    }
+                    sink.action = Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            BACKCHANNEL_SINK_CLUSTER.into(),
+                        )),
+                        timeout: Some(seconds(ROUTE_TIMEOUT_SECS)),
+                        ..Default::default()
+                    }));
+                    vh.routes.push(sink);
+                    added = true;
+                }
+            }
+            vh.routes.push(r);
+        }
+    }
+    added
+}
+
 /// The route id in an Envoy route name (the name without the version,
 /// `oidc_core::metadata::route_name`).
 pub(super) fn route_id(name: &str) -> &str {

@@ -14,6 +14,7 @@ fn settings() -> ProxySettings {
         wasm_path: PathBuf::from("/opt/oidc_filter.wasm"),
         filter_settings: r#"{"token_cache_size":16}"#.into(),
         trusted_proxy_hops: 0,
+        backchannel_sink: None,
     }
 }
 
@@ -1501,4 +1502,67 @@ fn limits_are_per_route_buckets_per_client_and_prometheus_a_stat_prefix() {
         };
         assert_eq!(keys, want, "{i}");
     }
+}
+
+/// A route with `backchannel_logout_path` gets a route for exactly that
+/// path, before its own, whose router request goes to the sink; a more
+/// specific route keeps the path; without a sink, nothing changes.
+#[test]
+fn backchannel_logout_path_goes_to_the_sink() {
+    let mut p = plugin("http://127.0.0.1:8080/realms/q/.well-known/openid-configuration");
+    p["bearer_only"] = json!(false);
+    p["session"] = json!({"secret": "0123456789abcdef0123"});
+    p["redirect_uri"] = json!("http://localhost/app/cb");
+    p["backchannel_logout_path"] = json!("/app/bcl");
+    let routes = [
+        (
+            "app",
+            with_plugin(route("/app/*", json!({"127.0.0.1:80": 1})), p.clone()),
+        ),
+        ("other", route("/other", json!({"127.0.0.1:81": 1}))),
+    ];
+    let mut s = settings();
+    s.backchannel_sink = Some("127.0.0.1:4567".parse().unwrap());
+    let r = translate(&set(&routes), &s, &[]);
+    let vh = vhost(&r, "*");
+    // `/other` (exact) first, then the sink, then `/app/*`.
+    let first = &vh.routes[1];
+    assert_eq!(route_id(&first.name), "app");
+    assert_eq!(
+        first.r#match.as_ref().unwrap().path_specifier,
+        Some(route_match::PathSpecifier::Path("/app/bcl".into()))
+    );
+    let Some(route::Action::Route(a)) = &first.action else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        a.cluster_specifier,
+        Some(route_action::ClusterSpecifier::Cluster(
+            BACKCHANNEL_SINK_CLUSTER.into()
+        ))
+    );
+    assert_eq!(
+        first.metadata, vh.routes[2].metadata,
+        "the filter sees the route"
+    );
+    assert_eq!(vh.routes.len(), 3);
+    assert!(r
+        .clusters
+        .iter()
+        .any(|c| c.name == BACKCHANNEL_SINK_CLUSTER));
+
+    // An exact route for that path, of another route, keeps it.
+    let exact = ("exact", route("/app/bcl", json!({"127.0.0.1:82": 1})));
+    let r = translate(&set(&[routes[0].clone(), exact]), &s, &[]);
+    let vh = vhost(&r, "*");
+    assert_eq!(route_id(&vh.routes[0].name), "exact");
+    assert_eq!(route_id(&vh.routes[1].name), "app");
+
+    // No sink: as before.
+    let r = translate(&set(&routes), &settings(), &[]);
+    assert_eq!(vhost(&r, "*").routes.len(), 2);
+    assert!(!r
+        .clusters
+        .iter()
+        .any(|c| c.name == BACKCHANNEL_SINK_CLUSTER));
 }

@@ -15,6 +15,7 @@
 mod alg;
 mod b64;
 mod keys;
+mod rsa_verify;
 mod verify;
 
 pub use alg::{Alg, KeyKind, UnsupportedAlg};

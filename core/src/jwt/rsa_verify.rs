@@ -1,0 +1,587 @@
+//! RSA signature verification for JWS `RS*` and `PS*` (RFC 7518 sections
+//! 3.3 and 3.5): the public-key operation RSAVP1 and the two encodings
+//! EMSA-PKCS1-v1_5 and EMSA-PSS (RFC 8017 sections 5.2.2, 8.2.2, 9.1.2,
+//! 9.2).
+//!
+//! Why not `rsa`'s own verification: inside the wasm VM it cost ~320 µs
+//! per RS256 check (Node's V8, bench/verify), nearly all of it the
+//! exponentiation. `rsa` 0.10 exponentiates with crypto-bigint's
+//! constant-time fixed-window ladder, which for `e = 65537` does ~35
+//! Montgomery products where square-and-multiply needs 17, and
+//! crypto-bigint uses 64-bit limbs on wasm32, whose 64x64->128 products
+//! wasm has no instruction for. Here: square-and-multiply (variable time:
+//! the key, the signature and the signed data are all public) with a
+//! dedicated squaring, on 32-bit limbs (one `i64.mul` per limb product).
+//! Figures in bench/RESULTS.md; `rsa` still parses and validates the keys
+//! (`keys.rs`), and the unit tests check this module against it.
+
+use sha2::Digest;
+
+/// A public key ready for [`RsaModulus::public_op`]: the modulus in
+/// little-endian 32-bit limbs and the Montgomery constants, computed once.
+#[derive(Clone)]
+pub(crate) struct RsaModulus {
+    /// `n`, least significant limb first.
+    n: Vec<u32>,
+    /// `-n^-1 mod 2^32`.
+    n0: u32,
+    /// `R^2 mod n`, `R = 2^(32 * n.len())`.
+    rr: Vec<u32>,
+    /// The public exponent.
+    e: u64,
+    /// The modulus length in bytes (the length of a signature).
+    bytes: usize,
+    /// The modulus length in bits.
+    bits: usize,
+}
+
+impl RsaModulus {
+    /// `n` and `e` big-endian, without leading zero bytes. `None` unless
+    /// `n` is odd and above 1 and `e` is odd, at least 3, at most 64 bits.
+    pub(crate) fn new(n_be: &[u8], e_be: &[u8]) -> Option<RsaModulus> {
+        let n_be = strip_zeros(n_be);
+        let e_be = strip_zeros(e_be);
+        if n_be.is_empty() || e_be.is_empty() || e_be.len() > 8 {
+            return None;
+        }
+        let e = e_be.iter().fold(0u64, |a, &b| (a << 8) | u64::from(b));
+        let n = limbs_from_be(n_be, n_be.len().div_ceil(4));
+        let low = *n.first()?;
+        if low & 1 == 0 || e < 3 || e & 1 == 0 || (n.len() == 1 && low == 1) {
+            return None;
+        }
+        // n0 = -n^-1 mod 2^32 by Newton's iteration: each step doubles
+        // the number of correct low bits (n * n == 1 mod 8 for odd n).
+        let mut inv = low;
+        for _ in 0..4 {
+            inv = inv.wrapping_mul(2u32.wrapping_sub(low.wrapping_mul(inv)));
+        }
+        let n0 = inv.wrapping_neg();
+        // R^2 mod n: 1 doubled 2 * 32 * len times, reduced at each step.
+        let mut rr = vec![0u32; n.len()];
+        *rr.first_mut()? = 1;
+        for _ in 0..64 * n.len() {
+            let carry = shl1(&mut rr);
+            if carry || !less(&rr, &n) {
+                sub_assign(&mut rr, &n);
+            }
+        }
+        let bits = 8 * n_be.len() - n_be.first().map_or(0, |b| b.leading_zeros() as usize);
+        Some(RsaModulus {
+            bytes: n_be.len(),
+            bits,
+            n,
+            n0,
+            rr,
+            e,
+        })
+    }
+
+    /// RSASSA-PKCS1-v1_5-VERIFY (RFC 8017 section 8.2.2) of `sig` over
+    /// `message` hashed with `D`: the signature, raised to `e`, must be
+    /// exactly `00 01 FF..FF 00 || DigestInfo || H` (the DigestInfo with
+    /// the NULL parameters, the one encoding RFC 8017 produces).
+    pub(crate) fn verify_pkcs1v15<D: Digest + DigestInfo>(
+        &self,
+        message: &[u8],
+        sig: &[u8],
+    ) -> bool {
+        let Some(em) = self.public_op(sig) else {
+            return false;
+        };
+        let hash = D::digest(message);
+        let t_len = D::PREFIX.len() + hash.len();
+        // At least 8 bytes of FF padding (RFC 8017 section 9.2 step 3).
+        let Some(ps_len) = self.bytes.checked_sub(t_len + 3).filter(|&l| l >= 8) else {
+            return false;
+        };
+        let mut expected = Vec::with_capacity(self.bytes);
+        expected.extend_from_slice(&[0x00, 0x01]);
+        expected.resize(2 + ps_len, 0xff);
+        expected.push(0x00);
+        expected.extend_from_slice(D::PREFIX);
+        expected.extend_from_slice(&hash);
+        em == expected
+    }
+
+    /// RSASSA-PSS-VERIFY (RFC 8017 section 9.1.2, EMSA-PSS with MGF1 of
+    /// the same hash) of `sig` over `message` hashed with `D`, with a salt
+    /// as long as the hash, as RFC 7518 section 3.5 requires.
+    pub(crate) fn verify_pss<D: Digest>(&self, message: &[u8], sig: &[u8]) -> bool {
+        let Some(out) = self.public_op(sig) else {
+            return false;
+        };
+        // EM is emLen = ceil((modBits - 1) / 8) bytes; the operation's
+        // output has one byte more when modBits - 1 is a multiple of 8,
+        // and that byte must be zero (I2OSP, 8.1.2 step 2c).
+        let em_bits = self.bits.saturating_sub(1);
+        let em_len = em_bits.div_ceil(8);
+        let Some((extra, em)) = out.split_at_checked(out.len().saturating_sub(em_len)) else {
+            return false;
+        };
+        if extra.iter().any(|&b| b != 0) {
+            return false;
+        }
+        let m_hash = D::digest(message);
+        let h_len = m_hash.len();
+        let s_len = h_len;
+        // 9.1.2 steps 3 to 5.
+        if em_len < h_len + s_len + 2 || em.last() != Some(&0xbc) {
+            return false;
+        }
+        let db_len = em_len - h_len - 1;
+        let (Some(masked_db), Some(h)) = (em.get(..db_len), em.get(db_len..em_len - 1)) else {
+            return false;
+        };
+        // Step 6: the bits above emBits are zero.
+        let top_mask = 0xffu8 >> (8 * em_len - em_bits);
+        if masked_db.first().is_some_and(|&b| b & !top_mask != 0) {
+            return false;
+        }
+        // Steps 7 to 9: DB = maskedDB xor MGF1(H), top bits cleared.
+        let mut db = masked_db.to_vec();
+        for (counter, chunk) in (0u32..).zip(db.chunks_mut(h_len)) {
+            let mask = D::new()
+                .chain_update(h)
+                .chain_update(counter.to_be_bytes())
+                .finalize();
+            for (d, m) in chunk.iter_mut().zip(mask.iter()) {
+                *d ^= m;
+            }
+        }
+        if let Some(first) = db.first_mut() {
+            *first &= top_mask;
+        }
+        // Step 10: DB = 00..00 || 01 || salt.
+        let ps_len = db_len - s_len - 1;
+        let (Some(ps), Some(&one), Some(salt)) =
+            (db.get(..ps_len), db.get(ps_len), db.get(ps_len + 1..))
+        else {
+            return false;
+        };
+        if one != 0x01 || ps.iter().any(|&b| b != 0) {
+            return false;
+        }
+        // Steps 12 to 14: H == Hash(00 x 8 || mHash || salt).
+        let h2 = D::new()
+            .chain_update([0u8; 8])
+            .chain_update(&m_hash)
+            .chain_update(salt)
+            .finalize();
+        h2.as_slice() == h
+    }
+
+    /// RSAVP1: `s^e mod n` as big-endian bytes of the modulus length, or
+    /// `None` if `sig` is not exactly that long or is not below `n`
+    /// (RFC 8017 sections 8.2.2 step 1 and 5.2.2 step 1).
+    fn public_op(&self, sig: &[u8]) -> Option<Vec<u8>> {
+        if sig.len() != self.bytes {
+            return None;
+        }
+        let k = self.n.len();
+        let s = limbs_from_be(sig, k);
+        if !less(&s, &self.n) {
+            return None;
+        }
+        let mut wide = vec![0u32; 2 * k];
+        // Into Montgomery form: s * R^2 / R = s * R.
+        let base = self.mont_mul(&s, &self.rr, &mut wide);
+        let mut acc = base.clone();
+        // Left to right over the exponent's bits below the top one.
+        let bits = 64 - self.e.leading_zeros();
+        for i in (0..bits.saturating_sub(1)).rev() {
+            acc = self.mont_sqr(&acc, &mut wide);
+            if (self.e >> i) & 1 == 1 {
+                acc = self.mont_mul(&acc, &base, &mut wide);
+            }
+        }
+        // Out of Montgomery form: acc * 1 / R.
+        let mut one = vec![0u32; k];
+        *one.first_mut()? = 1;
+        let m = self.mont_mul(&acc, &one, &mut wide);
+        Some(be_from_limbs(&m, self.bytes))
+    }
+
+    /// `a * b / R mod n`, for `a, b < n`.
+    fn mont_mul(&self, a: &[u32], b: &[u32], wide: &mut [u32]) -> Vec<u32> {
+        wide.fill(0);
+        for (i, &bi) in b.iter().enumerate() {
+            let mut c = 0u64;
+            if let Some(row) = wide.get_mut(i..) {
+                for (t, &aj) in row.iter_mut().zip(a) {
+                    let v = u64::from(*t) + u64::from(aj) * u64::from(bi) + c;
+                    *t = v as u32;
+                    c = v >> 32;
+                }
+                if let Some(t) = row.get_mut(a.len()) {
+                    *t = c as u32;
+                }
+            }
+        }
+        self.redc(wide)
+    }
+
+    /// `a * a / R mod n`, for `a < n`: the products `a_i * a_j` with
+    /// `i < j` once, doubled, plus the squares `a_i^2`.
+    fn mont_sqr(&self, a: &[u32], wide: &mut [u32]) -> Vec<u32> {
+        wide.fill(0);
+        for (i, &ai) in a.iter().enumerate() {
+            let mut c = 0u64;
+            if let (Some(row), Some(rest)) = (wide.get_mut(2 * i + 1..), a.get(i + 1..)) {
+                for (t, &aj) in row.iter_mut().zip(rest) {
+                    let v = u64::from(*t) + u64::from(aj) * u64::from(ai) + c;
+                    *t = v as u32;
+                    c = v >> 32;
+                }
+                if let Some(t) = row.get_mut(rest.len()) {
+                    *t = c as u32;
+                }
+            }
+        }
+        shl1(wide);
+        let mut c = 0u64;
+        for (pair, &ai) in wide.chunks_exact_mut(2).zip(a) {
+            let sq = u64::from(ai) * u64::from(ai);
+            if let [lo, hi] = pair {
+                let v = u64::from(*lo) + (sq & 0xffff_ffff) + c;
+                *lo = v as u32;
+                let v = u64::from(*hi) + (sq >> 32) + (v >> 32);
+                *hi = v as u32;
+                c = v >> 32;
+            }
+        }
+        self.redc(wide)
+    }
+
+    /// Montgomery reduction of `t < n * R` (2k limbs): `t / R mod n`.
+    fn redc(&self, t: &mut [u32]) -> Vec<u32> {
+        let k = self.n.len();
+        let mut top = 0u64;
+        for i in 0..k {
+            let Some(window) = t.get_mut(i..) else { break };
+            let m = window.first().copied().unwrap_or(0).wrapping_mul(self.n0);
+            let mut c = 0u64;
+            for (w, &nj) in window.iter_mut().zip(&self.n) {
+                let v = u64::from(*w) + u64::from(m) * u64::from(nj) + c;
+                *w = v as u32;
+                c = v >> 32;
+            }
+            if let Some(w) = window.get_mut(k) {
+                let v = u64::from(*w) + c + top;
+                *w = v as u32;
+                top = v >> 32;
+            }
+        }
+        let mut r = t.get(k..).unwrap_or_default().to_vec();
+        if top != 0 || !less(&r, &self.n) {
+            sub_assign(&mut r, &self.n);
+        }
+        r
+    }
+}
+
+/// The DER `DigestInfo` prefix of a hash for EMSA-PKCS1-v1_5 (RFC 8017
+/// section 9.2, note 1): `SEQUENCE { AlgorithmIdentifier { OID, NULL },
+/// OCTET STRING` of the hash's length.
+pub(crate) trait DigestInfo {
+    /// The bytes before the hash.
+    const PREFIX: &'static [u8];
+}
+
+impl DigestInfo for sha2::Sha256 {
+    const PREFIX: &'static [u8] = &[
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+}
+
+impl DigestInfo for sha2::Sha384 {
+    const PREFIX: &'static [u8] = &[
+        0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
+        0x05, 0x00, 0x04, 0x30,
+    ];
+}
+
+impl DigestInfo for sha2::Sha512 {
+    const PREFIX: &'static [u8] = &[
+        0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03,
+        0x05, 0x00, 0x04, 0x40,
+    ];
+}
+
+fn strip_zeros(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    b.get(start..).unwrap_or_default()
+}
+
+/// Big-endian bytes to `k` little-endian limbs (bytes beyond `4k` ignored).
+fn limbs_from_be(b: &[u8], k: usize) -> Vec<u32> {
+    let mut out = vec![0u32; k];
+    for (i, &byte) in b.iter().rev().enumerate() {
+        if let Some(l) = out.get_mut(i / 4) {
+            *l |= u32::from(byte) << (8 * (i % 4));
+        }
+    }
+    out
+}
+
+fn be_from_limbs(l: &[u32], len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    for (i, o) in out.iter_mut().rev().enumerate() {
+        *o = (l.get(i / 4).copied().unwrap_or(0) >> (8 * (i % 4))) as u8;
+    }
+    out
+}
+
+/// `a < b`, both of the same length.
+fn less(a: &[u32], b: &[u32]) -> bool {
+    for (x, y) in a.iter().rev().zip(b.iter().rev()) {
+        if x != y {
+            return x < y;
+        }
+    }
+    false
+}
+
+/// `a -= b` modulo `2^(32 * len)`.
+fn sub_assign(a: &mut [u32], b: &[u32]) {
+    let mut borrow = 0u64;
+    for (x, &y) in a.iter_mut().zip(b) {
+        let d = u64::from(*x)
+            .wrapping_sub(u64::from(y))
+            .wrapping_sub(borrow);
+        *x = d as u32;
+        borrow = (d >> 63) & 1;
+    }
+}
+
+/// `a <<= 1`; true if a bit was shifted out.
+fn shl1(a: &mut [u32]) -> bool {
+    let mut carry = 0u32;
+    for l in a.iter_mut() {
+        let out = *l >> 31;
+        *l = (*l << 1) | carry;
+        carry = out;
+    }
+    carry == 1
+}
+
+#[cfg(test)]
+mod tests {
+    //! Checked against `rsa` (RustCrypto): the raw operation on random
+    //! moduli, exponents and inputs, and whole signatures of every `RS*`
+    //! and `PS*` algorithm, valid and tampered. RFC 7515's RS256 example
+    //! is in `jwt/tests.rs`.
+
+    use rsa::traits::PublicKeyParts as _;
+    use rsa::{BoxedUint, PrivateKey, PublicKey};
+    use sha2::{Sha256, Sha384, Sha512};
+
+    use super::*;
+    use crate::jwt::tests::test_keys;
+
+    /// xorshift64*: reproducible inputs without a `rand` dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn bytes(&mut self, len: usize) -> Vec<u8> {
+            (0..len).map(|_| self.next() as u8).collect()
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    // Only to generate a test key reproducibly.
+    impl rsa::rand_core::TryRng for Rng {
+        type Error = std::convert::Infallible;
+
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            Ok(self.next() as u32)
+        }
+
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            Ok(self.next())
+        }
+
+        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+            dst.copy_from_slice(&self.bytes(dst.len()));
+            Ok(())
+        }
+    }
+
+    impl rsa::rand_core::TryCryptoRng for Rng {}
+
+    fn modulus_of(key: &PublicKey) -> RsaModulus {
+        RsaModulus::new(
+            &key.n().to_be_bytes_trimmed_vartime(),
+            &key.e().to_be_bytes_trimmed_vartime(),
+        )
+        .unwrap()
+    }
+
+    /// `s^e mod n` by `rsa` (crypto-bigint), as bytes of the modulus length.
+    fn reference(key: &PublicKey, s: &[u8]) -> Vec<u8> {
+        let s = BoxedUint::from_be_slice(s, key.n_bits_precision()).unwrap();
+        let out = rsa::hazmat::rsa_encrypt(key, &s).unwrap().to_be_bytes();
+        out[out.len() - key.size()..].to_vec()
+    }
+
+    #[test]
+    fn public_op_matches_rsa_on_random_moduli() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut checked = 0;
+        // Sizes on and off limb and byte boundaries, exponents 3, 65537
+        // and random odd ones up to 33 bits (`rsa`'s limit).
+        for round in 0..60 {
+            let bits: usize =
+                [512, 520, 1023, 1024, 1057, 2048, 2049, 2055, 3072, 4096][round % 10];
+            let mut n = rng.bytes(bits.div_ceil(8));
+            n[0] &= 0xff >> (8 * n.len() - bits);
+            n[0] |= 0x80 >> (8 * n.len() - bits);
+            *n.last_mut().unwrap() |= 1;
+            let e: u64 = match round % 3 {
+                0 => 65537,
+                1 => 3,
+                _ => (rng.next() & 0x1_ffff_ffff) | 0x1_0000_0001,
+            };
+            let key =
+                PublicKey::new_unchecked(BoxedUint::from_be_slice_vartime(&n), BoxedUint::from(e));
+            let m = RsaModulus::new(&n, &e.to_be_bytes()).unwrap();
+            let count = if bits > 2100 { 20 } else { 60 };
+            for i in 0..count {
+                let mut s = rng.bytes(n.len());
+                match i {
+                    0 => s.fill(0),
+                    1 => {
+                        s.fill(0);
+                        *s.last_mut().unwrap() = 1;
+                    }
+                    2 => {
+                        s.clone_from(&n);
+                        *s.last_mut().unwrap() -= 1;
+                    }
+                    _ => s[0] %= n[0],
+                }
+                assert_eq!(
+                    m.public_op(&s),
+                    Some(reference(&key, &s)),
+                    "bits {bits} e {e} s {s:02x?}"
+                );
+                checked += 1;
+            }
+            // Not below n, or not the modulus length: refused.
+            assert_eq!(m.public_op(&n), None);
+            let mut above = n.clone();
+            above[0] = 0xff;
+            assert_eq!(m.public_op(&above), None);
+            assert_eq!(m.public_op(&n[1..]), None);
+            assert_eq!(m.public_op(&[&[0][..], &n[..]].concat()), None);
+        }
+        assert!(checked > 2000, "{checked}");
+    }
+
+    #[test]
+    fn refuses_moduli_and_exponents_it_cannot_use() {
+        let n = [0xc5u8; 256];
+        assert!(RsaModulus::new(&n, &[1, 0, 1]).is_some());
+        assert!(RsaModulus::new(&[0, 0, 0xc5, 0xc5], &[3]).is_some());
+        let even = [&[0xc5u8; 255][..], &[0xc4]].concat();
+        assert!(RsaModulus::new(&even, &[1, 0, 1]).is_none());
+        assert!(RsaModulus::new(&[0, 1], &[3]).is_none());
+        assert!(RsaModulus::new(&[], &[3]).is_none());
+        for e in [&[][..], &[0], &[1], &[2], &[1, 0, 0], &[1; 9]] {
+            assert!(RsaModulus::new(&n, e).is_none(), "{e:?}");
+        }
+    }
+
+    fn agrees(key: &PublicKey, m: &RsaModulus, which: usize, msg: &[u8], sig: &[u8]) -> bool {
+        let (ours, theirs) = match which {
+            0 => (
+                m.verify_pkcs1v15::<Sha256>(msg, sig),
+                key.pkcs1v15_verify::<Sha256>(msg, sig).is_ok(),
+            ),
+            1 => (
+                m.verify_pkcs1v15::<Sha384>(msg, sig),
+                key.pkcs1v15_verify::<Sha384>(msg, sig).is_ok(),
+            ),
+            2 => (
+                m.verify_pkcs1v15::<Sha512>(msg, sig),
+                key.pkcs1v15_verify::<Sha512>(msg, sig).is_ok(),
+            ),
+            3 => (
+                m.verify_pss::<Sha256>(msg, sig),
+                key.pss_verify::<Sha256>(msg, sig).is_ok(),
+            ),
+            4 => (
+                m.verify_pss::<Sha384>(msg, sig),
+                key.pss_verify::<Sha384>(msg, sig).is_ok(),
+            ),
+            _ => (
+                m.verify_pss::<Sha512>(msg, sig),
+                key.pss_verify::<Sha512>(msg, sig).is_ok(),
+            ),
+        };
+        assert_eq!(ours, theirs, "alg {which} msg {msg:02x?} sig {sig:02x?}");
+        ours
+    }
+
+    fn sign(key: &PrivateKey, which: usize, msg: &[u8]) -> Vec<u8> {
+        match which {
+            0 => key.pkcs1v15_sign::<Sha256>(msg),
+            1 => key.pkcs1v15_sign::<Sha384>(msg),
+            2 => key.pkcs1v15_sign::<Sha512>(msg),
+            3 => key.pss_sign::<Sha256>(msg),
+            4 => key.pss_sign::<Sha384>(msg),
+            _ => key.pss_sign::<Sha512>(msg),
+        }
+        .unwrap()
+    }
+
+    /// Valid signatures of every algorithm verify; each with a flipped
+    /// bit, a changed message, another algorithm's label or a byte too
+    /// many or too few fails, exactly as with `rsa`. A key of 2049 bits
+    /// too: its PSS encoding is one byte shorter than the signature.
+    #[test]
+    fn signatures_agree_with_rsa() {
+        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        let odd_size = PrivateKey::new(&mut Rng(7), 2049).unwrap();
+        for (key, rounds) in [(&test_keys().rsa_a, 40), (&odd_size, 10)] {
+            let public = key.to_public_key();
+            let m = modulus_of(&public);
+            for round in 0..rounds {
+                let which = round % 6;
+                let len = 1 + rng.below(300);
+                let msg = rng.bytes(len);
+                let sig = sign(key, which, &msg);
+                assert!(agrees(&public, &m, which, &msg, &sig));
+                let other = (which + 1 + rng.below(5)) % 6;
+                assert!(!agrees(&public, &m, other, &msg, &sig));
+                let mut flipped = sig.clone();
+                flipped[rng.below(sig.len())] ^= 1 << rng.below(8);
+                assert!(!agrees(&public, &m, which, &msg, &flipped));
+                let mut changed = msg.clone();
+                changed[rng.below(msg.len())] ^= 1 << rng.below(8);
+                assert!(!agrees(&public, &m, which, &changed, &sig));
+                assert!(!agrees(&public, &m, which, &msg, &sig[1..]));
+                assert!(!agrees(
+                    &public,
+                    &m,
+                    which,
+                    &msg,
+                    &[&[0][..], &sig].concat()
+                ));
+                let random = rng.bytes(sig.len());
+                agrees(&public, &m, which, &msg, &random);
+            }
+        }
+    }
+}

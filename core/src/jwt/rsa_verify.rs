@@ -493,6 +493,55 @@ mod tests {
         assert!(checked > 2000, "{checked}");
     }
 
+    /// RFC 7520 sections 4.1 (RS256) and 4.2 (PS384): signatures made by
+    /// someone else with the key of its figure 3.
+    #[test]
+    fn rfc7520_signatures_verify() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+
+        let b64 = |s: &str| URL_SAFE_NO_PAD.decode(s).unwrap();
+        let n = b64(concat!(
+            "n4EPtAOCc9AlkeQHPzHStgAbgs7bTZLwUBZdR8_KuKPEHLd4rHVTeT-O-XV2jRojdNhxJWTDvNd7nqQ0VEiZQH",
+            "z_AJmSCpMaJMRBSFKrKb2wqVwGU_NsYOYL-QtiWN2lbzcEe6XC0dApr5ydQLrHqkHHig3RBordaZ6Aj-oBHqFE",
+            "HYpPe7Tpe-OfVfHd1E6cS6M1FZcD1NNLYD5lFHpPI9bTwJlsde3uhGqC0ZCuEHg8lhzwOHrtIQbS0FVbb9k3-t",
+            "VTU4fg_3L_vniUFAKwuCLqKnS2BYwdq_mzSnbLY7h_qixoR7jig3__kRhuaxwUkRz5iaiQkqgc5gHdrNP5zw",
+        ));
+        let m = RsaModulus::new(&n, &b64("AQAB")).unwrap();
+        const PAYLOAD: &str = concat!(
+            "SXTigJlzIGEgZGFuZ2Vyb3VzIGJ1c2luZXNzLCBGcm9kbywgZ29pbmcgb3V0IHlvdXIgZG9vci4gWW91IHN0ZX",
+            "Agb250byB0aGUgcm9hZCwgYW5kIGlmIHlvdSBkb24ndCBrZWVwIHlvdXIgZmVldCwgdGhlcmXigJlzIG5vIGtu",
+            "b3dpbmcgd2hlcmUgeW91IG1pZ2h0IGJlIHN3ZXB0IG9mZiB0by4",
+        );
+        let rs256_input = format!(
+            "eyJhbGciOiJSUzI1NiIsImtpZCI6ImJpbGJvLmJhZ2dpbnNAaG9iYml0b24uZXhhbXBsZSJ9.{PAYLOAD}"
+        );
+        let rs256_sig = b64(concat!(
+            "MRjdkly7_-oTPTS3AXP41iQIGKa80A0ZmTuV5MEaHoxnW2e5CZ5NlKtainoFmKZopdHM1O2U4mwzJdQx996ivp",
+            "83xuglII7PNDi84wnB-BDkoBwA78185hX-Es4JIwmDLJK3lfWRa-XtL0RnltuYv746iYTh_qHRD68BNt1uSNCr",
+            "UCTJDt5aAE6x8wW1Kt9eRo4QPocSadnHXFxnt8Is9UzpERV0ePPQdLuW3IS_de3xyIrDaLGdjluPxUAhb6L2aX",
+            "ic1U12podGU0KLUQSE_oI-ZnmKJ3F4uOZDnd6QZWJushZ41Axf_fcIe8u9ipH84ogoree7vjbU5y18kDquDg",
+        ));
+        let ps384_input = format!(
+            "eyJhbGciOiJQUzM4NCIsImtpZCI6ImJpbGJvLmJhZ2dpbnNAaG9iYml0b24uZXhhbXBsZSJ9.{PAYLOAD}"
+        );
+        let ps384_sig = b64(concat!(
+            "cu22eBqkYDKgIlTpzDXGvaFfz6WGoz7fUDcfT0kkOy42miAh2qyBzk1xEsnk2IpN6-tPid6VrklHkqsGqDqHCd",
+            "P6O8TTB5dDDItllVo6_1OLPpcbUrhiUSMxbbXUvdvWXzg-UD8biiReQFlfz28zGWVsdiNAUf8ZnyPEgVFn442Z",
+            "dNqiVJRmBqrYRXe8P_ijQ7p8Vdz0TTrxUeT3lm8d9shnr2lfJT8ImUjvAA2Xez2Mlp8cBE5awDzT0qI0n6uiP1",
+            "aCN_2_jLAeQTlqRHtfa64QQSUmFAAjVKPbByi7xho0uTOcbH510a6GYmJUAfmWjwZ6oD4ifKo8DYM-X72Eaw",
+        ));
+        assert!(m.verify_pkcs1v15::<Sha256>(rs256_input.as_bytes(), &rs256_sig));
+        assert!(m.verify_pss::<Sha384>(ps384_input.as_bytes(), &ps384_sig));
+        // Each signature under the other's scheme, hash or input fails.
+        assert!(!m.verify_pss::<Sha256>(rs256_input.as_bytes(), &rs256_sig));
+        assert!(!m.verify_pkcs1v15::<Sha384>(rs256_input.as_bytes(), &rs256_sig));
+        assert!(!m.verify_pkcs1v15::<Sha384>(ps384_input.as_bytes(), &ps384_sig));
+        assert!(!m.verify_pss::<Sha512>(ps384_input.as_bytes(), &ps384_sig));
+        assert!(!m.verify_pkcs1v15::<Sha256>(ps384_input.as_bytes(), &rs256_sig));
+        assert!(!m.verify_pss::<Sha384>(rs256_input.as_bytes(), &ps384_sig));
+    }
+
     #[test]
     fn refuses_moduli_and_exponents_it_cannot_use() {
         let n = [0xc5u8; 256];

@@ -669,6 +669,157 @@ mod tests {
         ours
     }
 
+    /// A key of 2049 bits: its PSS encoding is one byte shorter than the
+    /// signature.
+    fn odd_size_key() -> &'static PrivateKey {
+        static KEY: std::sync::OnceLock<PrivateKey> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| PrivateKey::new(&mut Rng(7), 2049).unwrap())
+    }
+
+    /// The signature whose public operation gives `em`: the raw private
+    /// operation, to sign encodings `rsa` would never produce.
+    fn raw_sign(key: &PrivateKey, em: &[u8]) -> Vec<u8> {
+        let m = BoxedUint::from_be_slice(em, key.n_bits_precision()).unwrap();
+        let s = rsa::hazmat::rsa_decrypt(None::<&mut Rng>, key, &m)
+            .unwrap()
+            .to_be_bytes();
+        s[s.len() - key.size()..].to_vec()
+    }
+
+    /// EMSA-PSS-ENCODE (RFC 8017 section 9.1.1) with SHA-256, written out
+    /// here independently of `verify_pss`, with knobs to break it.
+    fn pss_encode(
+        key: &PrivateKey,
+        msg: &[u8],
+        salt: &[u8],
+        fix_db: impl Fn(&mut Vec<u8>),
+        fix: impl Fn(&mut Vec<u8>),
+    ) -> Vec<u8> {
+        let em_bits = key.n().bit_width_vartime() as usize - 1;
+        let em_len = em_bits.div_ceil(8);
+        let h = Sha256::new()
+            .chain_update([0u8; 8])
+            .chain_update(Sha256::digest(msg))
+            .chain_update(salt)
+            .finalize();
+        let mut db = vec![0u8; em_len - salt.len() - 32 - 2];
+        db.push(0x01);
+        db.extend_from_slice(salt);
+        fix_db(&mut db);
+        let mut mask = Vec::new();
+        for counter in 0u32.. {
+            if mask.len() >= db.len() {
+                break;
+            }
+            mask.extend_from_slice(
+                &Sha256::new()
+                    .chain_update(h)
+                    .chain_update(counter.to_be_bytes())
+                    .finalize(),
+            );
+        }
+        for (d, m) in db.iter_mut().zip(&mask) {
+            *d ^= m;
+        }
+        db[0] &= 0xff >> (8 * em_len - em_bits);
+        let mut em = db;
+        em.extend_from_slice(&h);
+        em.push(0xbc);
+        fix(&mut em);
+        em
+    }
+
+    /// Encodings `rsa` never makes, signed raw: each broken one fails, as
+    /// with `rsa`, and the well-formed ones verify. Random signatures
+    /// almost never reach these checks (padding bytes, DigestInfo, PSS
+    /// trailer, separator, zero string, salt length).
+    #[test]
+    fn crafted_encodings_agree_with_rsa() {
+        let msg = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0";
+        let hash = Sha256::digest(msg);
+        for key in [&test_keys().rsa_a, odd_size_key()] {
+            let public = key.to_public_key();
+            let m = modulus_of(&public);
+            let k = key.size();
+            let pkcs1 = |prefix: &[u8], hash: &[u8], fix: &dyn Fn(&mut Vec<u8>)| {
+                let mut em = vec![0x00, 0x01];
+                em.resize(k - prefix.len() - hash.len() - 1, 0xff);
+                em.push(0x00);
+                em.extend_from_slice(prefix);
+                em.extend_from_slice(hash);
+                fix(&mut em);
+                raw_sign(key, &em)
+            };
+            let prefix = <Sha256 as DigestInfo>::PREFIX;
+            let cases: Vec<(bool, Vec<u8>)> = vec![
+                (true, pkcs1(prefix, &hash, &|_| {})),
+                (false, pkcs1(prefix, &hash, &|em| em[1] = 0x02)),
+                (false, pkcs1(prefix, &hash, &|em| em[0] = 0x01)),
+                (false, pkcs1(prefix, &hash, &|em| em[40] = 0xfe)),
+                (false, pkcs1(prefix, &hash, &|em| em[k - 52] = 0x01)),
+                (false, pkcs1(prefix, &hash, &|em| em[k - 45] ^= 0x01)),
+                (false, pkcs1(prefix, &Sha256::digest(b"other"), &|_| {})),
+                // DigestInfo without the NULL parameters.
+                (false, {
+                    let no_null = [
+                        0x30, 0x2f, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03,
+                        0x04, 0x02, 0x01, 0x04, 0x20,
+                    ];
+                    pkcs1(&no_null, &hash, &|_| {})
+                }),
+                // No 00 separator: the DigestInfo a byte early, a zero after the hash.
+                (
+                    false,
+                    pkcs1(prefix, &hash, &|em| {
+                        em.remove(k - 52);
+                        em.push(0x00);
+                    }),
+                ),
+            ];
+            for (i, (valid, sig)) in cases.iter().enumerate() {
+                assert_eq!(agrees(&public, &m, 0, msg, sig), *valid, "PKCS#1 case {i}");
+            }
+            let salt = [0x5a; 32];
+            let em_len = m.bits.saturating_sub(1).div_ceil(8);
+            let cases: Vec<(bool, Vec<u8>)> = vec![
+                (true, pss_encode(key, msg, &salt, |_| {}, |_| {})),
+                (
+                    false,
+                    pss_encode(key, msg, &salt, |_| {}, |em| *em.last_mut().unwrap() = 0xbd),
+                ),
+                (
+                    false,
+                    pss_encode(key, msg, &salt, |_| {}, |em| em[em_len - 33] ^= 0x01),
+                ),
+                (false, pss_encode(key, b"other", &salt, |_| {}, |_| {})),
+                // A nonzero byte in the zero string; a separator other than 01.
+                (
+                    false,
+                    pss_encode(key, msg, &salt, |db| db[1] = 0x01, |_| {}),
+                ),
+                (
+                    false,
+                    pss_encode(key, msg, &salt, |db| db[em_len - 66] = 0x02, |_| {}),
+                ),
+                // A salt shorter than the hash (RFC 7518 wants 32 bytes).
+                (false, pss_encode(key, msg, &salt[..20], |_| {}, |_| {})),
+                (false, pss_encode(key, msg, &[], |_| {}, |_| {})),
+            ];
+            for (i, (valid, em)) in cases.iter().enumerate() {
+                let sig = raw_sign(key, em);
+                assert_eq!(agrees(&public, &m, 3, msg, &sig), *valid, "PSS case {i}");
+            }
+            // 2049 bits: a valid encoding under a nonzero extra top byte.
+            if k > em_len {
+                let em = (0..=255u8)
+                    .map(|v| [&[1][..], &pss_encode(key, msg, &[v; 32], |_| {}, |_| {})].concat())
+                    .find(|em| em.as_slice() < public.n().to_be_bytes_trimmed_vartime().as_ref())
+                    .unwrap();
+                assert!(!agrees(&public, &m, 3, msg, &raw_sign(key, &em)));
+            }
+        }
+    }
+
     fn sign(key: &PrivateKey, which: usize, msg: &[u8]) -> Vec<u8> {
         match which {
             0 => key.pkcs1v15_sign::<Sha256>(msg),
@@ -688,8 +839,7 @@ mod tests {
     #[test]
     fn signatures_agree_with_rsa() {
         let mut rng = Rng(0x0123_4567_89ab_cdef);
-        let odd_size = PrivateKey::new(&mut Rng(7), 2049).unwrap();
-        for (key, rounds) in [(&test_keys().rsa_a, 40), (&odd_size, 10)] {
+        for (key, rounds) in [(&test_keys().rsa_a, 40), (odd_size_key(), 10)] {
             let public = key.to_public_key();
             let m = modulus_of(&public);
             for round in 0..rounds {

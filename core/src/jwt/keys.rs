@@ -8,9 +8,11 @@ use rsa::pkcs1::DecodeRsaPublicKey;
 use rsa::traits::PublicKeyParts;
 use rsa::{BoxedUint, PublicKey as RsaPublicKey};
 use serde_json::{Map, Value};
+use sha2::{Sha256, Sha384, Sha512};
 
 use super::alg::{Alg, KeyKind};
 use super::b64;
+use super::rsa_verify::RsaModulus;
 
 /// Smallest RSA modulus accepted, in bits (RFC 7518 section 3.3: "a key of
 /// size 2048 bits or larger MUST be used").
@@ -29,7 +31,9 @@ pub struct Jwk {
 
 #[derive(Clone)]
 enum Material {
-    Rsa(Box<RsaPublicKey>),
+    /// Parsed and checked by `rsa`, verified by [`RsaModulus`] (see
+    /// `rsa_verify.rs` for why).
+    Rsa(Box<RsaModulus>),
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
 }
@@ -68,24 +72,17 @@ impl Jwk {
     /// signatures are the JOSE fixed-size `R || S`, never DER).
     pub(crate) fn verify_signature(&self, alg: Alg, message: &[u8], signature: &[u8]) -> bool {
         use p256::ecdsa::signature::Verifier;
-        use sha2::{Sha256, Sha384, Sha512};
 
         if !self.accepts(alg) {
             return false;
         }
         match (&self.material, alg) {
-            (Material::Rsa(k), Alg::RS256) => {
-                k.pkcs1v15_verify::<Sha256>(message, signature).is_ok()
-            }
-            (Material::Rsa(k), Alg::RS384) => {
-                k.pkcs1v15_verify::<Sha384>(message, signature).is_ok()
-            }
-            (Material::Rsa(k), Alg::RS512) => {
-                k.pkcs1v15_verify::<Sha512>(message, signature).is_ok()
-            }
-            (Material::Rsa(k), Alg::PS256) => k.pss_verify::<Sha256>(message, signature).is_ok(),
-            (Material::Rsa(k), Alg::PS384) => k.pss_verify::<Sha384>(message, signature).is_ok(),
-            (Material::Rsa(k), Alg::PS512) => k.pss_verify::<Sha512>(message, signature).is_ok(),
+            (Material::Rsa(k), Alg::RS256) => k.verify_pkcs1v15::<Sha256>(message, signature),
+            (Material::Rsa(k), Alg::RS384) => k.verify_pkcs1v15::<Sha384>(message, signature),
+            (Material::Rsa(k), Alg::RS512) => k.verify_pkcs1v15::<Sha512>(message, signature),
+            (Material::Rsa(k), Alg::PS256) => k.verify_pss::<Sha256>(message, signature),
+            (Material::Rsa(k), Alg::PS384) => k.verify_pss::<Sha384>(message, signature),
+            (Material::Rsa(k), Alg::PS512) => k.verify_pss::<Sha512>(message, signature),
             (Material::P256(k), Alg::ES256) => p256::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|sig| k.verify(message, &sig).is_ok()),
             (Material::P384(k), Alg::ES384) => p384::ecdsa::Signature::from_slice(signature)
@@ -94,12 +91,12 @@ impl Jwk {
         }
     }
 
-    fn rsa(kid: Option<String>, alg: Option<Alg>, key: RsaPublicKey) -> Jwk {
-        Jwk {
+    fn rsa(kid: Option<String>, alg: Option<Alg>, key: &RsaPublicKey) -> Result<Jwk, JwksError> {
+        Ok(Jwk {
             kid,
             alg,
-            material: Material::Rsa(Box::new(key)),
-        }
+            material: rsa_material(key)?,
+        })
     }
 }
 
@@ -253,7 +250,7 @@ impl Jwks {
         } else {
             return Err(JwksError::UnsupportedKey);
         };
-        Ok(Jwks::single(Jwk::rsa(None, None, key)))
+        Ok(Jwks::single(Jwk::rsa(None, None, &key)?))
     }
 
     fn single(key: Jwk) -> Jwks {
@@ -318,7 +315,7 @@ fn parse_jwk(obj: &Map<String, Value>) -> Option<Jwk> {
         "RSA" => {
             let n = member_bytes(obj, "n")?;
             let e = member_bytes(obj, "e")?;
-            Material::Rsa(Box::new(rsa_from_components(&n, &e).ok()?))
+            rsa_material(&rsa_from_components(&n, &e).ok()?).ok()?
         }
         "EC" => match obj.get("crv").and_then(Value::as_str)? {
             "P-256" => {
@@ -385,6 +382,17 @@ fn rsa_from_components(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, JwksError> {
         }
         Err(_) => Err(JwksError::UnsupportedKey),
     }
+}
+
+/// The verification form of a key `rsa` has parsed and checked (odd
+/// modulus of an accepted size, exponent in its range).
+fn rsa_material(key: &RsaPublicKey) -> Result<Material, JwksError> {
+    RsaModulus::new(
+        &key.n().to_be_bytes_trimmed_vartime(),
+        &key.e().to_be_bytes_trimmed_vartime(),
+    )
+    .map(|m| Material::Rsa(Box::new(m)))
+    .ok_or(JwksError::UnsupportedKey)
 }
 
 fn checked_rsa_size(key: RsaPublicKey) -> Result<RsaPublicKey, JwksError> {

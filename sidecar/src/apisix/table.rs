@@ -285,6 +285,12 @@ impl RouteTable {
         self.routes.iter().map(|r| &**r)
     }
 
+    /// The enabled routes, in id order, shared (an unchanged route is the
+    /// same `Arc` in the next table).
+    pub fn enabled_shared(&self) -> impl Iterator<Item = &Arc<RouteSpec>> {
+        self.routes.iter().filter(|r| r.enabled)
+    }
+
     /// The enabled routes, in id order.
     pub fn enabled(&self) -> impl Iterator<Item = &RouteSpec> {
         self.routes.iter().map(|r| &**r).filter(|r| r.enabled)

@@ -41,6 +41,10 @@ pub struct RouteTable {
     /// to date per changed route, so `secrets` is made again only when a
     /// value comes or goes.
     route_secrets: imbl::OrdMap<String, usize>,
+    /// The discovery URLs of `routes`' plugin configs: how many configs
+    /// name each, and how many of those verify its certificate (kept per
+    /// changed route, as `route_secrets`).
+    discovery: imbl::OrdMap<String, (usize, usize)>,
     /// The private keys of the valid ssls (in `secrets` too).
     ssl_secrets: Vec<String>,
     /// Login routes whose session cookies overwrite each other
@@ -66,8 +70,10 @@ impl RouteTable {
             }
         }
         let mut route_secrets = imbl::OrdMap::new();
+        let mut discovery = imbl::OrdMap::new();
         for r in &routes {
             count_secrets(&mut route_secrets, r, true);
+            count_discovery(&mut discovery, r, true);
         }
         let invalid_upstreams = stored
             .upstreams
@@ -84,6 +90,7 @@ impl RouteTable {
             invalid,
             invalid_upstreams,
             route_secrets,
+            discovery,
             ..RouteTable::default()
         };
         let ssls = table.stored.ssls.clone();
@@ -126,6 +133,7 @@ impl RouteTable {
                 .map(|(id, _)| id.clone()),
         );
         let mut route_secrets = self.route_secrets.clone();
+        let mut discovery = self.discovery.clone();
         let mut logins_changed = false;
         let mut secrets_changed = false;
         let mut fresh = Vec::new();
@@ -133,6 +141,7 @@ impl RouteTable {
         for id in &ids {
             if let Ok(i) = self.routes.binary_search_by(|r| r.id.as_str().cmp(id)) {
                 secrets_changed |= count_secrets(&mut route_secrets, &self.routes[i], false);
+                count_discovery(&mut discovery, &self.routes[i], false);
                 logins_changed |= is_login(&self.routes[i]);
             }
             let Some(v) = stored.routes.get(id) else {
@@ -141,6 +150,7 @@ impl RouteTable {
             match parse_route(id, v, &stored) {
                 Ok(spec) => {
                     secrets_changed |= count_secrets(&mut route_secrets, &spec, true);
+                    count_discovery(&mut discovery, &spec, true);
                     logins_changed |= is_login(&spec);
                     fresh.push(Arc::new(spec));
                 }
@@ -162,6 +172,7 @@ impl RouteTable {
             invalid,
             invalid_upstreams: self.invalid_upstreams.clone(),
             route_secrets,
+            discovery,
             warnings: self.warnings.clone(),
             ..RouteTable::default()
         };
@@ -208,10 +219,12 @@ impl RouteTable {
         let mut logins = logins;
         if !clashing.is_empty() {
             let route_secrets = &mut self.route_secrets;
+            let discovery = &mut self.discovery;
             let mut changed = false;
             self.routes.retain(|r| {
                 let out = clashing.iter().any(|(id, _)| id == &r.id);
                 if out {
+                    count_discovery(discovery, r, false);
                     changed |= count_secrets(route_secrets, r, false);
                 }
                 !out
@@ -327,6 +340,15 @@ impl RouteTable {
             .filter_map(|r| r.oidc.as_ref().map(|(_, c)| c))
     }
 
+    /// The discovery URLs of the valid routes' plugin configs (enabled or
+    /// not), each with whether any of them verifies its certificate.
+    pub fn discovery_urls(&self) -> std::collections::BTreeMap<String, bool> {
+        self.discovery
+            .iter()
+            .map(|(url, (_, verifying))| (url.clone(), *verifying > 0))
+            .collect()
+    }
+
     /// The secret values to mask in text quoting the configs.
     pub fn secrets(&self) -> &[String] {
         &self.secrets
@@ -382,6 +404,30 @@ fn count_secrets(counts: &mut imbl::OrdMap<String, usize>, route: &RouteSpec, ad
         }
     }
     changed
+}
+
+/// A route's discovery URL counted in (`add`) or out of `counts`: (configs
+/// naming it, those that verify its certificate).
+fn count_discovery(
+    counts: &mut imbl::OrdMap<String, (usize, usize)>,
+    route: &RouteSpec,
+    add: bool,
+) {
+    let Some((_, config)) = &route.oidc else {
+        return;
+    };
+    let verify = usize::from(config.ssl_verify);
+    if add {
+        let n = counts.entry(config.discovery.clone()).or_insert((0, 0));
+        n.0 += 1;
+        n.1 += verify;
+    } else if let Some(n) = counts.get_mut(&config.discovery) {
+        n.0 -= 1;
+        n.1 -= verify;
+        if n.0 == 0 {
+            counts.remove(&config.discovery);
+        }
+    }
 }
 
 /// An enabled login route (what [`session_clashes`] looks at).
@@ -656,6 +702,7 @@ mod tests {
             assert_eq!(a.invalid(), b.invalid());
             assert_eq!(a.secrets(), b.secrets());
             assert_eq!(a.warnings(), b.warnings());
+            assert_eq!(a.discovery_urls(), b.discovery_urls());
             assert_eq!(a.stored(), b.stored());
         };
         let mut stored = Stored::default();

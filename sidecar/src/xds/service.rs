@@ -133,7 +133,7 @@ pub(super) async fn run_stream(
             () = sleep_until(deadline), if deadline.is_some() => {}
         }
         if stale && st.waiting() {
-            snapshot = source.current();
+            snapshot = source.current_off_workers().await;
             stale = false;
         }
         for resp in st.due(&snapshot, Instant::now()) {

@@ -27,6 +27,26 @@ impl Source {
     pub(super) fn current(&mut self) -> Arc<Snapshot> {
         let routes = self.routes.borrow_and_update().clone();
         let providers = self.providers.borrow_and_update().clone();
+        self.build(routes, providers)
+    }
+
+    /// [`Source::current`] built on a blocking thread: with many routes a
+    /// build takes milliseconds, and the Admin API shares the async
+    /// workers.
+    pub(super) async fn current_off_workers(&mut self) -> Arc<Snapshot> {
+        let routes = self.routes.borrow_and_update().clone();
+        let providers = self.providers.borrow_and_update().clone();
+        let source = self.clone();
+        let (r, p) = (routes.clone(), providers.clone());
+        match tokio::task::spawn_blocking(move || source.build(r, p)).await {
+            Ok(snapshot) => snapshot,
+            Err(_) => self.build(routes, providers),
+        }
+    }
+
+    /// The snapshot of these inputs: the one built last when they are the
+    /// same, else built (and kept).
+    fn build(&self, routes: Published, providers: Arc<Vec<String>>) -> Arc<Snapshot> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(snapshot) = cache.snapshot.as_ref() {
             if Arc::ptr_eq(&cache.routes, &routes) && Arc::ptr_eq(&cache.providers, &providers) {

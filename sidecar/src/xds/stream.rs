@@ -53,6 +53,7 @@ impl Source {
                 return snapshot.clone();
             }
         }
+        let started = Instant::now();
         let (snapshot, skipped) =
             Snapshot::build_cached(&routes, &self.settings, &providers, &mut cache.translations);
         let skipped: Vec<String> = skipped
@@ -63,7 +64,7 @@ impl Source {
             tracing::warn!(skipped = %s, "left out of the Envoy configuration");
         }
         let snapshot = Arc::new(snapshot);
-        tracing::info!(versions = ?snapshot.versions(), "xDS snapshot");
+        tracing::info!(versions = ?snapshot.versions(), took = ?started.elapsed(), "xDS snapshot");
         self.status.snapshot_built(&snapshot, &skipped);
         for w in routes.warnings() {
             tracing::warn!(warning = %w, "routes");

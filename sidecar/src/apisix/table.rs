@@ -23,9 +23,13 @@ pub type Published = Arc<RouteTable>;
 pub struct RouteTable {
     /// What it was built from (compared to tell whether a set changed).
     stored: Stored,
-    /// The routes that validate, in id order, enabled or not (shared with
-    /// the next table when they have not changed: [`RouteTable::update`]).
-    routes: Vec<Arc<RouteSpec>>,
+    /// The routes that validate, by id, enabled or not (shared with the
+    /// next table when they have not changed: [`RouteTable::update`]; a
+    /// persistent map, so the next table costs what changed).
+    routes: imbl::OrdMap<String, Arc<RouteSpec>>,
+    /// Those of `routes` whose `vars` test a cookie (checked against the
+    /// session cookies the others' filters remove).
+    testers: imbl::OrdMap<String, Arc<RouteSpec>>,
     /// Stored routes that do not validate, with the reason. The Admin API
     /// refuses such routes, but an etcd written by something else (or
     /// stored before a rule was added) can still hold one: it is left out.
@@ -61,19 +65,24 @@ impl RouteTable {
     /// service and the global rules merged in ([`merge::effective`]), its
     /// upstream resolved.
     pub fn build(stored: Stored) -> RouteTable {
-        let mut routes = Vec::new();
+        let mut routes = imbl::OrdMap::new();
+        let mut testers = imbl::OrdMap::new();
         let mut invalid = Vec::new();
-        for (id, v) in &stored.routes {
-            match parse_route(id, v, &stored) {
-                Ok(spec) => routes.push(Arc::new(spec)),
-                Err(e) => invalid.push((id.clone(), e)),
-            }
-        }
         let mut route_secrets = imbl::OrdMap::new();
         let mut discovery = imbl::OrdMap::new();
-        for r in &routes {
-            count_secrets(&mut route_secrets, r, true);
-            count_discovery(&mut discovery, r, true);
+        for (id, v) in &stored.routes {
+            match parse_route(id, v, &stored) {
+                Ok(spec) => {
+                    let spec = Arc::new(spec);
+                    count_secrets(&mut route_secrets, &spec, true);
+                    count_discovery(&mut discovery, &spec, true);
+                    if tests_cookies(&spec) {
+                        testers.insert(id.clone(), spec.clone());
+                    }
+                    routes.insert(id.clone(), spec);
+                }
+                Err(e) => invalid.push((id.clone(), e)),
+            }
         }
         let invalid_upstreams = stored
             .upstreams
@@ -87,6 +96,7 @@ impl RouteTable {
         let mut table = RouteTable {
             stored,
             routes,
+            testers,
             invalid,
             invalid_upstreams,
             route_secrets,
@@ -136,39 +146,36 @@ impl RouteTable {
         let mut discovery = self.discovery.clone();
         let mut logins_changed = false;
         let mut secrets_changed = false;
-        let mut fresh = Vec::new();
+        let mut routes = self.routes.clone();
+        let mut testers = self.testers.clone();
         let mut invalid = Vec::new();
         for id in &ids {
-            if let Ok(i) = self.routes.binary_search_by(|r| r.id.as_str().cmp(id)) {
-                secrets_changed |= count_secrets(&mut route_secrets, &self.routes[i], false);
-                count_discovery(&mut discovery, &self.routes[i], false);
-                logins_changed |= is_login(&self.routes[i]);
+            if let Some(old) = routes.remove(id) {
+                secrets_changed |= count_secrets(&mut route_secrets, &old, false);
+                count_discovery(&mut discovery, &old, false);
+                logins_changed |= is_login(&old);
+                testers.remove(id);
             }
             let Some(v) = stored.routes.get(id) else {
                 continue;
             };
             match parse_route(id, v, &stored) {
                 Ok(spec) => {
+                    let spec = Arc::new(spec);
                     secrets_changed |= count_secrets(&mut route_secrets, &spec, true);
                     count_discovery(&mut discovery, &spec, true);
                     logins_changed |= is_login(&spec);
-                    fresh.push(Arc::new(spec));
+                    if tests_cookies(&spec) {
+                        testers.insert(id.clone(), spec.clone());
+                    }
+                    routes.insert(id.clone(), spec);
                 }
                 Err(e) => invalid.push((id.clone(), e)),
             }
         }
-        // Both in id order: merged.
-        let mut routes = Vec::with_capacity(self.routes.len() + fresh.len());
-        let mut fresh = fresh.into_iter().peekable();
-        for r in self.routes.iter().filter(|r| !ids.contains(&r.id)) {
-            while let Some(f) = fresh.next_if(|f| f.id < r.id) {
-                routes.push(f);
-            }
-            routes.push(r.clone());
-        }
-        routes.extend(fresh);
         let mut table = RouteTable {
             routes,
+            testers,
             invalid,
             invalid_upstreams: self.invalid_upstreams.clone(),
             route_secrets,
@@ -199,12 +206,12 @@ impl RouteTable {
         // Only routes that test a cookie at all are checked against the
         // others (else this is routes², at every write).
         let routes = &self.routes;
-        let clashing: Vec<(String, String)> = routes
-            .iter()
-            .filter(|r| crate::apisix::vars::cookie_names(&r.vars).next().is_some())
+        let clashing: Vec<(String, String)> = self
+            .testers
+            .values()
             .filter_map(|r| {
                 let why =
-                    crate::apisix::vars::tested_session_cookies(r, routes.iter().map(|r| &**r));
+                    crate::apisix::vars::tested_session_cookies(r, routes.values().map(|r| &**r));
                 (!why.is_empty()).then(|| {
                     let msg = why
                         .iter()
@@ -221,14 +228,13 @@ impl RouteTable {
             let route_secrets = &mut self.route_secrets;
             let discovery = &mut self.discovery;
             let mut changed = false;
-            self.routes.retain(|r| {
-                let out = clashing.iter().any(|(id, _)| id == &r.id);
-                if out {
-                    count_discovery(discovery, r, false);
-                    changed |= count_secrets(route_secrets, r, false);
+            for (id, _) in &clashing {
+                self.testers.remove(id);
+                if let Some(r) = self.routes.remove(id) {
+                    count_discovery(discovery, &r, false);
+                    changed |= count_secrets(route_secrets, &r, false);
                 }
-                !out
-            });
+            }
             self.invalid.extend(clashing);
             logins = true;
             if changed {
@@ -241,7 +247,8 @@ impl RouteTable {
             self.make_secrets();
         }
         if logins {
-            self.warnings = session_clashes(&self.routes);
+            let routes: Vec<Arc<RouteSpec>> = self.routes.values().cloned().collect();
+            self.warnings = session_clashes(&routes);
         }
     }
 
@@ -293,20 +300,26 @@ impl RouteTable {
         &self.stored
     }
 
+    /// The routes that validate and whose `vars` test a cookie, in id
+    /// order.
+    pub fn cookie_testers(&self) -> impl Iterator<Item = &RouteSpec> {
+        self.testers.values().map(|r| &**r)
+    }
+
     /// The routes that validate, enabled or not, in id order.
     pub fn all(&self) -> impl Iterator<Item = &RouteSpec> {
-        self.routes.iter().map(|r| &**r)
+        self.routes.values().map(|r| &**r)
     }
 
     /// The enabled routes, in id order, shared (an unchanged route is the
     /// same `Arc` in the next table).
     pub fn enabled_shared(&self) -> impl Iterator<Item = &Arc<RouteSpec>> {
-        self.routes.iter().filter(|r| r.enabled)
+        self.routes.values().filter(|r| r.enabled)
     }
 
     /// The enabled routes, in id order.
     pub fn enabled(&self) -> impl Iterator<Item = &RouteSpec> {
-        self.routes.iter().map(|r| &**r).filter(|r| r.enabled)
+        self.routes.values().map(|r| &**r).filter(|r| r.enabled)
     }
 
     /// The stored routes left out, with the reason.
@@ -336,7 +349,7 @@ impl RouteTable {
     /// The plugin configs of the valid routes (enabled or not).
     pub fn plugin_configs(&self) -> impl Iterator<Item = &PluginConfig> {
         self.routes
-            .iter()
+            .values()
             .filter_map(|r| r.oidc.as_ref().map(|(_, c)| c))
     }
 
@@ -428,6 +441,11 @@ fn count_discovery(
             counts.remove(&config.discovery);
         }
     }
+}
+
+/// Whether a route's `vars` test a cookie.
+fn tests_cookies(r: &RouteSpec) -> bool {
+    crate::apisix::vars::cookie_names(&r.vars).next().is_some()
 }
 
 /// An enabled login route (what [`session_clashes`] looks at).
@@ -527,6 +545,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn nth(t: &RouteTable, i: usize) -> &Arc<RouteSpec> {
+        t.routes.values().nth(i).unwrap()
+    }
 
     #[test]
     fn upstreams_that_do_not_validate_are_named() {
@@ -648,15 +670,15 @@ mod tests {
         stored.routes.insert("b".into(), plain("/b2"));
         stored.routes.insert("c".into(), plain("/c"));
         let t2 = t1.update(stored.clone());
-        assert!(Arc::ptr_eq(&t1.routes[0], &t2.routes[0]));
-        assert_eq!(t2.routes[1].id, "b");
-        assert!(!Arc::ptr_eq(&t1.routes[1], &t2.routes[1]));
+        assert!(Arc::ptr_eq(nth(&t1, 0), nth(&t2, 0)));
+        assert_eq!(nth(&t2, 1).id, "b");
+        assert!(!Arc::ptr_eq(nth(&t1, 1), nth(&t2, 1)));
         assert_eq!(t2.invalid(), t1.invalid());
         // The same as a table built from scratch.
         let fresh = RouteTable::build(stored.clone());
         let ids = |t: &RouteTable| -> Vec<(String, String)> {
             t.routes
-                .iter()
+                .values()
                 .map(|r| (r.id.clone(), format!("{:?}", r.uris)))
                 .collect()
         };
@@ -671,12 +693,12 @@ mod tests {
             .insert("u".into(), json!({"nodes": {"192.0.2.2:80": 1}}));
         let t3 = t2.update(stored.clone());
         assert_eq!(ids(&t3), ids(&RouteTable::build(stored)));
-        assert!(!Arc::ptr_eq(&t2.routes[1], &t3.routes[0]));
+        assert!(!Arc::ptr_eq(nth(&t2, 1), nth(&t3, 0)));
         assert_eq!(
-            format!("{:?}", t3.routes[0].upstream),
+            format!("{:?}", nth(&t3, 0).upstream),
             format!(
                 "{:?}",
-                RouteTable::build(t3.stored().clone()).routes[0].upstream
+                nth(&RouteTable::build(t3.stored().clone()), 0).upstream
             )
         );
     }

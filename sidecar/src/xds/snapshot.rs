@@ -170,10 +170,11 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| Encoded::packed(l.name.clone(), l));
-        let routes_ = r
-            .route_configs
-            .iter()
-            .map(|rc| Encoded::new(rc.name.clone(), to_any(rc), &canonical_route_config(rc)));
+        let mut route_configs = r.route_configs;
+        let routes_ = route_configs.iter_mut().map(|rc| {
+            let canonical = canonical_route_config_in_place(rc);
+            Encoded::new(rc.name.clone(), to_any(&*rc), &canonical)
+        });
         let typed = |items: Vec<Encoded>| {
             let mut h = Sha256::new();
             for e in &items {
@@ -256,18 +257,23 @@ pub(super) fn clean(s: &str, max: usize) -> String {
 /// them with map keys sorted (prost encodes maps in `HashMap` order, so a
 /// route with two per-filter configs, CORS and RBAC, would otherwise get a
 /// new version on every translation).
-pub(super) fn canonical_route_config(rc: &RouteConfiguration) -> Vec<u8> {
-    let mut stripped = rc.clone();
+///
+/// Without copying the configuration: its per-filter configs and metadata
+/// are taken out to encode the rest, then put back, so `rc` is as it was.
+pub(super) fn canonical_route_config_in_place(rc: &mut RouteConfiguration) -> Vec<u8> {
     let mut tail = Vec::new();
-    canonical_typed(
-        &mut tail,
-        std::mem::take(&mut stripped.typed_per_filter_config),
-    );
-    for vh in &mut stripped.virtual_hosts {
-        canonical_typed(&mut tail, std::mem::take(&mut vh.typed_per_filter_config));
+    let top = std::mem::take(&mut rc.typed_per_filter_config);
+    canonical_typed(&mut tail, &top);
+    let mut taken = Vec::new();
+    for vh in &mut rc.virtual_hosts {
+        let vh_typed = std::mem::take(&mut vh.typed_per_filter_config);
+        canonical_typed(&mut tail, &vh_typed);
+        let mut routes_taken = Vec::with_capacity(vh.routes.len());
         for r in &mut vh.routes {
-            canonical_typed(&mut tail, std::mem::take(&mut r.typed_per_filter_config));
-            match r.metadata.take() {
+            let typed = std::mem::take(&mut r.typed_per_filter_config);
+            canonical_typed(&mut tail, &typed);
+            let md = r.metadata.take();
+            match &md {
                 None => tail.push(b'-'),
                 Some(md) => {
                     tail.push(b'm');
@@ -283,17 +289,28 @@ pub(super) fn canonical_route_config(rc: &RouteConfiguration) -> Vec<u8> {
                     }
                 }
             }
+            routes_taken.push((typed, md));
+        }
+        taken.push((vh_typed, routes_taken));
+    }
+    let mut out = rc.encode_to_vec();
+    out.extend_from_slice(&tail);
+    // Put back.
+    rc.typed_per_filter_config = top;
+    for (vh, (vh_typed, routes_taken)) in rc.virtual_hosts.iter_mut().zip(taken) {
+        vh.typed_per_filter_config = vh_typed;
+        for (r, (typed, md)) in vh.routes.iter_mut().zip(routes_taken) {
+            r.typed_per_filter_config = typed;
+            r.metadata = md;
         }
     }
-    let mut out = stripped.encode_to_vec();
-    out.extend_from_slice(&tail);
     out
 }
 
 /// A per-filter config map, keys sorted.
-fn canonical_typed(out: &mut Vec<u8>, map: std::collections::HashMap<String, Any>) {
+fn canonical_typed(out: &mut Vec<u8>, map: &std::collections::HashMap<String, Any>) {
     out.push(b't');
-    let sorted: BTreeMap<String, Any> = map.into_iter().collect();
+    let sorted: BTreeMap<&String, &Any> = map.iter().collect();
     for (name, any) in sorted {
         canonical_bytes(out, name.as_bytes());
         canonical_bytes(out, &any.encode_to_vec());

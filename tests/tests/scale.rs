@@ -249,7 +249,12 @@ fn acknowledged_writes_survive_a_kill_in_the_middle_of_a_burst() {
         assert_eq!(r.status, 200, "acknowledged route k{i} lost: {}", r.body);
     }
     let last = acked[acked.len() - 1];
-    until(&gw, &format!("/k/{last}"), "a", "the last acknowledged route");
+    until(
+        &gw,
+        &format!("/k/{last}"),
+        "a",
+        "the last acknowledged route",
+    );
     assert_eq!(who(&gw, "/s/0"), "a");
     // The log was folded into the one file at start-up.
     let log = dir.path().join("routes.json.log");

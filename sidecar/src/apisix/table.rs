@@ -104,7 +104,7 @@ impl RouteTable {
             ..RouteTable::default()
         };
         let ssls = table.stored.ssls.clone();
-        table.set_ssls(&ssls);
+        table.load_ssls(&ssls);
         table.finish(true, None);
         table
     }
@@ -188,7 +188,7 @@ impl RouteTable {
             table.invalid_ssls = self.invalid_ssls.clone();
             table.ssl_secrets = self.ssl_secrets.clone();
         } else {
-            table.set_ssls(&stored.ssls);
+            table.load_ssls(&stored.ssls);
         }
         table.stored = stored;
         let same_secrets = !secrets_changed && table.ssl_secrets == self.ssl_secrets;
@@ -265,9 +265,17 @@ impl RouteTable {
         self.secrets = Arc::new(secrets);
     }
 
+    /// Validates these ssl objects (id → object) into the table, in place
+    /// of its own (a table made by hand, for tests); their private keys
+    /// join the secrets to mask.
+    pub fn set_ssls(&mut self, ssls: &crate::store::Objects) {
+        self.load_ssls(ssls);
+        self.make_secrets();
+    }
+
     /// Validates the stored ssl objects (id → object) into the table; their
     /// private keys are secrets to mask.
-    fn set_ssls(&mut self, ssls: &crate::store::Objects) {
+    fn load_ssls(&mut self, ssls: &crate::store::Objects) {
         self.ssls.clear();
         self.invalid_ssls.clear();
         self.ssl_secrets.clear();

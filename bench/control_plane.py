@@ -12,6 +12,12 @@ both with the N routes stored (time until the sidecar answers, and until
 Envoy serves the last route); then a bulk load: the same N routes PUT by 8
 concurrent clients into a fresh gateway, until Envoy serves all of them.
 
+With `--etcd`: an etcd on loopback (Debian `etcd-server`) is the store;
+the routes are PUT through a second sidecar on the same etcd (no Envoy of
+its own), and **served after** is a write from that other sidecar reaching
+this gateway's Envoy (through the etcd watch). Its table goes between the
+`control-plane-etcd` markers.
+
 Writes its table into bench/RESULTS.md between the `control-plane` markers
 (the rest of the file is left as it is) and prints it. Standard library only.
 """
@@ -39,6 +45,10 @@ SIDECAR = Path(os.environ.get("BENCH_SIDECAR", ROOT / "target/release/sidecar"))
 OIDC_WASM = ROOT / "target/wasm32-wasip1/wasm/oidc_filter.wasm"
 BEGIN = "<!-- control-plane: begin (bench/control_plane.py) -->"
 END = "<!-- control-plane: end -->"
+ETCD_BEGIN = "<!-- control-plane-etcd: begin (bench/control_plane.py --etcd) -->"
+ETCD_END = "<!-- control-plane-etcd: end -->"
+# `--etcd`: the etcd URL, and a key prefix per gateway (a fresh store each).
+ETCD = {"url": None, "n": 0}
 SHARED_UPSTREAMS = 10
 
 
@@ -136,13 +146,25 @@ class Gateway:
         self.work = work
         self.admin, self.xds, self.proxy, self.envoy_admin = (free_port() for _ in range(4))
         self.logs = []
+        # With etcd, `data` is the key prefix, and a second sidecar on the
+        # same etcd takes the writes (`writer`).
+        store = ["--etcd", ETCD["url"], "--etcd-prefix", str(data)] if ETCD["url"] else ["--data", str(data)]
         self.sidecar = self._start(f"sidecar-{tag}", [
             str(SIDECAR), "--admin-addr", f"127.0.0.1:{self.admin}", "--xds-addr", f"127.0.0.1:{self.xds}",
-            "--proxy-port", str(self.proxy), "--wasm", str(OIDC_WASM), "--data", str(data),
+            "--proxy-port", str(self.proxy), "--wasm", str(OIDC_WASM), *store,
             "--allow-local-upstreams"], {"RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn")})
         self.started = time.monotonic()
         wait_until("the sidecar", lambda: port_open(self.admin) and port_open(self.xds))
         self.sidecar_ready = time.monotonic() - self.started
+        self.writer = None
+        if ETCD["url"]:
+            self.writer_admin, writer_xds = free_port(), free_port()
+            self.writer = self._start(f"writer-{tag}", [
+                str(SIDECAR), "--admin-addr", f"127.0.0.1:{self.writer_admin}",
+                "--xds-addr", f"127.0.0.1:{writer_xds}", "--proxy-port", str(free_port()),
+                "--wasm", str(OIDC_WASM), *store, "--allow-local-upstreams"],
+                {"RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn")})
+            wait_until("the writing sidecar", lambda: port_open(self.writer_admin))
         text = (ROOT / "envoy/bootstrap.yaml").read_text()
         for k, v in {"XDS_PORT": self.xds, "ENVOY_ADMIN_PORT": self.envoy_admin, "NODE_ID": f"cp-{tag}"}.items():
             text = text.replace("${" + k + "}", str(v))
@@ -151,7 +173,8 @@ class Gateway:
         self.envoy = self._start(f"envoy-{tag}", [str(ENVOY), "-c", str(boot), "--concurrency", "1",
                                                   "--disable-hot-restart", "-l", "warning"], {})
         wait_until("the gateway listener", lambda: port_open(self.proxy), 60)
-        self.admin_client = Client(self.admin)
+        # Writes go through the other sidecar with etcd.
+        self.admin_client = Client(self.writer_admin if self.writer else self.admin)
         self.proxy_client = Client(self.proxy)
 
     def _start(self, name, argv, env):
@@ -165,10 +188,11 @@ class Gateway:
         return status not in (0, 404)
 
     def stop(self):
-        for p in (self.envoy, self.sidecar):
+        procs = [p for p in (self.envoy, self.sidecar, self.writer) if p is not None]
+        for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in (self.envoy, self.sidecar):
+        for p in procs:
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
@@ -189,6 +213,25 @@ def route_body(i, up_port):
             "bearer_only": True, "use_jwks": True, "client_id": f"client-{i}", "client_secret": "bench-secret-0123",
             "discovery": f"http://127.0.0.1:{up_port}/realms/r{i % 7}/.well-known/openid-configuration"}}
     return r
+
+
+def store_name(work, name):
+    """The file, or with etcd a key prefix of its own."""
+    return f"/bench/{name}" if ETCD["url"] else work / f"{name}.json"
+
+
+def start_etcd(work):
+    client, peer = free_port(), free_port()
+    log = open(work / "etcd.log", "wb")
+    p = subprocess.Popen([
+        "etcd", "--name", "bench", "--data-dir", str(work / "etcd-data"),
+        "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"bench=http://127.0.0.1:{peer}", "--log-level", "warn", "--logger", "zap",
+        "--quota-backend-bytes", str(8 * 1024 ** 3)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_until("etcd", lambda: port_open(client), 60)
+    ETCD["url"] = f"http://127.0.0.1:{client}"
+    return p
 
 
 def put_upstreams(gw, up_port):
@@ -218,7 +261,7 @@ def wait_served(gw, i, timeout=120):
 
 def sequential(work, n, up_port, samples):
     """PUT n routes one by one; returns the figures and the data file."""
-    data = work / f"routes-{n}.json"
+    data = store_name(work, f"routes-{n}")
     gw = Gateway(work, data, f"seq-{n}")
     try:
         base = {"envoy": rss_kib(gw.envoy.pid), "sidecar": rss_kib(gw.sidecar.pid)}
@@ -252,6 +295,7 @@ def sequential(work, n, up_port, samples):
                 gw.served(i)
                 times.append(time.monotonic() - s)
             match[label] = statistics.median(times)
+        envoy_apply = envoy_update_durations(gw)
         list_t = []
         for _ in range(5):
             s = time.monotonic()
@@ -266,7 +310,31 @@ def sequential(work, n, up_port, samples):
         "envoy_per_route": (rss["envoy"] - base["envoy"]) / n, "sidecar_per_route": (rss["sidecar"] - base["sidecar"]) / n,
         "envoy_rss": rss["envoy"], "sidecar_rss": rss["sidecar"],
         "match_first": match["first"], "match_last": match["last"], "list": statistics.median(list_t),
+        **envoy_apply,
     }, data
+
+
+def envoy_update_durations(gw):
+    """Envoy's own time applying the updates of the sequential load
+    (`update_duration`, ms, cumulative P50 and P99 of its histogram): the
+    clusters (CDS) and the route configuration (RDS)."""
+    out = {}
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", gw.envoy_admin, timeout=10)
+        c.request("GET", "/stats?filter=update_duration")
+        text = c.getresponse().read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        name, _, hist = line.partition(": ")
+        key = "cds" if name.startswith("cluster_manager.cds.") else "rds" if ".rds." in name else None
+        if key is None:
+            continue
+        for p in ("50", "99"):
+            m = re.search(r"P" + p + r"\(([^,]+),([^)]+)\)", hist)
+            if m and m.group(2) != "nan":
+                out[f"envoy_{key}_p{p}"] = float(m.group(2)) / 1000
+    return out
 
 
 def restart(work, n, data):
@@ -279,7 +347,7 @@ def restart(work, n, data):
 
 
 def bulk(work, n, up_port, clients=8):
-    data = work / f"bulk-{n}.json"
+    data = store_name(work, f"bulk-{n}")
     gw = Gateway(work, data, f"bulk-{n}")
     try:
         put_upstreams(gw, up_port)
@@ -287,7 +355,7 @@ def bulk(work, n, up_port, clients=8):
         t0 = time.monotonic()
 
         def worker(k):
-            c = Client(gw.admin)
+            c = Client(gw.writer_admin if gw.writer else gw.admin)
             for i in range(k, n, clients):
                 status, payload = c.call("PUT", f"/apisix/admin/routes/r{i}", route_body(i, up_port))
                 if status not in (200, 201):
@@ -308,35 +376,47 @@ def bulk(work, n, up_port, clients=8):
         gw.stop()
 
 
+nan = float("nan")
+
+
 def ms(x):
     return f"{x * 1000:,.1f} ms" if x < 1 else f"{x:,.2f} s"
 
 
 def render(rows, note):
-    out = [BEGIN, "## Control plane: routes through the Admin API", ""]
+    etcd = bool(ETCD["url"])
+    out = [ETCD_BEGIN if etcd else BEGIN,
+           "## Control plane with etcd: routes through another sidecar's Admin API" if etcd
+           else "## Control plane: routes through the Admin API", ""]
     out.append(f"Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node() and ''}"
                f"{os.cpu_count()} cores; the sidecar `{SIDECAR.relative_to(ROOT) if SIDECAR.is_relative_to(ROOT) else SIDECAR}`"
-               " (file store), one Envoy (`--concurrency 1`) over ADS, as `make run` starts them. "
+               + (" (etcd store: a local etcd; the routes PUT through a second sidecar on the same etcd, so **served "
+                  "after** is a write from another sidecar reaching this Envoy)" if etcd else " (file store)")
+               + ", one Envoy (`--concurrency 1`) over ADS, as `make run` starts them. "
                "Routes PUT one by one (half `openid-connect` `bearer_only`, a quarter naming one of 10 shared "
                "upstreams by `upstream_id`); **served after**: from the PUT until a request to the new route "
                "stops being Envoy's 404 (sampled routes); **bulk**: the same routes PUT by 8 concurrent clients "
                "into a fresh gateway, until Envoy serves them all; **restart**: both stopped and started with the "
-               "routes stored, until Envoy serves the last one. `bench/control_plane.py --counts 100,1000,10000`.")
+               "routes stored, until Envoy serves the last one; **Envoy applying**: Envoy's own `update_duration` "
+               "histograms over the sequential load (its work per push, the floor under **served after**). "
+               "`bench/control_plane.py --counts 100,1000,10000`.")
     if note:
         out += ["", note]
     out += ["",
             "| routes | PUT p50 | PUT p99 | last 10%: p50 / max | served after p50 / max | sequential load | "
             "bulk load (PUTs / all served) | restart: sidecar up / last route served | Envoy RSS (KiB/route) | "
-            "sidecar RSS (KiB/route) | GET /routes | first / last route latency |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "sidecar RSS (KiB/route) | GET /routes | first / last route latency | Envoy applying CDS / RDS (p50, p99) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, r in rows:
         out.append(
             f"| {n:,} | {ms(r['put_p50'])} | {ms(r['put_p99'])} | {ms(r['tail_p50'])} / {ms(r['tail_max'])} | "
             f"{ms(r['served_p50'])} / {ms(r['served_max'])} | {ms(r['total'])} | "
             f"{ms(r['bulk_puts'])} / {ms(r['bulk_all'])} | {ms(r['restart_up'])} / {ms(r['restart_served'])} | "
             f"{r['envoy_rss'] // 1024} MiB ({r['envoy_per_route']:.1f}) | {r['sidecar_rss'] // 1024} MiB "
-            f"({r['sidecar_per_route']:.1f}) | {ms(r['list'])} | {ms(r['match_first'])} / {ms(r['match_last'])} |")
-    out += ["", END]
+            f"({r['sidecar_per_route']:.1f}) | {ms(r['list'])} | {ms(r['match_first'])} / {ms(r['match_last'])} | "
+            f"{ms(r.get('envoy_cds_p50', nan))}, {ms(r.get('envoy_cds_p99', nan))} / "
+            f"{ms(r.get('envoy_rds_p50', nan))}, {ms(r.get('envoy_rds_p99', nan))} |")
+    out += ["", ETCD_END if etcd else END]
     return "\n".join(out)
 
 
@@ -347,35 +427,48 @@ def main():
     ap.add_argument("--skip-bulk", action="store_true")
     ap.add_argument("--note", default="", help="a line printed above the table")
     ap.add_argument("--out", default=str(ROOT / "bench/RESULTS.md"))
+    ap.add_argument("--etcd", action="store_true", help="the etcd store (etcd on the PATH), writes through another sidecar")
     args = ap.parse_args()
     for p in (SIDECAR, ENVOY, OIDC_WASM):
         if not p.exists():
             die(f"{p} is missing (make build)")
     up = Upstream()
-    rows = []
     with tempfile.TemporaryDirectory(prefix="control-plane-") as tmp:
         work = Path(tmp)
-        for n in [int(x) for x in args.counts.split(",")]:
-            say(f"{n} routes: one by one")
-            r, data = sequential(work, n, up.port, args.samples)
-            say(f"{n} routes: restart")
-            r["restart_up"], r["restart_served"] = restart(work, n, data)
-            if args.skip_bulk:
-                r["bulk_puts"] = r["bulk_all"] = float("nan")
-            else:
-                say(f"{n} routes: bulk")
-                r["bulk_puts"], r["bulk_all"] = bulk(work, n, up.port)
-            rows.append((n, r))
-            say(json.dumps(r))
+        etcd = start_etcd(work) if args.etcd else None
+        try:
+            rows = run_counts(work, args, up)
+        finally:
+            if etcd is not None:
+                etcd.terminate()
+                etcd.wait(10)
     table = render(rows, args.note)
+    begin, end = (ETCD_BEGIN, ETCD_END) if args.etcd else (BEGIN, END)
     out = Path(args.out)
     text = out.read_text() if out.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: table, text, flags=re.S)
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: table, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + table + "\n"
     out.write_text(text)
     print(table)
+
+
+def run_counts(work, args, up):
+    rows = []
+    for n in [int(x) for x in args.counts.split(",")]:
+        say(f"{n} routes: one by one")
+        r, data = sequential(work, n, up.port, args.samples)
+        say(f"{n} routes: restart")
+        r["restart_up"], r["restart_served"] = restart(work, n, data)
+        if args.skip_bulk:
+            r["bulk_puts"] = r["bulk_all"] = float("nan")
+        else:
+            say(f"{n} routes: bulk")
+            r["bulk_puts"], r["bulk_all"] = bulk(work, n, up.port)
+        rows.append((n, r))
+        say(json.dumps(r))
+    return rows
 
 
 if __name__ == "__main__":

@@ -43,12 +43,9 @@ pub fn endpoint_urls(m: &ProviderMetadata) -> Vec<String> {
 /// The discovery URLs (with their `ssl_verify`) of the `openid-connect`
 /// routes in a route table.
 pub fn discovery_urls(table: &RouteTable) -> BTreeMap<String, bool> {
-    let mut out = BTreeMap::new();
-    for c in table.plugin_configs() {
-        let verify = out.entry(c.discovery.clone()).or_insert(c.ssl_verify);
-        *verify = *verify || c.ssl_verify;
-    }
-    out
+    // Kept by the table per changed route: not a walk over every config at
+    // every change.
+    table.discovery_urls()
 }
 
 struct Known {

@@ -225,9 +225,16 @@ pub(super) fn finish(
             let merged = merge::effective(&sent, current).map_err(Refusal::Bad)?;
             let spec = RouteSpec::parse(id, &merged, &current.upstreams).map_err(Refusal::Bad)?;
             login_needs_a_host(&spec, &mut e);
-            // Session cookies one route's filter removes, tested by another
-            // (the others as validated in the table of `current`).
-            let others = table.all().filter(|r| r.id != id);
+            // Session cookies one route's filter removes, or the
+            // Authorization it sets, tested by another (the others as
+            // validated in the table of `current`). A route that tests
+            // neither can only clash with the routes that do.
+            let others: Box<dyn Iterator<Item = &RouteSpec>> =
+                if crate::apisix::vars::tests_filter_changes(&spec.vars) {
+                    Box::new(table.all())
+                } else {
+                    Box::new(table.cookie_testers())
+                };
             for why in crate::apisix::vars::session_cookie_clashes(&spec, others) {
                 e.push("vars", why);
             }

@@ -23,9 +23,13 @@ pub type Published = Arc<RouteTable>;
 pub struct RouteTable {
     /// What it was built from (compared to tell whether a set changed).
     stored: Stored,
-    /// The routes that validate, in id order, enabled or not (shared with
-    /// the next table when they have not changed: [`RouteTable::update`]).
-    routes: Vec<Arc<RouteSpec>>,
+    /// The routes that validate, by id, enabled or not (shared with the
+    /// next table when they have not changed: [`RouteTable::update`]; a
+    /// persistent map, so the next table costs what changed).
+    routes: imbl::OrdMap<String, Arc<RouteSpec>>,
+    /// Those of `routes` whose `vars` test a cookie (checked against the
+    /// session cookies the others' filters remove).
+    testers: imbl::OrdMap<String, Arc<RouteSpec>>,
     /// Stored routes that do not validate, with the reason. The Admin API
     /// refuses such routes, but an etcd written by something else (or
     /// stored before a rule was added) can still hold one: it is left out.
@@ -41,6 +45,10 @@ pub struct RouteTable {
     /// to date per changed route, so `secrets` is made again only when a
     /// value comes or goes.
     route_secrets: imbl::OrdMap<String, usize>,
+    /// The discovery URLs of `routes`' plugin configs: how many configs
+    /// name each, and how many of those verify its certificate (kept per
+    /// changed route, as `route_secrets`).
+    discovery: imbl::OrdMap<String, (usize, usize)>,
     /// The private keys of the valid ssls (in `secrets` too).
     ssl_secrets: Vec<String>,
     /// Login routes whose session cookies overwrite each other
@@ -57,17 +65,24 @@ impl RouteTable {
     /// service and the global rules merged in ([`merge::effective`]), its
     /// upstream resolved.
     pub fn build(stored: Stored) -> RouteTable {
-        let mut routes = Vec::new();
+        let mut routes = imbl::OrdMap::new();
+        let mut testers = imbl::OrdMap::new();
         let mut invalid = Vec::new();
+        let mut route_secrets = imbl::OrdMap::new();
+        let mut discovery = imbl::OrdMap::new();
         for (id, v) in &stored.routes {
             match parse_route(id, v, &stored) {
-                Ok(spec) => routes.push(Arc::new(spec)),
+                Ok(spec) => {
+                    let spec = Arc::new(spec);
+                    count_secrets(&mut route_secrets, &spec, true);
+                    count_discovery(&mut discovery, &spec, true);
+                    if tests_cookies(&spec) {
+                        testers.insert(id.clone(), spec.clone());
+                    }
+                    routes.insert(id.clone(), spec);
+                }
                 Err(e) => invalid.push((id.clone(), e)),
             }
-        }
-        let mut route_secrets = imbl::OrdMap::new();
-        for r in &routes {
-            count_secrets(&mut route_secrets, r, true);
         }
         let invalid_upstreams = stored
             .upstreams
@@ -81,13 +96,15 @@ impl RouteTable {
         let mut table = RouteTable {
             stored,
             routes,
+            testers,
             invalid,
             invalid_upstreams,
             route_secrets,
+            discovery,
             ..RouteTable::default()
         };
         let ssls = table.stored.ssls.clone();
-        table.set_ssls(&ssls);
+        table.load_ssls(&ssls);
         table.finish(true, None);
         table
     }
@@ -126,42 +143,43 @@ impl RouteTable {
                 .map(|(id, _)| id.clone()),
         );
         let mut route_secrets = self.route_secrets.clone();
+        let mut discovery = self.discovery.clone();
         let mut logins_changed = false;
         let mut secrets_changed = false;
-        let mut fresh = Vec::new();
+        let mut routes = self.routes.clone();
+        let mut testers = self.testers.clone();
         let mut invalid = Vec::new();
         for id in &ids {
-            if let Ok(i) = self.routes.binary_search_by(|r| r.id.as_str().cmp(id)) {
-                secrets_changed |= count_secrets(&mut route_secrets, &self.routes[i], false);
-                logins_changed |= is_login(&self.routes[i]);
+            if let Some(old) = routes.remove(id) {
+                secrets_changed |= count_secrets(&mut route_secrets, &old, false);
+                count_discovery(&mut discovery, &old, false);
+                logins_changed |= is_login(&old);
+                testers.remove(id);
             }
             let Some(v) = stored.routes.get(id) else {
                 continue;
             };
             match parse_route(id, v, &stored) {
                 Ok(spec) => {
+                    let spec = Arc::new(spec);
                     secrets_changed |= count_secrets(&mut route_secrets, &spec, true);
+                    count_discovery(&mut discovery, &spec, true);
                     logins_changed |= is_login(&spec);
-                    fresh.push(Arc::new(spec));
+                    if tests_cookies(&spec) {
+                        testers.insert(id.clone(), spec.clone());
+                    }
+                    routes.insert(id.clone(), spec);
                 }
                 Err(e) => invalid.push((id.clone(), e)),
             }
         }
-        // Both in id order: merged.
-        let mut routes = Vec::with_capacity(self.routes.len() + fresh.len());
-        let mut fresh = fresh.into_iter().peekable();
-        for r in self.routes.iter().filter(|r| !ids.contains(&r.id)) {
-            while let Some(f) = fresh.next_if(|f| f.id < r.id) {
-                routes.push(f);
-            }
-            routes.push(r.clone());
-        }
-        routes.extend(fresh);
         let mut table = RouteTable {
             routes,
+            testers,
             invalid,
             invalid_upstreams: self.invalid_upstreams.clone(),
             route_secrets,
+            discovery,
             warnings: self.warnings.clone(),
             ..RouteTable::default()
         };
@@ -170,7 +188,7 @@ impl RouteTable {
             table.invalid_ssls = self.invalid_ssls.clone();
             table.ssl_secrets = self.ssl_secrets.clone();
         } else {
-            table.set_ssls(&stored.ssls);
+            table.load_ssls(&stored.ssls);
         }
         table.stored = stored;
         let same_secrets = !secrets_changed && table.ssl_secrets == self.ssl_secrets;
@@ -189,12 +207,12 @@ impl RouteTable {
         // Only routes that test a cookie or Authorization are checked against the
         // others (else this is routes², at every write).
         let routes = &self.routes;
-        let clashing: Vec<(String, String)> = routes
-            .iter()
-            .filter(|r| crate::apisix::vars::tests_filter_changes(&r.vars))
+        let clashing: Vec<(String, String)> = self
+            .testers
+            .values()
             .filter_map(|r| {
                 let why =
-                    crate::apisix::vars::tested_session_cookies(r, routes.iter().map(|r| &**r));
+                    crate::apisix::vars::tested_session_cookies(r, routes.values().map(|r| &**r));
                 (!why.is_empty()).then(|| {
                     let msg = why
                         .iter()
@@ -209,14 +227,15 @@ impl RouteTable {
         let mut logins = logins;
         if !clashing.is_empty() {
             let route_secrets = &mut self.route_secrets;
+            let discovery = &mut self.discovery;
             let mut changed = false;
-            self.routes.retain(|r| {
-                let out = clashing.iter().any(|(id, _)| id == &r.id);
-                if out {
-                    changed |= count_secrets(route_secrets, r, false);
+            for (id, _) in &clashing {
+                self.testers.remove(id);
+                if let Some(r) = self.routes.remove(id) {
+                    count_discovery(discovery, &r, false);
+                    changed |= count_secrets(route_secrets, &r, false);
                 }
-                !out
-            });
+            }
             self.invalid.extend(clashing);
             logins = true;
             if changed {
@@ -229,7 +248,8 @@ impl RouteTable {
             self.make_secrets();
         }
         if logins {
-            self.warnings = session_clashes(&self.routes);
+            let routes: Vec<Arc<RouteSpec>> = self.routes.values().cloned().collect();
+            self.warnings = session_clashes(&routes);
         }
     }
 
@@ -246,9 +266,17 @@ impl RouteTable {
         self.secrets = Arc::new(secrets);
     }
 
+    /// Validates these ssl objects (id → object) into the table, in place
+    /// of its own (a table made by hand, for tests); their private keys
+    /// join the secrets to mask.
+    pub fn set_ssls(&mut self, ssls: &crate::store::Objects) {
+        self.load_ssls(ssls);
+        self.make_secrets();
+    }
+
     /// Validates the stored ssl objects (id → object) into the table; their
     /// private keys are secrets to mask.
-    fn set_ssls(&mut self, ssls: &crate::store::Objects) {
+    fn load_ssls(&mut self, ssls: &crate::store::Objects) {
         self.ssls.clear();
         self.invalid_ssls.clear();
         self.ssl_secrets.clear();
@@ -281,14 +309,26 @@ impl RouteTable {
         &self.stored
     }
 
+    /// The routes that validate and whose `vars` test a cookie or
+    /// `Authorization`, in id order.
+    pub fn cookie_testers(&self) -> impl Iterator<Item = &RouteSpec> {
+        self.testers.values().map(|r| &**r)
+    }
+
     /// The routes that validate, enabled or not, in id order.
     pub fn all(&self) -> impl Iterator<Item = &RouteSpec> {
-        self.routes.iter().map(|r| &**r)
+        self.routes.values().map(|r| &**r)
+    }
+
+    /// The enabled routes, in id order, shared (an unchanged route is the
+    /// same `Arc` in the next table).
+    pub fn enabled_shared(&self) -> impl Iterator<Item = &Arc<RouteSpec>> {
+        self.routes.values().filter(|r| r.enabled)
     }
 
     /// The enabled routes, in id order.
     pub fn enabled(&self) -> impl Iterator<Item = &RouteSpec> {
-        self.routes.iter().map(|r| &**r).filter(|r| r.enabled)
+        self.routes.values().map(|r| &**r).filter(|r| r.enabled)
     }
 
     /// The stored routes left out, with the reason.
@@ -318,8 +358,17 @@ impl RouteTable {
     /// The plugin configs of the valid routes (enabled or not).
     pub fn plugin_configs(&self) -> impl Iterator<Item = &PluginConfig> {
         self.routes
-            .iter()
+            .values()
             .filter_map(|r| r.oidc.as_ref().map(|(_, c)| c))
+    }
+
+    /// The discovery URLs of the valid routes' plugin configs (enabled or
+    /// not), each with whether any of them verifies its certificate.
+    pub fn discovery_urls(&self) -> std::collections::BTreeMap<String, bool> {
+        self.discovery
+            .iter()
+            .map(|(url, (_, verifying))| (url.clone(), *verifying > 0))
+            .collect()
     }
 
     /// The secret values to mask in text quoting the configs.
@@ -377,6 +426,38 @@ fn count_secrets(counts: &mut imbl::OrdMap<String, usize>, route: &RouteSpec, ad
         }
     }
     changed
+}
+
+/// A route's discovery URL counted in (`add`) or out of `counts`: (configs
+/// naming it, those that verify its certificate).
+fn count_discovery(
+    counts: &mut imbl::OrdMap<String, (usize, usize)>,
+    route: &RouteSpec,
+    add: bool,
+) {
+    let Some((_, config)) = &route.oidc else {
+        return;
+    };
+    let verify = usize::from(config.ssl_verify);
+    if add {
+        let n = counts.entry(config.discovery.clone()).or_insert((0, 0));
+        n.0 += 1;
+        n.1 += verify;
+    } else if let Some(n) = counts.get_mut(&config.discovery) {
+        n.0 -= 1;
+        n.1 -= verify;
+        if n.0 == 0 {
+            counts.remove(&config.discovery);
+        }
+    }
+}
+
+/// Whether a route's `vars` test a cookie.
+/// Whether a route tests what some route's filter changes (a cookie,
+/// `Authorization`): such routes are kept apart, as the only ones a
+/// filter's change can re-route to.
+fn tests_cookies(r: &RouteSpec) -> bool {
+    crate::apisix::vars::tests_filter_changes(&r.vars)
 }
 
 /// An enabled login route (what [`session_clashes`] looks at).
@@ -476,6 +557,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn nth(t: &RouteTable, i: usize) -> &Arc<RouteSpec> {
+        t.routes.values().nth(i).unwrap()
+    }
 
     #[test]
     fn upstreams_that_do_not_validate_are_named() {
@@ -597,15 +682,15 @@ mod tests {
         stored.routes.insert("b".into(), plain("/b2"));
         stored.routes.insert("c".into(), plain("/c"));
         let t2 = t1.update(stored.clone());
-        assert!(Arc::ptr_eq(&t1.routes[0], &t2.routes[0]));
-        assert_eq!(t2.routes[1].id, "b");
-        assert!(!Arc::ptr_eq(&t1.routes[1], &t2.routes[1]));
+        assert!(Arc::ptr_eq(nth(&t1, 0), nth(&t2, 0)));
+        assert_eq!(nth(&t2, 1).id, "b");
+        assert!(!Arc::ptr_eq(nth(&t1, 1), nth(&t2, 1)));
         assert_eq!(t2.invalid(), t1.invalid());
         // The same as a table built from scratch.
         let fresh = RouteTable::build(stored.clone());
         let ids = |t: &RouteTable| -> Vec<(String, String)> {
             t.routes
-                .iter()
+                .values()
                 .map(|r| (r.id.clone(), format!("{:?}", r.uris)))
                 .collect()
         };
@@ -620,12 +705,12 @@ mod tests {
             .insert("u".into(), json!({"nodes": {"192.0.2.2:80": 1}}));
         let t3 = t2.update(stored.clone());
         assert_eq!(ids(&t3), ids(&RouteTable::build(stored)));
-        assert!(!Arc::ptr_eq(&t2.routes[1], &t3.routes[0]));
+        assert!(!Arc::ptr_eq(nth(&t2, 1), nth(&t3, 0)));
         assert_eq!(
-            format!("{:?}", t3.routes[0].upstream),
+            format!("{:?}", nth(&t3, 0).upstream),
             format!(
                 "{:?}",
-                RouteTable::build(t3.stored().clone()).routes[0].upstream
+                nth(&RouteTable::build(t3.stored().clone()), 0).upstream
             )
         );
     }
@@ -651,6 +736,7 @@ mod tests {
             assert_eq!(a.invalid(), b.invalid());
             assert_eq!(a.secrets(), b.secrets());
             assert_eq!(a.warnings(), b.warnings());
+            assert_eq!(a.discovery_urls(), b.discovery_urls());
             assert_eq!(a.stored(), b.stored());
         };
         let mut stored = Stored::default();

@@ -273,6 +273,27 @@ pub fn translate(
     s: &ProxySettings,
     extra_provider_urls: &[String],
 ) -> Resources {
+    let mut r = translate_shared(table, s, extra_provider_urls);
+    let mut clusters = Vec::new();
+    for spec in table.enabled() {
+        let (c, e) = upstream_cluster(spec);
+        clusters.push(c);
+        r.endpoints.extend(e);
+    }
+    clusters.append(&mut r.clusters);
+    r.clusters = clusters;
+    r
+}
+
+/// [`translate`] without each route's own upstream cluster and endpoints
+/// ([`route_upstream`]), which a caller keeping them per route (the xDS
+/// snapshot) makes again only for the routes that changed: `clusters` has
+/// the provider clusters only, `endpoints` nothing.
+pub fn translate_shared(
+    table: &RouteTable,
+    s: &ProxySettings,
+    extra_provider_urls: &[String],
+) -> Resources {
     let mut skipped: Vec<Skipped> = table
         .invalid()
         .iter()
@@ -283,14 +304,7 @@ pub fn translate(
         .collect();
     let specs: Vec<&RouteSpec> = table.enabled().collect();
 
-    let mut clusters = Vec::new();
-    let mut endpoints = Vec::new();
-    for spec in &specs {
-        let (c, e) = upstream_cluster(spec);
-        clusters.push(c);
-        endpoints.extend(e);
-    }
-    clusters.extend(provider_clusters(&specs, extra_provider_urls, &mut skipped));
+    let mut clusters = provider_clusters(&specs, extra_provider_urls, &mut skipped);
     skipped.extend(table.invalid_ssls().iter().map(|(id, reason)| Skipped {
         what: format!("ssl {id}"),
         reason: reason.clone(),
@@ -309,10 +323,16 @@ pub fn translate(
         listeners: std::iter::once(listener(s)).chain(https_listener).collect(),
         route_configs: vec![rc],
         clusters,
-        endpoints,
+        endpoints: Vec::new(),
         secrets,
         skipped,
     }
+}
+
+/// One enabled route's upstream cluster (`route|<id>`), and its endpoints
+/// when it is an `EDS` cluster: a function of the route alone.
+pub fn route_upstream(spec: &RouteSpec) -> (Cluster, Option<ClusterLoadAssignment>) {
+    upstream_cluster(spec)
 }
 
 #[cfg(test)]

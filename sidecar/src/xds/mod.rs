@@ -50,8 +50,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::apisix::route::RouteSpec;
 use crate::apisix::table::{Published, RouteTable};
-use crate::translate::{to_any, translate, ProxySettings};
+use crate::translate::{route_upstream, to_any, translate_shared, ProxySettings};
 
 mod service;
 mod snapshot;

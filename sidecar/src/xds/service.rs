@@ -23,11 +23,17 @@ pub fn ads_service(
         // streams stop watching it when they see that.
         watch::channel(Arc::new(Vec::new())).1
     });
+    let cache = Cached {
+        translations: TranslationCache::default(),
+        routes: routes.borrow().clone(),
+        providers: providers.borrow().clone(),
+        snapshot: None,
+    };
     let mut source = Source {
         routes,
         providers,
         settings: Arc::new(settings),
-        cache: Arc::new(Mutex::new(None)),
+        cache: Arc::new(Mutex::new(cache)),
         status: status.clone(),
     };
     // The status shows the versions before any Envoy connects.
@@ -127,7 +133,7 @@ pub(super) async fn run_stream(
             () = sleep_until(deadline), if deadline.is_some() => {}
         }
         if stale && st.waiting() {
-            snapshot = source.current();
+            snapshot = source.current_off_workers().await;
             stale = false;
         }
         for resp in st.due(&snapshot, Instant::now()) {

@@ -74,6 +74,48 @@ pub struct Snapshot {
     pub(super) secrets: Arc<Vec<String>>,
 }
 
+/// One resource as served: its name, packed, and the digest of its
+/// canonical bytes (what its type's version is made of).
+#[derive(Debug, Clone)]
+struct Encoded {
+    name: String,
+    any: Any,
+    digest: [u8; 32],
+}
+
+impl Encoded {
+    fn new(name: String, any: Any, canonical: &[u8]) -> Encoded {
+        Encoded {
+            name,
+            any,
+            digest: Sha256::digest(canonical).into(),
+        }
+    }
+
+    /// A resource whose encoding is canonical (no maps of more than one
+    /// entry): hashed as packed.
+    fn packed<M: prost::Name>(name: String, m: &M) -> Encoded {
+        let any = to_any(m);
+        let digest = Sha256::digest(&any.value).into();
+        Encoded { name, any, digest }
+    }
+}
+
+/// The upstream cluster and endpoints of each route, encoded, kept from
+/// one snapshot to the next: a route that is the same `Arc<RouteSpec>` in
+/// the next table (unchanged, and nothing it names changed) is not
+/// translated, encoded or hashed again.
+#[derive(Debug, Default)]
+pub struct TranslationCache {
+    pub(super) routes: std::collections::HashMap<String, (Arc<RouteSpec>, Arc<RouteUpstream>)>,
+}
+
+#[derive(Debug)]
+pub(super) struct RouteUpstream {
+    cluster: Encoded,
+    endpoints: Option<Encoded>,
+}
+
 impl Snapshot {
     /// Translates the route table and versions the result; its secrets
     /// (from the typed plugin configs) are what NACKs are masked with. Also returns what the translation left out (for the log).
@@ -82,42 +124,72 @@ impl Snapshot {
         settings: &ProxySettings,
         extra_provider_urls: &[String],
     ) -> (Snapshot, Vec<crate::translate::Skipped>) {
-        let r = translate(table, settings, extra_provider_urls);
-        let clusters = r
-            .clusters
-            .iter()
-            .map(|c| (c.name.clone(), to_any(c), c.encode_to_vec()));
-        let endpoints = r
-            .endpoints
-            .iter()
-            .map(|e| (e.cluster_name.clone(), to_any(e), e.encode_to_vec()));
-        let sds = r
-            .secrets
-            .iter()
-            .map(|x| (x.name.clone(), to_any(x), x.encode_to_vec()));
+        Snapshot::build_cached(
+            table,
+            settings,
+            extra_provider_urls,
+            &mut TranslationCache::default(),
+        )
+    }
+
+    /// [`Snapshot::build`], taking each unchanged route's upstream cluster
+    /// and endpoints from `cache` (and leaving there those of this table).
+    pub fn build_cached(
+        table: &RouteTable,
+        settings: &ProxySettings,
+        extra_provider_urls: &[String],
+        cache: &mut TranslationCache,
+    ) -> (Snapshot, Vec<crate::translate::Skipped>) {
+        let r = translate_shared(table, settings, extra_provider_urls);
+        let mut kept = std::collections::HashMap::with_capacity(cache.routes.len());
+        let mut clusters = Vec::new();
+        let mut endpoints = Vec::new();
+        for spec in table.enabled_shared() {
+            let up = match cache.routes.remove(&spec.id) {
+                Some((old, up)) if Arc::ptr_eq(&old, spec) => up,
+                _ => {
+                    let (c, e) = route_upstream(spec);
+                    Arc::new(RouteUpstream {
+                        cluster: Encoded::packed(c.name.clone(), &c),
+                        endpoints: e.map(|e| Encoded::packed(e.cluster_name.clone(), &e)),
+                    })
+                }
+            };
+            clusters.push(up.cluster.clone());
+            endpoints.extend(up.endpoints.clone());
+            kept.insert(spec.id.clone(), (spec.clone(), up));
+        }
+        cache.routes = kept;
+        clusters.extend(
+            r.clusters
+                .iter()
+                .map(|c| Encoded::packed(c.name.clone(), c)),
+        );
+        let sds = r.secrets.iter().map(|x| Encoded::packed(x.name.clone(), x));
         let listeners = r
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), to_any(l), l.encode_to_vec()));
-        let routes_ = r
-            .route_configs
-            .iter()
-            .map(|rc| (rc.name.clone(), to_any(rc), canonical_route_config(rc)));
-        let typed = |items: Vec<(String, Any, Vec<u8>)>| {
+            .map(|l| Encoded::packed(l.name.clone(), l));
+        let mut route_configs = r.route_configs;
+        let routes_ = route_configs.iter_mut().map(|rc| {
+            let canonical = canonical_route_config_in_place(rc);
+            Encoded::new(rc.name.clone(), to_any(&*rc), &canonical)
+        });
+        let typed = |items: Vec<Encoded>| {
             let mut h = Sha256::new();
-            for (name, _, canonical) in &items {
-                put(&mut h, name.as_bytes());
-                put(&mut h, canonical);
+            for e in &items {
+                put(&mut h, e.name.as_bytes());
+                put(&mut h, &e.digest);
             }
             TypeSnapshot {
                 version: short_hex(&h.finalize()),
-                resources: items.into_iter().map(|(n, a, _)| (n, a)).collect(),
+                resources: items.into_iter().map(|e| (e.name, e.any)).collect(),
             }
         };
         let snapshot = Snapshot {
             types: [
-                typed(clusters.collect()),
-                typed(endpoints.collect()),
+                typed(clusters),
+                typed(endpoints),
                 typed(sds.collect()),
                 typed(listeners.collect()),
                 typed(routes_.collect()),
@@ -185,18 +257,23 @@ pub(super) fn clean(s: &str, max: usize) -> String {
 /// them with map keys sorted (prost encodes maps in `HashMap` order, so a
 /// route with two per-filter configs, CORS and RBAC, would otherwise get a
 /// new version on every translation).
-pub(super) fn canonical_route_config(rc: &RouteConfiguration) -> Vec<u8> {
-    let mut stripped = rc.clone();
+///
+/// Without copying the configuration: its per-filter configs and metadata
+/// are taken out to encode the rest, then put back, so `rc` is as it was.
+pub(super) fn canonical_route_config_in_place(rc: &mut RouteConfiguration) -> Vec<u8> {
     let mut tail = Vec::new();
-    canonical_typed(
-        &mut tail,
-        std::mem::take(&mut stripped.typed_per_filter_config),
-    );
-    for vh in &mut stripped.virtual_hosts {
-        canonical_typed(&mut tail, std::mem::take(&mut vh.typed_per_filter_config));
+    let top = std::mem::take(&mut rc.typed_per_filter_config);
+    canonical_typed(&mut tail, &top);
+    let mut taken = Vec::new();
+    for vh in &mut rc.virtual_hosts {
+        let vh_typed = std::mem::take(&mut vh.typed_per_filter_config);
+        canonical_typed(&mut tail, &vh_typed);
+        let mut routes_taken = Vec::with_capacity(vh.routes.len());
         for r in &mut vh.routes {
-            canonical_typed(&mut tail, std::mem::take(&mut r.typed_per_filter_config));
-            match r.metadata.take() {
+            let typed = std::mem::take(&mut r.typed_per_filter_config);
+            canonical_typed(&mut tail, &typed);
+            let md = r.metadata.take();
+            match &md {
                 None => tail.push(b'-'),
                 Some(md) => {
                     tail.push(b'm');
@@ -212,17 +289,28 @@ pub(super) fn canonical_route_config(rc: &RouteConfiguration) -> Vec<u8> {
                     }
                 }
             }
+            routes_taken.push((typed, md));
+        }
+        taken.push((vh_typed, routes_taken));
+    }
+    let mut out = rc.encode_to_vec();
+    out.extend_from_slice(&tail);
+    // Put back.
+    rc.typed_per_filter_config = top;
+    for (vh, (vh_typed, routes_taken)) in rc.virtual_hosts.iter_mut().zip(taken) {
+        vh.typed_per_filter_config = vh_typed;
+        for (r, (typed, md)) in vh.routes.iter_mut().zip(routes_taken) {
+            r.typed_per_filter_config = typed;
+            r.metadata = md;
         }
     }
-    let mut out = stripped.encode_to_vec();
-    out.extend_from_slice(&tail);
     out
 }
 
 /// A per-filter config map, keys sorted.
-fn canonical_typed(out: &mut Vec<u8>, map: std::collections::HashMap<String, Any>) {
+fn canonical_typed(out: &mut Vec<u8>, map: &std::collections::HashMap<String, Any>) {
     out.push(b't');
-    let sorted: BTreeMap<String, Any> = map.into_iter().collect();
+    let sorted: BTreeMap<&String, &Any> = map.iter().collect();
     for (name, any) in sorted {
         canonical_bytes(out, name.as_bytes());
         canonical_bytes(out, &any.encode_to_vec());

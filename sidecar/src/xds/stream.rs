@@ -4,9 +4,12 @@
 use super::*;
 
 pub(super) struct Cached {
+    /// Each route's upstream cluster and endpoints, for the next build.
+    pub(super) translations: TranslationCache,
     pub(super) routes: Published,
     pub(super) providers: Arc<Vec<String>>,
-    pub(super) snapshot: Arc<Snapshot>,
+    /// `None` before the first build.
+    pub(super) snapshot: Option<Arc<Snapshot>>,
 }
 
 /// The inputs, and the snapshot built from them (built once per change,
@@ -16,7 +19,7 @@ pub(super) struct Source {
     pub(super) routes: watch::Receiver<Published>,
     pub(super) providers: watch::Receiver<Arc<Vec<String>>>,
     pub(super) settings: Arc<ProxySettings>,
-    pub(super) cache: Arc<Mutex<Option<Cached>>>,
+    pub(super) cache: Arc<Mutex<Cached>>,
     pub(super) status: Arc<XdsStatus>,
 }
 
@@ -24,13 +27,35 @@ impl Source {
     pub(super) fn current(&mut self) -> Arc<Snapshot> {
         let routes = self.routes.borrow_and_update().clone();
         let providers = self.providers.borrow_and_update().clone();
+        self.build(routes, providers)
+    }
+
+    /// [`Source::current`] built on a blocking thread: with many routes a
+    /// build takes milliseconds, and the Admin API shares the async
+    /// workers.
+    pub(super) async fn current_off_workers(&mut self) -> Arc<Snapshot> {
+        let routes = self.routes.borrow_and_update().clone();
+        let providers = self.providers.borrow_and_update().clone();
+        let source = self.clone();
+        let (r, p) = (routes.clone(), providers.clone());
+        match tokio::task::spawn_blocking(move || source.build(r, p)).await {
+            Ok(snapshot) => snapshot,
+            Err(_) => self.build(routes, providers),
+        }
+    }
+
+    /// The snapshot of these inputs: the one built last when they are the
+    /// same, else built (and kept).
+    fn build(&self, routes: Published, providers: Arc<Vec<String>>) -> Arc<Snapshot> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = cache.as_ref() {
-            if Arc::ptr_eq(&c.routes, &routes) && Arc::ptr_eq(&c.providers, &providers) {
-                return c.snapshot.clone();
+        if let Some(snapshot) = cache.snapshot.as_ref() {
+            if Arc::ptr_eq(&cache.routes, &routes) && Arc::ptr_eq(&cache.providers, &providers) {
+                return snapshot.clone();
             }
         }
-        let (snapshot, skipped) = Snapshot::build(&routes, &self.settings, &providers);
+        let started = Instant::now();
+        let (snapshot, skipped) =
+            Snapshot::build_cached(&routes, &self.settings, &providers, &mut cache.translations);
         let skipped: Vec<String> = skipped
             .iter()
             .map(|s| format!("{}: {}", s.what, snapshot.mask(&s.reason)))
@@ -39,17 +64,15 @@ impl Source {
             tracing::warn!(skipped = %s, "left out of the Envoy configuration");
         }
         let snapshot = Arc::new(snapshot);
-        tracing::info!(versions = ?snapshot.versions(), "xDS snapshot");
+        tracing::info!(versions = ?snapshot.versions(), took = ?started.elapsed(), "xDS snapshot");
         self.status.snapshot_built(&snapshot, &skipped);
         for w in routes.warnings() {
             tracing::warn!(warning = %w, "routes");
         }
         self.status.warnings(routes.warnings());
-        *cache = Some(Cached {
-            routes,
-            providers,
-            snapshot: snapshot.clone(),
-        });
+        cache.routes = routes;
+        cache.providers = providers;
+        cache.snapshot = Some(snapshot.clone());
         snapshot
     }
 }

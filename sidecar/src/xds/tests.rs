@@ -611,3 +611,61 @@ fn endpoints_due_again_after_a_cluster_update_still_take_the_answer_to_the_last_
         vec![("endpoints", v(&s3, Kind::Endpoints), strs(&["route|a"]))]
     );
 }
+
+/// The snapshot keeps each route's upstream cluster and endpoints: a build
+/// with the cache is the build without it, and a write translates only the
+/// route it changed (the others' entries are the same objects); a changed
+/// shared upstream translates every route naming it again.
+#[test]
+fn a_cached_build_is_a_fresh_build_and_translates_only_what_changed() {
+    let mut stored = Stored::default();
+    stored
+        .upstreams
+        .insert("u".into(), json!({"id": "u", "nodes": {"192.0.2.9:80": 1}}));
+    for i in 0..50 {
+        let mut r = json!({"uri": format!("/r/{i}")});
+        if i % 2 == 0 {
+            r["upstream_id"] = json!("u");
+        } else {
+            r["upstream"] = json!({"nodes": {format!("192.0.2.{}:80", i % 7 + 1): 1}});
+        }
+        stored.routes.insert(format!("r{i}"), r);
+    }
+    let mut cache = TranslationCache::default();
+    let mut table = RouteTable::build(stored.clone());
+    let step = |table: &RouteTable, cache: &mut TranslationCache| {
+        let (cached, _) = Snapshot::build_cached(table, &settings(), &[], cache);
+        assert_eq!(cached, Snapshot::build(table, &settings(), &[]).0);
+        cache
+            .routes
+            .iter()
+            .map(|(id, (_, up))| (id.clone(), up.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let first = step(&table, &mut cache);
+    assert_eq!(first.len(), 50);
+
+    stored.routes.insert(
+        "r1".into(),
+        json!({"uri": "/r/1", "upstream": {"nodes": {"192.0.2.200:80": 1}}}),
+    );
+    stored.routes.remove("r3");
+    table = table.update(stored.clone());
+    let second = step(&table, &mut cache);
+    assert_eq!(second.len(), 49);
+    let same: Vec<&String> = second
+        .iter()
+        .filter(|(id, up)| Arc::ptr_eq(up, &first[*id]))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(same.len(), 48, "all but r1");
+    assert!(!Arc::ptr_eq(&second["r1"], &first["r1"]));
+
+    stored.upstreams.insert(
+        "u".into(),
+        json!({"id": "u", "nodes": {"192.0.2.10:80": 1}}),
+    );
+    table = table.update(stored);
+    let third = step(&table, &mut cache);
+    assert!(third.iter().all(|(id, up)| !Arc::ptr_eq(up, &second[id])));
+}

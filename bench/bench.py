@@ -166,6 +166,22 @@ def jwt_authn_filter(issuer, jwks, cache):
     }
 
 
+def gateway_filters(oidc_filters):
+    """The gateway's listener as the sidecar writes it (translate/listener.rs):
+    CORS, RBAC, the wasm filter, the two local rate limits, with no
+    per-route config: what a route without those plugins passes through."""
+    typed = lambda name, t, extra=None: {
+        "name": name,
+        "typed_config": {"@type": f"type.googleapis.com/{t}", **(extra or {})},
+    }
+    return ([typed("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
+             typed("envoy.filters.http.rbac", "envoy.extensions.filters.http.rbac.v3.RBAC")]
+            + oidc_filters
+            + [typed(f"apisix.{n}",
+                     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                     {"stat_prefix": n.replace("-", "_")}) for n in ("limit-count", "limit-req")])
+
+
 ROUTER = {
     "name": "envoy.filters.http.router",
     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -525,6 +541,9 @@ def run(args, work, procs):
          idp_cluster, intro, auth, None),
         (14, "openid-connect browser session cookie, --concurrency 2", 2, oidc(), session_route, idp_cluster,
          cookies, ("Cookie", ""), None),
+        (17, "openid-connect use_jwks, one token, in the gateway's filter chain (CORS, RBAC, two rate "
+         "limits: none configured on the route)", 1, gateway_filters(oidc()), jwks_route, idp_cluster, one,
+         auth, None),
     ]
     if args.variant:
         alt = lambda settings="{}": [wasm_filter(Path(args.variant), settings)]

@@ -279,6 +279,7 @@ async fn run(o: Options) -> Result<(), String> {
         .map_err(|e| format!("cannot load routes and upstreams: {e}"))?;
     warn_about_stored_nodes(&state.known().data, &nodes);
     let routes = state.subscribe();
+    let etcd_for_revocations = etcd.clone();
     if let Some(e) = etcd {
         tracing::info!(
             etcd = ?o.etcd,
@@ -305,15 +306,46 @@ async fn run(o: Options) -> Result<(), String> {
     let backchannel_sink = Some(sink.0);
     tokio::spawn(sidecar::sink::run(sink.1));
 
+    // The revocation service, on the same host: logouts shared by every
+    // gateway on the store. Its key is made now and reaches only Envoy
+    // (in the listener's filter settings, over xDS).
+    let revocations_backend = match &etcd_for_revocations {
+        Some(e) => e.revocations_backend(),
+        None => sidecar::revocations::Backend::File(o.data.with_file_name(format!(
+                "{}.revocations.json",
+                o.data
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("routes")
+            ))),
+    };
+    let revocation_key = secrets::generate_secret()
+        .map_err(|e| format!("cannot generate the revocation service's key: {e}"))?;
+    let revocations =
+        sidecar::revocations::Service::start(revocations_backend, revocation_key.clone())
+            .await
+            .map_err(|e| format!("cannot load the revocations: {e}"))?;
+    tokio::spawn(revocations.clone().watch());
+    let revocations_listener = tokio::net::TcpListener::bind((o.xds_addr.ip(), 0))
+        .await
+        .and_then(|l| Ok((l.local_addr()?, l)))
+        .map_err(|e| format!("cannot listen for the revocation service: {e}"))?;
+    tokio::spawn(sidecar::revocations::serve(
+        revocations_listener.1,
+        revocations,
+    ));
+    let filter_settings = with_revocation_service(&o.filter_settings, &revocation_key)?;
+
     let status = XdsStatus::new();
     let proxy = ProxySettings {
         listen_addr: o.proxy_addr,
         proxy_port: o.proxy_port,
         https_port: o.https_port,
         wasm_path: wasm,
-        filter_settings: o.filter_settings,
+        filter_settings,
         trusted_proxy_hops: o.trusted_proxy_hops,
         backchannel_sink,
+        revocations: Some(revocations_listener.0),
     };
     let xds_listener = tokio::net::TcpListener::bind(o.xds_addr)
         .await
@@ -360,6 +392,30 @@ async fn run(o: Options) -> Result<(), String> {
             Err(e) => Err(format!("xDS task: {e}")),
         },
     }
+}
+
+/// The filter settings with the revocation service (its cluster and
+/// key) added; one given in `--filter-settings` is refused.
+fn with_revocation_service(settings: &str, key: &str) -> Result<String, String> {
+    let mut v: serde_json::Value = if settings.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_str(settings).map_err(|e| format!("--filter-settings: {e}"))?
+    };
+    let Some(obj) = v.as_object_mut() else {
+        return Err("--filter-settings: not a JSON object".into());
+    };
+    if obj.contains_key("revocation_service") {
+        return Err("--filter-settings: revocation_service is set by the sidecar".into());
+    }
+    obj.insert(
+        "revocation_service".into(),
+        serde_json::json!({
+            "cluster": sidecar::translate::REVOCATIONS_CLUSTER,
+            "key": key,
+        }),
+    );
+    Ok(v.to_string())
 }
 
 /// Routes, services and upstreams stored before the node checks (or with other

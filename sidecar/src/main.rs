@@ -298,37 +298,49 @@ async fn run(o: Options) -> Result<(), String> {
         Duration::from_secs(o.discovery_timeout),
     ));
 
+    // Files beside --data: the revocation service's key and the ports of
+    // the sink and the service (the same ports after a restart: Envoy's
+    // clusters stay the same).
+    let beside_data = |suffix: &str| {
+        let stem = o
+            .data
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("routes");
+        o.data.with_file_name(format!("{stem}.{suffix}"))
+    };
+
     // The back-channel sink, on the xDS address's host (Envoy reaches it).
-    let sink = tokio::net::TcpListener::bind((o.xds_addr.ip(), 0))
+    let sink = bind_remembered(o.xds_addr.ip(), &beside_data("sink-port"))
         .await
-        .and_then(|l| Ok((l.local_addr()?, l)))
         .map_err(|e| format!("cannot listen for the back-channel sink: {e}"))?;
     let backchannel_sink = Some(sink.0);
     tokio::spawn(sidecar::sink::run(sink.1));
 
     // The revocation service, on the same host: logouts shared by every
-    // gateway on the store. Its key is made now and reaches only Envoy
-    // (in the listener's filter settings, over xDS).
+    // gateway on the store. Its key (made at the first start, kept beside
+    // --data) reaches only Envoy (in the listener's filter settings).
     let revocations_backend = match &etcd_for_revocations {
         Some(e) => e.revocations_backend(),
-        None => sidecar::revocations::Backend::File(o.data.with_file_name(format!(
-                "{}.revocations.json",
-                o.data
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or("routes")
-            ))),
+        None => sidecar::revocations::Backend::File(beside_data("revocations.json")),
     };
-    let revocation_key = secrets::generate_secret()
-        .map_err(|e| format!("cannot generate the revocation service's key: {e}"))?;
+    let revocation_key = match sidecar::revocations::key_in(&beside_data("revocation-key")) {
+        Ok(k) => k,
+        // A read-only folder (etcd holds the routes): a key for this run
+        // (a restart then changes Envoy's listener settings).
+        Err(e) if etcd_for_revocations.is_some() => {
+            tracing::warn!("cannot keep the revocation service's key: {e}");
+            secrets::generate_secret()?
+        }
+        Err(e) => return Err(e),
+    };
     let revocations =
         sidecar::revocations::Service::start(revocations_backend, revocation_key.clone())
             .await
             .map_err(|e| format!("cannot load the revocations: {e}"))?;
     tokio::spawn(revocations.clone().watch());
-    let revocations_listener = tokio::net::TcpListener::bind((o.xds_addr.ip(), 0))
+    let revocations_listener = bind_remembered(o.xds_addr.ip(), &beside_data("revocations-port"))
         .await
-        .and_then(|l| Ok((l.local_addr()?, l)))
         .map_err(|e| format!("cannot listen for the revocation service: {e}"))?;
     tokio::spawn(sidecar::revocations::serve(
         revocations_listener.1,
@@ -392,6 +404,32 @@ async fn run(o: Options) -> Result<(), String> {
             Err(e) => Err(format!("xDS task: {e}")),
         },
     }
+}
+
+/// A listener on `ip`, on the port written in `file` when it is free (else
+/// on a new one, written there).
+async fn bind_remembered(
+    ip: std::net::IpAddr,
+    file: &std::path::Path,
+) -> std::io::Result<(SocketAddr, tokio::net::TcpListener)> {
+    let remembered = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u16>().ok())
+        .filter(|p| *p != 0);
+    let listener = match remembered {
+        Some(port) => match tokio::net::TcpListener::bind((ip, port)).await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind((ip, 0)).await?,
+        },
+        None => tokio::net::TcpListener::bind((ip, 0)).await?,
+    };
+    let addr = listener.local_addr()?;
+    if remembered != Some(addr.port()) {
+        if let Err(e) = std::fs::write(file, addr.port().to_string()) {
+            tracing::warn!("cannot remember the port in {}: {e}", file.display());
+        }
+    }
+    Ok((addr, listener))
 }
 
 /// The filter settings with the revocation service (its cluster and

@@ -4,7 +4,8 @@
 //! - Envoy's filter POSTs entries and polls `GET ?since=<epoch>.<seq>`
 //!   on a listener of its own ([`serve`]), reachable through the cluster
 //!   [`crate::translate::REVOCATIONS_CLUSTER`]; every request must carry
-//!   the key this sidecar generated at start (compared in constant time;
+//!   the key this sidecar generated at its first start ([`key_in`], kept
+//!   next to the routes' file, mode 0600; compared in constant time;
 //!   never the Admin API key), and none with an `Origin` (a web page) is
 //!   taken.
 //! - [`Log`] holds the live entries, each with a sequence number, at most
@@ -449,6 +450,41 @@ fn write_file(path: &std::path::Path, entries: &[Entry]) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The service's key: the one in `path` (mode 0600), else a new one
+/// written there. Kept, so that a restarted sidecar gives Envoy the same
+/// listener settings (a changed listener is drained and replaced).
+pub fn key_in(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let named = |e: std::io::Error| format!("{}: {e}", path.display());
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let key = text.trim();
+            if key.len() < 32 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "{}: not a revocation service key (hex, at least 32 digits): delete it to make a new one",
+                    path.display()
+                ));
+            }
+            Ok(key.to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = crate::apisix::secrets::generate_secret()?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(named)?;
+            f.write_all(key.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(named)?;
+            Ok(key)
+        }
+        Err(e) => Err(named(e)),
+    }
+}
+
 /// Whether the request may use the service: no `Origin`, the key.
 fn allowed(s: &Service, headers: &HeaderMap) -> Result<(), StatusCode> {
     if headers.contains_key("origin") {
@@ -613,6 +649,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.entries(), vec![x]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_key_is_made_once_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("revocation-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("routes.revocation-key");
+        let _ = std::fs::remove_file(&path);
+        let k = key_in(&path).unwrap();
+        assert!(k.len() >= 32);
+        assert_eq!(key_in(&path).unwrap(), k);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, "short").unwrap();
+        assert!(key_in(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

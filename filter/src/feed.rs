@@ -13,7 +13,23 @@ use std::collections::VecDeque;
 use oidc_core::revocation_feed::{Cursor, Entry, List, Page};
 use proxy_wasm::hostcalls;
 
+use crate::metrics::Metrics;
 use crate::revoked;
+
+/// Counts a failed call; logs the first of a run.
+pub fn failed(outbox: &Outbox, metrics: &Metrics, what: &str) {
+    metrics.feed_failed();
+    if !outbox.failing.replace(true) {
+        log::warn!("openid-connect: the revocation service: {what} (logged once until it works)");
+    }
+}
+
+/// A call worked.
+pub fn worked(outbox: &Outbox) {
+    if outbox.failing.replace(false) {
+        log::info!("openid-connect: the revocation service answers again");
+    }
+}
 
 /// Logouts waiting to be posted, per VM (more are dropped, counted).
 pub const OUTBOX: usize = 1024;
@@ -27,6 +43,9 @@ const CURSOR: &str = "openid-connect|feed|cursor";
 
 #[derive(Default)]
 pub struct Outbox {
+    /// The last call to the service failed (failures are logged when
+    /// they start, and counted).
+    pub failing: std::cell::Cell<bool>,
     queue: RefCell<VecDeque<Entry>>,
     /// A POST in flight (its token).
     pub posting: RefCell<Option<(u32, Vec<Entry>)>>,
@@ -91,9 +110,15 @@ pub fn claim_poll(now_ms: u64) -> bool {
     hostcalls::set_shared_data(MARKER, Some(&v), Some(cas)).is_ok()
 }
 
-/// The poll that started at `started_ms` is over.
-pub fn poll_done(started_ms: u64) {
-    let mut v = started_ms.to_le_bytes().to_vec();
+/// The poll that started at `started_ms` is over; with `again` (a page
+/// said more entries wait), the next tick polls at once.
+pub fn poll_done(started_ms: u64, again: bool) {
+    let last = if again {
+        started_ms.saturating_sub(POLL_EVERY_MS)
+    } else {
+        started_ms
+    };
+    let mut v = last.to_le_bytes().to_vec();
     v.push(0);
     if let Ok((Some(old), Some(cas))) = hostcalls::get_shared_data(MARKER) {
         if old.get(..8) == Some(&started_ms.to_le_bytes()[..]) {

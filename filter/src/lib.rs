@@ -134,10 +134,7 @@ impl Root {
         if vm.outbox.posting.borrow().is_none() {
             let entries = vm.outbox.take(revocation_feed::MAX_PER_POST);
             if !entries.is_empty() {
-                let body = serde_json::to_vec(&revocation_feed::Post {
-                    entries: entries.clone(),
-                })
-                .unwrap_or_default();
+                let body = revocation_feed::Post::encode(&entries);
                 let headers = vec![
                     (":method", "POST"),
                     (":path", revocation_feed::PATH),
@@ -148,14 +145,13 @@ impl Root {
                 match self.dispatch_http_call(
                     &service.cluster,
                     headers,
-                    Some(&body),
+                    Some(body.as_bytes()),
                     vec![],
                     FEED_TIMEOUT,
                 ) {
                     Ok(token) => *vm.outbox.posting.borrow_mut() = Some((token, entries)),
                     Err(e) => {
-                        log::warn!("openid-connect: cannot post revocations ({e:?})");
-                        vm.metrics.feed_failed();
+                        feed::failed(&vm.outbox, &vm.metrics, &format!("cannot post ({e:?})"));
                         vm.outbox.put_back(entries);
                     }
                 }
@@ -175,9 +171,8 @@ impl Root {
         match self.dispatch_http_call(&service.cluster, headers, None, vec![], FEED_TIMEOUT) {
             Ok(token) => self.polling = Some((token, now_ms)),
             Err(e) => {
-                log::warn!("openid-connect: cannot poll revocations ({e:?})");
-                vm.metrics.feed_failed();
-                feed::poll_done(now_ms);
+                feed::failed(&vm.outbox, &vm.metrics, &format!("cannot poll ({e:?})"));
+                feed::poll_done(now_ms, false);
             }
         }
     }
@@ -196,11 +191,11 @@ impl Root {
         };
         if let Some(entries) = posted {
             let (status, _) = call::answer(self, &vm.metrics, headers, body_size);
-            if status != 204 {
-                log::warn!(
-                    "openid-connect: the revocation service refused a post (status {status})"
-                );
-                vm.metrics.feed_failed();
+            if status == 204 {
+                feed::worked(&vm.outbox);
+            } else {
+                let what = format!("a post got status {status}");
+                feed::failed(&vm.outbox, &vm.metrics, &what);
                 // Refused (400) entries would be refused again.
                 if status != 400 {
                     vm.outbox.put_back(entries);
@@ -212,14 +207,16 @@ impl Root {
             Some((t, started)) if t == token => {
                 self.polling = None;
                 let (status, body) = call::answer(self, &vm.metrics, headers, body_size);
+                let mut again = false;
                 match revocation_feed::Page::parse(status, &body, self.now()) {
-                    Ok(page) => vm.metrics.feed_received(feed::apply(&page, self.now())),
-                    Err(why) => {
-                        log::warn!("openid-connect: revocation poll failed: {why}");
-                        vm.metrics.feed_failed();
+                    Ok(page) => {
+                        feed::worked(&vm.outbox);
+                        vm.metrics.feed_received(feed::apply(&page, self.now()));
+                        again = page.more;
                     }
+                    Err(why) => feed::failed(&vm.outbox, &vm.metrics, &format!("poll: {why}")),
                 }
-                feed::poll_done(started);
+                feed::poll_done(started, again);
                 true
             }
             _ => false,

@@ -255,7 +255,8 @@ fn a_backchannel_logout_on_one_gateway_ends_the_session_on_the_other() {
     assert!(s.signed_in(2, &bob));
 }
 
-/// RP-initiated logout on A: a copy of the cookie dies on B too.
+/// RP-initiated logout on A: a copy of the cookie dies on B too, also
+/// when A's sidecar was down at the logout.
 #[test]
 fn a_logout_on_one_gateway_kills_a_copied_cookie_on_the_other() {
     let s = Stack::start(2, true);
@@ -265,6 +266,20 @@ fn a_logout_on_one_gateway_kills_a_copied_cookie_on_the_other() {
     assert_eq!(r.status, 302, "logout: {}", r.body);
     assert!(!s.signed_in(0, &alice), "A refuses the copy at once");
     s.refused_within(1, &alice, "B refuses the copy of the logged-out cookie");
+
+    // A's sidecar is down at the logout: A's filter keeps the entry and
+    // posts it when the sidecar is back; nothing is lost.
+    let mut s = s;
+    let carol = s.session_cookie("carol", "sid-rp2");
+    assert!(s.signed_in(0, &carol) && s.signed_in(1, &carol));
+    s.gws[0].stop_sidecar();
+    let r = s.get(0, "/anything/logout", &[("cookie", &carol)]);
+    assert_eq!(r.status, 302, "logout: {}", r.body);
+    assert!(!s.signed_in(0, &carol));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(s.signed_in(1, &carol), "B cannot know yet");
+    s.gws[0].restart_sidecar();
+    s.refused_within(1, &carol, "B once A's sidecar is back");
 }
 
 /// The file store: the revocation survives the sidecar's and Envoy's

@@ -67,15 +67,17 @@ struct Stack {
     dir: TestDir,
 }
 
+/// A gateway whose Envoy runs two workers (one polls per round: the
+/// shared marker; both read the shared deny-lists).
 fn gateway(dir: &Path, name: &str, etcd: Option<&Etcd>) -> Gateway {
     let sub = dir.join(name);
     std::fs::create_dir_all(&sub).unwrap();
     match etcd {
         Some(e) => {
             let url = e.url();
-            Gateway::start(&sub, &["--etcd", &url])
+            Gateway::start_concurrent(&sub, &["--etcd", &url], 2)
         }
-        None => Gateway::start(&sub, &[]),
+        None => Gateway::start_concurrent(&sub, &[], 2),
     }
 }
 

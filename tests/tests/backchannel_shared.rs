@@ -15,6 +15,7 @@ use integration_tests::gateway::Gateway;
 use integration_tests::http::request;
 use integration_tests::provider::{node_bin, provider_dir, CLIENT_ID, DEFAULT_CLIENT_SECRET};
 use integration_tests::{wait_for, Httpbin, Provider, ProviderOptions, Response, TestDir};
+use oidc_core::revocation::subjects;
 use oidc_core::revocation_feed::{Entry, List, Post, KEY_HEADER, MAX_PER_POST, PATH};
 use oidc_core::secret::Secret;
 use oidc_core::session::{self, Session, SessionId, SessionKey};
@@ -242,6 +243,25 @@ fn a_backchannel_logout_on_one_gateway_ends_the_session_on_the_other() {
         s.gws[1].envoy_stat("wasmcustom.openid_connect.revocation_feed.received") >= 1,
         "B learnt it from the feed"
     );
+    // In etcd: the key only (no user name, sid or token), with a lease.
+    {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let k = subjects::key(subjects::Kind::Sid, &s.provider.issuer(), "sid-a");
+        let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("/apisix/oidc_revocations/subject-{hex}");
+        let etcd = s.etcd.as_ref().unwrap();
+        let r = etcd.v3("kv/range", &json!({"key": b64.encode(name.as_bytes())}));
+        let kv = &r["kvs"][0];
+        let lease = kv["lease"].as_str().unwrap_or("0");
+        assert_ne!(lease, "0", "a lease: {r}");
+        let value = String::from_utf8(b64.decode(kv["value"].as_str().unwrap()).unwrap()).unwrap();
+        assert!(value.contains(&hex), "{value}");
+        assert!(
+            !value.contains("alice") && !value.contains("sid-a"),
+            "{value}"
+        );
+    }
     // B's sidecar and Envoy restart (Envoy's shared data is gone): the
     // revocation comes back from etcd. So does a gateway started now.
     let mut s = s;

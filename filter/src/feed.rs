@@ -151,3 +151,35 @@ pub fn apply(page: &Page, now: u64) -> usize {
     let _ = hostcalls::set_shared_data(CURSOR, Some(page.cursor().encode().as_bytes()), None);
     written
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> Entry {
+        Entry {
+            list: List::Session,
+            key: [n; 16],
+            since: 1,
+            until: 2,
+        }
+    }
+
+    #[test]
+    fn the_outbox_is_bounded_and_keeps_the_order() {
+        let o = Outbox::default();
+        for n in 0..OUTBOX {
+            assert!(o.push(entry(n as u8)));
+        }
+        assert!(!o.push(entry(0)), "full: dropped");
+        let first = o.take(3);
+        assert_eq!(first, vec![entry(0), entry(1), entry(2)]);
+        // A failed post goes back in front, as room allows.
+        o.put_back(first.clone());
+        assert_eq!(o.take(1), vec![entry(0)]);
+        assert!(o.push(entry(9)));
+        o.put_back(vec![entry(0)]);
+        assert_eq!(o.take(OUTBOX * 2).len(), OUTBOX, "never over the bound");
+        assert!(o.take(5).is_empty());
+    }
+}

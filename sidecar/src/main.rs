@@ -530,3 +530,24 @@ async fn shutdown() {
         _ = term => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::with_revocation_service;
+
+    #[test]
+    fn the_revocation_service_is_added_to_the_filter_settings_never_taken_from_them() {
+        let s = with_revocation_service(r#"{"token_cache_size": 16}"#, "k3y").unwrap();
+        let parsed = oidc_core::settings::Settings::parse(s.as_bytes()).unwrap();
+        assert_eq!(parsed.token_cache_size, 16);
+        let r = parsed.revocation_service.unwrap();
+        assert_eq!(
+            (r.cluster.as_str(), r.key.expose()),
+            (sidecar::translate::REVOCATIONS_CLUSTER, "k3y")
+        );
+        assert!(with_revocation_service("", "k").is_ok());
+        let given = r#"{"revocation_service": {"cluster": "x", "key": "y"}}"#;
+        assert!(with_revocation_service(given, "k").is_err());
+        assert!(with_revocation_service("[]", "k").is_err());
+    }
+}

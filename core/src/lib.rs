@@ -19,6 +19,7 @@ pub mod metadata;
 pub mod provider;
 pub mod reply;
 pub mod revocation;
+pub mod revocation_feed;
 pub mod route;
 pub mod secret;
 pub mod session;

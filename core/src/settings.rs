@@ -11,6 +11,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::provider::{self, Intervals};
+use crate::secret::Secret;
 
 /// Default bound of the per-VM verified-token cache (entries).
 pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 4096;
@@ -39,6 +40,26 @@ pub struct Settings {
     /// tuning knob, not documented for users; at least 1.
     #[serde(default = "default_kid_refetch")]
     pub kid_refetch_interval_s: u64,
+    /// The sidecar's revocation service (`crate::revocation_feed`): set
+    /// by the sidecar, which generates its key at start. `None`: logouts
+    /// stay on this Envoy.
+    #[serde(default)]
+    pub revocation_service: Option<RevocationService>,
+}
+
+/// Where the filter posts and polls revocations.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationService {
+    /// The Envoy cluster of the sidecar's service.
+    pub cluster: String,
+    /// The key the service requires (`revocation_feed::KEY_HEADER`).
+    #[serde(deserialize_with = "secret")]
+    pub key: Secret,
+}
+
+fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    Ok(Secret::new(String::deserialize(d)?))
 }
 
 /// Why a settings text was refused (serde's message: it names an unknown
@@ -77,6 +98,7 @@ impl Default for Settings {
             session_cache_size: DEFAULT_SESSION_CACHE_SIZE,
             provider_retry_after_s: provider::RETRY_AFTER_FAILURE,
             kid_refetch_interval_s: provider::KID_REFETCH_INTERVAL,
+            revocation_service: None,
         }
     }
 }
@@ -169,5 +191,20 @@ mod tests {
         let e = Settings::parse(br#"{"session_cache_size": "16"}"#).unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
         assert!(Settings::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn the_revocation_service_is_read_and_its_key_never_printed() {
+        let s = Settings::parse(
+            br#"{"revocation_service": {"cluster": "oidc|revocations", "key": "k3y-v4lue"}}"#,
+        )
+        .unwrap();
+        let r = s.revocation_service.clone().unwrap();
+        assert_eq!(
+            (r.cluster.as_str(), r.key.expose()),
+            ("oidc|revocations", "k3y-v4lue")
+        );
+        assert!(!format!("{s:?}").contains("k3y-v4lue"));
+        assert!(Settings::parse(br#"{"revocation_service": {"cluster": "c"}}"#).is_err());
     }
 }

@@ -10,6 +10,7 @@ use oidc_core::browser::Entropy;
 use oidc_core::exchange::{Host, Note};
 use oidc_core::provider::{Documents, FetchKind, Intervals};
 use oidc_core::revocation::{subjects, Revocation};
+use oidc_core::revocation_feed::Entry;
 use oidc_core::session::{Session, SessionError, SessionId, SessionKey};
 
 use crate::revoked;
@@ -21,6 +22,19 @@ pub struct HostCalls<'a> {
     pub vm: &'a Vm,
     /// The route config version's id in this VM (the memories' key).
     pub route_id: u64,
+}
+
+impl HostCalls<'_> {
+    /// Queues a logout for the other gateways (the root context's tick
+    /// posts it; no request waits).
+    fn share(&self, e: Entry) {
+        if self.vm.revocation_service.is_some() && !self.vm.outbox.push(e) {
+            log::warn!(
+                "openid-connect: the revocation outbox is full; a logout stays on this Envoy"
+            );
+            self.vm.metrics.feed_dropped();
+        }
+    }
 }
 
 impl Entropy for HostCalls<'_> {
@@ -86,6 +100,7 @@ impl Host for HostCalls<'_> {
         revoked::is_revoked(id, now)
     }
     fn revoke(&mut self, r: Revocation, now: u64) {
+        self.share(Entry::session(&r, now));
         let m = &self.vm.metrics;
         match revoked::revoke(r, now) {
             revoked::Outcome::Stored { evicted } => {
@@ -107,6 +122,7 @@ impl Host for HostCalls<'_> {
         revoked::logged_out(key, created_at, now)
     }
     fn log_out(&mut self, r: subjects::Revocation, now: u64) {
+        self.share(Entry::subject(&r));
         let m = &self.vm.metrics;
         match revoked::log_out(r, now) {
             revoked::Outcome::Stored { evicted } => {

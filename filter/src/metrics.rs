@@ -35,6 +35,9 @@ pub struct Metrics {
     backchannel_logout: Option<u32>,
     backchannel_refused: Option<u32>,
     session_backchannel_refused: Option<u32>,
+    feed_received: Option<u32>,
+    feed_failed: Option<u32>,
+    feed_dropped: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -74,6 +77,9 @@ impl Metrics {
             session_revoked_refused: counter("session.revoked_refused"),
             session_revocation_evicted: counter("session.revocation_evicted"),
             session_revocation_failed: counter("session.revocation_failed"),
+            feed_received: counter("revocation_feed.received"),
+            feed_failed: counter("revocation_feed.failed"),
+            feed_dropped: counter("revocation_feed.dropped"),
             logout: counter("logout"),
             backchannel_logout: counter("backchannel.logout"),
             backchannel_refused: counter("backchannel.refused"),
@@ -177,6 +183,20 @@ impl Metrics {
         bump(self.session_revocation_evicted)
     }
     /// The deny-list could not be written (contention).
+    /// Entries the revocation feed brought from the sidecar.
+    pub fn feed_received(&self, n: usize) {
+        if let Some(id) = self.feed_received {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(0));
+        }
+    }
+    /// A POST or poll of the revocation service failed.
+    pub fn feed_failed(&self) {
+        bump(self.feed_failed)
+    }
+    /// A logout not posted: the outbox was full.
+    pub fn feed_dropped(&self) {
+        bump(self.feed_dropped)
+    }
     pub fn session_revocation_failed(&self) {
         bump(self.session_revocation_failed)
     }

@@ -13,7 +13,9 @@ use oidc_core::session::{self, Session, SessionError, SessionId, SessionKey};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use oidc_core::provider::Intervals;
-use oidc_core::settings::Settings;
+use oidc_core::settings::{RevocationService, Settings};
+
+use crate::feed::Outbox;
 
 /// Route configs kept per VM before the table is cleared (config versions
 /// pile up as routes change).
@@ -56,6 +58,10 @@ pub struct Vm {
     pub metrics: Metrics,
     /// The wall-clock rules' intervals (listener settings).
     pub intervals: Intervals,
+    /// The sidecar's revocation service (listener settings).
+    pub revocation_service: Option<RevocationService>,
+    /// Logouts to post to it.
+    pub outbox: Outbox,
 }
 
 fn bounded(n: usize) -> NonZeroUsize {
@@ -77,6 +83,8 @@ impl Vm {
             store: Store::default(),
             metrics: Metrics::define(),
             intervals: settings.intervals(),
+            revocation_service: settings.revocation_service.clone(),
+            outbox: Outbox::default(),
         }
     }
 

@@ -279,6 +279,7 @@ async fn run(o: Options) -> Result<(), String> {
         .map_err(|e| format!("cannot load routes and upstreams: {e}"))?;
     warn_about_stored_nodes(&state.known().data, &nodes);
     let routes = state.subscribe();
+    let etcd_for_revocations = etcd.clone();
     if let Some(e) = etcd {
         tracing::info!(
             etcd = ?o.etcd,
@@ -297,13 +298,55 @@ async fn run(o: Options) -> Result<(), String> {
         Duration::from_secs(o.discovery_timeout),
     ));
 
+    // Files beside --data: the revocation service's key and the ports of
+    // the sink and the service (the same ports after a restart: Envoy's
+    // clusters stay the same).
+    let beside_data = |suffix: &str| {
+        let stem = o
+            .data
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("routes");
+        o.data.with_file_name(format!("{stem}.{suffix}"))
+    };
+
     // The back-channel sink, on the xDS address's host (Envoy reaches it).
-    let sink = tokio::net::TcpListener::bind((o.xds_addr.ip(), 0))
+    let sink = bind_remembered(o.xds_addr.ip(), &beside_data("sink-port"))
         .await
-        .and_then(|l| Ok((l.local_addr()?, l)))
         .map_err(|e| format!("cannot listen for the back-channel sink: {e}"))?;
     let backchannel_sink = Some(sink.0);
     tokio::spawn(sidecar::sink::run(sink.1));
+
+    // The revocation service, on the same host: logouts shared by every
+    // gateway on the store. Its key (made at the first start, kept beside
+    // --data) reaches only Envoy (in the listener's filter settings).
+    let revocations_backend = match &etcd_for_revocations {
+        Some(e) => e.revocations_backend(),
+        None => sidecar::revocations::Backend::File(beside_data("revocations.json")),
+    };
+    let revocation_key = match sidecar::revocations::key_in(&beside_data("revocation-key")) {
+        Ok(k) => k,
+        // A read-only folder (etcd holds the routes): a key for this run
+        // (a restart then changes Envoy's listener settings).
+        Err(e) if etcd_for_revocations.is_some() => {
+            tracing::warn!("cannot keep the revocation service's key: {e}");
+            secrets::generate_secret()?
+        }
+        Err(e) => return Err(e),
+    };
+    let revocations =
+        sidecar::revocations::Service::start(revocations_backend, revocation_key.clone())
+            .await
+            .map_err(|e| format!("cannot load the revocations: {e}"))?;
+    tokio::spawn(revocations.clone().watch());
+    let revocations_listener = bind_remembered(o.xds_addr.ip(), &beside_data("revocations-port"))
+        .await
+        .map_err(|e| format!("cannot listen for the revocation service: {e}"))?;
+    tokio::spawn(sidecar::revocations::serve(
+        revocations_listener.1,
+        revocations,
+    ));
+    let filter_settings = with_revocation_service(&o.filter_settings, &revocation_key)?;
 
     let status = XdsStatus::new();
     let proxy = ProxySettings {
@@ -311,9 +354,10 @@ async fn run(o: Options) -> Result<(), String> {
         proxy_port: o.proxy_port,
         https_port: o.https_port,
         wasm_path: wasm,
-        filter_settings: o.filter_settings,
+        filter_settings,
         trusted_proxy_hops: o.trusted_proxy_hops,
         backchannel_sink,
+        revocations: Some(revocations_listener.0),
     };
     let xds_listener = tokio::net::TcpListener::bind(o.xds_addr)
         .await
@@ -360,6 +404,56 @@ async fn run(o: Options) -> Result<(), String> {
             Err(e) => Err(format!("xDS task: {e}")),
         },
     }
+}
+
+/// A listener on `ip`, on the port written in `file` when it is free (else
+/// on a new one, written there).
+async fn bind_remembered(
+    ip: std::net::IpAddr,
+    file: &std::path::Path,
+) -> std::io::Result<(SocketAddr, tokio::net::TcpListener)> {
+    let remembered = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u16>().ok())
+        .filter(|p| *p != 0);
+    let listener = match remembered {
+        Some(port) => match tokio::net::TcpListener::bind((ip, port)).await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind((ip, 0)).await?,
+        },
+        None => tokio::net::TcpListener::bind((ip, 0)).await?,
+    };
+    let addr = listener.local_addr()?;
+    if remembered != Some(addr.port()) {
+        if let Err(e) = std::fs::write(file, addr.port().to_string()) {
+            tracing::warn!("cannot remember the port in {}: {e}", file.display());
+        }
+    }
+    Ok((addr, listener))
+}
+
+/// The filter settings with the revocation service (its cluster and
+/// key) added; one given in `--filter-settings` is refused.
+fn with_revocation_service(settings: &str, key: &str) -> Result<String, String> {
+    let mut v: serde_json::Value = if settings.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_str(settings).map_err(|e| format!("--filter-settings: {e}"))?
+    };
+    let Some(obj) = v.as_object_mut() else {
+        return Err("--filter-settings: not a JSON object".into());
+    };
+    if obj.contains_key("revocation_service") {
+        return Err("--filter-settings: revocation_service is set by the sidecar".into());
+    }
+    obj.insert(
+        "revocation_service".into(),
+        serde_json::json!({
+            "cluster": sidecar::translate::REVOCATIONS_CLUSTER,
+            "key": key,
+        }),
+    );
+    Ok(v.to_string())
 }
 
 /// Routes, services and upstreams stored before the node checks (or with other
@@ -434,5 +528,26 @@ async fn shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_revocation_service;
+
+    #[test]
+    fn the_revocation_service_is_added_to_the_filter_settings_never_taken_from_them() {
+        let s = with_revocation_service(r#"{"token_cache_size": 16}"#, "k3y").unwrap();
+        let parsed = oidc_core::settings::Settings::parse(s.as_bytes()).unwrap();
+        assert_eq!(parsed.token_cache_size, 16);
+        let r = parsed.revocation_service.unwrap();
+        assert_eq!(
+            (r.cluster.as_str(), r.key.expose()),
+            (sidecar::translate::REVOCATIONS_CLUSTER, "k3y")
+        );
+        assert!(with_revocation_service("", "k").is_ok());
+        let given = r#"{"revocation_service": {"cluster": "x", "key": "y"}}"#;
+        assert!(with_revocation_service(given, "k").is_err());
+        assert!(with_revocation_service("[]", "k").is_err());
     }
 }

@@ -275,6 +275,7 @@ impl XdsEnvoy {
             filter_settings: "{}".into(),
             trusted_proxy_hops: 0,
             backchannel_sink: None,
+            revocations: None,
         };
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -389,6 +389,7 @@ async fn envoy_follows_route_changes_without_draining_its_listener() {
         filter_settings: "{}".into(),
         trusted_proxy_hops: 0,
         backchannel_sink: None,
+        revocations: None,
     };
     let server = tokio::spawn(serve_on(
         listener,

@@ -121,6 +121,16 @@ impl EtcdStore {
         })
     }
 
+    /// The client, prefix and call timeout, for the revocation service's
+    /// keys (`<prefix>/oidc_revocations/`).
+    pub fn revocations_backend(&self) -> crate::revocations::Backend {
+        crate::revocations::Backend::Etcd {
+            client: self.client.clone(),
+            prefix: self.prefix.clone(),
+            timeout: self.timeout,
+        }
+    }
+
     fn key(&self, kind: ResourceKind, id: &str) -> String {
         kind.key(&self.prefix, id)
     }

@@ -193,6 +193,9 @@ pub struct ProxySettings {
     /// filter holds its body, so that the route's upstream never sees it.
     /// `None`: no sink routes (the upstream gets the request's headers).
     pub backchannel_sink: Option<std::net::SocketAddr>,
+    /// The sidecar's revocation service ([`REVOCATIONS_CLUSTER`]); its
+    /// key is in `filter_settings` (`revocation_service`).
+    pub revocations: Option<std::net::SocketAddr>,
 }
 
 /// The cluster of the sidecar's back-channel sink: a listener that accepts
@@ -202,6 +205,10 @@ pub struct ProxySettings {
 /// stops the body callbacks too), so the router opens a request, to this
 /// cluster, reset when the filter answers.
 pub const BACKCHANNEL_SINK_CLUSTER: &str = "oidc|backchannel-sink";
+
+/// The cluster of the sidecar's revocation service
+/// (`crate::revocations`), which the filter posts logouts to and polls.
+pub const REVOCATIONS_CLUSTER: &str = "oidc|revocations";
 
 /// Envoy's resources for one route set.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -227,7 +234,12 @@ pub struct Skipped {
 
 /// The sink cluster ([`BACKCHANNEL_SINK_CLUSTER`]).
 fn sink_cluster(addr: std::net::SocketAddr) -> Cluster {
-    let name = BACKCHANNEL_SINK_CLUSTER.to_string();
+    local_cluster(BACKCHANNEL_SINK_CLUSTER, addr)
+}
+
+/// A static cluster of one of the sidecar's own listeners.
+fn local_cluster(name: &str, addr: std::net::SocketAddr) -> Cluster {
+    let name = name.to_string();
     Cluster {
         name: name.clone(),
         connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECS)),
@@ -317,6 +329,9 @@ pub fn translate_shared(
         if backchannel_sinks(&mut rc, &specs) {
             clusters.push(sink_cluster(sink));
         }
+    }
+    if let Some(addr) = s.revocations {
+        clusters.push(local_cluster(REVOCATIONS_CLUSTER, addr));
     }
     plugins::expand(&mut rc, &specs, s.https_port);
     Resources {

@@ -15,6 +15,7 @@ fn settings() -> ProxySettings {
         filter_settings: r#"{"token_cache_size":16}"#.into(),
         trusted_proxy_hops: 0,
         backchannel_sink: None,
+        revocations: None,
     }
 }
 

@@ -20,6 +20,7 @@ fn settings() -> ProxySettings {
         filter_settings: "{}".into(),
         trusted_proxy_hops: 0,
         backchannel_sink: None,
+        revocations: None,
     }
 }
 

@@ -168,11 +168,13 @@ def jwt_authn_filter(issuer, jwks, cache):
 
 def gateway_filters(oidc_filters):
     """The gateway's listener as the sidecar writes it (translate/listener.rs):
-    CORS, RBAC, the wasm filter, the two local rate limits, with no
-    per-route config: what a route without those plugins passes through."""
+    CORS, RBAC, the wasm filter, the two local rate limits, the plugins'
+    filters `disabled` unless a route enables them: what a route without
+    those plugins passes through."""
     typed = lambda name, t, extra=None: {
         "name": name,
         "typed_config": {"@type": f"type.googleapis.com/{t}", **(extra or {})},
+        "disabled": True,
     }
     return ([typed("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
              typed("envoy.filters.http.rbac", "envoy.extensions.filters.http.rbac.v3.RBAC")]

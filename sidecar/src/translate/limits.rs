@@ -66,6 +66,8 @@ pub(super) fn limit_filter(name: &str, stat: &str) -> HttpFilter {
                 ..Default::default()
             },
         ))),
+        // On only where a route enables it (`enabled_on_route`).
+        disabled: true,
         ..Default::default()
     }
 }
@@ -185,7 +187,7 @@ pub(super) fn apply(spec: &RouteSpec, route: &mut Route) {
         };
         route
             .typed_per_filter_config
-            .insert(LIMIT_COUNT_FILTER.into(), to_any(&per_route(&b)));
+            .insert(LIMIT_COUNT_FILTER.into(), enabled_on_route(&per_route(&b)));
         note("count", c.rejected_code, &c.rejected_msg);
     }
     if let Some(r) = &p.limit_req {
@@ -201,7 +203,7 @@ pub(super) fn apply(spec: &RouteSpec, route: &mut Route) {
         };
         route
             .typed_per_filter_config
-            .insert(LIMIT_REQ_FILTER.into(), to_any(&per_route(&b)));
+            .insert(LIMIT_REQ_FILTER.into(), enabled_on_route(&per_route(&b)));
         note("req", r.rejected_code, &r.rejected_msg);
     }
     if !meta.fields.is_empty() {

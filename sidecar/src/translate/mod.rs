@@ -270,6 +270,20 @@ pub fn provider_urls(plugin: &PluginConfig) -> Vec<String> {
 }
 
 /// Packs a message into an `Any`.
+/// A per-route config of an HTTP filter the listener declares `disabled`
+/// (CORS, RBAC, the rate limits): wrapped in `FilterConfig` with
+/// `disabled: false`, it turns the filter on for that route only. A route
+/// without one does not run the filter at all (Envoy builds the chain
+/// after choosing the route): ~10k instructions per request less than
+/// four filters that run and find nothing to do (bench scenario 17).
+pub(crate) fn enabled_on_route<M: prost::Name>(m: &M) -> Any {
+    to_any(&envoy_types::pb::envoy::config::route::v3::FilterConfig {
+        config: Some(to_any(m)),
+        is_optional: false,
+        disabled: false,
+    })
+}
+
 pub fn to_any<M: prost::Name>(m: &M) -> Any {
     Any {
         type_url: M::type_url(),

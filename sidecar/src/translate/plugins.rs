@@ -108,6 +108,8 @@ pub(super) fn cors_filter() -> HttpFilter {
         config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
             &CorsFilter::default(),
         ))),
+        // On only where a route enables it (`enabled_on_route`).
+        disabled: true,
         ..Default::default()
     }
 }
@@ -148,7 +150,7 @@ fn cors(c: &Cors, route: &mut Route) {
     };
     route
         .typed_per_filter_config
-        .insert(CORS_FILTER.into(), to_any(&policy));
+        .insert(CORS_FILTER.into(), enabled_on_route(&policy));
 }
 
 /// The RBAC filter's name (its per-route config's key).
@@ -163,6 +165,8 @@ pub(super) fn rbac_filter() -> HttpFilter {
         config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
             &RbacFilter::default(),
         ))),
+        // On only where a route enables it (`enabled_on_route`).
+        disabled: true,
         ..Default::default()
     }
 }
@@ -257,7 +261,7 @@ fn ip_restriction(r: &IpRestriction, route: &mut Route) {
     };
     route
         .typed_per_filter_config
-        .insert(RBAC_FILTER.into(), to_any(&per_route));
+        .insert(RBAC_FILTER.into(), enabled_on_route(&per_route));
     let message = Struct {
         fields: [(
             "message".to_string(),

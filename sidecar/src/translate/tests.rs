@@ -57,7 +57,18 @@ fn run(routes: &[(&str, Value)]) -> Resources {
     r
 }
 
+/// Decodes `any`, or the config inside a route's `FilterConfig` (a filter
+/// the listener declares disabled, enabled on the route).
 fn decode<M: prost::Message + Default>(any: &Any) -> M {
+    use envoy_types::pb::envoy::config::route::v3::FilterConfig;
+    if any
+        .type_url
+        .ends_with("/envoy.config.route.v3.FilterConfig")
+    {
+        let f = FilterConfig::decode(any.value.as_slice()).expect("decodes");
+        assert!(!f.disabled, "a route's FilterConfig enables its filter");
+        return decode(f.config.as_ref().expect("a config"));
+    }
     M::decode(any.value.as_slice()).expect("decodes")
 }
 
@@ -773,6 +784,25 @@ fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
     };
     let hcm: HttpConnectionManager = decode(any);
     assert_eq!(hcm.stat_prefix, STAT_PREFIX);
+    // The plugins' filters run only on routes that enable them; the
+    // openid-connect filter (which also strips forged identity headers)
+    // and the router run everywhere.
+    let off: Vec<(&str, bool)> = hcm
+        .http_filters
+        .iter()
+        .map(|f| (f.name.as_str(), f.disabled))
+        .collect();
+    assert_eq!(
+        off,
+        [
+            ("envoy.filters.http.cors", true),
+            ("envoy.filters.http.rbac", true),
+            ("envoy.filters.http.wasm", false),
+            ("apisix.limit-count", true),
+            ("apisix.limit-req", true),
+            ("envoy.filters.http.router", false),
+        ]
+    );
     assert_eq!(hcm.normalize_path, Some(BoolValue { value: true }));
     assert!(hcm.merge_slashes);
     // Matching as nginx does: `%2F` / `%5C` decoded (by a redirect),

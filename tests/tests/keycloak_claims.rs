@@ -64,21 +64,26 @@ fn only_id(r: &Response, what: &str) -> String {
     list[0]["id"].as_str().expect("id").to_string()
 }
 
-/// Puts a bearer route (`use_jwks`) with `schema`, waits until Envoy
-/// denies `lacks` with `invalid_token` naming `failed` (so the route with
-/// this schema is the one in force), then checks that `has` passes.
+const JWKS: &str = "\"bearer_only\": true, \"use_jwks\": true,";
+const INTROSPECTION: &str = "\"bearer_only\": true,";
+
+/// Replaces the route by a bearer route (`bearer`: JWKS or introspection)
+/// with `schema`, waits until Envoy denies `lacks` with `invalid_token`
+/// naming `failed` (after the previous route is gone: the denial is this
+/// route's), then checks that `has` passes.
 #[allow(clippy::too_many_arguments)]
 fn check_recipe(
     gw: &Gateway,
     keycloak: &Keycloak,
     node: &str,
     recipe: &str,
+    bearer: &str,
     schema: &Value,
     has: &str,
     lacks: &str,
     failed: &str,
 ) {
-    let lines = format!("\"bearer_only\": true, \"use_jwks\": true, \"claim_schema\": {schema},");
+    let lines = format!("{bearer} \"claim_schema\": {schema},");
     let body = tutorial_route(
         &lines,
         CLIENT_SECRET,
@@ -86,12 +91,21 @@ fn check_recipe(
         node,
         gw.proxy_port,
     );
-    let r = gw.admin("PUT", "/apisix/admin/routes", Some(&body));
-    assert!(r.status == 200 || r.status == 201, "{recipe}: {}", r.body);
     let call = |token: &str| -> Response {
         let auth = format!("Bearer {token}");
         get(&gw.url("/anything/test"), &[("authorization", &auth)]).expect("the gateway answers")
     };
+    // Delete the previous route and wait until Envoy has no route (404),
+    // so that the denial below comes from this one.
+    let r = gw.admin("DELETE", "/apisix/admin/routes/auth-with-oidc", None);
+    assert_eq!(r.status, 200, "{recipe}: {}", r.body);
+    wait_for(
+        &format!("{recipe}: the previous route gone"),
+        Duration::from_secs(10),
+        || (call(lacks).status == 404).then_some(()),
+    );
+    let r = gw.admin("PUT", "/apisix/admin/routes", Some(&body));
+    assert!(r.status == 200 || r.status == 201, "{recipe}: {}", r.body);
     let expected = format!("claim_schema: {failed}");
     let denied = wait_for(
         &format!(
@@ -324,6 +338,7 @@ fn keycloak_recipes_against_keycloak() {
         &keycloak,
         &node,
         "client role",
+        JWKS,
         &client_role,
         &user,
         &other_token,
@@ -339,6 +354,7 @@ fn keycloak_recipes_against_keycloak() {
         &keycloak,
         &node,
         "group",
+        JWKS,
         &groups,
         &user,
         &other_token,
@@ -364,6 +380,20 @@ fn keycloak_recipes_against_keycloak() {
         &keycloak,
         &node,
         "group (another one)",
+        JWKS,
+        &groups,
+        &user,
+        &guest_token,
+        "contains failed at /groups",
+    );
+    // The same on an introspection route (the mapper's "Add to token
+    // introspection" is on).
+    check_recipe(
+        &gw,
+        &keycloak,
+        &node,
+        "group (introspection)",
+        INTROSPECTION,
         &groups,
         &user,
         &guest_token,
@@ -382,6 +412,7 @@ fn keycloak_recipes_against_keycloak() {
         &keycloak,
         &node,
         "e-mail domain",
+        JWKS,
         &email,
         &user,
         &other_token,
@@ -401,6 +432,7 @@ fn keycloak_recipes_against_keycloak() {
         &keycloak,
         &node,
         "e-mail verified",
+        JWKS,
         &email,
         &user,
         &unverified,

@@ -23,6 +23,7 @@
 //! envoy.update_routes(&[Route::prefix("/").direct(503, "down")]);
 //! ```
 
+pub mod admin_calls;
 pub mod browser;
 pub mod echo;
 pub mod envoy;

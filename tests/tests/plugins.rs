@@ -4,53 +4,13 @@
 
 use std::time::Duration;
 
+use integration_tests::admin_calls::{admin, oidc, put, refused};
 use integration_tests::gateway::Gateway;
 use integration_tests::http::request;
-use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET};
 use integration_tests::{
     free_port, get, wait_for, Httpbin, Provider, ProviderOptions, Response, TestDir,
 };
 use serde_json::{json, Value};
-
-fn oidc(discovery: &str, extra: Value) -> Value {
-    let mut p = json!({
-        "client_id": CLIENT_ID,
-        "client_secret": DEFAULT_CLIENT_SECRET,
-        "discovery": discovery,
-        "scope": "openid profile",
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        p[k] = v.clone();
-    }
-    p
-}
-
-fn admin(gw: &Gateway, method: &str, path: &str, body: &Value) -> Response {
-    gw.admin(method, path, Some(&body.to_string()))
-}
-
-/// PUT, expecting 200 or 201.
-fn put(gw: &Gateway, path: &str, body: &Value) {
-    let r = admin(gw, "PUT", path, body);
-    assert!(
-        r.status == 201 || r.status == 200,
-        "PUT {path}: {} {}",
-        r.status,
-        r.body
-    );
-}
-
-/// A 400 whose `error_msg` contains every one of `want`.
-fn refused(r: &Response, want: &[&str]) {
-    assert_eq!(r.status, 400, "{}", r.body);
-    let msg = r.json()["error_msg"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    for w in want {
-        assert!(msg.contains(w), "missing {w:?} in {msg}");
-    }
-}
 
 /// Waits until GET `path` answers `want`, and returns that answer.
 fn serves(gw: &Gateway, path: &str, headers: &[(&str, &str)], want: u16) -> Response {

@@ -405,6 +405,14 @@ pub fn static_server(dir: &TestDir, name: &str) -> (u16, Proc) {
     (port, proc)
 }
 
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,3 +268,24 @@ fn command(port: u16, o: &ProviderOptions) -> Command {
     }
     cmd
 }
+
+/// `node tests/provider/sign.js <args>` with `stdin`.
+pub fn sign_js(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(node_bin())
+        .arg("sign.js")
+        .args(args)
+        .current_dir(provider_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node sign.js");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "sign.js {args:?} failed");
+    String::from_utf8(out.stdout).unwrap()
+}

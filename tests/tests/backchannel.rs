@@ -10,14 +10,15 @@
 //! them from a login's); the browser test makes real ones.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use integration_tests::browser::Browser;
 use integration_tests::gateway::Gateway;
 use integration_tests::http::request;
-use integration_tests::provider::{node_bin, provider_dir, CLIENT_ID, DEFAULT_CLIENT_SECRET};
-use integration_tests::{wait_for, Httpbin, Provider, ProviderOptions, Response, TestDir};
+use integration_tests::provider::{sign_js, CLIENT_ID, DEFAULT_CLIENT_SECRET};
+use integration_tests::{
+    unix_now as now, wait_for, Httpbin, Provider, ProviderOptions, Response, TestDir,
+};
 use oidc_core::secret::Secret;
 use oidc_core::session::{self, Session, SessionId, SessionKey};
 use serde_json::{json, Value};
@@ -37,34 +38,6 @@ struct Stack {
     key: PathBuf,
     other_key: PathBuf,
     dir: TestDir,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// `node tests/provider/sign.js <args>` with `stdin`.
-fn sign_js(args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let mut child = Command::new(node_bin())
-        .arg("sign.js")
-        .args(args)
-        .current_dir(provider_dir())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("node sign.js");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "sign.js {args:?} failed");
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn new_key(dir: &Path, file: &str, kid: &str) -> PathBuf {

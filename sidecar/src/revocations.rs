@@ -31,7 +31,6 @@ use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use oidc_core::revocation_feed::{
     Cursor, Entry, List, Page, Post, KEY_HEADER, MAX_PER_PAGE, MAX_PER_POST, PATH,
 };
-use subtle::ConstantTimeEq;
 
 /// Live entries kept (the filters' two deny-lists hold 8192 each).
 pub const MAX_ENTRIES: usize = 16384;
@@ -231,6 +230,17 @@ pub struct Service {
     log: Arc<Mutex<Log>>,
     backend: Backend,
     key: Arc<String>,
+    /// Changes taken into the log and not yet stored; held across a whole
+    /// [`Service::add`], so adds (and file writes) happen one at a time
+    /// and a failed store is retried by the next add (the filter retries
+    /// a post that got 503): an acknowledged entry is always stored.
+    unstored: Arc<tokio::sync::Mutex<Unstored>>,
+}
+
+#[derive(Default)]
+struct Unstored {
+    changed: Vec<Entry>,
+    evicted: Vec<Entry>,
 }
 
 fn now() -> u64 {
@@ -260,6 +270,7 @@ impl Service {
             log: Arc::new(Mutex::new(Log::new(epoch))),
             backend,
             key: Arc::new(key),
+            unstored: Arc::default(),
         };
         let stored = s.load().await?;
         let now = now();
@@ -319,19 +330,24 @@ impl Service {
     /// Takes entries (checked), keeps the changed ones in the store.
     pub async fn add(&self, entries: &[Entry]) -> Result<(), String> {
         let now = now();
-        let mut changed = Vec::new();
-        let mut evicted = Vec::new();
+        let mut unstored = self.unstored.lock().await;
         {
             let mut log = self.lock();
             for e in entries {
                 let r = log.insert(*e, now)?;
-                changed.extend(r.changed);
-                evicted.extend(r.evicted);
+                unstored.changed.extend(r.changed);
+                unstored.evicted.extend(r.evicted);
             }
         }
-        if changed.is_empty() && evicted.is_empty() {
+        if unstored.changed.is_empty() && unstored.evicted.is_empty() {
             return Ok(());
         }
+        self.store(&unstored, now).await?;
+        *unstored = Unstored::default();
+        Ok(())
+    }
+
+    async fn store(&self, u: &Unstored, now: u64) -> Result<(), String> {
         match &self.backend {
             Backend::Memory => Ok(()),
             Backend::File(path) => {
@@ -345,9 +361,8 @@ impl Service {
             } => {
                 let mut kv = client.kv_client();
                 let mut lease = client.lease_client();
-                for e in &changed {
-                    let ttl =
-                        i64::try_from(e.until.saturating_sub(now).max(1) + 1).unwrap_or(i64::MAX);
+                for e in u.changed.iter().filter(|e| e.until > now) {
+                    let ttl = i64::try_from(e.until.saturating_sub(now) + 1).unwrap_or(i64::MAX);
                     let value = serde_json::to_vec(e).map_err(|e| e.to_string())?;
                     let key = format!("{}{}", Self::dir(prefix), entry_name(e));
                     tokio::time::timeout(*timeout, async {
@@ -360,7 +375,7 @@ impl Service {
                     .map_err(|_| "etcd: no answer storing a revocation".to_string())?
                     .map_err(|e| format!("etcd: storing a revocation: {e}"))?;
                 }
-                for e in &evicted {
+                for e in &u.evicted {
                     let key = format!("{}{}", Self::dir(prefix), entry_name(e));
                     let _ = tokio::time::timeout(*timeout, kv.delete(key, None)).await;
                 }
@@ -430,32 +445,17 @@ impl Service {
 }
 
 fn write_file(path: &std::path::Path, entries: &[Entry]) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
     let text = serde_json::to_vec(&Post {
         entries: entries.to_vec(),
     })
     .map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(&text)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    crate::store::replace_private(path, &text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The service's key: the one in `path` (mode 0600), else a new one
 /// written there. Kept, so that a restarted sidecar gives Envoy the same
 /// listener settings (a changed listener is drained and replaced).
 pub fn key_in(path: &std::path::Path) -> Result<String, String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
     let named = |e: std::io::Error| format!("{}: {e}", path.display());
     match std::fs::read_to_string(path) {
         Ok(text) => {
@@ -470,15 +470,8 @@ pub fn key_in(path: &std::path::Path) -> Result<String, String> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = crate::apisix::secrets::generate_secret()?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(named)?;
-            f.write_all(key.as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(named)?;
+            // Whole or absent: an empty key file would stop every start.
+            crate::store::replace_private(path, key.as_bytes()).map_err(named)?;
             Ok(key)
         }
         Err(e) => Err(named(e)),
@@ -494,7 +487,7 @@ fn allowed(s: &Service, headers: &HeaderMap) -> Result<(), StatusCode> {
         .get(KEY_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if bool::from(given.ct_eq(s.key.as_bytes())) && !given.is_empty() {
+    if crate::apisix::secrets::key_matches(&s.key, given) {
         Ok(())
     } else {
         Err(StatusCode::UNAUTHORIZED)
@@ -645,6 +638,28 @@ mod tests {
         s.add(&[x]).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let again = Service::start(Backend::File(path.clone()), "k".into())
+            .await
+            .unwrap();
+        assert_eq!(again.entries(), vec![x]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A store that fails leaves the change to the next add: the filter
+    /// posts the same entries again after a 503, and the log already has
+    /// them; they must still reach the file then.
+    #[tokio::test]
+    async fn a_failed_store_is_retried_by_the_next_add() {
+        let dir = std::env::temp_dir().join(format!("revocations-retry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("revocations.json");
+        let s = Service::start(Backend::File(path.clone()), "k".into())
+            .await
+            .unwrap();
+        let x = e(List::Session, 4, now() + 100);
+        assert!(s.add(&[x]).await.is_err(), "no directory: the write fails");
+        std::fs::create_dir_all(&dir).unwrap();
+        s.add(&[x]).await.unwrap();
         let again = Service::start(Backend::File(path.clone()), "k".into())
             .await
             .unwrap();

@@ -93,10 +93,7 @@ impl FileStore {
 
     /// The directory the file lives in (`.` for a bare file name).
     fn dir(&self) -> PathBuf {
-        match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
+        dir_of(&self.path)
     }
 
     /// The objects of one kind, each carrying its own id.
@@ -114,17 +111,6 @@ impl FileStore {
             out.insert(id.clone(), v.clone());
         }
         Ok(out)
-    }
-
-    fn temp_path(&self) -> PathBuf {
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "routes".into());
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.dir()
-            .join(format!(".{name}.tmp.{}.{n}", std::process::id()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
@@ -354,14 +340,7 @@ impl FileStore {
             .map_err(|e| StoreError::Other(format!("cannot encode the routes: {e}")))?;
         bytes.push(b'\n');
 
-        let tmp = self.temp_path();
-        let written = write_new_private(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &self.path));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(self.io("write", e));
-        }
-        // The rename is durable once the directory entry is.
-        sync_dir(&self.dir()).map_err(|e| self.io("sync the directory of", e))
+        replace_private(&self.path, &bytes).map_err(|e| self.io("write", e))
     }
 }
 
@@ -377,6 +356,35 @@ fn private(f: &File) -> io::Result<()> {
         let _ = f;
         Ok(())
     }
+}
+
+/// The directory `path` lives in (`.` for a bare file name).
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Replaces `path` with `bytes`, whole or not at all, readable by the
+/// owner only, durable when this returns: a new temp file beside it
+/// (unique per process and call), synced, renamed over `path`, the
+/// directory synced. The temp file is removed when a step fails.
+pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "routes".into());
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = dir_of(path);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
+    let written = write_new_private(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename is durable once the directory entry is.
+    sync_dir(&dir)
 }
 
 /// Creates `path` (which must not exist) readable by the owner only, writes

@@ -35,11 +35,15 @@ pub fn revoke(r: Revocation, now: u64) -> Outcome {
     Outcome::Failed
 }
 
-/// Whether the session `id` logged out (on this Envoy).
+/// Whether the session `id` logged out (on this Envoy); `true` when the
+/// shared data cannot be read.
 pub fn is_revoked(id: &SessionId, now: u64) -> bool {
     match hostcalls::get_shared_data(&revocation::shard_key(id)) {
         Ok((Some(v), _)) => revocation::is_revoked(&v, id, now),
-        _ => false,
+        Ok((None, _)) => false,
+        // The host could not answer: refuse rather than let a session
+        // that may have logged out through.
+        Err(_) => true,
     }
 }
 
@@ -48,7 +52,8 @@ pub fn is_revoked(id: &SessionId, now: u64) -> bool {
 pub fn logged_out(key: &[u8; 16], created_at: u64, now: u64) -> bool {
     match hostcalls::get_shared_data(&subjects::shard_key(key)) {
         Ok((Some(v), _)) => subjects::is_revoked(&v, key, created_at, now),
-        _ => false,
+        Ok((None, _)) => false,
+        Err(_) => true,
     }
 }
 

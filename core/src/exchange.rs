@@ -315,25 +315,28 @@ impl Exchange {
         };
         let c = &route.config;
         let done = |effect| (Exchange::new(Side::Done), effect);
-        // The provider's back-channel logout, before anything else.
+        // The provider's back-channel logout, before anything else (only
+        // on routes that name its path: no header copies on the others).
         let text = |name| header(name).ok().flatten();
-        match backchannel::start(
-            route,
-            text(":method").as_deref(),
-            text(":path").as_deref(),
-            text("content-type").as_deref(),
-        ) {
-            backchannel::Start::NotHere => {}
-            backchannel::Start::Refuse(reply, why) => {
-                return done(Effect::Reply(reply, Event::BackchannelRefused(why)))
-            }
-            backchannel::Start::ReadBody => {
-                return (
-                    Exchange::new(Side::Backchannel(None)),
-                    Effect::ReadBody {
-                        limit: backchannel::MAX_BODY,
-                    },
-                )
+        if c.backchannel_logout_path.is_some() {
+            match backchannel::start(
+                route,
+                text(":method").as_deref(),
+                text(":path").as_deref(),
+                text("content-type").as_deref(),
+            ) {
+                backchannel::Start::NotHere => {}
+                backchannel::Start::Refuse(reply, why) => {
+                    return done(Effect::Reply(reply, Event::BackchannelRefused(why)))
+                }
+                backchannel::Start::ReadBody => {
+                    return (
+                        Exchange::new(Side::Backchannel(None)),
+                        Effect::ReadBody {
+                            limit: backchannel::MAX_BODY,
+                        },
+                    )
+                }
             }
         }
         let token = if c.checks_bearer_tokens() {

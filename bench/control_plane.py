@@ -49,6 +49,9 @@ ETCD_BEGIN = "<!-- control-plane-etcd: begin (bench/control_plane.py --etcd) -->
 ETCD_END = "<!-- control-plane-etcd: end -->"
 # `--etcd`: the etcd URL, and a key prefix per gateway (a fresh store each).
 ETCD = {"url": None, "n": 0}
+# `--sotw`: Envoy asks for state-of-the-world xDS (`api_type: GRPC`), not
+# incremental (the bootstrap's `DELTA_GRPC`).
+MODE = {"sotw": False}
 SHARED_UPSTREAMS = 10
 
 
@@ -166,6 +169,8 @@ class Gateway:
                 {"RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn")})
             wait_until("the writing sidecar", lambda: port_open(self.writer_admin))
         text = (ROOT / "envoy/bootstrap.yaml").read_text()
+        if MODE["sotw"]:
+            text = text.replace("api_type: DELTA_GRPC", "api_type: GRPC")
         for k, v in {"XDS_PORT": self.xds, "ENVOY_ADMIN_PORT": self.envoy_admin, "NODE_ID": f"cp-{tag}"}.items():
             text = text.replace("${" + k + "}", str(v))
         boot = work / f"bootstrap-{tag}.yaml"
@@ -296,6 +301,7 @@ def sequential(work, n, up_port, samples):
                 times.append(time.monotonic() - s)
             match[label] = statistics.median(times)
         envoy_apply = envoy_update_durations(gw)
+        envoy_apply.update(snapshot_builds(work / f"sidecar-seq-{n}.log"))
         list_t = []
         for _ in range(5):
             s = time.monotonic()
@@ -335,6 +341,24 @@ def envoy_update_durations(gw):
             if m and m.group(2) != "nan":
                 out[f"envoy_{key}_p{p}"] = float(m.group(2)) / 1000
     return out
+
+
+def snapshot_builds(log):
+    """The sidecar's own time per snapshot build over the load (its
+    `xDS snapshot ... took` lines: logged at info, so only with
+    `BENCH_RUST_LOG=warn,sidecar::xds=info`): p50 and p99, seconds."""
+    unit = {"s": 1, "ms": 1e-3, "µs": 1e-6, "ns": 1e-9}
+    took = []
+    try:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
+    except OSError:
+        return {}
+    for m in re.finditer(r"took=([0-9.]+)(s|ms|µs|ns) xDS snapshot|xDS snapshot.*?took=([0-9.]+)(s|ms|µs|ns)", text):
+        v, u = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        took.append(float(v) * unit[u])
+    if not took:
+        return {}
+    return {"build_p50": pct(took, 50), "build_p99": pct(took, 99), "builds": len(took)}
 
 
 def restart(work, n, data):
@@ -392,21 +416,26 @@ def render(rows, note):
                f"{os.cpu_count()} cores; the sidecar `{SIDECAR.relative_to(ROOT) if SIDECAR.is_relative_to(ROOT) else SIDECAR}`"
                + (" (etcd store: a local etcd; the routes PUT through a second sidecar on the same etcd, so **served "
                   "after** is a write from another sidecar reaching this Envoy)" if etcd else " (file store)")
-               + ", one Envoy (`--concurrency 1`) over ADS, as `make run` starts them. "
+               + ", one Envoy (`--concurrency 1`) over "
+               + ("state-of-the-world ADS (`--sotw`)" if MODE["sotw"] else "incremental (delta) ADS")
+               + ", as `make run` starts them. "
                "Routes PUT one by one (half `openid-connect` `bearer_only`, a quarter naming one of 10 shared "
                "upstreams by `upstream_id`); **served after**: from the PUT until a request to the new route "
                "stops being Envoy's 404 (sampled routes); **bulk**: the same routes PUT by 8 concurrent clients "
                "into a fresh gateway, until Envoy serves them all; **restart**: both stopped and started with the "
                "routes stored, until Envoy serves the last one; **Envoy applying**: Envoy's own `update_duration` "
-               "histograms over the sequential load (its work per push, the floor under **served after**). "
+               "histograms over the sequential load (its work per push, the floor under **served after**); "
+               "**sidecar snapshot build**: its `xDS snapshot took` log lines (with "
+               "`BENCH_RUST_LOG=warn,sidecar::xds=info`). "
                "`bench/control_plane.py --counts 100,1000,10000`.")
     if note:
         out += ["", note]
     out += ["",
             "| routes | PUT p50 | PUT p99 | last 10%: p50 / max | served after p50 / max | sequential load | "
             "bulk load (PUTs / all served) | restart: sidecar up / last route served | Envoy RSS (KiB/route) | "
-            "sidecar RSS (KiB/route) | GET /routes | first / last route latency | Envoy applying CDS / RDS (p50, p99) |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "sidecar RSS (KiB/route) | GET /routes | first / last route latency | Envoy applying CDS / RDS (p50, p99) | "
+            "sidecar snapshot build (p50, p99) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, r in rows:
         out.append(
             f"| {n:,} | {ms(r['put_p50'])} | {ms(r['put_p99'])} | {ms(r['tail_p50'])} / {ms(r['tail_max'])} | "
@@ -415,7 +444,8 @@ def render(rows, note):
             f"{r['envoy_rss'] // 1024} MiB ({r['envoy_per_route']:.1f}) | {r['sidecar_rss'] // 1024} MiB "
             f"({r['sidecar_per_route']:.1f}) | {ms(r['list'])} | {ms(r['match_first'])} / {ms(r['match_last'])} | "
             f"{ms(r.get('envoy_cds_p50', nan))}, {ms(r.get('envoy_cds_p99', nan))} / "
-            f"{ms(r.get('envoy_rds_p50', nan))}, {ms(r.get('envoy_rds_p99', nan))} |")
+            f"{ms(r.get('envoy_rds_p50', nan))}, {ms(r.get('envoy_rds_p99', nan))} | "
+            f"{ms(r.get('build_p50', nan))}, {ms(r.get('build_p99', nan))} |")
     out += ["", ETCD_END if etcd else END]
     return "\n".join(out)
 
@@ -428,7 +458,10 @@ def main():
     ap.add_argument("--note", default="", help="a line printed above the table")
     ap.add_argument("--out", default=str(ROOT / "bench/RESULTS.md"))
     ap.add_argument("--etcd", action="store_true", help="the etcd store (etcd on the PATH), writes through another sidecar")
+    ap.add_argument("--sotw", action="store_true",
+                    help="Envoy on state-of-the-world xDS (api_type GRPC) instead of delta (DELTA_GRPC)")
     args = ap.parse_args()
+    MODE["sotw"] = args.sotw
     for p in (SIDECAR, ENVOY, OIDC_WASM):
         if not p.exists():
             die(f"{p} is missing (make build)")

@@ -1,4 +1,5 @@
-//! The sidecar's xDS server against two real Envoys, without the Admin
+//! The sidecar's xDS server against two real Envoys (one asking for
+//! incremental xDS, one for state-of-the-world), without the Admin
 //! API: route sets sent on the watch channel become live in both (within
 //! [`APPLY_WITHIN`], the measured times printed), without draining the
 //! listener. (Moved out of
@@ -41,9 +42,17 @@ struct EnvoyProc {
 impl EnvoyProc {
     /// Starts Envoy from `envoy/bootstrap.yaml` (admin and listener on
     /// ports the kernel picks) and waits for the listener from xDS.
-    async fn start(dir: &Path, node: &str, xds_port: u16) -> EnvoyProc {
+    /// `sotw`: Envoy asks for state-of-the-world xDS (`api_type: GRPC`)
+    /// instead of the bootstrap's incremental `DELTA_GRPC`.
+    async fn start(dir: &Path, node: &str, xds_port: u16, sotw: bool) -> EnvoyProc {
         let template = std::fs::read_to_string(repo_root().join("envoy/bootstrap.yaml"))
             .expect("read envoy/bootstrap.yaml");
+        assert!(template.contains("api_type: DELTA_GRPC"), "{template}");
+        let template = if sotw {
+            template.replace("api_type: DELTA_GRPC", "api_type: GRPC")
+        } else {
+            template
+        };
         let bootstrap = template
             .replace("${XDS_PORT}", &xds_port.to_string())
             .replace("${ENVOY_ADMIN_PORT}", "0")
@@ -396,8 +405,9 @@ async fn envoy_follows_route_changes_without_draining_its_listener() {
         ads_service(rx, Some(providers_rx), settings, status.clone()),
     ));
 
-    let e1 = EnvoyProc::start(logs.path(), "xds-test-1", xds_port).await;
-    let e2 = EnvoyProc::start(logs.path(), "xds-test-2", xds_port).await;
+    // One Envoy on incremental (delta) xDS, one on state-of-the-world.
+    let e1 = EnvoyProc::start(logs.path(), "xds-test-1", xds_port, false).await;
+    let e2 = EnvoyProc::start(logs.path(), "xds-test-2", xds_port, true).await;
     for e in [&e1, &e2] {
         wait_for("the first route", START_TIMEOUT, || async {
             body_is(e, "/anything/x", "A").await.then_some(())

@@ -54,11 +54,13 @@ use crate::apisix::route::RouteSpec;
 use crate::apisix::table::{Published, RouteTable};
 use crate::translate::{route_upstream, to_any, translate_shared, ProxySettings};
 
+mod delta;
 mod service;
 mod snapshot;
 mod status;
 mod stream;
 
+use delta::*;
 pub use service::*;
 pub use snapshot::*;
 pub use status::*;

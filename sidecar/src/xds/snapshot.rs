@@ -64,6 +64,10 @@ impl Kind {
 pub struct TypeSnapshot {
     pub version: String,
     pub resources: Vec<(String, Any)>,
+    /// Each resource's own version (the first 16 hex digits of its
+    /// digest), in the order of `resources`: what incremental (delta) xDS
+    /// compares with what Envoy has.
+    pub resource_versions: Vec<String>,
 }
 
 /// Everything served for one route set.
@@ -183,6 +187,7 @@ impl Snapshot {
             }
             TypeSnapshot {
                 version: short_hex(&h.finalize()),
+                resource_versions: items.iter().map(|e| short_hex(&e.digest)).collect(),
                 resources: items.into_iter().map(|e| (e.name, e.any)).collect(),
             }
         };

@@ -670,3 +670,5 @@ fn a_cached_build_is_a_fresh_build_and_translates_only_what_changed() {
     let third = step(&table, &mut cache);
     assert!(third.iter().all(|(id, up)| !Arc::ptr_eq(up, &second[id])));
 }
+
+mod delta;

@@ -287,7 +287,9 @@ fn a_reconnecting_envoy_gets_what_changed_while_the_sidecar_was_down() {
             );
         }
         for (id, r) in extra {
-            routes.insert(id.to_string(), r.clone());
+            let mut r = r.clone();
+            r["id"] = json!(id);
+            routes.insert(id.to_string(), r);
         }
         let stored = json!({"routes": routes, "upstreams": {}});
         std::fs::write(dir.path().join("routes.json"), stored.to_string()).unwrap();

@@ -247,10 +247,12 @@ impl DeltaState {
     }
 
     /// Whether Envoy has the route configurations of `snapshot` (so the
-    /// clusters only older routes named may go).
+    /// clusters only older routes named may go). Not before it asked for
+    /// them: a reconnecting Envoy asks for clusters first, and has routes
+    /// (from the last sidecar) that may name the clusters it lists.
     fn routes_current(&self, snapshot: &Snapshot) -> bool {
         let t = &self.types[Kind::Routes.index()];
-        !t.requested || (t.in_flight.is_none() && t.diff(snapshot.get(Kind::Routes)).0.is_empty())
+        t.requested && t.in_flight.is_none() && t.diff(snapshot.get(Kind::Routes)).0.is_empty()
     }
 
     /// The responses due now, in push order. A route configuration that

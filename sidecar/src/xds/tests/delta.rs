@@ -309,3 +309,30 @@ fn a_reconnecting_envoy_gets_only_what_it_lacks_and_keeps_clusters_its_routes_na
         )]
     );
 }
+
+#[test]
+fn a_reconnecting_envoy_asking_for_clusters_first_keeps_them_until_it_has_the_routes() {
+    let s1 = snap(&[("a", plain("/a", 8081)), ("b", plain("/b", 8082))]);
+    let s2 = snap(&[("a", plain("/a", 8081))]);
+    let mut st = DeltaState::new(3);
+    let mut r = dreq(Kind::Clusters, "", &[], &[]);
+    let t = s1.get(Kind::Clusters);
+    r.initial_resource_versions = t
+        .resources
+        .iter()
+        .map(|(n, _)| n.clone())
+        .zip(t.resource_versions.iter().cloned())
+        .collect();
+    st.on_request(&r, &s2, T_NACK);
+    // Its routes (from the last sidecar) may still name route|b.
+    let out = st.due(&s2, Instant::now());
+    assert_eq!(
+        dsent(&out),
+        vec![(
+            "clusters",
+            format!("{}+1", v(&s2, Kind::Clusters)),
+            vec![],
+            vec![]
+        )]
+    );
+}

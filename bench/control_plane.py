@@ -51,7 +51,9 @@ ETCD_END = "<!-- control-plane-etcd: end -->"
 ETCD = {"url": None, "n": 0}
 # `--sotw`: Envoy asks for state-of-the-world xDS (`api_type: GRPC`), not
 # incremental (the bootstrap's `DELTA_GRPC`).
-MODE = {"sotw": False}
+# `--eager-stats`: every cluster's stats made when it is (the bootstrap
+# defers them to first use).
+MODE = {"sotw": False, "eager_stats": False}
 SHARED_UPSTREAMS = 10
 
 
@@ -171,6 +173,8 @@ class Gateway:
         text = (ROOT / "envoy/bootstrap.yaml").read_text()
         if MODE["sotw"]:
             text = text.replace("api_type: DELTA_GRPC", "api_type: GRPC")
+        if MODE["eager_stats"]:
+            text = text.replace("enable_deferred_creation_stats: true", "enable_deferred_creation_stats: false")
         for k, v in {"XDS_PORT": self.xds, "ENVOY_ADMIN_PORT": self.envoy_admin, "NODE_ID": f"cp-{tag}"}.items():
             text = text.replace("${" + k + "}", str(v))
         boot = work / f"bootstrap-{tag}.yaml"
@@ -418,6 +422,7 @@ def render(rows, note):
                   "after** is a write from another sidecar reaching this Envoy)" if etcd else " (file store)")
                + ", one Envoy (`--concurrency 1`) over "
                + ("state-of-the-world ADS (`--sotw`)" if MODE["sotw"] else "incremental (delta) ADS")
+               + (", cluster stats made at once (`--eager-stats`)" if MODE["eager_stats"] else "")
                + ", as `make run` starts them. "
                "Routes PUT one by one (half `openid-connect` `bearer_only`, a quarter naming one of 10 shared "
                "upstreams by `upstream_id`); **served after**: from the PUT until a request to the new route "
@@ -460,8 +465,11 @@ def main():
     ap.add_argument("--etcd", action="store_true", help="the etcd store (etcd on the PATH), writes through another sidecar")
     ap.add_argument("--sotw", action="store_true",
                     help="Envoy on state-of-the-world xDS (api_type GRPC) instead of delta (DELTA_GRPC)")
+    ap.add_argument("--eager-stats", action="store_true",
+                    help="Envoy makes each cluster's stats at once (not deferred to first use)")
     args = ap.parse_args()
     MODE["sotw"] = args.sotw
+    MODE["eager_stats"] = args.eager_stats
     for p in (SIDECAR, ENVOY, OIDC_WASM):
         if not p.exists():
             die(f"{p} is missing (make build)")

@@ -29,7 +29,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def config(n, port, admin, up_port, shared):
+def config(n, port, admin, up_port, shared, variant):
     clusters, routes = [], []
     names = [f"up|{i % 10}" for i in range(n)] if shared else [f"route|r{i}" for i in range(n)]
     for name in dict.fromkeys(names):
@@ -41,7 +41,17 @@ def config(n, port, admin, up_port, shared):
     for i in range(n):
         routes.append({"name": f"r{i}", "match": {"path": f"/r/{i}"},
                        "route": {"cluster": names[i], "timeout": "60s"}})
+    extra = {}
+    if variant == "deferred":
+        # Clusters' per-worker state made on first use (Envoy >= 1.28).
+        extra["cluster_manager"] = {"enable_deferred_cluster_creation": True}
+    if variant == "no-cluster-stats":
+        extra["stats_config"] = {"stats_matcher": {"exclusion_list": {"patterns": [{"prefix": "cluster.route|"}]}}}
+    if variant == "deferred-stats":
+        # Clusters' traffic stats made on first use.
+        extra["deferred_stat_options"] = {"enable_deferred_creation_stats": True}
     return {
+        **extra,
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "clusters": clusters,
@@ -71,15 +81,17 @@ def served(port, path):
         return False
 
 
-def run(n, shared, work):
+def run(n, shared, work, variant):
     port, admin, up = free_port(), free_port(), free_port()
-    f = work / f"floor-{n}-{shared}.json"
-    f.write_text(json.dumps(config(n, port, admin, up, shared)))
+    f = work / f"floor-{n}-{shared}-{variant}.json"
+    f.write_text(json.dumps(config(n, port, admin, up, shared, variant)))
     start = time.monotonic()
     p = subprocess.Popen([str(ENVOY), "-c", str(f), "--concurrency", "1", "--disable-hot-restart", "-l", "error"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while time.monotonic() - start < 300:
+        while time.monotonic() - start < 120:
+            if p.poll() is not None:
+                return float("nan")
             if served(port, f"/r/{n - 1}"):
                 return time.monotonic() - start
             time.sleep(0.01)
@@ -92,13 +104,16 @@ def run(n, shared, work):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--counts", default="1,10000")
+    ap.add_argument("--variants", default="plain",
+                    help="plain, deferred (enable_deferred_cluster_creation), no-cluster-stats, deferred-stats")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="envoy-floor-") as tmp:
-        for n in [int(x) for x in args.counts.split(",")]:
-            for shared in (False, True):
-                t = run(n, shared, Path(tmp))
-                print(f"routes {n:>6}, clusters {'10 shared' if shared else n:>9}: last route served after {t:.2f} s",
-                      flush=True)
+        for variant in args.variants.split(","):
+            for n in [int(x) for x in args.counts.split(",")]:
+                for shared in (False, True):
+                    t = run(n, shared, Path(tmp), variant)
+                    print(f"{variant}: routes {n:>6}, clusters {'10 shared' if shared else n:>9}: "
+                          f"last route served after {t:.2f} s", flush=True)
 
 
 if __name__ == "__main__":

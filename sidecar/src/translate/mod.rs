@@ -146,6 +146,10 @@ pub use https::{ssl_secret_name, HTTPS_LISTENER_NAME};
 use listener::*;
 use providers::*;
 use routes::*;
+pub use routes::{
+    entry_routes, has_backchannel_path, route_config_header, route_layout, virtual_host_header,
+    Entry, VirtualHostLayout,
+};
 use tls::*;
 
 /// The one listener's name.
@@ -320,6 +324,25 @@ pub fn translate_shared(
     s: &ProxySettings,
     extra_provider_urls: &[String],
 ) -> Resources {
+    let specs: Vec<&RouteSpec> = table.enabled().collect();
+    let mut rc = route_config(&specs);
+    let sinks = s.backchannel_sink.is_some() && backchannel_sinks(&mut rc, &specs);
+    plugins::expand(&mut rc, &specs, s.https_port);
+    let mut r = translate_without_routes(table, s, extra_provider_urls, sinks);
+    r.route_configs = vec![rc];
+    r
+}
+
+/// [`translate_shared`] without the route configuration, which a caller
+/// keeping each route's part of it (the xDS snapshot) assembles itself
+/// ([`route_layout`], [`entry_routes`]); `sink_routes`: whether it has
+/// back-channel sink routes (then the sink cluster is served).
+pub fn translate_without_routes(
+    table: &RouteTable,
+    s: &ProxySettings,
+    extra_provider_urls: &[String],
+    sink_routes: bool,
+) -> Resources {
     let mut skipped: Vec<Skipped> = table
         .invalid()
         .iter()
@@ -338,19 +361,17 @@ pub fn translate_shared(
     let ssls: Vec<_> = table.enabled_ssls().collect();
     let (https_listener, secrets) = https::https(s, &ssls, &mut skipped);
 
-    let mut rc = route_config(&specs);
     if let Some(sink) = s.backchannel_sink {
-        if backchannel_sinks(&mut rc, &specs) {
+        if sink_routes {
             clusters.push(sink_cluster(sink));
         }
     }
     if let Some(addr) = s.revocations {
         clusters.push(local_cluster(REVOCATIONS_CLUSTER, addr));
     }
-    plugins::expand(&mut rc, &specs, s.https_port);
     Resources {
         listeners: std::iter::once(listener(s)).chain(https_listener).collect(),
-        route_configs: vec![rc],
+        route_configs: Vec::new(),
         clusters,
         endpoints: Vec::new(),
         secrets,

@@ -14,9 +14,20 @@ use crate::apisix::vars::{Check, Cond, Source, Test, REMOTE_ADDR_KEY};
 
 /// One (uri, route) pair: one Envoy route.
 #[derive(Clone, Copy)]
-pub(super) struct Entry<'a> {
-    pub(super) spec: &'a RouteSpec,
-    pub(super) uri: &'a UriMatch,
+pub struct Entry<'a> {
+    pub spec: &'a RouteSpec,
+    pub uri: &'a UriMatch,
+}
+
+impl Entry<'_> {
+    /// Which of its route's uris it is.
+    pub fn uri_index(&self) -> usize {
+        self.spec
+            .uris
+            .iter()
+            .position(|u| std::ptr::eq(u, self.uri))
+            .unwrap_or(0)
+    }
 }
 
 impl Entry<'_> {
@@ -61,7 +72,17 @@ pub(super) fn covers(w: &str, d: &str) -> bool {
     }
 }
 
-pub(super) fn route_config(specs: &[&RouteSpec]) -> RouteConfiguration {
+/// One virtual host of the route configuration, before its routes are
+/// made: its name, its domain and its (uri, route) pairs in order.
+pub struct VirtualHostLayout<'a> {
+    pub name: String,
+    pub domain: String,
+    pub entries: Vec<Entry<'a>>,
+}
+
+/// The virtual hosts of the route configuration and the (uri, route)
+/// pairs of each, in order (see the module documentation).
+pub fn route_layout<'a>(specs: &[&'a RouteSpec]) -> Vec<VirtualHostLayout<'a>> {
     let hostless: Vec<Entry> = sorted_entries(specs.iter().copied().filter(|s| s.hosts.is_empty()));
     let patterns: BTreeSet<&str> = specs
         .iter()
@@ -88,36 +109,103 @@ pub(super) fn route_config(specs: &[&RouteSpec]) -> RouteConfiguration {
             ));
         }
         entries.extend(hostless.iter().copied());
-        virtual_hosts.push(virtual_host(domain, domain, &entries));
+        virtual_hosts.push(layout_host(domain, domain, &entries));
     }
-    virtual_hosts.push(virtual_host("any", "*", &hostless));
+    virtual_hosts.push(layout_host("any", "*", &hostless));
+    virtual_hosts
+}
 
+/// The route configuration without its virtual hosts.
+pub fn route_config_header() -> RouteConfiguration {
     RouteConfiguration {
         name: ROUTE_CONFIG.into(),
-        virtual_hosts,
         ignore_port_in_host_matching: true,
         ..Default::default()
     }
 }
 
-pub(super) fn virtual_host(name: &str, domain: &str, entries: &[Entry]) -> VirtualHost {
+/// A virtual host without its routes.
+pub fn virtual_host_header(vh: &VirtualHostLayout) -> VirtualHost {
+    VirtualHost {
+        name: vh.name.clone(),
+        domains: vec![vh.domain.clone()],
+        ..Default::default()
+    }
+}
+
+pub(super) fn route_config(specs: &[&RouteSpec]) -> RouteConfiguration {
+    RouteConfiguration {
+        virtual_hosts: route_layout(specs)
+            .iter()
+            .map(|vh| VirtualHost {
+                routes: vh.entries.iter().flat_map(envoy_routes).collect(),
+                ..virtual_host_header(vh)
+            })
+            .collect(),
+        ..route_config_header()
+    }
+}
+
+fn layout_host<'a>(name: &str, domain: &str, entries: &[Entry<'a>]) -> VirtualHostLayout<'a> {
     // A route listed under its exact host and a covering wildcard, or
     // naming a uri twice, becomes one Envoy route (the first).
     let mut seen = BTreeSet::new();
-    let routes = entries
+    let entries = entries
         .iter()
         .filter(|e| {
             let (kind, _, path, _, id) = e.order_key();
             seen.insert((id, kind, path))
         })
-        .flat_map(envoy_routes)
+        .copied()
         .collect();
-    VirtualHost {
+    VirtualHostLayout {
         name: name.into(),
-        domains: vec![domain.into()],
-        routes,
-        ..Default::default()
+        domain: domain.into(),
+        entries,
     }
+}
+
+/// The Envoy routes of one (uri, route) pair as they go into a virtual
+/// host: with the back-channel sink route (when `sink_done` is given, the
+/// route has a `backchannel_logout_path` and its id is not in `sink_done`
+/// yet: the first of its routes in a virtual host that takes the path gets
+/// it; its id is then added) and the `http_to_https` redirects. What
+/// [`translate`] makes of it in the route configuration, one pair at a
+/// time, so that a caller may keep the result of each.
+pub fn entry_routes(
+    e: &Entry,
+    https_port: u16,
+    sink_done: Option<&mut BTreeSet<String>>,
+) -> (Vec<Route>, bool) {
+    let mut one = RouteConfiguration {
+        virtual_hosts: vec![VirtualHost {
+            routes: envoy_routes(e),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut added = false;
+    if let Some(done) = sink_done {
+        if !done.contains(&e.spec.id) && backchannel_sinks(&mut one, &[e.spec]) {
+            done.insert(e.spec.id.clone());
+            added = true;
+        }
+    }
+    super::plugins::expand(&mut one, &[e.spec], https_port);
+    let routes = one
+        .virtual_hosts
+        .pop()
+        .map(|vh| vh.routes)
+        .unwrap_or_default();
+    (routes, added)
+}
+
+/// Whether the route has a back-channel logout path (its routes get a
+/// sink route: see [`entry_routes`]).
+pub fn has_backchannel_path(spec: &RouteSpec) -> bool {
+    spec.oidc
+        .as_ref()
+        .is_some_and(|(_, p)| p.backchannel_logout_path.is_some())
 }
 
 /// The Envoy routes of one (uri, route) pair: one per alternative of its

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -52,7 +52,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::apisix::route::RouteSpec;
 use crate::apisix::table::{Published, RouteTable};
-use crate::translate::{route_upstream, to_any, translate_shared, ProxySettings};
+use crate::translate::{
+    entry_routes, has_backchannel_path, route_config_header, route_layout, route_upstream, to_any,
+    translate_without_routes, virtual_host_header, ProxySettings,
+};
 
 mod delta;
 mod service;

@@ -88,14 +88,6 @@ struct Encoded {
 }
 
 impl Encoded {
-    fn new(name: String, any: Any, canonical: &[u8]) -> Encoded {
-        Encoded {
-            name,
-            any,
-            digest: Sha256::digest(canonical).into(),
-        }
-    }
-
     /// A resource whose encoding is canonical (no maps of more than one
     /// entry): hashed as packed.
     fn packed<M: prost::Name>(name: String, m: &M) -> Encoded {
@@ -109,9 +101,128 @@ impl Encoded {
 /// one snapshot to the next: a route that is the same `Arc<RouteSpec>` in
 /// the next table (unchanged, and nothing it names changed) is not
 /// translated, encoded or hashed again.
+///
+/// Likewise each (uri, route) pair's Envoy routes, encoded as they go into
+/// a virtual host (the `routes` field, a repeated message: encodings
+/// concatenate), with the digest of their canonical bytes: the route
+/// configuration is assembled from them, so a write costs the encoding of
+/// what it changed, not of 10,000 routes. (Not for routes with a
+/// back-channel logout path: their sink route depends on the other pairs
+/// of the virtual host; they are made at every build.)
 #[derive(Debug, Default)]
 pub struct TranslationCache {
     pub(super) routes: std::collections::HashMap<String, (Arc<RouteSpec>, Arc<RouteUpstream>)>,
+    pub(super) entries: EntryCache,
+}
+
+/// (route id, uri index) → the route and its encoded Envoy routes.
+type EntryCache = std::collections::HashMap<(String, usize), (Arc<RouteSpec>, Arc<EncodedEntry>)>;
+
+#[derive(Debug)]
+pub(super) struct EncodedEntry {
+    /// `VirtualHost.routes` entries: tag, length, `Route`, for each.
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+}
+
+impl EncodedEntry {
+    fn new(routes: Vec<Route>) -> EncodedEntry {
+        let mut bytes = Vec::new();
+        for r in &routes {
+            prost::encoding::message::encode(VIRTUAL_HOST_ROUTES, r, &mut bytes);
+        }
+        let mut one = RouteConfiguration {
+            virtual_hosts: vec![VirtualHost {
+                routes,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let canonical = canonical_route_config_in_place(&mut one);
+        EncodedEntry {
+            bytes,
+            digest: Sha256::digest(&canonical).into(),
+        }
+    }
+}
+
+/// Field numbers of `VirtualHost.routes` and
+/// `RouteConfiguration.virtual_hosts`.
+const VIRTUAL_HOST_ROUTES: u32 = 3;
+const ROUTE_CONFIG_VIRTUAL_HOSTS: u32 = 2;
+
+/// The route configuration of `specs`, as [`translate`] makes it, encoded
+/// from the pairs kept in `cache` (those of this table are left there);
+/// and whether it has back-channel sink routes.
+fn route_config_cached(
+    table: &RouteTable,
+    settings: &ProxySettings,
+    cache: &mut TranslationCache,
+) -> (Encoded, bool) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let shared: std::collections::HashMap<&str, &Arc<RouteSpec>> =
+        table.enabled_shared().map(|s| (s.id.as_str(), s)).collect();
+    let specs: Vec<&RouteSpec> = table.enabled().collect();
+    let header = route_config_header();
+    let mut value = header.encode_to_vec();
+    let mut h = Sha256::new();
+    put(&mut h, &value);
+    let mut kept = EntryCache::with_capacity(cache.entries.len());
+    let mut sinks = false;
+    for vh in route_layout(&specs) {
+        let vh_header = virtual_host_header(&vh).encode_to_vec();
+        h.update(b"v");
+        put(&mut h, &vh_header);
+        let mut bytes = vh_header;
+        let mut sink_done = BTreeSet::new();
+        for e in &vh.entries {
+            if settings.backchannel_sink.is_some() && has_backchannel_path(e.spec) {
+                let (routes, added) = entry_routes(e, settings.https_port, Some(&mut sink_done));
+                sinks |= added;
+                let entry = EncodedEntry::new(routes);
+                bytes.extend_from_slice(&entry.bytes);
+                h.update(b"e");
+                put(&mut h, &entry.digest);
+                continue;
+            }
+            let key = (e.spec.id.clone(), e.uri_index());
+            let arc = shared.get(e.spec.id.as_str()).copied();
+            let cached = kept
+                .get(&key)
+                .or_else(|| cache.entries.get(&key))
+                .filter(|(old, _)| arc.is_some_and(|a| Arc::ptr_eq(old, a)))
+                .map(|(_, entry)| entry.clone());
+            let entry = match cached {
+                Some(entry) => entry,
+                None => Arc::new(EncodedEntry::new(
+                    entry_routes(e, settings.https_port, None).0,
+                )),
+            };
+            bytes.extend_from_slice(&entry.bytes);
+            h.update(b"e");
+            put(&mut h, &entry.digest);
+            if let Some(a) = arc {
+                kept.insert(key, (a.clone(), entry));
+            }
+        }
+        encode_key(
+            ROUTE_CONFIG_VIRTUAL_HOSTS,
+            WireType::LengthDelimited,
+            &mut value,
+        );
+        encode_varint(bytes.len() as u64, &mut value);
+        value.extend_from_slice(&bytes);
+    }
+    cache.entries = kept;
+    let encoded = Encoded {
+        name: header.name,
+        any: Any {
+            type_url: <RouteConfiguration as prost::Name>::type_url(),
+            value,
+        },
+        digest: h.finalize().into(),
+    };
+    (encoded, sinks)
 }
 
 #[derive(Debug)]
@@ -144,7 +255,8 @@ impl Snapshot {
         extra_provider_urls: &[String],
         cache: &mut TranslationCache,
     ) -> (Snapshot, Vec<crate::translate::Skipped>) {
-        let r = translate_shared(table, settings, extra_provider_urls);
+        let (route_config, sinks) = route_config_cached(table, settings, cache);
+        let r = translate_without_routes(table, settings, extra_provider_urls, sinks);
         let mut kept = std::collections::HashMap::with_capacity(cache.routes.len());
         let mut clusters = Vec::new();
         let mut endpoints = Vec::new();
@@ -174,11 +286,7 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| Encoded::packed(l.name.clone(), l));
-        let mut route_configs = r.route_configs;
-        let routes_ = route_configs.iter_mut().map(|rc| {
-            let canonical = canonical_route_config_in_place(rc);
-            Encoded::new(rc.name.clone(), to_any(&*rc), &canonical)
-        });
+        let routes_ = std::iter::once(route_config);
         let typed = |items: Vec<Encoded>| {
             let mut h = Sha256::new();
             for e in &items {

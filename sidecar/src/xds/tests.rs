@@ -671,4 +671,90 @@ fn a_cached_build_is_a_fresh_build_and_translates_only_what_changed() {
     assert!(third.iter().all(|(id, up)| !Arc::ptr_eq(up, &second[id])));
 }
 
+/// The route configuration assembled from each (uri, route) pair's kept
+/// encoding is the one `translate` makes (hosts, wildcards, several uris,
+/// methods, `openid-connect`, `http_to_https`, a back-channel sink), also
+/// after changes; a change re-encodes only the pairs it touched.
+#[test]
+fn the_assembled_route_configuration_is_the_translated_one() {
+    use crate::translate::{translate, BACKCHANNEL_SINK_CLUSTER};
+    let mut bcl = oidc_route("/app/*", json!({"127.0.0.1:80": 1}));
+    let p = &mut bcl["plugins"]["openid-connect"];
+    p["bearer_only"] = json!(false);
+    p["session"] = json!({"secret": "0123456789abcdef0123"});
+    p["redirect_uri"] = json!("http://localhost/app/cb");
+    p["backchannel_logout_path"] = json!("/app/bcl");
+    let mut stored = Stored::default();
+    let mut put = |id: &str, v: Value| {
+        stored.routes.insert(id.into(), v);
+        stored.clone()
+    };
+    put("bcl", bcl);
+    put("secure", oidc_route("/s/*", json!({"127.0.0.1:8081": 1})));
+    put(
+        "hosted",
+        json!({"uris": ["/h", "/h2/*"], "hosts": ["a.example", "*.example"], "methods": ["POST", "GET"],
+               "upstream": {"nodes": {"127.0.0.1:8082": 1}}}),
+    );
+    put(
+        "wild",
+        json!({"uri": "/w", "host": "*.example", "upstream": {"nodes": {"127.0.0.1:8083": 1}}}),
+    );
+    let all = put(
+        "tls",
+        json!({"uri": "/t", "plugins": {"redirect": {"http_to_https": true}},
+               "upstream": {"nodes": {"127.0.0.1:8084": 1}}}),
+    );
+    let mut s = settings();
+    s.backchannel_sink = Some("127.0.0.1:4567".parse().unwrap());
+    let decoded = |snap: &Snapshot| {
+        let t = snap.get(Kind::Routes);
+        assert_eq!(t.resources.len(), 1);
+        RouteConfiguration::decode(t.resources[0].1.value.as_slice()).unwrap()
+    };
+    let mut cache = TranslationCache::default();
+    let mut table = RouteTable::build(all.clone());
+    let (first, _) = Snapshot::build_cached(&table, &s, &[], &mut cache);
+    let want = translate(&table, &s, &[]);
+    assert_eq!(decoded(&first), want.route_configs[0]);
+    assert!(first
+        .get(Kind::Clusters)
+        .resources
+        .iter()
+        .any(|(n, _)| n == BACKCHANNEL_SINK_CLUSTER));
+    let kept: BTreeMap<(String, usize), Arc<EncodedEntry>> = cache
+        .entries
+        .iter()
+        .map(|(k, (_, e))| (k.clone(), e.clone()))
+        .collect();
+    assert_eq!(
+        kept.len(),
+        5,
+        "each pair but the back-channel route's: {kept:?}"
+    );
+
+    // One route changes, one goes: the rest is taken as kept.
+    let mut changed = all.clone();
+    changed.routes.insert(
+        "wild".into(),
+        json!({"uri": "/w2", "host": "*.example", "upstream": {"nodes": {"127.0.0.1:8083": 1}}}),
+    );
+    changed.routes.remove("secure");
+    table = table.update(changed);
+    let (second, _) = Snapshot::build_cached(&table, &s, &[], &mut cache);
+    assert_eq!(
+        decoded(&second),
+        translate(&table, &s, &[]).route_configs[0]
+    );
+    assert_ne!(v(&first, Kind::Routes), v(&second, Kind::Routes));
+    let (fresh, _) = Snapshot::build(&table, &s, &[]);
+    assert_eq!(v(&fresh, Kind::Routes), v(&second, Kind::Routes));
+    let same = cache
+        .entries
+        .iter()
+        .filter(|(k, (_, e))| kept.get(*k).is_some_and(|old| Arc::ptr_eq(old, e)))
+        .count();
+    assert_eq!(same, 3, "hosted's two uris and tls");
+}
+
 mod delta;

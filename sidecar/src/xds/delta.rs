@@ -45,6 +45,8 @@ pub(super) struct InFlight {
     pub(super) changes: Vec<(String, Option<String>)>,
     /// The secrets of its snapshot (a NACK may quote its config).
     pub(super) secrets: Arc<Vec<String>>,
+    /// The type's subscription changes when it was sent.
+    pub(super) subscriptions: u64,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +70,8 @@ pub(super) struct DeltaType {
     /// changed since last read.
     pub(super) synced: Option<String>,
     pub(super) synced_changed: bool,
+    /// Subscription changes so far.
+    pub(super) subscriptions: u64,
 }
 
 impl DeltaType {
@@ -79,6 +83,12 @@ impl DeltaType {
     /// at their version there), and the names it has that `current` no
     /// longer has (only for wildcard subscriptions).
     fn diff(&self, current: &TypeSnapshot) -> (Vec<usize>, Vec<String>) {
+        // Envoy has this version in full (what it acknowledged, or found
+        // so before) and nothing changed since: at 10,000 clusters a
+        // diff is milliseconds, and it is asked for at every message.
+        if self.synced.as_ref() == Some(&current.version) && self.resend.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
         let mut updates = Vec::new();
         for (i, ((name, _), version)) in current
             .resources
@@ -158,6 +168,11 @@ impl DeltaState {
         if first && kind.wildcard() && req.resource_names_subscribe.is_empty() {
             t.wildcard = true;
         }
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            // What Envoy should have changed: diff again.
+            t.synced = None;
+            t.subscriptions += 1;
+        }
         for name in &req.resource_names_subscribe {
             if name == "*" {
                 t.wildcard = true;
@@ -207,7 +222,11 @@ impl DeltaState {
                             None => t.has.remove(&name),
                         };
                     }
-                    t.set_synced(sent.version);
+                    // Not when Envoy subscribed to more meanwhile: it
+                    // has this version, but not all it asks for.
+                    if sent.subscriptions == t.subscriptions {
+                        t.set_synced(sent.version);
+                    }
                     (Some(kind), Received::Ack)
                 }
             },
@@ -353,6 +372,7 @@ impl DeltaState {
                 version: version.clone(),
                 changes,
                 secrets: snapshot.secrets.clone(),
+                subscriptions: t.subscriptions,
             });
             out.push(DeltaDiscoveryResponse {
                 system_version_info: version,

@@ -349,7 +349,13 @@ pub(super) fn put(h: &mut Sha256, bytes: &[u8]) {
 }
 
 pub(super) fn short_hex(digest: &[u8]) -> String {
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(16);
+    for b in digest.iter().take(8) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// Text from a peer, fit for one log line: control characters become

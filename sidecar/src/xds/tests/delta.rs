@@ -336,3 +336,35 @@ fn a_reconnecting_envoy_asking_for_clusters_first_keeps_them_until_it_has_the_ro
         )]
     );
 }
+
+#[test]
+fn a_subscription_while_a_response_is_in_flight_is_answered_after_its_ack() {
+    let s1 = snap(&[("a", plain("/a", 8081)), ("b", plain("/b", 8082))]);
+    let mut st = dsettled(&s1, &["route|a"]);
+    let t0 = Instant::now();
+    // Envoy subscribes to route|b's endpoints while route|a's new ones
+    // are on their way.
+    let s2 = snap(&[("a", plain("/a", 8083)), ("b", plain("/b", 8082))]);
+    let out = st.due(&s2, t0);
+    assert_eq!(
+        dsent(&out),
+        vec![(
+            "endpoints",
+            v(&s2, Kind::Endpoints),
+            strs(&["route|a"]),
+            vec![]
+        )]
+    );
+    st.on_request(&dreq(Kind::Endpoints, "", &["route|b"], &[]), &s2, T_NACK);
+    assert!(st.due(&s2, t0).is_empty(), "one response in flight");
+    st.on_request(&ack(&out[0]), &s2, T_NACK);
+    assert_eq!(
+        dsent(&st.due(&s2, t0)),
+        vec![(
+            "endpoints",
+            v(&s2, Kind::Endpoints),
+            strs(&["route|b"]),
+            vec![]
+        )]
+    );
+}

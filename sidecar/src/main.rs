@@ -170,13 +170,19 @@ struct Options {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..))]
     max_connections: u16,
 
-    /// Seconds a client of the Admin API or the revocation service may
-    /// take to send a request's headers, each piece of its body, or its
-    /// next request on a kept-alive connection (nginx's
-    /// `client_header_timeout` / `client_body_timeout`); then it is
-    /// dropped.
+    /// Seconds a client may take to send a request's headers, or to start
+    /// its next request on a kept-alive connection, before it is dropped
+    /// (nginx's `client_header_timeout` / `keepalive_timeout`): on Envoy's
+    /// listeners, the Admin API and the revocation service (which also
+    /// drop a client that stalls this long in a body).
     #[arg(long, default_value_t = 60.0, value_parser = positive_seconds)]
     client_timeout: f64,
+
+    /// Connections each of Envoy's listeners keeps at once (shared by its
+    /// workers; nginx's `worker_connections`): one more is closed at once.
+    /// Envoy needs a descriptor limit (`ulimit -n`) above it.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    proxy_max_connections: u64,
 }
 
 /// A number of seconds above 0 (and below a year).
@@ -386,6 +392,10 @@ async fn run(o: Options) -> Result<(), String> {
         trusted_proxy_hops: o.trusted_proxy_hops,
         backchannel_sink,
         revocations: Some(revocations_listener.0),
+        clients: sidecar::translate::ClientLimits {
+            timeout: Duration::from_secs_f64(o.client_timeout),
+            max_connections: o.proxy_max_connections,
+        },
     };
     let xds_listener = tokio::net::TcpListener::bind(o.xds_addr)
         .await

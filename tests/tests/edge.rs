@@ -378,3 +378,44 @@ fn the_listener_drops_stalled_clients_and_bounds_connections() {
         },
     );
 }
+
+/// HTTP/2 (h2c here, h2 on HTTPS): Envoy 1.40's default lets one
+/// connection open 1,024 streams at once (each with the filter's context);
+/// the listener now announces 128 (nginx's
+/// `http2_max_concurrent_streams`) in its SETTINGS, and the requests on
+/// the connection are served.
+#[test]
+fn http2_connections_have_a_stream_limit() {
+    let dir = TestDir::new("edge_h2");
+    let echo = EchoServer::start(dir.path(), "upstream");
+    let gw = Gateway::start(dir.path(), &[]);
+    admin_put(
+        &gw,
+        "open",
+        json!({"uri": "/*", "upstream": upstream(&echo)}),
+    );
+    wait_for("the route", Duration::from_secs(10), || {
+        get(&gw.url("/x"), &[]).ok().filter(|r| r.status == 200)
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, limit) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.proxy_port))
+            .await
+            .unwrap();
+        let (mut client, mut conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+        let req = http::Request::get(format!("http://127.0.0.1:{}/x", gw.proxy_port))
+            .body(())
+            .unwrap();
+        let (answer, _) = client.send_request(req, true).expect("send");
+        let answer = tokio::select! {
+            a = answer => a.expect("answer"),
+            c = &mut conn => panic!("the connection ended: {c:?}"),
+        };
+        (answer.status().as_u16(), conn.max_concurrent_send_streams())
+    });
+    assert_eq!(status, 200);
+    assert_eq!(limit, 128);
+}

@@ -21,6 +21,9 @@ pub(super) fn listener(s: &ProxySettings) -> Listener {
     }
 }
 
+/// Streams one HTTP/2 connection may have open at once (nginx's default).
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+
 /// The connection manager of both listeners (HTTP and HTTPS): the same
 /// wasm configuration, so both share the filter's VM, and the same routes
 /// by RDS.
@@ -107,6 +110,21 @@ pub(super) fn connection_manager(s: &ProxySettings) -> Filter {
         // `client_header_timeout`; Envoy's default: none, so a client that
         // stops in its headers is held for the stream idle timeout).
         request_headers_timeout: Some(duration(s.clients.timeout)),
+        // HTTP/2 (h2 on HTTPS, h2c here): at most 128 streams at once on a
+        // connection (nginx's `http2_max_concurrent_streams`; Envoy 1.40
+        // announces 1,024, each stream with its filter context), and the
+        // flow-control windows of Envoy's edge guidance (64 KiB a stream,
+        // 1 MiB a connection; its defaults are larger).
+        http2_protocol_options: Some(
+            envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions {
+                max_concurrent_streams: Some(UInt32Value {
+                    value: HTTP2_MAX_CONCURRENT_STREAMS,
+                }),
+                initial_stream_window_size: Some(UInt32Value { value: 65_536 }),
+                initial_connection_window_size: Some(UInt32Value { value: 1_048_576 }),
+                ..Default::default()
+            },
+        ),
         // The edge: X-Forwarded-* from clients are not trusted beyond the
         // configured proxy hops, so `:scheme` is the real one (`https` on
         // the HTTPS listener: session cookies get `Secure`).

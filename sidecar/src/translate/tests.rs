@@ -797,6 +797,13 @@ fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
     };
     let hcm: HttpConnectionManager = decode(any);
     assert_eq!(hcm.stat_prefix, STAT_PREFIX);
+    assert_eq!(
+        hcm.http2_protocol_options
+            .as_ref()
+            .and_then(|o| o.max_concurrent_streams)
+            .map(|v| v.value),
+        Some(128)
+    );
     // nginx's client_header_timeout and keepalive_timeout (60 s).
     assert_eq!(hcm.request_headers_timeout, Some(seconds(60)));
     assert_eq!(

@@ -14,6 +14,8 @@
 //! for the same document twice (a fetch makes it fresh or recently failed,
 //! as on the bearer path), so the loop ends.
 
+use std::rc::Rc;
+
 use serde_json::Value;
 
 use crate::callback::{self, CallbackError, CallbackQuery, Tokens};
@@ -28,7 +30,7 @@ use crate::reply::{Denial, DenialReason, Reply};
 use crate::revocation::Revocation;
 use crate::route::Route;
 use crate::secret::Secret;
-use crate::session::{self, CookieAttrs, Session, SessionKey};
+use crate::session::{self, CookieAttrs, Session, SessionKey, UpstreamHeaders};
 use crate::signed_in;
 
 /// A source of random bytes (the caller's CSPRNG; fixed bytes in tests).
@@ -88,7 +90,7 @@ pub enum Step {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Forward {
     /// Identity headers to set.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: UpstreamHeaders,
     /// A new `Cookie` header without the session's cookies (`Some("")`:
     /// remove it); `None`: leave it.
     pub cookie_header: Option<String>,
@@ -150,7 +152,7 @@ impl Event {
 /// Opens a sealed session value (the reassembled session cookie); a
 /// caller may answer from a cache keyed by the value. See
 /// [`session::unseal`].
-pub type Unseal<'a> = &'a mut dyn FnMut(&str) -> Result<Session, session::SessionError>;
+pub type Unseal<'a> = &'a mut dyn FnMut(&str) -> Result<Rc<Session>, session::SessionError>;
 
 /// One browser request in progress.
 pub struct Flow {
@@ -166,7 +168,7 @@ pub struct Flow {
     /// The request's session cookie value (chunks joined), when it had one.
     opened_from: Option<String>,
     /// That value and the session saved in its place ([`Flow::take_resealed`]).
-    resealed: Option<(String, Session)>,
+    resealed: Option<(String, Rc<Session>)>,
 }
 
 enum Stage {
@@ -187,8 +189,10 @@ enum Stage {
         flow: FlowState,
         session: Session,
     },
+    /// `changed`: the session is no longer as opened from the cookie
+    /// (its tokens were refreshed, or it is new).
     SignedIn {
-        session: Session,
+        session: Rc<Session>,
         changed: bool,
     },
     AwaitRefresh {
@@ -218,7 +222,9 @@ impl Flow {
     /// a valid session, or one without.
     pub fn begin(login: &LoginRoute<'_>, req: BrowserRequest, now: u64) -> Flow {
         let (key, name) = (login.key, login.session.cookie_name.as_str());
-        Flow::begin_with(login, req, now, &mut |v| session::unseal(key, name, v))
+        Flow::begin_with(login, req, now, &mut |v| {
+            session::unseal(key, name, v).map(Rc::new)
+        })
     }
 
     /// [`Flow::begin`], with the session opened by `unseal` (e.g. from a
@@ -249,11 +255,14 @@ impl Flow {
             .as_deref()
             .ok_or(session::SessionError::Missing)
             .and_then(&mut *unseal)
-            .and_then(|s| session::check(s, now, cfg));
+            .and_then(|s| match s.expired(now, cfg) {
+                Some(which) => Err(session::SessionError::Expired(which)),
+                None => Ok(s),
+            });
         let path = flow.req.path_only().to_string();
         flow.stage = if path == c.logout_path {
             flow.clear_session(cfg);
-            let session = decoded.ok();
+            let session = decoded.ok().map(Rc::unwrap_or_clone);
             flow.revocation = session.as_ref().map(|s| Revocation::of(s, cfg, now));
             let revoke = match (&session, c.revoke_tokens_on_logout) {
                 (Some(s), true) => {
@@ -433,7 +442,9 @@ impl Flow {
                     };
                     match signed_in::refresh_request(route, endpoint, &session) {
                         Some(Ok(req)) => {
-                            self.stage = Stage::AwaitRefresh { session };
+                            self.stage = Stage::AwaitRefresh {
+                                session: Rc::unwrap_or_clone(session),
+                            };
                             return Step::Call(Box::new(req));
                         }
                         _ => {
@@ -521,7 +532,7 @@ impl Flow {
                     signed_in::apply_refresh(route, &mut session, tokens, None, now);
                     self.refreshed = true;
                     self.stage = Stage::SignedIn {
-                        session,
+                        session: Rc::new(session),
                         changed: true,
                     };
                 }
@@ -717,7 +728,7 @@ impl Flow {
                 signed_in::apply_refresh(route, &mut session, tokens, Some(claims), now);
                 self.refreshed = true;
                 Ok(Stage::SignedIn {
-                    session,
+                    session: Rc::new(session),
                     changed: true,
                 })
             }
@@ -757,7 +768,7 @@ impl Flow {
     /// (touched, renewed or refreshed), once: a cache of opened sessions
     /// may answer that session for that value from now on
     /// ([`crate::exchange::Host::resealed`]).
-    pub fn take_resealed(&mut self) -> Option<(String, Session)> {
+    pub fn take_resealed(&mut self) -> Option<(String, Rc<Session>)> {
         self.resealed.take()
     }
 
@@ -790,7 +801,7 @@ impl Flow {
         route: &Route,
         cfg: &SessionConfig,
         key: &SessionKey,
-        mut session: Session,
+        mut session: Rc<Session>,
         changed: bool,
         rng: &mut dyn Entropy,
         now: u64,
@@ -819,8 +830,19 @@ impl Flow {
                 return self.respond(reply, Event::Forbidden);
             }
         }
-        let headers = signed_in::upstream_headers(route, &session);
-        let moved = session.refresh(now, cfg) != session::Refresh::None;
+        // A session as opened from the cookie keeps its headers (built on
+        // its first request); a changed one gets new ones.
+        let headers = if changed {
+            signed_in::upstream_headers(route, &session).into()
+        } else {
+            signed_in::opened_headers(route, &session)
+        };
+        // Shared with the host's cache of opened sessions: copied only when
+        // the timestamps move.
+        let moved = session.refresh_due(now, cfg) != session::Refresh::None;
+        if moved {
+            Rc::make_mut(&mut session).refresh(now, cfg);
+        }
         if changed || moved {
             if let Err(e) = self.save(cfg, key, &session, rng, now) {
                 return self.misconfigured(e);

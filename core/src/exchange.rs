@@ -121,14 +121,16 @@ pub trait Host: Entropy {
     fn remember_unknown_kid(&mut self, jwks_uri: &str, kid: String, until: u64) {
         let _ = (jwks_uri, kid, until);
     }
-    /// Opens a sealed session value (a caller may answer from a cache).
+    /// Opens a sealed session value (a caller may answer from a cache, the
+    /// same `Rc` each time: it keeps the session's upstream headers, see
+    /// [`crate::session::HeaderMemo`]; a cache must be per route).
     fn unseal(
         &mut self,
         key: &SessionKey,
         name: &str,
         value: &str,
-    ) -> Result<Session, SessionError> {
-        session::unseal(key, name, value)
+    ) -> Result<Rc<Session>, SessionError> {
+        session::unseal(key, name, value).map(Rc::new)
     }
     /// Whether the session logged out (the deny-list).
     fn revoked(&mut self, id: &SessionId, now: u64) -> bool {
@@ -168,7 +170,7 @@ pub trait Host: Entropy {
     /// (requests already on their way, a script that keeps its cookie) has
     /// it saved, sealed and sent again on every request, and after a
     /// refresh, refreshed again with a spent refresh token.
-    fn resealed(&mut self, value: String, session: Session) {
+    fn resealed(&mut self, value: String, session: Rc<Session>) {
         let _ = (value, session);
     }
     /// Something to count or log (never a token, code or cookie).
@@ -881,7 +883,7 @@ mod tests {
         tokens: HashMap<String, Rc<Allowed>>,
         notes: Vec<String>,
         /// Opened sessions by cookie value, as the filter's cache keeps them.
-        sessions: HashMap<String, Session>,
+        sessions: HashMap<String, Rc<Session>>,
         /// The back-channel deny-list and the replay memory, as shard
         /// values (the filter's shared data).
         shards: HashMap<String, Vec<u8>>,
@@ -956,15 +958,15 @@ mod tests {
             key: &SessionKey,
             name: &str,
             value: &str,
-        ) -> Result<Session, SessionError> {
+        ) -> Result<Rc<Session>, SessionError> {
             if let Some(s) = self.sessions.get(value) {
                 return Ok(s.clone());
             }
-            let s = session::unseal(key, name, value)?;
+            let s = Rc::new(session::unseal(key, name, value)?);
             self.sessions.insert(value.to_string(), s.clone());
             Ok(s)
         }
-        fn resealed(&mut self, value: String, session: Session) {
+        fn resealed(&mut self, value: String, session: Rc<Session>) {
             self.sessions.insert(value, session);
         }
         fn logged_out(&mut self, key: &[u8; 16], created_at: u64, now: u64) -> bool {

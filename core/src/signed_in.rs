@@ -11,7 +11,7 @@ use crate::http::{HttpRequest, UrlError};
 use crate::introspection::{client_form_post, ClientAuth};
 use crate::jwt::Jwks;
 use crate::route::Route;
-use crate::session::Session;
+use crate::session::{Session, UpstreamHeaders};
 
 /// The identity headers the upstream gets for a session (APISIX's names).
 pub fn upstream_headers(route: &Route, s: &Session) -> Vec<(&'static str, String)> {
@@ -36,6 +36,15 @@ pub fn upstream_headers(route: &Route, s: &Session) -> Vec<(&'static str, String
         }
     }
     h
+}
+
+/// [`upstream_headers`] of a session as opened from its cookie, built on
+/// the first request and kept with the opened session (the host's cache of
+/// opened sessions is per route, and a session whose tokens change is a
+/// copy with no headers kept: see [`crate::session::HeaderMemo`]).
+pub fn opened_headers(route: &Route, s: &Session) -> UpstreamHeaders {
+    s.opened_headers
+        .get_or_init(|| upstream_headers(route, s).into())
 }
 
 /// The session's access token has expired (minus
@@ -188,6 +197,28 @@ mod tests {
 
     fn names(h: &[(&'static str, String)]) -> Vec<&'static str> {
         h.iter().map(|(k, _)| *k).collect()
+    }
+
+    #[test]
+    fn opened_headers_are_built_once_and_not_copied_with_the_session() {
+        let r = route(json!({}));
+        let s = std::rc::Rc::new(session());
+        let first = opened_headers(&r, &s);
+        assert_eq!(&first[..], &upstream_headers(&r, &s)[..]);
+        // The same opened session: the same headers, not built again.
+        assert!(std::rc::Rc::ptr_eq(&first, &opened_headers(&r, &s)));
+        // A changed copy (as `Rc::make_mut` makes) keeps nothing: its
+        // headers carry its own tokens.
+        let mut changed = std::rc::Rc::clone(&s);
+        std::rc::Rc::make_mut(&mut changed).access_token = Secret::new("at2");
+        let again = opened_headers(&r, &changed);
+        assert!(!std::rc::Rc::ptr_eq(&first, &again));
+        assert!(again
+            .iter()
+            .any(|(k, v)| *k == "x-access-token" && v == "at2"));
+        assert!(first
+            .iter()
+            .any(|(k, v)| *k == "x-access-token" && v == "at"));
     }
 
     #[test]

@@ -90,10 +90,10 @@ impl Host for HostCalls<'_> {
         key: &SessionKey,
         name: &str,
         value: &str,
-    ) -> Result<Session, SessionError> {
+    ) -> Result<Rc<Session>, SessionError> {
         self.vm.unseal(self.route_id, key, name, value)
     }
-    fn resealed(&mut self, value: String, session: Session) {
+    fn resealed(&mut self, value: String, session: Rc<Session>) {
         self.vm.resealed(self.route_id, value, session)
     }
     fn revoked(&mut self, id: &SessionId, now: u64) -> bool {

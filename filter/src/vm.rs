@@ -36,6 +36,9 @@ pub struct RouteEntry {
     pub route: Result<Rc<Route>, String>,
 }
 
+/// Opened sessions: sealed value → (route id, session).
+type Opened = LruCache<String, (u64, Rc<Session>)>;
+
 /// A per-VM LRU keyed by (route id, a request value).
 type Cache<T> = Option<RefCell<LruCache<(u64, String), Rc<T>>>>;
 
@@ -44,8 +47,10 @@ pub struct Vm {
     next_route_id: Cell<u64>,
     /// Accepted tokens: key (route id, token).
     tokens: Cache<Allowed>,
-    /// Opened session cookies: key (route id, sealed value).
-    sessions: Cache<Session>,
+    /// Opened session cookies: sealed value → (route id, the session).
+    /// Looked up by the value alone (no copy of a ~1 KB cookie per
+    /// request); an entry of another route is a miss.
+    sessions: Option<RefCell<Opened>>,
     /// (JWKS URL, kid) → until when tokens with that kid do not refetch.
     unknown_kids: RefCell<LruCache<(String, String), u64>>,
     /// (route id, SHA-256 of a token) → until when it is refused unasked.
@@ -228,30 +233,38 @@ impl Vm {
     /// it opened: decrypting and parsing a cookie costs more than a copy.
     /// The key includes the route, so a value opened for one route (and its
     /// secret) is never taken for another.
+    ///
+    /// Every request with the same cookie on the same route gets the same
+    /// `Rc`, which keeps the session's upstream headers once built
+    /// (`oidc_core::session::HeaderMemo`): that is why the cache must be
+    /// per route (the headers follow the route's options).
     pub fn unseal(
         &self,
         route_id: u64,
         key: &SessionKey,
         name: &str,
         value: &str,
-    ) -> Result<Session, SessionError> {
+    ) -> Result<Rc<Session>, SessionError> {
         let Some(cache) = &self.sessions else {
-            return session::unseal(key, name, value);
+            return session::unseal(key, name, value).map(Rc::new);
         };
-        let k = (route_id, value.to_owned());
-        if let Some(s) = cache.borrow_mut().get(&k) {
-            return Ok(Session::clone(s));
+        if let Some((id, s)) = cache.borrow_mut().get(value) {
+            if *id == route_id {
+                return Ok(s.clone());
+            }
         }
-        let s = session::unseal(key, name, value)?;
-        cache.borrow_mut().put(k, Rc::new(s.clone()));
+        let s = Rc::new(session::unseal(key, name, value)?);
+        cache
+            .borrow_mut()
+            .put(value.to_owned(), (route_id, s.clone()));
         Ok(s)
     }
 
     /// From now on, `value` of route `route_id` opens as `session` (the
     /// session saved in its place; see `Host::resealed`).
-    pub fn resealed(&self, route_id: u64, value: String, session: Session) {
+    pub fn resealed(&self, route_id: u64, value: String, session: Rc<Session>) {
         if let Some(cache) = &self.sessions {
-            cache.borrow_mut().put((route_id, value), Rc::new(session));
+            cache.borrow_mut().put(value, (route_id, session));
         }
     }
 }

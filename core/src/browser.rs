@@ -302,6 +302,19 @@ impl Flow {
         flow
     }
 
+    /// Whether the next [`Flow::advance`] may read the provider's
+    /// documents: `false` only for a session whose access token is still
+    /// good (or was refreshed in this request), which goes to the upstream
+    /// without them.
+    pub fn needs_provider(&self, route: &Route, now: u64) -> bool {
+        match &self.stage {
+            Stage::SignedIn { session, .. } => {
+                !self.refreshed && signed_in::access_expired(route, session, now)
+            }
+            _ => true,
+        }
+    }
+
     /// The session a logout request ended, to put on the deny-list so that
     /// copies of its cookie stop working too (once; `None` after).
     pub fn take_revocation(&mut self) -> Option<Revocation> {

@@ -402,7 +402,12 @@ impl Exchange {
     /// side decides again with that copy.
     pub fn run(&mut self, route: &Route, host: &mut dyn Host, now: u64) -> Effect {
         loop {
-            let docs = host.documents(&route.config.discovery);
+            // A signed-in browser whose access token is still good needs
+            // no provider document: none is read (two shared-data copies).
+            let docs = match &self.side {
+                Side::Browser(flow) if !flow.needs_provider(route, now) => Documents::default(),
+                _ => host.documents(&route.config.discovery),
+            };
             let need = match self.decide(route, &docs, host, now) {
                 Ok(need) => need,
                 Err(effect) => return effect,
@@ -887,6 +892,8 @@ mod tests {
         /// The back-channel deny-list and the replay memory, as shard
         /// values (the filter's shared data).
         shards: HashMap<String, Vec<u8>>,
+        /// `documents` calls.
+        documents_read: usize,
     }
 
     impl Entropy for TestHost {
@@ -898,6 +905,7 @@ mod tests {
 
     impl Host for TestHost {
         fn documents(&mut self, discovery_url: &str) -> Documents {
+            self.documents_read += 1;
             fn known<T>(
                 raw: Option<&Vec<u8>>,
                 parse: impl FnOnce(&[u8]) -> Result<T, String>,
@@ -1066,6 +1074,48 @@ mod tests {
                 other => panic!("expected a forward, got {other:?}"),
             }
         }
+    }
+
+    /// A signed-in session whose access token is good reads no provider
+    /// document; one whose token is due for a refresh does.
+    #[test]
+    fn a_good_session_reads_no_provider_document() {
+        let r = route(json!({"bearer_only": false, "session": {"secret": "0123456789abcdef0123"}}));
+        let key = r.session_key.as_ref().unwrap();
+        let cookie_for = |expires: u64| {
+            let mut s = Session::new(crate::secret::Secret::new(String::from("at")), NOW);
+            s.refresh_token = Some(crate::secret::Secret::new(String::from("rt")));
+            s.access_expires_at = Some(expires);
+            let c: Vec<String> = session::encode(&s, key, "session", [1; 12])
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            c.join("; ")
+        };
+        let good = cookie_for(NOW + 3600);
+        let req = headers(&[
+            (":authority", b"app.example"),
+            (":path", b"/"),
+            ("cookie", good.as_bytes()),
+        ]);
+        let mut host = TestHost::default();
+        match Exchange::begin(&r, &req, &mut host, NOW).1 {
+            Effect::Forward(f) => assert!(f.signed_in),
+            other => panic!("expected a forward, got {other:?}"),
+        }
+        assert_eq!(host.documents_read, 0);
+        let expired = cookie_for(NOW - 1);
+        let req = headers(&[
+            (":authority", b"app.example"),
+            (":path", b"/"),
+            ("cookie", expired.as_bytes()),
+        ]);
+        let mut host = TestHost::default();
+        let _ = Exchange::begin(&r, &req, &mut host, NOW);
+        assert!(
+            host.documents_read > 0,
+            "a refresh needs the token endpoint"
+        );
     }
 
     /// A host that only stores documents: every other memory is the

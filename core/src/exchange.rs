@@ -132,6 +132,15 @@ pub trait Host: Entropy {
     ) -> Result<Rc<Session>, SessionError> {
         session::unseal(key, name, value).map(Rc::new)
     }
+    /// Why session `s` is over on this gateway: it logged out (the
+    /// deny-list), or the provider ended it (a back-channel logout);
+    /// `None`: neither. The default asks [`Host::revoked`],
+    /// [`Host::subject_keys`] and [`Host::logged_out`] ([`ended_by_lists`]);
+    /// a host may remember a session found on neither list for as long as
+    /// the lists have not changed since (never longer).
+    fn session_ended(&mut self, s: &Session, now: u64) -> Option<Note<'static>> {
+        ended_by_lists(self, s, now)
+    }
     /// Whether the session logged out (the deny-list).
     fn revoked(&mut self, id: &SessionId, now: u64) -> bool {
         let _ = (id, now);
@@ -757,15 +766,9 @@ fn browser_flow(login: &LoginRoute<'_>, headers: &Headers, host: &mut dyn Host, 
     let mut flow = Flow::begin_with(login, req, now, &mut |value| {
         let s = host.unseal(key, name, value)?;
         // A session that logged out is no session, whoever kept a copy of
-        // its cookie.
-        if host.revoked(&s.id, now) {
-            host.note(Note::RevokedSessionRefused);
-            return Err(SessionError::Revoked);
-        }
-        // Nor is one the provider ended (back-channel logout).
-        let keys = host.subject_keys(&s);
-        if keys.iter().any(|k| host.logged_out(k, s.created_at, now)) {
-            host.note(Note::LoggedOutSessionRefused);
+        // its cookie; nor is one the provider ended.
+        if let Some(note) = host.session_ended(&s, now) {
+            host.note(note);
             return Err(SessionError::Revoked);
         }
         Ok(s)
@@ -774,6 +777,24 @@ fn browser_flow(login: &LoginRoute<'_>, headers: &Headers, host: &mut dyn Host, 
         host.revoke(r, now);
     }
     flow
+}
+
+/// [`Host::session_ended`] asked of the lists themselves: the deny-list
+/// (a logout of this session, whoever kept a copy of its cookie), then the
+/// back-channel list (the provider ended it).
+pub fn ended_by_lists<H: Host + ?Sized>(
+    host: &mut H,
+    s: &Session,
+    now: u64,
+) -> Option<Note<'static>> {
+    if host.revoked(&s.id, now) {
+        return Some(Note::RevokedSessionRefused);
+    }
+    let keys = host.subject_keys(s);
+    if keys.iter().any(|k| host.logged_out(k, s.created_at, now)) {
+        return Some(Note::LoggedOutSessionRefused);
+    }
+    None
 }
 
 /// Records a provider document call's answer (a request's, or the

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use oidc_core::bearer::Allowed;
 use oidc_core::browser::Entropy;
-use oidc_core::exchange::{Host, Note};
+use oidc_core::exchange::{self, Host, Note};
 use oidc_core::provider::{Documents, FetchKind, Intervals};
 use oidc_core::revocation::{subjects, Revocation};
 use oidc_core::revocation_feed::Entry;
@@ -95,6 +95,23 @@ impl Host for HostCalls<'_> {
     }
     fn resealed(&mut self, value: String, session: Rc<Session>) {
         self.vm.resealed(self.route_id, value, session)
+    }
+    fn session_ended(&mut self, s: &Session, now: u64) -> Option<Note<'static>> {
+        // The lists' version before the lists: a session found on neither
+        // is not looked up again while the version stays (every write to
+        // a list replaces it). A version the host cannot give: the lists
+        // are read, as always (and a list it cannot give refuses).
+        let version = revoked::version();
+        if let Ok(v) = &version {
+            if self.vm.clean_at(&s.id, v) {
+                return None;
+            }
+        }
+        let ended = exchange::ended_by_lists(self, s, now);
+        if let (None, Ok(v)) = (&ended, version) {
+            self.vm.remember_clean(s.id, v);
+        }
+        ended
     }
     fn revoked(&mut self, id: &SessionId, now: u64) -> bool {
         revoked::is_revoked(id, now)

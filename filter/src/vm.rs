@@ -28,6 +28,9 @@ const REFUSED_TOKENS: usize = 4096;
 /// Sessions whose back-channel keys are kept, per VM.
 const SUBJECT_KEYS: usize = 4096;
 
+/// A value of the deny-lists' version (`None`: no logout yet).
+pub type Version = Option<[u8; oidc_core::revocation::VERSION_LEN]>;
+
 /// One route config version, parsed once per VM.
 pub struct RouteEntry {
     /// A number unique within this VM, part of the token-cache key.
@@ -59,6 +62,9 @@ pub struct Vm {
     /// (`oidc_core::revocation::subjects::keys_of`: two SHA-256s, ~7k
     /// instructions each in the VM, saved per request).
     subject_keys: RefCell<LruCache<SessionId, Rc<[[u8; 16]]>>>,
+    /// Session id → the deny-lists' version (`oidc_core::revocation::
+    /// VERSION_KEY`) read before the lists were found not to name it.
+    clean: RefCell<LruCache<SessionId, Version>>,
     pub store: Store,
     pub metrics: Metrics,
     /// The wall-clock rules' intervals (listener settings).
@@ -85,6 +91,7 @@ impl Vm {
             unknown_kids: RefCell::new(LruCache::new(bounded(UNKNOWN_KIDS))),
             refused: RefCell::new(LruCache::new(bounded(REFUSED_TOKENS))),
             subject_keys: RefCell::new(LruCache::new(bounded(SUBJECT_KEYS))),
+            clean: RefCell::new(LruCache::new(bounded(SUBJECT_KEYS))),
             store: Store::default(),
             metrics: Metrics::define(),
             intervals: settings.intervals(),
@@ -147,6 +154,18 @@ impl Vm {
         let keys: Rc<[[u8; 16]]> = oidc_core::revocation::subjects::keys_of(s).collect();
         cache.put(s.id, keys.clone());
         keys
+    }
+
+    /// Whether session `id` was found on neither deny-list with the lists
+    /// at `version` (so, while it is the version, it is still on neither).
+    pub fn clean_at(&self, id: &SessionId, version: &Version) -> bool {
+        self.clean.borrow_mut().get(id) == Some(version)
+    }
+
+    /// Session `id` is on neither deny-list: `version` was read before
+    /// the lists were.
+    pub fn remember_clean(&self, id: SessionId, version: Version) {
+        self.clean.borrow_mut().put(id, version);
     }
 
     pub fn cached_token(&self, key: &(u64, String), now: u64) -> Option<Rc<Allowed>> {

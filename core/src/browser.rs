@@ -89,7 +89,8 @@ pub enum Step {
 /// A request going to the upstream.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Forward {
-    /// Identity headers to set.
+    /// Identity headers to set (values checked:
+    /// [`signed_in::checked_headers`]).
     pub headers: UpstreamHeaders,
     /// A new `Cookie` header without the session's cookies (`Some("")`:
     /// remove it); `None`: leave it.
@@ -846,9 +847,15 @@ impl Flow {
         // A session as opened from the cookie keeps its headers (built on
         // its first request); a changed one gets new ones.
         let headers = if changed {
-            signed_in::upstream_headers(route, &session).into()
+            signed_in::checked_headers(route, &session)
         } else {
             signed_in::opened_headers(route, &session)
+        };
+        let Some(headers) = headers else {
+            let denial =
+                Denial::ProviderUnavailable("an identity header value is not valid".into());
+            let reply = denial.reply(crate::exchange::DEFAULT_REALM);
+            return self.respond(reply, Event::Denied(denial));
         };
         // Shared with the host's cache of opened sessions: copied only when
         // the timestamps move.

@@ -59,12 +59,6 @@ pub fn is_identity_header(name: &str) -> bool {
     })
 }
 
-/// Whether Envoy takes `v` as a header value: no control characters but
-/// tab.
-fn header_value_ok(v: &str) -> bool {
-    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-}
-
 /// The request's headers as the host gives them (names lower-case, values
 /// as bytes: a value that is not UTF-8 counts as absent, or as malformed
 /// for `Authorization`).
@@ -646,18 +640,9 @@ impl Exchange {
         match step {
             Step::Fetch(kind, url, req) => Ok(provider::Need { kind, url, req }),
             Step::Respond(reply, event) => Err(Effect::Reply(reply, event)),
-            Step::Forward(f) => {
-                // The side checks what the provider sent; this is the last
-                // guard before the host call, which would panic (and take
-                // the VM down) on a value Envoy refuses.
-                if f.headers.iter().any(|(_, v)| !header_value_ok(v)) {
-                    return Err(deny(
-                        Denial::ProviderUnavailable("an identity header value is not valid".into()),
-                        DEFAULT_REALM,
-                    ));
-                }
-                Err(Effect::Forward(f))
-            }
+            // Its identity header values were checked where they were made
+            // (`signed_in::checked_headers`).
+            Step::Forward(f) => Err(Effect::Forward(f)),
             Step::Call(req) => Err(Effect::Call(req, Pending(Waiting::Answer))),
         }
     }

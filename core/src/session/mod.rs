@@ -149,10 +149,13 @@ pub type UpstreamHeaders = Rc<[(&'static str, String)]>;
 /// Never compared, and a clone starts empty: a session changed through
 /// `Rc::make_mut` (refreshed tokens) gets headers of its own.
 #[derive(Default)]
-pub struct HeaderMemo(OnceCell<UpstreamHeaders>);
+pub struct HeaderMemo(OnceCell<Option<UpstreamHeaders>>);
 
 impl HeaderMemo {
-    pub fn get_or_init(&self, build: impl FnOnce() -> UpstreamHeaders) -> UpstreamHeaders {
+    pub fn get_or_init(
+        &self,
+        build: impl FnOnce() -> Option<UpstreamHeaders>,
+    ) -> Option<UpstreamHeaders> {
         self.0.get_or_init(build).clone()
     }
 }

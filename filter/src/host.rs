@@ -13,6 +13,7 @@ use oidc_core::revocation::{subjects, Revocation};
 use oidc_core::revocation_feed::Entry;
 use oidc_core::session::{Session, SessionError, SessionId, SessionKey};
 
+use crate::long_key::LongKey;
 use crate::revoked;
 use crate::vm::Vm;
 
@@ -64,14 +65,15 @@ impl Host for HostCalls<'_> {
     }
     fn cached_token(&mut self, token: String, now: u64) -> Result<Rc<Allowed>, String> {
         // The key owns the token for the lookup; no copy is made.
-        let key = (self.route_id, token);
+        let key = (self.route_id, LongKey(token));
         match self.vm.cached_token(&key, now) {
             Some(a) => Ok(a),
-            None => Err(key.1),
+            None => Err(key.1 .0),
         }
     }
     fn cache_token(&mut self, token: String, allowed: Rc<Allowed>, now: u64) {
-        self.vm.cache_token((self.route_id, token), allowed, now)
+        self.vm
+            .cache_token((self.route_id, LongKey(token)), allowed, now)
     }
     fn refused(&mut self, digest: &[u8; 32], now: u64) -> bool {
         self.vm.refused(&(self.route_id, *digest), now)

@@ -10,6 +10,7 @@ use oidc_core::bearer::Allowed;
 use oidc_core::route::Route;
 use oidc_core::session::{self, Session, SessionError, SessionId, SessionKey};
 
+use crate::long_key::LongKey;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use oidc_core::provider::Intervals;
@@ -40,19 +41,18 @@ pub struct RouteEntry {
 }
 
 /// Opened sessions: sealed value → (route id, session).
-type Opened = LruCache<String, (u64, Rc<Session>)>;
+type Opened = LruCache<LongKey, (u64, Rc<Session>)>;
 
 /// A per-VM LRU keyed by (route id, a request value).
-type Cache<T> = Option<RefCell<LruCache<(u64, String), Rc<T>>>>;
+type Cache<T> = Option<RefCell<LruCache<(u64, LongKey), Rc<T>>>>;
 
 pub struct Vm {
     routes: RefCell<HashMap<String, Rc<RouteEntry>>>,
     next_route_id: Cell<u64>,
     /// Accepted tokens: key (route id, token).
     tokens: Cache<Allowed>,
-    /// Opened session cookies: sealed value → (route id, the session).
-    /// Looked up by the value alone (no copy of a ~1 KB cookie per
-    /// request); an entry of another route is a miss.
+    /// Opened session cookies: sealed value → (route id, the session); an
+    /// entry of another route is a miss.
     sessions: Option<RefCell<Opened>>,
     /// (JWKS URL, kid) → until when tokens with that kid do not refetch.
     unknown_kids: RefCell<LruCache<(String, String), u64>>,
@@ -168,7 +168,7 @@ impl Vm {
         self.clean.borrow_mut().put(id, version);
     }
 
-    pub fn cached_token(&self, key: &(u64, String), now: u64) -> Option<Rc<Allowed>> {
+    pub fn cached_token(&self, key: &(u64, LongKey), now: u64) -> Option<Rc<Allowed>> {
         let mut cache = self.tokens.as_ref()?.borrow_mut();
         match cache.get(key) {
             Some(a) if now < a.cache_until => Some(a.clone()),
@@ -180,7 +180,7 @@ impl Vm {
         }
     }
 
-    pub fn cache_token(&self, key: (u64, String), allowed: Rc<Allowed>, now: u64) {
+    pub fn cache_token(&self, key: (u64, LongKey), allowed: Rc<Allowed>, now: u64) {
         if allowed.cache_until > now {
             if let Some(cache) = &self.tokens {
                 cache.borrow_mut().put(key, allowed);
@@ -267,15 +267,14 @@ impl Vm {
         let Some(cache) = &self.sessions else {
             return session::unseal(key, name, value).map(Rc::new);
         };
-        if let Some((id, s)) = cache.borrow_mut().get(value) {
+        let k = LongKey(value.to_owned());
+        if let Some((id, s)) = cache.borrow_mut().get(&k) {
             if *id == route_id {
                 return Ok(s.clone());
             }
         }
         let s = Rc::new(session::unseal(key, name, value)?);
-        cache
-            .borrow_mut()
-            .put(value.to_owned(), (route_id, s.clone()));
+        cache.borrow_mut().put(k, (route_id, s.clone()));
         Ok(s)
     }
 
@@ -283,7 +282,7 @@ impl Vm {
     /// session saved in its place; see `Host::resealed`).
     pub fn resealed(&self, route_id: u64, value: String, session: Rc<Session>) {
         if let Some(cache) = &self.sessions {
-            cache.borrow_mut().put(value, (route_id, session));
+            cache.borrow_mut().put(LongKey(value), (route_id, session));
         }
     }
 }

@@ -361,6 +361,9 @@ class Peer:
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The no-op filter sent the session scenario's cookie: the reference of the
+# scenarios that send a `Cookie` (a bearer token costs Envoy less to parse).
+COOKIE_NOOP = 18
 
 
 # ---------------------------------------------------------------- wrk
@@ -426,7 +429,7 @@ def main():
     ap.add_argument("--memory-tokens", type=int, default=100_000)
     ap.add_argument("--out", default=str(ROOT / "bench/RESULTS.md"))
     ap.add_argument("--only", help="comma-separated scenario numbers and/or `change` (for trying things; "
-                                   "1 and 2 are always run, as the references)")
+                                   "2 and 11 are always run, as the references, and 18 with 9, 14 or 16)")
     ap.add_argument("--seed", type=int, help="the shuffle's seed (default: random, printed in the report)")
     ap.add_argument("--no-peer", action="store_true", help="leave oauth2-proxy out")
     ap.add_argument("--variant", metavar="WASM",
@@ -546,6 +549,12 @@ def run(args, work, procs):
         (17, "openid-connect use_jwks, one token, in the gateway's filter chain (CORS, RBAC, two rate "
          "limits: none configured on the route)", 1, gateway_filters(oidc()), jwks_route, idp_cluster, one,
          auth, None),
+        # Scenario 2 receives a bearer token; a session request carries a
+        # 1.2 KB cookie instead, which costs Envoy more before any filter
+        # runs. The cookie-carrying scenarios are also compared with this
+        # no-op, sent the same request on the same route shape.
+        (18, "wasm filter that does nothing, sent the session scenario's cookie (the reference for 9)", 1,
+         noop, session_route, idp_cluster, cookies, ("Cookie", ""), None),
     ]
     if args.variant:
         alt = lambda settings="{}": [wasm_filter(Path(args.variant), settings)]
@@ -568,8 +577,10 @@ def run(args, work, procs):
     ]
     only = set(args.only.split(",")) if args.only else None
     commands = {}
+    # The references: 2 and 11 always; 18 with any cookie-carrying scenario.
+    cookie_refs = {COOKIE_NOOP} if only and only & {"9", "14", "16"} else set()
     chosen = [sc for sc in scenarios
-              if not only or str(sc[0] % 100) in only or sc[0] in (2, 11)]
+              if not only or str(sc[0] % 100) in only or sc[0] in {2, 11} | cookie_refs]
     interleaved = measure_interleaved(args, work, chosen, commands)
     interleaved["instructions"] = measure_instructions(args, work, chosen) if args.instr_requests else {}
 
@@ -663,13 +674,19 @@ def measure_interleaved(args, work, scenarios, commands):
         for e in envoys.values():
             e.stop()
     out = {"seed": seed, "scenarios": {}}
-    for (n, name, conc, *_rest) in scenarios:
+    for (n, name, conc, _f, _c, _cl, _v, (header, _p), _r) in scenarios:
         ref = 11 if conc == 2 else 2
         runs = rounds[n]
         ratios = [a["cpu_us"] / b["cpu_us"] for a, b in zip(runs, rounds[ref])]
         half = lambda k: statistics.median(ratios[k::2]) if ratios[k::2] else None
+        # A cookie-carrying scenario on one worker against the no-op sent the
+        # same cookie (scenario 18), round by round.
+        same = None
+        if header == "Cookie" and conc == 1 and n != COOKIE_NOOP and COOKIE_NOOP in rounds:
+            same = statistics.median(a["cpu_us"] / b["cpu_us"] for a, b in zip(runs, rounds[COOKIE_NOOP]))
         out["scenarios"][n] = {
-            "name": name, "concurrency": conc, "reference": ref,
+            "name": name, "concurrency": conc, "reference": ref, "cookie": header == "Cookie",
+            "ratio_cookie_noop": same,
             "cpu_us": statistics.median(x["cpu_us"] for x in runs),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
             "ratio_odd": half(0), "ratio_even": half(1),
@@ -968,18 +985,22 @@ def render(args, interleaved, alg_rows, memory, commands, change=None, verify=No
         f"(seed {interleaved['seed']}), `wrk -t{args.threads} -c{args.connections}` for {args.round_seconds} s each. "
         "**CPU µs/req** is Envoy's own CPU time (utime + stime from `/proc/<pid>/stat`) over the requests it "
         "served, median of the rounds; **× no-op** is the median of each round's ratio to the no-op wasm "
-        "filter of the same round (scenario 2; 11 for `--concurrency 2`), with the lowest and highest round. "
+        "filter of the same round (scenario 2, sent a bearer token; 11 for `--concurrency 2`), with the lowest "
+        f"and highest round; **× cookie no-op** is the same against scenario {COOKIE_NOOP}, the no-op filter sent "
+        "the session cookie (for the scenarios that send a `Cookie` on one worker: a 1.2 KB cookie costs Envoy "
+        "more than a bearer token before any filter runs, so this is the like-for-like ratio of a session). "
         "Envoy shares the cores with `wrk` and whatever else runs, so req/s and latency move from run to run; "
         "rank and judge by CPU per request.",
         "",
-        "| # | scenario | CPU µs/req | × no-op (rounds' range) | req/s | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| # | scenario | CPU µs/req | × no-op (rounds' range) | × cookie no-op | req/s | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for n in sorted(sc):
         r = sc[n]
+        same = r.get("ratio_cookie_noop")
         lines.append(f"| {n} | {r['name']} | {r['cpu_us']:.1f} | {r['ratio']:.2f} "
-                     f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {r['rps']:,.0f} | {r['p50']:.2f} | "
-                     f"{r['p99']:.2f} |")
+                     f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {f'{same:.2f}' if same else '–'} | "
+                     f"{r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} |")
     instr = interleaved.get("instructions") or {}
     if instr:
         ref = instr.get(2)
@@ -989,11 +1010,14 @@ def render(args, interleaved, alg_rows, memory, commands, change=None, verify=No
             f"keep-alive connection, the instructions Envoy executed for {args.instr_requests} requests with the "
             "scenario's first value, divided by their number (Envoy's and the filter's alike; the wasm code as "
             "V8 compiled it). Unlike CPU time, this figure does not move with what else runs on the machine: "
-            "two runs agree within about 1%, so it is the one to compare builds with.", "",
-            "| # | scenario | instructions per request | × no-op |", "|---|---|---:|---:|"]
+            "two runs agree within about 1%, so it is the one to compare builds with. **× no-op** is against "
+            f"scenario 2 (bearer token), **× cookie no-op** against scenario {COOKIE_NOOP} (the session cookie).",
+            "", "| # | scenario | instructions per request | × no-op | × cookie no-op |", "|---|---|---:|---:|---:|"]
+        cref = instr.get(COOKIE_NOOP)
         for n in sorted(instr):
             x = f"{instr[n] / ref:.2f}" if ref else "–"
-            lines.append(f"| {n} | {sc[n]['name'] if n in sc else n} | {instr[n]:,.0f} | {x} |")
+            y = f"{instr[n] / cref:.2f}" if cref and n in sc and sc[n].get("cookie") and n != COOKIE_NOOP else "–"
+            lines.append(f"| {n} | {sc[n]['name'] if n in sc else n} | {instr[n]:,.0f} | {x} | {y} |")
     if interleaved.get("versus_peer"):
         lines += ["", f"Against oauth2-proxy {PEER_VERSION} (same provider, tokens and machine; our CPU per request "
                   "over its, round by round):", "",

@@ -40,16 +40,16 @@ impl Host for H {
         key: &SessionKey,
         name: &str,
         value: &str,
-    ) -> Result<Session, SessionError> {
+    ) -> Result<Rc<Session>, SessionError> {
         if let Some(s) = self.sessions.get(value) {
-            return Ok(Session::clone(s));
+            return Ok(s.clone());
         }
-        let s = session::unseal(key, name, value)?;
-        self.sessions.insert(value.to_owned(), Rc::new(s.clone()));
+        let s = Rc::new(session::unseal(key, name, value)?);
+        self.sessions.insert(value.to_owned(), s.clone());
         Ok(s)
     }
-    fn resealed(&mut self, value: String, session: Session) {
-        self.sessions.insert(value, Rc::new(session));
+    fn resealed(&mut self, value: String, session: Rc<Session>) {
+        self.sessions.insert(value, session);
     }
 }
 

@@ -14,6 +14,8 @@
 //! for the same document twice (a fetch makes it fresh or recently failed,
 //! as on the bearer path), so the loop ends.
 
+use std::rc::Rc;
+
 use serde_json::Value;
 
 use crate::callback::{self, CallbackError, CallbackQuery, Tokens};
@@ -28,7 +30,7 @@ use crate::reply::{Denial, DenialReason, Reply};
 use crate::revocation::Revocation;
 use crate::route::Route;
 use crate::secret::Secret;
-use crate::session::{self, CookieAttrs, Session, SessionKey};
+use crate::session::{self, CookieAttrs, Session, SessionKey, UpstreamHeaders};
 use crate::signed_in;
 
 /// A source of random bytes (the caller's CSPRNG; fixed bytes in tests).
@@ -87,8 +89,9 @@ pub enum Step {
 /// A request going to the upstream.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Forward {
-    /// Identity headers to set.
-    pub headers: Vec<(&'static str, String)>,
+    /// Identity headers to set (values checked:
+    /// [`signed_in::checked_headers`]).
+    pub headers: UpstreamHeaders,
     /// A new `Cookie` header without the session's cookies (`Some("")`:
     /// remove it); `None`: leave it.
     pub cookie_header: Option<String>,
@@ -150,7 +153,7 @@ impl Event {
 /// Opens a sealed session value (the reassembled session cookie); a
 /// caller may answer from a cache keyed by the value. See
 /// [`session::unseal`].
-pub type Unseal<'a> = &'a mut dyn FnMut(&str) -> Result<Session, session::SessionError>;
+pub type Unseal<'a> = &'a mut dyn FnMut(&str) -> Result<Rc<Session>, session::SessionError>;
 
 /// One browser request in progress.
 pub struct Flow {
@@ -166,7 +169,7 @@ pub struct Flow {
     /// The request's session cookie value (chunks joined), when it had one.
     opened_from: Option<String>,
     /// That value and the session saved in its place ([`Flow::take_resealed`]).
-    resealed: Option<(String, Session)>,
+    resealed: Option<(String, Rc<Session>)>,
 }
 
 enum Stage {
@@ -187,8 +190,10 @@ enum Stage {
         flow: FlowState,
         session: Session,
     },
+    /// `changed`: the session is no longer as opened from the cookie
+    /// (its tokens were refreshed, or it is new).
     SignedIn {
-        session: Session,
+        session: Rc<Session>,
         changed: bool,
     },
     AwaitRefresh {
@@ -218,7 +223,9 @@ impl Flow {
     /// a valid session, or one without.
     pub fn begin(login: &LoginRoute<'_>, req: BrowserRequest, now: u64) -> Flow {
         let (key, name) = (login.key, login.session.cookie_name.as_str());
-        Flow::begin_with(login, req, now, &mut |v| session::unseal(key, name, v))
+        Flow::begin_with(login, req, now, &mut |v| {
+            session::unseal(key, name, v).map(Rc::new)
+        })
     }
 
     /// [`Flow::begin`], with the session opened by `unseal` (e.g. from a
@@ -249,11 +256,14 @@ impl Flow {
             .as_deref()
             .ok_or(session::SessionError::Missing)
             .and_then(&mut *unseal)
-            .and_then(|s| session::check(s, now, cfg));
+            .and_then(|s| match s.expired(now, cfg) {
+                Some(which) => Err(session::SessionError::Expired(which)),
+                None => Ok(s),
+            });
         let path = flow.req.path_only().to_string();
         flow.stage = if path == c.logout_path {
             flow.clear_session(cfg);
-            let session = decoded.ok();
+            let session = decoded.ok().map(Rc::unwrap_or_clone);
             flow.revocation = session.as_ref().map(|s| Revocation::of(s, cfg, now));
             let revoke = match (&session, c.revoke_tokens_on_logout) {
                 (Some(s), true) => {
@@ -291,6 +301,19 @@ impl Flow {
             }
         };
         flow
+    }
+
+    /// Whether the next [`Flow::advance`] may read the provider's
+    /// documents: `false` only for a session whose access token is still
+    /// good (or was refreshed in this request), which goes to the upstream
+    /// without them.
+    pub fn needs_provider(&self, route: &Route, now: u64) -> bool {
+        match &self.stage {
+            Stage::SignedIn { session, .. } => {
+                !self.refreshed && signed_in::access_expired(route, session, now)
+            }
+            _ => true,
+        }
     }
 
     /// The session a logout request ended, to put on the deny-list so that
@@ -433,7 +456,9 @@ impl Flow {
                     };
                     match signed_in::refresh_request(route, endpoint, &session) {
                         Some(Ok(req)) => {
-                            self.stage = Stage::AwaitRefresh { session };
+                            self.stage = Stage::AwaitRefresh {
+                                session: Rc::unwrap_or_clone(session),
+                            };
                             return Step::Call(Box::new(req));
                         }
                         _ => {
@@ -521,7 +546,7 @@ impl Flow {
                     signed_in::apply_refresh(route, &mut session, tokens, None, now);
                     self.refreshed = true;
                     self.stage = Stage::SignedIn {
-                        session,
+                        session: Rc::new(session),
                         changed: true,
                     };
                 }
@@ -717,7 +742,7 @@ impl Flow {
                 signed_in::apply_refresh(route, &mut session, tokens, Some(claims), now);
                 self.refreshed = true;
                 Ok(Stage::SignedIn {
-                    session,
+                    session: Rc::new(session),
                     changed: true,
                 })
             }
@@ -757,7 +782,7 @@ impl Flow {
     /// (touched, renewed or refreshed), once: a cache of opened sessions
     /// may answer that session for that value from now on
     /// ([`crate::exchange::Host::resealed`]).
-    pub fn take_resealed(&mut self) -> Option<(String, Session)> {
+    pub fn take_resealed(&mut self) -> Option<(String, Rc<Session>)> {
         self.resealed.take()
     }
 
@@ -790,7 +815,7 @@ impl Flow {
         route: &Route,
         cfg: &SessionConfig,
         key: &SessionKey,
-        mut session: Session,
+        mut session: Rc<Session>,
         changed: bool,
         rng: &mut dyn Entropy,
         now: u64,
@@ -819,8 +844,25 @@ impl Flow {
                 return self.respond(reply, Event::Forbidden);
             }
         }
-        let headers = signed_in::upstream_headers(route, &session);
-        let moved = session.refresh(now, cfg) != session::Refresh::None;
+        // A session as opened from the cookie keeps its headers (built on
+        // its first request); a changed one gets new ones.
+        let headers = if changed {
+            signed_in::checked_headers(route, &session)
+        } else {
+            signed_in::opened_headers(route, &session)
+        };
+        let Some(headers) = headers else {
+            let denial =
+                Denial::ProviderUnavailable("an identity header value is not valid".into());
+            let reply = denial.reply(crate::exchange::DEFAULT_REALM);
+            return self.respond(reply, Event::Denied(denial));
+        };
+        // Shared with the host's cache of opened sessions: copied only when
+        // the timestamps move.
+        let moved = session.refresh_due(now, cfg) != session::Refresh::None;
+        if moved {
+            Rc::make_mut(&mut session).refresh(now, cfg);
+        }
         if changed || moved {
             if let Err(e) = self.save(cfg, key, &session, rng, now) {
                 return self.misconfigured(e);

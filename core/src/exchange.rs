@@ -59,12 +59,6 @@ pub fn is_identity_header(name: &str) -> bool {
     })
 }
 
-/// Whether Envoy takes `v` as a header value: no control characters but
-/// tab.
-fn header_value_ok(v: &str) -> bool {
-    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-}
-
 /// The request's headers as the host gives them (names lower-case, values
 /// as bytes: a value that is not UTF-8 counts as absent, or as malformed
 /// for `Authorization`).
@@ -121,14 +115,25 @@ pub trait Host: Entropy {
     fn remember_unknown_kid(&mut self, jwks_uri: &str, kid: String, until: u64) {
         let _ = (jwks_uri, kid, until);
     }
-    /// Opens a sealed session value (a caller may answer from a cache).
+    /// Opens a sealed session value (a caller may answer from a cache, the
+    /// same `Rc` each time: it keeps the session's upstream headers, see
+    /// [`crate::session::HeaderMemo`]; a cache must be per route).
     fn unseal(
         &mut self,
         key: &SessionKey,
         name: &str,
         value: &str,
-    ) -> Result<Session, SessionError> {
-        session::unseal(key, name, value)
+    ) -> Result<Rc<Session>, SessionError> {
+        session::unseal(key, name, value).map(Rc::new)
+    }
+    /// Why session `s` is over on this gateway: it logged out (the
+    /// deny-list), or the provider ended it (a back-channel logout);
+    /// `None`: neither. The default asks [`Host::revoked`],
+    /// [`Host::subject_keys`] and [`Host::logged_out`] ([`ended_by_lists`]);
+    /// a host may remember a session found on neither list for as long as
+    /// the lists have not changed since (never longer).
+    fn session_ended(&mut self, s: &Session, now: u64) -> Option<Note<'static>> {
+        ended_by_lists(self, s, now)
     }
     /// Whether the session logged out (the deny-list).
     fn revoked(&mut self, id: &SessionId, now: u64) -> bool {
@@ -168,7 +173,7 @@ pub trait Host: Entropy {
     /// (requests already on their way, a script that keeps its cookie) has
     /// it saved, sealed and sent again on every request, and after a
     /// refresh, refreshed again with a spent refresh token.
-    fn resealed(&mut self, value: String, session: Session) {
+    fn resealed(&mut self, value: String, session: Rc<Session>) {
         let _ = (value, session);
     }
     /// Something to count or log (never a token, code or cookie).
@@ -400,7 +405,12 @@ impl Exchange {
     /// side decides again with that copy.
     pub fn run(&mut self, route: &Route, host: &mut dyn Host, now: u64) -> Effect {
         loop {
-            let docs = host.documents(&route.config.discovery);
+            // A signed-in browser whose access token is still good needs
+            // no provider document: none is read (two shared-data copies).
+            let docs = match &self.side {
+                Side::Browser(flow) if !flow.needs_provider(route, now) => Documents::default(),
+                _ => host.documents(&route.config.discovery),
+            };
             let need = match self.decide(route, &docs, host, now) {
                 Ok(need) => need,
                 Err(effect) => return effect,
@@ -630,18 +640,9 @@ impl Exchange {
         match step {
             Step::Fetch(kind, url, req) => Ok(provider::Need { kind, url, req }),
             Step::Respond(reply, event) => Err(Effect::Reply(reply, event)),
-            Step::Forward(f) => {
-                // The side checks what the provider sent; this is the last
-                // guard before the host call, which would panic (and take
-                // the VM down) on a value Envoy refuses.
-                if f.headers.iter().any(|(_, v)| !header_value_ok(v)) {
-                    return Err(deny(
-                        Denial::ProviderUnavailable("an identity header value is not valid".into()),
-                        DEFAULT_REALM,
-                    ));
-                }
-                Err(Effect::Forward(f))
-            }
+            // Its identity header values were checked where they were made
+            // (`signed_in::checked_headers`).
+            Step::Forward(f) => Err(Effect::Forward(f)),
             Step::Call(req) => Err(Effect::Call(req, Pending(Waiting::Answer))),
         }
     }
@@ -750,15 +751,9 @@ fn browser_flow(login: &LoginRoute<'_>, headers: &Headers, host: &mut dyn Host, 
     let mut flow = Flow::begin_with(login, req, now, &mut |value| {
         let s = host.unseal(key, name, value)?;
         // A session that logged out is no session, whoever kept a copy of
-        // its cookie.
-        if host.revoked(&s.id, now) {
-            host.note(Note::RevokedSessionRefused);
-            return Err(SessionError::Revoked);
-        }
-        // Nor is one the provider ended (back-channel logout).
-        let keys = host.subject_keys(&s);
-        if keys.iter().any(|k| host.logged_out(k, s.created_at, now)) {
-            host.note(Note::LoggedOutSessionRefused);
+        // its cookie; nor is one the provider ended.
+        if let Some(note) = host.session_ended(&s, now) {
+            host.note(note);
             return Err(SessionError::Revoked);
         }
         Ok(s)
@@ -767,6 +762,24 @@ fn browser_flow(login: &LoginRoute<'_>, headers: &Headers, host: &mut dyn Host, 
         host.revoke(r, now);
     }
     flow
+}
+
+/// [`Host::session_ended`] asked of the lists themselves: the deny-list
+/// (a logout of this session, whoever kept a copy of its cookie), then the
+/// back-channel list (the provider ended it).
+pub fn ended_by_lists<H: Host + ?Sized>(
+    host: &mut H,
+    s: &Session,
+    now: u64,
+) -> Option<Note<'static>> {
+    if host.revoked(&s.id, now) {
+        return Some(Note::RevokedSessionRefused);
+    }
+    let keys = host.subject_keys(s);
+    if keys.iter().any(|k| host.logged_out(k, s.created_at, now)) {
+        return Some(Note::LoggedOutSessionRefused);
+    }
+    None
 }
 
 /// Records a provider document call's answer (a request's, or the
@@ -881,10 +894,12 @@ mod tests {
         tokens: HashMap<String, Rc<Allowed>>,
         notes: Vec<String>,
         /// Opened sessions by cookie value, as the filter's cache keeps them.
-        sessions: HashMap<String, Session>,
+        sessions: HashMap<String, Rc<Session>>,
         /// The back-channel deny-list and the replay memory, as shard
         /// values (the filter's shared data).
         shards: HashMap<String, Vec<u8>>,
+        /// `documents` calls.
+        documents_read: usize,
     }
 
     impl Entropy for TestHost {
@@ -896,6 +911,7 @@ mod tests {
 
     impl Host for TestHost {
         fn documents(&mut self, discovery_url: &str) -> Documents {
+            self.documents_read += 1;
             fn known<T>(
                 raw: Option<&Vec<u8>>,
                 parse: impl FnOnce(&[u8]) -> Result<T, String>,
@@ -956,15 +972,15 @@ mod tests {
             key: &SessionKey,
             name: &str,
             value: &str,
-        ) -> Result<Session, SessionError> {
+        ) -> Result<Rc<Session>, SessionError> {
             if let Some(s) = self.sessions.get(value) {
                 return Ok(s.clone());
             }
-            let s = session::unseal(key, name, value)?;
+            let s = Rc::new(session::unseal(key, name, value)?);
             self.sessions.insert(value.to_string(), s.clone());
             Ok(s)
         }
-        fn resealed(&mut self, value: String, session: Session) {
+        fn resealed(&mut self, value: String, session: Rc<Session>) {
             self.sessions.insert(value, session);
         }
         fn logged_out(&mut self, key: &[u8; 16], created_at: u64, now: u64) -> bool {
@@ -1064,6 +1080,48 @@ mod tests {
                 other => panic!("expected a forward, got {other:?}"),
             }
         }
+    }
+
+    /// A signed-in session whose access token is good reads no provider
+    /// document; one whose token is due for a refresh does.
+    #[test]
+    fn a_good_session_reads_no_provider_document() {
+        let r = route(json!({"bearer_only": false, "session": {"secret": "0123456789abcdef0123"}}));
+        let key = r.session_key.as_ref().unwrap();
+        let cookie_for = |expires: u64| {
+            let mut s = Session::new(crate::secret::Secret::new(String::from("at")), NOW);
+            s.refresh_token = Some(crate::secret::Secret::new(String::from("rt")));
+            s.access_expires_at = Some(expires);
+            let c: Vec<String> = session::encode(&s, key, "session", [1; 12])
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            c.join("; ")
+        };
+        let good = cookie_for(NOW + 3600);
+        let req = headers(&[
+            (":authority", b"app.example"),
+            (":path", b"/"),
+            ("cookie", good.as_bytes()),
+        ]);
+        let mut host = TestHost::default();
+        match Exchange::begin(&r, &req, &mut host, NOW).1 {
+            Effect::Forward(f) => assert!(f.signed_in),
+            other => panic!("expected a forward, got {other:?}"),
+        }
+        assert_eq!(host.documents_read, 0);
+        let expired = cookie_for(NOW - 1);
+        let req = headers(&[
+            (":authority", b"app.example"),
+            (":path", b"/"),
+            ("cookie", expired.as_bytes()),
+        ]);
+        let mut host = TestHost::default();
+        let _ = Exchange::begin(&r, &req, &mut host, NOW);
+        assert!(
+            host.documents_read > 0,
+            "a refresh needs the token endpoint"
+        );
     }
 
     /// A host that only stores documents: every other memory is the

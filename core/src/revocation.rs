@@ -32,6 +32,22 @@ pub const WITHOUT_ABSOLUTE_TIMEOUT: u64 = 7 * 24 * 3600;
 
 const ENTRY: usize = 16 + 8;
 
+/// The shared-data key of the deny-lists' version: [`VERSION_LEN`] random
+/// bytes, replaced after every write to a session or back-channel shard
+/// (absent until the first). A session found on neither list may be
+/// remembered as such with the version read *before* the shards; while
+/// the version is the same, no shard has changed since, and one small read
+/// replaces a read of every shard the session is looked up in. A new
+/// random value is never an earlier one (no A-B-A).
+pub const VERSION_KEY: &str = "openid-connect|revoked-version";
+/// Bytes in a version value.
+pub const VERSION_LEN: usize = 16;
+
+/// A stored version value, or `None` when it is not one.
+pub fn version(raw: &[u8]) -> Option<[u8; VERSION_LEN]> {
+    raw.try_into().ok()
+}
+
 /// The shared-data key of the shard holding `id`.
 pub fn shard_key(id: &SessionId) -> String {
     format!("openid-connect|revoked|{:02x}", id.0[0])

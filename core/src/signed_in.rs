@@ -11,7 +11,7 @@ use crate::http::{HttpRequest, UrlError};
 use crate::introspection::{client_form_post, ClientAuth};
 use crate::jwt::Jwks;
 use crate::route::Route;
-use crate::session::Session;
+use crate::session::{Session, UpstreamHeaders};
 
 /// The identity headers the upstream gets for a session (APISIX's names).
 pub fn upstream_headers(route: &Route, s: &Session) -> Vec<(&'static str, String)> {
@@ -36,6 +36,29 @@ pub fn upstream_headers(route: &Route, s: &Session) -> Vec<(&'static str, String
         }
     }
     h
+}
+
+/// Whether Envoy takes `v` as a header value: no control characters but
+/// tab.
+pub fn header_value_ok(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// [`upstream_headers`], or `None` when a value is one Envoy would refuse
+/// (the side checks what the provider sent; this is the last guard before
+/// the host call, which would panic and take the VM down).
+pub fn checked_headers(route: &Route, s: &Session) -> Option<UpstreamHeaders> {
+    let h = upstream_headers(route, s);
+    h.iter().all(|(_, v)| header_value_ok(v)).then(|| h.into())
+}
+
+/// [`checked_headers`] of a session as opened from its cookie, built and
+/// checked on the first request and kept with the opened session (the
+/// host's cache of opened sessions is per route, and a session whose
+/// tokens change is a copy with nothing kept: see
+/// [`crate::session::HeaderMemo`]).
+pub fn opened_headers(route: &Route, s: &Session) -> Option<UpstreamHeaders> {
+    s.opened_headers.get_or_init(|| checked_headers(route, s))
 }
 
 /// The session's access token has expired (minus
@@ -188,6 +211,37 @@ mod tests {
 
     fn names(h: &[(&'static str, String)]) -> Vec<&'static str> {
         h.iter().map(|(k, _)| *k).collect()
+    }
+
+    #[test]
+    fn opened_headers_are_built_once_and_not_copied_with_the_session() {
+        let r = route(json!({}));
+        let s = std::rc::Rc::new(session());
+        let first = opened_headers(&r, &s).unwrap();
+        assert_eq!(&first[..], &upstream_headers(&r, &s)[..]);
+        // The same opened session: the same headers, not built again.
+        assert!(std::rc::Rc::ptr_eq(
+            &first,
+            &opened_headers(&r, &s).unwrap()
+        ));
+        // A changed copy (as `Rc::make_mut` makes) keeps nothing: its
+        // headers carry its own tokens.
+        let mut changed = std::rc::Rc::clone(&s);
+        std::rc::Rc::make_mut(&mut changed).access_token = Secret::new("at2");
+        let again = opened_headers(&r, &changed).unwrap();
+        assert!(!std::rc::Rc::ptr_eq(&first, &again));
+        assert!(again
+            .iter()
+            .any(|(k, v)| *k == "x-access-token" && v == "at2"));
+        assert!(first
+            .iter()
+            .any(|(k, v)| *k == "x-access-token" && v == "at"));
+        // A value Envoy would refuse: no headers, and kept as such.
+        let mut bad = session();
+        bad.access_token = Secret::new("at\r\nx-admin: 1");
+        let bad = std::rc::Rc::new(bad);
+        assert!(opened_headers(&r, &bad).is_none());
+        assert!(opened_headers(&r, &bad).is_none());
     }
 
     #[test]

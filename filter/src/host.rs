@@ -7,12 +7,13 @@ use std::rc::Rc;
 
 use oidc_core::bearer::Allowed;
 use oidc_core::browser::Entropy;
-use oidc_core::exchange::{Host, Note};
+use oidc_core::exchange::{self, Host, Note};
 use oidc_core::provider::{Documents, FetchKind, Intervals};
 use oidc_core::revocation::{subjects, Revocation};
 use oidc_core::revocation_feed::Entry;
 use oidc_core::session::{Session, SessionError, SessionId, SessionKey};
 
+use crate::long_key::LongKey;
 use crate::revoked;
 use crate::vm::Vm;
 
@@ -64,14 +65,15 @@ impl Host for HostCalls<'_> {
     }
     fn cached_token(&mut self, token: String, now: u64) -> Result<Rc<Allowed>, String> {
         // The key owns the token for the lookup; no copy is made.
-        let key = (self.route_id, token);
+        let key = (self.route_id, LongKey(token));
         match self.vm.cached_token(&key, now) {
             Some(a) => Ok(a),
-            None => Err(key.1),
+            None => Err(key.1 .0),
         }
     }
     fn cache_token(&mut self, token: String, allowed: Rc<Allowed>, now: u64) {
-        self.vm.cache_token((self.route_id, token), allowed, now)
+        self.vm
+            .cache_token((self.route_id, LongKey(token)), allowed, now)
     }
     fn refused(&mut self, digest: &[u8; 32], now: u64) -> bool {
         self.vm.refused(&(self.route_id, *digest), now)
@@ -90,11 +92,28 @@ impl Host for HostCalls<'_> {
         key: &SessionKey,
         name: &str,
         value: &str,
-    ) -> Result<Session, SessionError> {
+    ) -> Result<Rc<Session>, SessionError> {
         self.vm.unseal(self.route_id, key, name, value)
     }
-    fn resealed(&mut self, value: String, session: Session) {
+    fn resealed(&mut self, value: String, session: Rc<Session>) {
         self.vm.resealed(self.route_id, value, session)
+    }
+    fn session_ended(&mut self, s: &Session, now: u64) -> Option<Note<'static>> {
+        // The lists' version before the lists: a session found on neither
+        // is not looked up again while the version stays (every write to
+        // a list replaces it). A version the host cannot give: the lists
+        // are read, as always (and a list it cannot give refuses).
+        let version = revoked::version();
+        if let Ok(v) = &version {
+            if self.vm.clean_at(&s.id, v) {
+                return None;
+            }
+        }
+        let ended = exchange::ended_by_lists(self, s, now);
+        if let (None, Ok(v)) = (&ended, version) {
+            self.vm.remember_clean(s.id, v);
+        }
+        ended
     }
     fn revoked(&mut self, id: &SessionId, now: u64) -> bool {
         revoked::is_revoked(id, now)

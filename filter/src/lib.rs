@@ -18,6 +18,7 @@
 mod call;
 mod feed;
 mod host;
+mod long_key;
 mod metrics;
 mod request;
 mod revoked;

@@ -139,7 +139,7 @@ impl Request {
             }
             Effect::Forward(f) => {
                 self.active = None;
-                for (name, value) in &f.headers {
+                for (name, value) in f.headers.iter() {
                     self.set_http_request_header(name, Some(value));
                 }
                 if let Some(cookie) = &f.cookie_header {

@@ -27,6 +27,9 @@ pub fn revoke(r: Revocation, now: u64) -> Outcome {
             continue;
         }
         if is_revoked(&r.id, now) {
+            if !changed() {
+                return Outcome::Failed;
+            }
             return Outcome::Stored {
                 evicted: new.evicted,
             };
@@ -60,7 +63,31 @@ pub fn logged_out(key: &[u8; 16], created_at: u64, now: u64) -> bool {
 /// Puts a back-channel revocation on its list (as [`revoke`]).
 pub fn log_out(r: subjects::Revocation, now: u64) -> Outcome {
     let key = subjects::shard_key(&r.key);
-    insert(&key, r, now, false).0
+    match insert(&key, r, now, false).0 {
+        Outcome::Stored { .. } if !changed() => Outcome::Failed,
+        outcome => outcome,
+    }
+}
+
+/// The deny-lists' version (`oidc_core::revocation::VERSION_KEY`):
+/// `Ok(None)` before the first logout; `Err` when the host cannot answer or
+/// the value is not a version (then nothing is remembered).
+pub fn version() -> Result<Option<[u8; revocation::VERSION_LEN]>, ()> {
+    match hostcalls::get_shared_data(revocation::VERSION_KEY) {
+        Ok((Some(v), _)) => revocation::version(&v).map(Some).ok_or(()),
+        Ok((None, _)) => Ok(None),
+        Err(_) => Err(()),
+    }
+}
+
+/// After a write to a session or back-channel shard: a new version, so that
+/// a worker that remembered a session as on neither list looks again.
+/// `false` when it cannot be written (the caller reports the logout as not
+/// stored).
+fn changed() -> bool {
+    let mut v = [0u8; revocation::VERSION_LEN];
+    getrandom::fill(&mut v).is_ok()
+        && hostcalls::set_shared_data(revocation::VERSION_KEY, Some(&v), None).is_ok()
 }
 
 /// Remembers a logout token's `jti` key: `false` when it is already

@@ -10,6 +10,7 @@ use oidc_core::bearer::Allowed;
 use oidc_core::route::Route;
 use oidc_core::session::{self, Session, SessionError, SessionId, SessionKey};
 
+use crate::long_key::LongKey;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use oidc_core::provider::Intervals;
@@ -28,6 +29,9 @@ const REFUSED_TOKENS: usize = 4096;
 /// Sessions whose back-channel keys are kept, per VM.
 const SUBJECT_KEYS: usize = 4096;
 
+/// A value of the deny-lists' version (`None`: no logout yet).
+pub type Version = Option<[u8; oidc_core::revocation::VERSION_LEN]>;
+
 /// One route config version, parsed once per VM.
 pub struct RouteEntry {
     /// A number unique within this VM, part of the token-cache key.
@@ -36,16 +40,20 @@ pub struct RouteEntry {
     pub route: Result<Rc<Route>, String>,
 }
 
+/// Opened sessions: sealed value → (route id, session).
+type Opened = LruCache<LongKey, (u64, Rc<Session>)>;
+
 /// A per-VM LRU keyed by (route id, a request value).
-type Cache<T> = Option<RefCell<LruCache<(u64, String), Rc<T>>>>;
+type Cache<T> = Option<RefCell<LruCache<(u64, LongKey), Rc<T>>>>;
 
 pub struct Vm {
     routes: RefCell<HashMap<String, Rc<RouteEntry>>>,
     next_route_id: Cell<u64>,
     /// Accepted tokens: key (route id, token).
     tokens: Cache<Allowed>,
-    /// Opened session cookies: key (route id, sealed value).
-    sessions: Cache<Session>,
+    /// Opened session cookies: sealed value → (route id, the session); an
+    /// entry of another route is a miss.
+    sessions: Option<RefCell<Opened>>,
     /// (JWKS URL, kid) → until when tokens with that kid do not refetch.
     unknown_kids: RefCell<LruCache<(String, String), u64>>,
     /// (route id, SHA-256 of a token) → until when it is refused unasked.
@@ -54,6 +62,9 @@ pub struct Vm {
     /// (`oidc_core::revocation::subjects::keys_of`: two SHA-256s, ~7k
     /// instructions each in the VM, saved per request).
     subject_keys: RefCell<LruCache<SessionId, Rc<[[u8; 16]]>>>,
+    /// Session id → the deny-lists' version (`oidc_core::revocation::
+    /// VERSION_KEY`) read before the lists were found not to name it.
+    clean: RefCell<LruCache<SessionId, Version>>,
     pub store: Store,
     pub metrics: Metrics,
     /// The wall-clock rules' intervals (listener settings).
@@ -80,6 +91,7 @@ impl Vm {
             unknown_kids: RefCell::new(LruCache::new(bounded(UNKNOWN_KIDS))),
             refused: RefCell::new(LruCache::new(bounded(REFUSED_TOKENS))),
             subject_keys: RefCell::new(LruCache::new(bounded(SUBJECT_KEYS))),
+            clean: RefCell::new(LruCache::new(bounded(SUBJECT_KEYS))),
             store: Store::default(),
             metrics: Metrics::define(),
             intervals: settings.intervals(),
@@ -144,7 +156,19 @@ impl Vm {
         keys
     }
 
-    pub fn cached_token(&self, key: &(u64, String), now: u64) -> Option<Rc<Allowed>> {
+    /// Whether session `id` was found on neither deny-list with the lists
+    /// at `version` (so, while it is the version, it is still on neither).
+    pub fn clean_at(&self, id: &SessionId, version: &Version) -> bool {
+        self.clean.borrow_mut().get(id) == Some(version)
+    }
+
+    /// Session `id` is on neither deny-list: `version` was read before
+    /// the lists were.
+    pub fn remember_clean(&self, id: SessionId, version: Version) {
+        self.clean.borrow_mut().put(id, version);
+    }
+
+    pub fn cached_token(&self, key: &(u64, LongKey), now: u64) -> Option<Rc<Allowed>> {
         let mut cache = self.tokens.as_ref()?.borrow_mut();
         match cache.get(key) {
             Some(a) if now < a.cache_until => Some(a.clone()),
@@ -156,7 +180,7 @@ impl Vm {
         }
     }
 
-    pub fn cache_token(&self, key: (u64, String), allowed: Rc<Allowed>, now: u64) {
+    pub fn cache_token(&self, key: (u64, LongKey), allowed: Rc<Allowed>, now: u64) {
         if allowed.cache_until > now {
             if let Some(cache) = &self.tokens {
                 cache.borrow_mut().put(key, allowed);
@@ -228,30 +252,37 @@ impl Vm {
     /// it opened: decrypting and parsing a cookie costs more than a copy.
     /// The key includes the route, so a value opened for one route (and its
     /// secret) is never taken for another.
+    ///
+    /// Every request with the same cookie on the same route gets the same
+    /// `Rc`, which keeps the session's upstream headers once built
+    /// (`oidc_core::session::HeaderMemo`): that is why the cache must be
+    /// per route (the headers follow the route's options).
     pub fn unseal(
         &self,
         route_id: u64,
         key: &SessionKey,
         name: &str,
         value: &str,
-    ) -> Result<Session, SessionError> {
+    ) -> Result<Rc<Session>, SessionError> {
         let Some(cache) = &self.sessions else {
-            return session::unseal(key, name, value);
+            return session::unseal(key, name, value).map(Rc::new);
         };
-        let k = (route_id, value.to_owned());
-        if let Some(s) = cache.borrow_mut().get(&k) {
-            return Ok(Session::clone(s));
+        let k = LongKey(value.to_owned());
+        if let Some((id, s)) = cache.borrow_mut().get(&k) {
+            if *id == route_id {
+                return Ok(s.clone());
+            }
         }
-        let s = session::unseal(key, name, value)?;
-        cache.borrow_mut().put(k, Rc::new(s.clone()));
+        let s = Rc::new(session::unseal(key, name, value)?);
+        cache.borrow_mut().put(k, (route_id, s.clone()));
         Ok(s)
     }
 
     /// From now on, `value` of route `route_id` opens as `session` (the
     /// session saved in its place; see `Host::resealed`).
-    pub fn resealed(&self, route_id: u64, value: String, session: Session) {
+    pub fn resealed(&self, route_id: u64, value: String, session: Rc<Session>) {
         if let Some(cache) = &self.sessions {
-            cache.borrow_mut().put((route_id, value), Rc::new(session));
+            cache.borrow_mut().put(LongKey(value), (route_id, session));
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod apisix;
 pub mod discover;
 pub mod revocations;
+pub mod serve;
 pub mod sink;
 pub mod store;
 pub mod translate;

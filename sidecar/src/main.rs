@@ -163,6 +163,34 @@ struct Options {
     /// Timeout of the sidecar's own discovery-document fetches, seconds.
     #[arg(long, default_value_t = 3)]
     discovery_timeout: u64,
+
+    /// Connections the Admin API keeps open at once (nginx's
+    /// `worker_connections`); more wait to be accepted. The revocation
+    /// service takes at most as many.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..))]
+    max_connections: u16,
+
+    /// Seconds a client may take to send a request's headers, or to start
+    /// its next request on a kept-alive connection, before it is dropped
+    /// (nginx's `client_header_timeout` / `keepalive_timeout`): on Envoy's
+    /// listeners, the Admin API and the revocation service (which also
+    /// drop a client that stalls this long in a body).
+    #[arg(long, default_value_t = 60.0, value_parser = positive_seconds)]
+    client_timeout: f64,
+
+    /// Connections each of Envoy's listeners keeps at once (shared by its
+    /// workers; nginx's `worker_connections`): one more is closed at once.
+    /// Envoy needs a descriptor limit (`ulimit -n`) above it.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    proxy_max_connections: u64,
+}
+
+/// A number of seconds above 0 (and below a year).
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 31_536_000.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds above 0")),
+    }
 }
 
 #[tokio::main]
@@ -342,9 +370,15 @@ async fn run(o: Options) -> Result<(), String> {
     let revocations_listener = bind_remembered(o.xds_addr.ip(), &beside_data("revocations-port"))
         .await
         .map_err(|e| format!("cannot listen for the revocation service: {e}"))?;
-    tokio::spawn(sidecar::revocations::serve(
+    let limits = sidecar::serve::Limits {
+        max_connections: usize::from(o.max_connections),
+        client_timeout: Duration::from_secs_f64(o.client_timeout),
+    };
+    tokio::spawn(sidecar::serve::serve(
         revocations_listener.1,
-        revocations,
+        sidecar::revocations::router(revocations),
+        limits,
+        std::future::pending(),
     ));
     let filter_settings = with_revocation_service(&o.filter_settings, &revocation_key)?;
 
@@ -358,6 +392,10 @@ async fn run(o: Options) -> Result<(), String> {
         trusted_proxy_hops: o.trusted_proxy_hops,
         backchannel_sink,
         revocations: Some(revocations_listener.0),
+        clients: sidecar::translate::ClientLimits {
+            timeout: Duration::from_secs_f64(o.client_timeout),
+            max_connections: o.proxy_max_connections,
+        },
     };
     let xds_listener = tokio::net::TcpListener::bind(o.xds_addr)
         .await
@@ -390,14 +428,10 @@ async fn run(o: Options) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {} (Admin API): {e}", o.admin_addr))?;
     tracing::info!(admin = %o.admin_addr, xds = %o.xds_addr, "sidecar ready");
-    let admin_task = axum::serve(
-        admin_listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown());
+    let admin_task = sidecar::serve::serve(admin_listener, app, limits, shutdown());
 
     tokio::select! {
-        r = admin_task => r.map_err(|e| format!("Admin API: {e}")),
+        () = admin_task => Ok(()),
         r = xds_task => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("xDS: {e}")),

@@ -544,13 +544,6 @@ pub fn router(s: Service) -> Router {
         .with_state(s)
 }
 
-/// Serves the service on `listener` for ever.
-pub async fn serve(listener: tokio::net::TcpListener, s: Service) {
-    if let Err(e) = axum::serve(listener, router(s)).await {
-        tracing::error!("revocation service: {e}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

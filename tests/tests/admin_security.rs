@@ -526,3 +526,114 @@ fn an_admin_api_off_loopback_gets_a_generated_key_and_status_is_checked() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.json()["versions"].is_object(), "{}", r.body);
 }
+
+/// The sidecar's open descriptors.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Whether the server closed `s` (read returns EOF or an error) within
+/// `within`.
+fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut b = [0u8; 512];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue, // an answer (400) before the close
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A connection flood on the Admin API (anyone who can reach its port can
+/// open connections: the key is checked per request). Before, the sidecar
+/// accepted every connection and kept it as long as the client did: a few
+/// thousand idle connections used up its descriptors, and then its store
+/// and its xDS could open nothing. Now at most `--max-connections` are
+/// open (the rest wait in the backlog), and a client that sends nothing,
+/// stops in its headers or in its body, is dropped after
+/// `--client-timeout`; the revocation service takes the same limits.
+#[test]
+fn connection_floods_and_stalled_clients_cannot_exhaust_the_sidecar() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let dir = TestDir::new("admin_security_flood");
+    let (www, _www) = static_server(&dir, "www");
+    let gw = Gateway::start(
+        dir.path(),
+        &["--max-connections", "20", "--client-timeout", "1"],
+    );
+    let pid = gw.sidecar_pid().expect("sidecar pid");
+    let before = open_fds(pid);
+
+    let mut flood: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(("127.0.0.1", gw.admin_port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = open_fds(pid);
+    assert!(
+        during <= before + 20 + 5,
+        "the sidecar holds {during} descriptors with 200 idle clients ({before} before)"
+    );
+    // Every idle client is dropped, 20 at a time, one second each.
+    for (i, s) in flood.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(20)),
+            "idle connection {i} is still open"
+        );
+    }
+    drop(flood);
+
+    // A client stopping in its headers, and one stopping in its body: the
+    // write never happens.
+    let mut headers = TcpStream::connect(("127.0.0.1", gw.admin_port)).unwrap();
+    headers
+        .write_all(b"GET /apisix/admin/routes HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let mut body = TcpStream::connect(("127.0.0.1", gw.admin_port)).unwrap();
+    body.write_all(
+        b"PUT /apisix/admin/routes/stalled HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+          Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"uri\":",
+    )
+    .unwrap();
+    assert!(closed_within(&mut headers, Duration::from_secs(5)));
+    assert!(closed_within(&mut body, Duration::from_secs(5)));
+    assert_eq!(route_count(&gw), 0);
+
+    // The revocation service (on the xDS address) takes the same limits.
+    let port: u16 = std::fs::read_to_string(dir.path().join("routes.revocations-port"))
+        .expect("the revocation service's port file")
+        .trim()
+        .parse()
+        .unwrap();
+    let mut flood: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = open_fds(pid);
+    assert!(
+        during <= before + 20 + 5,
+        "the sidecar holds {during} descriptors with 100 idle clients of the revocation service"
+    );
+    for s in flood.iter_mut() {
+        assert!(closed_within(s, Duration::from_secs(20)));
+    }
+    drop(flood);
+
+    // And the gateway works: a route written now is served.
+    let r = gw.admin(
+        "PUT",
+        "/apisix/admin/routes/after",
+        Some(&format!(
+            r#"{{"uri":"/who","upstream":{{"type":"roundrobin","nodes":{{"127.0.0.1:{www}":1}}}}}}"#
+        )),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    served(&gw, "/who", "www");
+}

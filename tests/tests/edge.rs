@@ -256,3 +256,166 @@ fn the_filter_strips_underscore_identity_headers() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(!r.body.contains("forged-upper"), "{}", r.body);
 }
+
+/// Whether the peer closed `s` (EOF or reset) within `within`; bytes
+/// before the close (an answer) are read past.
+fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    let until = std::time::Instant::now() + within;
+    let mut b = [0u8; 4096];
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 answer's status line from `s` (keeps the
+/// connection).
+fn status_of(s: &mut std::net::TcpStream) -> Option<u16> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+/// Clients that hold connections: before, Envoy's listener kept a client
+/// that stops in its headers for its stream idle timeout (5 minutes), a
+/// kept-alive connection without a request for an hour, and took
+/// connections until it ran out of descriptors. Now, as nginx: headers
+/// within `--client-timeout` (`client_header_timeout`), an idle connection
+/// closed after it (`keepalive_timeout`), and at most
+/// `--proxy-max-connections` connections (`worker_connections`, shared by
+/// Envoy's workers): one more is closed at once.
+#[test]
+fn the_listener_drops_stalled_clients_and_bounds_connections() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let dir = TestDir::new("edge_clients");
+    let echo = EchoServer::start(dir.path(), "upstream");
+    let gw = Gateway::start_concurrent(
+        dir.path(),
+        &["--client-timeout", "4", "--proxy-max-connections", "4"],
+        2,
+    );
+    admin_put(
+        &gw,
+        "open",
+        json!({"uri": "/*", "upstream": upstream(&echo)}),
+    );
+    wait_for("the route", Duration::from_secs(10), || {
+        get(&gw.url("/x"), &[]).ok().filter(|r| r.status == 200)
+    });
+    let request = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+    // Headers that never end, and a connection left idle after an answer.
+    let mut stalled = TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
+    stalled
+        .write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .unwrap();
+    let mut idle = TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
+    idle.write_all(request).unwrap();
+    assert_eq!(status_of(&mut idle), Some(200));
+    let t = std::time::Instant::now();
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(15)),
+        "a client stopped in its headers is still connected after 15 s"
+    );
+    eprintln!("stalled headers dropped after {:?}", t.elapsed());
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(15)),
+        "an idle kept-alive connection is still open after 15 s"
+    );
+    eprintln!("idle connection dropped after {:?}", t.elapsed());
+
+    // Four connections in use: a fifth is closed at once, on any worker;
+    // once one of the four goes, a new one is served.
+    let mut four: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
+            s.write_all(request).unwrap();
+            assert_eq!(status_of(&mut s), Some(200));
+            s
+        })
+        .collect();
+    for _ in 0..3 {
+        let mut fifth = TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
+        let _ = fifth.write_all(request);
+        assert_eq!(status_of(&mut fifth), None, "a fifth connection was served");
+    }
+    assert!(gw.envoy_stat("connection_limit.ingress.limited_connections") >= 3);
+    drop(four.pop());
+    wait_for(
+        "a connection after one closed",
+        Duration::from_secs(5),
+        || {
+            let mut s = TcpStream::connect(("127.0.0.1", gw.proxy_port)).ok()?;
+            s.write_all(request).ok()?;
+            (status_of(&mut s) == Some(200)).then_some(())
+        },
+    );
+}
+
+/// HTTP/2 (h2c here, h2 on HTTPS): Envoy 1.40's default lets one
+/// connection open 1,024 streams at once (each with the filter's context);
+/// the listener now announces 128 (nginx's
+/// `http2_max_concurrent_streams`) in its SETTINGS, and the requests on
+/// the connection are served.
+#[test]
+fn http2_connections_have_a_stream_limit() {
+    let dir = TestDir::new("edge_h2");
+    let echo = EchoServer::start(dir.path(), "upstream");
+    let gw = Gateway::start(dir.path(), &[]);
+    admin_put(
+        &gw,
+        "open",
+        json!({"uri": "/*", "upstream": upstream(&echo)}),
+    );
+    wait_for("the route", Duration::from_secs(10), || {
+        get(&gw.url("/x"), &[]).ok().filter(|r| r.status == 200)
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, limit) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.proxy_port))
+            .await
+            .unwrap();
+        let (mut client, mut conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+        let req = http::Request::get(format!("http://127.0.0.1:{}/x", gw.proxy_port))
+            .body(())
+            .unwrap();
+        let (answer, _) = client.send_request(req, true).expect("send");
+        let answer = tokio::select! {
+            a = answer => a.expect("answer"),
+            c = &mut conn => panic!("the connection ended: {c:?}"),
+        };
+        (answer.status().as_u16(), conn.max_concurrent_send_streams())
+    });
+    assert_eq!(status, 200);
+    assert_eq!(limit, 128);
+}

@@ -276,6 +276,7 @@ impl XdsEnvoy {
             trusted_proxy_hops: 0,
             backchannel_sink: None,
             revocations: None,
+            clients: Default::default(),
         };
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

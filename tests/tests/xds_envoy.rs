@@ -399,6 +399,7 @@ async fn envoy_follows_route_changes_without_draining_its_listener() {
         trusted_proxy_hops: 0,
         backchannel_sink: None,
         revocations: None,
+        clients: Default::default(),
     };
     let server = tokio::spawn(serve_on(
         listener,

@@ -24,7 +24,9 @@ mod seal;
 pub use cookie::*;
 pub use seal::*;
 
+use std::cell::OnceCell;
 use std::fmt;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -133,6 +135,47 @@ pub struct Session {
     pub saved_at: u64,
     /// Last activity: the idling timeout runs from here.
     pub last_seen: u64,
+    /// The upstream headers of this session as opened from its cookie,
+    /// built once ([`crate::signed_in::opened_headers`]); not sealed.
+    pub opened_headers: HeaderMemo,
+}
+
+/// Identity headers for the upstream (name, value).
+pub type UpstreamHeaders = Rc<[(&'static str, String)]>;
+
+/// A session's upstream headers, built on first use. A per-VM cache hands
+/// the same opened session (`Rc<Session>`) to every request with the same
+/// cookie on the same route, so the headers are built once per session.
+/// Never compared, and a clone starts empty: a session changed through
+/// `Rc::make_mut` (refreshed tokens) gets headers of its own.
+#[derive(Default)]
+pub struct HeaderMemo(OnceCell<Option<UpstreamHeaders>>);
+
+impl HeaderMemo {
+    pub fn get_or_init(
+        &self,
+        build: impl FnOnce() -> Option<UpstreamHeaders>,
+    ) -> Option<UpstreamHeaders> {
+        self.0.get_or_init(build).clone()
+    }
+}
+
+impl Clone for HeaderMemo {
+    fn clone(&self) -> Self {
+        HeaderMemo::default()
+    }
+}
+
+impl PartialEq for HeaderMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for HeaderMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HeaderMemo")
+    }
 }
 
 /// What [`Session::refresh`] did; anything but `None` means the cookie must
@@ -160,6 +203,7 @@ impl Session {
             created_at: now,
             saved_at: now,
             last_seen: now,
+            opened_headers: HeaderMemo::default(),
         }
     }
 
@@ -180,9 +224,19 @@ impl Session {
     /// quarter of the idling timeout, if shorter) has passed since it was
     /// last seen, so that an active session is not re-sent on every request.
     pub fn refresh(&mut self, now: u64, cfg: &SessionConfig) -> Refresh {
+        let due = self.refresh_due(now, cfg);
+        match due {
+            Refresh::Saved => self.renew(now),
+            Refresh::Touched => self.touch(now),
+            Refresh::None => {}
+        }
+        due
+    }
+
+    /// What [`Session::refresh`] would do at `now`, without doing it.
+    pub fn refresh_due(&self, now: u64, cfg: &SessionConfig) -> Refresh {
         let rolling = cfg.rolling_timeout;
         if rolling > 0 && now.saturating_sub(self.saved_at) >= rolling - rolling / 4 {
-            self.renew(now);
             return Refresh::Saved;
         }
         let idling = cfg.idling_timeout;
@@ -192,7 +246,6 @@ impl Session {
             TOUCH_INTERVAL
         };
         if now.saturating_sub(self.last_seen) >= every.max(1) {
-            self.touch(now);
             return Refresh::Touched;
         }
         Refresh::None
@@ -306,6 +359,7 @@ pub fn unseal(key: &SessionKey, name: &str, value: &str) -> Result<Session, Sess
         created_at: wire.created_at,
         saved_at: wire.saved_at,
         last_seen: wire.last_seen,
+        opened_headers: HeaderMemo::default(),
     })
 }
 

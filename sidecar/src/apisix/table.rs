@@ -19,7 +19,7 @@ use crate::store::Stored;
 pub type Published = Arc<RouteTable>;
 
 /// The validated form of one stored route and upstream set.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RouteTable {
     /// What it was built from (compared to tell whether a set changed).
     stored: Stored,
@@ -58,6 +58,22 @@ pub struct RouteTable {
     ssls: Vec<SslSpec>,
     /// Stored ssl objects that do not validate, with the reason.
     invalid_ssls: Vec<(String, String)>,
+}
+
+/// Counts only: the table holds the secret values it masks NACKs with (and
+/// the stored objects, secrets in them), which must not reach a log.
+impl std::fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("routes", &self.routes.len())
+            .field("invalid", &self.invalid)
+            .field("invalid_upstreams", &self.invalid_upstreams)
+            .field("secrets", &format_args!("{} redacted", self.secrets.len()))
+            .field("ssls", &self.ssls.len())
+            .field("invalid_ssls", &self.invalid_ssls)
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RouteTable {
@@ -592,6 +608,27 @@ mod tests {
     fn route(plugin: serde_json::Value) -> serde_json::Value {
         json!({"uri": "/x", "plugins": {"openid-connect": plugin},
                "upstream": {"nodes": {"192.0.2.1:80": 1}}})
+    }
+
+    /// A table's `Debug` (what a `tracing` field or a panic would print)
+    /// names no secret value.
+    #[test]
+    fn debug_shows_no_secret() {
+        let mut stored = Stored::default();
+        stored.routes.insert(
+            "login".into(),
+            route(
+                json!({"client_id": "c", "client_secret": "client-secret-value",
+                         "discovery": "https://idp/.well-known/openid-configuration",
+                         "redirect_uri": "https://app/cb",
+                         "session": {"secret": "session-secret-value"}}),
+            ),
+        );
+        let t = RouteTable::build(stored);
+        assert_eq!(t.routes.len(), 1, "{:?}", t.invalid);
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("secret-value"), "{shown}");
+        assert!(shown.contains("routes: 1"), "{shown}");
     }
 
     /// Many login routes: one shared config is no clash at all; hundreds

@@ -111,7 +111,11 @@ pub(super) fn https(
                 ..Default::default()
             }),
             // The client address for `remote_addrs`, as on the HTTP listener.
-            filters: vec![remote_addr_filter(), connection_manager(s)],
+            filters: vec![
+                connection_limit(s),
+                remote_addr_filter(),
+                connection_manager(s),
+            ],
             transport_socket: Some(TransportSocket {
                 name: "envoy.transport_sockets.tls".into(),
                 config_type: Some(transport_socket::ConfigType::TypedConfig(to_any(&tls))),

@@ -15,6 +15,7 @@ fn settings() -> ProxySettings {
         trusted_proxy_hops: 0,
         backchannel_sink: None,
         revocations: None,
+        clients: Default::default(),
     }
 }
 
@@ -176,10 +177,11 @@ fn https_chains_record_the_client_address_for_remote_addrs() {
         assert_eq!(
             names,
             [
+                "envoy.filters.network.connection_limit",
                 "envoy.filters.network.set_filter_state",
                 "envoy.filters.network.http_connection_manager"
             ]
         );
-        assert_eq!(chain.filters[0], remote_addr_filter());
+        assert_eq!(chain.filters[1], remote_addr_filter());
     }
 }

@@ -10,12 +10,19 @@ pub(super) fn listener(s: &ProxySettings) -> Listener {
         name: LISTENER_NAME.into(),
         address: Some(socket(&s.listen_addr, s.proxy_port)),
         filter_chains: vec![FilterChain {
-            filters: vec![remote_addr_filter(), connection_manager(s)],
+            filters: vec![
+                connection_limit(s),
+                remote_addr_filter(),
+                connection_manager(s),
+            ],
             ..Default::default()
         }],
         ..Default::default()
     }
 }
+
+/// Streams one HTTP/2 connection may have open at once (nginx's default).
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
 
 /// The connection manager of both listeners (HTTP and HTTPS): the same
 /// wasm configuration, so both share the filter's VM, and the same routes
@@ -90,11 +97,34 @@ pub(super) fn connection_manager(s: &ProxySettings) -> Filter {
         // nginx drops headers with `_` in their names (its default); so does
         // the gateway, so `X_Userinfo` cannot pose as `X-Userinfo` at an
         // upstream that maps both to `HTTP_X_USERINFO`.
+        // A kept-alive connection without a request closes after the
+        // client timeout (nginx's `keepalive_timeout`; Envoy's default: an
+        // hour).
         common_http_protocol_options: Some(envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
             headers_with_underscores_action:
                 envoy_types::pb::envoy::config::core::v3::http_protocol_options::HeadersWithUnderscoresAction::DropHeader as i32,
+            idle_timeout: Some(duration(s.clients.timeout)),
             ..Default::default()
         }),
+        // Headers that do not arrive within it end the connection (nginx's
+        // `client_header_timeout`; Envoy's default: none, so a client that
+        // stops in its headers is held for the stream idle timeout).
+        request_headers_timeout: Some(duration(s.clients.timeout)),
+        // HTTP/2 (h2 on HTTPS, h2c here): at most 128 streams at once on a
+        // connection (nginx's `http2_max_concurrent_streams`; Envoy 1.40
+        // announces 1,024, each stream with its filter context), and the
+        // flow-control windows of Envoy's edge guidance (64 KiB a stream,
+        // 1 MiB a connection; its defaults are larger).
+        http2_protocol_options: Some(
+            envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions {
+                max_concurrent_streams: Some(UInt32Value {
+                    value: HTTP2_MAX_CONCURRENT_STREAMS,
+                }),
+                initial_stream_window_size: Some(UInt32Value { value: 65_536 }),
+                initial_connection_window_size: Some(UInt32Value { value: 1_048_576 }),
+                ..Default::default()
+            },
+        ),
         // The edge: X-Forwarded-* from clients are not trusted beyond the
         // configured proxy hops, so `:scheme` is the real one (`https` on
         // the HTTPS listener: session cookies get `Secure`).
@@ -105,6 +135,23 @@ pub(super) fn connection_manager(s: &ProxySettings) -> Filter {
     Filter {
         name: "envoy.filters.network.http_connection_manager".into(),
         config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
+    }
+}
+
+/// At most `max_connections` connections on the listener's filter chain
+/// (shared by Envoy's workers); one more is closed at once.
+pub(super) fn connection_limit(s: &ProxySettings) -> Filter {
+    use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+    Filter {
+        name: "envoy.filters.network.connection_limit".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(to_any(&ConnectionLimit {
+            stat_prefix: STAT_PREFIX.into(),
+            max_connections: Some(UInt64Value {
+                value: s.clients.max_connections,
+            }),
+            ..Default::default()
+        }))),
     }
 }
 
@@ -171,6 +218,13 @@ pub(super) fn socket(host: &str, port: u16) -> Address {
             port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
             ..Default::default()
         })),
+    }
+}
+
+pub(super) fn duration(d: std::time::Duration) -> Duration {
+    Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
     }
 }
 

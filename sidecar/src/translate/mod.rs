@@ -200,6 +200,32 @@ pub struct ProxySettings {
     /// The sidecar's revocation service ([`REVOCATIONS_CLUSTER`]); its
     /// key is in `filter_settings` (`revocation_service`).
     pub revocations: Option<std::net::SocketAddr>,
+    /// What the listeners take from a client.
+    pub clients: ClientLimits,
+}
+
+/// What a listener takes from its clients, as nginx (APISIX) bounds them:
+/// without it Envoy keeps a client that never finishes its headers for
+/// its stream idle timeout (5 minutes), an idle kept-alive connection for
+/// an hour, and accepts connections until it runs out of descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// How long a client may take to send a request's headers
+    /// (`client_header_timeout`), and how long a connection without a
+    /// request stays open (`keepalive_timeout`).
+    pub timeout: std::time::Duration,
+    /// Connections a listener keeps at once (`worker_connections`); one
+    /// more is closed at once.
+    pub max_connections: u64,
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits {
+            timeout: std::time::Duration::from_secs(60),
+            max_connections: 50_000,
+        }
+    }
 }
 
 /// The cluster of the sidecar's back-channel sink: a listener that accepts

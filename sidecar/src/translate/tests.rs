@@ -16,6 +16,7 @@ fn settings() -> ProxySettings {
         trusted_proxy_hops: 0,
         backchannel_sink: None,
         revocations: None,
+        clients: Default::default(),
     }
 }
 
@@ -744,9 +745,21 @@ fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
     let l = &r.listeners[0];
     assert_eq!(l.name, LISTENER_NAME);
     assert_eq!(l.address, Some(socket("127.0.0.1", 9080)));
-    // First the client address for `remote_addrs` (route-independent):
+    // First the connection limit (shared by the workers).
+    {
+        use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
+        let f = &l.filter_chains[0].filters[0];
+        assert_eq!(f.name, "envoy.filters.network.connection_limit");
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            panic!("{f:?}")
+        };
+        let c: ConnectionLimit = decode(any);
+        assert_eq!(c.max_connections.map(|v| v.value), Some(50_000));
+        assert_eq!(c.delay, None);
+    }
+    // Then the client address for `remote_addrs` (route-independent):
     // the TCP peer's IP as Envoy's IP object, which address matchers read.
-    let sfs = &l.filter_chains[0].filters[0];
+    let sfs = &l.filter_chains[0].filters[1];
     assert_eq!(sfs.name, "envoy.filters.network.set_filter_state");
     {
         use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
@@ -777,13 +790,28 @@ fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
             ))
         );
     }
-    let f = &l.filter_chains[0].filters[1];
+    let f = &l.filter_chains[0].filters[2];
     assert_eq!(f.name, "envoy.filters.network.http_connection_manager");
     let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
         panic!("{f:?}")
     };
     let hcm: HttpConnectionManager = decode(any);
     assert_eq!(hcm.stat_prefix, STAT_PREFIX);
+    assert_eq!(
+        hcm.http2_protocol_options
+            .as_ref()
+            .and_then(|o| o.max_concurrent_streams)
+            .map(|v| v.value),
+        Some(128)
+    );
+    // nginx's client_header_timeout and keepalive_timeout (60 s).
+    assert_eq!(hcm.request_headers_timeout, Some(seconds(60)));
+    assert_eq!(
+        hcm.common_http_protocol_options
+            .as_ref()
+            .and_then(|o| o.idle_timeout),
+        Some(seconds(60))
+    );
     // The plugins' filters run only on routes that enable them; the
     // openid-connect filter (which also strips forged identity headers)
     // and the router run everywhere.

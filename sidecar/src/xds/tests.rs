@@ -21,6 +21,7 @@ fn settings() -> ProxySettings {
         trusted_proxy_hops: 0,
         backchannel_sink: None,
         revocations: None,
+        clients: Default::default(),
     }
 }
 

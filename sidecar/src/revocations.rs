@@ -2,7 +2,7 @@
 //! (`oidc_core::revocation_feed` has the wire format and the flow).
 //!
 //! - Envoy's filter POSTs entries and polls `GET ?since=<epoch>.<seq>`
-//!   on a listener of its own ([`serve`]), reachable through the cluster
+//!   on a listener of its own (`crate::serve`, from `main.rs`), reachable through the cluster
 //!   [`crate::translate::REVOCATIONS_CLUSTER`]; every request must carry
 //!   the key this sidecar generated at its first start ([`key_in`], kept
 //!   next to the routes' file, mode 0600; compared in constant time;

@@ -151,7 +151,7 @@ impl EncodedEntry {
 const VIRTUAL_HOST_ROUTES: u32 = 3;
 const ROUTE_CONFIG_VIRTUAL_HOSTS: u32 = 2;
 
-/// The route configuration of `specs`, as [`translate`] makes it, encoded
+/// The route configuration of `specs`, as [`translate::translate`](crate::translate::translate) makes it, encoded
 /// from the pairs kept in `cache` (those of this table are left there);
 /// and whether it has back-channel sink routes.
 fn route_config_cached(

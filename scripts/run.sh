@@ -27,6 +27,12 @@
 #                     control ports (ADMIN_PORT, XDS_PORT, ENVOY_ADMIN_PORT)
 #                     are refused either way.
 #   SIDECAR_ARGS      extra arguments for the sidecar
+#
+# Envoy's listeners take at most half of this shell's descriptor limit
+# (`ulimit -n`) in connections, at most 50,000 (the sidecar's
+# --proxy-max-connections default): a proxied connection also needs an
+# upstream one, and a limit above the descriptors would protect nothing.
+# A --proxy-max-connections in SIDECAR_ARGS wins.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,6 +58,14 @@ for p in PROXY_PORT PROXY_HTTPS_PORT ADMIN_PORT XDS_PORT ENVOY_ADMIN_PORT; do
     v="${!p}"
     [[ "$v" =~ ^[0-9]+$ ]] && (( v > 0 && v < 65536 )) || die "$p=$v is not a port number"
 done
+
+LIMIT_ARGS=()
+if [[ " ${SIDECAR_ARGS:-} " != *" --proxy-max-connections"* ]]; then
+    fds="$(ulimit -n)"
+    if [[ "$fds" =~ ^[0-9]+$ ]] && (( fds / 2 < 50000 )); then
+        LIMIT_ARGS=(--proxy-max-connections "$(( fds / 2 > 1 ? fds / 2 : 1 ))")
+    fi
+fi
 
 case "$ALLOW_LOCAL_UPSTREAMS" in
     1) LOCAL_ARGS=(--allow-local-upstreams) ;;
@@ -116,6 +130,7 @@ say "sidecar: Admin API on 127.0.0.1:$ADMIN_PORT, xDS on 127.0.0.1:$XDS_PORT, ro
     --data "$DATA_FILE" \
     --envoy-admin-addr "127.0.0.1:$ENVOY_ADMIN_PORT" \
     "${LOCAL_ARGS[@]}" \
+    "${LIMIT_ARGS[@]}" \
     ${SIDECAR_ARGS:-} &
 SIDECAR_PID=$!
 

@@ -419,3 +419,64 @@ fn http2_connections_have_a_stream_limit() {
     assert_eq!(status, 200);
     assert_eq!(limit, 128);
 }
+
+/// A client that sends a large body to an upstream that does not read it:
+/// Envoy reads from the client until its per-connection buffer limit, so
+/// the limit is the memory one connection can pin. Envoy's default is
+/// 1 MiB (50,000 connections: 50 GiB); the listeners now take 32 KiB
+/// (Envoy's edge guidance; nginx reads a body through a 16 KiB buffer).
+#[test]
+fn a_client_cannot_make_envoy_buffer_a_megabyte() {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    let dir = TestDir::new("edge_buffer");
+    // An upstream that accepts and never reads.
+    let hold = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hold_port = hold.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for s in hold.incoming().flatten() {
+            kept.push(s);
+        }
+    });
+    let gw = Gateway::start(dir.path(), &[]);
+    admin_put(
+        &gw,
+        "upload",
+        json!({"uri": "/upload", "upstream": {"type": "roundrobin",
+               "nodes": {format!("127.0.0.1:{hold_port}"): 1}}}),
+    );
+    wait_for("Envoy to have the route", Duration::from_secs(10), || {
+        let dump = get(
+            &format!(
+                "http://127.0.0.1:{}/config_dump?resource=dynamic_route_configs",
+                gw.envoy_admin_port
+            ),
+            &[],
+        )
+        .ok()?;
+        dump.body.contains("\"/upload\"").then_some(())
+    });
+    let mut client = TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 16777216\r\n\r\n")
+        .unwrap();
+    client
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let chunk = vec![b'a'; 65_536];
+    let mut sent = 0usize;
+    while sent < 16_777_216 {
+        match client.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break, // Envoy stopped reading
+        }
+    }
+    let buffered = gw.envoy_stat("http.ingress.downstream_cx_rx_bytes_buffered");
+    eprintln!("sent {sent} bytes before Envoy stopped reading; {buffered} buffered");
+    // Some of the body is held (the route took it), at most the limit.
+    assert!(
+        (16 * 1024..=64 * 1024).contains(&buffered),
+        "Envoy holds {buffered} bytes of one client's body"
+    );
+}

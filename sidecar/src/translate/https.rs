@@ -129,6 +129,9 @@ pub(super) fn https(
     let listener = Listener {
         name: HTTPS_LISTENER_NAME.into(),
         address: Some(socket(&s.listen_addr, s.https_port)),
+        per_connection_buffer_limit_bytes: Some(UInt32Value {
+            value: super::listener::CONNECTION_BUFFER_LIMIT,
+        }),
         listener_filters: vec![ListenerFilter {
             name: "envoy.filters.listener.tls_inspector".into(),
             config_type: Some(listener_filter::ConfigType::TypedConfig(to_any(

@@ -9,6 +9,9 @@ pub(super) fn listener(s: &ProxySettings) -> Listener {
     Listener {
         name: LISTENER_NAME.into(),
         address: Some(socket(&s.listen_addr, s.proxy_port)),
+        per_connection_buffer_limit_bytes: Some(UInt32Value {
+            value: CONNECTION_BUFFER_LIMIT,
+        }),
         filter_chains: vec![FilterChain {
             filters: vec![
                 connection_limit(s),
@@ -20,6 +23,11 @@ pub(super) fn listener(s: &ProxySettings) -> Listener {
         ..Default::default()
     }
 }
+
+/// Bytes Envoy reads ahead from one client connection (Envoy's edge
+/// guidance; its default is 1 MiB): what a client sending a body to an
+/// upstream that does not take it can make Envoy hold.
+pub const CONNECTION_BUFFER_LIMIT: u32 = 32 * 1024;
 
 /// Streams one HTTP/2 connection may have open at once (nginx's default).
 pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;

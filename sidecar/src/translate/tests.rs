@@ -745,6 +745,10 @@ fn the_listener_runs_the_wasm_filter_then_the_router_with_rds_over_ads() {
     let l = &r.listeners[0];
     assert_eq!(l.name, LISTENER_NAME);
     assert_eq!(l.address, Some(socket("127.0.0.1", 9080)));
+    assert_eq!(
+        l.per_connection_buffer_limit_bytes.map(|v| v.value),
+        Some(32 * 1024)
+    );
     // First the connection limit (shared by the workers).
     {
         use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::gateway::{sidecar_bin, Gateway};
-use integration_tests::http::{request, Response};
+use integration_tests::http::{closed_within, request, Response};
 use integration_tests::{free_port, get, static_server, wait_for, wasm_path, Proc, TestDir};
 
 /// An Admin API call with the given headers (the body as curl `-d` sends it
@@ -532,23 +532,6 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-/// Whether the server closed `s` (read returns EOF or an error) within
-/// `within`.
-fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
-    use std::io::Read;
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut b = [0u8; 512];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return true,
-            Ok(_) => continue, // an answer (400) before the close
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
-            Err(_) => return true,
-        }
-    }
 }
 
 /// A connection flood on the Admin API (anyone who can reach its port can

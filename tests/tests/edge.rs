@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use integration_tests::echo::{raw_request, EchoServer};
 use integration_tests::gateway::Gateway;
+use integration_tests::http::closed_within;
 use integration_tests::provider::{CLIENT_ID, DEFAULT_CLIENT_SECRET};
 use integration_tests::{
     get, wait_for, Envoy, EnvoyConfig, Provider, ProviderOptions, Response, Route, TestDir,
@@ -255,34 +256,6 @@ fn the_filter_strips_underscore_identity_headers() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(!r.body.contains("forged-upper"), "{}", r.body);
-}
-
-/// Whether the peer closed `s` (EOF or reset) within `within`; bytes
-/// before the close (an answer) are read past.
-fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
-    use std::io::Read;
-    let until = std::time::Instant::now() + within;
-    let mut b = [0u8; 4096];
-    loop {
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        s.set_read_timeout(Some(left)).unwrap();
-        match s.read(&mut b) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 /// Reads one HTTP/1.1 answer's status line from `s` (keeps the

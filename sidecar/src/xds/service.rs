@@ -57,7 +57,7 @@ impl AggregatedDiscoveryService for Ads {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run_stream(
+        tokio::spawn(run_stream::<StreamState>(
             id,
             peer,
             request.into_inner(),
@@ -75,7 +75,7 @@ impl AggregatedDiscoveryService for Ads {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run_delta_stream(
+        tokio::spawn(run_stream::<DeltaState>(
             id,
             peer,
             request.into_inner(),
@@ -87,11 +87,48 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
-pub(super) async fn run_stream(
+/// What [`run_stream`] needs of a stream's protocol state: the
+/// state-of-the-world [`StreamState`] and the incremental [`DeltaState`]
+/// decide what to send; the loop around them (Envoy's messages, the
+/// route and provider changes, the snapshot built only when a response
+/// can go) is the same.
+pub(super) trait Protocol: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// Said when Envoy connects.
+    const NAME: &'static str;
+    fn new(id: u64) -> Self;
+    fn node(&self) -> &str;
+    fn deadline(&self) -> Option<Instant>;
+    /// A type waits for a response (so a changed snapshot is worth
+    /// building now).
+    fn waiting(&self) -> bool;
+    fn on_request(
+        &mut self,
+        req: &Self::Request,
+        snapshot: &Snapshot,
+        now: u64,
+    ) -> (Option<Kind>, Received);
+    fn log_received(
+        &self,
+        kind: Option<Kind>,
+        req: &Self::Request,
+        received: &Received,
+        status: &XdsStatus,
+    );
+    /// The responses due now; what Envoy acknowledged in full goes to
+    /// `status`.
+    fn due(&mut self, snapshot: &Snapshot, now: Instant, status: &XdsStatus)
+        -> Vec<Self::Response>;
+    fn log_sending(&self, resp: &Self::Response);
+}
+
+/// One ADS stream, until Envoy goes away.
+pub(super) async fn run_stream<P: Protocol>(
     id: u64,
     peer: Option<SocketAddr>,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    mut requests: Streaming<P::Request>,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
     mut source: Source,
     status: Arc<XdsStatus>,
 ) {
@@ -100,34 +137,34 @@ pub(super) async fn run_stream(
         id,
         status: status.clone(),
     };
-    let mut st = StreamState::new(id);
+    let mut st = P::new(id);
     let mut snapshot = source.current();
     let (mut routes_open, mut providers_open) = (true, true);
     // A change seen but not built yet: the snapshot is built only when
-    // Envoy has a request open (so the writes made while Envoy applies a
-    // push cost one build, not one each).
+    // Envoy waits for a response (so the writes made while Envoy applies
+    // a push cost one build, not one each).
     let mut stale = false;
-    tracing::info!(stream = id, peer = ?peer, "Envoy connected");
+    tracing::info!(stream = id, peer = ?peer, protocol = P::NAME, "Envoy connected");
     loop {
         let deadline = st.deadline();
         tokio::select! {
             msg = requests.message() => match msg {
                 Ok(Some(req)) => {
-                    let had_node = !st.node.is_empty();
+                    let had_node = !st.node().is_empty();
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map(|d| d.as_secs())
                         .unwrap_or(0);
                     let (kind, received) = st.on_request(&req, &snapshot, now);
-                    if !had_node && !st.node.is_empty() {
-                        status.node(id, &st.node);
-                        tracing::info!(stream = id, node = %st.node, "Envoy identified");
+                    if !had_node && !st.node().is_empty() {
+                        status.node(id, st.node());
+                        tracing::info!(stream = id, node = %st.node(), "Envoy identified");
                     }
-                    log_received(&st, kind, &req, &received, &status);
+                    st.log_received(kind, &req, &received, &status);
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::info!(stream = id, node = %st.node, error = %e, "ADS stream ended");
+                    tracing::info!(stream = id, node = %st.node(), error = %e, "ADS stream ended");
                     break;
                 }
             },
@@ -145,16 +182,109 @@ pub(super) async fn run_stream(
             snapshot = source.current_off_workers().await;
             stale = false;
         }
-        for resp in st.due(&snapshot, Instant::now()) {
-            tracing::debug!(stream = id, node = %st.node, type_url = %resp.type_url,
-                version = %resp.version_info, resources = resp.resources.len(), "sending");
+        for resp in st.due(&snapshot, Instant::now(), &status) {
+            st.log_sending(&resp);
             if tx.send(Ok(resp)).await.is_err() {
-                tracing::info!(stream = id, node = %st.node, "Envoy disconnected");
+                tracing::info!(stream = id, node = %st.node(), "Envoy disconnected");
                 return;
             }
         }
     }
-    tracing::info!(stream = id, node = %st.node, "Envoy disconnected");
+    tracing::info!(stream = id, node = %st.node(), "Envoy disconnected");
+}
+
+impl Protocol for StreamState {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "state of the world";
+    fn new(id: u64) -> Self {
+        StreamState::new(id)
+    }
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn deadline(&self) -> Option<Instant> {
+        StreamState::deadline(self)
+    }
+    fn waiting(&self) -> bool {
+        StreamState::waiting(self)
+    }
+    fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        snapshot: &Snapshot,
+        now: u64,
+    ) -> (Option<Kind>, Received) {
+        StreamState::on_request(self, req, snapshot, now)
+    }
+    fn log_received(
+        &self,
+        kind: Option<Kind>,
+        req: &DiscoveryRequest,
+        received: &Received,
+        status: &XdsStatus,
+    ) {
+        log_received(self, kind, req, received, status)
+    }
+    fn due(&mut self, snapshot: &Snapshot, now: Instant, _: &XdsStatus) -> Vec<DiscoveryResponse> {
+        StreamState::due(self, snapshot, now)
+    }
+    fn log_sending(&self, resp: &DiscoveryResponse) {
+        tracing::debug!(stream = self.id, node = %self.node, type_url = %resp.type_url,
+            version = %resp.version_info, resources = resp.resources.len(), "sending");
+    }
+}
+
+impl Protocol for DeltaState {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+    fn new(id: u64) -> Self {
+        DeltaState::new(id)
+    }
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn deadline(&self) -> Option<Instant> {
+        DeltaState::deadline(self)
+    }
+    fn waiting(&self) -> bool {
+        DeltaState::waiting(self)
+    }
+    fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+        now: u64,
+    ) -> (Option<Kind>, Received) {
+        DeltaState::on_request(self, req, snapshot, now)
+    }
+    fn log_received(
+        &self,
+        kind: Option<Kind>,
+        req: &DeltaDiscoveryRequest,
+        received: &Received,
+        status: &XdsStatus,
+    ) {
+        log_received_delta(self, kind, req, received, status)
+    }
+    fn due(
+        &mut self,
+        snapshot: &Snapshot,
+        now: Instant,
+        status: &XdsStatus,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        let due = DeltaState::due(self, snapshot, now);
+        for (kind, version) in self.take_synced() {
+            status.acked(self.id, kind, &version);
+        }
+        due
+    }
+    fn log_sending(&self, resp: &DeltaDiscoveryResponse) {
+        tracing::debug!(stream = self.id, node = %self.node, type_url = %resp.type_url,
+            version = %resp.system_version_info, resources = resp.resources.len(),
+            removed = resp.removed_resources.len(), "sending");
+    }
 }
 
 pub(super) async fn sleep_until(deadline: Option<Instant>) {
@@ -192,81 +322,6 @@ pub(super) fn log_received(
         }
         (None, _) => {}
     }
-}
-
-/// [`run_stream`] for incremental (delta) ADS: [`DeltaState`] decides.
-pub(super) async fn run_delta_stream(
-    id: u64,
-    peer: Option<SocketAddr>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    mut source: Source,
-    status: Arc<XdsStatus>,
-) {
-    status.stream_opened(id);
-    let _guard = StreamGuard {
-        id,
-        status: status.clone(),
-    };
-    let mut st = DeltaState::new(id);
-    let mut snapshot = source.current();
-    let (mut routes_open, mut providers_open) = (true, true);
-    // A change seen but not built yet: built only when a type has no
-    // response in flight (the writes made meanwhile cost one build).
-    let mut stale = false;
-    tracing::info!(stream = id, peer = ?peer, "Envoy connected (delta xDS)");
-    loop {
-        let deadline = st.deadline();
-        tokio::select! {
-            msg = requests.message() => match msg {
-                Ok(Some(req)) => {
-                    let had_node = !st.node.is_empty();
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    let (kind, received) = st.on_request(&req, &snapshot, now);
-                    if !had_node && !st.node.is_empty() {
-                        status.node(id, &st.node);
-                        tracing::info!(stream = id, node = %st.node, "Envoy identified");
-                    }
-                    log_received_delta(&st, kind, &req, &received, &status);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::info!(stream = id, node = %st.node, error = %e, "ADS stream ended");
-                    break;
-                }
-            },
-            changed = source.routes.changed(), if routes_open => match changed {
-                Ok(()) => stale = true,
-                Err(_) => routes_open = false,
-            },
-            changed = source.providers.changed(), if providers_open => match changed {
-                Ok(()) => stale = true,
-                Err(_) => providers_open = false,
-            },
-            () = sleep_until(deadline), if deadline.is_some() => {}
-        }
-        if stale && st.waiting() {
-            snapshot = source.current_off_workers().await;
-            stale = false;
-        }
-        let due = st.due(&snapshot, Instant::now());
-        for (kind, version) in st.take_synced() {
-            status.acked(id, kind, &version);
-        }
-        for resp in due {
-            tracing::debug!(stream = id, node = %st.node, type_url = %resp.type_url,
-                version = %resp.system_version_info, resources = resp.resources.len(),
-                removed = resp.removed_resources.len(), "sending");
-            if tx.send(Ok(resp)).await.is_err() {
-                tracing::info!(stream = id, node = %st.node, "Envoy disconnected");
-                return;
-            }
-        }
-    }
-    tracing::info!(stream = id, node = %st.node, "Envoy disconnected");
 }
 
 fn log_received_delta(
